@@ -1,0 +1,34 @@
+# The README's two commands: `make up` and `make test`.
+PYTHON ?= python3.11
+VENV ?= .venv
+PIP = $(VENV)/bin/pip
+
+.PHONY: up test lint bench clean
+
+$(VENV)/bin/python:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+$(VENV)/.stack: $(VENV)/bin/python pyproject.toml requirements.lock
+	$(PIP) install --quiet -c requirements.lock -e '.[stack]'
+	@touch $@
+
+$(VENV)/.dev: $(VENV)/.stack
+	$(PIP) install --quiet -c requirements.lock -e '.[stack,dev]'
+	@touch $@
+
+up: $(VENV)/.stack
+	$(VENV)/bin/sigserve up
+
+test: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/python -m pytest -ra
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+clean:
+	rm -rf $(VENV) .sigserve

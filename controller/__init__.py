@@ -1,0 +1,19 @@
+"""The controller: decides which registered model versions may be served.
+
+It watches the MLflow registry two ways: webhooks (fast, but deliveries can be lost and deletions
+fire no event) and a periodic resync (slow, but it is what makes the state right). Either way it
+only enqueues a registered model's name; a single worker then reconciles that model: it reads the
+model's versions from the registry, fetches each new version's signature, decides ``live`` or
+``quarantined`` against the model's contract, records the decision with its reasons and publishes
+a new revision of the routing table that the serving app long-polls.
+
+Layers, outermost first:
+
+- ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``table_api``: HTTP.
+- ``worker`` (the de-duplicating queue and resync loop) and ``reconciler`` (one model, one pass,
+  safe to repeat).
+- ``compatibility``: the decision itself, a pure function.
+- ``store`` owns every database transaction; ``schema`` is the SQLAlchemy mapping, created only
+  by the Alembic migrations in ``migrations/``.
+- ``registry``: the only module that talks to MLflow.
+"""

@@ -1,0 +1,100 @@
+"""The controller's FastAPI application and its lifespan.
+
+Start-up order matters for readiness: migrate, publish what the database already knows (so
+serving replicas get a table even while the registry is down), register the webhook, then start
+the worker and the resync loop. Registering the webhook is retried in the background: a registry
+that is down at start must not keep the controller from serving the table it has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from controller import admin, health, problems, table_api, webhooks
+from controller.broadcaster import TableBroadcaster
+from controller.database import make_engine, migrate
+from controller.exceptions import RegistryUnavailable
+from controller.metrics import Metrics
+from controller.reconciler import Reconciler
+from controller.registry import Registry
+from controller.services import Services
+from controller.settings import ControllerSettings
+from controller.store import Store
+from controller.worker import Worker
+
+log = logging.getLogger(__name__)
+
+
+async def _register_webhook(svc: Services) -> None:
+    url, secret = svc.settings.webhook_url, svc.settings.webhook_secret
+    if not url or secret is None:
+        return
+    delay = 0.5
+    while True:
+        try:
+            svc.webhook_id = await asyncio.to_thread(
+                svc.registry.ensure_webhook,
+                svc.settings.webhook_name,
+                url,
+                secret.get_secret_value(),
+            )
+            log.info("webhook %s registered for %s", svc.webhook_id, url)
+            return
+        except RegistryUnavailable as exc:
+            log.warning("registering the webhook failed (%s); retrying in %.1fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def build_services(settings: ControllerSettings) -> Services:
+    engine = make_engine(settings.resolved_database_url())
+    store = Store(engine)
+    registry = Registry(settings.mlflow_tracking_uri)
+    broadcaster = TableBroadcaster()
+    metrics = Metrics.create()
+    reconciler = Reconciler(store, registry, settings.default_policy)
+    worker = Worker(
+        reconciler,
+        store,
+        registry,
+        broadcaster,
+        metrics,
+        resync_interval_s=settings.resync_interval_s,
+        retry_initial_s=settings.retry_initial_s,
+        retry_max_s=settings.retry_max_s,
+    )
+    return Services(settings, engine, store, registry, broadcaster, metrics, worker)
+
+
+def create_app(settings: ControllerSettings | None = None) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = build_services(settings or ControllerSettings())  # type: ignore[call-arg]
+        await asyncio.to_thread(migrate, svc.engine)
+        await svc.worker.publish()
+        app.state.services = svc
+        tasks = [
+            asyncio.create_task(_register_webhook(svc)),
+            asyncio.create_task(svc.worker.run()),
+            asyncio.create_task(svc.worker.resync_loop()),
+        ]
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            svc.engine.dispose()
+
+    app = FastAPI(title="sigserve controller", lifespan=lifespan)
+    problems.install(app)
+    app.include_router(webhooks.router)
+    app.include_router(admin.router)
+    app.include_router(health.router)
+    app.include_router(table_api.router)
+    return app

@@ -1,0 +1,48 @@
+"""Errors raised inside the controller.
+
+::
+
+    ControllerError
+    ├── RegistryError                 talking to MLflow failed
+    │   ├── RegistryUnavailable       temporary: retry later (network, 5xx, timeouts)
+    │   └── RegisteredModelGone       the model no longer exists in the registry
+    ├── NotFound                      the admin API was asked about something unknown (404)
+    ├── InvalidRequest                the admin API was asked something it cannot do (422)
+    └── WebhookRejected               a delivery that must not be trusted (401)
+
+The HTTP boundary (``controller.problems``) is the one place these become responses; the worker
+is the one place that decides to retry (``RegistryUnavailable``) or not.
+"""
+
+from __future__ import annotations
+
+
+class ControllerError(Exception):
+    """Base of every error the controller raises on purpose."""
+
+
+class RegistryError(ControllerError):
+    pass
+
+
+class RegistryUnavailable(RegistryError):
+    """A temporary failure: the same call may succeed later."""
+
+
+class RegisteredModelGone(RegistryError):
+    """The registered model was deleted (or never existed)."""
+
+
+class NotFound(ControllerError):
+    pass
+
+
+class InvalidRequest(ControllerError):
+    def __init__(self, field: str, reason: str) -> None:
+        super().__init__(f"{field}: {reason}")
+        self.field = field
+        self.reason = reason
+
+
+class WebhookRejected(ControllerError):
+    pass

@@ -1,0 +1,53 @@
+"""``/healthz`` (the process answers), ``/readyz`` (it can do its job), ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from controller.database import is_migrated
+from controller.exceptions import RegistryUnavailable
+from controller.services import Services, services
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _checks(svc: Services) -> dict[str, str]:
+    checks: dict[str, str] = {}
+    try:
+        checks["database"] = "ok" if is_migrated(svc.engine) else "not migrated"
+    except Exception as exc:
+        checks["database"] = f"unreachable: {type(exc).__name__}"
+    try:
+        svc.registry.ping()
+        checks["registry"] = "ok"
+    except RegistryUnavailable as exc:
+        checks["registry"] = f"unreachable: {exc}"
+    if svc.settings.webhook_url:
+        checks["webhook"] = "ok" if svc.webhook_id else "not registered yet"
+    checks["routing_table"] = "ok" if svc.broadcaster.current is not None else "not published yet"
+    return checks
+
+
+@router.get("/readyz")
+async def readyz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
+    checks = await asyncio.to_thread(_checks, svc)
+    ready = all(v == "ok" for v in checks.values())
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if ready:
+        return JSONResponse(body)
+    return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
+
+
+@router.get("/metrics")
+async def metrics(svc: Annotated[Services, Depends(services)]) -> Response:
+    return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)

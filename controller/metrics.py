@@ -1,0 +1,39 @@
+"""Prometheus metrics of one controller instance (its own registry, built by the app)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    registry: CollectorRegistry
+    webhooks: Counter
+    reconciles: Counter
+    reconcile_seconds: Histogram
+    table_revision: Gauge
+    versions: Gauge
+
+    @classmethod
+    def create(cls) -> Metrics:
+        r = CollectorRegistry()
+        return cls(
+            registry=r,
+            webhooks=Counter(
+                "sigserve_webhooks", "Webhook deliveries by result", ["result"], registry=r
+            ),
+            reconciles=Counter(
+                "sigserve_reconciles", "Reconcile passes by result", ["result"], registry=r
+            ),
+            reconcile_seconds=Histogram(
+                "sigserve_reconcile_seconds", "Time for one reconcile pass", registry=r
+            ),
+            table_revision=Gauge(
+                "sigserve_routing_table_revision", "Revision of the published table", registry=r
+            ),
+            versions=Gauge(
+                "sigserve_model_versions", "Known model versions by state", ["state"], registry=r
+            ),
+        )

@@ -1,0 +1,69 @@
+"""RFC 9457 problem+json: the one boundary where controller errors become responses."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from controller.exceptions import (
+    InvalidRequest,
+    NotFound,
+    RegistryUnavailable,
+    WebhookRejected,
+)
+
+log = logging.getLogger(__name__)
+MEDIA_TYPE = "application/problem+json"
+
+
+def problem(
+    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def _field(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    return ".".join(parts) or "body"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"field": _field(e["loc"]), "reason": e["msg"]} for e in exc.errors()]
+        detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
+        return problem(422, "Invalid request", detail, errors=errors)
+
+    @app.exception_handler(InvalidRequest)
+    async def _invalid_request(_: Request, exc: InvalidRequest) -> JSONResponse:
+        errors = [{"field": exc.field, "reason": exc.reason}]
+        return problem(422, "Invalid request", str(exc), errors=errors)
+
+    @app.exception_handler(NotFound)
+    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
+        return problem(404, "Not found", str(exc))
+
+    @app.exception_handler(WebhookRejected)
+    async def _rejected(_: Request, exc: WebhookRejected) -> JSONResponse:
+        return problem(401, "Webhook rejected", str(exc))
+
+    @app.exception_handler(RegistryUnavailable)
+    async def _unavailable(_: Request, exc: RegistryUnavailable) -> JSONResponse:
+        return problem(503, "Registry unavailable", str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return problem(
+            exc.status_code, str(exc.detail), str(exc.detail), headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return problem(500, "Internal error", "the controller failed; see its log")

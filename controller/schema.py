@@ -1,0 +1,71 @@
+"""SQLAlchemy mapping of the controller's state.
+
+The tables are created only by the Alembic migrations in ``migrations/``; this module describes
+them for the ORM and must stay in step with the latest migration.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RegisteredModelRow(Base):
+    __tablename__ = "registered_models"
+
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    default_version: Mapped[str | None] = mapped_column(String(32))
+    # The signature dict of the default version at the time it was pinned.
+    contract: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    policy: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+    versions: Mapped[list[ModelVersionRow]] = relationship(
+        back_populates="model", cascade="all, delete-orphan", order_by="ModelVersionRow.number"
+    )
+
+
+class ModelVersionRow(Base):
+    __tablename__ = "model_versions"
+
+    model_name: Mapped[str] = mapped_column(
+        ForeignKey("registered_models.name", ondelete="CASCADE"), primary_key=True
+    )
+    version: Mapped[str] = mapped_column(String(32), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16))
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    signature: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Whether the signature was read at all (a version may have none, which is not the same).
+    signature_read: Mapped[bool] = mapped_column(default=False)
+    # Digest of (contract, policy) the decision was made against; a change means re-decide.
+    decided_against: Mapped[str | None] = mapped_column(String(64))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    source: Mapped[str | None] = mapped_column(Text)
+
+    model: Mapped[RegisteredModelRow] = relationship(back_populates="versions")
+
+
+class WebhookDeliveryRow(Base):
+    __tablename__ = "webhook_deliveries"
+
+    delivery_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class TableRevisionRow(Base):
+    __tablename__ = "table_revision"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer)
+    digest: Mapped[str] = mapped_column(String(64))
+    published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -1,0 +1,35 @@
+"""What the HTTP layer needs, built once per app in its lifespan (never at import time)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fastapi import Request
+from sqlalchemy import Engine
+
+from controller.broadcaster import TableBroadcaster
+from controller.metrics import Metrics
+from controller.registry import Registry
+from controller.settings import ControllerSettings
+from controller.store import Store
+from controller.worker import Worker
+
+
+@dataclass
+class Services:
+    settings: ControllerSettings
+    engine: Engine
+    store: Store
+    registry: Registry
+    broadcaster: TableBroadcaster
+    metrics: Metrics
+    worker: Worker
+    webhook_id: str | None = None
+    # Per model, when its last verified webhook arrived (epoch seconds): for operators and the
+    # latency benchmark.
+    last_webhook_at: dict[str, float] = field(default_factory=dict)
+
+
+def services(request: Request) -> Services:
+    s: Services = request.app.state.services
+    return s

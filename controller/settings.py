@@ -1,0 +1,36 @@
+"""Controller settings, read from ``SIGSERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ControllerSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIGSERVE_", extra="ignore")
+
+    home: Path = Path(".sigserve")
+    controller_host: str = "127.0.0.1"
+    controller_port: int = 8080
+    # Defaults to SQLite under ``home``; any SQLAlchemy URL works.
+    database_url: str | None = None
+    mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    admin_token: SecretStr
+    # Shared with MLflow's webhook so deliveries can be verified. Without it, webhooks are refused.
+    webhook_secret: SecretStr | None = None
+    # Where MLflow should deliver; when set, the controller registers its own webhook at start.
+    webhook_url: str | None = None
+    webhook_name: str = "sigserve-controller"
+    webhook_max_age_s: float = 300.0
+    resync_interval_s: float = Field(default=30.0, gt=0)
+    retry_initial_s: float = 0.5
+    retry_max_s: float = 30.0
+    default_policy: str = "exact"
+    long_poll_max_s: float = 60.0
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.home / 'controller.db').resolve()}"

@@ -1,0 +1,163 @@
+"""The one layer that owns database transactions.
+
+Each public method is one transaction. Writers hold ``write_lock`` around read-compute-write so
+that the worker and the admin API never overwrite each other's decisions (one controller process
+per database; the lock is not meant to span processes).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, selectinload, sessionmaker
+
+from controller.records import ModelRecord, VersionRecord
+from controller.schema import (
+    ModelVersionRow,
+    RegisteredModelRow,
+    TableRevisionRow,
+    WebhookDeliveryRow,
+)
+from controller.table import build_table, content_digest
+from sigserve.routing_table import RoutingTable, VersionState
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _to_record(row: RegisteredModelRow) -> ModelRecord:
+    return ModelRecord(
+        name=row.name,
+        policy=row.policy,
+        default_version=row.default_version,
+        contract=row.contract,
+        versions={
+            v.version: VersionRecord(
+                version=v.version,
+                state=VersionState(v.state),
+                reasons=list(v.reasons),
+                signature=v.signature,
+                signature_read=v.signature_read,
+                decided_against=v.decided_against,
+                decided_at=v.decided_at,
+                source=v.source,
+            )
+            for v in row.versions
+        },
+    )
+
+
+class Store:
+    def __init__(self, engine: Engine) -> None:
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self.write_lock = threading.RLock()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def _load_row(self, session: Session, name: str) -> RegisteredModelRow | None:
+        return session.scalars(
+            select(RegisteredModelRow)
+            .where(RegisteredModelRow.name == name)
+            .options(selectinload(RegisteredModelRow.versions))
+        ).one_or_none()
+
+    def load_model(self, name: str) -> ModelRecord | None:
+        with self._transaction() as session:
+            row = self._load_row(session, name)
+            return _to_record(row) if row else None
+
+    def all_models(self) -> list[ModelRecord]:
+        with self._transaction() as session:
+            rows = session.scalars(
+                select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
+            ).all()
+            return [_to_record(r) for r in rows]
+
+    def model_names(self) -> list[str]:
+        with self._transaction() as session:
+            return list(session.scalars(select(RegisteredModelRow.name)).all())
+
+    def save_model(self, record: ModelRecord) -> None:
+        """Write ``record`` as the whole truth about one model: versions it lacks are deleted."""
+        now = _now()
+        with self._transaction() as session:
+            row = self._load_row(session, record.name)
+            if row is None:
+                row = RegisteredModelRow(name=record.name, created_at=now)
+                session.add(row)
+            row.policy = record.policy
+            row.default_version = record.default_version
+            row.contract = record.contract
+            row.updated_at = now
+            existing = {v.version: v for v in row.versions}
+            for gone in set(existing) - set(record.versions):
+                row.versions.remove(existing[gone])
+            for v in record.versions.values():
+                vrow = existing.get(v.version)
+                if vrow is None:
+                    vrow = ModelVersionRow(model_name=record.name, version=v.version)
+                    row.versions.append(vrow)
+                vrow.number = v.number
+                vrow.state = v.state.value
+                vrow.reasons = list(v.reasons)
+                vrow.signature = v.signature
+                vrow.signature_read = v.signature_read
+                vrow.decided_against = v.decided_against
+                vrow.decided_at = v.decided_at
+                vrow.source = v.source
+
+    def delete_model(self, name: str) -> bool:
+        with self._transaction() as session:
+            row = self._load_row(session, name)
+            if row is None:
+                return False
+            session.delete(row)
+            return True
+
+    def record_delivery(self, delivery_id: str, event: str) -> bool:
+        """Remember a webhook delivery; False when it was seen before."""
+        try:
+            with self._transaction() as session:
+                session.add(
+                    WebhookDeliveryRow(delivery_id=delivery_id, event=event, received_at=_now())
+                )
+        except IntegrityError:
+            return False
+        return True
+
+    def prune_deliveries(self, older_than: timedelta) -> None:
+        with self._transaction() as session:
+            session.execute(
+                delete(WebhookDeliveryRow).where(
+                    WebhookDeliveryRow.received_at < _now() - older_than
+                )
+            )
+
+    def publish(self) -> RoutingTable:
+        """Build the table from the decisions; bump the revision only if its content changed."""
+        with self._transaction() as session:
+            rows = session.scalars(
+                select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
+            ).all()
+            models = [_to_record(r) for r in rows]
+            current = session.get(TableRevisionRow, 1)
+            draft = build_table(models, revision=current.revision if current else 0)
+            digest = content_digest(draft)
+            if current is not None and current.digest == digest:
+                return draft
+            if current is None:
+                current = TableRevisionRow(id=1, revision=0, digest="", published_at=_now())
+                session.add(current)
+            current.revision += 1
+            current.digest = digest
+            current.published_at = _now()
+            return build_table(models, revision=current.revision)

@@ -1,0 +1,38 @@
+"""Turning decisions into the routing table the serving app obeys."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from controller.records import ModelRecord
+from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry
+
+
+def build_table(models: list[ModelRecord], revision: int) -> RoutingTable:
+    return RoutingTable(
+        revision=revision,
+        models={
+            m.name: ModelEntry(
+                name=m.name,
+                default_version=m.default_version,
+                contract=m.contract,
+                versions={
+                    v.version: VersionEntry(
+                        version=v.version,
+                        state=v.state,
+                        reasons=list(v.reasons),
+                        signature=v.signature,
+                    )
+                    for v in m.sorted_versions()
+                },
+            )
+            for m in sorted(models, key=lambda m: m.name)
+        },
+    )
+
+
+def content_digest(table: RoutingTable) -> str:
+    """A digest of everything but the revision: equal content means no new revision."""
+    content = table.model_dump(mode="json", exclude={"revision"})
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

@@ -1,0 +1,30 @@
+"""``GET /routing-table``: the long-poll the serving app's ingress replicas hold open.
+
+``after`` is the revision the caller has; the answer is 200 with a newer table as soon as there
+is one (at once if there is already), or 204 when ``timeout`` seconds pass with none. The table
+holds no secrets (names, states, reasons, signatures), so it needs no token.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Response
+from fastapi.responses import JSONResponse
+
+from controller.services import Services, services
+
+router = APIRouter()
+
+
+@router.get("/routing-table", response_model=None)
+async def routing_table(
+    svc: Annotated[Services, Depends(services)],
+    after: Annotated[int, Query(ge=-1)] = -1,
+    timeout: Annotated[float, Query(ge=0)] = 0.0,
+) -> Response:
+    wait = min(timeout, svc.settings.long_poll_max_s)
+    table = await svc.broadcaster.newer_than(after, wait)
+    if table is None:
+        return Response(status_code=204)
+    return JSONResponse(table.model_dump(mode="json"))

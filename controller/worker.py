@@ -1,0 +1,114 @@
+"""The work queue: de-duplicated names, one worker, periodic resync, retries with backoff.
+
+Webhooks and the resync loop only enqueue a registered model's name. A name already waiting is
+not added twice; a name that arrives while it is being reconciled is reconciled again after, so
+no event is lost. Temporary failures come back after a capped exponential backoff; the resync
+loop is the safety net for everything else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+
+from controller.broadcaster import TableBroadcaster
+from controller.exceptions import RegistryUnavailable
+from controller.metrics import Metrics
+from controller.reconciler import Reconciler
+from controller.registry import Registry
+from controller.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class Worker:
+    def __init__(
+        self,
+        reconciler: Reconciler,
+        store: Store,
+        registry: Registry,
+        broadcaster: TableBroadcaster,
+        metrics: Metrics,
+        *,
+        resync_interval_s: float,
+        retry_initial_s: float,
+        retry_max_s: float,
+    ) -> None:
+        self._reconciler = reconciler
+        self._store = store
+        self._registry = registry
+        self._broadcaster = broadcaster
+        self._metrics = metrics
+        self._resync_interval_s = resync_interval_s
+        self._retry_initial_s = retry_initial_s
+        self._retry_max_s = retry_max_s
+        self._queue: asyncio.Queue[str] = asyncio.Queue()
+        self._waiting: set[str] = set()
+        self._attempts: Counter[str] = Counter()
+        self.last_resync_ok: float | None = None
+
+    def enqueue(self, name: str) -> None:
+        if name not in self._waiting:
+            self._waiting.add(name)
+            self._queue.put_nowait(name)
+
+    async def publish(self) -> None:
+        table = await asyncio.to_thread(self._store.publish)
+        self._metrics.table_revision.set(table.revision)
+        states = Counter(v.state.value for m in table.models.values() for v in m.versions.values())
+        for state in ("live", "quarantined", "pending"):
+            self._metrics.versions.labels(state).set(states.get(state, 0))
+        await self._broadcaster.offer(table)
+
+    async def run(self) -> None:
+        while True:
+            name = await self._queue.get()
+            self._waiting.discard(name)
+            await self._process(name)
+
+    async def _process(self, name: str) -> None:
+        started = time.perf_counter()
+        try:
+            outcome = await asyncio.to_thread(self._reconciler.reconcile, name)
+        except RegistryUnavailable as exc:
+            self._metrics.reconciles.labels("temporary_error").inc()
+            self._retry_later(name, str(exc))
+            return
+        except Exception:
+            # A bug must not stop the worker; the resync loop brings the name back.
+            self._metrics.reconciles.labels("error").inc()
+            log.exception("reconciling %s failed", name)
+            return
+        finally:
+            self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
+        self._metrics.reconciles.labels("ok").inc()
+        if outcome.changed:
+            await self.publish()
+        if outcome.retry_reason:
+            self._retry_later(name, outcome.retry_reason)
+        else:
+            self._attempts.pop(name, None)
+
+    def _retry_later(self, name: str, why: str) -> None:
+        self._attempts[name] += 1
+        delay = min(self._retry_max_s, self._retry_initial_s * 2 ** (self._attempts[name] - 1))
+        log.warning("%s: temporary failure (%s); retrying in %.1fs", name, why, delay)
+        asyncio.get_running_loop().call_later(delay, self.enqueue, name)
+
+    async def resync_once(self) -> None:
+        try:
+            names = await asyncio.to_thread(self._registry.model_names)
+        except RegistryUnavailable as exc:
+            log.warning("resync: registry unavailable (%s)", exc)
+            return
+        known = await asyncio.to_thread(self._store.model_names)
+        for name in sorted(set(names) | set(known)):
+            self.enqueue(name)
+        self.last_resync_ok = time.time()
+
+    async def resync_loop(self) -> None:
+        while True:
+            await self.resync_once()
+            await asyncio.sleep(self._resync_interval_s)

@@ -1,0 +1,84 @@
+"""Deciding a model's versions: defaults, contracts, and no flips on repeat."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+from controller.decisions import decide_all
+from controller.records import ModelRecord, VersionRecord
+from controller.reconciler import merge_observed
+from controller.registry import ObservedVersion
+from sigserve.routing_table import VersionState
+
+NOW = datetime(2026, 11, 26, tzinfo=UTC)
+
+
+def sig(name: str) -> dict[str, str | None]:
+    return {
+        "inputs": json.dumps([{"type": "string", "name": name, "required": True}]),
+        "outputs": json.dumps([{"type": "string", "name": "out", "required": True}]),
+        "params": None,
+    }
+
+
+def observed(*versions: str) -> list[ObservedVersion]:
+    return [ObservedVersion(version=v, status="READY", source=None) for v in versions]
+
+
+def test_first_version_becomes_default_and_others_are_checked() -> None:
+    model = ModelRecord(name="m", policy="exact")
+    merged = merge_observed(model, observed("1", "2", "3"),
+                            {"1": sig("prompt"), "2": sig("prompt"), "3": sig("text")}, {})
+    decided = decide_all(merged, NOW)
+    assert decided.default_version == "1"
+    assert decided.contract == sig("prompt")
+    states = {k: v.state for k, v in decided.versions.items()}
+    assert states == {"1": VersionState.LIVE, "2": VersionState.LIVE,
+                      "3": VersionState.QUARANTINED}
+    assert "'prompt'" in decided.versions["3"].reasons[0]
+
+
+def test_repeating_a_decision_changes_nothing() -> None:
+    model = ModelRecord(name="m", policy="exact")
+    once = decide_all(merge_observed(model, observed("1", "2"),
+                                     {"1": sig("a"), "2": sig("b")}, {}), NOW)
+    again = decide_all(merge_observed(once, observed("1", "2"), {}, {}), datetime.now(UTC))
+    assert again == once
+
+
+def test_unreadable_signature_stays_pending_with_a_reason() -> None:
+    model = ModelRecord(name="m", policy="exact")
+    merged = merge_observed(model, observed("1"), {}, {"1": "connection refused"})
+    decided = decide_all(merged, NOW)
+    assert decided.default_version is None
+    assert decided.versions["1"].state is VersionState.PENDING
+    assert "connection refused" in decided.versions["1"].reasons[0]
+
+
+def test_deleted_version_disappears_and_deleted_default_keeps_contract() -> None:
+    model = ModelRecord(name="m", policy="exact")
+    decided = decide_all(merge_observed(model, observed("1", "2", "3"),
+                                        {"1": sig("a"), "2": sig("a"), "3": sig("b")}, {}), NOW)
+    after = decide_all(merge_observed(decided, observed("2", "3"), {}, {}), NOW)
+    assert set(after.versions) == {"2", "3"}
+    assert after.default_version == "2"
+    assert after.contract == sig("a")
+    assert after.versions["3"].state is VersionState.QUARANTINED
+
+
+def test_changing_the_contract_redecides() -> None:
+    model = ModelRecord(name="m", policy="exact")
+    decided = decide_all(merge_observed(model, observed("1", "2"),
+                                        {"1": sig("a"), "2": sig("b")}, {}), NOW)
+    pinned = ModelRecord(name="m", policy="exact", default_version="2", contract=sig("b"),
+                         versions=decided.versions)
+    redecided = decide_all(pinned, NOW)
+    assert redecided.versions["2"].state is VersionState.LIVE
+    assert redecided.versions["1"].state is VersionState.QUARANTINED
+
+
+def test_version_record_number_orders_numerically() -> None:
+    model = ModelRecord(name="m", policy="exact",
+                        versions={v: VersionRecord(version=v) for v in ("10", "9", "1")})
+    assert [v.version for v in model.sorted_versions()] == ["1", "9", "10"]
