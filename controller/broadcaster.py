@@ -33,6 +33,8 @@ class TableBroadcaster:
             return self._table is not None and self._table.revision > revision
 
         async with self._changed:
+            if newer():
+                return self._table
             try:
                 await asyncio.wait_for(self._changed.wait_for(newer), timeout)
             except TimeoutError:

@@ -1,0 +1,165 @@
+"""``sigserve up``: start the local stack, show where it is, stop all of it on Ctrl-C.
+
+Order: MLflow, then the controller (which registers its own webhook in MLflow), then Ray and the
+serving app, then the demo models. Stopping goes the other way, and every child is stopped by
+the process group this process started, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+from contextlib import ExitStack
+from types import FrameType
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+
+from sigserve.processes import ProcessFailed
+from sigserve.settings import StackSettings
+from sigserve.stack import Secrets, controller, mlflow_server, start_serving, stop_serving
+
+
+class PortInUse(RuntimeError):
+    pass
+
+
+def _check_free(host: str, port: int, what: str) -> None:
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise PortInUse(
+                f"{what} port {port} on {host} is in use; set SIGSERVE_{what.upper()}_PORT"
+            ) from exc
+
+
+def _wait_http(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=2.0, headers=headers).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
+def _banner(s: StackSettings, token: str) -> Panel:
+    serving = f"http://{s.host}:{s.serving_port}"
+    ctl = f"http://{s.host}:{s.controller_port}"
+    lines = [
+        f"MLflow       http://{s.host}:{s.mlflow_port}",
+        f"Serving      {serving}   (OpenAPI: {serving}/docs)",
+        f"Controller   {ctl}",
+        f"Admin token  {token}",
+        f"State        {s.home.resolve()}",
+        "",
+        "Try:",
+        f"  curl -s {serving}/models",
+        f"  curl -s -X POST {serving}/models/translation_model/serve "
+        "-H 'content-type: application/json' -d '{\"prompt\": \"Hello, my name is Jon.\"}'",
+        f"  curl -s -X POST {serving}/models/translation_model/serve "
+        "-H 'serve_multiplexed_model_id: 2' -H 'content-type: application/json' "
+        '-d \'{"prompt": "Hello"}\'',
+        f"  curl -s -X POST {serving}/models/translation_model/versions/3/serve "
+        "-H 'content-type: application/json' -d '{\"prompt\": \"Hello\"}'   # 409",
+        f"  curl -s -X POST {serving}/models/minilm_embeddings/serve "
+        "-H 'content-type: application/json' -d '{\"text\": \"a cat\"}'",
+        f"  curl -s -H 'Authorization: Bearer {token}' {ctl}/admin/models/translation_model",
+        f"  curl -s -X PUT -H 'Authorization: Bearer {token}' "
+        f"-H 'content-type: application/json' -d '{{\"version\": \"2\"}}' "
+        f"{ctl}/admin/models/translation_model/default",
+        "",
+        "Ctrl-C stops everything.",
+    ]
+    return Panel("\n".join(lines), title="sigserve is up", expand=False)
+
+
+def run_local_stack(settings: StackSettings | None = None) -> int:
+    s = settings or StackSettings()
+    console = Console()
+    stop = threading.Event()
+
+    def _on_signal(signum: int, _frame: FrameType | None) -> None:
+        stop.set()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    home = s.home.resolve()
+    secrets = Secrets.load_or_create(home)
+    token = s.admin_token.get_secret_value() if s.admin_token else secrets.admin_token
+    tracking_uri = f"http://{s.host}:{s.mlflow_port}"
+    controller_url = f"http://{s.host}:{s.controller_port}"
+    try:
+        for port, what in (
+            (s.mlflow_port, "mlflow"),
+            (s.controller_port, "controller"),
+            (s.serving_port, "serving"),
+        ):
+            _check_free(s.host, port, what)
+    except PortInUse as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 1
+
+    with ExitStack() as stack:
+        try:
+            with console.status("Starting MLflow (SQLite store, webhooks on)..."):
+                mlflow = mlflow_server(
+                    home,
+                    host=s.host,
+                    port=s.mlflow_port,
+                    encryption_key=secrets.mlflow_encryption_key,
+                ).start()
+                stack.callback(mlflow.stop)
+                mlflow.wait_healthy(180)
+            console.print(f"[green]✓[/green] MLflow at {tracking_uri}")
+            with console.status("Starting the controller and registering its webhook..."):
+                ctl = controller(
+                    home,
+                    host=s.host,
+                    port=s.controller_port,
+                    tracking_uri=tracking_uri,
+                    admin_token=token,
+                    webhook_secret=secrets.webhook_secret,
+                    resync_interval_s=s.resync_interval_s,
+                ).start()
+                stack.callback(ctl.stop)
+                ctl.wait_healthy(60)
+                _wait_http(f"{controller_url}/readyz", 60)
+            console.print(f"[green]✓[/green] controller at {controller_url} (webhook registered)")
+            with console.status("Starting Ray and the serving app (about 20 s)..."):
+                stack.callback(stop_serving)
+                start_serving(
+                    home=home,
+                    host=s.host,
+                    port=s.serving_port,
+                    tracking_uri=tracking_uri,
+                    controller_url=controller_url,
+                    num_cpus=s.ray_num_cpus,
+                    max_num_models_per_replica=s.max_num_models_per_replica,
+                )
+                _wait_http(f"http://{s.host}:{s.serving_port}/models", 120)
+            console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")
+            if s.register_demo_models:
+                from sigserve.demo.register import register_demo_models
+
+                with console.status("Registering the demo models..."):
+                    register_demo_models(tracking_uri, console=console)
+                console.print("[green]✓[/green] demo models registered")
+            console.print(_banner(s, token))
+            stop.wait()
+        except KeyboardInterrupt:
+            pass
+        except (ProcessFailed, TimeoutError) as exc:
+            console.print(f"[red]Start-up failed:[/red] {exc}")
+            return 1
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            console.print("Stopping everything...")
+    console.print("Stopped.")
+    return 0

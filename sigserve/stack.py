@@ -1,0 +1,171 @@
+"""The parts of a local stack, each started the same way by ``sigserve up`` and by the tests.
+
+- an MLflow tracking server (SQLite store, local artifacts, webhooks on), as a child process;
+- the controller, as a child process (``python -m controller``);
+- a local Ray with the serving application, inside the calling process (Ray ties its own
+  clean-up to the process that called ``ray.init``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from sigserve.processes import ManagedProcess
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class Secrets:
+    admin_token: str
+    webhook_secret: str
+    mlflow_encryption_key: str
+
+    @classmethod
+    def load_or_create(cls, home: Path) -> Secrets:
+        """Secrets kept under ``home`` (mode 600), so a restart matches the registered webhook."""
+        path = home / "secrets.json"
+        if path.exists():
+            return cls(**json.loads(path.read_text()))
+        from cryptography.fernet import Fernet
+
+        created = cls(
+            admin_token=secrets.token_urlsafe(24),
+            webhook_secret=secrets.token_urlsafe(32),
+            mlflow_encryption_key=Fernet.generate_key().decode(),
+        )
+        home.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(created.__dict__, f)
+        return created
+
+
+def mlflow_server(
+    home: Path, *, host: str, port: int, encryption_key: str, webhook_cache_ttl_s: int = 1
+) -> ManagedProcess:
+    home = home.resolve()
+    (home / "mlflow-artifacts").mkdir(parents=True, exist_ok=True)
+    env = {
+        **os.environ,
+        # Webhooks to a loopback http:// URL are refused unless both of these are set.
+        "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+        "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+        "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": encryption_key,
+        # The server caches its webhook list; a short TTL makes a new webhook count at once.
+        "MLFLOW_WEBHOOK_CACHE_TTL": str(webhook_cache_ttl_s),
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
+    argv = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{home / 'mlflow.db'}",
+        "--artifacts-destination", str(home / "mlflow-artifacts"),
+        "--host", host, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+    return ManagedProcess(
+        "mlflow server",
+        argv,
+        env=env,
+        log_path=home / "logs" / "mlflow.log",
+        health_url=f"http://{host}:{port}/health",
+    )
+
+
+def controller(
+    home: Path,
+    *,
+    host: str,
+    port: int,
+    tracking_uri: str,
+    admin_token: str,
+    webhook_secret: str,
+    resync_interval_s: float,
+    database_url: str | None = None,
+    register_webhook: bool = True,
+    log_name: str = "controller.log",
+) -> ManagedProcess:
+    home = home.resolve()
+    env = {
+        **os.environ,
+        "SIGSERVE_HOME": str(home),
+        "SIGSERVE_CONTROLLER_HOST": host,
+        "SIGSERVE_CONTROLLER_PORT": str(port),
+        "SIGSERVE_MLFLOW_TRACKING_URI": tracking_uri,
+        "SIGSERVE_ADMIN_TOKEN": admin_token,
+        "SIGSERVE_WEBHOOK_SECRET": webhook_secret,
+        "SIGSERVE_RESYNC_INTERVAL_S": str(resync_interval_s),
+    }
+    if database_url:
+        env["SIGSERVE_DATABASE_URL"] = database_url
+    if register_webhook:
+        env["SIGSERVE_WEBHOOK_URL"] = f"http://{host}:{port}/webhooks/mlflow"
+    return ManagedProcess(
+        "controller",
+        [sys.executable, "-m", "controller"],
+        env=env,
+        log_path=home / "logs" / log_name,
+        health_url=f"http://{host}:{port}/healthz",
+    )
+
+
+def start_serving(
+    *,
+    home: Path,
+    host: str,
+    port: int,
+    tracking_uri: str,
+    controller_url: str,
+    num_cpus: int | None = None,
+    max_num_models_per_replica: int = 2,
+) -> None:
+    """Start a local Ray in this process and run the serving app on it.
+
+    ``address="local"`` always starts a new Ray, never joins a stale one. Its temp dir lives
+    under ``home`` so that what it leaves is easy to find; Ray stops it with ``stop_serving``
+    or when this process exits.
+    """
+    import ray
+    from ray import serve
+
+    from serving.app import build_app
+    from serving.settings import ServingSettings
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # Hugging Face's offline switches must reach the model replicas too.
+    hf_env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_"))}
+    ray_dir = home.resolve() / "ray"
+    ray_dir.mkdir(parents=True, exist_ok=True)
+    ray.init(
+        address="local",
+        num_cpus=num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=str(ray_dir),
+        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, **hf_env}},
+    )
+    serve.start(http_options={"host": host, "port": port})
+    settings = ServingSettings(
+        controller_url=controller_url, max_num_models_per_replica=max_num_models_per_replica
+    )
+    serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
+
+
+def stop_serving() -> None:
+    import ray
+    from ray import serve
+
+    try:
+        serve.shutdown()
+    finally:
+        ray.shutdown()

@@ -1,0 +1,145 @@
+"""One real stack per test session: an `mlflow server` (SQLite, webhooks on), a local Ray with
+the serving application, and the controller as a child process that tests may stop, kill and
+restart. Every port is free-picked; everything started here is stopped here, by pid."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from sigserve.processes import ManagedProcess
+from sigserve.stack import Secrets, controller, free_port, mlflow_server
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+RESYNC_INTERVAL_S = 4.0
+ECHO_MODEL = Path(__file__).parent / "models" / "tagged_echo.py"
+
+
+def wait_for(predicate: Callable[[], Any], timeout_s: float = 30.0, every_s: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"condition not met within {timeout_s}s (last: {last!r})")
+
+
+class ControllerHandle:
+    """The controller as a user runs it: a process with a URL, stoppable and restartable."""
+
+    def __init__(self, home: Path, tracking_uri: str, secrets: Secrets) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.tracking_uri = tracking_uri
+        self.secrets = secrets
+        self.admin = {"Authorization": f"Bearer {secrets.admin_token}"}
+        self._process: ManagedProcess | None = None
+        self.webhook_url = f"{self.url}/webhooks/mlflow"
+
+    def start(self) -> None:
+        self._process = controller(
+            self.home, host=HOST, port=self.port, tracking_uri=self.tracking_uri,
+            admin_token=self.secrets.admin_token, webhook_secret=self.secrets.webhook_secret,
+            resync_interval_s=RESYNC_INTERVAL_S,
+        ).start()
+        self._process.wait_healthy(60)
+        wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 60)
+
+    def stop(self) -> None:
+        if self._process:
+            self._process.stop()
+            self._process = None
+
+    def model(self, name: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.url}/admin/models/{name}", headers=self.admin)
+        r.raise_for_status()
+        body: dict[str, Any] = r.json()
+        return body
+
+    def state_of(self, name: str, version: str) -> str | None:
+        r = httpx.get(f"{self.url}/admin/models/{name}", headers=self.admin)
+        if r.status_code != 200:
+            return None
+        for v in r.json()["versions"]:
+            if v["version"] == version:
+                return str(v["state"])
+        return None
+
+
+@pytest.fixture(scope="session")
+def home() -> Iterator[Path]:
+    # Short on purpose: Ray puts Unix sockets under its temp dir (107-byte path limit).
+    path = Path(tempfile.mkdtemp(prefix="ss-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def secrets(home: Path) -> Secrets:
+    return Secrets.load_or_create(home)
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(home: Path, secrets: Secrets) -> Iterator[str]:
+    port = free_port()
+    server = mlflow_server(home, host=HOST, port=port,
+                           encryption_key=secrets.mlflow_encryption_key).start()
+    try:
+        server.wait_healthy(180)
+        uri = f"http://{HOST}:{port}"
+        os.environ["MLFLOW_TRACKING_URI"] = uri
+        yield uri
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def controller_handle(home: Path, tracking_uri: str, secrets: Secrets
+                      ) -> Iterator[ControllerHandle]:
+    handle = ControllerHandle(home, tracking_uri, secrets)
+    handle.start()
+    try:
+        yield handle
+    finally:
+        handle.stop()
+
+
+@pytest.fixture()
+def ctl(controller_handle: ControllerHandle) -> Iterator[ControllerHandle]:
+    """The controller, running: a test that stopped it gets it started again after."""
+    yield controller_handle
+    if controller_handle._process is None:
+        controller_handle.start()
+
+
+def register_echo(name: str, *, tag: str, input_label: str = "prompt") -> str:
+    """Log and register a TaggedEcho version; returns its version number."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    example_in = pd.DataFrame({input_label: ["x"]})
+    example_out = pd.DataFrame({"answer": ["x"]})
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(ECHO_MODEL),
+            signature=infer_signature(example_in, example_out),
+            model_config={"tag": tag, "input_label": input_label},
+            pip_requirements=[],
+            registered_model_name=name,
+        )
+    return str(info.registered_model_version)
