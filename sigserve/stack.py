@@ -166,6 +166,6 @@ def stop_serving() -> None:
     from ray import serve
 
     try:
-        serve.shutdown()
+        serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
         ray.shutdown()

@@ -143,3 +143,35 @@ def register_echo(name: str, *, tag: str, input_label: str = "prompt") -> str:
             registered_model_name=name,
         )
     return str(info.registered_model_version)
+
+
+@pytest.fixture(scope="session")
+def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHandle
+                ) -> Iterator[str]:
+    from sigserve.stack import start_serving, stop_serving
+
+    port = free_port()
+    start_serving(home=home, host=HOST, port=port, tracking_uri=tracking_uri,
+                  controller_url=controller_handle.url, num_cpus=2)
+    url = f"http://{HOST}:{port}"
+    try:
+        wait_for(lambda: httpx.get(f"{url}/models").status_code == 200, 180, 0.5)
+        yield url
+    finally:
+        stop_serving()
+
+
+def runner_loads() -> list[str]:
+    """Model ids the (single) model-runner replica has loaded, in order."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("ModelRunner", app_name="sigserve")
+    loads: list[str] = handle.loads.remote().result()
+    return loads
+
+
+def serve_status(url: str, name: str, version: str | None = None,
+                 body: Any = None, headers: dict[str, str] | None = None) -> httpx.Response:
+    path = f"/models/{name}/versions/{version}/serve" if version else f"/models/{name}/serve"
+    return httpx.post(f"{url}{path}", json=body if body is not None else {"prompt": "hi"},
+                      headers=headers, timeout=30)

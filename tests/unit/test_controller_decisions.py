@@ -6,8 +6,8 @@ import json
 from datetime import UTC, datetime
 
 from controller.decisions import decide_all
-from controller.records import ModelRecord, VersionRecord
 from controller.reconciler import merge_observed
+from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion
 from sigserve.routing_table import VersionState
 

@@ -1,0 +1,91 @@
+"""`make up` brings the whole stack up on free ports, and Ctrl-C leaves no process behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from sigserve.stack import free_port
+from tests.integration.conftest import wait_for
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def processes_with_home(home: Path) -> list[int]:
+    """Pids whose environment carries this stack's SIGSERVE_HOME: everything it started."""
+    marker = f"SIGSERVE_HOME={home}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+@pytest.fixture()
+def stack_home() -> Iterator[Path]:
+    home = Path(tempfile.mkdtemp(prefix="up-", dir="/tmp"))
+    yield home
+    shutil.rmtree(home, ignore_errors=True)
+
+
+def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path) -> None:
+    ports = {"MLFLOW": free_port(), "SERVING": free_port(), "CONTROLLER": free_port()}
+    env = {
+        **os.environ,
+        "SIGSERVE_HOME": str(stack_home),
+        "HF_HUB_OFFLINE": "1",
+        **{f"SIGSERVE_{k}_PORT": str(v) for k, v in ports.items()},
+    }
+    env.pop("MLFLOW_TRACKING_URI", None)
+    log = (stack_home / "up.log").open("wb")
+    make = subprocess.Popen(["make", "-s", "up"], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    serving = f"http://127.0.0.1:{ports['SERVING']}"
+    try:
+        wait_for(lambda: "sigserve is up" in (stack_home / "up.log").read_text(errors="replace")
+                 or make.poll() is not None, 400, 1.0)
+        output = (stack_home / "up.log").read_text(errors="replace")
+        assert make.poll() is None, output
+        assert "Admin token" in output and "curl" in output
+        assert "tiny random-weight T5" in output  # the Hub is unreachable here, and it says so
+
+        def embedding() -> httpx.Response | None:
+            r = httpx.post(f"{serving}/models/minilm_embeddings/serve",
+                           json={"text": "a cat sits on the mat"}, timeout=60)
+            return r if r.status_code == 200 else None
+
+        r = wait_for(embedding, 120, 1.0)
+        assert len(r.json()[0]["embedding"]) == 384
+        refused = httpx.post(f"{serving}/models/translation_model/versions/3/serve",
+                             json={"prompt": "Hello"}, timeout=30)
+        assert refused.status_code == 409
+        assert processes_with_home(stack_home)
+    finally:
+        os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
+        started = time.monotonic()
+        try:
+            make.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(make.pid, signal.SIGKILL)
+        log.close()
+    wait_for(lambda: not processes_with_home(stack_home), 30, 0.5)
+    assert time.monotonic() - started < 30 + 5
+    for port in ports.values():
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # free again

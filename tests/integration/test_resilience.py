@@ -1,0 +1,97 @@
+"""Lost deliveries, controller restarts and controller outages."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+from mlflow import MlflowClient
+
+from tests.integration.conftest import (
+    RESYNC_INTERVAL_S,
+    ControllerHandle,
+    register_echo,
+    serve_status,
+    wait_for,
+)
+
+
+def _decisions(ctl: ControllerHandle) -> dict[str, Any]:
+    models = httpx.get(f"{ctl.url}/admin/models", headers=ctl.admin).json()["models"]
+    return {m["name"]: ctl.model(m["name"]) for m in models}
+
+
+def test_lost_webhook_is_caught_by_resync(serving_url: str, ctl: ControllerHandle) -> None:
+    name = "lost_hook"
+    register_echo(name, tag="one")
+    wait_for(lambda: ctl.state_of(name, "1") == "live")
+    client = MlflowClient(ctl.tracking_uri)
+    hooks = [h for h in client.list_webhooks() if h.url == ctl.webhook_url]
+    assert hooks, "the controller registered its webhook"
+    for hook in hooks:
+        client.delete_webhook(hook.webhook_id)
+    try:
+        time.sleep(1.5)  # the server's webhook cache TTL is 1 s in this stack
+        started = time.monotonic()
+        register_echo(name, tag="two")
+        wait_for(lambda: serve_status(serving_url, name, "2").status_code == 200,
+                 RESYNC_INTERVAL_S + 5, 0.05)
+        elapsed = time.monotonic() - started
+        assert elapsed <= RESYNC_INTERVAL_S + 5
+        assert ctl.model(name)["last_webhook_at"] is not None  # only v1's deliveries arrived
+    finally:
+        ctl.stop()
+        ctl.start()  # registers its webhook again
+    assert [h for h in client.list_webhooks() if h.url == ctl.webhook_url]
+
+
+def test_restart_keeps_every_decision_and_serving_answers(
+    serving_url: str, ctl: ControllerHandle
+) -> None:
+    name = "restart_echo"
+    register_echo(name, tag="one")
+    register_echo(name, tag="bad", input_label="text")
+    wait_for(lambda: ctl.state_of(name, "2") == "quarantined")
+    before = _decisions(ctl)
+    ctl.stop()
+    statuses = {serve_status(serving_url, name, v).status_code for v in ("1", "2")}
+    assert statuses == {200, 409}
+    ctl.start()
+    time.sleep(1.0)  # let the first resync pass run
+    after = _decisions(ctl)
+    for model in before.values():
+        model.pop("last_webhook_at")
+    for model in after.values():
+        model.pop("last_webhook_at")
+    assert after == before  # same states, reasons, decision times: nothing decided again
+
+
+def test_new_ingress_replica_answers_from_last_table_while_controller_is_down(
+    serving_url: str, ctl: ControllerHandle
+) -> None:
+    import ray
+
+    def ingress_replicas() -> set[str]:
+        named = ray.util.list_named_actors(all_namespaces=True)
+        return {a["name"] for a in named if "Ingress" in a["name"] and "REPLICA" in a["name"]}
+
+    name = "stable_echo"
+    register_echo(name, tag="one")
+    register_echo(name, tag="bad", input_label="text")
+    wait_for(lambda: ctl.state_of(name, "2") == "quarantined")
+    wait_for(lambda: serve_status(serving_url, name, "2").status_code == 409)
+    ctl.stop()
+
+    old = ingress_replicas()
+    assert old, "an ingress replica is running"
+    for actor_name in old:
+        ray.kill(ray.get_actor(actor_name, namespace="serve"), no_restart=True)
+    wait_for(lambda: (now := ingress_replicas()) and not (now & old), 90, 0.5)
+
+    ok = wait_for(lambda: (r := serve_status(serving_url, name, "1")).status_code == 200 and r,
+                  60, 0.25)
+    assert ok.json() == [{"answer": "one:hi"}]
+    refused = serve_status(serving_url, name, "2")
+    assert refused.status_code == 409
+    assert any("'prompt'" in reason for reason in refused.json()["reasons"])
