@@ -1,0 +1,162 @@
+"""The HTTP API of the serving app: a FastAPI app that validates, resolves and forwards.
+
+It knows nothing of Ray: it gets a ``TableSource`` (the routing table) and a ``ModelBackend``
+(something that runs a version on some data), so it runs the same under Ray Serve and in a test
+client. Routes:
+
+    GET  /models                                     revision and every model's versions/states
+    GET  /models/{name}                              contract, default version, versions/states
+    POST /models/{name}/serve                        records in, output records out
+    POST /models/{name}/versions/{version}/serve     same, version from the path
+    POST /models/{name}/invocations                  MLflow scoring-server protocol
+    GET  /-/healthz                                  liveness
+
+Bodies for ``/serve`` are described in ``serving.contract``; errors in ``serving.problems``.
+``/invocations`` takes what ``mlflow models serve`` takes (``dataframe_split``,
+``dataframe_records``, ``instances`` or ``inputs``, with optional ``params``) and answers
+``{"predictions": [...]}``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, Protocol
+
+import pandas as pd
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from mlflow.exceptions import MlflowException
+from mlflow.pyfunc.scoring_server import infer_and_parse_data
+
+from serving.contract import contract_for
+from serving.exceptions import InvalidInput
+from serving.frames import jsonable, to_model_input, to_records
+from serving.openapi import install_openapi, json_schema
+from serving.problems import install_problem_handlers
+from serving.resolve import find_model, header_version, held, resolve
+from serving.table_source import TableSource
+from sigserve.routing_table import ModelEntry
+
+_SCORING_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+
+
+class ModelBackend(Protocol):
+    async def predict(self, model_id: str, data: Any, params: dict[str, Any] | None) -> Any: ...
+
+
+def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: float = 0) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await source.start(wait_s=startup_wait_s)
+        yield
+        await source.stop()
+
+    app = FastAPI(
+        title="sigserve",
+        description="MLflow registry models, served under APIs derived from their signatures.",
+        lifespan=lifespan,
+    )
+    install_problem_handlers(app)
+    install_openapi(app, lambda: source.table)
+
+    @app.get("/-/healthz")
+    async def healthz() -> dict[str, Any]:
+        table = source.table
+        return {"status": "ok", "revision": table.revision if table is not None else None}
+
+    @app.get("/models")
+    async def list_models() -> dict[str, Any]:
+        table = held(source.table)
+        return {"revision": table.revision, "models": [_summary(m) for m in table.models.values()]}
+
+    @app.get("/models/{name}")
+    async def describe_model(name: str) -> dict[str, Any]:
+        model = find_model(source.table, name)
+        return {**_summary(model), "contract": _contract_view(model)}
+
+    @app.post("/models/{name}/serve")
+    async def serve_default(name: str, request: Request) -> JSONResponse:
+        return await _serve(name, header_version(name, request.headers), request)
+
+    @app.post("/models/{name}/versions/{version}/serve")
+    async def serve_version(name: str, version: str, request: Request) -> JSONResponse:
+        return await _serve(name, version, request)
+
+    @app.post("/models/{name}/invocations")
+    async def invocations(name: str, request: Request) -> JSONResponse:
+        # Resolve before reading the body: a quarantined version answers 409 whatever is sent.
+        target = resolve(source.table, name, header_version(name, request.headers))
+        signature = contract_for(name, target.version.signature).signature
+        body = await _json(request)
+        if not isinstance(body, dict):
+            raise _bad_body("must be a JSON object with one of " + ", ".join(_SCORING_FORMATS))
+        data = {k: v for k, v in body.items() if k in _SCORING_FORMATS}
+        unknown = sorted(set(body) - set(_SCORING_FORMATS) - {"params"})
+        if unknown or len(data) != 1:
+            raise _bad_body(f"needs exactly one of {', '.join(_SCORING_FORMATS)} (and 'params')")
+        schema: Any = signature.inputs if signature is not None else None
+        try:
+            parsed = infer_and_parse_data(data, schema)
+        except MlflowException as exc:
+            raise _bad_body(exc.message) from None
+        prediction = await backend.predict(target.model_id, parsed, body.get("params"))
+        return JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
+
+    async def _serve(name: str, version: str | None, request: Request) -> JSONResponse:
+        target = resolve(source.table, name, version)
+        # The contract (the default version's signature) shapes what clients send; the chosen
+        # version's own signature shapes what its model reads and writes.
+        contract = contract_for(name, target.model.contract or target.version.signature)
+        own = contract_for(name, target.version.signature).signature or contract.signature
+        parsed = contract.parse(await _json(request))
+        data = to_model_input(parsed.records, own)
+        prediction = await backend.predict(target.model_id, data, parsed.params)
+        return JSONResponse(to_records(prediction, own.outputs if own is not None else None))
+
+    return app
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return json.loads(await request.body())
+    except ValueError as exc:
+        raise _bad_body(f"is not valid JSON: {exc}") from None
+
+
+def _bad_body(reason: str) -> InvalidInput:
+    return InvalidInput(f"body {reason}", errors=[{"field": "body", "reason": reason}])
+
+
+def _summary(model: ModelEntry) -> dict[str, Any]:
+    return {
+        "name": model.name,
+        "default_version": model.default_version,
+        "versions": [
+            {"version": v.version, "state": v.state.value, "reasons": list(v.reasons)}
+            for v in model.versions.values()
+        ],
+    }
+
+
+def _contract_view(model: ModelEntry) -> dict[str, Any] | None:
+    if model.contract is None:
+        return None
+    contract = contract_for(model.name, model.contract)
+    view: dict[str, Any] = {
+        key: json.loads(value) if value else None for key, value in model.contract.items()
+    }
+    view["record_schema"] = json_schema(contract.record)
+    view["output_schema"] = json_schema(contract.output)
+    view["params_schema"] = json_schema(contract.params) if contract.params else None
+    return view
+
+
+def _scoring_output(prediction: Any) -> Any:
+    # What `mlflow models serve` answers: frames as records, arrays as nested lists.
+    if isinstance(prediction, pd.DataFrame):
+        return prediction.to_dict(orient="records")
+    if isinstance(prediction, pd.Series):
+        return prediction.tolist()
+    return prediction

@@ -1,0 +1,115 @@
+"""Errors raised inside the serving app, and the HTTP problem each one becomes.
+
+Code below the HTTP boundary raises these and never builds a response itself; the exception
+handlers in ``serving.problems`` turn them into RFC 9457 problem+json in one place. Each class
+carries its status, a stable problem ``slug`` (the last part of the problem ``type`` URI) and a
+title, so adding an error means adding a class here and nothing else.
+
+    SigserveError
+     +-- ProblemError                     an answer a client can act on (4xx / 503)
+     |    +-- NotReady                    503 + Retry-After: no routing table held yet
+     |    +-- UnknownModel                404: the table has no such model
+     |    +-- UnknownVersion              404: the model has no such version
+     |    +-- NoDefaultVersion            503 + Retry-After: nothing pinned yet, no version named
+     |    +-- VersionPending              503 + Retry-After: the controller has not decided yet
+     |    +-- VersionQuarantined          409 + reasons: blocked, never loaded
+     |    +-- BadModelId                  400: the model-id header names another model
+     |    +-- InvalidInput                422 + errors: the body does not fit the contract
+     |    |    +-- ModelRejectedInput     422: MLflow's own schema enforcement refused it
+     |    +-- ModelUnavailable            503 + Retry-After: the version could not be loaded
+     +-- ContractError                    a signature that cannot become an API (a bug or a
+                                          registry oddity: answered as a plain 500)
+
+Anything else that escapes a route is answered by the catch-all as a 500 problem with no
+stack trace. Errors raised in the model replica cross Ray wrapped in ``RayTaskError``; the
+ingress unwraps them so the handlers see the original class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class SigserveError(Exception):
+    """Base of every error the serving app raises on purpose."""
+
+
+class ContractError(SigserveError):
+    """A signature that cannot be turned into request and response models."""
+
+
+class ProblemError(SigserveError):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+    # Seconds a client should wait before trying again; only 503s set it.
+    retry_after: ClassVar[int | None] = None
+
+    def __init__(self, detail: str, **extensions: Any) -> None:
+        super().__init__(detail)
+        # Kept as attributes, not only in args: RayTaskError copies __dict__ across processes.
+        self.detail = detail
+        self.extensions = extensions
+
+
+class NotReady(ProblemError):
+    status = 503
+    slug = "not-ready"
+    title = "The serving app has no routing table yet"
+    retry_after = 1
+
+
+class UnknownModel(ProblemError):
+    status = 404
+    slug = "unknown-model"
+    title = "Unknown model"
+
+
+class UnknownVersion(ProblemError):
+    status = 404
+    slug = "unknown-version"
+    title = "Unknown model version"
+
+
+class NoDefaultVersion(ProblemError):
+    status = 503
+    slug = "no-default-version"
+    title = "The model has no default version yet"
+    retry_after = 1
+
+
+class VersionPending(ProblemError):
+    status = 503
+    slug = "version-pending"
+    title = "The version's compatibility has not been decided yet"
+    retry_after = 1
+
+
+class VersionQuarantined(ProblemError):
+    status = 409
+    slug = "version-quarantined"
+    title = "The version is quarantined"
+
+
+class BadModelId(ProblemError):
+    status = 400
+    slug = "bad-model-id"
+    title = "The model id header does not match the path"
+
+
+class InvalidInput(ProblemError):
+    status = 422
+    slug = "invalid-input"
+    title = "The request does not fit the model's contract"
+
+
+class ModelRejectedInput(InvalidInput):
+    slug = "model-rejected-input"
+    title = "The model version refused the input"
+
+
+class ModelUnavailable(ProblemError):
+    status = 503
+    slug = "model-unavailable"
+    title = "The model version could not be loaded"
+    retry_after = 5

@@ -1,0 +1,89 @@
+"""Which version answers a request, decided from the routing table alone.
+
+The version comes from the path (``/models/{name}/versions/{version}/...``), else from the
+``serve_multiplexed_model_id`` header (also spelled ``serve-multiplexed-model-id``, as proxies
+that drop underscores send it; the value is ``"2"`` or ``"name/2"``), else from the model's
+pinned default. Only a ``live`` version is ever returned: unknown, pending and quarantined
+versions raise before anything is loaded, so the app fails closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from serving.exceptions import (
+    BadModelId,
+    NoDefaultVersion,
+    NotReady,
+    UnknownModel,
+    UnknownVersion,
+    VersionPending,
+    VersionQuarantined,
+)
+from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
+
+MODEL_ID_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")
+
+
+@dataclass(frozen=True)
+class Target:
+    model: ModelEntry
+    version: VersionEntry
+
+    @property
+    def model_id(self) -> str:
+        """The multiplexed model id, ``name/version``: what the model replicas load."""
+        return f"{self.model.name}/{self.version.version}"
+
+
+def held(table: RoutingTable | None) -> RoutingTable:
+    if table is None:
+        raise NotReady("no routing table has reached this replica yet")
+    return table
+
+
+def find_model(table: RoutingTable | None, name: str) -> ModelEntry:
+    model = held(table).models.get(name)
+    if model is None:
+        raise UnknownModel(f"no model named {name!r} is registered for serving", model=name)
+    return model
+
+
+def header_version(name: str, headers: Mapping[str, str]) -> str | None:
+    """The version named by the model-id header, if any; "name/2" must name this model."""
+    value = next((headers[h] for h in MODEL_ID_HEADERS if headers.get(h)), None)
+    if value is None:
+        return None
+    prefix, sep, version = value.strip().rpartition("/")
+    if sep and prefix != name:
+        raise BadModelId(f"the model id {value!r} names another model than {name!r}", model=name)
+    return version or None
+
+
+def resolve(table: RoutingTable | None, name: str, version: str | None) -> Target:
+    model = find_model(table, name)
+    if version is None:
+        if model.default_version is None:
+            raise NoDefaultVersion(
+                f"model {name!r} has no default version yet; name one to call it", model=name
+            )
+        version = model.default_version
+    entry = model.versions.get(version)
+    if entry is None:
+        raise UnknownVersion(
+            f"model {name!r} has no version {version!r}", model=name, version=version
+        )
+    if entry.state == VersionState.PENDING:
+        raise VersionPending(
+            f"version {version} of {name!r} is still being checked", model=name, version=version
+        )
+    if entry.state == VersionState.QUARANTINED:
+        raise VersionQuarantined(
+            f"version {version} of {name!r} is quarantined: "
+            + ("; ".join(entry.reasons) or "no reason recorded"),
+            model=name,
+            version=version,
+            reasons=list(entry.reasons),
+        )
+    return Target(model, entry)

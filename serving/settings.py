@@ -1,0 +1,28 @@
+"""Settings of the serving app, read from ``SIGSERVE_*`` environment variables.
+
+They are read by whoever builds the application (``serving.app.build_app``) and travel to the
+replicas inside the bound deployment, so a replica never depends on its own environment for
+them. MLflow's own settings (``MLFLOW_TRACKING_URI``...) are not here: MLflow reads them itself,
+and ``build_app`` forwards them to the model replicas.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ServingSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SIGSERVE_", extra="ignore")
+
+    controller_url: str = "http://127.0.0.1:8080"
+    app_name: str = "sigserve"
+    max_num_models_per_replica: int = Field(default=2, ge=1)
+    ingress_replicas: int = Field(default=1, ge=1)
+    model_replicas: int = Field(default=1, ge=1)
+    replica_num_cpus: float = Field(default=0.1, ge=0)
+    # How long the controller may hold one long-poll open before answering 204.
+    table_poll_timeout_s: float = Field(default=30.0, gt=0)
+    # How long a starting ingress replica waits for its first table (from the key-value store
+    # or the controller) before it reports ready anyway and answers 503 until one arrives.
+    table_startup_wait_s: float = Field(default=5.0, ge=0)

@@ -1,0 +1,162 @@
+"""The routing table held by one ingress replica, and how it stays current.
+
+A background task long-polls the controller:
+
+    GET {controller_url}/routing-table?after={held revision, -1 if none}&timeout={seconds}
+      200 + RoutingTable JSON   the controller holds a newer revision (at once if it already did)
+      204                       nothing newer within ``timeout``: ask again
+
+A push this way reaches every replica in milliseconds, and a replica that was away (restart,
+network) catches up with one request, because it asks from the revision it holds. Connection
+errors and bad answers are retried with a capped, jittered backoff; the task never lets an error
+end it, so a controller outage only freezes the table, it never takes the replica down.
+
+Static stability: each accepted table is also written to a ``TableStore`` (the Ray GCS, see
+``serving.gcs_store``) and a starting replica reads that store first, so a replica started
+while the controller is down serves the last decisions instead of 503s.
+
+Only a table with a higher revision than the one held is accepted: answers can arrive out of
+order (a slow poll, the store, the controller) and an older table must never win.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from typing import Protocol
+
+import httpx
+from pydantic import ValidationError
+
+from sigserve.routing_table import SCHEMA_VERSION, RoutingTable
+
+logger = logging.getLogger(__name__)
+
+_BACKOFF_FIRST_S = 0.5
+_BACKOFF_MAX_S = 10.0
+# A controller that answers 204 at once (not holding the poll) must not make a busy loop.
+_MIN_EMPTY_POLL_S = 0.2
+# The controller answers within ``timeout``; the margin covers its own latency.
+_HTTP_MARGIN_S = 10.0
+
+
+class TableStore(Protocol):
+    """Where tables survive the replica: blocking calls, run in a thread."""
+
+    def read(self) -> str | None: ...
+
+    def write(self, table_json: str) -> None: ...
+
+
+class TableSource:
+    def __init__(
+        self,
+        controller_url: str,
+        *,
+        poll_timeout_s: float = 30.0,
+        store: TableStore | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._url = controller_url.rstrip("/") + "/routing-table"
+        self._poll_timeout_s = poll_timeout_s
+        self._store = store
+        self._transport = transport
+        self._table: RoutingTable | None = None
+        self._arrived = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def table(self) -> RoutingTable | None:
+        return self._table
+
+    def offer(self, table: RoutingTable) -> bool:
+        """Hold ``table`` if it is newer than the one held; say whether it was taken."""
+        if table.schema_version != SCHEMA_VERSION:
+            logger.error("ignoring routing table with schema_version %s", table.schema_version)
+            return False
+        if self._table is not None and table.revision <= self._table.revision:
+            return False
+        self._table = table
+        self._arrived.set()
+        logger.info("routing table revision %d: %d models", table.revision, len(table.models))
+        return True
+
+    async def start(self, wait_s: float = 0.0) -> None:
+        """Restore from the store, start polling, and wait up to ``wait_s`` for a first table."""
+        await self._restore()
+        self._task = asyncio.create_task(self._poll_forever(), name="sigserve-table-poll")
+        if self._table is None and wait_s > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._arrived.wait(), wait_s)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _restore(self) -> None:
+        if self._store is None:
+            return
+        try:
+            raw = await asyncio.to_thread(self._store.read)
+            if raw:
+                self.offer(RoutingTable.model_validate_json(raw))
+        except Exception:
+            # A broken store must not stop the replica: the controller is the source of truth.
+            logger.exception("could not restore the routing table from the store")
+
+    async def _poll_forever(self) -> None:
+        timeout = httpx.Timeout(self._poll_timeout_s + _HTTP_MARGIN_S, connect=5.0)
+        async with httpx.AsyncClient(timeout=timeout, transport=self._transport) as client:
+            delay = _BACKOFF_FIRST_S
+            loop = asyncio.get_running_loop()
+            while True:
+                started = loop.time()
+                try:
+                    table = await self._poll_once(client)
+                except (httpx.HTTPError, ValidationError, ValueError) as exc:
+                    logger.warning("routing table poll failed (%s); retry in %.1fs", exc, delay)
+                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
+                    delay = min(delay * 2, _BACKOFF_MAX_S)
+                    continue
+                delay = _BACKOFF_FIRST_S
+                if table is None:
+                    await asyncio.sleep(max(0.0, _MIN_EMPTY_POLL_S - (loop.time() - started)))
+                elif self.offer(table):
+                    await self._persist(table)
+
+    async def _poll_once(self, client: httpx.AsyncClient) -> RoutingTable | None:
+        after = self._table.revision if self._table is not None else -1
+        response = await client.get(
+            self._url, params={"after": after, "timeout": self._poll_timeout_s}
+        )
+        if response.status_code == httpx.codes.NO_CONTENT:
+            return None
+        response.raise_for_status()
+        if response.status_code != httpx.codes.OK:
+            raise ValueError(f"unexpected status {response.status_code}")
+        return RoutingTable.model_validate_json(response.content)
+
+    async def _persist(self, table: RoutingTable) -> None:
+        if self._store is None:
+            return
+        try:
+            await asyncio.to_thread(_write_if_newer, self._store, table)
+        except Exception:
+            logger.exception("could not write routing table %d to the store", table.revision)
+
+
+def _write_if_newer(store: TableStore, table: RoutingTable) -> None:
+    # Every replica writes; reading first keeps a slow replica from putting an older table back.
+    # The read and the write are not atomic: at worst the store lags one revision behind, which
+    # only matters to a replica started while the controller is down.
+    raw = store.read()
+    if raw:
+        with contextlib.suppress(ValidationError):
+            if RoutingTable.model_validate_json(raw).revision >= table.revision:
+                return
+    store.write(table.model_dump_json())

@@ -1,0 +1,220 @@
+"""The HTTP API, run in a test client with a stand-in controller and an in-process backend."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
+
+from serving.api import create_app
+from serving.table_source import TableSource
+from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
+
+V1 = ModelSignature(
+    Schema([ColSpec("string", "prompt")]),
+    Schema([ColSpec("string", "out")]),
+    ParamSchema([ParamSpec("suffix", "string", "!")]),
+).to_dict()
+V2 = ModelSignature(
+    Schema([ColSpec("string", "prompt"), ColSpec("integer", "n", required=False)]),
+    Schema([ColSpec("string", "out")]),
+    ParamSchema([ParamSpec("suffix", "string", "?")]),
+).to_dict()
+V3 = ModelSignature(
+    Schema([ColSpec("string", "text_to_translate")]), Schema([ColSpec("string", "out")])
+).to_dict()
+REASON = "input 'prompt' (string, required) is missing; this version reads 'text_to_translate'"
+TABLE = RoutingTable(
+    revision=4,
+    models={
+        "echo": ModelEntry(
+            name="echo",
+            default_version="1",
+            contract=V1,
+            versions={
+                "1": VersionEntry(version="1", state=VersionState.LIVE, signature=V1),
+                "2": VersionEntry(version="2", state=VersionState.LIVE, signature=V2),
+                "3": VersionEntry(
+                    version="3", state=VersionState.QUARANTINED, reasons=[REASON], signature=V3
+                ),
+                "4": VersionEntry(version="4", state=VersionState.PENDING, signature=V1),
+            },
+        )
+    },
+)
+
+
+class EchoBackend:
+    """Runs every version in-process: echoes the prompt, tagged with the version that ran."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, dict[str, Any] | None]] = []
+
+    async def predict(self, model_id: str, data: Any, params: dict[str, Any] | None) -> Any:
+        self.calls.append((model_id, data, params))
+        suffix = (params or {}).get("suffix", "")
+        return pd.DataFrame({"out": [f"{model_id}:{p}{suffix}" for p in data["prompt"]]})
+
+
+class Controller:
+    def __init__(self) -> None:
+        self.table: RoutingTable | None = None
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.table is not None and self.table.revision > int(request.url.params["after"]):
+            return httpx.Response(200, content=self.table.model_dump_json())
+        await asyncio.sleep(0.01)
+        return httpx.Response(204)
+
+
+def start(table: RoutingTable | None) -> tuple[TestClient, EchoBackend, Controller]:
+    controller = Controller()
+    controller.table = table
+    source = TableSource("http://controller", transport=httpx.MockTransport(controller))
+    backend = EchoBackend()
+    app = create_app(source, backend, startup_wait_s=2 if table else 0)
+    return TestClient(app, raise_server_exceptions=False), backend, controller
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[TestClient, EchoBackend]]:
+    client, backend, _ = start(TABLE)
+    with client:
+        yield client, backend
+
+
+def test_no_table_yet_is_a_503_until_one_arrives() -> None:
+    client, _, controller = start(None)
+    with client:
+        response = client.get("/models")
+        assert response.status_code == 503
+        assert response.headers["retry-after"] == "1"
+        assert client.post("/models/echo/serve", json={"prompt": "x"}).status_code == 503
+        controller.table = TABLE
+        for _ in range(200):
+            if client.get("/models").status_code == 200:
+                break
+            time.sleep(0.01)
+        assert client.get("/models").json()["revision"] == 4
+
+
+def test_lists_models_and_describes_the_contract(served: tuple[TestClient, EchoBackend]) -> None:
+    client, _ = served
+    listing = client.get("/models").json()
+    assert listing["models"][0]["versions"][2] == {
+        "version": "3",
+        "state": "quarantined",
+        "reasons": [REASON],
+    }
+    echo = client.get("/models/echo").json()
+    assert echo["default_version"] == "1"
+    assert echo["contract"]["inputs"] == [{"type": "string", "name": "prompt", "required": True}]
+    assert echo["contract"]["record_schema"]["required"] == ["prompt"]
+    assert client.get("/models/nope").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "ran"),
+    [
+        ("/models/echo/serve", {}, "echo/1"),
+        ("/models/echo/serve", {"serve_multiplexed_model_id": "2"}, "echo/2"),
+        ("/models/echo/serve", {"serve-multiplexed-model-id": "echo/2"}, "echo/2"),
+        ("/models/echo/versions/2/serve", {"serve_multiplexed_model_id": "1"}, "echo/2"),
+    ],
+)
+def test_version_comes_from_path_then_header_then_default(
+    served: tuple[TestClient, EchoBackend], path: str, headers: dict[str, str], ran: str
+) -> None:
+    client, backend = served
+    response = client.post(path, json=[{"prompt": "a"}, {"prompt": "b"}], headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.json() == [{"out": f"{ran}:a"}, {"out": f"{ran}:b"}]
+    assert [c[0] for c in backend.calls] == [ran]
+
+
+def test_params_travel_in_the_envelope(served: tuple[TestClient, EchoBackend]) -> None:
+    client, backend = served
+    body = {"inputs": {"prompt": "a"}, "params": {"suffix": "?!"}}
+    assert client.post("/models/echo/serve", json=body).json() == [{"out": "echo/1:a?!"}]
+    assert backend.calls[0][2] == {"suffix": "?!"}
+
+
+def test_quarantined_is_409_with_reasons_and_never_reaches_a_model(
+    served: tuple[TestClient, EchoBackend],
+) -> None:
+    client, backend = served
+    for response in (
+        client.post("/models/echo/versions/3/serve", json={"text_to_translate": "a"}),
+        client.post(
+            "/models/echo/serve", json={"prompt": "a"}, headers={"serve_multiplexed_model_id": "3"}
+        ),
+        client.post(
+            "/models/echo/invocations",
+            json={"inputs": ["a"]},
+            headers={"serve_multiplexed_model_id": "3"},
+        ),
+    ):
+        assert response.status_code == 409
+        assert response.json()["reasons"] == [REASON]
+    assert backend.calls == []
+
+
+def test_unknown_pending_and_invalid(served: tuple[TestClient, EchoBackend]) -> None:
+    client, backend = served
+    assert client.post("/models/nope/serve", json={"prompt": "a"}).status_code == 404
+    assert client.post("/models/echo/versions/9/serve", json={"prompt": "a"}).status_code == 404
+    pending = client.post("/models/echo/versions/4/serve", json={"prompt": "a"})
+    assert (pending.status_code, pending.headers["retry-after"]) == (503, "1")
+    other = client.post(
+        "/models/echo/serve", json={"prompt": "a"}, headers={"serve_multiplexed_model_id": "x/1"}
+    )
+    assert other.status_code == 400
+    invalid = client.post("/models/echo/serve", json={"prompt": 1, "n": 2})
+    assert invalid.status_code == 422
+    assert {e["field"] for e in invalid.json()["errors"]} == {"prompt", "n"}
+    assert client.post("/models/echo/serve", content=b"{not json").status_code == 422
+    assert backend.calls == []
+
+
+def test_the_version_reads_its_own_types(served: tuple[TestClient, EchoBackend]) -> None:
+    client, backend = served
+    # v2 has an optional integer the contract (v1) does not have: clients of v1 cannot send it.
+    response = client.post("/models/echo/versions/2/serve", json={"prompt": "a", "n": 1})
+    assert response.status_code == 422
+    client.post("/models/echo/versions/2/serve", json={"prompt": "a"})
+    assert list(backend.calls[0][1].columns) == ["prompt"]
+
+
+def test_invocations_speak_the_mlflow_scoring_protocol(
+    served: tuple[TestClient, EchoBackend],
+) -> None:
+    client, _ = served
+    split = {"dataframe_split": {"columns": ["prompt"], "data": [["a"], ["b"]]}}
+    assert client.post("/models/echo/invocations", json=split).json() == {
+        "predictions": [{"out": "echo/1:a"}, {"out": "echo/1:b"}]
+    }
+    records = {"dataframe_records": [{"prompt": "a"}], "params": {"suffix": "."}}
+    response = client.post(
+        "/models/echo/invocations", json=records, headers={"serve_multiplexed_model_id": "2"}
+    )
+    assert response.json() == {"predictions": [{"out": "echo/2:a."}]}
+    assert client.post("/models/echo/invocations", json={"rows": []}).status_code == 422
+
+
+def test_openapi_shows_each_models_own_path(served: tuple[TestClient, EchoBackend]) -> None:
+    client, _ = served
+    document = client.get("/openapi.json").json()
+    operation = document["paths"]["/models/echo/serve"]["post"]
+    request = operation["requestBody"]["content"]["application/json"]["schema"]
+    assert {"$ref": "#/components/schemas/echo_Record"} in request["anyOf"]
+    assert document["components"]["schemas"]["echo_Record"]["required"] == ["prompt"]
+    assert "409" in operation["responses"]
+    assert client.get("/docs").status_code == 200

@@ -1,0 +1,139 @@
+"""An ingress replica's routing table: long-poll, only newer revisions, a store for restarts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import httpx
+
+from serving.table_source import TableSource
+from sigserve.routing_table import ModelEntry, RoutingTable
+
+
+class MemoryStore:
+    def __init__(self, raw: str | None = None) -> None:
+        self.raw = raw
+        self.writes = 0
+
+    def read(self) -> str | None:
+        return self.raw
+
+    def write(self, table_json: str) -> None:
+        self.raw = table_json
+        self.writes += 1
+
+
+class StandInController:
+    """Answers GET /routing-table like the controller: newer table at once, else 204 later."""
+
+    def __init__(self, table: RoutingTable | None) -> None:
+        self.table = table
+        self.afters: list[int] = []
+        self.down = False
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        if self.down:
+            raise httpx.ConnectError("controller down", request=request)
+        assert request.url.path == "/routing-table"
+        after = int(request.url.params["after"])
+        self.afters.append(after)
+        if self.table is not None and self.table.revision > after:
+            return httpx.Response(200, content=self.table.model_dump_json())
+        await asyncio.sleep(0.01)
+        return httpx.Response(204)
+
+
+def table(revision: int, *names: str) -> RoutingTable:
+    return RoutingTable(
+        revision=revision,
+        models={n: ModelEntry(name=n, default_version=None) for n in names},
+    )
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+    for _ in range(int(timeout / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("not reached in time")
+
+
+def test_polls_from_the_held_revision_and_stores_what_it_takes() -> None:
+    async def scenario() -> None:
+        controller = StandInController(table(1, "a"))
+        store = MemoryStore()
+        source = TableSource(
+            "http://controller/", store=store, transport=httpx.MockTransport(controller)
+        )
+        await source.start(wait_s=2)
+        assert source.table is not None and source.table.revision == 1
+        controller.table = table(2, "a", "b")
+        await wait_for(lambda: source.table is not None and source.table.revision == 2)
+        await wait_for(lambda: store.writes == 2)
+        await source.stop()
+        assert controller.afters[0] == -1
+        assert 1 in controller.afters
+        assert RoutingTable.model_validate_json(store.raw or "").revision == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_replica_started_while_the_controller_is_down_serves_the_stored_table() -> None:
+    async def scenario() -> None:
+        controller = StandInController(None)
+        controller.down = True
+        source = TableSource(
+            "http://controller",
+            store=MemoryStore(table(7, "kept").model_dump_json()),
+            transport=httpx.MockTransport(controller),
+        )
+        await source.start()
+        assert source.table is not None and set(source.table.models) == {"kept"}
+        # The failing poll backs off and keeps going; it never takes the table away.
+        await asyncio.sleep(0.3)
+        assert source.table.revision == 7
+        controller.down = False
+        controller.table = table(8, "kept", "new")
+        await wait_for(lambda: source.table is not None and source.table.revision == 8, 5)
+        await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_only_a_higher_revision_replaces_the_held_table() -> None:
+    source = TableSource("http://controller")
+    assert source.offer(table(3, "a"))
+    assert not source.offer(table(3, "b"))
+    assert not source.offer(table(2, "c"))
+    assert source.table is not None and set(source.table.models) == {"a"}
+    assert not source.offer(RoutingTable(schema_version=99, revision=10))
+
+
+class RacedStore(MemoryStore):
+    """Empty when this replica starts; another replica writes a newer table right after."""
+
+    def __init__(self, newer: RoutingTable) -> None:
+        super().__init__()
+        self.newer = newer
+        self.reads = 0
+
+    def read(self) -> str | None:
+        self.reads += 1
+        return None if self.reads == 1 else self.newer.model_dump_json()
+
+
+def test_the_store_never_goes_back_to_an_older_revision() -> None:
+    async def scenario() -> None:
+        store = RacedStore(table(9, "newer"))
+        controller = StandInController(table(5, "older"))
+        source = TableSource(
+            "http://controller", store=store, transport=httpx.MockTransport(controller)
+        )
+        await source.start(wait_s=2)
+        await wait_for(lambda: store.reads >= 2)
+        await source.stop()
+        assert source.table is not None and source.table.revision == 5
+        assert store.writes == 0
+
+    asyncio.run(scenario())
