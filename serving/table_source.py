@@ -35,7 +35,8 @@ from sigserve.routing_table import SCHEMA_VERSION, RoutingTable
 logger = logging.getLogger(__name__)
 
 _BACKOFF_FIRST_S = 0.5
-_BACKOFF_MAX_S = 10.0
+# Reconnecting is cheap and a restarted controller should be heard from soon.
+_BACKOFF_MAX_S = 2.0
 # A controller that answers 204 at once (not holding the poll) must not make a busy loop.
 _MIN_EMPTY_POLL_S = 0.2
 # The controller answers within ``timeout``; the margin covers its own latency.

@@ -53,6 +53,7 @@ def test_restart_keeps_every_decision_and_serving_answers(
     register_echo(name, tag="one")
     register_echo(name, tag="bad", input_label="text")
     wait_for(lambda: ctl.state_of(name, "2") == "quarantined")
+    wait_for(lambda: serve_status(serving_url, name, "2").status_code == 409)
     before = _decisions(ctl)
     ctl.stop()
     statuses = {serve_status(serving_url, name, v).status_code for v in ("1", "2")}
