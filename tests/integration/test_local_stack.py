@@ -87,5 +87,5 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
     wait_for(lambda: not processes_with_home(stack_home), 30, 0.5)
     assert time.monotonic() - started < 30 + 5
     for port in ports.values():
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", port))  # free again
+        with socket.socket() as s:  # nothing listens any more
+            assert s.connect_ex(("127.0.0.1", port)) != 0
