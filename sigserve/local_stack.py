@@ -29,6 +29,8 @@ class PortInUse(RuntimeError):
 
 def _check_free(host: str, port: int, what: str) -> None:
     with socket.socket() as s:
+        # As the servers themselves bind: a port with only TIME_WAIT connections is free.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError as exc:
@@ -86,10 +88,17 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-        raise KeyboardInterrupt
+        if not stop.is_set():
+            stop.set()
+            raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, _on_signal)
+    def _catch_signals() -> None:
+        # Explicitly, and again after ray.init: Ray installs its own SIGTERM handler (which
+        # aborts the process with no clean-up), and a shell may start us with SIGINT ignored.
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _on_signal)
+
+    _catch_signals()
     home = s.home.resolve()
     secrets = Secrets.load_or_create(home)
     token = s.admin_token.get_secret_value() if s.admin_token else secrets.admin_token

@@ -2,21 +2,43 @@
 
 Each child runs in its own session, so its process group holds its own children too (MLflow's
 workers, uvicorn's); stopping sends SIGTERM to the whole group, then SIGKILL to whatever is
-left. Only groups this module started are signalled: nothing is found or killed by name.
+left. Only groups this module started are signalled: nothing is found or killed by name. A
+child also asks the kernel for SIGTERM when its parent dies, so even a parent killed with SIGKILL
+leaves no server behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO
 
 import httpx
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _death_signal_setter() -> Callable[[], None] | None:
+    """A pre-exec hook asking Linux to SIGTERM the child when its parent dies, even by SIGKILL.
+
+    libc is loaded here, in the parent: the hook runs between fork and exec, where loading a
+    library could deadlock on a lock another thread held at fork time.
+    """
+    try:
+        prctl = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None  # not Linux: the parent's own clean-up is all there is
+
+    def hook() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+    return hook
 
 
 class ProcessFailed(RuntimeError):
@@ -55,6 +77,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_death_signal_setter(),
         )
         return self
 
