@@ -1,0 +1,193 @@
+"""Registration -> servable latency on a real local stack. Run on purpose; prints figures.
+
+    .venv/bin/python benchmarks/registration_latency.py [--runs 12]
+
+Starts its own MLflow server, controller and Ray Serve app on free ports under a temp home,
+registers a small model ``--runs`` times and, for each new version, measures:
+
+- webhook receipt -> servable: from the controller's receipt of the version's webhook to the
+  first 200 from the serving app for that version (a client polls its path every 5 ms);
+- registration -> first 200: from the call to ``mlflow.register_model`` to that first 200.
+
+Then prints the resident memory of everything the stack runs (MLflow, controller, Ray).
+This machine is shared: compare figures from one run, read the medians.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+from sigserve.stack import (
+    Secrets,
+    controller,
+    free_port,
+    mlflow_server,
+    start_serving,
+    stop_serving,
+)
+
+HOST = "127.0.0.1"
+ECHO = Path(__file__).resolve().parents[1] / "tests" / "integration" / "models" / "tagged_echo.py"
+
+
+def _rss_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _descendants(root: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _name(pid: int) -> str:
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "?"
+    for key in (
+        "mlflow server",
+        "uvicorn",
+        "-m controller",
+        "raylet",
+        "gcs_server",
+        "ServeReplica:sigserve:ModelRunner",
+        "ServeReplica:sigserve:Ingress",
+        "ServeController",
+        "ProxyActor",
+        "dashboard",
+        "ray::",
+    ):
+        if key in cmd:
+            return key
+    return "driver (this script)" if pid == os.getpid() else cmd[:40]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=12)
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
+    secrets = Secrets.load_or_create(home)
+    mlflow_port, ctl_port, serve_port = free_port(), free_port(), free_port()
+    tracking_uri = f"http://{HOST}:{mlflow_port}"
+    ctl_url = f"http://{HOST}:{ctl_port}"
+    serving = f"http://{HOST}:{serve_port}"
+    admin = {"Authorization": f"Bearer {secrets.admin_token}"}
+    server = mlflow_server(
+        home, host=HOST, port=mlflow_port, encryption_key=secrets.mlflow_encryption_key
+    ).start()
+    ctl = controller(
+        home,
+        host=HOST,
+        port=ctl_port,
+        tracking_uri=tracking_uri,
+        admin_token=secrets.admin_token,
+        webhook_secret=secrets.webhook_secret,
+        resync_interval_s=300,
+    )
+    try:
+        server.wait_healthy(180)
+        ctl.start().wait_healthy(60)
+        while httpx.get(f"{ctl_url}/readyz").status_code != 200:
+            time.sleep(0.2)
+        start_serving(
+            home=home,
+            host=HOST,
+            port=serve_port,
+            tracking_uri=tracking_uri,
+            controller_url=ctl_url,
+            num_cpus=2,
+        )
+        while httpx.get(f"{serving}/models").status_code != 200:
+            time.sleep(0.2)
+
+        import mlflow
+        import pandas as pd
+        from mlflow.models import infer_signature
+
+        mlflow.set_tracking_uri(tracking_uri)
+        name = "bench_echo"
+        frame = pd.DataFrame({"prompt": ["x"]})
+        with mlflow.start_run():
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(ECHO),
+                pip_requirements=[],
+                signature=infer_signature(frame, pd.DataFrame({"answer": ["x"]})),
+                model_config={"tag": "bench"},
+            )
+        receipt_to_servable, register_to_200 = [], []
+        client = httpx.Client(timeout=10)
+        for _ in range(args.runs + 1):
+            started = time.time()
+            version = mlflow.register_model(info.model_uri, name).version
+            url = f"{serving}/models/{name}/versions/{version}/serve"
+            while client.post(url, json={"prompt": "hi"}).status_code != 200:
+                time.sleep(0.005)
+            servable_at = time.time()
+            received_at = client.get(f"{ctl_url}/admin/models/{name}", headers=admin).json()[
+                "last_webhook_at"
+            ]
+            if version == "1":
+                continue  # the first version pays for the model's first load; not counted
+            receipt_to_servable.append(servable_at - received_at)
+            register_to_200.append(servable_at - started)
+            print(
+                f"v{version}: webhook receipt -> servable "
+                f"{1000 * (servable_at - received_at):6.0f} ms, "
+                f"registration -> first 200 {1000 * (servable_at - started):6.0f} ms"
+            )
+
+        def summary(xs: list[float]) -> str:
+            q = statistics.quantiles(xs, n=10)
+            return (
+                f"p50 {1000 * statistics.median(xs):.0f} ms, p90 {1000 * q[8]:.0f} ms, "
+                f"min {1000 * min(xs):.0f} ms, max {1000 * max(xs):.0f} ms (n={len(xs)})"
+            )
+
+        print(f"webhook receipt -> servable:  {summary(receipt_to_servable)}")
+        print(f"registration -> first 200:    {summary(register_to_200)}")
+
+        pids = set(_descendants(os.getpid()))
+        by_part: dict[str, float] = {}
+        for pid in pids:
+            by_part[_name(pid)] = by_part.get(_name(pid), 0.0) + _rss_mb(pid)
+        print(f"resident memory of the stack: {sum(by_part.values()):.0f} MB")
+        for part, mb in sorted(by_part.items(), key=lambda kv: -kv[1]):
+            print(f"  {mb:7.0f} MB  {part}")
+    finally:
+        stop_serving()
+        ctl.stop()
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
