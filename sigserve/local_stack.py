@@ -51,35 +51,34 @@ def _wait_http(url: str, timeout_s: float, headers: dict[str, str] | None = None
     raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s")
 
 
-def _banner(s: StackSettings, token: str) -> Panel:
+def _banner(s: StackSettings, token: str) -> tuple[Panel, list[str]]:
+    """Where things are (in a panel) and curl lines to try (unwrapped, so they paste whole)."""
     serving = f"http://{s.host}:{s.serving_port}"
     ctl = f"http://{s.host}:{s.controller_port}"
-    lines = [
+    where = [
         f"MLflow       http://{s.host}:{s.mlflow_port}",
         f"Serving      {serving}   (OpenAPI: {serving}/docs)",
         f"Controller   {ctl}",
         f"Admin token  {token}",
         f"State        {s.home.resolve()}",
-        "",
-        "Try:",
-        f"  curl -s {serving}/models",
-        f"  curl -s -X POST {serving}/models/translation_model/serve "
-        "-H 'content-type: application/json' -d '{\"prompt\": \"Hello, my name is Jon.\"}'",
-        f"  curl -s -X POST {serving}/models/translation_model/serve "
-        "-H 'serve_multiplexed_model_id: 2' -H 'content-type: application/json' "
-        '-d \'{"prompt": "Hello"}\'',
-        f"  curl -s -X POST {serving}/models/translation_model/versions/3/serve "
-        "-H 'content-type: application/json' -d '{\"prompt\": \"Hello\"}'   # 409",
-        f"  curl -s -X POST {serving}/models/minilm_embeddings/serve "
-        "-H 'content-type: application/json' -d '{\"text\": \"a cat\"}'",
-        f"  curl -s -H 'Authorization: Bearer {token}' {ctl}/admin/models/translation_model",
-        f"  curl -s -X PUT -H 'Authorization: Bearer {token}' "
-        f"-H 'content-type: application/json' -d '{{\"version\": \"2\"}}' "
-        f"{ctl}/admin/models/translation_model/default",
-        "",
-        "Ctrl-C stops everything.",
     ]
-    return Panel("\n".join(lines), title="sigserve is up", expand=False)
+    json_header = "-H 'content-type: application/json'"
+    auth = f"-H 'Authorization: Bearer {token}'"
+    tries = [
+        f"curl -s {serving}/models",
+        f"curl -s -X POST {serving}/models/translation_model/serve {json_header} "
+        """-d '{"prompt": "Hello, my name is Jon."}'""",
+        f"curl -s -X POST {serving}/models/translation_model/serve {json_header} "
+        """-H 'serve_multiplexed_model_id: 2' -d '[{"prompt": "Hello"}, {"prompt": "Bye"}]'""",
+        f"curl -s -X POST {serving}/models/translation_model/versions/3/serve {json_header} "
+        """-d '{"prompt": "Hello"}'   # 409, with the reasons""",
+        f"curl -s -X POST {serving}/models/minilm_embeddings/serve {json_header} "
+        """-d '{"text": "a cat sits on the mat"}'""",
+        f"curl -s {auth} {ctl}/admin/models/translation_model",
+        f"curl -s -X PUT {auth} {json_header} "
+        f"""-d '{{"version": "2"}}' {ctl}/admin/models/translation_model/default""",
+    ]
+    return Panel("\n".join(where), title="sigserve is up", expand=False), tries
 
 
 def run_local_stack(settings: StackSettings | None = None) -> int:
@@ -160,7 +159,12 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                 with console.status("Registering the demo models..."):
                     register_demo_models(tracking_uri, console=console)
                 console.print("[green]✓[/green] demo models registered")
-            console.print(_banner(s, token))
+            panel, tries = _banner(s, token)
+            console.print(panel)
+            console.print("Try:")
+            for line in tries:
+                console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
+            console.print("Ctrl-C stops everything.")
             stop.wait()
         except KeyboardInterrupt:
             pass
