@@ -9,7 +9,7 @@ registers a small model ``--runs`` times and, for each new version, measures:
   first 200 from the serving app for that version (a client polls its path every 5 ms);
 - registration -> first 200: from the call to ``mlflow.register_model`` to that first 200.
 
-Then prints the resident memory of everything the stack runs (MLflow, controller, Ray).
+Then prints the memory (PSS) of everything the stack runs (MLflow, controller, Ray).
 This machine is shared: compare figures from one run, read the medians.
 """
 
@@ -38,10 +38,11 @@ HOST = "127.0.0.1"
 ECHO = Path(__file__).resolve().parents[1] / "tests" / "integration" / "models" / "tagged_echo.py"
 
 
-def _rss_mb(pid: int) -> float:
+def _pss_mb(pid: int) -> float:
+    """Proportional set size: shared pages split between their users, so the sum is honest."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
@@ -178,8 +179,8 @@ def main() -> None:
         pids = set(_descendants(os.getpid()))
         by_part: dict[str, float] = {}
         for pid in pids:
-            by_part[_name(pid)] = by_part.get(_name(pid), 0.0) + _rss_mb(pid)
-        print(f"resident memory of the stack: {sum(by_part.values()):.0f} MB")
+            by_part[_name(pid)] = by_part.get(_name(pid), 0.0) + _pss_mb(pid)
+        print(f"memory of the stack (PSS): {sum(by_part.values()):.0f} MB")
         for part, mb in sorted(by_part.items(), key=lambda kv: -kv[1]):
             print(f"  {mb:7.0f} MB  {part}")
     finally:
