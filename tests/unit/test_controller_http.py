@@ -1,0 +1,125 @@
+"""The controller's HTTP boundary: webhook verification, de-duplication, the admin token, and
+problem+json for every refusal. The registry is a real address where nothing listens."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from mlflow.webhooks.delivery import _generate_hmac_signature
+
+from controller.app import create_app
+from controller.settings import ControllerSettings
+from sigserve.stack import free_port
+
+SECRET = "hook-secret"
+TOKEN = "admin-token"
+
+
+@pytest.fixture()
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    # What the controller's registry sets for its own process, restored after the test so the
+    # rest of the suite keeps MLflow's usual retries.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    settings = ControllerSettings(
+        home=tmp_path,
+        admin_token=TOKEN,
+        webhook_secret=SECRET,
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        resync_interval_s=3600,
+    )
+    with TestClient(create_app(settings)) as c:
+        yield c
+
+
+def delivery(
+    body: dict[str, object],
+    *,
+    delivery_id: str = "d-1",
+    secret: str = SECRET,
+    timestamp: int | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    raw = json.dumps(body)
+    ts = str(timestamp if timestamp is not None else int(time.time()))
+    return raw.encode(), {
+        "content-type": "application/json",
+        "X-MLflow-Delivery-Id": delivery_id,
+        "X-MLflow-Timestamp": ts,
+        "X-MLflow-Signature": _generate_hmac_signature(secret, delivery_id, ts, raw),
+    }
+
+
+EVENT = {
+    "entity": "model_version",
+    "action": "created",
+    "timestamp": "now",
+    "data": {"name": "m", "version": "1", "source": "x", "run_id": None, "tags": {}},
+}
+
+
+def test_signed_delivery_is_accepted_once(client: TestClient) -> None:
+    body, headers = delivery(EVENT)
+    first = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert first.status_code == 200 and first.json()["status"] == "accepted"
+    again = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert again.status_code == 200 and again.json()["status"] == "duplicate"
+    metrics = client.get("/metrics").text
+    assert 'sigserve_webhooks_total{result="accepted"} 1.0' in metrics
+    assert 'sigserve_webhooks_total{result="duplicate"} 1.0' in metrics
+
+
+@pytest.mark.parametrize(
+    ("secret", "age_s", "why"),
+    [("not-the-secret", 0, "does not match"), (SECRET, 3600, "from now")],
+)
+def test_untrusted_deliveries_are_refused_with_a_problem(
+    client: TestClient, secret: str, age_s: int, why: str
+) -> None:
+    body, headers = delivery(EVENT, secret=secret, timestamp=int(time.time()) - age_s)
+    r = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert why in r.json()["detail"]
+
+
+def test_unsigned_delivery_is_refused(client: TestClient) -> None:
+    r = client.post("/webhooks/mlflow", json=EVENT)
+    assert r.status_code == 401
+    assert "missing" in r.json()["detail"]
+
+
+def test_signed_but_malformed_payload_is_422_naming_the_body(client: TestClient) -> None:
+    body, headers = delivery({"hello": "world"})
+    r = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert r.status_code == 422
+    assert r.json()["errors"][0]["field"] == "body"
+
+
+def test_admin_api_needs_the_token(client: TestClient) -> None:
+    assert client.get("/admin/models").status_code == 401
+    wrong = client.get("/admin/models", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert wrong.headers["content-type"].startswith("application/problem+json")
+    ok = client.get("/admin/models", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json() == {"models": []}
+    missing = client.get("/admin/models/nope", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert missing.status_code == 404
+
+
+def test_not_ready_while_the_registry_is_unreachable_but_table_is_served(
+    client: TestClient,
+) -> None:
+    r = client.get("/readyz")
+    assert r.status_code == 503
+    assert r.json()["checks"]["database"] == "ok"
+    assert r.json()["checks"]["registry"].startswith("unreachable")
+    table = client.get("/routing-table", params={"after": -1})
+    assert table.status_code == 200 and table.json()["revision"] >= 1
+    rev = table.json()["revision"]
+    assert client.get("/routing-table", params={"after": rev, "timeout": 0.1}).status_code == 204
