@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from datetime import timedelta
 
 from controller.broadcaster import TableBroadcaster
 from controller.exceptions import RegistryUnavailable
@@ -21,6 +22,7 @@ from controller.registry import Registry
 from controller.store import Store
 
 log = logging.getLogger(__name__)
+DELIVERY_MEMORY = timedelta(days=1)
 
 
 class Worker:
@@ -104,6 +106,8 @@ class Worker:
             log.warning("resync: registry unavailable (%s)", exc)
             return
         known = await asyncio.to_thread(self._store.model_names)
+        # MLflow retries a delivery for seconds, so a day of delivery ids is plenty to dedupe.
+        await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
         for name in sorted(set(names) | set(known)):
             self.enqueue(name)
         self.last_resync_ok = time.time()
