@@ -1,24 +1,21 @@
 """The admin REST API, behind a bearer token compared in constant time.
 
-Pinning the default version changes the model's contract; every version is then decided again
-against it, in the same transaction, and the new table is published before the answer.
+Changes go through ``controller.commands`` (one transaction each); the new routing table is
+published before the answer, so a 200 means the serving app is being told.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
-from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException
 
+from controller import commands
 from controller.compatibility import Policy
-from controller.decisions import decide_all
-from controller.exceptions import InvalidRequest, NotFound
 from controller.records import ModelRecord
 from controller.services import Services, services
 
@@ -74,13 +71,6 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
     }
 
 
-def _load(svc: Services, name: str) -> ModelRecord:
-    record = svc.store.load_model(name)
-    if record is None:
-        raise NotFound(f"registered model '{name}' is not known to sigserve")
-    return record
-
-
 @router.get("/models")
 async def list_models(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
     models = await asyncio.to_thread(svc.store.all_models)
@@ -89,51 +79,23 @@ async def list_models(svc: Annotated[Services, Depends(services)]) -> dict[str, 
 
 @router.get("/models/{name}")
 async def get_model(name: str, svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
-    return _detail(await asyncio.to_thread(_load, svc, name), svc)
-
-
-def _pin(svc: Services, name: str, version: str) -> ModelRecord:
-    with svc.store.write_lock:
-        record = _load(svc, name)
-        target = record.versions.get(version)
-        if target is None:
-            raise NotFound(f"registered model '{name}' has no version '{version}'")
-        if not target.signature_read:
-            raise InvalidRequest("version", f"version {version}'s signature has not been read yet")
-        if target.signature is None:
-            raise InvalidRequest(
-                "version",
-                f"version {version} has no signature; the default defines the contract, "
-                "so it needs one",
-            )
-        pinned = replace(record, default_version=version, contract=target.signature)
-        decided = decide_all(pinned, datetime.now(UTC))
-        svc.store.save_model(decided)
-        return decided
+    return _detail(await asyncio.to_thread(commands.load, svc.store, name), svc)
 
 
 @router.put("/models/{name}/default")
 async def pin_default(
     name: str, body: PinDefault, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(_pin, svc, name, body.version)
+    decided = await asyncio.to_thread(commands.pin_default, svc.store, name, body.version)
     await svc.worker.publish()
     return _detail(decided, svc)
-
-
-def _set_policy(svc: Services, name: str, policy: Policy) -> ModelRecord:
-    with svc.store.write_lock:
-        record = replace(_load(svc, name), policy=policy.value)
-        decided = decide_all(record, datetime.now(UTC))
-        svc.store.save_model(decided)
-        return decided
 
 
 @router.put("/models/{name}/policy")
 async def set_policy(
     name: str, body: SetPolicy, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(_set_policy, svc, name, body.policy)
+    decided = await asyncio.to_thread(commands.set_policy, svc.store, name, body.policy)
     await svc.worker.publish()
     return _detail(decided, svc)
 

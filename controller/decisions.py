@@ -58,8 +58,27 @@ def choose_default(model: ModelRecord) -> tuple[str | None, Signature | None]:
     return None, model.contract
 
 
+WAITING_FOR_CONTRACT = (
+    "waiting for the model's first version to be read: its signature becomes the contract"
+)
+
+
 def decide_all(model: ModelRecord, now: datetime) -> ModelRecord:
     default_version, contract = choose_default(model)
     model = replace(model, default_version=default_version, contract=contract)
+    if default_version is None and contract is None:
+        # No contract yet because the first version is still pending: judging the others now
+        # would quarantine them for want of a contract, then flip them once it arrives.
+        return _waiting_for_contract(model)
     model.versions = {k: decide_version(model, v, now) for k, v in model.versions.items()}
     return model
+
+
+def _waiting_for_contract(model: ModelRecord) -> ModelRecord:
+    versions = {
+        k: replace(v, state=VersionState.PENDING, reasons=[WAITING_FOR_CONTRACT])
+        if v.signature_read
+        else v
+        for k, v in model.versions.items()
+    }
+    return replace(model, versions=versions)

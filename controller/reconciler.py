@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from controller.compatibility import Policy
 from controller.decisions import decide_all
 from controller.exceptions import RegisteredModelGone, RegistryUnavailable
 from controller.records import ModelRecord, Signature, VersionRecord
@@ -37,7 +38,11 @@ def merge_observed(
     """The stored record brought up to what the registry says; versions it lacks are dropped."""
     versions: dict[str, VersionRecord] = {}
     for ov in observed:
-        known = current.versions.get(ov.version) or VersionRecord(version=ov.version)
+        known = current.versions.get(ov.version)
+        if known is None or (known.source and ov.source and known.source != ov.source):
+            # A new version, or a model deleted and registered again under the same name whose
+            # version number came back with other contents: nothing known about it holds.
+            known = VersionRecord(version=ov.version)
         known = replace(known, source=ov.source)
         if not ov.ready:
             known = replace(
@@ -58,12 +63,17 @@ def merge_observed(
     return replace(current, versions=versions)
 
 
+def _known_and_read(record: ModelRecord | None, ov: ObservedVersion) -> bool:
+    known = record.versions.get(ov.version) if record else None
+    return bool(known and known.signature_read and (not known.source or known.source == ov.source))
+
+
 class Reconciler:
     def __init__(
         self,
         store: Store,
         registry: Registry,
-        default_policy: str,
+        default_policy: Policy,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -75,23 +85,13 @@ class Reconciler:
         try:
             observed = self._registry.versions(name)
         except RegisteredModelGone:
-            with self._store.write_lock:
-                gone = self._store.delete_model(name)
+            gone = self._store.delete_model(name)
             if gone:
                 log.info("registered model %s is gone; forgot it", name)
             return Outcome(changed=gone)
 
         before = self._store.load_model(name)
-        to_read = [
-            ov.version
-            for ov in observed
-            if ov.ready
-            and not (
-                before
-                and ov.version in before.versions
-                and before.versions[ov.version].signature_read
-            )
-        ]
+        to_read = [ov.version for ov in observed if ov.ready and not _known_and_read(before, ov)]
         signatures: dict[str, Signature | None] = {}
         failures: dict[str, str] = {}
         for version in to_read:
@@ -102,15 +102,15 @@ class Reconciler:
             except RegistryUnavailable as exc:
                 failures[version] = str(exc)
 
-        with self._store.write_lock:
-            current = self._store.load_model(name) or ModelRecord(
-                name=name, policy=self._default_policy
-            )
-            merged = merge_observed(current, observed, signatures, failures)
-            decided = decide_all(merged, self._clock())
-            changed = decided != current
-            if changed:
-                self._store.save_model(decided)
+        def decide(current: ModelRecord | None) -> ModelRecord:
+            base = current or ModelRecord(name=name, policy=self._default_policy.value)
+            return decide_all(merge_observed(base, observed, signatures, failures), self._clock())
+
+        # Decided from a fresh read inside the write transaction: an admin change made while
+        # the registry was being read is built on, never overwritten.
+        decided = self._store.update_model(name, decide)
+        assert decided is not None
+        changed = before is None or decided != before
         for v in decided.sorted_versions():
             if changed and (before is None or before.versions.get(v.version) != v):
                 log.info("%s v%s: %s %s", name, v.version, v.state.value, "; ".join(v.reasons))

@@ -7,6 +7,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.compatibility import Policy
+
 
 class ControllerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIGSERVE_", extra="ignore")
@@ -27,7 +29,7 @@ class ControllerSettings(BaseSettings):
     resync_interval_s: float = Field(default=30.0, gt=0)
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
-    default_policy: str = "exact"
+    default_policy: Policy = Policy.EXACT
     long_poll_max_s: float = 60.0
 
     def resolved_database_url(self) -> str:

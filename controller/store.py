@@ -1,14 +1,15 @@
 """The one layer that owns database transactions.
 
-Each public method is one transaction. Writers hold ``write_lock`` around read-compute-write so
-that the worker and the admin API never overwrite each other's decisions (one controller process
-per database; the lock is not meant to span processes).
+Each public method is one transaction. Read-decide-write goes through ``update_model``, which
+runs the caller's decision inside the transaction and under ``write_lock``, so the worker and
+the admin API never overwrite each other's decisions. The lock serialises writers within one
+process: run one controller per database.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
@@ -86,37 +87,58 @@ class Store:
         with self._transaction() as session:
             return list(session.scalars(select(RegisteredModelRow.name)).all())
 
+    def update_model(
+        self, name: str, change: Callable[[ModelRecord | None], ModelRecord | None]
+    ) -> ModelRecord | None:
+        """Read one model, let ``change`` compute its new record, write it: one transaction.
+
+        ``change`` gets ``None`` for a model not stored yet and returns ``None`` to delete it.
+        An exception from ``change`` rolls everything back. Nothing is written when the new
+        record equals the old one.
+        """
+        with self.write_lock, self._transaction() as session:
+            row = self._load_row(session, name)
+            current = _to_record(row) if row else None
+            updated = change(current)
+            if updated is None:
+                if row is not None:
+                    session.delete(row)
+            elif updated != current:
+                self._write(session, row, updated)
+            return updated
+
     def save_model(self, record: ModelRecord) -> None:
         """Write ``record`` as the whole truth about one model: versions it lacks are deleted."""
+        self.update_model(record.name, lambda _: record)
+
+    def _write(self, session: Session, row: RegisteredModelRow | None, record: ModelRecord) -> None:
         now = _now()
-        with self._transaction() as session:
-            row = self._load_row(session, record.name)
-            if row is None:
-                row = RegisteredModelRow(name=record.name, created_at=now)
-                session.add(row)
-            row.policy = record.policy
-            row.default_version = record.default_version
-            row.contract = record.contract
-            row.updated_at = now
-            existing = {v.version: v for v in row.versions}
-            for gone in set(existing) - set(record.versions):
-                row.versions.remove(existing[gone])
-            for v in record.versions.values():
-                vrow = existing.get(v.version)
-                if vrow is None:
-                    vrow = ModelVersionRow(model_name=record.name, version=v.version)
-                    row.versions.append(vrow)
-                vrow.number = v.number
-                vrow.state = v.state.value
-                vrow.reasons = list(v.reasons)
-                vrow.signature = v.signature
-                vrow.signature_read = v.signature_read
-                vrow.decided_against = v.decided_against
-                vrow.decided_at = v.decided_at
-                vrow.source = v.source
+        if row is None:
+            row = RegisteredModelRow(name=record.name, created_at=now)
+            session.add(row)
+        row.policy = record.policy
+        row.default_version = record.default_version
+        row.contract = record.contract
+        row.updated_at = now
+        existing = {v.version: v for v in row.versions}
+        for gone in set(existing) - set(record.versions):
+            row.versions.remove(existing[gone])
+        for v in record.versions.values():
+            vrow = existing.get(v.version)
+            if vrow is None:
+                vrow = ModelVersionRow(model_name=record.name, version=v.version)
+                row.versions.append(vrow)
+            vrow.number = v.number
+            vrow.state = v.state.value
+            vrow.reasons = list(v.reasons)
+            vrow.signature = v.signature
+            vrow.signature_read = v.signature_read
+            vrow.decided_against = v.decided_against
+            vrow.decided_at = v.decided_at
+            vrow.source = v.source
 
     def delete_model(self, name: str) -> bool:
-        with self._transaction() as session:
+        with self.write_lock, self._transaction() as session:
             row = self._load_row(session, name)
             if row is None:
                 return False
@@ -143,8 +165,12 @@ class Store:
             )
 
     def publish(self) -> RoutingTable:
-        """Build the table from the decisions; bump the revision only if its content changed."""
-        with self._transaction() as session:
+        """Build the table from the decisions; bump the revision only if its content changed.
+
+        Under the write lock: two publishes racing would both read revision N and write N+1
+        for different tables, and replicas would keep whichever they saw first.
+        """
+        with self.write_lock, self._transaction() as session:
             rows = session.scalars(
                 select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
             ).all()

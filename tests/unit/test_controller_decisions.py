@@ -82,3 +82,28 @@ def test_version_record_number_orders_numerically() -> None:
     model = ModelRecord(name="m", policy="exact",
                         versions={v: VersionRecord(version=v) for v in ("10", "9", "1")})
     assert [v.version for v in model.sorted_versions()] == ["1", "9", "10"]
+
+
+def test_others_wait_while_the_first_version_is_unread() -> None:
+    model = ModelRecord(name="m", policy="exact")
+    merged = merge_observed(model, observed("1", "2"), {"2": sig("a")}, {"1": "timeout"})
+    waiting = decide_all(merged, NOW)
+    assert waiting.versions["2"].state is VersionState.PENDING
+    assert "first version" in waiting.versions["2"].reasons[0]
+    # Once v1 is read, v2 is decided against it, and never was quarantined on the way.
+    settled = decide_all(merge_observed(waiting, observed("1", "2"), {"1": sig("a")}, {}), NOW)
+    assert settled.default_version == "1"
+    assert settled.versions["2"].state is VersionState.LIVE
+
+
+def test_a_version_whose_source_changed_is_read_and_decided_again() -> None:
+    model = ModelRecord(name="m", policy="exact")
+    first = [ObservedVersion("1", "READY", "models:/m-old"), ObservedVersion("2", "READY", "a")]
+    decided = decide_all(merge_observed(model, first, {"1": sig("a"), "2": sig("a")}, {}), NOW)
+    assert decided.versions["2"].state is VersionState.LIVE
+    # The model was deleted and registered again: v2 now holds something else.
+    again = [ObservedVersion("1", "READY", "models:/m-old"), ObservedVersion("2", "READY", "b")]
+    unread = merge_observed(decided, again, {}, {"2": "not read yet"})
+    assert unread.versions["2"].signature_read is False
+    redecided = decide_all(merge_observed(decided, again, {"2": sig("b")}, {}), NOW)
+    assert redecided.versions["2"].state is VersionState.QUARANTINED
