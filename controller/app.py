@@ -78,11 +78,11 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
         await asyncio.to_thread(migrate, svc.engine)
         await svc.worker.publish()
         app.state.services = svc
-        tasks = [
-            asyncio.create_task(_register_webhook(svc)),
-            asyncio.create_task(svc.worker.run()),
-            asyncio.create_task(svc.worker.resync_loop()),
-        ]
+        svc.loops = {
+            "worker": asyncio.create_task(svc.worker.run()),
+            "resync": asyncio.create_task(svc.worker.resync_loop()),
+        }
+        tasks = [asyncio.create_task(_register_webhook(svc)), *svc.loops.values()]
         try:
             yield
         finally:

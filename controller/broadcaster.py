@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sigserve.routing_table import RoutingTable
+from sigserve.routing_table import RoutingTable, supersedes
 
 
 class TableBroadcaster:
@@ -22,15 +22,25 @@ class TableBroadcaster:
 
     async def offer(self, table: RoutingTable) -> None:
         async with self._changed:
-            if self._table is None or table.revision > self._table.revision:
+            if supersedes(table, self._table):
                 self._table = table
                 self._changed.notify_all()
 
-    async def newer_than(self, revision: int, timeout: float) -> RoutingTable | None:
-        """The current table if its revision is above ``revision``, waiting up to ``timeout``."""
+    async def newer_than(
+        self, revision: int, epoch: str | None, timeout: float
+    ) -> RoutingTable | None:
+        """The current table if it supersedes the caller's, waiting up to ``timeout``.
+
+        A caller from another epoch (this controller's database was replaced since) gets the
+        current table at once, whatever its revision.
+        """
 
         def newer() -> bool:
-            return self._table is not None and self._table.revision > revision
+            if self._table is None:
+                return False
+            if epoch is not None and epoch != self._table.epoch:
+                return True
+            return self._table.revision > revision
 
         async with self._changed:
             if newer():

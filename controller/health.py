@@ -35,6 +35,8 @@ def _checks(svc: Services) -> dict[str, str]:
     if svc.settings.webhook_url:
         checks["webhook"] = "ok" if svc.webhook_id else "not registered yet"
     checks["routing_table"] = "ok" if svc.broadcaster.current is not None else "not published yet"
+    for name, task in svc.loops.items():
+        checks[f"{name}_loop"] = "stopped" if task.done() else "ok"
     return checks
 
 

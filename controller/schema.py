@@ -68,4 +68,5 @@ class TableRevisionRow(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     revision: Mapped[int] = mapped_column(Integer)
     digest: Mapped[str] = mapped_column(String(64))
+    epoch: Mapped[str] = mapped_column(String(32))
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -28,6 +29,8 @@ class Services:
     # Per model, when its last verified webhook arrived (epoch seconds): for operators and the
     # latency benchmark.
     last_webhook_at: dict[str, float] = field(default_factory=dict)
+    # The worker and resync loops; readiness checks they are still running.
+    loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
 
 def services(request: Request) -> Services:

@@ -9,6 +9,7 @@ process: run one controller per database.
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -176,14 +177,16 @@ class Store:
             ).all()
             models = [_to_record(r) for r in rows]
             current = session.get(TableRevisionRow, 1)
-            draft = build_table(models, revision=current.revision if current else 0)
-            digest = content_digest(draft)
-            if current is not None and current.digest == digest:
-                return draft
             if current is None:
-                current = TableRevisionRow(id=1, revision=0, digest="", published_at=_now())
+                current = TableRevisionRow(
+                    id=1, revision=0, digest="", epoch=uuid.uuid4().hex, published_at=_now()
+                )
                 session.add(current)
+            draft = build_table(models, revision=current.revision, epoch=current.epoch)
+            digest = content_digest(draft)
+            if current.digest == digest:
+                return draft
             current.revision += 1
             current.digest = digest
             current.published_at = _now()
-            return build_table(models, revision=current.revision)
+            return build_table(models, revision=current.revision, epoch=current.epoch)

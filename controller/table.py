@@ -9,9 +9,10 @@ from controller.records import ModelRecord
 from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry
 
 
-def build_table(models: list[ModelRecord], revision: int) -> RoutingTable:
+def build_table(models: list[ModelRecord], revision: int, epoch: str) -> RoutingTable:
     return RoutingTable(
         revision=revision,
+        epoch=epoch,
         models={
             m.name: ModelEntry(
                 name=m.name,
@@ -33,6 +34,6 @@ def build_table(models: list[ModelRecord], revision: int) -> RoutingTable:
 
 
 def content_digest(table: RoutingTable) -> str:
-    """A digest of everything but the revision: equal content means no new revision."""
-    content = table.model_dump(mode="json", exclude={"revision"})
+    """A digest of the decisions alone: equal content means no new revision."""
+    content = table.model_dump(mode="json", exclude={"revision", "epoch"})
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()

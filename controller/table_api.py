@@ -1,7 +1,8 @@
 """``GET /routing-table``: the long-poll the serving app's ingress replicas hold open.
 
-``after`` is the revision the caller has; the answer is 200 with a newer table as soon as there
-is one (at once if there is already), or 204 when ``timeout`` seconds pass with none. The table
+``after`` and ``epoch`` say which table the caller has; the answer is 200 with a newer table as
+soon as there is one (at once if there is already, or if the caller's epoch is not this
+controller's), or 204 when ``timeout`` seconds pass with none. The table
 holds no secrets (names, states, reasons, signatures), so it needs no token.
 """
 
@@ -22,9 +23,10 @@ async def routing_table(
     svc: Annotated[Services, Depends(services)],
     after: Annotated[int, Query(ge=-1)] = -1,
     timeout: Annotated[float, Query(ge=0)] = 0.0,
+    epoch: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     wait = min(timeout, svc.settings.long_poll_max_s)
-    table = await svc.broadcaster.newer_than(after, wait)
+    table = await svc.broadcaster.newer_than(after, epoch, wait)
     if table is None:
         return Response(status_code=204)
     return JSONResponse(table.model_dump(mode="json"))

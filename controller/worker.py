@@ -68,7 +68,14 @@ class Worker:
         while True:
             name = await self._queue.get()
             self._waiting.discard(name)
-            await self._process(name)
+            try:
+                await self._process(name)
+            except Exception:
+                # Publishing failed (say, the database was locked for too long): the worker
+                # must go on; the name comes back with the backoff and the resync.
+                self._metrics.reconciles.labels("error").inc()
+                log.exception("publishing after reconciling %s failed", name)
+                self._retry_later(name, "publishing failed")
 
     async def _process(self, name: str) -> None:
         started = time.perf_counter()
@@ -114,5 +121,8 @@ class Worker:
 
     async def resync_loop(self) -> None:
         while True:
-            await self.resync_once()
+            try:
+                await self.resync_once()
+            except Exception:
+                log.exception("resync failed; trying again in %.0fs", self._resync_interval_s)
             await asyncio.sleep(self._resync_interval_s)

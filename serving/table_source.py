@@ -2,8 +2,10 @@
 
 A background task long-polls the controller:
 
-    GET {controller_url}/routing-table?after={held revision, -1 if none}&timeout={seconds}
+    GET {controller_url}/routing-table?after={held revision, -1 if none}&epoch={held epoch}
+        &timeout={seconds}
       200 + RoutingTable JSON   the controller holds a newer revision (at once if it already did)
+                                or is of another epoch (its database was replaced)
       204                       nothing newer within ``timeout``: ask again
 
 A push this way reaches every replica in milliseconds, and a replica that was away (restart,
@@ -15,8 +17,9 @@ Static stability: each accepted table is also written to a ``TableStore`` (the R
 ``serving.gcs_store``) and a starting replica reads that store first, so a replica started
 while the controller is down serves the last decisions instead of 503s.
 
-Only a table with a higher revision than the one held is accepted: answers can arrive out of
-order (a slow poll, the store, the controller) and an older table must never win.
+Only a table with a higher revision than the one held, or from another epoch, is accepted:
+answers can arrive out of order (a slow poll, the store, the controller) and an older table must
+never win; but a controller whose database was replaced counts from 1 again and must be obeyed.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from typing import Protocol
 import httpx
 from pydantic import ValidationError
 
-from sigserve.routing_table import SCHEMA_VERSION, RoutingTable
+from sigserve.routing_table import SCHEMA_VERSION, RoutingTable, supersedes
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class TableSource:
         if table.schema_version != SCHEMA_VERSION:
             logger.error("ignoring routing table with schema_version %s", table.schema_version)
             return False
-        if self._table is not None and table.revision <= self._table.revision:
+        if not supersedes(table, self._table):
             return False
         self._table = table
         self._arrived.set()
@@ -119,7 +122,9 @@ class TableSource:
                 started = loop.time()
                 try:
                     table = await self._poll_once(client)
-                except (httpx.HTTPError, ValidationError, ValueError) as exc:
+                except Exception as exc:
+                    # Transport errors and bad answers alike: this loop is the replica's only
+                    # way to hear of new decisions, so nothing may end it.
                     logger.warning("routing table poll failed (%s); retry in %.1fs", exc, delay)
                     await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
                     delay = min(delay * 2, _BACKOFF_MAX_S)
@@ -131,10 +136,10 @@ class TableSource:
                     await self._persist(table)
 
     async def _poll_once(self, client: httpx.AsyncClient) -> RoutingTable | None:
-        after = self._table.revision if self._table is not None else -1
-        response = await client.get(
-            self._url, params={"after": after, "timeout": self._poll_timeout_s}
-        )
+        params: dict[str, str | int | float] = {"after": -1, "timeout": self._poll_timeout_s}
+        if self._table is not None:
+            params.update(after=self._table.revision, epoch=self._table.epoch)
+        response = await client.get(self._url, params=params)
         if response.status_code == httpx.codes.NO_CONTENT:
             return None
         response.raise_for_status()
@@ -158,6 +163,6 @@ def _write_if_newer(store: TableStore, table: RoutingTable) -> None:
     raw = store.read()
     if raw:
         with contextlib.suppress(ValidationError):
-            if RoutingTable.model_validate_json(raw).revision >= table.revision:
+            if not supersedes(table, RoutingTable.model_validate_json(raw)):
                 return
     store.write(table.model_dump_json())

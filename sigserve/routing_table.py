@@ -49,4 +49,12 @@ class RoutingTable(BaseModel):
 
     schema_version: int = SCHEMA_VERSION
     revision: int
+    # Made once with the controller's database. Revisions only compare within one epoch: a
+    # controller whose database was replaced starts counting again, and must still be obeyed.
+    epoch: str = ""
     models: dict[str, ModelEntry] = Field(default_factory=dict)
+
+
+def supersedes(new: RoutingTable, held: RoutingTable | None) -> bool:
+    """Whether ``new`` should replace ``held``: a higher revision, or another epoch."""
+    return held is None or new.epoch != held.epoch or new.revision > held.revision

@@ -123,3 +123,11 @@ def test_not_ready_while_the_registry_is_unreachable_but_table_is_served(
     assert table.status_code == 200 and table.json()["revision"] >= 1
     rev = table.json()["revision"]
     assert client.get("/routing-table", params={"after": rev, "timeout": 0.1}).status_code == 204
+
+
+def test_a_replica_from_another_epoch_gets_the_table_at_once(client: TestClient) -> None:
+    table = client.get("/routing-table", params={"after": -1}).json()
+    stale = {"after": 1000, "epoch": "an-older-database", "timeout": 5}
+    r = client.get("/routing-table", params=stale)
+    assert r.status_code == 200
+    assert r.json()["epoch"] == table["epoch"]

@@ -74,3 +74,14 @@ def test_deliveries_are_remembered_then_pruned(store: Store) -> None:
     assert not store.record_delivery("d-1", "model_version.created")
     store.prune_deliveries(timedelta(seconds=-1))  # everything is older than "in a second"
     assert store.record_delivery("d-1", "model_version.created")
+
+
+def test_a_new_database_is_a_new_epoch(tmp_path: Path) -> None:
+    stores = []
+    for name in ("a", "b"):
+        engine = make_engine(f"sqlite:///{tmp_path}/{name}.db")
+        migrate(engine)
+        stores.append(Store(engine))
+    first, second = (s.publish() for s in stores)
+    assert first.epoch and second.epoch and first.epoch != second.epoch
+    assert stores[0].publish().epoch == first.epoch  # kept across publishes (and restarts)

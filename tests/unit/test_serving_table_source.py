@@ -137,3 +137,13 @@ def test_the_store_never_goes_back_to_an_older_revision() -> None:
         assert store.writes == 0
 
     asyncio.run(scenario())
+
+
+def test_a_table_from_another_epoch_wins_whatever_its_revision() -> None:
+    from sigserve.routing_table import RoutingTable, supersedes
+
+    held = RoutingTable(revision=57, epoch="old")
+    assert supersedes(RoutingTable(revision=1, epoch="new"), held)
+    assert not supersedes(RoutingTable(revision=57, epoch="old"), held)
+    assert not supersedes(RoutingTable(revision=3, epoch="old"), held)
+    assert supersedes(RoutingTable(revision=58, epoch="old"), held)
