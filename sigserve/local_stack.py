@@ -151,6 +151,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     num_cpus=s.ray_num_cpus,
                     max_num_models_per_replica=s.max_num_models_per_replica,
                 )
+                _catch_signals()
                 _wait_http(f"http://{s.host}:{s.serving_port}/models", 120)
             console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")
             if s.register_demo_models:
@@ -169,10 +170,17 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
         except KeyboardInterrupt:
             pass
         except (ProcessFailed, TimeoutError) as exc:
-            console.print(f"[red]Start-up failed:[/red] {exc}")
+            console.print(f"Start-up failed: {exc}", style="red", markup=False)
+            return 1
+        except Exception as exc:  # anything else: say what, then still stop what started
+            console.print(
+                f"Start-up failed: {type(exc).__name__}: {exc}", style="red", markup=False
+            )
+            console.print(f"Logs: {home / 'logs'}", markup=False)
             return 1
         finally:
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(signum, signal.SIG_IGN)  # a second Ctrl-C must not cut clean-up
             console.print("Stopping everything...")
     console.print("Stopped.")
     return 0

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
 import socket
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,9 +132,8 @@ def start_serving(
 ) -> None:
     """Start a local Ray in this process and run the serving app on it.
 
-    ``address="local"`` always starts a new Ray, never joins a stale one. Its temp dir lives
-    under ``home`` so that what it leaves is easy to find; Ray stops it with ``stop_serving``
-    or when this process exits.
+    ``address="local"`` always starts a new Ray, never joins a stale one. Ray stops it with
+    ``stop_serving`` or when this process exits.
     """
     import ray
     from ray import serve
@@ -144,8 +145,7 @@ def start_serving(
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # Hugging Face's offline switches must reach the model replicas too.
     hf_env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_"))}
-    ray_dir = home.resolve() / "ray"
-    ray_dir.mkdir(parents=True, exist_ok=True)
+    ray_dir = ray_temp_dir(home)
     ray.init(
         address="local",
         num_cpus=num_cpus,
@@ -161,10 +161,24 @@ def start_serving(
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
 
 
+def ray_temp_dir(home: Path) -> Path:
+    """A short temp dir for Ray, one per ``home``.
+
+    Ray puts Unix sockets some 76 bytes deep in its temp dir and refuses paths over 107 bytes,
+    so a dir under a checkout's ``.sigserve`` would fail for any clone path over ~30 characters.
+    """
+    digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
+    path = Path(tempfile.gettempdir()) / f"sigserve-ray-{digest}"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def stop_serving() -> None:
     import ray
     from ray import serve
 
+    if not ray.is_initialized():
+        return  # serve.shutdown() would start a Ray only to find nothing to stop
     try:
         serve.shutdown()  # type: ignore[no-untyped-call]
     finally:
