@@ -31,17 +31,22 @@ def split_model_id(model_id: str) -> tuple[str, str]:
 
 
 class PyfuncLoader:
-    """Loads versions on demand and remembers, in order, every version it has loaded."""
+    """Loads versions on demand and remembers, in order, every version it tried to load.
+
+    Attempts, not successes, are what is remembered: "a quarantined version is never loaded"
+    must hold for a load that failed too.
+    """
 
     def __init__(self) -> None:
-        self._loaded: list[str] = []
+        self._attempts: list[str] = []
 
     @property
-    def loaded(self) -> list[str]:
-        return list(self._loaded)
+    def attempts(self) -> list[str]:
+        return list(self._attempts)
 
     async def load(self, model_id: str) -> Any:
         name, version = split_model_id(model_id)
+        self._attempts.append(model_id)
         try:
             model = await asyncio.to_thread(mlflow.pyfunc.load_model, f"models:/{name}/{version}")
         except Exception as exc:
@@ -51,7 +56,6 @@ class PyfuncLoader:
                 model=name,
                 version=version,
             ) from None
-        self._loaded.append(model_id)
         logger.info("loaded %s", model_id)
         return model
 

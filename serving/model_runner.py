@@ -42,5 +42,5 @@ class ModelRunner:
         return await predict(model, data, params)
 
     def loads(self) -> list[str]:
-        """Every model id this replica has loaded, in load order (reloads appear again)."""
-        return self._loader.loaded
+        """Every model id this replica tried to load, in order, failed tries and reloads too."""
+        return self._loader.attempts

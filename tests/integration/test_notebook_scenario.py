@@ -28,7 +28,12 @@ def translation_versions(
             NAME, lang_to="de", input_label="text_to_translate", hf_dir=weights
         ),
     }
-    wait_for(lambda: controller_handle.state_of(NAME, versions["renamed"]) == "quarantined")
+    def serving_holds_decisions() -> bool:
+        r = httpx.get(f"{serving_url}/models/{NAME}")
+        states = {v["version"]: v["state"] for v in r.json().get("versions", [])}
+        return states.get(versions["renamed"]) == "quarantined"
+
+    wait_for(serving_holds_decisions, 30, 0.1)
     return versions
 
 
