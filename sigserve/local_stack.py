@@ -7,11 +7,16 @@ the process group this process started, so nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import signal
 import socket
+import sys
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import ExitStack
+from pathlib import Path
 from types import FrameType
 
 import httpx
@@ -37,6 +42,28 @@ def _check_free(host: str, port: int, what: str) -> None:
             raise PortInUse(
                 f"{what} port {port} on {host} is in use; set SIGSERVE_{what.upper()}_PORT"
             ) from exc
+
+
+@contextlib.contextmanager
+def _chatter_to(log_path: Path) -> Iterator[None]:
+    """Send MLflow's and transformers' prints and progress bars to a log file meanwhile.
+
+    The console keeps what a person needs (what was registered, and why the T5 is tiny); the
+    rest ("View run ...", weight-loading bars) is kept in the log.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    mlflow_logger = logging.getLogger("mlflow")
+    level = mlflow_logger.level
+    mlflow_logger.setLevel(logging.WARNING)
+    try:
+        with (
+            log_path.open("a") as log,
+            contextlib.redirect_stdout(log),
+            contextlib.redirect_stderr(log),
+        ):
+            yield
+    finally:
+        mlflow_logger.setLevel(level)
 
 
 def _wait_http(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> None:
@@ -83,7 +110,8 @@ def _banner(s: StackSettings, token: str) -> tuple[Panel, list[str]]:
 
 def run_local_stack(settings: StackSettings | None = None) -> int:
     s = settings or StackSettings()
-    console = Console()
+    # Bound to the real stdout, so it still reaches the user while library chatter is redirected.
+    console = Console(file=sys.stdout)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -157,7 +185,9 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
             if s.register_demo_models:
                 from sigserve.demo.register import register_demo_models
 
-                with console.status("Registering the demo models..."):
+                with console.status("Registering the demo models..."), _chatter_to(
+                    home / "logs" / "demo-registration.log"
+                ):
                     register_demo_models(tracking_uri, console=console)
                 console.print("[green]✓[/green] demo models registered")
             panel, tries = _banner(s, token)
