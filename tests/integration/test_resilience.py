@@ -108,3 +108,25 @@ def test_new_ingress_replica_answers_from_last_table_while_controller_is_down(
     refused = serve_status(serving_url, name, "2")
     assert refused.status_code == 409
     assert any("'prompt'" in reason for reason in refused.json()["reasons"])
+
+
+def test_deleted_versions_and_models_stop_being_served(
+    serving_url: str, ctl: ControllerHandle
+) -> None:
+    # MLflow fires no webhook for a deletion: only the resync can see it.
+    name = "deleted_echo"
+    register_echo(name, tag="one")
+    register_echo(name, tag="two")
+    wait_for(lambda: serve_status(serving_url, name, "2").status_code == 200)
+    client = MlflowClient(ctl.tracking_uri)
+    client.delete_model_version(name, "2")
+    wait_for(lambda: serve_status(serving_url, name, "2").status_code == 404,
+             RESYNC_INTERVAL_S + 1.5, 0.05)
+    assert serve_status(serving_url, name, "1").status_code == 200
+    assert [v["version"] for v in ctl.model(name)["versions"]] == ["1"]
+
+    client.delete_registered_model(name)
+    wait_for(lambda: serve_status(serving_url, name).status_code == 404,
+             RESYNC_INTERVAL_S + 1.5, 0.05)
+    gone = httpx.get(f"{ctl.url}/admin/models/{name}", headers=ctl.admin)
+    assert gone.status_code == 404
