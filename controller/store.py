@@ -1,7 +1,7 @@
 """The one layer that owns database transactions.
 
 Each public method is one transaction. Read-decide-write goes through ``update_model``, which
-runs the caller's decision inside the transaction and under ``write_lock``, so the worker and
+runs the caller's decision inside the transaction and under a write lock, so the worker and
 the admin API never overwrite each other's decisions. The lock serialises writers within one
 process: run one controller per database.
 """
@@ -58,7 +58,7 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
 class Store:
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
-        self.write_lock = threading.RLock()
+        self._write_lock = threading.RLock()
 
     @contextmanager
     def _transaction(self) -> Iterator[Session]:
@@ -77,12 +77,15 @@ class Store:
             row = self._load_row(session, name)
             return _to_record(row) if row else None
 
+    def _all_records(self, session: Session) -> list[ModelRecord]:
+        rows = session.scalars(
+            select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
+        ).all()
+        return [_to_record(r) for r in rows]
+
     def all_models(self) -> list[ModelRecord]:
         with self._transaction() as session:
-            rows = session.scalars(
-                select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
-            ).all()
-            return [_to_record(r) for r in rows]
+            return self._all_records(session)
 
     def model_names(self) -> list[str]:
         with self._transaction() as session:
@@ -97,7 +100,7 @@ class Store:
         An exception from ``change`` rolls everything back. Nothing is written when the new
         record equals the old one.
         """
-        with self.write_lock, self._transaction() as session:
+        with self._write_lock, self._transaction() as session:
             row = self._load_row(session, name)
             current = _to_record(row) if row else None
             updated = change(current)
@@ -107,10 +110,6 @@ class Store:
             elif updated != current:
                 self._write(session, row, updated)
             return updated
-
-    def save_model(self, record: ModelRecord) -> None:
-        """Write ``record`` as the whole truth about one model: versions it lacks are deleted."""
-        self.update_model(record.name, lambda _: record)
 
     def _write(self, session: Session, row: RegisteredModelRow | None, record: ModelRecord) -> None:
         now = _now()
@@ -139,7 +138,7 @@ class Store:
             vrow.source = v.source
 
     def delete_model(self, name: str) -> bool:
-        with self.write_lock, self._transaction() as session:
+        with self._write_lock, self._transaction() as session:
             row = self._load_row(session, name)
             if row is None:
                 return False
@@ -171,11 +170,8 @@ class Store:
         Under the write lock: two publishes racing would both read revision N and write N+1
         for different tables, and replicas would keep whichever they saw first.
         """
-        with self.write_lock, self._transaction() as session:
-            rows = session.scalars(
-                select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
-            ).all()
-            models = [_to_record(r) for r in rows]
+        with self._write_lock, self._transaction() as session:
+            models = self._all_records(session)
             current = session.get(TableRevisionRow, 1)
             if current is None:
                 current = TableRevisionRow(

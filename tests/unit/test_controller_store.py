@@ -31,6 +31,10 @@ def store(tmp_path: Path) -> Store:
     return Store(engine)
 
 
+def put(store: Store, model: ModelRecord) -> None:
+    store.update_model(model.name, lambda _: model)
+
+
 def record(*versions: tuple[str, VersionState]) -> ModelRecord:
     return ModelRecord(
         name="m", policy="exact", default_version="1", contract=SIG,
@@ -43,7 +47,7 @@ def record(*versions: tuple[str, VersionState]) -> ModelRecord:
 
 def test_saved_model_reads_back_equal(store: Store) -> None:
     saved = record(("1", VersionState.LIVE), ("2", VersionState.QUARANTINED))
-    store.save_model(saved)
+    put(store, saved)
     loaded = store.load_model("m")
     assert loaded is not None
     assert loaded.versions["2"].reasons == ["why 2"]
@@ -52,8 +56,8 @@ def test_saved_model_reads_back_equal(store: Store) -> None:
 
 
 def test_saving_drops_versions_the_record_lacks(store: Store) -> None:
-    store.save_model(record(("1", VersionState.LIVE), ("2", VersionState.LIVE)))
-    store.save_model(record(("1", VersionState.LIVE)))
+    put(store, record(("1", VersionState.LIVE), ("2", VersionState.LIVE)))
+    put(store, record(("1", VersionState.LIVE)))
     loaded = store.load_model("m")
     assert loaded is not None and set(loaded.versions) == {"1"}
     assert store.delete_model("m") and store.load_model("m") is None
@@ -62,7 +66,7 @@ def test_saving_drops_versions_the_record_lacks(store: Store) -> None:
 def test_revision_moves_only_when_the_table_changes(store: Store) -> None:
     empty = store.publish()
     assert store.publish().revision == empty.revision
-    store.save_model(record(("1", VersionState.LIVE)))
+    put(store, record(("1", VersionState.LIVE)))
     changed = store.publish()
     assert changed.revision == empty.revision + 1
     assert changed.models["m"].versions["1"].state is VersionState.LIVE
