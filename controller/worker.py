@@ -50,6 +50,9 @@ class Worker:
         self._waiting: set[str] = set()
         self._attempts: Counter[str] = Counter()
         self.last_resync_ok: float | None = None
+        # Set when a publish failed after decisions were written: the next pass must publish
+        # even if it changes nothing, or the table would lag the database until another change.
+        self._publish_owed = False
 
     def enqueue(self, name: str) -> None:
         if name not in self._waiting:
@@ -57,7 +60,9 @@ class Worker:
             self._queue.put_nowait(name)
 
     async def publish(self) -> None:
+        self._publish_owed = True
         table = await asyncio.to_thread(self._store.publish)
+        self._publish_owed = False
         self._metrics.table_revision.set(table.revision)
         states = Counter(v.state.value for m in table.models.values() for v in m.versions.values())
         for state in ("live", "quarantined", "pending"):
@@ -93,7 +98,7 @@ class Worker:
         finally:
             self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
         self._metrics.reconciles.labels("ok").inc()
-        if outcome.changed:
+        if outcome.changed or self._publish_owed:
             await self.publish()
         if outcome.retry_reason:
             self._retry_later(name, outcome.retry_reason)
