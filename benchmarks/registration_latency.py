@@ -115,9 +115,7 @@ def main() -> None:
     )
     try:
         server.wait_healthy(180)
-        ctl.start().wait_healthy(60)
-        while httpx.get(f"{ctl_url}/readyz").status_code != 200:
-            time.sleep(0.2)
+        ctl.start().wait_healthy(120)
         start_serving(
             home=home,
             host=HOST,
@@ -126,8 +124,6 @@ def main() -> None:
             controller_url=ctl_url,
             num_cpus=2,
         )
-        while httpx.get(f"{serving}/models").status_code != 200:
-            time.sleep(0.2)
 
         import mlflow
         import pandas as pd

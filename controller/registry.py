@@ -139,10 +139,3 @@ class Registry:
             return str(hook.webhook_id)
 
         return self._call(upsert)
-
-    def webhook_registered(self, name: str, url: str) -> bool:
-        def find() -> bool:
-            hooks: list[Any] = list(self._client.list_webhooks(max_results=1000))
-            return any(h.name == name and h.url == url for h in hooks)
-
-        return self._call(find)

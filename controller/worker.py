@@ -49,7 +49,6 @@ class Worker:
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._waiting: set[str] = set()
         self._attempts: Counter[str] = Counter()
-        self.last_resync_ok: float | None = None
         # Set when a publish failed after decisions were written: the next pass must publish
         # even if it changes nothing, or the table would lag the database until another change.
         self._publish_owed = False
@@ -122,7 +121,6 @@ class Worker:
         await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
         for name in sorted(set(names) | set(known)):
             self.enqueue(name)
-        self.last_resync_ok = time.time()
 
     async def resync_loop(self) -> None:
         while True:

@@ -13,13 +13,11 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
-import httpx
 from rich.console import Console
 from rich.panel import Panel
 
@@ -64,18 +62,6 @@ def _chatter_to(log_path: Path) -> Iterator[None]:
             yield
     finally:
         mlflow_logger.setLevel(level)
-
-
-def _wait_http(url: str, timeout_s: float, headers: dict[str, str] | None = None) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=2.0, headers=headers).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s")
 
 
 def _banner(s: StackSettings, token: str) -> tuple[Panel, list[str]]:
@@ -165,8 +151,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     resync_interval_s=s.resync_interval_s,
                 ).start()
                 stack.callback(ctl.stop)
-                ctl.wait_healthy(60)
-                _wait_http(f"{controller_url}/readyz", 60)
+                ctl.wait_healthy(120)
             console.print(f"[green]✓[/green] controller at {controller_url} (webhook registered)")
             with console.status("Starting Ray and the serving app (about 20 s)..."):
                 stack.callback(stop_serving)
@@ -180,13 +165,13 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     max_num_models_per_replica=s.max_num_models_per_replica,
                 )
                 _catch_signals()
-                _wait_http(f"http://{s.host}:{s.serving_port}/models", 120)
             console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")
             if s.register_demo_models:
                 from sigserve.demo.register import register_demo_models
 
-                with console.status("Registering the demo models..."), _chatter_to(
-                    home / "logs" / "demo-registration.log"
+                with (
+                    console.status("Registering the demo models..."),
+                    _chatter_to(home / "logs" / "demo-registration.log"),
                 ):
                     register_demo_models(tracking_uri, console=console)
                 console.print("[green]✓[/green] demo models registered")

@@ -45,6 +45,26 @@ class ProcessFailed(RuntimeError):
     pass
 
 
+def wait_for_http(
+    url: str, timeout_s: float, *, alive: Callable[[], str | None] = lambda: None
+) -> None:
+    """Poll ``url`` until it answers 200.
+
+    ``alive`` returns why waiting is pointless (the process exited), or None to go on.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if (dead := alive()) is not None:
+            raise ProcessFailed(dead)
+        try:
+            if httpx.get(url, timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
 class ManagedProcess:
     def __init__(
         self,
@@ -94,17 +114,14 @@ class ManagedProcess:
         """Wait until ``health_url`` answers 200; fail early if the process exits."""
         if self.health_url is None:
             return
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if not self.running():
-                raise ProcessFailed(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                if httpx.get(self.health_url, timeout=2.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise ProcessFailed(f"{self.name} not healthy after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+        def exited() -> str | None:
+            return None if self.running() else f"{self.name} exited early:\n{self.log_tail()}"
+
+        try:
+            wait_for_http(self.health_url, timeout_s, alive=exited)
+        except TimeoutError as exc:
+            raise ProcessFailed(f"{self.name}: {exc}:\n{self.log_tail()}") from None
 
     def stop(self, timeout_s: float = 15.0) -> None:
         proc = self._proc
@@ -122,11 +139,3 @@ class ManagedProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
-
-    def kill(self) -> None:
-        """Stop abruptly, as a crash would."""
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
-            self._proc.wait()
-            self._proc = None

@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sigserve.processes import ManagedProcess
+from sigserve.processes import ManagedProcess, wait_for_http
 
 
 def free_port() -> int:
@@ -116,7 +116,8 @@ def controller(
         [sys.executable, "-m", "controller"],
         env=env,
         log_path=home / "logs" / log_name,
-        health_url=f"http://{host}:{port}/healthz",
+        # Ready, not just alive: migrated, registry reachable, webhook registered.
+        health_url=f"http://{host}:{port}/readyz",
     )
 
 
@@ -129,8 +130,9 @@ def start_serving(
     controller_url: str,
     num_cpus: int | None = None,
     max_num_models_per_replica: int = 2,
+    ready_timeout_s: float = 180.0,
 ) -> None:
-    """Start a local Ray in this process and run the serving app on it.
+    """Start a local Ray in this process, run the serving app on it, wait until it serves.
 
     ``address="local"`` always starts a new Ray, never joins a stale one. Ray stops it with
     ``stop_serving`` or when this process exits.
@@ -159,6 +161,8 @@ def start_serving(
         controller_url=controller_url, max_num_models_per_replica=max_num_models_per_replica
     )
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
+    # Servable means the ingress holds a routing table: /models answers 200 from then on.
+    wait_for_http(f"http://{host}:{port}/models", ready_timeout_s)
 
 
 def ray_temp_dir(home: Path) -> Path:

@@ -55,8 +55,7 @@ class ControllerHandle:
             admin_token=self.secrets.admin_token, webhook_secret=self.secrets.webhook_secret,
             resync_interval_s=RESYNC_INTERVAL_S,
         ).start()
-        self._process.wait_healthy(60)
-        wait_for(lambda: httpx.get(f"{self.url}/readyz").status_code == 200, 60)
+        self._process.wait_healthy(120)
 
     def stop(self) -> None:
         if self._process:
@@ -151,12 +150,10 @@ def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHand
     from sigserve.stack import start_serving, stop_serving
 
     port = free_port()
-    start_serving(home=home, host=HOST, port=port, tracking_uri=tracking_uri,
-                  controller_url=controller_handle.url, num_cpus=2)
-    url = f"http://{HOST}:{port}"
     try:
-        wait_for(lambda: httpx.get(f"{url}/models").status_code == 200, 180, 0.5)
-        yield url
+        start_serving(home=home, host=HOST, port=port, tracking_uri=tracking_uri,
+                      controller_url=controller_handle.url, num_cpus=2)
+        yield f"http://{HOST}:{port}"
     finally:
         stop_serving()
 
