@@ -3,18 +3,27 @@
 MLflow's client raises its own exceptions for every kind of failure; here they become
 ``RegistryUnavailable`` (try again later) or ``RegisteredModelGone`` (stop trying), so the
 worker can tell temporary from permanent without knowing MLflow.
+
+``artifact`` reads what a version's artifacts say about it (signature, requirements, Python,
+pickling) from the few small files next to its MLmodel, never the model itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import posixpath
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
+import yaml
+
+from controller.artifacts import ArtifactFacts
+from controller.environment import ArtifactEnvironment, is_pickled
 from controller.exceptions import RegisteredModelGone, RegistryUnavailable
-from controller.records import Signature
 
 T = TypeVar("T")
 
@@ -37,6 +46,26 @@ class ObservedVersion:
     @property
     def ready(self) -> bool:
         return self.status == "READY"
+
+
+def _python_version(python_env_path: Path | None, mlmodel: dict[str, Any]) -> str | None:
+    """The Python the version was saved with: python_env.yaml, else the pyfunc flavor's."""
+    if python_env_path is not None:
+        # BaseLoader keeps scalars as strings (safe_load reads a hand-written "python: 3.10" as
+        # the float 3.1); it builds only str/list/dict, so it is as safe as safe_load.
+        text = python_env_path.read_text(encoding="utf-8", errors="replace")
+        try:
+            env = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506
+        except yaml.YAMLError:
+            # Not worth failing the whole read over: MLflow itself never reads this file to
+            # load the model, it only builds environments from it.
+            env = None
+        if isinstance(env, dict) and isinstance(env.get("python"), str):
+            return str(env["python"])
+    flavors = mlmodel.get("flavors")
+    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
+    version = pyfunc.get("python_version") if isinstance(pyfunc, dict) else None
+    return str(version) if version else None
 
 
 class Registry:
@@ -98,24 +127,90 @@ class Registry:
 
         return self._call(fetch, model=name)
 
-    def signature(self, name: str, version: str) -> Signature | None:
-        """The version's signature from its MLmodel file (the registry itself holds none)."""
+    def registered_model_created_at(self, name: str) -> int:
+        """The registered model's creation time (ms since the epoch).
 
-        def fetch() -> Signature | None:
-            from mlflow.artifacts import download_artifacts
-            from mlflow.models import Model
+        A model deleted and registered again under the same name gets a new one, which is how
+        the caller tells the new model from the old one's leftovers.
+        """
 
-            uri = self._client.get_model_version_download_uri(name, version)
-            with tempfile.TemporaryDirectory() as tmp:
-                path = download_artifacts(
-                    artifact_uri=f"{uri.rstrip('/')}/MLmodel",
-                    dst_path=tmp,
-                    tracking_uri=self.tracking_uri,
-                )
-                signature = Model.load(path).signature
-            return dict(signature.to_dict()) if signature is not None else None
+        def fetch() -> int:
+            return int(self._client.get_registered_model(name).creation_timestamp)
 
         return self._call(fetch, model=name)
+
+    def artifact(self, name: str, version: str) -> ArtifactFacts:
+        """What the version's artifacts say about it (the registry itself holds none of it).
+
+        Only MLmodel, requirements.txt and python_env.yaml are downloaded, each alone: the
+        model directory can hold gigabytes of weights. The two environment files are optional.
+        """
+
+        def fetch() -> ArtifactFacts:
+            from mlflow.models import Model
+
+            source = str(self._client.get_model_version_download_uri(name, version))
+            with tempfile.TemporaryDirectory() as tmp:
+                mlmodel_path = self._download(source, "MLmodel", tmp)
+                raw = mlmodel_path.read_bytes()
+                signature = Model.load(str(mlmodel_path)).signature
+                mlmodel = yaml.safe_load(raw)
+                mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
+                requirements_path = self._download_optional(source, "requirements.txt", tmp)
+                python_env_path = self._download_optional(source, "python_env.yaml", tmp)
+                requirements = (
+                    requirements_path.read_text(encoding="utf-8", errors="replace").splitlines()
+                    if requirements_path is not None
+                    else None
+                )
+                python_version = _python_version(python_env_path, mlmodel)
+            return ArtifactFacts(
+                source=source,
+                mlmodel_digest=hashlib.sha256(raw).hexdigest(),
+                signature=dict(signature.to_dict()) if signature is not None else None,
+                environment=ArtifactEnvironment(
+                    requirements=requirements,
+                    python_version=python_version,
+                    pickled=is_pickled(mlmodel),
+                ),
+            )
+
+        return self._call(fetch, model=name)
+
+    def _download(self, source: str, filename: str, dst: str) -> Path:
+        from mlflow.artifacts import download_artifacts
+
+        return Path(
+            download_artifacts(
+                artifact_uri=f"{source.rstrip('/')}/{filename}",
+                dst_path=dst,
+                tracking_uri=self.tracking_uri,
+            )
+        )
+
+    def _download_optional(self, source: str, filename: str, dst: str) -> Path | None:
+        """The file, or None when the version's artifacts do not have it.
+
+        A missing file is RESOURCE_DOES_NOT_EXIST from a local artifact store but
+        INTERNAL_ERROR with a "404" in the text from an HTTP one (S3 and others differ again),
+        so "not found" is decided by listing the directory instead: absent only when the
+        listing shows MLmodel (the directory is there) and not this file. Any other failure
+        goes to ``_call``.
+        """
+        from mlflow.artifacts import list_artifacts
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._download(source, filename, dst)
+        except MlflowException:
+            listed = {
+                posixpath.basename(f.path)
+                for f in list_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
+                if not f.is_dir
+            }
+            if "MLmodel" in listed and filename not in listed:
+                return None
+            raise
 
     def ensure_webhook(self, name: str, url: str, secret: str) -> str:
         """Create or update the controller's webhook; returns its id. Safe to repeat."""

@@ -1,0 +1,182 @@
+"""Registry.artifact against a real MLflow registry, with no server: a sqlite store and a local
+artifact root under tmp. The HTTP store's way of saying "not found" is imitated by rewriting the
+local one's error (see test_a_missing_file_reported_as_an_http_store_does_is_absent)."""
+
+from __future__ import annotations
+
+import hashlib
+import platform
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from controller.environment import EnvironmentPolicy, ServingEnvironment, check_environment
+from controller.exceptions import RegisteredModelGone, RegistryUnavailable
+from controller.registry import Registry, _python_version
+
+NAME = "artifact_facts"
+REQUIREMENT = "definitely-not-installed-pkg==1.0"
+# MLflow's advice to add an input example, irrelevant here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*input example:UserWarning")
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    # MLflow infers the signature from these hints: list[str] in, list[str] out.
+    def predict(self, context: Any, model_input: list[str], params: Any = None) -> list[str]:
+        return model_input
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tmp = tmp_path_factory.mktemp("registry")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    with pytest.MonkeyPatch.context() as patch:
+        # Registry() setdefaults these; setting them here means they are undone afterwards.
+        patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
+        patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # set_tracking_uri exports MLFLOW_TRACKING_URI; the registry follows MLFLOW_REGISTRY_URI.
+        patch.setenv("MLFLOW_TRACKING_URI", uri)
+        patch.setenv("MLFLOW_REGISTRY_URI", uri)
+        previous = mlflow.get_tracking_uri()
+        mlflow.set_tracking_uri(uri)
+        try:
+            client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+            experiment = client.create_experiment("e", artifact_location=str(tmp / "artifacts"))
+            for _ in range(3):
+                with mlflow.start_run(experiment_id=experiment):
+                    mlflow.pyfunc.log_model(
+                        name="model",
+                        python_model=Echo(),
+                        pip_requirements=[REQUIREMENT],
+                        registered_model_name=NAME,
+                    )
+            yield {"uri": uri, "tmp": tmp, "client": client, "registry": Registry(uri)}
+        finally:
+            mlflow.set_tracking_uri(previous)
+
+
+def _local_dir(store: dict[str, Any], version: str) -> Path:
+    return Path(store["client"].get_model_version_download_uri(NAME, version))
+
+
+def _without_environment_files(store: dict[str, Any], version: str) -> None:
+    directory = _local_dir(store, version)
+    (directory / "requirements.txt").unlink(missing_ok=True)
+    (directory / "python_env.yaml").unlink(missing_ok=True)
+
+
+def test_artifact_reads_the_versions_facts(store: dict[str, Any]) -> None:
+    facts = store["registry"].artifact(NAME, "1")
+    directory = _local_dir(store, "1")
+    assert facts.source == str(directory)
+    assert directory.is_relative_to(store["tmp"] / "artifacts")
+    assert facts.mlmodel_digest == hashlib.sha256((directory / "MLmodel").read_bytes()).hexdigest()
+    signature = Model.load(str(directory / "MLmodel")).signature
+    assert signature is not None
+    assert facts.signature == signature.to_dict()
+    env = facts.environment
+    assert env.requirements is not None
+    assert REQUIREMENT in env.requirements
+    assert env.python_version == platform.python_version()
+    assert env.pickled is True
+
+    verdict = check_environment(env, ServingEnvironment.current(), EnvironmentPolicy.STRICT)
+    assert verdict.blocking == [
+        f"requirement {REQUIREMENT!r}: package 'definitely-not-installed-pkg' is not installed "
+        "in the serving environment"
+    ]
+
+
+def test_missing_environment_files_are_absent_not_errors(store: dict[str, Any]) -> None:
+    _without_environment_files(store, "2")
+    facts = store["registry"].artifact(NAME, "2")
+    assert facts.environment.requirements is None
+    # Without python_env.yaml the pyfunc flavor's python_version still says it.
+    assert facts.environment.python_version == platform.python_version()
+    assert facts.environment.pickled is True
+
+
+def test_a_missing_file_reported_as_an_http_store_does_is_absent(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An HTTP artifact store reports a missing file as INTERNAL_ERROR ("404 Client Error").
+    real = mlflow.artifacts.download_artifacts
+
+    def as_http(**kwargs: Any) -> Any:
+        try:
+            return real(**kwargs)
+        except MlflowException as exc:
+            raise MlflowException(f"404 Client Error: {exc.message}") from None
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", as_http)
+    _without_environment_files(store, "2")
+    facts = store["registry"].artifact(NAME, "2")
+    assert facts.environment.requirements is None
+
+
+def test_a_failed_download_of_a_file_that_exists_is_an_error(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = mlflow.artifacts.download_artifacts
+
+    def flaky(**kwargs: Any) -> Any:
+        if kwargs["artifact_uri"].endswith("/requirements.txt"):
+            raise MlflowException("503 Server Error: Service Unavailable")
+        return real(**kwargs)
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", flaky)
+    with pytest.raises(RegistryUnavailable, match="503"):
+        store["registry"].artifact(NAME, "1")
+
+
+def test_a_missing_mlmodel_is_not_absent(store: dict[str, Any]) -> None:
+    directory = _local_dir(store, "3")
+    shutil.rmtree(directory)
+    # A local store says RESOURCE_DOES_NOT_EXIST, which _call reads as the model being gone.
+    with pytest.raises(RegisteredModelGone):
+        store["registry"].artifact(NAME, "3")
+
+
+def test_an_unknown_version_is_gone(store: dict[str, Any]) -> None:
+    with pytest.raises(RegisteredModelGone):
+        store["registry"].artifact(NAME, "99")
+
+
+def test_registered_model_created_at_tells_a_recreated_model(store: dict[str, Any]) -> None:
+    client: MlflowClient = store["client"]
+    registry: Registry = store["registry"]
+    client.create_registered_model("again")
+    first = registry.registered_model_created_at("again")
+    assert first == client.get_registered_model("again").creation_timestamp
+    client.delete_registered_model("again")
+    with pytest.raises(RegisteredModelGone):
+        registry.registered_model_created_at("again")
+    time.sleep(0.01)
+    client.create_registered_model("again")
+    assert registry.registered_model_created_at("again") > first
+
+
+@pytest.mark.parametrize(
+    ("python_env", "expected"),
+    [
+        ("python: 3.10\nbuild_dependencies:\n- pip\n", "3.10"),  # not the float 3.1
+        ("python: 3.11.9\n", "3.11.9"),
+        ("python: [unclosed\n", "3.9.1"),  # unreadable: the pyfunc flavor's
+        ("build_dependencies: []\n", "3.9.1"),
+    ],
+)
+def test_python_version_reading(tmp_path: Path, python_env: str, expected: str) -> None:
+    path = tmp_path / "python_env.yaml"
+    path.write_text(python_env, encoding="utf-8")
+    mlmodel = {"flavors": {"python_function": {"python_version": "3.9.1"}}}
+    assert _python_version(path, mlmodel) == expected
+    assert _python_version(None, {"flavors": {}}) is None
