@@ -35,7 +35,7 @@ from serving.exceptions import InvalidInput
 from serving.frames import jsonable, to_model_input, to_records
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
-from serving.resolve import find_model, header_version, held, resolve
+from serving.resolve import Target, find_model, header_version, held, resolve
 from serving.table_source import TableSource
 from sigserve.routing_table import ModelEntry
 
@@ -43,7 +43,9 @@ _SCORING_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs
 
 
 class ModelBackend(Protocol):
-    async def predict(self, model_id: str, data: Any, params: dict[str, Any] | None) -> Any: ...
+    """Runs ``target`` (a live version and the artifact it was checked on) on ``data``."""
+
+    async def predict(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any: ...
 
 
 def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: float = 0) -> FastAPI:
@@ -101,7 +103,7 @@ def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: fl
             parsed = infer_and_parse_data(data, schema)
         except MlflowException as exc:
             raise _bad_body(exc.message) from None
-        prediction = await backend.predict(target.model_id, parsed, body.get("params"))
+        prediction = await backend.predict(target, parsed, body.get("params"))
         return JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
 
     async def _serve(name: str, version: str | None, request: Request) -> JSONResponse:
@@ -112,7 +114,7 @@ def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: fl
         own = contract_for(name, target.version.signature).signature or contract.signature
         parsed = contract.parse(await _json(request))
         data = to_model_input(parsed.records, own)
-        prediction = await backend.predict(target.model_id, data, parsed.params)
+        prediction = await backend.predict(target, data, parsed.params)
         return JSONResponse(to_records(prediction, own.outputs if own is not None else None))
 
     return app

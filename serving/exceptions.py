@@ -16,7 +16,10 @@ title, so adding an error means adding a class here and nothing else.
      |    +-- BadModelId                  400: the model-id header names another model
      |    +-- InvalidInput                422 + errors: the body does not fit the contract
      |    |    +-- ModelRejectedInput     422: MLflow's own schema enforcement refused it
-     |    +-- ModelUnavailable            503 + Retry-After: the version could not be loaded
+     |    +-- VersionUnbound              503 + Retry-After: live, but the table names no
+     |    |                               checked artifact (source, MLmodel digest) to load
+     |    +-- ModelUnavailable            503 + Retry-After: the version could not be loaded,
+     |                                    or its artifact is not the one that was checked
      +-- ContractError                    a signature that cannot become an API (a bug or a
                                           registry oddity: answered as a plain 500)
 
@@ -106,6 +109,13 @@ class InvalidInput(ProblemError):
 class ModelRejectedInput(InvalidInput):
     slug = "model-rejected-input"
     title = "The model version refused the input"
+
+
+class VersionUnbound(ProblemError):
+    status = 503
+    slug = "version-unbound"
+    title = "The version is not bound to a checked artifact"
+    retry_after = 5
 
 
 class ModelUnavailable(ProblemError):

@@ -18,20 +18,28 @@ from ray.serve.handle import DeploymentHandle
 from serving.api import create_app
 from serving.exceptions import SigserveError
 from serving.gcs_store import GcsTableStore
+from serving.resolve import Target
 from serving.settings import ServingSettings
 from serving.table_source import TableSource
 
 
 class HandleBackend:
-    """Runs a version on the model runner deployment, routed by its multiplexed model id."""
+    """Runs a version on the model runner deployment, routed by its multiplexed model id.
+
+    The artifact travels with the request: the runner loads exactly that source and checks
+    its ``MLmodel`` digest, so what runs is what the controller decided on.
+    """
 
     def __init__(self, runner: DeploymentHandle[Any]) -> None:
         self._runner = runner
 
-    async def predict(self, model_id: str, data: Any, params: dict[str, Any] | None) -> Any:
+    async def predict(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
+        artifact = target.artifact
         try:
-            handle = self._runner.options(multiplexed_model_id=model_id)
-            return await handle.predict.remote(data, params)
+            handle = self._runner.options(multiplexed_model_id=target.model_id)
+            return await handle.predict.remote(
+                data, params, artifact.source, artifact.mlmodel_digest
+            )
         except RayTaskError as exc:
             # Our own errors (model not loadable, input refused by MLflow) keep their class, so
             # the problem handlers answer them; anything else stays a 500.

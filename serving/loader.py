@@ -1,17 +1,36 @@
-"""Loading MLflow pyfunc models and calling them; no Ray in here.
+"""Loading the exact artifact the controller checked, and calling it; no Ray in here.
 
-``models:/{name}/{version}`` is resolved against the registry MLflow is configured for (the
-standard ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI`` variables, which ``build_app``
-forwards to the model replicas). Loading and predicting block (file and network I/O, model
-code), so both run in a worker thread and the replica keeps serving other models meanwhile.
+A decision in the routing table is bound to an artifact: its ``source`` (an artifact URI MLflow
+can download) and the SHA-256 of its ``MLmodel`` file as the controller read it. The loader
+downloads ``source`` into a fresh directory, hashes the ``MLmodel`` it got and loads that same
+directory only if the digest is the decided one; anything else is refused (503) and recorded.
+Loading by ``models:/{name}/{version}`` would follow whatever the name points at today, and a
+model deleted and registered again reuses its version numbers.
+
+The multiplexed model id names the artifact as well as the version,
+``{name}/{version}@{key}`` with ``key`` a short digest of source and ``MLmodel`` digest, so a
+replica still holding an older artifact of the same name/version loads the new one under a new
+id and the old one ages out of its LRU.
+
+Downloading, loading and predicting block (file and network I/O, model code), so they run in a
+worker thread and the replica keeps serving other models meanwhile. MLflow finds the registry
+and artifact store through the standard ``MLFLOW_*`` variables, which ``build_app`` forwards to
+the model replicas.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-from typing import Any
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypedDict
 
+import mlflow.artifacts
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
@@ -20,18 +39,109 @@ from serving.exceptions import ModelRejectedInput, ModelUnavailable
 logger = logging.getLogger(__name__)
 
 _DETAIL_LIMIT = 500
+# 64 bits: ids only need to differ between artifacts of one name/version, and stay readable.
+_KEY_CHARS = 16
+# What a detail shows of a digest: enough for a person to tell two apart.
+_SHORT_DIGEST = 12
 
 
-def split_model_id(model_id: str) -> tuple[str, str]:
-    """``"name/version"`` -> ``(name, version)``; a model name may itself contain "/"."""
-    name, sep, version = model_id.rpartition("/")
-    if not sep or not name or not version:
-        raise ModelUnavailable(f"malformed model id {model_id!r}; expected 'name/version'")
-    return name, version
+@dataclass(frozen=True)
+class Artifact:
+    """What the controller checked: where the artifact is, and its ``MLmodel`` digest."""
+
+    source: str
+    mlmodel_digest: str
+
+    @property
+    def key(self) -> str:
+        # Both parts: the same MLmodel bytes under another source are still another artifact
+        # (the other files may differ), and the runner must load exactly the decided source.
+        both = f"{self.source}\n{self.mlmodel_digest.lower()}".encode()
+        return hashlib.sha256(both).hexdigest()[:_KEY_CHARS]
+
+
+@dataclass(frozen=True)
+class ModelId:
+    name: str
+    version: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.name}/{self.version}@{self.key}"
+
+
+def model_id(name: str, version: str, artifact: Artifact) -> str:
+    """The multiplexed model id: ``name/version@key``; it starts with ``name/version``."""
+    return str(ModelId(name, version, artifact.key))
+
+
+def parse_model_id(value: str) -> ModelId:
+    """Read back ``name/version@key``, from the right: a name may hold "/" and "@"."""
+    rest, at, key = value.rpartition("@")
+    name, slash, version = rest.rpartition("/")
+    if not (at and slash and name and version) or not _is_key(key):
+        raise ModelUnavailable(f"malformed model id {value!r}; expected 'name/version@key'")
+    return ModelId(name, version, key)
+
+
+def bind(value: str, artifact: Artifact) -> ModelId:
+    """Parse ``value`` and check that it names ``artifact``.
+
+    This keeps "one id, one artifact" true on the replica whatever a caller sends, so a model
+    cached under an id is always the artifact the id was made from.
+    """
+    parsed = parse_model_id(value)
+    if parsed.key != artifact.key:
+        raise ModelUnavailable(
+            f"model id {value!r} does not name the artifact at {artifact.source!r}",
+            model=parsed.name,
+            version=parsed.version,
+        )
+    return parsed
+
+
+def _detail(text: str) -> str:
+    return text[:_DETAIL_LIMIT]
+
+
+def _is_key(key: str) -> bool:
+    return len(key) == _KEY_CHARS and all(c in "0123456789abcdef" for c in key)
+
+
+class Refusal(TypedDict):
+    model_id: str
+    source: str
+    reason: str
+
+
+class LoadedModel:
+    """A pyfunc model and the directory it was loaded from, removed once the model is gone.
+
+    The directory goes with the last reference (a ``weakref.finalize``), not with an explicit
+    ``__del__``: Ray's multiplexer calls ``__del__`` eagerly on eviction, while a request may
+    still be predicting with the model, and a model may read its files after loading. Dropped
+    from the LRU and from every request, the wrapper is freed at once (reference counting), so
+    the old artifact leaves the disk with its eviction.
+    """
+
+    def __init__(self, model: Any, directory: Path) -> None:
+        self.model = model
+        self.directory = directory
+        self._remove = weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+
+    def close(self) -> None:
+        """Remove the directory now; safe to call again, and done anyway when freed."""
+        self._remove()
+
+
+class _DigestMismatch(Exception):
+    def __init__(self, found: str) -> None:
+        super().__init__(found)
+        self.found = found
 
 
 class PyfuncLoader:
-    """Loads versions on demand and remembers, in order, every version it tried to load.
+    """Loads artifacts on demand and remembers every load it tried and every one it refused.
 
     Attempts, not successes, are what is remembered: "a quarantined version is never loaded"
     must hold for a load that failed too.
@@ -39,32 +149,71 @@ class PyfuncLoader:
 
     def __init__(self) -> None:
         self._attempts: list[str] = []
+        self._refusals: list[Refusal] = []
 
     @property
     def attempts(self) -> list[str]:
         return list(self._attempts)
 
-    async def load(self, model_id: str) -> Any:
-        name, version = split_model_id(model_id)
-        self._attempts.append(model_id)
+    @property
+    def refusals(self) -> list[Refusal]:
+        return list(self._refusals)
+
+    async def load(self, value: str, artifact: Artifact) -> LoadedModel:
+        target = bind(value, artifact)
+        self._attempts.append(value)
         try:
-            model = await asyncio.to_thread(mlflow.pyfunc.load_model, f"models:/{name}/{version}")
+            loaded = await asyncio.to_thread(_download_and_load, artifact)
+        except _DigestMismatch as mismatch:
+            raise self._refuse(target, artifact, mismatch.found) from None
         except Exception as exc:
-            logger.exception("loading %s failed", model_id)
+            logger.exception("loading %s from %s failed", value, artifact.source)
             raise ModelUnavailable(
-                f"version {version} of {name!r} could not be loaded: {exc}"[:_DETAIL_LIMIT],
-                model=name,
-                version=version,
+                _detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
+                model=target.name,
+                version=target.version,
             ) from None
-        logger.info("loaded %s", model_id)
-        return model
+        logger.info("loaded %s from %s", value, artifact.source)
+        return loaded
+
+    def _refuse(self, target: ModelId, artifact: Artifact, found: str) -> ModelUnavailable:
+        reason = (
+            f"the MLmodel of {artifact.source} has digest {found[:_SHORT_DIGEST]}, not "
+            f"{artifact.mlmodel_digest[:_SHORT_DIGEST]} the controller checked"
+        )
+        self._refusals.append(Refusal(model_id=str(target), source=artifact.source, reason=reason))
+        logger.error("refused to load %s: %s", target, reason)
+        return ModelUnavailable(
+            _detail(f"version {target.version} of {target.name!r} was not loaded: {reason}"),
+            model=target.name,
+            version=target.version,
+        )
 
 
-async def predict(model: Any, data: Any, params: dict[str, Any] | None) -> Any:
-    """Call ``model.predict``; MLflow refusing the input or params becomes a 422."""
+def _download_and_load(artifact: Artifact) -> LoadedModel:
+    # A fresh directory per load: the bytes hashed are the bytes loaded, and nothing left by
+    # another load (of an older artifact of the same version, say) can be mixed in.
+    directory = Path(tempfile.mkdtemp(prefix="sigserve-model-"))
     try:
-        return await asyncio.to_thread(model.predict, data, params=params or None)
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=artifact.source, dst_path=str(directory)
+            )
+        )
+        found = hashlib.sha256((local / "MLmodel").read_bytes()).hexdigest()
+        if found != artifact.mlmodel_digest.lower():
+            raise _DigestMismatch(found)
+        return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+
+
+async def predict(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
+    """Call the model's ``predict``; MLflow refusing the input or params becomes a 422."""
+    try:
+        return await asyncio.to_thread(loaded.model.predict, data, params=params or None)
     except MlflowException as exc:
         if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
-            raise ModelRejectedInput(exc.message[:_DETAIL_LIMIT]) from None
+            raise ModelRejectedInput(_detail(exc.message)) from None
         raise

@@ -3,8 +3,9 @@
 The version comes from the path (``/models/{name}/versions/{version}/...``), else from the
 ``serve_multiplexed_model_id`` header (also spelled ``serve-multiplexed-model-id``, as proxies
 that drop underscores send it; the value is ``"2"`` or ``"name/2"``), else from the model's
-pinned default. Only a ``live`` version is ever returned: unknown, pending and quarantined
-versions raise before anything is loaded, so the app fails closed.
+pinned default. Only a ``live`` version bound to the artifact that was checked is ever
+returned: unknown, pending and quarantined versions, and a live one whose entry lacks its
+``source`` or ``mlmodel_digest``, raise before anything is loaded, so the app fails closed.
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from serving.exceptions import (
     UnknownVersion,
     VersionPending,
     VersionQuarantined,
+    VersionUnbound,
 )
+from serving.loader import Artifact
+from serving.loader import model_id as make_model_id
 from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 MODEL_ID_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")
@@ -30,11 +34,12 @@ MODEL_ID_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")
 class Target:
     model: ModelEntry
     version: VersionEntry
+    artifact: Artifact
 
     @property
     def model_id(self) -> str:
-        """The multiplexed model id, ``name/version``: what the model replicas load."""
-        return f"{self.model.name}/{self.version.version}"
+        """The multiplexed model id, ``name/version@key``: a new artifact gets a new id."""
+        return make_model_id(self.model.name, self.version.version, self.artifact)
 
 
 def held(table: RoutingTable | None) -> RoutingTable:
@@ -86,4 +91,16 @@ def resolve(table: RoutingTable | None, name: str, version: str | None) -> Targe
             version=version,
             reasons=list(entry.reasons),
         )
-    return Target(model, entry)
+    return Target(model, entry, checked_artifact(name, entry))
+
+
+def checked_artifact(name: str, entry: VersionEntry) -> Artifact:
+    """The artifact a live version was decided on; without one there is nothing safe to load."""
+    if not entry.source or not entry.mlmodel_digest:
+        raise VersionUnbound(
+            f"version {entry.version} of {name!r} is live but the routing table names no "
+            "checked artifact (source and MLmodel digest) for it",
+            model=name,
+            version=entry.version,
+        )
+    return Artifact(entry.source, entry.mlmodel_digest)

@@ -20,18 +20,24 @@ while the controller is down serves the last decisions instead of 503s.
 Only a table with a higher revision than the one held, or from another epoch, is accepted:
 answers can arrive out of order (a slow poll, the store, the controller) and an older table must
 never win; but a controller whose database was replaced counts from 1 again and must be obeyed.
+
+A table of another ``schema_version`` is refused before it is validated (a newer schema may not
+validate at all, an older one may validate and mean something else). From the controller it
+counts as a failed poll and goes through the same backoff: the controller would answer the same
+table at once, again and again. From the store it is ignored, and overwritten by the next table
+this replica takes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from typing import Protocol
 
 import httpx
-from pydantic import ValidationError
 
 from sigserve.routing_table import SCHEMA_VERSION, RoutingTable, supersedes
 
@@ -44,6 +50,23 @@ _BACKOFF_MAX_S = 2.0
 _MIN_EMPTY_POLL_S = 0.2
 # The controller answers within ``timeout``; the margin covers its own latency.
 _HTTP_MARGIN_S = 10.0
+
+
+class SchemaMismatch(ValueError):
+    """A table written for another ``schema_version`` than this replica's."""
+
+
+def decode(raw: str | bytes) -> RoutingTable:
+    """Parse a table's JSON, checking its ``schema_version`` before anything else of it."""
+    document = json.loads(raw)
+    found = document.get("schema_version") if isinstance(document, dict) else None
+    if found != SCHEMA_VERSION:
+        raise SchemaMismatch(
+            f"routing table has schema_version {found!r}; this replica reads {SCHEMA_VERSION}"
+        )
+    # Validated from the JSON again rather than from ``document``: JSON mode is how tables were
+    # always read, and parsing a table twice costs little next to a poll.
+    return RoutingTable.model_validate_json(raw)
 
 
 class TableStore(Protocol):
@@ -108,7 +131,10 @@ class TableSource:
         try:
             raw = await asyncio.to_thread(self._store.read)
             if raw:
-                self.offer(RoutingTable.model_validate_json(raw))
+                self.offer(decode(raw))
+        except SchemaMismatch as exc:
+            # Left by replicas of another release: the controller will send this one's schema.
+            logger.warning("ignoring the stored routing table: %s", exc)
         except Exception:
             # A broken store must not stop the replica: the controller is the source of truth.
             logger.exception("could not restore the routing table from the store")
@@ -116,20 +142,19 @@ class TableSource:
     async def _poll_forever(self) -> None:
         timeout = httpx.Timeout(self._poll_timeout_s + _HTTP_MARGIN_S, connect=5.0)
         async with httpx.AsyncClient(timeout=timeout, transport=self._transport) as client:
-            delay = _BACKOFF_FIRST_S
+            backoff = _Backoff()
             loop = asyncio.get_running_loop()
             while True:
                 started = loop.time()
                 try:
                     table = await self._poll_once(client)
                 except Exception as exc:
-                    # Transport errors and bad answers alike: this loop is the replica's only
-                    # way to hear of new decisions, so nothing may end it.
-                    logger.warning("routing table poll failed (%s); retry in %.1fs", exc, delay)
-                    await asyncio.sleep(delay * random.uniform(0.5, 1.0))  # noqa: S311
-                    delay = min(delay * 2, _BACKOFF_MAX_S)
+                    # Transport errors, bad answers and tables of another schema alike: this
+                    # loop is the replica's only way to hear of new decisions, so nothing may
+                    # end it, and nothing may make it spin.
+                    await backoff.wait(exc)
                     continue
-                delay = _BACKOFF_FIRST_S
+                backoff.reset()
                 if table is None:
                     await asyncio.sleep(max(0.0, _MIN_EMPTY_POLL_S - (loop.time() - started)))
                 elif self.offer(table):
@@ -145,7 +170,7 @@ class TableSource:
         response.raise_for_status()
         if response.status_code != httpx.codes.OK:
             raise ValueError(f"unexpected status {response.status_code}")
-        return RoutingTable.model_validate_json(response.content)
+        return decode(response.content)
 
     async def _persist(self, table: RoutingTable) -> None:
         if self._store is None:
@@ -162,7 +187,44 @@ def _write_if_newer(store: TableStore, table: RoutingTable) -> None:
     # only matters to a replica started while the controller is down.
     raw = store.read()
     if raw:
-        with contextlib.suppress(ValidationError):
-            if not supersedes(table, RoutingTable.model_validate_json(raw)):
+        # Unreadable or of another schema: this replica's table replaces it whatever its revision.
+        with contextlib.suppress(ValueError):
+            if not supersedes(table, decode(raw)):
                 return
     store.write(table.model_dump_json())
+
+
+class _Backoff:
+    """Capped, jittered waits between failed polls, logged once per run of failures.
+
+    A controller that stays down (or keeps sending a table of another schema) would otherwise
+    log a line per retry; the first failure and each change of reason are enough, and the
+    recovery says how long it lasted.
+    """
+
+    def __init__(self) -> None:
+        self._delay = _BACKOFF_FIRST_S
+        self._failures = 0
+        self._reason: str | None = None
+
+    async def wait(self, exc: Exception) -> None:
+        reason = f"{type(exc).__name__}: {exc}"
+        if reason != self._reason:
+            logger.warning(
+                "routing table poll failed (%s); backing off up to %.1fs between retries",
+                reason,
+                _BACKOFF_MAX_S,
+            )
+        else:
+            logger.debug("routing table poll failed again (%s)", reason)
+        self._reason = reason
+        self._failures += 1
+        await asyncio.sleep(self._delay * random.uniform(0.5, 1.0))  # noqa: S311
+        self._delay = min(self._delay * 2, _BACKOFF_MAX_S)
+
+    def reset(self) -> None:
+        if self._failures:
+            logger.info("routing table poll answered again after %d failures", self._failures)
+        self._delay = _BACKOFF_FIRST_S
+        self._failures = 0
+        self._reason = None

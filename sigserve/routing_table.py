@@ -7,6 +7,15 @@ outside the table is ever loaded, so the serving app fails closed.
 
 Signatures travel in MLflow's own dict form (``ModelSignature.to_dict()``: ``inputs``,
 ``outputs`` and ``params`` as JSON strings), so both sides parse them with MLflow itself.
+
+A decision is bound to an artifact, not to a label: each version carries the immutable
+location of the artifact that was checked (``source``) and the SHA-256 of its ``MLmodel`` file
+(``mlmodel_digest``). The serving app loads exactly that source and refuses an artifact whose
+``MLmodel`` has another digest, so a version number reused by a model deleted and registered
+again can never serve what nobody checked.
+
+Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
+table of another schema version (and backs off) rather than guess at its meaning.
 """
 
 from __future__ import annotations
@@ -15,7 +24,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class VersionState(StrEnum):
@@ -32,6 +41,13 @@ class VersionEntry(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     # The version's own signature, None when it was logged without one.
     signature: dict[str, str | None] | None = None
+    # Where the checked artifact lives (an artifact URI MLflow can download) and the SHA-256
+    # hex digest of its MLmodel file. Both are set for every live version.
+    source: str | None = None
+    mlmodel_digest: str | None = None
+    # Things a person should know that did not block the version (say, a minor version
+    # difference of a package it requires).
+    warnings: list[str] = Field(default_factory=list)
 
 
 class ModelEntry(BaseModel):

@@ -15,6 +15,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from serving.api import create_app
+from serving.loader import Artifact, parse_model_id
+from serving.resolve import Target, resolve
 from serving.table_source import TableSource
 from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
@@ -32,6 +34,13 @@ V3 = ModelSignature(
     Schema([ColSpec("string", "text_to_translate")]), Schema([ColSpec("string", "out")])
 ).to_dict()
 REASON = "input 'prompt' (string, required) is missing; this version reads 'text_to_translate'"
+
+
+def checked(version: str) -> dict[str, str]:
+    """Where a live version's checked artifact is, as the controller writes it."""
+    return {"source": f"models:/m-echo{version}", "mlmodel_digest": version * 64}
+
+
 TABLE = RoutingTable(
     revision=4,
     models={
@@ -40,12 +49,21 @@ TABLE = RoutingTable(
             default_version="1",
             contract=V1,
             versions={
-                "1": VersionEntry(version="1", state=VersionState.LIVE, signature=V1),
-                "2": VersionEntry(version="2", state=VersionState.LIVE, signature=V2),
+                "1": VersionEntry(
+                    version="1", state=VersionState.LIVE, signature=V1, **checked("1")
+                ),
+                "2": VersionEntry(
+                    version="2", state=VersionState.LIVE, signature=V2, **checked("2")
+                ),
                 "3": VersionEntry(
                     version="3", state=VersionState.QUARANTINED, reasons=[REASON], signature=V3
                 ),
                 "4": VersionEntry(version="4", state=VersionState.PENDING, signature=V1),
+                # Live, but not bound to an artifact: nothing says what would be loaded.
+                "5": VersionEntry(
+                    version="5", state=VersionState.LIVE, signature=V1, source="models:/m-echo5"
+                ),
+                "6": VersionEntry(version="6", state=VersionState.LIVE, signature=V1),
             },
         )
     },
@@ -56,12 +74,13 @@ class EchoBackend:
     """Runs every version in-process: echoes the prompt, tagged with the version that ran."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, Any, dict[str, Any] | None]] = []
+        self.calls: list[tuple[Target, Any, dict[str, Any] | None]] = []
 
-    async def predict(self, model_id: str, data: Any, params: dict[str, Any] | None) -> Any:
-        self.calls.append((model_id, data, params))
+    async def predict(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
+        self.calls.append((target, data, params))
+        ran = f"{target.model.name}/{target.version.version}"
         suffix = (params or {}).get("suffix", "")
-        return pd.DataFrame({"out": [f"{model_id}:{p}{suffix}" for p in data["prompt"]]})
+        return pd.DataFrame({"out": [f"{ran}:{p}{suffix}" for p in data["prompt"]]})
 
 
 class Controller:
@@ -137,7 +156,9 @@ def test_version_comes_from_path_then_header_then_default(
     response = client.post(path, json=[{"prompt": "a"}, {"prompt": "b"}], headers=headers)
     assert response.status_code == 200, response.text
     assert response.json() == [{"out": f"{ran}:a"}, {"out": f"{ran}:b"}]
-    assert [c[0] for c in backend.calls] == [ran]
+    (target,) = [c[0] for c in backend.calls]
+    assert target.model_id.startswith(ran + "@")
+    assert target.artifact == Artifact(**checked(target.version.version))
 
 
 def test_params_travel_in_the_envelope(served: tuple[TestClient, EchoBackend]) -> None:
@@ -182,6 +203,49 @@ def test_unknown_pending_and_invalid(served: tuple[TestClient, EchoBackend]) -> 
     assert {e["field"] for e in invalid.json()["errors"]} == {"prompt", "n"}
     assert client.post("/models/echo/serve", content=b"{not json").status_code == 422
     assert backend.calls == []
+
+
+def test_a_live_version_not_bound_to_an_artifact_is_503_and_never_reaches_a_model(
+    served: tuple[TestClient, EchoBackend],
+) -> None:
+    client, backend = served
+    for response in (
+        client.post("/models/echo/versions/5/serve", json={"prompt": "a"}),
+        client.post("/models/echo/versions/6/serve", json={"prompt": "a"}),
+        client.post(
+            "/models/echo/serve", json={"prompt": "a"}, headers={"serve_multiplexed_model_id": "6"}
+        ),
+        client.post(
+            "/models/echo/invocations",
+            json={"inputs": [{"prompt": "a"}]},
+            headers={"serve_multiplexed_model_id": "5"},
+        ),
+    ):
+        assert response.status_code == 503, response.text
+        assert response.headers["retry-after"] == "5"
+        assert response.json()["type"] == "urn:sigserve:problem:version-unbound"
+    assert backend.calls == []
+
+
+def test_the_model_id_changes_with_the_artifact() -> None:
+    def version_1(source: str, digest: str) -> str:
+        entry = VersionEntry(
+            version="1", state=VersionState.LIVE, source=source, mlmodel_digest=digest
+        )
+        model = ModelEntry(name="team/echo@eu", default_version="1", versions={"1": entry})
+        return resolve(
+            RoutingTable(revision=1, models={model.name: model}), model.name, None
+        ).model_id
+
+    first = version_1("models:/m-a", "a" * 64)
+    # Registered again under the same name: same version number, another artifact.
+    assert version_1("models:/m-b", "b" * 64) != first
+    assert version_1("models:/m-a", "c" * 64) != first
+    assert version_1("models:/m-b", "a" * 64) != first
+    assert version_1("models:/m-a", "a" * 64) == first
+    assert first.startswith("team/echo@eu/1@")
+    parsed = parse_model_id(first)
+    assert (parsed.name, parsed.version) == ("team/echo@eu", "1")
 
 
 def test_the_version_reads_its_own_types(served: tuple[TestClient, EchoBackend]) -> None:

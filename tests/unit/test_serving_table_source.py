@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 from collections.abc import Callable
 
 import httpx
+import pytest
 
-from serving.table_source import TableSource
-from sigserve.routing_table import ModelEntry, RoutingTable
+from serving import table_source
+from serving.table_source import SchemaMismatch, TableSource, decode
+from sigserve.routing_table import SCHEMA_VERSION, ModelEntry, RoutingTable
 
 
 class MemoryStore:
@@ -147,3 +151,92 @@ def test_a_table_from_another_epoch_wins_whatever_its_revision() -> None:
     assert not supersedes(RoutingTable(revision=57, epoch="old"), held)
     assert not supersedes(RoutingTable(revision=3, epoch="old"), held)
     assert supersedes(RoutingTable(revision=58, epoch="old"), held)
+
+
+class OtherSchemaController:
+    """A controller of another release: answers at once, with a table of another schema.
+
+    Once it holds a ``table`` of this schema, it answers like ``StandInController``.
+    """
+
+    def __init__(self, schema_version: int) -> None:
+        # Not a valid table of this schema at all (a revision that is not a number), so only a
+        # check made before validation can tell the replica what is wrong.
+        self.body = {"schema_version": schema_version, "revision": "r9", "models": []}
+        self.requests = 0
+        self.table: RoutingTable | None = None
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.requests += 1
+        if self.table is None:
+            # Yield like a real connection would: a replica that polls again at once then shows
+            # as hundreds of requests, not as a hung event loop.
+            await asyncio.sleep(0)
+            return httpx.Response(200, json=self.body)
+        if self.table.revision > int(request.url.params["after"]):
+            return httpx.Response(200, content=self.table.model_dump_json())
+        await asyncio.sleep(0.01)
+        return httpx.Response(204)
+
+
+def test_a_table_of_another_schema_backs_off_instead_of_spinning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.05)
+    monkeypatch.setattr(table_source, "_BACKOFF_MAX_S", 0.2)
+    caplog.set_level(logging.DEBUG, logger="serving.table_source")
+
+    async def scenario() -> int:
+        controller = OtherSchemaController(SCHEMA_VERSION + 1)
+        source = TableSource("http://controller", transport=httpx.MockTransport(controller))
+        await source.start()
+        await asyncio.sleep(1.0)
+        requests = controller.requests
+        assert source.table is None
+        controller.table = table(1, "a")
+        await wait_for(lambda: source.table is not None)
+        await source.stop()
+        return requests
+
+    requests = asyncio.run(scenario())
+    # Waits of 25-50, 50-100, then 100-200 ms at most 200: a dozen polls in a second at most,
+    # where answering at once without a backoff makes hundreds.
+    assert 3 <= requests <= 15
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "schema_version 3" in warnings[0].getMessage()
+    assert any("answered again" in r.getMessage() for r in caplog.records)
+
+
+def test_the_schema_is_checked_before_the_table_is_validated() -> None:
+    with pytest.raises(SchemaMismatch, match="schema_version 3"):
+        decode(json.dumps({"schema_version": 3, "revision": "r9"}))
+    with pytest.raises(SchemaMismatch, match="schema_version None"):
+        decode(json.dumps({"revision": 1}))
+    assert decode(table(2, "a").model_dump_json()).revision == 2
+
+
+def older_schema(revision: int, *names: str) -> str:
+    document = json.loads(table(revision, *names).model_dump_json())
+    document["schema_version"] = SCHEMA_VERSION - 1
+    return json.dumps(document)
+
+
+def test_a_stored_table_of_another_schema_is_ignored_and_replaced(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def scenario() -> MemoryStore:
+        # A higher revision than the controller's, so only its schema keeps it from winning.
+        store = MemoryStore(older_schema(50, "stale"))
+        controller = StandInController(table(3, "fresh"))
+        source = TableSource(
+            "http://controller", store=store, transport=httpx.MockTransport(controller)
+        )
+        await source.start(wait_s=2)
+        assert source.table is not None and set(source.table.models) == {"fresh"}
+        await wait_for(lambda: store.writes == 1)
+        await source.stop()
+        return store
+
+    store = asyncio.run(scenario())
+    assert decode(store.raw or "").revision == 3
+    assert any("ignoring the stored routing table" in r.getMessage() for r in caplog.records)

@@ -1,0 +1,153 @@
+"""The loader loads exactly the checked artifact: real MLflow, a tiny pyfunc saved on disk."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow.pyfunc import PythonModel, save_model
+
+from serving.exceptions import ModelUnavailable
+from serving.loader import (
+    Artifact,
+    LoadedModel,
+    PyfuncLoader,
+    bind,
+    model_id,
+    parse_model_id,
+    predict,
+)
+
+
+class Tagged(PythonModel):
+    """Answers each prompt with a tag, so a test can tell which artifact ran."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[str]:
+        return [f"{self.tag}:{p}" for p in model_input["prompt"]]
+
+
+def saved(directory: Path, tag: str) -> Artifact:
+    path = directory / tag
+    save_model(path=str(path), python_model=Tagged(tag), pip_requirements=[])
+    digest = hashlib.sha256((path / "MLmodel").read_bytes()).hexdigest()
+    return Artifact(path.as_uri(), digest)
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifact, Artifact]:
+    directory = tmp_path_factory.mktemp("artifacts")
+    return saved(directory, "first"), saved(directory, "second")
+
+
+def load(loader: PyfuncLoader, name: str, version: str, artifact: Artifact) -> LoadedModel:
+    return asyncio.run(loader.load(model_id(name, version, artifact), artifact))
+
+
+def test_the_checked_artifact_loads_and_predicts(artifacts: tuple[Artifact, Artifact]) -> None:
+    first, _ = artifacts
+    loader = PyfuncLoader()
+    loaded = load(loader, "echo", "1", first)
+    answer = asyncio.run(predict(loaded, pd.DataFrame({"prompt": ["a", "b"]}), None))
+    assert list(answer) == ["first:a", "first:b"]
+    assert loader.attempts == [model_id("echo", "1", first)]
+    assert loader.refusals == []
+    # Loaded from a copy of its own, not from the source.
+    assert loaded.directory.is_dir()
+    assert not Path(first.source.removeprefix("file://")).is_relative_to(loaded.directory)
+
+
+def test_an_artifact_with_another_mlmodel_digest_is_refused_and_recorded(
+    artifacts: tuple[Artifact, Artifact],
+) -> None:
+    first, second = artifacts
+    # What a model deleted and registered again looks like: the decided digest is the old
+    # artifact's, the source now holds another one.
+    swapped = Artifact(second.source, first.mlmodel_digest)
+    loader = PyfuncLoader()
+    # Raising is the only way out: no model object reaches the caller.
+    with pytest.raises(ModelUnavailable) as refused:
+        load(loader, "echo", "1", swapped)
+    assert refused.value.status == 503
+    detail = refused.value.detail
+    assert "controller checked" in detail
+    found = hashlib.sha256(
+        (Path(second.source.removeprefix("file://")) / "MLmodel").read_bytes()
+    ).hexdigest()
+    assert found[:12] in detail and first.mlmodel_digest[:12] in detail
+    refused_id = model_id("echo", "1", swapped)
+    assert loader.attempts == [refused_id]
+    assert loader.refusals == [
+        {"model_id": refused_id, "source": second.source, "reason": loader.refusals[0]["reason"]}
+    ]
+    assert first.mlmodel_digest[:12] in loader.refusals[0]["reason"]
+
+
+def test_a_refused_load_leaves_nothing_on_disk(
+    artifacts: tuple[Artifact, Artifact], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = artifacts
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    with pytest.raises(ModelUnavailable):
+        load(PyfuncLoader(), "echo", "1", Artifact(second.source, first.mlmodel_digest))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_directory_goes_with_the_model(artifacts: tuple[Artifact, Artifact]) -> None:
+    first, _ = artifacts
+    loaded = load(PyfuncLoader(), "echo", "1", first)
+    directory = loaded.directory
+    assert (directory / "first" / "MLmodel").is_file()
+    del loaded
+    gc.collect()
+    assert not directory.exists()
+
+
+def test_closing_twice_is_harmless(artifacts: tuple[Artifact, Artifact]) -> None:
+    first, _ = artifacts
+    loaded = load(PyfuncLoader(), "echo", "1", first)
+    loaded.close()
+    assert not loaded.directory.exists()
+    loaded.close()
+
+
+def test_a_missing_artifact_is_a_503_not_a_refusal(tmp_path: Path) -> None:
+    gone = Artifact((tmp_path / "nothing").as_uri(), "0" * 64)
+    loader = PyfuncLoader()
+    with pytest.raises(ModelUnavailable, match="could not be loaded"):
+        load(loader, "echo", "1", gone)
+    assert loader.attempts == [model_id("echo", "1", gone)] and loader.refusals == []
+
+
+@pytest.mark.parametrize("name", ["echo", "team/echo", "a/b/c", "x@y", "team/x@y/z"])
+def test_model_ids_read_back_from_the_right(name: str) -> None:
+    artifact = Artifact("models:/m-123", "ab" * 32)
+    value = model_id(name, "12", artifact)
+    assert value.startswith(f"{name}/12@")
+    parsed = parse_model_id(value)
+    assert (parsed.name, parsed.version, parsed.key) == (name, "12", artifact.key)
+    assert str(parsed) == value
+
+
+@pytest.mark.parametrize("value", ["echo/1", "echo@0123456789abcdef", "/1@0123456789abcdef", ""])
+def test_malformed_model_ids_are_refused(value: str) -> None:
+    with pytest.raises(ModelUnavailable, match="malformed model id"):
+        parse_model_id(value)
+
+
+def test_an_id_binds_one_artifact(artifacts: tuple[Artifact, Artifact]) -> None:
+    first, second = artifacts
+    value = model_id("echo", "1", first)
+    assert bind(value, first).key == first.key
+    loader = PyfuncLoader()
+    with pytest.raises(ModelUnavailable, match="does not name the artifact"):
+        asyncio.run(loader.load(value, second))
+    assert loader.attempts == []
