@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, model_validator
 from starlette.exceptions import HTTPException
 
 from controller import commands
 from controller.compatibility import Policy
-from controller.records import ModelRecord
+from controller.environment import EnvironmentPolicy
+from controller.records import ModelRecord, Signature
 from controller.services import Services, services
 
 
@@ -36,18 +39,48 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
 class PinDefault(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str
+    # Pin even when the version breaks the current contract: its signature becomes the contract.
+    force: bool = False
 
 
 class SetPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    policy: Policy
+    policy: Policy | None = None
+    environment: EnvironmentPolicy | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SetPolicy:
+        if self.policy is None and self.environment is None:
+            raise ValueError(
+                "set 'policy' (backward|exact|none), 'environment' (strict|warn|off) or both"
+            )
+        return self
 
 
 def _summary(m: ModelRecord) -> dict[str, Any]:
     counts = {"live": 0, "quarantined": 0, "pending": 0}
     for v in m.versions.values():
         counts[v.state.value] += 1
-    return {"name": m.name, "default_version": m.default_version, "policy": m.policy, **counts}
+    return {
+        "name": m.name,
+        "default_version": m.default_version,
+        "policy": m.policy,
+        "environment_policy": m.environment_policy,
+        **counts,
+    }
+
+
+def structured(signature: Signature | None) -> dict[str, Any] | None:
+    """MLflow's signature dict with its JSON-string parts parsed, so clients read JSON once."""
+    if signature is None:
+        return None
+    return {k: json.loads(v) if isinstance(v, str) else v for k, v in signature.items()}
+
+
+def _iso(epoch_s: float | None) -> str | None:
+    if epoch_s is None:
+        return None
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="milliseconds")
 
 
 def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
@@ -55,16 +88,21 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
         "name": m.name,
         "default_version": m.default_version,
         "policy": m.policy,
-        "contract": m.contract,
-        "last_webhook_at": svc.last_webhook_at.get(m.name),
+        "environment_policy": m.environment_policy,
+        "contract": structured(m.contract),
+        "last_webhook_at": _iso(svc.last_webhook_at.get(m.name)),
         "versions": [
             {
                 "version": v.version,
                 "state": v.state.value,
                 "reasons": v.reasons,
+                "warnings": v.warnings,
                 "has_signature": v.signature is not None if v.signature_read else None,
                 "decided_at": v.decided_at.isoformat() if v.decided_at else None,
                 "source": v.source,
+                "artifact_uri": v.artifact_uri,
+                "mlmodel_digest": v.mlmodel_digest,
+                "environment": v.environment,
             }
             for v in m.sorted_versions()
         ],
@@ -86,7 +124,14 @@ async def get_model(name: str, svc: Annotated[Services, Depends(services)]) -> d
 async def pin_default(
     name: str, body: PinDefault, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(commands.pin_default, svc.store, name, body.version)
+    decided = await asyncio.to_thread(
+        commands.pin_default,
+        svc.store,
+        name,
+        body.version,
+        svc.serving_environment,
+        force=body.force,
+    )
     await svc.worker.publish()
     return _detail(decided, svc)
 
@@ -95,7 +140,15 @@ async def pin_default(
 async def set_policy(
     name: str, body: SetPolicy, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(commands.set_policy, svc.store, name, body.policy)
+    decided = await asyncio.to_thread(
+        lambda: commands.set_policies(
+            svc.store,
+            name,
+            svc.serving_environment,
+            compatibility=body.policy,
+            environment=body.environment,
+        )
+    )
     await svc.worker.publish()
     return _detail(decided, svc)
 

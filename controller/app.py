@@ -57,7 +57,14 @@ def build_services(settings: ControllerSettings) -> Services:
     registry = Registry(settings.mlflow_tracking_uri)
     broadcaster = TableBroadcaster()
     metrics = Metrics.create()
-    reconciler = Reconciler(store, registry, settings.default_policy)
+    environment = settings.serving_environment()
+    reconciler = Reconciler(
+        store,
+        registry,
+        environment,
+        default_policy=settings.default_policy,
+        default_environment_policy=settings.default_environment_policy,
+    )
     worker = Worker(
         reconciler,
         store,
@@ -68,7 +75,7 @@ def build_services(settings: ControllerSettings) -> Services:
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
     )
-    return Services(settings, engine, store, registry, broadcaster, metrics, worker)
+    return Services(settings, engine, store, registry, broadcaster, metrics, worker, environment)
 
 
 def create_app(settings: ControllerSettings | None = None) -> FastAPI:

@@ -1,8 +1,12 @@
 """Deciding every version of one model: pure functions over records.
 
-A decision is remembered with the digest of what it was made against (the contract and the
-policy). It is made again only when that digest changes or the version's signature does, so a
-restart or a repeated reconcile never flips a decision.
+Every version is checked, the default included: against the contract (its signature, under the
+model's compatibility policy) and against the serving environment (its requirements and Python,
+under the model's environment policy). A version is live only when neither blocks it.
+
+A decision is remembered with the digest of what it was made against (the contract, both
+policies and the serving environment). It is made again only when that digest changes or the
+version's artifact does, so a restart or a repeated reconcile never flips a decision.
 """
 
 from __future__ import annotations
@@ -13,34 +17,84 @@ from dataclasses import replace
 from datetime import datetime
 
 from controller.compatibility import Policy, check
+from controller.environment import (
+    ArtifactEnvironment,
+    EnvironmentPolicy,
+    EnvironmentVerdict,
+    ServingEnvironment,
+    check_environment,
+)
 from controller.records import ModelRecord, Signature, VersionRecord
 from sigserve.routing_table import VersionState
 
+NOT_READ = "its artifact (MLmodel, requirements) has not been read yet"
 
-def decision_basis(contract: Signature | None, policy: str) -> str:
-    blob = json.dumps({"contract": contract, "policy": policy}, sort_keys=True)
+
+def environment_digest(env: ServingEnvironment) -> str:
+    blob = json.dumps(
+        {"python": env.python_version, "distributions": sorted(env.distributions.items())}
+    )
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def decide_version(model: ModelRecord, version: VersionRecord, now: datetime) -> VersionRecord:
-    if not version.signature_read:
+def decision_basis(model: ModelRecord, env_digest: str) -> str:
+    blob = json.dumps(
+        {
+            "contract": model.contract,
+            "policy": model.policy,
+            "environment_policy": model.environment_policy,
+            "environment": env_digest,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def is_read(version: VersionRecord) -> bool:
+    """Whether what the version is was read: signature, MLmodel digest and environment."""
+    return version.signature_read and version.mlmodel_digest is not None
+
+
+def _environment_verdict(
+    model: ModelRecord, version: VersionRecord, env: ServingEnvironment
+) -> EnvironmentVerdict:
+    facts = version.environment or {}
+    artifact = ArtifactEnvironment(
+        requirements=facts.get("requirements"),
+        python_version=facts.get("python_version"),
+        pickled=bool(facts.get("pickled", False)),
+    )
+    return check_environment(artifact, env, EnvironmentPolicy(model.environment_policy))
+
+
+def decide_version(
+    model: ModelRecord,
+    version: VersionRecord,
+    now: datetime,
+    env: ServingEnvironment,
+    basis: str,
+) -> VersionRecord:
+    if not is_read(version):
         return version  # stays pending; its reasons say why
-    basis = decision_basis(model.contract, model.policy)
     if version.decided_against == basis and version.state is not VersionState.PENDING:
         return version
-    if version.version == model.default_version and version.signature is not None:
-        state, reasons = VersionState.LIVE, []
-    else:
-        verdict = check(model.contract, version.signature, Policy(model.policy))
-        state = VersionState.LIVE if verdict.compatible else VersionState.QUARANTINED
-        reasons = verdict.reasons
-    return replace(version, state=state, reasons=reasons, decided_against=basis, decided_at=now)
+    verdict = check(model.contract, version.signature, Policy(model.policy))
+    environment = _environment_verdict(model, version, env)
+    reasons = verdict.reasons + environment.blocking
+    return replace(
+        version,
+        state=VersionState.QUARANTINED if reasons else VersionState.LIVE,
+        reasons=reasons,
+        warnings=verdict.warnings + environment.warnings,
+        decided_against=basis,
+        decided_at=now,
+    )
 
 
 def choose_default(model: ModelRecord) -> tuple[str | None, Signature | None]:
     """Keep a default that still exists; otherwise pick one.
 
-    A new model's first version becomes its default once its signature is read. When the pinned
+    A new model's first version becomes its default once its artifact is read. When the pinned
     default is deleted the contract stays (clients still expect it) and the newest version that
     is live under it takes over; with none, the model has no default until someone pins one.
     """
@@ -48,12 +102,12 @@ def choose_default(model: ModelRecord) -> tuple[str | None, Signature | None]:
         return model.default_version, model.contract
     ordered = model.sorted_versions()
     if model.default_version is None and model.contract is None:
-        if not ordered or not ordered[0].signature_read:
+        if not ordered or not is_read(ordered[0]):
             return None, None
         first = ordered[0]
         return first.version, first.signature
     for v in reversed(ordered):
-        if v.signature_read and check(model.contract, v.signature, Policy(model.policy)).compatible:
+        if v.state is VersionState.LIVE and is_read(v):
             return v.version, model.contract
     return None, model.contract
 
@@ -63,21 +117,28 @@ WAITING_FOR_CONTRACT = (
 )
 
 
-def decide_all(model: ModelRecord, now: datetime) -> ModelRecord:
+def decide_all(model: ModelRecord, now: datetime, env: ServingEnvironment) -> ModelRecord:
     default_version, contract = choose_default(model)
     model = replace(model, default_version=default_version, contract=contract)
     if default_version is None and contract is None:
         # No contract yet because the first version is still pending: judging the others now
         # would quarantine them for want of a contract, then flip them once it arrives.
         return _waiting_for_contract(model)
-    model.versions = {k: decide_version(model, v, now) for k, v in model.versions.items()}
+    basis = decision_basis(model, environment_digest(env))
+    model.versions = {
+        k: decide_version(model, v, now, env, basis) for k, v in model.versions.items()
+    }
+    if default_version is None:
+        # The default was deleted: the newest version now live under the contract takes over.
+        fallback, _ = choose_default(model)
+        model = replace(model, default_version=fallback)
     return model
 
 
 def _waiting_for_contract(model: ModelRecord) -> ModelRecord:
     versions = {
         k: replace(v, state=VersionState.PENDING, reasons=[WAITING_FOR_CONTRACT])
-        if v.signature_read
+        if is_read(v)
         else v
         for k, v in model.versions.items()
     }

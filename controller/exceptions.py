@@ -8,6 +8,7 @@
     │   └── RegisteredModelGone       the model no longer exists in the registry
     ├── NotFound                      the admin API was asked about something unknown (404)
     ├── InvalidRequest                the admin API was asked something it cannot do (422)
+    ├── PinRefused                    the new default would break the contract's clients (409)
     └── WebhookRejected               a delivery that must not be trusted (401)
 
 The HTTP boundary (``controller.problems``) is the one place these become responses; the worker
@@ -42,6 +43,14 @@ class InvalidRequest(ControllerError):
         super().__init__(f"{field}: {reason}")
         self.field = field
         self.reason = reason
+
+
+class PinRefused(ControllerError):
+    """A pin that would break clients of the contract, with the reasons, unless forced."""
+
+    def __init__(self, detail: str, reasons: list[str]) -> None:
+        super().__init__(detail)
+        self.reasons = reasons
 
 
 class WebhookRejected(ControllerError):

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from controller.exceptions import (
     InvalidRequest,
     NotFound,
+    PinRefused,
     RegistryUnavailable,
     WebhookRejected,
 )
@@ -48,6 +49,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return problem(404, "Not found", str(exc))
+
+    @app.exception_handler(PinRefused)
+    async def _pin_refused(_: Request, exc: PinRefused) -> JSONResponse:
+        return problem(409, "Pin refused", str(exc), reasons=exc.reasons)
 
     @app.exception_handler(WebhookRejected)
     async def _rejected(_: Request, exc: WebhookRejected) -> JSONResponse:

@@ -24,7 +24,16 @@ class VersionRecord:
     signature_read: bool = False
     decided_against: str | None = None
     decided_at: datetime | None = None
+    # The registry's own ``source`` of the version (``models:/m-<id>`` in MLflow 3): a change
+    # means the number now names another artifact (a model deleted and registered again).
     source: str | None = None
+    # What was checked, read with the signature from the version's artifacts: where serving
+    # downloads it, the SHA-256 of its MLmodel, and what it needs from its environment
+    # (``ArtifactEnvironment`` as a dict). Serving loads only that URI and refuses another digest.
+    artifact_uri: str | None = None
+    mlmodel_digest: str | None = None
+    environment: dict[str, Any] | None = None
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def number(self) -> int:
@@ -35,8 +44,12 @@ class VersionRecord:
 class ModelRecord:
     name: str
     policy: str
+    environment_policy: str = "strict"
     default_version: str | None = None
     contract: Signature | None = None
+    # The registry's creation time of the registered model (ms): another value means the
+    # model was deleted and created again, which makes it a new model with a new contract.
+    registry_created_at: int | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
 
     def sorted_versions(self) -> list[VersionRecord]:

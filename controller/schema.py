@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -25,6 +25,9 @@ class RegisteredModelRow(Base):
     # The signature dict of the default version at the time it was pinned.
     contract: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     policy: Mapped[str] = mapped_column(String(32))
+    environment_policy: Mapped[str] = mapped_column(String(16), default="strict")
+    # The registry's creation_timestamp (ms) of the model this row describes.
+    registry_created_at: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -50,6 +53,12 @@ class ModelVersionRow(Base):
     decided_against: Mapped[str | None] = mapped_column(String(64))
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     source: Mapped[str | None] = mapped_column(Text)
+    # The checked artifact: where serving loads it and the SHA-256 of its MLmodel file.
+    artifact_uri: Mapped[str | None] = mapped_column(Text)
+    mlmodel_digest: Mapped[str | None] = mapped_column(String(64))
+    # What the artifact needs: requirements, Python version, whether it is pickled.
+    environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
 
     model: Mapped[RegisteredModelRow] = relationship(back_populates="versions")
 

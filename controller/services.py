@@ -9,6 +9,7 @@ from fastapi import Request
 from sqlalchemy import Engine
 
 from controller.broadcaster import TableBroadcaster
+from controller.environment import ServingEnvironment
 from controller.metrics import Metrics
 from controller.registry import Registry
 from controller.settings import ControllerSettings
@@ -25,6 +26,7 @@ class Services:
     broadcaster: TableBroadcaster
     metrics: Metrics
     worker: Worker
+    serving_environment: ServingEnvironment
     webhook_id: str | None = None
     # Per model, when its last verified webhook arrived (epoch seconds): for operators and the
     # latency benchmark.

@@ -8,6 +8,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.compatibility import Policy
+from controller.environment import EnvironmentPolicy, ServingEnvironment
 
 
 class ControllerSettings(BaseSettings):
@@ -29,8 +30,21 @@ class ControllerSettings(BaseSettings):
     resync_interval_s: float = Field(default=30.0, gt=0)
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
-    default_policy: Policy = Policy.EXACT
+    default_policy: Policy = Policy.BACKWARD
+    default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT
+    # What the serving environment has, for the environment check: a pip-freeze style lock
+    # file of the serving image, and its Python version. Unset, the controller's own
+    # interpreter stands for it (the local stack and the compose image share one environment).
+    serving_lock_file: Path | None = None
+    serving_python_version: str | None = None
     long_poll_max_s: float = 60.0
+
+    def serving_environment(self) -> ServingEnvironment:
+        if self.serving_lock_file is not None:
+            return ServingEnvironment.from_lock_file(
+                self.serving_lock_file, self.serving_python_version
+            )
+        return ServingEnvironment.current()
 
     def resolved_database_url(self) -> str:
         if self.database_url:

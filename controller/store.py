@@ -33,12 +33,21 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _utc(moment: datetime | None) -> datetime | None:
+    # SQLite keeps no offset: what was written in UTC comes back naive.
+    if moment is None or moment.tzinfo is not None:
+        return moment
+    return moment.replace(tzinfo=UTC)
+
+
 def _to_record(row: RegisteredModelRow) -> ModelRecord:
     return ModelRecord(
         name=row.name,
         policy=row.policy,
+        environment_policy=row.environment_policy,
         default_version=row.default_version,
         contract=row.contract,
+        registry_created_at=row.registry_created_at,
         versions={
             v.version: VersionRecord(
                 version=v.version,
@@ -47,8 +56,12 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
                 signature=v.signature,
                 signature_read=v.signature_read,
                 decided_against=v.decided_against,
-                decided_at=v.decided_at,
+                decided_at=_utc(v.decided_at),
                 source=v.source,
+                artifact_uri=v.artifact_uri,
+                mlmodel_digest=v.mlmodel_digest,
+                environment=v.environment,
+                warnings=list(v.warnings or []),
             )
             for v in row.versions
         },
@@ -117,8 +130,10 @@ class Store:
             row = RegisteredModelRow(name=record.name, created_at=now)
             session.add(row)
         row.policy = record.policy
+        row.environment_policy = record.environment_policy
         row.default_version = record.default_version
         row.contract = record.contract
+        row.registry_created_at = record.registry_created_at
         row.updated_at = now
         existing = {v.version: v for v in row.versions}
         for gone in set(existing) - set(record.versions):
@@ -136,6 +151,10 @@ class Store:
             vrow.decided_against = v.decided_against
             vrow.decided_at = v.decided_at
             vrow.source = v.source
+            vrow.artifact_uri = v.artifact_uri
+            vrow.mlmodel_digest = v.mlmodel_digest
+            vrow.environment = v.environment
+            vrow.warnings = list(v.warnings)
 
     def delete_model(self, name: str) -> bool:
         with self._write_lock, self._transaction() as session:

@@ -24,6 +24,9 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                         state=v.state,
                         reasons=list(v.reasons),
                         signature=v.signature,
+                        source=v.artifact_uri,
+                        mlmodel_digest=v.mlmodel_digest,
+                        warnings=list(v.warnings),
                     )
                     for v in m.sorted_versions()
                 },

@@ -4,14 +4,38 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
-from controller.decisions import decide_all
-from controller.reconciler import merge_observed
+from controller.artifacts import ArtifactFacts
+from controller.decisions import decide_all as decide_all_in
+from controller.environment import ArtifactEnvironment, ServingEnvironment
+from controller.reconciler import merge_observed as merge
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion
 from sigserve.routing_table import VersionState
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
+ENV = ServingEnvironment(python_version="3.11.9", distributions={"mlflow-skinny": "3.17.2",
+                                                                 "pandas": "3.1.1"})
+
+
+def facts(signature: dict[str, Any] | None, *requirements: str,
+          digest: str = "d" * 64) -> ArtifactFacts:
+    return ArtifactFacts(
+        source=f"mlflow-artifacts:/{digest[:8]}", mlmodel_digest=digest, signature=signature,
+        environment=ArtifactEnvironment(requirements=list(requirements), python_version="3.11.9",
+                                        pickled=False))
+
+
+def merge_observed(model: ModelRecord, seen: list[ObservedVersion],
+                   signatures: dict[str, Any], failures: dict[str, str]) -> ModelRecord:
+    """The reconciler's merge, given signatures where it reads whole artifacts."""
+    read = {k: v if isinstance(v, ArtifactFacts) else facts(v) for k, v in signatures.items()}
+    return merge(model, seen, read, failures)
+
+
+def decide_all(model: ModelRecord, now: datetime) -> ModelRecord:
+    return decide_all_in(model, now, ENV)
 
 
 def sig(name: str) -> dict[str, str | None]:
@@ -107,3 +131,51 @@ def test_a_version_whose_source_changed_is_read_and_decided_again() -> None:
     assert unread.versions["2"].signature_read is False
     redecided = decide_all(merge_observed(decided, again, {"2": sig("b")}, {}), NOW)
     assert redecided.versions["2"].state is VersionState.QUARANTINED
+
+
+def test_the_default_is_checked_too_and_the_environment_can_block_it() -> None:
+    model = ModelRecord(name="m", policy="backward")
+    needy = facts(sig("a"), "mlflow==3.17.2", "sigserve-absent-package==1.0")
+    decided = decide_all(merge_observed(model, observed("1", "2"),
+                                        {"1": needy, "2": sig("a")}, {}), NOW)
+    assert decided.default_version == "1"  # its signature is the contract all the same
+    v1 = decided.versions["1"]
+    assert v1.state is VersionState.QUARANTINED
+    assert v1.reasons == ["requirement 'sigserve-absent-package==1.0': package "
+                          "'sigserve-absent-package' is not installed in the serving environment"]
+    assert decided.versions["2"].state is VersionState.LIVE
+
+
+def test_environment_warnings_stay_on_a_live_version_and_policy_warn_lets_it_through() -> None:
+    model = ModelRecord(name="m", policy="backward")
+    old_pandas = facts(sig("a"), "pandas==3.0.2")
+    decided = decide_all(merge_observed(model, observed("1"), {"1": old_pandas}, {}), NOW)
+    assert decided.versions["1"].state is VersionState.LIVE
+    assert "pandas" in decided.versions["1"].warnings[0]
+    absent = facts(sig("a"), "sigserve-absent-package==1.0")
+    warned = ModelRecord(name="m", policy="backward", environment_policy="warn")
+    decided = decide_all(merge_observed(warned, observed("1"), {"1": absent}, {}), NOW)
+    assert decided.versions["1"].state is VersionState.LIVE
+    assert "sigserve-absent-package" in decided.versions["1"].warnings[0]
+
+
+def test_a_changed_environment_policy_redecides() -> None:
+    model = ModelRecord(name="m", policy="backward")
+    absent = facts(sig("a"), "sigserve-absent-package==1.0")
+    strict = decide_all(merge_observed(model, observed("1"), {"1": absent}, {}), NOW)
+    assert strict.versions["1"].state is VersionState.QUARANTINED
+    relaxed = decide_all(ModelRecord(**{**strict.__dict__, "environment_policy": "off"}), NOW)
+    assert relaxed.versions["1"].state is VersionState.LIVE
+    assert relaxed.versions["1"].reasons == []
+
+
+def test_a_new_artifact_under_the_same_number_is_decided_again() -> None:
+    model = ModelRecord(name="m", policy="backward")
+    first = [ObservedVersion("1", "READY", "models:/m-a"), ObservedVersion("2", "READY", "x")]
+    decided = decide_all(merge_observed(model, first, {"1": sig("a"), "2": sig("a")}, {}), NOW)
+    again = [ObservedVersion("1", "READY", "models:/m-a"), ObservedVersion("2", "READY", "y")]
+    other = facts(sig("a"), digest="e" * 64)
+    redecided = decide_all(merge_observed(decided, again, {"2": other}, {}), NOW)
+    assert redecided.versions["2"].mlmodel_digest == "e" * 64
+    assert redecided.versions["2"].artifact_uri == "mlflow-artifacts:/eeeeeeee"
+    assert redecided.versions["2"].state is VersionState.LIVE

@@ -1,0 +1,114 @@
+"""Reconciling one model against a registry seam (a plain fake) and a real migrated store.
+
+The registry is the seam: the fake answers what MLflow would, so identity rules (a model
+deleted and created again, a version number that comes back with other contents) are tested
+without a server. The integration suite runs the same paths on a real ``mlflow server``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.artifacts import ArtifactFacts
+from controller.database import make_engine, migrate
+from controller.environment import ArtifactEnvironment, ServingEnvironment
+from controller.exceptions import RegisteredModelGone
+from controller.reconciler import Reconciler
+from controller.registry import ObservedVersion
+from controller.store import Store
+from sigserve.routing_table import VersionState
+
+ENV = ServingEnvironment(python_version="3.11.9", distributions={"mlflow-skinny": "3.17.2"})
+
+
+def sig(name: str) -> dict[str, Any]:
+    return {"inputs": json.dumps([{"type": "string", "name": name, "required": True}]),
+            "outputs": None, "params": None}
+
+
+@dataclass
+class FakeRegistry:
+    created_at: int = 1
+    versions_: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    reads: list[str] = field(default_factory=list)
+    exists: bool = True
+
+    def registered_model_created_at(self, name: str) -> int:
+        if not self.exists:
+            raise RegisteredModelGone(name)
+        return self.created_at
+
+    def versions(self, name: str) -> list[ObservedVersion]:
+        return [ObservedVersion(v, "READY", src) for v, (src, _) in self.versions_.items()]
+
+    def artifact(self, name: str, version: str) -> ArtifactFacts:
+        self.reads.append(version)
+        source, signature = self.versions_[version]
+        return ArtifactFacts(source=f"{source}/artifacts", mlmodel_digest=source.ljust(64, "0"),
+                             signature=signature,
+                             environment=ArtifactEnvironment([], "3.11.9", pickled=False))
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    return Store(engine)
+
+
+def reconciler(store: Store, registry: FakeRegistry) -> Reconciler:
+    return Reconciler(store, registry, ENV)  # type: ignore[arg-type]
+
+
+def test_a_model_created_again_is_a_new_model_with_a_new_contract(store: Store) -> None:
+    registry = FakeRegistry(created_at=100, versions_={"1": ("models:/m-a", sig("prompt"))})
+    reconciler(store, registry).reconcile("m")
+    before = store.load_model("m")
+    assert before is not None and before.contract == sig("prompt")
+    # Deleted and registered again between two passes: the same number, another artifact
+    # that reads another input.
+    registry.created_at = 200
+    registry.versions_ = {"1": ("models:/m-b", sig("text"))}
+    reconciler(store, registry).reconcile("m")
+    after = store.load_model("m")
+    assert after is not None
+    assert after.registry_created_at == 200
+    assert after.contract == sig("text")
+    v1 = after.versions["1"]
+    assert (v1.state, v1.artifact_uri) == (VersionState.LIVE, "models:/m-b/artifacts")
+
+
+def test_a_version_number_reused_under_the_same_model_is_checked_against_the_contract(
+    store: Store,
+) -> None:
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("prompt"))})
+    reconciler(store, registry).reconcile("m")
+    registry.versions_["2"] = ("models:/m-c", sig("text"))
+    reconciler(store, registry).reconcile("m")
+    after = store.load_model("m")
+    assert after is not None
+    assert after.versions["2"].state is VersionState.QUARANTINED
+    assert after.versions["2"].mlmodel_digest == "models:/m-c".ljust(64, "0")
+    assert registry.reads == ["1", "2", "2"]
+
+
+def test_repeating_reads_nothing_and_changes_nothing(store: Store) -> None:
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))})
+    first = reconciler(store, registry).reconcile("m")
+    again = reconciler(store, registry).reconcile("m")
+    assert first.changed and not again.changed
+    assert registry.reads == ["1"]
+
+
+def test_a_deleted_model_is_forgotten(store: Store) -> None:
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))})
+    reconciler(store, registry).reconcile("m")
+    registry.exists = False
+    assert reconciler(store, registry).reconcile("m").changed
+    assert store.load_model("m") is None
