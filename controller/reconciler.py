@@ -3,11 +3,13 @@
 Registry reads happen outside the write lock (they are slow); the read-decide-write of the
 stored record happens inside it, from a fresh read, so a concurrent admin change is never lost.
 
-Identity, as Kubernetes does with an object's UID: a registered model is its name *and* its
-creation time in the registry. A model deleted and created again under the same name is a new
-model: its first version sets a new contract, and nothing stored about the old one (decisions,
-pin, policies) carries over. A version is its number *and* its source: a number that comes back
-with another source is a new version, read and decided from scratch.
+Identity: the endpoint's clients know a model by its name, so the *contract* (and the pin and
+the policies) belong to the name. A model deleted and created again under the same name (seen
+as another creation time in the registry) keeps its contract: every one of its versions is a
+new artifact, read and decided from scratch against that contract, so an incompatible first
+version is quarantined, not served to the old clients. Giving the name a new API is an explicit
+act: a forced pin. Likewise a version number that comes back with another source is a new
+version.
 """
 
 from __future__ import annotations
@@ -127,8 +129,9 @@ class Reconciler:
 
         before = self._store.load_model(name)
         if before is not None and _recreated(before, created_at):
-            log.info("registered model %s was deleted and created again: a new model", name)
-            before = None
+            log.info("registered model %s was deleted and created again; its versions are new "
+                     "artifacts, held to the contract it had", name)
+            before = _forget_versions(before, created_at)
         to_read = [ov.version for ov in observed if ov.ready and not _known_and_read(before, ov)]
         facts: dict[str, ArtifactFacts] = {}
         failures: dict[str, str] = {}
@@ -141,8 +144,10 @@ class Reconciler:
                 failures[version] = str(exc)
 
         def decide(current: ModelRecord | None) -> ModelRecord:
-            if current is None or _recreated(current, created_at):
+            if current is None:
                 current = self._new_model(name, created_at)
+            elif _recreated(current, created_at):
+                current = _forget_versions(current, created_at)
             elif current.registry_created_at is None:
                 current = replace(current, registry_created_at=created_at)
             merged = merge_observed(current, observed, facts, failures)
@@ -158,6 +163,10 @@ class Reconciler:
                 log.info("%s v%s: %s %s", name, v.version, v.state.value, "; ".join(v.reasons))
         retry = "; ".join(f"v{k}: {v}" for k, v in failures.items()) or None
         return Outcome(changed=changed, retry_reason=retry)
+
+
+def _forget_versions(record: ModelRecord, created_at: int | None) -> ModelRecord:
+    return replace(record, versions={}, registry_created_at=created_at)
 
 
 def _recreated(record: ModelRecord, created_at: int | None) -> bool:

@@ -124,21 +124,22 @@ def ctl(controller_handle: ControllerHandle) -> Iterator[ControllerHandle]:
         controller_handle.start()
 
 
-def register_echo(name: str, *, tag: str, input_label: str = "prompt") -> str:
+def register_echo(name: str, *, tag: str, input_label: str = "prompt",
+                  output_label: str = "answer", pip_requirements: list[str] | None = None) -> str:
     """Log and register a TaggedEcho version; returns its version number."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
 
     example_in = pd.DataFrame({input_label: ["x"]})
-    example_out = pd.DataFrame({"answer": ["x"]})
+    example_out = pd.DataFrame({output_label: ["x"]})
     with mlflow.start_run():
         info = mlflow.pyfunc.log_model(
             name="model",
             python_model=str(ECHO_MODEL),
             signature=infer_signature(example_in, example_out),
-            model_config={"tag": tag, "input_label": input_label},
-            pip_requirements=[],
+            model_config={"tag": tag, "input_label": input_label, "output_label": output_label},
+            pip_requirements=pip_requirements or [],
             registered_model_name=name,
         )
     return str(info.registered_model_version)
@@ -165,6 +166,14 @@ def runner_loads() -> list[str]:
     handle = serve.get_deployment_handle("ModelRunner", app_name="sigserve")
     loads: list[str] = handle.loads.remote().result()
     return loads
+
+
+def load_attempted(name: str, version: str) -> bool:
+    """Whether the model runner ever tried to load any artifact of ``name`` version ``version``.
+
+    Model ids are ``name/version@key`` (the key names the checked artifact).
+    """
+    return any(i.startswith(f"{name}/{version}@") for i in runner_loads())
 
 
 def serve_status(url: str, name: str, version: str | None = None,

@@ -11,7 +11,7 @@ import pytest
 
 from sigserve.demo.register import log_translation_version
 from sigserve.demo.tiny_t5 import build_tiny_t5
-from tests.integration.conftest import ControllerHandle, runner_loads, serve_status, wait_for
+from tests.integration.conftest import ControllerHandle, load_attempted, serve_status, wait_for
 
 NAME = "translation_model"
 
@@ -76,8 +76,8 @@ def test_renamed_input_is_quarantined_with_reasons_and_never_loaded(
         assert response.headers["content-type"].startswith("application/problem+json")
         reasons = " ".join(response.json()["reasons"])
         assert "'prompt'" in reasons and "'text_to_translate'" in reasons
-    assert f"{NAME}/{v3}" not in runner_loads()
-    assert f"{NAME}/{translation_versions['en_de']}" in runner_loads()
+    assert not load_attempted(NAME, v3)
+    assert load_attempted(NAME, translation_versions["en_de"])
 
 
 def test_invalid_body_names_the_field(serving_url: str, translation_versions: dict[str, str]

@@ -65,22 +65,25 @@ def reconciler(store: Store, registry: FakeRegistry) -> Reconciler:
     return Reconciler(store, registry, ENV)  # type: ignore[arg-type]
 
 
-def test_a_model_created_again_is_a_new_model_with_a_new_contract(store: Store) -> None:
+def test_a_model_created_again_keeps_its_contract_and_every_version_is_read_again(
+    store: Store,
+) -> None:
     registry = FakeRegistry(created_at=100, versions_={"1": ("models:/m-a", sig("prompt"))})
     reconciler(store, registry).reconcile("m")
-    before = store.load_model("m")
-    assert before is not None and before.contract == sig("prompt")
-    # Deleted and registered again between two passes: the same number, another artifact
-    # that reads another input.
+    # Deleted and registered again between two passes: the same number, the same registry
+    # source string even (the worst case), another artifact that reads another input.
     registry.created_at = 200
-    registry.versions_ = {"1": ("models:/m-b", sig("text"))}
+    registry.versions_ = {"1": ("models:/m-a", sig("text"))}
     reconciler(store, registry).reconcile("m")
     after = store.load_model("m")
     assert after is not None
     assert after.registry_created_at == 200
-    assert after.contract == sig("text")
+    assert after.contract == sig("prompt")
+    assert after.default_version == "1"
     v1 = after.versions["1"]
-    assert (v1.state, v1.artifact_uri) == (VersionState.LIVE, "models:/m-b/artifacts")
+    assert v1.state is VersionState.QUARANTINED
+    assert v1.reasons[0].startswith("input 'prompt' (string, required) is missing")
+    assert registry.reads == ["1", "1"]
 
 
 def test_a_version_number_reused_under_the_same_model_is_checked_against_the_contract(
