@@ -21,6 +21,7 @@ import shutil
 import statistics
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -149,9 +150,10 @@ def main() -> None:
             while client.post(url, json={"prompt": "hi"}).status_code != 200:
                 time.sleep(0.005)
             servable_at = time.time()
-            received_at = client.get(f"{ctl_url}/admin/models/{name}", headers=admin).json()[
+            heard = client.get(f"{ctl_url}/admin/models/{name}", headers=admin).json()[
                 "last_webhook_at"
             ]
+            received_at = datetime.fromisoformat(heard).timestamp()
             if version == "1":
                 continue  # the first version pays for the model's first load; not counted
             receipt_to_servable.append(servable_at - received_at)

@@ -136,7 +136,12 @@ def _summary(model: ModelEntry) -> dict[str, Any]:
         "name": model.name,
         "default_version": model.default_version,
         "versions": [
-            {"version": v.version, "state": v.state.value, "reasons": list(v.reasons)}
+            {
+                "version": v.version,
+                "state": v.state.value,
+                "reasons": list(v.reasons),
+                "warnings": list(v.warnings),
+            }
             for v in model.versions.values()
         ],
     }

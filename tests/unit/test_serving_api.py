@@ -132,6 +132,7 @@ def test_lists_models_and_describes_the_contract(served: tuple[TestClient, EchoB
         "version": "3",
         "state": "quarantined",
         "reasons": [REASON],
+        "warnings": [],
     }
     echo = client.get("/models/echo").json()
     assert echo["default_version"] == "1"
