@@ -14,6 +14,16 @@ Inputs:
 - tensors: MLflow checks dtype exactly (even ``int32 -> int64`` is refused in-process) and
   refuses a DataFrame for a relaxed shape, so dtype and shape must be equal.
 
+How MLflow reads a JSON object (or a dict) depends on the whole schema, not one column, so some
+changes that are safe column by column still break (all found by the property test):
+- with an ``Array`` or ``Object`` column anywhere in the inputs, a dict is read as *one record*;
+  without one, as *columns*. A version that gains the first such column, or loses the last one,
+  reads ``{"inputs": {"a": [1, 2]}}`` differently from the contract (refused, or 1 record for 2);
+- a scalar column retyped to ``any`` stops being converted to an array, so a list of strings
+  becomes one value of one record;
+- unnamed columns sent as JSON rows (``[[1, 2]]``) are parsed with the *first* column's type for
+  every value, so a new type for ``#0`` must be one every other column can read.
+
 Outputs:
 - every contract output must still be written, with a type its readers can read, and a
   required one must stay required; new outputs are fine (clients ignore what they don't know);
@@ -25,7 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from mlflow.types.schema import DataType, Schema, TensorSpec
+from mlflow.types.schema import AnyType, Array, DataType, Object, Schema, TensorSpec
 
 from controller.compatibility.types import describe, unreadable, why_scalar_unreadable
 from controller.compatibility.verdict import Break
@@ -91,9 +101,14 @@ def compare(side: Side, contract: Schema | None, version: Schema | None) -> list
             )
         ]
     ours, theirs = fields(contract), fields(version)
-    if side == "input":
-        return _inputs(ours, theirs)
-    return _outputs(ours, theirs)
+    if side == "output":
+        return _outputs(ours, theirs)
+    breaks = _inputs(ours, theirs)
+    if not contract.is_tensor_spec():
+        breaks += _record_reading(ours, theirs)
+        if not contract.has_input_names():
+            breaks += _row_parsing(ours, theirs)
+    return breaks
 
 
 def _listing(schema: Schema) -> str:
@@ -135,6 +150,55 @@ def _inputs(ours: dict[str, Field], theirs: dict[str, Field]) -> list[Break]:
     return breaks
 
 
+def _nested(f: Field) -> bool:
+    return isinstance(f.type, Array | Object)
+
+
+def _record_reading(ours: dict[str, Field], theirs: dict[str, Field]) -> list[Break]:
+    """A version that gains its first Array/Object input, or loses the last: see the docstring."""
+    if any(map(_nested, ours.values())) == any(map(_nested, theirs.values())):
+        return []
+    if any(map(_nested, theirs.values())):
+        causes, what = [f for f in theirs.values() if _nested(f)], "this version"
+    else:
+        causes, what = [f for f in ours.values() if _nested(f)], "the contract"
+    after = (
+        "reads a JSON object as one record, where the contract's clients send columns"
+        if what == "this version"
+        else "reads a JSON object as columns, where the contract's clients send one record"
+    )
+    return [
+        Break(
+            "input",
+            f.key,
+            f"input {f.label} is {describe(f.type)} in {what} only; with an array or object "
+            f"input MLflow reads a JSON object as one record, without one as columns, so this "
+            f"version {after}",
+        )
+        for f in causes
+    ]
+
+
+def _row_parsing(ours: dict[str, Field], theirs: dict[str, Field]) -> list[Break]:
+    """Unnamed columns sent as rows are parsed with column #0's type: see the docstring."""
+    first_c, first_v = ours.get("#0"), theirs.get("#0")
+    if first_c is None or first_v is None or first_c.type == first_v.type or len(theirs) < 2:
+        return []
+    unread = [f for k, f in theirs.items() if k != "#0" and unreadable(first_v.type, f.type)]
+    if not unread:
+        return []
+    return [
+        Break(
+            "input",
+            "#0",
+            f"input #0 is {describe(first_v.type)} in this version, {describe(first_c.type)} in "
+            f"the contract; MLflow parses JSON rows with column #0's type, and "
+            f"{', '.join(f'#{f.key[1:]} ({describe(f.type)})' for f in unread)} cannot read "
+            f"{describe(first_v.type)}",
+        )
+    ]
+
+
 def _outputs(ours: dict[str, Field], theirs: dict[str, Field]) -> list[Break]:
     breaks: list[Break] = []
     for key, c in ours.items():
@@ -171,6 +235,15 @@ def _typed(side: Side, c: Field, v: Field) -> list[Break]:
         head = f"input {c.label}: the contract sends {describe(sent)}, this version reads "
         head += describe(read)
         problems = unreadable(sent, read)
+        if isinstance(sent, DataType) and isinstance(read, AnyType):
+            return [
+                Break(
+                    side,
+                    c.key,
+                    f"{head}; MLflow stops converting an input read as any, so a client's "
+                    "column of values may arrive as one list in one record",
+                )
+            ]
     else:
         sent, read = v.type, c.type
         head = f"output {c.label}: this version writes {describe(sent)}, the contract promises "

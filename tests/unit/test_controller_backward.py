@@ -143,8 +143,8 @@ def test_array_elements_follow_the_scalar_rules() -> None:
 
 
 def test_array_vs_scalar_breaks() -> None:
-    reason = one_reason(backward(sig([col("string", "v")]), sig([col(Array("string"), "v")])))
-    assert "string is read as array<string>" in reason
+    verdict = backward(sig([col("string", "v")]), sig([col(Array("string"), "v")]))
+    assert any("string is read as array<string>" in r for r in verdict.reasons)
 
 
 def obj(*props: Property) -> Object:
@@ -175,11 +175,38 @@ def test_map_values() -> None:
         backward(sig([col(Map("long"), "m")]), sig([col(Map("integer"), "m")])))
 
 
-def test_any_type_reads_anything_but_is_read_as_nothing_else() -> None:
-    assert backward(sig([col("long", "x")]), sig([col(AnyType(), "x")])).compatible
+def test_any_type_reads_anything_nested_but_not_at_the_top() -> None:
     assert backward(sig([col(Array("long"), "x")]), sig([col(Array(AnyType()), "x")])).compatible
+    assert backward(sig([col(Map("string"), "x")]), sig([col(Map(AnyType()), "x")])).compatible
     assert "any is read as long" in one_reason(
         backward(sig([col(AnyType(), "x")]), sig([col("long", "x")])))
+    # At the top, MLflow stops converting a column read as any: {"inputs": {"x": ["a", "b"]}}
+    # would be one record holding a list instead of two records.
+    assert "stops converting an input read as any" in one_reason(
+        backward(sig([col("string", "x")]), sig([col(AnyType(), "x")])))
+
+
+def test_the_first_or_last_array_or_object_input_changes_how_mlflow_reads_a_dict() -> None:
+    scalar = sig([col("long", "a")])
+    with_array = sig([col("long", "a"), col(Array("long"), "b", False)])
+    reason = one_reason(backward(scalar, with_array))
+    assert reason.startswith("input 'b' is array<long> in this version only")
+    assert "reads a JSON object as one record" in reason
+    dropped = one_reason(backward(sig([col("long", "a"), col(Array("long"), "b")]),
+                                  sig([col("long", "a"), col(AnyType(), "b")])))
+    assert dropped.startswith("input 'b' is array<long> in the contract only")
+    # With an array input on both sides, another optional one changes nothing.
+    assert backward(with_array, sig([col("long", "a"), col(Array("long"), "b", False),
+                                     col(obj(Property("k", "string")), "c", False)])).compatible
+
+
+def test_unnamed_rows_are_parsed_with_the_first_columns_type() -> None:
+    ints = sig([ColSpec("integer"), ColSpec("integer")])
+    reason = one_reason(backward(ints, sig([ColSpec("long"), ColSpec("integer")])))
+    assert reason.startswith("input #0 is long in this version, integer in the contract")
+    assert "#1 (integer) cannot read long" in reason
+    assert backward(ints, sig([ColSpec("long"), ColSpec("long")])).compatible
+    assert backward(ints, sig([ColSpec("integer"), ColSpec("long")])).compatible
 
 
 # --- tensors --------------------------------------------------------------------------------
