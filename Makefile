@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test lint bench clean
+.PHONY: up test lint property clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -25,6 +25,10 @@ test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -ra
+
+# The gate's property test with thousands of examples per property (minutes, not in `make test`).
+property: $(VENV)/.dev
+	HYPOTHESIS_PROFILE=thorough $(VENV)/bin/python -m pytest tests/property -q --hypothesis-show-statistics
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
