@@ -12,8 +12,8 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, model_validator
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 from starlette.exceptions import HTTPException
 
 from controller import commands
@@ -41,6 +41,11 @@ class PinDefault(BaseModel):
     version: str
     # Pin even when the version breaks the current contract: its signature becomes the contract.
     force: bool = False
+
+
+class Override(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
 
 
 class SetPolicy(BaseModel):
@@ -103,6 +108,7 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
                 "artifact_uri": v.artifact_uri,
                 "mlmodel_digest": v.mlmodel_digest,
                 "environment": v.environment,
+                "override": v.override,
             }
             for v in m.sorted_versions()
         ],
@@ -112,7 +118,8 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
 @router.get("/models")
 async def list_models(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
     models = await asyncio.to_thread(svc.store.all_models)
-    return {"models": [_summary(m) for m in sorted(models, key=lambda m: m.name)]}
+    listed = sorted((m for m in models if m.deleted_at is None), key=lambda m: m.name)
+    return {"models": [_summary(m) for m in listed]}
 
 
 @router.get("/models/{name}")
@@ -153,9 +160,68 @@ async def set_policy(
     return _detail(decided, svc)
 
 
+@router.post("/models/{name}/versions/{version}/quarantine")
+async def quarantine_version(
+    name: str, version: str, body: Override, svc: Annotated[Services, Depends(services)]
+) -> dict[str, Any]:
+    decided = await asyncio.to_thread(
+        commands.quarantine, svc.store, name, version, body.reason, svc.serving_environment
+    )
+    await svc.worker.publish()
+    return _detail(decided, svc)
+
+
+@router.post("/models/{name}/versions/{version}/release")
+async def release_version(
+    name: str, version: str, body: Override, svc: Annotated[Services, Depends(services)]
+) -> dict[str, Any]:
+    decided = await asyncio.to_thread(
+        commands.release, svc.store, name, version, body.reason, svc.serving_environment
+    )
+    await svc.worker.publish()
+    return _detail(decided, svc)
+
+
+@router.delete("/models/{name}/versions/{version}/override")
+async def remove_override(
+    name: str, version: str, svc: Annotated[Services, Depends(services)]
+) -> dict[str, Any]:
+    decided = await asyncio.to_thread(
+        commands.remove_override, svc.store, name, version, svc.serving_environment
+    )
+    await svc.worker.publish()
+    return _detail(decided, svc)
+
+
+@router.get("/models/{name}/events")
+async def model_events(
+    name: str,
+    svc: Annotated[Services, Depends(services)],
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    before: Annotated[int | None, Query(ge=1)] = None,
+) -> dict[str, Any]:
+    """The model's audit log, newest first; ``next`` is the ``before`` of the next page."""
+    events = await asyncio.to_thread(svc.store.events, name, limit=limit, before_id=before)
+    return {
+        "events": [
+            {
+                "id": e.id,
+                "at": e.at.isoformat() if e.at else None,
+                "kind": e.kind,
+                "version": e.version,
+                "actor": e.actor,
+                "before": e.before,
+                "after": e.after,
+            }
+            for e in events
+        ],
+        "next": events[-1].id if len(events) == limit else None,
+    }
+
+
 @router.post("/models/{name}/reconcile", status_code=202)
 async def reconcile_model(name: str, svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
-    svc.worker.enqueue(name)
+    svc.worker.enqueue(name, "admin")
     return {"status": "queued", "models": [name]}
 
 

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 from fastapi import FastAPI
 
@@ -74,6 +75,7 @@ def build_services(settings: ControllerSettings) -> Services:
         resync_interval_s=settings.resync_interval_s,
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
+        audit_retention=timedelta(days=settings.audit_retention_days),
     )
     return Services(settings, engine, store, registry, broadcaster, metrics, worker, environment)
 

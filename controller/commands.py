@@ -23,12 +23,14 @@ from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
 from sigserve.routing_table import VersionState
 
+ADMIN = "admin"
+
 
 def _existing(
     name: str, env: ServingEnvironment, change: Callable[[ModelRecord], ModelRecord]
 ) -> Callable[[ModelRecord | None], ModelRecord]:
     def apply(current: ModelRecord | None) -> ModelRecord:
-        if current is None:
+        if current is None or current.deleted_at is not None:
             raise NotFound(f"registered model '{name}' is not known to sigserve")
         return decide_all(change(current), datetime.now(UTC), env)
 
@@ -79,7 +81,7 @@ def pin_default(
             )
         return pinned
 
-    updated = store.update_model(name, _existing(name, env, pin))
+    updated = store.update_model(name, _existing(name, env, pin), ADMIN)
     assert updated is not None
     return updated
 
@@ -99,7 +101,75 @@ def set_policies(
             record = replace(record, environment_policy=environment.value)
         return record
 
-    updated = store.update_model(name, _existing(name, env, change))
+    updated = store.update_model(name, _existing(name, env, change), ADMIN)
+    assert updated is not None
+    return updated
+
+
+def _version(record: ModelRecord, version: str) -> VersionRecord:
+    target = record.versions.get(version)
+    if target is None:
+        raise NotFound(f"registered model '{record.name}' has no version '{version}'")
+    return target
+
+
+def _set_override(record: ModelRecord, version: str, override: dict[str, str] | None
+                  ) -> ModelRecord:
+    versions = dict(record.versions)
+    versions[version] = replace(versions[version], override=override)
+    return replace(record, versions=versions)
+
+
+def _override(action: str, reason: str) -> dict[str, str]:
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    return {"action": action, "reason": reason, "actor": ADMIN, "at": at}
+
+
+def quarantine(store: Store, name: str, version: str, reason: str, env: ServingEnvironment
+               ) -> ModelRecord:
+    """Quarantine a version by hand; it stays quarantined through every re-check."""
+
+    def change(record: ModelRecord) -> ModelRecord:
+        _version(record, version)
+        return _set_override(record, version, _override("quarantine", reason))
+
+    updated = store.update_model(name, _existing(name, env, change), ADMIN)
+    assert updated is not None
+    return updated
+
+
+def release(store: Store, name: str, version: str, reason: str, env: ServingEnvironment
+            ) -> ModelRecord:
+    """Undo a quarantine by hand; or let a version the gate quarantined serve all the same.
+
+    The second is an operator's decision against the gate: it stays until removed
+    (``remove_override``), and the gate's reasons stay visible as a warning.
+    """
+
+    def change(record: ModelRecord) -> ModelRecord:
+        target = _version(record, version)
+        if (target.override or {}).get("action") == "quarantine":
+            return _set_override(record, version, None)
+        if target.state is not VersionState.QUARANTINED:
+            raise InvalidRequest(
+                "version", f"version {version} is {target.state.value}; there is nothing to release"
+            )
+        return _set_override(record, version, _override("release", reason))
+
+    updated = store.update_model(name, _existing(name, env, change), ADMIN)
+    assert updated is not None
+    return updated
+
+
+def remove_override(store: Store, name: str, version: str, env: ServingEnvironment
+                    ) -> ModelRecord:
+    """Hand the version back to the gate."""
+
+    def change(record: ModelRecord) -> ModelRecord:
+        _version(record, version)
+        return _set_override(record, version, None)
+
+    updated = store.update_model(name, _existing(name, env, change), ADMIN)
     assert updated is not None
     return updated
 
@@ -108,4 +178,9 @@ def load(store: Store, name: str) -> ModelRecord:
     record = store.load_model(name)
     if record is None:
         raise NotFound(f"registered model '{name}' is not known to sigserve")
+    if record.deleted_at is not None:
+        raise NotFound(
+            f"registered model '{name}' was deleted from the registry at "
+            f"{record.deleted_at.isoformat()}; its contract is kept for when the name returns"
+        )
     return record

@@ -15,6 +15,7 @@ import hashlib
 import json
 from dataclasses import replace
 from datetime import datetime
+from typing import Any
 
 from controller.compatibility import Policy, check
 from controller.environment import (
@@ -67,6 +68,10 @@ def _environment_verdict(
     return check_environment(artifact, env, EnvironmentPolicy(model.environment_policy))
 
 
+def _by_hand(override: dict[str, Any]) -> str:
+    return f"{override.get('actor', 'admin')} at {override.get('at', '?')}: {override['reason']}"
+
+
 def decide_version(
     model: ModelRecord,
     version: VersionRecord,
@@ -76,16 +81,32 @@ def decide_version(
 ) -> VersionRecord:
     if not is_read(version):
         return version  # stays pending; its reasons say why
+    if version.override is not None:
+        # An override is part of what the decision was made against: adding or removing one
+        # decides the version again.
+        blob = json.dumps([basis, version.override], sort_keys=True)
+        basis = hashlib.sha256(blob.encode()).hexdigest()
     if version.decided_against == basis and version.state is not VersionState.PENDING:
         return version
     verdict = check(model.contract, version.signature, Policy(model.policy))
     environment = _environment_verdict(model, version, env)
     reasons = verdict.reasons + environment.blocking
+    warnings = verdict.warnings + environment.warnings
+    action = (version.override or {}).get("action")
+    if action == "quarantine":
+        reasons = [f"quarantined by hand by {_by_hand(version.override or {})}", *reasons]
+    elif action == "release" and reasons:
+        warnings = [
+            f"released by hand by {_by_hand(version.override or {})}; the gate's reasons: "
+            + "; ".join(reasons),
+            *warnings,
+        ]
+        reasons = []
     return replace(
         version,
         state=VersionState.QUARANTINED if reasons else VersionState.LIVE,
         reasons=reasons,
-        warnings=verdict.warnings + environment.warnings,
+        warnings=warnings,
         decided_against=basis,
         decided_at=now,
     )

@@ -4,12 +4,14 @@ Registry reads happen outside the write lock (they are slow); the read-decide-wr
 stored record happens inside it, from a fresh read, so a concurrent admin change is never lost.
 
 Identity: the endpoint's clients know a model by its name, so the *contract* (and the pin and
-the policies) belong to the name. A model deleted and created again under the same name (seen
-as another creation time in the registry) keeps its contract: every one of its versions is a
-new artifact, read and decided from scratch against that contract, so an incompatible first
-version is quarantined, not served to the old clients. Giving the name a new API is an explicit
-act: a forced pin. Likewise a version number that comes back with another source is a new
-version.
+the policies) belong to the name. A model deleted from the registry is not forgotten: its record
+stays as a tombstone (no versions, not served, 404 in the admin API) holding the contract. A
+model created again under that name (seen as another creation time in the registry, or as a
+tombstone coming back) keeps the contract: every one of its versions is a new artifact, read and
+decided from scratch against it, so an incompatible first version is quarantined, not served to
+the old clients, whether or not the controller saw the gap. Giving the name a new API is an
+explicit act: a forced pin. Likewise a version number that comes back with another source is a
+new version.
 """
 
 from __future__ import annotations
@@ -117,20 +119,35 @@ class Reconciler:
             registry_created_at=created_at,
         )
 
-    def reconcile(self, name: str) -> Outcome:
+    def _tombstone(self, name: str, actor: str) -> Outcome:
+        now = self._clock()
+
+        def bury(current: ModelRecord | None) -> ModelRecord | None:
+            if current is None or current.deleted_at is not None:
+                return current
+            return replace(current, versions={}, deleted_at=now)
+
+        before = self._store.load_model(name)
+        after = self._store.update_model(name, bury, actor)
+        changed = before != after
+        if changed:
+            log.info("registered model %s is gone; its contract is kept for its name", name)
+        return Outcome(changed=changed)
+
+    def reconcile(self, name: str, actor: str = "resync") -> Outcome:
         try:
             created_at = self._registry.registered_model_created_at(name)
             observed = self._registry.versions(name)
         except RegisteredModelGone:
-            gone = self._store.delete_model(name)
-            if gone:
-                log.info("registered model %s is gone; forgot it", name)
-            return Outcome(changed=gone)
+            return self._tombstone(name, actor)
 
         before = self._store.load_model(name)
-        if before is not None and _recreated(before, created_at):
-            log.info("registered model %s was deleted and created again; its versions are new "
-                     "artifacts, held to the contract it had", name)
+        if before is not None and (before.deleted_at is not None or _recreated(before, created_at)):
+            log.info(
+                "registered model %s was deleted and created again; its versions are new "
+                "artifacts, held to the contract it had",
+                name,
+            )
             before = _forget_versions(before, created_at)
         to_read = [ov.version for ov in observed if ov.ready and not _known_and_read(before, ov)]
         facts: dict[str, ArtifactFacts] = {}
@@ -146,7 +163,7 @@ class Reconciler:
         def decide(current: ModelRecord | None) -> ModelRecord:
             if current is None:
                 current = self._new_model(name, created_at)
-            elif _recreated(current, created_at):
+            elif current.deleted_at is not None or _recreated(current, created_at):
                 current = _forget_versions(current, created_at)
             elif current.registry_created_at is None:
                 current = replace(current, registry_created_at=created_at)
@@ -155,7 +172,7 @@ class Reconciler:
 
         # Decided from a fresh read inside the write transaction: an admin change made while
         # the registry was being read is built on, never overwritten.
-        decided = self._store.update_model(name, decide)
+        decided = self._store.update_model(name, decide, actor)
         assert decided is not None
         changed = before is None or decided != before
         for v in decided.sorted_versions():
@@ -166,7 +183,7 @@ class Reconciler:
 
 
 def _forget_versions(record: ModelRecord, created_at: int | None) -> ModelRecord:
-    return replace(record, versions={}, registry_created_at=created_at)
+    return replace(record, versions={}, registry_created_at=created_at, deleted_at=None)
 
 
 def _recreated(record: ModelRecord, created_at: int | None) -> bool:

@@ -34,6 +34,9 @@ class VersionRecord:
     mlmodel_digest: str | None = None
     environment: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
+    # A decision made by hand, kept through every re-check until removed:
+    # {"action": "quarantine" | "release", "reason": str, "actor": str, "at": ISO 8601}.
+    override: dict[str, Any] | None = None
 
     @property
     def number(self) -> int:
@@ -50,6 +53,8 @@ class ModelRecord:
     # The registry's creation time of the registered model (ms): another value means the
     # model was deleted and created again, which makes it a new model with a new contract.
     registry_created_at: int | None = None
+    # When the registry was seen without this model; None while it exists. See reconciler.
+    deleted_at: datetime | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
 
     def sorted_versions(self) -> list[VersionRecord]:

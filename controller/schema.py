@@ -28,6 +28,9 @@ class RegisteredModelRow(Base):
     environment_policy: Mapped[str] = mapped_column(String(16), default="strict")
     # The registry's creation_timestamp (ms) of the model this row describes.
     registry_created_at: Mapped[int | None] = mapped_column(BigInteger)
+    # Set while the model is deleted from the registry: kept (contract, pin, policies, no
+    # versions) for when the name comes back; not served, not listed.
+    deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 
@@ -59,6 +62,8 @@ class ModelVersionRow(Base):
     # What the artifact needs: requirements, Python version, whether it is pickled.
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
+    # A quarantine or release by hand; survives re-checks until removed.
+    override: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     model: Mapped[RegisteredModelRow] = relationship(back_populates="versions")
 
@@ -69,6 +74,19 @@ class WebhookDeliveryRow(Base):
     delivery_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     event: Mapped[str] = mapped_column(String(64))
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class AuditEventRow(Base):
+    __tablename__ = "audit_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(256), index=True)
+    version: Mapped[str | None] = mapped_column(String(32))
+    kind: Mapped[str] = mapped_column(String(16))
+    actor: Mapped[str] = mapped_column(String(128))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
+    before: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    after: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class TableRevisionRow(Base):

@@ -38,6 +38,8 @@ class ControllerSettings(BaseSettings):
     serving_lock_file: Path | None = None
     serving_python_version: str | None = None
     long_poll_max_s: float = 60.0
+    # How long the audit log keeps events (days).
+    audit_retention_days: float = Field(default=90.0, gt=0)
 
     def serving_environment(self) -> ServingEnvironment:
         if self.serving_lock_file is not None:

@@ -18,8 +18,10 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from controller.audit import AuditEvent, diff
 from controller.records import ModelRecord, VersionRecord
 from controller.schema import (
+    AuditEventRow,
     ModelVersionRow,
     RegisteredModelRow,
     TableRevisionRow,
@@ -48,6 +50,7 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
         default_version=row.default_version,
         contract=row.contract,
         registry_created_at=row.registry_created_at,
+        deleted_at=_utc(row.deleted_at),
         versions={
             v.version: VersionRecord(
                 version=v.version,
@@ -62,6 +65,7 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
                 mlmodel_digest=v.mlmodel_digest,
                 environment=v.environment,
                 warnings=list(v.warnings or []),
+                override=v.override,
             )
             for v in row.versions
         },
@@ -105,13 +109,17 @@ class Store:
             return list(session.scalars(select(RegisteredModelRow.name)).all())
 
     def update_model(
-        self, name: str, change: Callable[[ModelRecord | None], ModelRecord | None]
+        self,
+        name: str,
+        change: Callable[[ModelRecord | None], ModelRecord | None],
+        actor: str = "controller",
     ) -> ModelRecord | None:
         """Read one model, let ``change`` compute its new record, write it: one transaction.
 
         ``change`` gets ``None`` for a model not stored yet and returns ``None`` to delete it.
         An exception from ``change`` rolls everything back. Nothing is written when the new
-        record equals the old one.
+        record equals the old one; what is written is audited, by ``actor``, in the same
+        transaction.
         """
         with self._write_lock, self._transaction() as session:
             row = self._load_row(session, name)
@@ -122,7 +130,48 @@ class Store:
                     session.delete(row)
             elif updated != current:
                 self._write(session, row, updated)
+            self._audit(session, diff(name, current, updated, actor))
             return updated
+
+    def _audit(self, session: Session, events: list[AuditEvent]) -> None:
+        now = _now()
+        for e in events:
+            session.add(
+                AuditEventRow(
+                    model_name=e.model,
+                    version=e.version,
+                    kind=e.kind,
+                    actor=e.actor,
+                    at=now,
+                    before=e.before,
+                    after=e.after,
+                )
+            )
+
+    def events(self, name: str, *, limit: int, before_id: int | None = None) -> list[AuditEvent]:
+        """A model's audit events, newest first; ``before_id`` pages on from an earlier page."""
+        query = select(AuditEventRow).where(AuditEventRow.model_name == name)
+        if before_id is not None:
+            query = query.where(AuditEventRow.id < before_id)
+        with self._transaction() as session:
+            rows = session.scalars(query.order_by(AuditEventRow.id.desc()).limit(limit)).all()
+            return [
+                AuditEvent(
+                    model=r.model_name,
+                    version=r.version,
+                    kind=r.kind,
+                    actor=r.actor,
+                    before=r.before,
+                    after=r.after,
+                    at=_utc(r.at),
+                    id=r.id,
+                )
+                for r in rows
+            ]
+
+    def prune_events(self, older_than: timedelta) -> None:
+        with self._transaction() as session:
+            session.execute(delete(AuditEventRow).where(AuditEventRow.at < _now() - older_than))
 
     def _write(self, session: Session, row: RegisteredModelRow | None, record: ModelRecord) -> None:
         now = _now()
@@ -134,6 +183,7 @@ class Store:
         row.default_version = record.default_version
         row.contract = record.contract
         row.registry_created_at = record.registry_created_at
+        row.deleted_at = record.deleted_at
         row.updated_at = now
         existing = {v.version: v for v in row.versions}
         for gone in set(existing) - set(record.versions):
@@ -155,12 +205,14 @@ class Store:
             vrow.mlmodel_digest = v.mlmodel_digest
             vrow.environment = v.environment
             vrow.warnings = list(v.warnings)
+            vrow.override = v.override
 
-    def delete_model(self, name: str) -> bool:
+    def delete_model(self, name: str, actor: str = "controller") -> bool:
         with self._write_lock, self._transaction() as session:
             row = self._load_row(session, name)
             if row is None:
                 return False
+            self._audit(session, diff(name, _to_record(row), None, actor))
             session.delete(row)
             return True
 

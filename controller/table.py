@@ -32,6 +32,7 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                 },
             )
             for m in sorted(models, key=lambda m: m.name)
+            if m.deleted_at is None
         },
     )
 

@@ -62,6 +62,6 @@ async def receive(request: Request, svc: Annotated[Services, Depends(services)])
     svc.metrics.webhooks.labels("accepted").inc()
     svc.last_webhook_at[name] = received_at
     if isinstance(name, str) and not event.startswith("prompt"):
-        svc.worker.enqueue(name)
+        svc.worker.enqueue(name, f"webhook:{delivery_id}")
     log.info("webhook %s for %s (delivery %s)", event, name, delivery_id)
     return {"status": "accepted", "delivery_id": delivery_id}

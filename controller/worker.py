@@ -37,7 +37,9 @@ class Worker:
         resync_interval_s: float,
         retry_initial_s: float,
         retry_max_s: float,
+        audit_retention: timedelta = timedelta(days=90),
     ) -> None:
+        self._audit_retention = audit_retention
         self._reconciler = reconciler
         self._store = store
         self._registry = registry
@@ -48,12 +50,15 @@ class Worker:
         self._retry_max_s = retry_max_s
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._waiting: set[str] = set()
+        # Who asked for each waiting name (the latest ask): the audit log's actor.
+        self._actors: dict[str, str] = {}
         self._attempts: Counter[str] = Counter()
         # Set when a publish failed after decisions were written: the next pass must publish
         # even if it changes nothing, or the table would lag the database until another change.
         self._publish_owed = False
 
-    def enqueue(self, name: str) -> None:
+    def enqueue(self, name: str, actor: str = "resync") -> None:
+        self._actors[name] = actor
         if name not in self._waiting:
             self._waiting.add(name)
             self._queue.put_nowait(name)
@@ -72,8 +77,9 @@ class Worker:
         while True:
             name = await self._queue.get()
             self._waiting.discard(name)
+            actor = self._actors.pop(name, "resync")
             try:
-                await self._process(name)
+                await self._process(name, actor)
             except Exception:
                 # Publishing failed (say, the database was locked for too long): the worker
                 # must go on; the name comes back with the backoff and the resync.
@@ -81,10 +87,10 @@ class Worker:
                 log.exception("publishing after reconciling %s failed", name)
                 self._retry_later(name, "publishing failed")
 
-    async def _process(self, name: str) -> None:
+    async def _process(self, name: str, actor: str) -> None:
         started = time.perf_counter()
         try:
-            outcome = await asyncio.to_thread(self._reconciler.reconcile, name)
+            outcome = await asyncio.to_thread(self._reconciler.reconcile, name, actor)
         except RegistryUnavailable as exc:
             self._metrics.reconciles.labels("temporary_error").inc()
             self._retry_later(name, str(exc))
@@ -108,9 +114,10 @@ class Worker:
         self._attempts[name] += 1
         delay = min(self._retry_max_s, self._retry_initial_s * 2 ** (self._attempts[name] - 1))
         log.warning("%s: temporary failure (%s); retrying in %.1fs", name, why, delay)
-        asyncio.get_running_loop().call_later(delay, self.enqueue, name)
+        asyncio.get_running_loop().call_later(delay, self.enqueue, name, "retry")
 
     async def resync_once(self) -> None:
+        """Enqueue every model the registry or the database knows; prune old records."""
         try:
             names = await asyncio.to_thread(self._registry.model_names)
         except RegistryUnavailable as exc:
@@ -119,6 +126,7 @@ class Worker:
         known = await asyncio.to_thread(self._store.model_names)
         # MLflow retries a delivery for seconds, so a day of delivery ids is plenty to dedupe.
         await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
+        await asyncio.to_thread(self._store.prune_events, self._audit_retention)
         for name in sorted(set(names) | set(known)):
             self.enqueue(name)
 

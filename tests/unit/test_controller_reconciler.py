@@ -109,9 +109,25 @@ def test_repeating_reads_nothing_and_changes_nothing(store: Store) -> None:
     assert registry.reads == ["1"]
 
 
-def test_a_deleted_model_is_forgotten(store: Store) -> None:
-    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))})
+def test_a_deleted_model_is_a_tombstone_that_keeps_its_contract_for_its_name(
+    store: Store,
+) -> None:
+    registry = FakeRegistry(created_at=100, versions_={"1": ("models:/m-a", sig("prompt"))})
     reconciler(store, registry).reconcile("m")
     registry.exists = False
     assert reconciler(store, registry).reconcile("m").changed
-    assert store.load_model("m") is None
+    assert not reconciler(store, registry).reconcile("m").changed  # safe to repeat
+    tomb = store.load_model("m")
+    assert tomb is not None and tomb.deleted_at is not None and tomb.versions == {}
+    assert store.publish().models == {}  # not served
+    # The name comes back (the controller saw the gap this time) with a breaking version.
+    registry.exists, registry.created_at = True, 300
+    registry.versions_ = {"1": ("models:/m-b", sig("text"))}
+    reconciler(store, registry).reconcile("m", "webhook:d-1")
+    back = store.load_model("m")
+    assert back is not None and back.deleted_at is None
+    assert back.contract == sig("prompt")
+    assert back.versions["1"].state is VersionState.QUARANTINED
+    kinds = [(e.kind, e.actor) for e in store.events("m", limit=10)]
+    assert kinds[0] == ("decision", "webhook:d-1")
+    assert ("model", "resync") in kinds
