@@ -20,6 +20,7 @@ from controller import commands
 from controller.compatibility import Policy
 from controller.environment import EnvironmentPolicy
 from controller.records import ModelRecord, Signature
+from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
 from controller.services import Services, services
 
 
@@ -96,6 +97,8 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
         "environment_policy": m.environment_policy,
         "contract": structured(m.contract),
         "last_webhook_at": _iso(svc.last_webhook_at.get(m.name)),
+        "alias": {"name": svc.settings.default_alias, "version": m.alias_seen},
+        "alias_refusal": m.alias_refusal,
         "versions": [
             {
                 "version": v.version,
@@ -140,6 +143,7 @@ async def pin_default(
         force=body.force,
     )
     await svc.worker.publish()
+    svc.worker.enqueue(name, "admin")  # moves the registry's alias to the new default
     return _detail(decided, svc)
 
 
@@ -147,6 +151,13 @@ async def pin_default(
 async def set_policy(
     name: str, body: SetPolicy, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
+    # The registry's tags win over the stored policy, so they are written first: a registry
+    # that refuses is a 503 and nothing changes.
+    await asyncio.to_thread(commands.load, svc.store, name)
+    tags = {POLICY_TAG: body.policy, ENVIRONMENT_TAG: body.environment}
+    for key, value in tags.items():
+        if value is not None:
+            await asyncio.to_thread(svc.registry.set_model_tag, name, key, value.value)
     decided = await asyncio.to_thread(
         lambda: commands.set_policies(
             svc.store,

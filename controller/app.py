@@ -65,6 +65,7 @@ def build_services(settings: ControllerSettings) -> Services:
         environment,
         default_policy=settings.default_policy,
         default_environment_policy=settings.default_environment_policy,
+        alias=settings.default_alias,
     )
     worker = Worker(
         reconciler,

@@ -9,6 +9,7 @@ repeated reconcile that changes nothing logs nothing. Kinds:
 - ``policy``    the compatibility or environment policy changed
 - ``override``  a version was quarantined or released by hand, or the override removed
 - ``decision``  a version's state or reasons changed
+- ``alias``     a move of the registry's default alias was refused (the reasons in ``after``)
 
 Actors are short strings: ``admin`` (the admin token), ``webhook:<delivery id>``, ``resync``,
 ``retry``.
@@ -71,6 +72,10 @@ def diff(
                 {"default_version": after.default_version, "contract": after.contract},
             )
         )
+    if before.alias_refusal != after.alias_refusal and after.alias_refusal is not None:
+        refused = after.alias_refusal
+        events.append(AuditEvent(name, str(refused.get("version")), "alias", actor,
+                                 {"default_version": after.default_version}, refused))
     policies = ("policy", "environment_policy")
     if any(getattr(before, p) != getattr(after, p) for p in policies):
         events.append(

@@ -14,6 +14,7 @@ from controller.exceptions import (
     InvalidRequest,
     NotFound,
     PinRefused,
+    RegisteredModelGone,
     RegistryUnavailable,
     WebhookRejected,
 )
@@ -57,6 +58,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(WebhookRejected)
     async def _rejected(_: Request, exc: WebhookRejected) -> JSONResponse:
         return problem(401, "Webhook rejected", str(exc))
+
+    @app.exception_handler(RegisteredModelGone)
+    async def _gone(_: Request, exc: RegisteredModelGone) -> JSONResponse:
+        return problem(404, "Not found", f"registered model '{exc}' is not in the registry")
 
     @app.exception_handler(RegistryUnavailable)
     async def _unavailable(_: Request, exc: RegistryUnavailable) -> JSONResponse:

@@ -28,6 +28,7 @@ from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import RegisteredModelGone, RegistryUnavailable
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, Registry
+from controller.registry_sync import follow_alias, policies_from_tags, write_back
 from controller.store import Store
 from sigserve.routing_table import VersionState
 
@@ -102,8 +103,13 @@ class Reconciler:
         *,
         default_policy: Policy = Policy.BACKWARD,
         default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT,
+        alias: str = "serving",
+        write_back: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self._alias = alias
+        # Off only where the registry is a seam that records nothing (unit tests of decisions).
+        self._write_back = write_back
         self._store = store
         self._registry = registry
         self._environment = environment
@@ -136,10 +142,12 @@ class Reconciler:
 
     def reconcile(self, name: str, actor: str = "resync") -> Outcome:
         try:
-            created_at = self._registry.registered_model_created_at(name)
+            info = self._registry.model(name)
             observed = self._registry.versions(name)
         except RegisteredModelGone:
             return self._tombstone(name, actor)
+        created_at = info.created_at
+        alias_now = info.aliases.get(self._alias)
 
         before = self._store.load_model(name)
         if before is not None and (before.deleted_at is not None or _recreated(before, created_at)):
@@ -167,8 +175,11 @@ class Reconciler:
                 current = _forget_versions(current, created_at)
             elif current.registry_created_at is None:
                 current = replace(current, registry_created_at=created_at)
+            current = policies_from_tags(current, info.tags)
             merged = merge_observed(current, observed, facts, failures)
-            return decide_all(merged, self._clock(), self._environment)
+            now = self._clock()
+            decided = decide_all(merged, now, self._environment)
+            return follow_alias(decided, alias_now, now, self._environment)
 
         # Decided from a fresh read inside the write transaction: an admin change made while
         # the registry was being read is built on, never overwritten.
@@ -178,8 +189,22 @@ class Reconciler:
         for v in decided.sorted_versions():
             if changed and (before is None or before.versions.get(v.version) != v):
                 log.info("%s v%s: %s %s", name, v.version, v.state.value, "; ".join(v.reasons))
+        self._sync_registry(decided, observed, alias_now)
         retry = "; ".join(f"v{k}: {v}" for k, v in failures.items()) or None
         return Outcome(changed=changed, retry_reason=retry)
+
+    def _sync_registry(
+        self, decided: ModelRecord, observed: list[ObservedVersion], alias_now: str | None
+    ) -> None:
+        if not self._write_back:
+            return
+        alias = write_back(self._registry, decided, observed, self._alias, alias_now)
+        if alias != decided.alias_seen:
+
+            def seen(current: ModelRecord | None) -> ModelRecord | None:
+                return replace(current, alias_seen=alias) if current is not None else None
+
+            self._store.update_model(decided.name, seen, "registry")
 
 
 def _forget_versions(record: ModelRecord, created_at: int | None) -> ModelRecord:

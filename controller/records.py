@@ -55,6 +55,11 @@ class ModelRecord:
     registry_created_at: int | None = None
     # When the registry was seen without this model; None while it exists. See reconciler.
     deleted_at: datetime | None = None
+    # The registry's default alias as last seen (after the controller's own writes): an alias
+    # that differs from it was moved by a person. See controller.registry_sync.
+    alias_seen: str | None = None
+    # The last alias move refused: {"version", "reasons", "at"}.
+    alias_refusal: dict[str, Any] | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
 
     def sorted_versions(self) -> list[VersionRecord]:

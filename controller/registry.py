@@ -15,7 +15,7 @@ import os
 import posixpath
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -38,10 +38,19 @@ WEBHOOK_EVENTS: list[Any] = [
 
 
 @dataclass(frozen=True)
+class ObservedModel:
+    created_at: int
+    aliases: dict[str, str]
+    tags: dict[str, str]
+
+
+@dataclass(frozen=True)
 class ObservedVersion:
     version: str
     status: str
     source: str | None
+    # The version's tags as the registry holds them (the controller writes ``sigserve.*``).
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -118,7 +127,12 @@ class Registry:
                     f"name='{escaped}'", max_results=200, page_token=token
                 )
                 found.extend(
-                    ObservedVersion(version=str(v.version), status=str(v.status), source=v.source)
+                    ObservedVersion(
+                        version=str(v.version),
+                        status=str(v.status),
+                        source=v.source,
+                        tags={str(k): str(t) for k, t in (v.tags or {}).items()},
+                    )
                     for v in page
                 )
                 token = page.token
@@ -127,17 +141,33 @@ class Registry:
 
         return self._call(fetch, model=name)
 
-    def registered_model_created_at(self, name: str) -> int:
-        """The registered model's creation time (ms since the epoch).
+    def model(self, name: str) -> ObservedModel:
+        """The registered model's creation time, aliases and tags, in one call.
 
-        A model deleted and registered again under the same name gets a new one, which is how
-        the caller tells the new model from the old one's leftovers.
+        A model deleted and registered again under the same name gets a new creation time,
+        which is how the caller tells the new model from the old one's leftovers.
         """
 
-        def fetch() -> int:
-            return int(self._client.get_registered_model(name).creation_timestamp)
+        def fetch() -> ObservedModel:
+            m = self._client.get_registered_model(name)
+            return ObservedModel(
+                created_at=int(m.creation_timestamp),
+                aliases={str(k): str(v) for k, v in (m.aliases or {}).items()},
+                tags={str(k): str(v) for k, v in (m.tags or {}).items()},
+            )
 
         return self._call(fetch, model=name)
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._call(lambda: self._client.set_model_version_tag(name, version, key, value),
+                   model=name)
+
+    def set_model_tag(self, name: str, key: str, value: str) -> None:
+        self._call(lambda: self._client.set_registered_model_tag(name, key, value), model=name)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self._call(lambda: self._client.set_registered_model_alias(name, alias, version),
+                   model=name)
 
     def artifact(self, name: str, version: str) -> ArtifactFacts:
         """What the version's artifacts say about it (the registry itself holds none of it).

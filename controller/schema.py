@@ -31,6 +31,9 @@ class RegisteredModelRow(Base):
     # Set while the model is deleted from the registry: kept (contract, pin, policies, no
     # versions) for when the name comes back; not served, not listed.
     deleted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The registry's default alias as last seen, and the last alias move refused.
+    alias_seen: Mapped[str | None] = mapped_column(String(32))
+    alias_refusal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

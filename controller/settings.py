@@ -32,6 +32,8 @@ class ControllerSettings(BaseSettings):
     retry_max_s: float = 30.0
     default_policy: Policy = Policy.BACKWARD
     default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT
+    # The registry alias that mirrors each model's pinned default version.
+    default_alias: str = "serving"
     # What the serving environment has, for the environment check: a pip-freeze style lock
     # file of the serving image, and its Python version. Unset, the controller's own
     # interpreter stands for it (the local stack and the compose image share one environment).

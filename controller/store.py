@@ -51,6 +51,8 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
         contract=row.contract,
         registry_created_at=row.registry_created_at,
         deleted_at=_utc(row.deleted_at),
+        alias_seen=row.alias_seen,
+        alias_refusal=row.alias_refusal,
         versions={
             v.version: VersionRecord(
                 version=v.version,
@@ -184,6 +186,8 @@ class Store:
         row.contract = record.contract
         row.registry_created_at = record.registry_created_at
         row.deleted_at = record.deleted_at
+        row.alias_seen = record.alias_seen
+        row.alias_refusal = record.alias_refusal
         row.updated_at = now
         existing = {v.version: v for v in row.versions}
         for gone in set(existing) - set(record.versions):

@@ -51,7 +51,11 @@ class Poller:
 
 
 def digest_of(ctl: ControllerHandle, name: str, version: str) -> str | None:
-    for v in ctl.model(name)["versions"]:
+    r = httpx.get(f"{ctl.url}/admin/models/{name}", headers=ctl.admin)
+    if r.status_code == 404:
+        return None  # a tombstone: deleted from the registry, not back yet
+    r.raise_for_status()
+    for v in r.json()["versions"]:
         if v["version"] == version:
             return str(v["mlmodel_digest"]) if v["mlmodel_digest"] else None
     return None

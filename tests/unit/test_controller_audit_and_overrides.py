@@ -15,7 +15,7 @@ from controller.database import make_engine, migrate
 from controller.environment import ArtifactEnvironment, ServingEnvironment
 from controller.exceptions import InvalidRequest, PinRefused
 from controller.reconciler import Reconciler
-from controller.registry import ObservedVersion
+from controller.registry import ObservedModel, ObservedVersion
 from controller.store import Store
 from sigserve.routing_table import VersionState
 
@@ -31,8 +31,8 @@ class Registry:
     def __init__(self, signatures: dict[str, dict[str, Any]]) -> None:
         self.signatures = signatures
 
-    def registered_model_created_at(self, name: str) -> int:
-        return 1
+    def model(self, name: str) -> ObservedModel:
+        return ObservedModel(1, {}, {})
 
     def versions(self, name: str) -> list[ObservedVersion]:
         return [ObservedVersion(v, "READY", f"models:/m-{v}") for v in self.signatures]
@@ -48,7 +48,8 @@ def store(tmp_path: Path) -> Store:
     migrate(engine)
     s = Store(engine)
     registry = Registry({"1": sig("prompt"), "2": sig("prompt"), "3": sig("text")})
-    Reconciler(s, registry, ENV).reconcile("m", "webhook:d-7")  # type: ignore[arg-type]
+    Reconciler(s, registry, ENV, write_back=False).reconcile(  # type: ignore[arg-type]
+        "m", "webhook:d-7")
     return s
 
 
@@ -117,5 +118,5 @@ def test_the_audit_log_says_who_made_a_version_the_default_when_and_what_was_bef
 def test_a_repeated_reconcile_logs_nothing(store: Store) -> None:
     count = len(store.events("m", limit=500))
     registry = Registry({"1": sig("prompt"), "2": sig("prompt"), "3": sig("text")})
-    Reconciler(store, registry, ENV).reconcile("m")  # type: ignore[arg-type]
+    Reconciler(store, registry, ENV, write_back=False).reconcile("m")  # type: ignore[arg-type]
     assert len(store.events("m", limit=500)) == count

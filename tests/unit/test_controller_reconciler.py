@@ -19,7 +19,7 @@ from controller.database import make_engine, migrate
 from controller.environment import ArtifactEnvironment, ServingEnvironment
 from controller.exceptions import RegisteredModelGone
 from controller.reconciler import Reconciler
-from controller.registry import ObservedVersion
+from controller.registry import ObservedModel, ObservedVersion
 from controller.store import Store
 from sigserve.routing_table import VersionState
 
@@ -38,13 +38,27 @@ class FakeRegistry:
     reads: list[str] = field(default_factory=list)
     exists: bool = True
 
-    def registered_model_created_at(self, name: str) -> int:
+    aliases: dict[str, str] = field(default_factory=dict)
+    model_tags: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, dict[str, str]] = field(default_factory=dict)
+    writes: list[tuple[str, ...]] = field(default_factory=list)
+
+    def model(self, name: str) -> ObservedModel:
         if not self.exists:
             raise RegisteredModelGone(name)
-        return self.created_at
+        return ObservedModel(self.created_at, dict(self.aliases), dict(self.model_tags))
 
     def versions(self, name: str) -> list[ObservedVersion]:
-        return [ObservedVersion(v, "READY", src) for v, (src, _) in self.versions_.items()]
+        return [ObservedVersion(v, "READY", src, dict(self.tags.get(v, {})))
+                for v, (src, _) in self.versions_.items()]
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.writes.append(("tag", version, key, value))
+        self.tags.setdefault(version, {})[key] = value
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.writes.append(("alias", alias, version))
+        self.aliases[alias] = version
 
     def artifact(self, name: str, version: str) -> ArtifactFacts:
         self.reads.append(version)
@@ -131,3 +145,72 @@ def test_a_deleted_model_is_a_tombstone_that_keeps_its_contract_for_its_name(
     kinds = [(e.kind, e.actor) for e in store.events("m", limit=10)]
     assert kinds[0] == ("decision", "webhook:d-1")
     assert ("model", "resync") in kinds
+
+
+def test_the_verdict_is_written_back_as_tags_once_and_the_default_gets_the_alias(
+    store: Store,
+) -> None:
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("text"))})
+    reconciler(store, registry).reconcile("m")
+    assert registry.tags["1"]["sigserve.state"] == "live"
+    assert registry.tags["2"]["sigserve.state"] == "quarantined"
+    assert registry.tags["2"]["sigserve.reasons"].startswith("input 'prompt' (string, required)")
+    assert registry.tags["2"]["sigserve.decided_at"].endswith("+00:00")
+    assert registry.aliases == {"serving": "1"}
+    writes = len(registry.writes)
+    # The webhooks those writes cause come back: nothing more is written (no loop).
+    for _ in range(3):
+        reconciler(store, registry).reconcile("m", "webhook:tag")
+    assert len(registry.writes) == writes
+
+
+def test_an_alias_moved_to_a_live_version_is_a_pin_to_a_quarantined_one_refused(
+    store: Store,
+) -> None:
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("prompt")),
+                                       "3": ("models:/m-c", sig("text"))})
+    reconciler(store, registry).reconcile("m")
+    registry.aliases["serving"] = "2"  # a person, in the MLflow UI
+    reconciler(store, registry).reconcile("m", "webhook:alias-2")
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "2"
+    registry.aliases["serving"] = "3"
+    reconciler(store, registry).reconcile("m", "webhook:alias-3")
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "2"
+    assert record.alias_refusal is not None and record.alias_refusal["version"] == "3"
+    assert record.alias_refusal["reasons"][0].startswith("input 'prompt' (string, required)")
+    assert registry.aliases["serving"] == "2"  # put back where the default is
+    events = store.events("m", limit=20)
+    assert [(e.kind, e.actor) for e in events[:1]] == [("alias", "webhook:alias-3")]
+    assert any(e.kind == "pin" and e.actor == "webhook:alias-2" for e in events)
+
+
+def test_an_admin_pin_moves_the_alias_instead_of_being_undone_by_it(store: Store) -> None:
+    from controller import commands
+
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("prompt"))})
+    reconciler(store, registry).reconcile("m")
+    commands.pin_default(store, "m", "2", ENV)
+    reconciler(store, registry).reconcile("m", "admin")
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "2"
+    assert registry.aliases["serving"] == "2"
+
+
+def test_policy_tags_in_the_registry_win(store: Store) -> None:
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("text"))})
+    reconciler(store, registry).reconcile("m")
+    registry.model_tags = {"sigserve.compatibility": "none", "sigserve.environment": "warn"}
+    reconciler(store, registry).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None
+    assert (record.policy, record.environment_policy) == ("none", "warn")
+    assert record.versions["2"].state is VersionState.LIVE
+    registry.model_tags = {"sigserve.compatibility": "sideways"}  # ignored, logged
+    reconciler(store, registry).reconcile("m")
+    assert store.load_model("m").policy == "none"  # type: ignore[union-attr]

@@ -151,18 +151,28 @@ def test_an_unknown_version_is_gone(store: dict[str, Any]) -> None:
         store["registry"].artifact(NAME, "99")
 
 
-def test_registered_model_created_at_tells_a_recreated_model(store: dict[str, Any]) -> None:
+def test_the_model_read_tells_a_recreated_model_and_carries_aliases_and_tags(
+    store: dict[str, Any],
+) -> None:
     client: MlflowClient = store["client"]
     registry: Registry = store["registry"]
     client.create_registered_model("again")
-    first = registry.registered_model_created_at("again")
+    first = registry.model("again").created_at
     assert first == client.get_registered_model("again").creation_timestamp
     client.delete_registered_model("again")
     with pytest.raises(RegisteredModelGone):
-        registry.registered_model_created_at("again")
+        registry.model("again")
     time.sleep(0.01)
     client.create_registered_model("again")
-    assert registry.registered_model_created_at("again") > first
+    assert registry.model("again").created_at > first
+    registry.set_model_tag(NAME, "sigserve.compatibility", "exact")
+    registry.set_alias(NAME, "serving", "1")
+    registry.set_version_tag(NAME, "1", "sigserve.state", "live")
+    seen = registry.model(NAME)
+    assert seen.tags["sigserve.compatibility"] == "exact"
+    assert seen.aliases == {"serving": "1"}
+    v1 = next(v for v in registry.versions(NAME) if v.version == "1")
+    assert v1.tags["sigserve.state"] == "live"
 
 
 @pytest.mark.parametrize(

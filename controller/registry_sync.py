@@ -1,0 +1,132 @@
+"""The gate where data scientists look: the registry's alias and tags, read and written back.
+
+- **Policies from tags.** A registered-model tag ``sigserve.compatibility``
+  (``backward|exact|none``) or ``sigserve.environment`` (``strict|warn|off``) wins over the
+  stored policy; the admin API writes the tag as well as the record, so both say the same. MLflow
+  fires no webhook for registered-model tags: a tag set in the UI is seen at the next resync.
+  An invalid value is ignored (logged).
+- **The pin as an alias** (``serving`` by default). The alias the controller last saw is kept
+  (``alias_seen``); an alias that moved since then was moved by a person, and is taken as a pin
+  when its version is live under the contract, or refused (``alias_refusal``, in the admin API
+  and the audit log) and put back where the default is. A pin through the admin API moves the
+  alias; a new model's first version gets it.
+- **The verdict as version tags**: ``sigserve.state``, ``sigserve.reasons`` (short; the whole
+  list stays in the admin API), ``sigserve.decided_at``. Only tags that differ from what the
+  registry holds are written, so the webhooks these writes cause come back to a reconcile that
+  finds nothing to write: no loop.
+
+Writes happen after the decision is committed; a registry that refuses them (permissions, an
+outage) costs a logged warning and a retry at the next pass, never a decision.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from controller.compatibility import Policy
+from controller.decisions import decide_all, is_read
+from controller.environment import EnvironmentPolicy, ServingEnvironment
+from controller.exceptions import RegistryError
+from controller.records import ModelRecord, VersionRecord
+from controller.registry import ObservedVersion
+from sigserve.routing_table import VersionState
+
+log = logging.getLogger(__name__)
+
+POLICY_TAG = "sigserve.compatibility"
+ENVIRONMENT_TAG = "sigserve.environment"
+STATE_TAG = "sigserve.state"
+REASONS_TAG = "sigserve.reasons"
+DECIDED_AT_TAG = "sigserve.decided_at"
+# Well within MLflow's tag value limit; the admin API has every reason in full.
+REASONS_MAX = 480
+
+
+class RegistryWriter(Protocol):
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None: ...
+
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+
+
+def policies_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord:
+    policy, environment = record.policy, record.environment_policy
+    wanted = tags.get(POLICY_TAG)
+    if wanted is not None:
+        if wanted in {p.value for p in Policy}:
+            policy = wanted
+        else:
+            log.warning(
+                "%s: ignoring tag %s=%r (backward|exact|none)", record.name, POLICY_TAG, wanted
+            )
+    wanted = tags.get(ENVIRONMENT_TAG)
+    if wanted is not None:
+        if wanted in {p.value for p in EnvironmentPolicy}:
+            environment = wanted
+        else:
+            log.warning(
+                "%s: ignoring tag %s=%r (strict|warn|off)", record.name, ENVIRONMENT_TAG, wanted
+            )
+    if (policy, environment) == (record.policy, record.environment_policy):
+        return record
+    return replace(record, policy=policy, environment_policy=environment)
+
+
+def follow_alias(
+    record: ModelRecord, target: str | None, now: datetime, env: ServingEnvironment
+) -> ModelRecord:
+    """Take an alias a person moved as a pin, or record why not. Pure; safe to repeat."""
+    if target is None or target in (record.alias_seen, record.default_version):
+        return record
+    version = record.versions.get(target)
+    if version is None or not is_read(version) or version.state is VersionState.PENDING:
+        return record  # not decided yet: the alias waits, and so do we
+    if version.state is VersionState.LIVE and version.signature is not None:
+        pinned = decide_all(
+            replace(record, default_version=target, contract=version.signature), now, env
+        )
+        if pinned.versions[target].state is VersionState.LIVE:
+            return pinned
+        version = pinned.versions[target]
+    reasons = version.reasons or ["it has no signature, and the default defines the contract"]
+    refusal: dict[str, Any] = {"version": target, "reasons": reasons, "at": now.isoformat()}
+    return replace(record, alias_refusal=refusal)
+
+
+def version_tags(version: VersionRecord) -> dict[str, str]:
+    reasons = "; ".join(version.reasons)
+    if len(reasons) > REASONS_MAX:
+        reasons = reasons[: REASONS_MAX - 40].rstrip() + " ... (all reasons: sigserve admin API)"
+    decided = version.decided_at.isoformat(timespec="seconds") if version.decided_at else ""
+    return {STATE_TAG: version.state.value, REASONS_TAG: reasons, DECIDED_AT_TAG: decided}
+
+
+def write_back(
+    registry: RegistryWriter,
+    record: ModelRecord,
+    observed: list[ObservedVersion],
+    alias: str,
+    alias_now: str | None,
+) -> str | None:
+    """Write the verdict tags and the alias that differ; return the alias the registry has."""
+    seen = {ov.version: ov.tags for ov in observed}
+    try:
+        for version in record.sorted_versions():
+            if version.version not in seen:
+                continue
+            for key, value in version_tags(version).items():
+                if seen[version.version].get(key) != value:
+                    registry.set_version_tag(record.name, version.version, key, value)
+        if record.default_version is not None and alias_now != record.default_version:
+            registry.set_alias(record.name, alias, record.default_version)
+            return record.default_version
+    except RegistryError as exc:
+        log.warning(
+            "%s: the registry refused the verdict tags or the alias (%s); the decision "
+            "stands and the write is tried again at the next pass",
+            record.name,
+            exc,
+        )
+    return alias_now
