@@ -10,6 +10,7 @@ repeated reconcile that changes nothing logs nothing. Kinds:
 - ``override``  a version was quarantined or released by hand, or the override removed
 - ``decision``  a version's state or reasons changed
 - ``alias``     a move of the registry's default alias was refused (the reasons in ``after``)
+- ``registry``  the registry refused (or accepts again) the controller's tags or alias
 
 Actors are short strings: ``admin`` (the admin token), ``webhook:<delivery id>``, ``resync``,
 ``retry``.
@@ -76,6 +77,10 @@ def diff(
         refused = after.alias_refusal
         events.append(AuditEvent(name, str(refused.get("version")), "alias", actor,
                                  {"default_version": after.default_version}, refused))
+    if before.registry_warning != after.registry_warning:
+        events.append(AuditEvent(name, None, "registry", actor,
+                                 {"warning": before.registry_warning},
+                                 {"warning": after.registry_warning}))
     policies = ("policy", "environment_policy")
     if any(getattr(before, p) != getattr(after, p) for p in policies):
         events.append(

@@ -198,11 +198,13 @@ class Reconciler:
     ) -> None:
         if not self._write_back:
             return
-        alias = write_back(self._registry, decided, observed, self._alias, alias_now)
-        if alias != decided.alias_seen:
+        alias, warning = write_back(self._registry, decided, observed, self._alias, alias_now)
+        if (alias, warning) != (decided.alias_seen, decided.registry_warning):
 
             def seen(current: ModelRecord | None) -> ModelRecord | None:
-                return replace(current, alias_seen=alias) if current is not None else None
+                if current is None:
+                    return None
+                return replace(current, alias_seen=alias, registry_warning=warning)
 
             self._store.update_model(decided.name, seen, "registry")
 

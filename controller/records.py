@@ -60,6 +60,8 @@ class ModelRecord:
     alias_seen: str | None = None
     # The last alias move refused: {"version", "reasons", "at"}.
     alias_refusal: dict[str, Any] | None = None
+    # Why the registry refused the verdict tags or the alias, until a write succeeds.
+    registry_warning: str | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
 
     def sorted_versions(self) -> list[VersionRecord]:

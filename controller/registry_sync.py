@@ -109,8 +109,12 @@ def write_back(
     observed: list[ObservedVersion],
     alias: str,
     alias_now: str | None,
-) -> str | None:
-    """Write the verdict tags and the alias that differ; return the alias the registry has."""
+) -> tuple[str | None, str | None]:
+    """Write the verdict tags and the alias that differ.
+
+    Returns the alias the registry now has, and why the registry refused a write (None when
+    every write went through).
+    """
     seen = {ov.version: ov.tags for ov in observed}
     try:
         for version in record.sorted_versions():
@@ -121,7 +125,7 @@ def write_back(
                     registry.set_version_tag(record.name, version.version, key, value)
         if record.default_version is not None and alias_now != record.default_version:
             registry.set_alias(record.name, alias, record.default_version)
-            return record.default_version
+            return record.default_version, None
     except RegistryError as exc:
         log.warning(
             "%s: the registry refused the verdict tags or the alias (%s); the decision "
@@ -129,4 +133,5 @@ def write_back(
             record.name,
             exc,
         )
-    return alias_now
+        return alias_now, f"the registry refused the verdict tags or the alias: {exc}"[:500]
+    return alias_now, None

@@ -34,6 +34,7 @@ class RegisteredModelRow(Base):
     # The registry's default alias as last seen, and the last alias move refused.
     alias_seen: Mapped[str | None] = mapped_column(String(32))
     alias_refusal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    registry_warning: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -53,6 +53,7 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
         deleted_at=_utc(row.deleted_at),
         alias_seen=row.alias_seen,
         alias_refusal=row.alias_refusal,
+        registry_warning=row.registry_warning,
         versions={
             v.version: VersionRecord(
                 version=v.version,
@@ -188,6 +189,7 @@ class Store:
         row.deleted_at = record.deleted_at
         row.alias_seen = record.alias_seen
         row.alias_refusal = record.alias_refusal
+        row.registry_warning = record.registry_warning
         row.updated_at = now
         existing = {v.version: v for v in row.versions}
         for gone in set(existing) - set(record.versions):

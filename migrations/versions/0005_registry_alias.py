@@ -1,4 +1,5 @@
-"""The pin mirrored to a registry alias: the alias as last seen, and the last move refused.
+"""The pin mirrored to a registry alias: the alias as last seen, the last move refused, and the
+last write the registry refused (a warning: the decision stands).
 
 Revision ID: 0005
 Revises: 0004
@@ -18,9 +19,11 @@ def upgrade() -> None:
     with op.batch_alter_table("registered_models") as batch:
         batch.add_column(sa.Column("alias_seen", sa.String(32), nullable=True))
         batch.add_column(sa.Column("alias_refusal", sa.JSON(), nullable=True))
+        batch.add_column(sa.Column("registry_warning", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("registered_models") as batch:
+        batch.drop_column("registry_warning")
         batch.drop_column("alias_refusal")
         batch.drop_column("alias_seen")

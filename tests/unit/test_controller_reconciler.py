@@ -214,3 +214,23 @@ def test_policy_tags_in_the_registry_win(store: Store) -> None:
     registry.model_tags = {"sigserve.compatibility": "sideways"}  # ignored, logged
     reconciler(store, registry).reconcile("m")
     assert store.load_model("m").policy == "none"  # type: ignore[union-attr]
+
+
+def test_a_registry_that_refuses_the_writes_is_a_recorded_warning_not_a_lost_decision(
+    store: Store,
+) -> None:
+    from controller.exceptions import RegistryUnavailable
+
+    class Refusing(FakeRegistry):
+        def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+            raise RegistryUnavailable("MlflowException: PERMISSION_DENIED")
+
+    registry = Refusing(versions_={"1": ("models:/m-a", sig("prompt"))})
+    reconciler(store, registry).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None and record.versions["1"].state is VersionState.LIVE
+    assert record.registry_warning is not None and "PERMISSION_DENIED" in record.registry_warning
+    assert store.events("m", limit=1)[0].kind == "registry"
+    # Once the registry takes the writes again, the warning goes.
+    reconciler(store, FakeRegistry(versions_=registry.versions_)).reconcile("m")
+    assert store.load_model("m").registry_warning is None  # type: ignore[union-attr]
