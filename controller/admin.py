@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -119,6 +120,15 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
     }
 
 
+async def _changed(
+    svc: Services, command: Callable[..., ModelRecord], *args: Any
+) -> dict[str, Any]:
+    """Run a change (one transaction), publish the table, answer the model as it now is."""
+    decided = await asyncio.to_thread(command, *args)
+    await svc.worker.publish()
+    return _detail(decided, svc)
+
+
 @router.get("/models")
 async def list_models(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
     models = await asyncio.to_thread(svc.store.all_models)
@@ -176,33 +186,27 @@ async def set_policy(
 async def quarantine_version(
     name: str, version: str, body: Override, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(
-        commands.quarantine, svc.store, name, version, body.reason, svc.serving_environment
+    return await _changed(
+        svc, commands.quarantine, svc.store, name, version, body.reason, svc.serving_environment
     )
-    await svc.worker.publish()
-    return _detail(decided, svc)
 
 
 @router.post("/models/{name}/versions/{version}/release")
 async def release_version(
     name: str, version: str, body: Override, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(
-        commands.release, svc.store, name, version, body.reason, svc.serving_environment
+    return await _changed(
+        svc, commands.release, svc.store, name, version, body.reason, svc.serving_environment
     )
-    await svc.worker.publish()
-    return _detail(decided, svc)
 
 
 @router.delete("/models/{name}/versions/{version}/override")
 async def remove_override(
     name: str, version: str, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(
-        commands.remove_override, svc.store, name, version, svc.serving_environment
+    return await _changed(
+        svc, commands.remove_override, svc.store, name, version, svc.serving_environment
     )
-    await svc.worker.publish()
-    return _detail(decided, svc)
 
 
 @router.get("/models/{name}/events")

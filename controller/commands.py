@@ -37,6 +37,14 @@ def _existing(
     return apply
 
 
+def _apply(
+    store: Store, name: str, env: ServingEnvironment, change: Callable[[ModelRecord], ModelRecord]
+) -> ModelRecord:
+    updated = store.update_model(name, _existing(name, env, change), ADMIN)
+    assert updated is not None
+    return updated
+
+
 def _pin_target(record: ModelRecord, version: str) -> VersionRecord:
     target = record.versions.get(version)
     if target is None:
@@ -81,9 +89,7 @@ def pin_default(
             )
         return pinned
 
-    updated = store.update_model(name, _existing(name, env, pin), ADMIN)
-    assert updated is not None
-    return updated
+    return _apply(store, name, env, pin)
 
 
 def set_policies(
@@ -101,9 +107,7 @@ def set_policies(
             record = replace(record, environment_policy=environment.value)
         return record
 
-    updated = store.update_model(name, _existing(name, env, change), ADMIN)
-    assert updated is not None
-    return updated
+    return _apply(store, name, env, change)
 
 
 def _version(record: ModelRecord, version: str) -> VersionRecord:
@@ -133,9 +137,7 @@ def quarantine(store: Store, name: str, version: str, reason: str, env: ServingE
         _version(record, version)
         return _set_override(record, version, _override("quarantine", reason))
 
-    updated = store.update_model(name, _existing(name, env, change), ADMIN)
-    assert updated is not None
-    return updated
+    return _apply(store, name, env, change)
 
 
 def release(store: Store, name: str, version: str, reason: str, env: ServingEnvironment
@@ -156,9 +158,7 @@ def release(store: Store, name: str, version: str, reason: str, env: ServingEnvi
             )
         return _set_override(record, version, _override("release", reason))
 
-    updated = store.update_model(name, _existing(name, env, change), ADMIN)
-    assert updated is not None
-    return updated
+    return _apply(store, name, env, change)
 
 
 def remove_override(store: Store, name: str, version: str, env: ServingEnvironment
@@ -169,9 +169,7 @@ def remove_override(store: Store, name: str, version: str, env: ServingEnvironme
         _version(record, version)
         return _set_override(record, version, None)
 
-    updated = store.update_model(name, _existing(name, env, change), ADMIN)
-    assert updated is not None
-    return updated
+    return _apply(store, name, env, change)
 
 
 def load(store: Store, name: str) -> ModelRecord:
