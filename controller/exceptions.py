@@ -9,7 +9,8 @@
     ├── NotFound                      the admin API was asked about something unknown (404)
     ├── InvalidRequest                the admin API was asked something it cannot do (422)
     ├── PinRefused                    the new default would break the contract's clients (409)
-    └── WebhookRejected               a delivery that must not be trusted (401)
+    ├── WebhookRejected               a delivery that must not be trusted (401)
+    └── PayloadTooLarge               a request body past its bound (413)
 
 The HTTP boundary (``controller.problems``) is the one place these become responses; the worker
 is the one place that decides to retry (``RegistryUnavailable``) or not.
@@ -54,4 +55,8 @@ class PinRefused(ControllerError):
 
 
 class WebhookRejected(ControllerError):
+    pass
+
+
+class PayloadTooLarge(ControllerError):
     pass

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from controller.exceptions import (
     InvalidRequest,
     NotFound,
+    PayloadTooLarge,
     PinRefused,
     RegisteredModelGone,
     RegistryUnavailable,
@@ -50,6 +51,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(NotFound)
     async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
         return problem(404, "Not found", str(exc))
+
+    @app.exception_handler(PayloadTooLarge)
+    async def _too_large(_: Request, exc: PayloadTooLarge) -> JSONResponse:
+        return problem(413, "Payload too large", str(exc))
 
     @app.exception_handler(PinRefused)
     async def _pin_refused(_: Request, exc: PinRefused) -> JSONResponse:

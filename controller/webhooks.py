@@ -7,25 +7,48 @@ so the decision is never made inside the request: the name goes to the worker's 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, StringConstraints, ValidationError
 
-from controller.exceptions import InvalidRequest, WebhookRejected
+from controller.exceptions import InvalidRequest, PayloadTooLarge, WebhookRejected
 from controller.services import Services, services
 from controller.webhook_signature import verify
 
 log = logging.getLogger(__name__)
 router = APIRouter()
+# MLflow's payloads are a few hundred bytes; anything near this is not one of them.
+MAX_BODY = 1024 * 1024
+_NAME = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+_WORD = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class PayloadData(BaseModel):
+    name: _NAME
+
+
+class Payload(BaseModel):
+    """What the controller reads of a delivery; MLflow's other fields are ignored."""
+
+    entity: _WORD
+    action: _WORD
+    data: PayloadData
 
 
 @router.post("/webhooks/mlflow")
 async def receive(request: Request, svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
     received_at = time.time()
+    declared = request.headers.get("content-length", "0")
+    if not declared.isdigit() or int(declared) > MAX_BODY:
+        svc.metrics.webhooks.labels("too_large").inc()
+        raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
     body = await request.body()
+    if len(body) > MAX_BODY:
+        svc.metrics.webhooks.labels("too_large").inc()
+        raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
     secret = svc.settings.webhook_secret
     if secret is None:
         svc.metrics.webhooks.labels("rejected").inc()
@@ -48,20 +71,23 @@ async def receive(request: Request, svc: Annotated[Services, Depends(services)])
         raise
     assert delivery_id is not None  # verify() checked it
     try:
-        payload = json.loads(body)
-        event = f"{payload['entity']}.{payload['action']}"
-        name = payload["data"]["name"]
-    except (ValueError, KeyError, TypeError) as exc:
+        payload = Payload.model_validate_json(body)
+    except ValidationError as exc:
+        # Checked before the delivery id is recorded: MLflow's retry of a delivery refused
+        # here must not be dropped as a duplicate.
         svc.metrics.webhooks.labels("malformed").inc()
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InvalidRequest(
-            "body", "not an MLflow webhook payload (entity, action, data.name)"
-        ) from exc
+            "body", f"not an MLflow webhook payload ({where}: {first['msg']})"
+        ) from None
+    event, name = f"{payload.entity}.{payload.action}", payload.data.name
     if not await asyncio.to_thread(svc.store.record_delivery, delivery_id, event):
         svc.metrics.webhooks.labels("duplicate").inc()
         return {"status": "duplicate", "delivery_id": delivery_id}
     svc.metrics.webhooks.labels("accepted").inc()
     svc.last_webhook_at[name] = received_at
-    if isinstance(name, str) and not event.startswith("prompt"):
+    if not event.startswith("prompt"):
         svc.worker.enqueue(name, f"webhook:{delivery_id}")
     log.info("webhook %s for %s (delivery %s)", event, name, delivery_id)
     return {"status": "accepted", "delivery_id": delivery_id}

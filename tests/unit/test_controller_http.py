@@ -131,3 +131,31 @@ def test_a_replica_from_another_epoch_gets_the_table_at_once(client: TestClient)
     r = client.get("/routing-table", params=stale)
     assert r.status_code == 200
     assert r.json()["epoch"] == table["epoch"]
+
+
+@pytest.mark.parametrize("bad", [
+    {**EVENT, "data": {**EVENT["data"], "name": {"not": "a name"}}},  # type: ignore[dict-item]
+    {**EVENT, "data": ["m"]},
+    {**EVENT, "entity": 7},
+    [EVENT],
+])
+def test_a_payload_of_the_wrong_types_is_422_and_its_retry_is_not_dropped(
+    client: TestClient, bad: object
+) -> None:
+    body, headers = delivery(bad, delivery_id="d-typed")  # type: ignore[arg-type]
+    r = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    # Nothing was recorded: the same delivery id with a good payload is accepted, not a duplicate.
+    body, headers = delivery(EVENT, delivery_id="d-typed")
+    assert client.post("/webhooks/mlflow", content=body, headers=headers).json()["status"] == (
+        "accepted")
+
+
+def test_an_oversized_webhook_body_is_413(client: TestClient) -> None:
+    huge = {**EVENT, "padding": "x" * (1024 * 1024)}
+    body, headers = delivery(huge, delivery_id="d-huge")
+    r = client.post("/webhooks/mlflow", content=body, headers=headers)
+    assert r.status_code == 413
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert 'sigserve_webhooks_total{result="too_large"} 1.0' in client.get("/metrics").text
