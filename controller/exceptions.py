@@ -5,6 +5,9 @@
     ControllerError
     ├── RegistryError                 talking to MLflow failed
     │   ├── RegistryUnavailable       temporary: retry later (network, 5xx, timeouts)
+    │   ├── RegistryRefused           permanent: the same call fails again (permissions, a bad
+    │   │                             parameter); a version read so is quarantined with the cause
+    │   ├── VersionUnreadable         permanent: the version's MLmodel is not one MLflow reads
     │   └── RegisteredModelGone       the model no longer exists in the registry
     ├── NotFound                      the admin API was asked about something unknown (404)
     ├── InvalidRequest                the admin API was asked something it cannot do (422)
@@ -29,6 +32,14 @@ class RegistryError(ControllerError):
 
 class RegistryUnavailable(RegistryError):
     """A temporary failure: the same call may succeed later."""
+
+
+class RegistryRefused(RegistryError):
+    """A permanent failure: the same call fails the same way (permissions, a bad parameter)."""
+
+
+class VersionUnreadable(RegistryError):
+    """A permanent failure of one version: its artifacts are not what MLflow can read."""
 
 
 class RegisteredModelGone(RegistryError):

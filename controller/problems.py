@@ -16,6 +16,7 @@ from controller.exceptions import (
     PayloadTooLarge,
     PinRefused,
     RegisteredModelGone,
+    RegistryRefused,
     RegistryUnavailable,
     WebhookRejected,
 )
@@ -67,6 +68,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RegisteredModelGone)
     async def _gone(_: Request, exc: RegisteredModelGone) -> JSONResponse:
         return problem(404, "Not found", f"registered model '{exc}' is not in the registry")
+
+    @app.exception_handler(RegistryRefused)
+    async def _refused(_: Request, exc: RegistryRefused) -> JSONResponse:
+        return problem(502, "Registry refused", f"the MLflow registry refused: {exc}")
 
     @app.exception_handler(RegistryUnavailable)
     async def _unavailable(_: Request, exc: RegistryUnavailable) -> JSONResponse:

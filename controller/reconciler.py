@@ -25,7 +25,12 @@ from controller.artifacts import ArtifactFacts
 from controller.compatibility import Policy
 from controller.decisions import NOT_READ, decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
-from controller.exceptions import RegisteredModelGone, RegistryUnavailable
+from controller.exceptions import (
+    RegisteredModelGone,
+    RegistryRefused,
+    RegistryUnavailable,
+    VersionUnreadable,
+)
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, Registry
 from controller.registry_sync import follow_alias, policies_from_tags, write_back
@@ -60,8 +65,13 @@ def merge_observed(
     observed: list[ObservedVersion],
     facts: dict[str, ArtifactFacts],
     failures: dict[str, str],
+    broken: dict[str, str] | None = None,
 ) -> ModelRecord:
-    """The stored record brought up to what the registry says; versions it lacks are dropped."""
+    """The stored record brought up to what the registry says; versions it lacks are dropped.
+
+    ``failures`` are temporary (the version stays pending, retried with backoff); ``broken``
+    are permanent (the version is quarantined with the cause, read again only at a resync).
+    """
     versions: dict[str, VersionRecord] = {}
     for ov in observed:
         known = current.versions.get(ov.version)
@@ -78,6 +88,14 @@ def merge_observed(
             )
         elif ov.version in facts:
             known = _with_facts(known, facts[ov.version])
+        elif broken and ov.version in broken:
+            known = replace(
+                known,
+                state=VersionState.QUARANTINED,
+                reasons=[
+                    f"its artifact cannot be read, so it cannot be checked: {broken[ov.version]}"
+                ],
+            )
         elif not is_read(known):
             why = failures.get(ov.version, NOT_READ)
             known = replace(
@@ -160,6 +178,7 @@ class Reconciler:
         to_read = [ov.version for ov in observed if ov.ready and not _known_and_read(before, ov)]
         facts: dict[str, ArtifactFacts] = {}
         failures: dict[str, str] = {}
+        broken: dict[str, str] = {}
         for version in to_read:
             try:
                 facts[version] = self._registry.artifact(name, version)
@@ -167,6 +186,12 @@ class Reconciler:
                 failures[version] = "the version was deleted while being read"
             except RegistryUnavailable as exc:
                 failures[version] = str(exc)
+            except (RegistryRefused, VersionUnreadable) as exc:
+                broken[version] = str(exc)
+            except Exception as exc:
+                # One version must never stop its model: what cannot be read is decided.
+                log.exception("reading %s v%s failed", name, version)
+                broken[version] = f"{type(exc).__name__}: {exc}"[:500]
 
         def decide(current: ModelRecord | None) -> ModelRecord:
             if current is None:
@@ -176,7 +201,7 @@ class Reconciler:
             elif current.registry_created_at is None:
                 current = replace(current, registry_created_at=created_at)
             current = policies_from_tags(current, info.tags)
-            merged = merge_observed(current, observed, facts, failures)
+            merged = merge_observed(current, observed, facts, failures, broken)
             now = self._clock()
             decided = decide_all(merged, now, self._environment)
             return follow_alias(decided, alias_now, now, self._environment)

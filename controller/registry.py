@@ -23,9 +23,24 @@ import yaml
 
 from controller.artifacts import ArtifactFacts
 from controller.environment import ArtifactEnvironment, is_pickled
-from controller.exceptions import RegisteredModelGone, RegistryUnavailable
+from controller.exceptions import (
+    RegisteredModelGone,
+    RegistryRefused,
+    RegistryUnavailable,
+    VersionUnreadable,
+)
 
 T = TypeVar("T")
+# MLflow error codes that the same call will meet again: retrying cannot help.
+PERMANENT_ERRORS = frozenset(
+    {
+        "PERMISSION_DENIED",
+        "UNAUTHENTICATED",
+        "INVALID_PARAMETER_VALUE",
+        "BAD_REQUEST",
+        "INVALID_STATE",
+    }
+)
 
 WEBHOOK_EVENTS: list[Any] = [
     "registered_model.created",
@@ -96,6 +111,8 @@ class Registry:
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST" and model is not None:
                 raise RegisteredModelGone(model) from exc
+            if exc.error_code in PERMANENT_ERRORS:
+                raise RegistryRefused(f"{exc.error_code}: {exc.message}"[:500]) from exc
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc.message}") from exc
         except OSError as exc:  # requests' errors are OSErrors
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -159,15 +176,17 @@ class Registry:
         return self._call(fetch, model=name)
 
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
-        self._call(lambda: self._client.set_model_version_tag(name, version, key, value),
-                   model=name)
+        self._call(
+            lambda: self._client.set_model_version_tag(name, version, key, value), model=name
+        )
 
     def set_model_tag(self, name: str, key: str, value: str) -> None:
         self._call(lambda: self._client.set_registered_model_tag(name, key, value), model=name)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        self._call(lambda: self._client.set_registered_model_alias(name, alias, version),
-                   model=name)
+        self._call(
+            lambda: self._client.set_registered_model_alias(name, alias, version), model=name
+        )
 
     def artifact(self, name: str, version: str) -> ArtifactFacts:
         """What the version's artifacts say about it (the registry itself holds none of it).
@@ -183,8 +202,14 @@ class Registry:
             with tempfile.TemporaryDirectory() as tmp:
                 mlmodel_path = self._download(source, "MLmodel", tmp)
                 raw = mlmodel_path.read_bytes()
-                signature = Model.load(str(mlmodel_path)).signature
-                mlmodel = yaml.safe_load(raw)
+                try:
+                    signature = Model.load(str(mlmodel_path)).signature
+                    mlmodel = yaml.safe_load(raw)
+                except Exception as exc:
+                    # The file is there but is not an MLmodel MLflow can read: no retry helps.
+                    raise VersionUnreadable(
+                        f"its MLmodel cannot be read ({type(exc).__name__}: {exc})"[:500]
+                    ) from None
                 mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
                 requirements_path = self._download_optional(source, "requirements.txt", tmp)
                 python_env_path = self._download_optional(source, "python_env.yaml", tmp)

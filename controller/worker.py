@@ -15,7 +15,7 @@ from collections import Counter
 from datetime import timedelta
 
 from controller.broadcaster import TableBroadcaster
-from controller.exceptions import RegistryUnavailable
+from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.registry import Registry
@@ -94,6 +94,11 @@ class Worker:
         except RegistryUnavailable as exc:
             self._metrics.reconciles.labels("temporary_error").inc()
             self._retry_later(name, str(exc))
+            return
+        except RegistryRefused as exc:
+            # Retrying soon cannot help; the resync comes back to it.
+            self._metrics.reconciles.labels("permanent_error").inc()
+            log.warning("%s: the registry refused (%s); next look at the resync", name, exc)
             return
         except Exception:
             # A bug must not stop the worker; the resync loop brings the name back.

@@ -234,3 +234,30 @@ def test_a_registry_that_refuses_the_writes_is_a_recorded_warning_not_a_lost_dec
     # Once the registry takes the writes again, the warning goes.
     reconciler(store, FakeRegistry(versions_=registry.versions_)).reconcile("m")
     assert store.load_model("m").registry_warning is None  # type: ignore[union-attr]
+
+
+def test_one_unreadable_version_is_quarantined_with_its_cause_and_the_rest_goes_on(
+    store: Store,
+) -> None:
+    from controller.exceptions import RegistryRefused, VersionUnreadable
+
+    class Partly(FakeRegistry):
+        def artifact(self, name: str, version: str) -> ArtifactFacts:
+            if version == "2":
+                raise VersionUnreadable("its MLmodel cannot be read (YAMLError: bad indent)")
+            if version == "3":
+                raise RegistryRefused("PERMISSION_DENIED: no read on this artifact")
+            if version == "4":
+                raise KeyError("flavors")  # a bug in reading must not stop the model
+            return super().artifact(name, version)
+
+    registry = Partly(versions_={v: (f"models:/m-{v}", sig("prompt")) for v in "12345"})
+    outcome = reconciler(store, registry).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None
+    states = {k: (v.state.value, v.reasons[:1]) for k, v in record.versions.items()}
+    assert states["1"] == ("live", []) and states["5"] == ("live", [])
+    assert states["2"][0] == "quarantined" and "YAMLError: bad indent" in states["2"][1][0]
+    assert states["3"][0] == "quarantined" and "PERMISSION_DENIED" in states["3"][1][0]
+    assert states["4"][0] == "quarantined" and "KeyError" in states["4"][1][0]
+    assert outcome.retry_reason is None  # permanent: no backoff retries

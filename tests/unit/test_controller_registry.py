@@ -19,7 +19,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from controller.environment import EnvironmentPolicy, ServingEnvironment, check_environment
-from controller.exceptions import RegisteredModelGone, RegistryUnavailable
+from controller.exceptions import RegisteredModelGone, RegistryUnavailable, VersionUnreadable
 from controller.registry import Registry, _python_version
 
 NAME = "artifact_facts"
@@ -190,3 +190,17 @@ def test_python_version_reading(tmp_path: Path, python_env: str, expected: str) 
     mlmodel = {"flavors": {"python_function": {"python_version": "3.9.1"}}}
     assert _python_version(path, mlmodel) == expected
     assert _python_version(None, {"flavors": {}}) is None
+
+
+def test_an_mlmodel_mlflow_cannot_read_is_a_permanent_error_of_that_version(
+    store: dict[str, Any],
+) -> None:
+    mlmodel = _local_dir(store, "1") / "MLmodel"
+    good = mlmodel.read_bytes()
+    try:
+        mlmodel.write_text("flavors: [unclosed\n  signature: {\n")
+        with pytest.raises(VersionUnreadable, match="its MLmodel cannot be read"):
+            store["registry"].artifact(NAME, "1")
+    finally:
+        mlmodel.write_bytes(good)
+    assert store["registry"].artifact(NAME, "1").signature is not None
