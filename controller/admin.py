@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -36,6 +37,7 @@ def require_token(request: Request, svc: Annotated[Services, Depends(services)])
 
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
+log = logging.getLogger(__name__)
 
 
 class PinDefault(BaseModel):
@@ -125,8 +127,26 @@ async def _changed(
 ) -> dict[str, Any]:
     """Run a change (one transaction), publish the table, answer the model as it now is."""
     decided = await asyncio.to_thread(command, *args)
-    await svc.worker.publish()
-    return _detail(decided, svc)
+    return await _published(svc, decided)
+
+
+async def _published(svc: Services, decided: ModelRecord) -> dict[str, Any]:
+    """The answer to a stored change, saying whether serving is being told yet.
+
+    The change is committed before this runs: a publish that fails must not turn it into a
+    500 (the client would retry a change that was made). The worker owes the publish and
+    makes it at its next pass, which the enqueue brings about at once.
+    """
+    try:
+        await svc.worker.publish()
+        published = True
+    except Exception:
+        log.exception(
+            "publishing after an admin change to %s failed; the worker will", decided.name
+        )
+        published = False
+    svc.worker.enqueue(decided.name, "admin")  # also moves the registry's alias and tags
+    return {**_detail(decided, svc), "published": published}
 
 
 @router.get("/models")
@@ -153,9 +173,7 @@ async def pin_default(
         svc.serving_environment,
         force=body.force,
     )
-    await svc.worker.publish()
-    svc.worker.enqueue(name, "admin")  # moves the registry's alias to the new default
-    return _detail(decided, svc)
+    return await _published(svc, decided)
 
 
 @router.put("/models/{name}/policy")
@@ -178,8 +196,7 @@ async def set_policy(
             environment=body.environment,
         )
     )
-    await svc.worker.publish()
-    return _detail(decided, svc)
+    return await _published(svc, decided)
 
 
 @router.post("/models/{name}/versions/{version}/quarantine")

@@ -16,6 +16,10 @@ from controller.settings import ControllerSettings
 from controller.store import Store
 from controller.worker import Worker
 
+# Models whose last webhook time is remembered (oldest forgotten first): signed deliveries
+# could otherwise name any number of models.
+LAST_WEBHOOK_MEMORY = 10_000
+
 
 @dataclass
 class Services:
@@ -33,6 +37,13 @@ class Services:
     last_webhook_at: dict[str, float] = field(default_factory=dict)
     # The worker and resync loops; readiness checks they are still running.
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def heard_from(self, name: str, at: float) -> None:
+        """Remember a verified webhook's time for ``name``; bounded to the newest models."""
+        self.last_webhook_at.pop(name, None)
+        self.last_webhook_at[name] = at
+        while len(self.last_webhook_at) > LAST_WEBHOOK_MEMORY:
+            del self.last_webhook_at[next(iter(self.last_webhook_at))]
 
 
 def services(request: Request) -> Services:

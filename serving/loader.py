@@ -26,6 +26,7 @@ import logging
 import shutil
 import tempfile
 import weakref
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -37,6 +38,8 @@ from mlflow.exceptions import MlflowException
 from serving.exceptions import ModelRejectedInput, ModelUnavailable
 
 logger = logging.getLogger(__name__)
+# How many load attempts and refusals a replica remembers.
+_MEMORY = 1000
 
 _DETAIL_LIMIT = 500
 # 64 bits: ids only need to differ between artifacts of one name/version, and stay readable.
@@ -148,8 +151,9 @@ class PyfuncLoader:
     """
 
     def __init__(self) -> None:
-        self._attempts: list[str] = []
-        self._refusals: list[Refusal] = []
+        # Bounded: a long-running replica keeps the latest, which is what anyone reads.
+        self._attempts: deque[str] = deque(maxlen=_MEMORY)
+        self._refusals: deque[Refusal] = deque(maxlen=_MEMORY)
 
     @property
     def attempts(self) -> list[str]:

@@ -159,3 +159,28 @@ def test_an_oversized_webhook_body_is_413(client: TestClient) -> None:
     assert r.status_code == 413
     assert r.headers["content-type"].startswith("application/problem+json")
     assert 'sigserve_webhooks_total{result="too_large"} 1.0' in client.get("/metrics").text
+
+
+def test_a_change_stored_but_not_yet_published_answers_what_happened(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from controller.records import ModelRecord, VersionRecord
+
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    sig = {"inputs": json.dumps([{"type": "string", "name": "p", "required": True}]),
+           "outputs": None, "params": None}
+    svc.store.update_model("m", lambda _: ModelRecord(
+        name="m", policy="backward", default_version="1", contract=sig,
+        versions={"1": VersionRecord(version="1", signature=sig, signature_read=True,
+                                     mlmodel_digest="d" * 64, artifact_uri="x")}))
+
+    def locked() -> None:
+        raise RuntimeError("database is locked")
+
+    monkeypatch.setattr(svc.store, "publish", locked)
+    r = client.post("/admin/models/m/versions/1/quarantine", json={"reason": "canary"},
+                    headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["published"] is False
+    assert r.json()["versions"][0]["state"] == "quarantined"
+    assert svc.store.load_model("m").versions["1"].override["reason"] == "canary"
