@@ -15,6 +15,12 @@ from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from fastapi import FastAPI
+from tenacity import (
+    AsyncRetrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    wait_exponential,
+)
 
 from controller import admin, health, problems, table_api, webhooks
 from controller.broadcaster import TableBroadcaster
@@ -35,21 +41,23 @@ async def _register_webhook(svc: Services) -> None:
     url, secret = svc.settings.webhook_url, svc.settings.webhook_secret
     if not url or secret is None:
         return
-    delay = 0.5
-    while True:
-        try:
+    # A registry that is down at start must not keep the controller from serving its table:
+    # this runs in the background and tries until the registry answers.
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(RegistryUnavailable),
+        wait=wait_exponential(multiplier=0.5, max=30.0),
+        before_sleep=before_sleep_log(log, logging.WARNING),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
             svc.webhook_id = await asyncio.to_thread(
                 svc.registry.ensure_webhook,
                 svc.settings.webhook_name,
                 url,
                 secret.get_secret_value(),
             )
-            log.info("webhook %s registered for %s", svc.webhook_id, url)
-            return
-        except RegistryUnavailable as exc:
-            log.warning("registering the webhook failed (%s); retrying in %.1fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 30.0)
+    log.info("webhook %s registered for %s", svc.webhook_id, url)
 
 
 def build_services(settings: ControllerSettings) -> Services:

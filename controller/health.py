@@ -1,11 +1,19 @@
-"""``/healthz`` (the process answers), ``/readyz`` (it can do its job), ``/metrics``."""
+"""``/healthz`` (the process answers), ``/readyz`` (it can do its job), ``/metrics``.
+
+Readiness is whether this controller can answer the routing-table long-poll and the admin API:
+its database is migrated, a table is published, its loops run. MLflow's state (registry
+reachable, webhook registered) is *reported*, not gating: under Kubernetes an unready
+controller leaves its Service, which would cut the long-poll that keeps serving current just
+because MLflow is down. ``/readyz?full=true`` gates on everything, for a local stack or a test
+that wants the whole path up before it registers models.
+"""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Response
+from fastapi import APIRouter, Depends, Query, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -40,10 +48,16 @@ def _checks(svc: Services) -> dict[str, str]:
     return checks
 
 
+# Reported by /readyz, gating only with ?full=true.
+_MLFLOW_CHECKS = frozenset({"registry", "webhook"})
+
+
 @router.get("/readyz")
-async def readyz(svc: Annotated[Services, Depends(services)]) -> JSONResponse:
+async def readyz(
+    svc: Annotated[Services, Depends(services)], full: Annotated[bool, Query()] = False
+) -> JSONResponse:
     checks = await asyncio.to_thread(_checks, svc)
-    ready = all(v == "ok" for v in checks.values())
+    ready = all(v == "ok" for k, v in checks.items() if full or k not in _MLFLOW_CHECKS)
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
     if ready:
         return JSONResponse(body)

@@ -117,7 +117,7 @@ def controller(
         env=env,
         log_path=home / "logs" / log_name,
         # Ready, not just alive: migrated, registry reachable, webhook registered.
-        health_url=f"http://{host}:{port}/readyz",
+        health_url=f"http://{host}:{port}/readyz?full=true",
     )
 
 

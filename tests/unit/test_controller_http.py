@@ -112,13 +112,15 @@ def test_admin_api_needs_the_token(client: TestClient) -> None:
     assert missing.status_code == 404
 
 
-def test_not_ready_while_the_registry_is_unreachable_but_table_is_served(
+def test_ready_while_the_registry_is_unreachable_which_is_reported_and_table_served(
     client: TestClient,
 ) -> None:
     r = client.get("/readyz")
-    assert r.status_code == 503
+    assert r.status_code == 200
     assert r.json()["checks"]["database"] == "ok"
     assert r.json()["checks"]["registry"].startswith("unreachable")
+    full = client.get("/readyz", params={"full": "true"})
+    assert full.status_code == 503 and full.headers["retry-after"]
     table = client.get("/routing-table", params={"after": -1})
     assert table.status_code == 200 and table.json()["revision"] >= 1
     rev = table.json()["revision"]
