@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import yaml
 
@@ -90,6 +90,23 @@ def _python_version(python_env_path: Path | None, mlmodel: dict[str, Any]) -> st
     pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
     version = pyfunc.get("python_version") if isinstance(pyfunc, dict) else None
     return str(version) if version else None
+
+
+class RegistryReader(Protocol):
+    """What the reconciler and the worker read of the registry: the seam unit tests fill with
+    a fake (``Registry`` is the real one)."""
+
+    def model_names(self) -> list[str]: ...
+
+    def model(self, name: str) -> ObservedModel: ...
+
+    def versions(self, name: str) -> list[ObservedVersion]: ...
+
+    def artifact(self, name: str, version: str) -> ArtifactFacts: ...
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None: ...
+
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
 
 class Registry:

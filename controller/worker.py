@@ -18,7 +18,7 @@ from controller.broadcaster import TableBroadcaster
 from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
-from controller.registry import Registry
+from controller.registry import RegistryReader
 from controller.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class Worker:
         self,
         reconciler: Reconciler,
         store: Store,
-        registry: Registry,
+        registry: RegistryReader,
         broadcaster: TableBroadcaster,
         metrics: Metrics,
         *,

@@ -48,7 +48,7 @@ def store(tmp_path: Path) -> Store:
     migrate(engine)
     s = Store(engine)
     registry = Registry({"1": sig("prompt"), "2": sig("prompt"), "3": sig("text")})
-    Reconciler(s, registry, ENV, write_back=False).reconcile(  # type: ignore[arg-type]
+    Reconciler(s, registry, ENV, write_back=False).reconcile(
         "m", "webhook:d-7")
     return s
 
@@ -118,5 +118,5 @@ def test_the_audit_log_says_who_made_a_version_the_default_when_and_what_was_bef
 def test_a_repeated_reconcile_logs_nothing(store: Store) -> None:
     count = len(store.events("m", limit=500))
     registry = Registry({"1": sig("prompt"), "2": sig("prompt"), "3": sig("text")})
-    Reconciler(store, registry, ENV, write_back=False).reconcile("m")  # type: ignore[arg-type]
+    Reconciler(store, registry, ENV, write_back=False).reconcile("m")
     assert len(store.events("m", limit=500)) == count

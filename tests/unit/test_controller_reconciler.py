@@ -76,7 +76,7 @@ def store(tmp_path: Path) -> Store:
 
 
 def reconciler(store: Store, registry: FakeRegistry) -> Reconciler:
-    return Reconciler(store, registry, ENV)  # type: ignore[arg-type]
+    return Reconciler(store, registry, ENV)
 
 
 def test_a_model_created_again_keeps_its_contract_and_every_version_is_read_again(
