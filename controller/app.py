@@ -94,13 +94,18 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = build_services(settings or ControllerSettings())  # type: ignore[call-arg]
         await asyncio.to_thread(migrate, svc.engine)
-        await svc.worker.publish()
+        published = await asyncio.to_thread(svc.store.has_published)
         app.state.services = svc
         svc.loops = {
             "worker": asyncio.create_task(svc.worker.run()),
             "resync": asyncio.create_task(svc.worker.resync_loop()),
         }
+        if published:
+            # Decisions the database already holds are served at once, registry up or not.
+            await svc.worker.prime(already_published=True)
         tasks = [asyncio.create_task(_register_webhook(svc)), *svc.loops.values()]
+        if not published:
+            tasks.append(asyncio.create_task(svc.worker.prime(already_published=False)))
         try:
             yield
         finally:

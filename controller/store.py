@@ -241,6 +241,27 @@ class Store:
                 )
             )
 
+    def has_published(self) -> bool:
+        """Whether this database ever published a table (so holds decisions to serve)."""
+        with self._transaction() as session:
+            return session.get(TableRevisionRow, 1) is not None
+
+    def catch_up(self, seen_revision: int) -> RoutingTable:
+        """Publish the current decisions above a revision serving already saw.
+
+        A database restored from a backup keeps its epoch but counts from a lower revision;
+        replicas would ignore it until it caught up. A replica that asks from a higher revision
+        of this epoch is how the controller learns that, and this puts it ahead at once.
+        """
+        with self._write_lock, self._transaction() as session:
+            current = session.get(TableRevisionRow, 1)
+            assert current is not None, "catch_up after a first publish"
+            if current.revision <= seen_revision:
+                current.revision = seen_revision + 1
+                current.published_at = _now()
+            models = self._all_records(session)
+            return build_table(models, revision=current.revision, epoch=current.epoch)
+
     def publish(self) -> RoutingTable:
         """Build the table from the decisions; bump the revision only if its content changed.
 

@@ -8,6 +8,7 @@ holds no secrets (names, states, reasons, signatures), so it needs no token.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -26,6 +27,11 @@ async def routing_table(
     epoch: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
     wait = min(timeout, svc.settings.long_poll_max_s)
+    held = svc.broadcaster.current
+    if held is not None and epoch == held.epoch and after > held.revision:
+        # The caller saw a later revision of this database than it now has: it was restored
+        # from a backup. Publish above what serving saw, so replicas take it.
+        await svc.broadcaster.offer(await asyncio.to_thread(svc.store.catch_up, after))
     table = await svc.broadcaster.newer_than(after, epoch, wait)
     if table is None:
         return Response(status_code=204)

@@ -9,6 +9,7 @@ loop is the safety net for everything else.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -56,6 +57,13 @@ class Worker:
         # Set when a publish failed after decisions were written: the next pass must publish
         # even if it changes nothing, or the table would lag the database until another change.
         self._publish_owed = False
+        # False until the table may be shown to serving: at once for a database that has
+        # published before, after the first full pass over the registry for a fresh one.
+        self._primed = False
+
+    @property
+    def primed(self) -> bool:
+        return self._primed
 
     def enqueue(self, name: str, actor: str = "resync") -> None:
         self._actors[name] = actor
@@ -64,6 +72,8 @@ class Worker:
             self._queue.put_nowait(name)
 
     async def publish(self) -> None:
+        if not self._primed:
+            return  # a fresh database's half-built table must not reach serving; prime() will
         self._publish_owed = True
         table = await asyncio.to_thread(self._store.publish)
         self._publish_owed = False
@@ -86,6 +96,8 @@ class Worker:
                 self._metrics.reconciles.labels("error").inc()
                 log.exception("publishing after reconciling %s failed", name)
                 self._retry_later(name, "publishing failed")
+            finally:
+                self._queue.task_done()
 
     async def _process(self, name: str, actor: str) -> None:
         started = time.perf_counter()
@@ -121,19 +133,41 @@ class Worker:
         log.warning("%s: temporary failure (%s); retrying in %.1fs", name, why, delay)
         asyncio.get_running_loop().call_later(delay, self.enqueue, name, "retry")
 
-    async def resync_once(self) -> None:
-        """Enqueue every model the registry or the database knows; prune old records."""
+    async def prime(self, *, already_published: bool, settle_s: float = 120.0) -> None:
+        """Let the table reach serving: at once, or after a first full pass over the registry.
+
+        A database that published before holds decisions: serve them now (static stability).
+        A fresh one (a new epoch, which replicas obey at once) would turn every model into 404
+        until reconciled, so it waits until the registry answered a resync and the queue that
+        resync filled was worked off (bounded by ``settle_s``).
+        """
+        if not already_published:
+            delay = self._retry_initial_s
+            while not await self.resync_once():
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue.join(), settle_s)
+        self._primed = True
+        await self.publish()
+
+    async def resync_once(self) -> bool:
+        """Enqueue every model the registry or the database knows; prune old records.
+
+        False when the registry could not be listed.
+        """
         try:
             names = await asyncio.to_thread(self._registry.model_names)
         except RegistryUnavailable as exc:
             log.warning("resync: registry unavailable (%s)", exc)
-            return
+            return False
         known = await asyncio.to_thread(self._store.model_names)
         # MLflow retries a delivery for seconds, so a day of delivery ids is plenty to dedupe.
         await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
         await asyncio.to_thread(self._store.prune_events, self._audit_retention)
         for name in sorted(set(names) | set(known)):
             self.enqueue(name)
+        return True
 
     async def resync_loop(self) -> None:
         while True:

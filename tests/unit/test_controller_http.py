@@ -13,27 +13,39 @@ from fastapi.testclient import TestClient
 from mlflow.webhooks.delivery import _generate_hmac_signature
 
 from controller.app import create_app
+from controller.database import make_engine, migrate
 from controller.settings import ControllerSettings
+from controller.store import Store
 from sigserve.stack import free_port
 
 SECRET = "hook-secret"
 TOKEN = "admin-token"
 
 
+def _settings(home: Path) -> ControllerSettings:
+    return ControllerSettings(
+        home=home,
+        admin_token=TOKEN,
+        webhook_secret=SECRET,
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        resync_interval_s=3600,
+        retry_initial_s=0.05,
+    )
+
+
 @pytest.fixture()
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """A controller whose database published before (it holds decisions to serve)."""
     # What the controller's registry sets for its own process, restored after the test so the
     # rest of the suite keeps MLflow's usual retries.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = ControllerSettings(
-        home=tmp_path,
-        admin_token=TOKEN,
-        webhook_secret=SECRET,
-        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
-        resync_interval_s=3600,
-    )
+    settings = _settings(tmp_path)
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    Store(engine).publish()
+    engine.dispose()
     with TestClient(create_app(settings)) as c:
         yield c
 
@@ -125,6 +137,29 @@ def test_ready_while_the_registry_is_unreachable_which_is_reported_and_table_ser
     assert table.status_code == 200 and table.json()["revision"] >= 1
     rev = table.json()["revision"]
     assert client.get("/routing-table", params={"after": rev, "timeout": 0.1}).status_code == 204
+
+
+def test_a_fresh_database_shows_serving_no_table_until_it_has_read_the_registry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with TestClient(create_app(_settings(tmp_path))) as fresh:
+        # A new epoch would win at every replica and turn each model into 404: nothing yet,
+        # so replicas keep what they hold while the registry is unreachable.
+        r = fresh.get("/routing-table", params={"after": 5, "epoch": "old", "timeout": 0.2})
+        assert r.status_code == 204
+        assert fresh.get("/readyz").json()["checks"]["routing_table"] == "not published yet"
+
+
+def test_a_database_restored_from_a_backup_catches_up_with_what_replicas_saw(
+    client: TestClient,
+) -> None:
+    table = client.get("/routing-table", params={"after": -1}).json()
+    seen = table["revision"] + 40  # replicas saw revisions this (restored) database lost
+    r = client.get("/routing-table", params={"after": seen, "epoch": table["epoch"],
+                                              "timeout": 2})
+    assert r.status_code == 200
+    assert r.json()["revision"] == seen + 1 and r.json()["epoch"] == table["epoch"]
 
 
 def test_a_replica_from_another_epoch_gets_the_table_at_once(client: TestClient) -> None:
