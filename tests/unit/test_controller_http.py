@@ -115,6 +115,10 @@ def test_signed_but_malformed_payload_is_422_naming_the_body(client: TestClient)
 
 def test_admin_api_needs_the_token(client: TestClient) -> None:
     assert client.get("/admin/models").status_code == 401
+    for where in ("token", "access_token", "authorization"):
+        assert client.get("/admin/models", params={where: TOKEN}).status_code == 401
+    basic = client.get("/admin/models", headers={"Authorization": f"Basic {TOKEN}"})
+    assert basic.status_code == 401
     wrong = client.get("/admin/models", headers={"Authorization": "Bearer nope"})
     assert wrong.status_code == 401
     assert wrong.headers["content-type"].startswith("application/problem+json")
