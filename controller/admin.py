@@ -138,8 +138,7 @@ async def _published(svc: Services, decided: ModelRecord) -> dict[str, Any]:
     makes it at its next pass, which the enqueue brings about at once.
     """
     try:
-        await svc.worker.publish()
-        published = True
+        published = await svc.worker.publish()
     except Exception:
         log.exception(
             "publishing after an admin change to %s failed; the worker will", decided.name

@@ -62,6 +62,11 @@ def diff(
         empty = ModelRecord(after.name, after.policy, after.environment_policy)
         return born + diff(name, empty, after, actor)
     events: list[AuditEvent] = []
+    if before.deleted_at != after.deleted_at:
+        gone = after.deleted_at is not None
+        events.append(
+            AuditEvent(name, None, "model", actor, {"deleted": not gone}, {"deleted": gone})
+        )
     if (before.default_version, before.contract) != (after.default_version, after.contract):
         events.append(
             AuditEvent(
@@ -75,12 +80,27 @@ def diff(
         )
     if before.alias_refusal != after.alias_refusal and after.alias_refusal is not None:
         refused = after.alias_refusal
-        events.append(AuditEvent(name, str(refused.get("version")), "alias", actor,
-                                 {"default_version": after.default_version}, refused))
+        events.append(
+            AuditEvent(
+                name,
+                str(refused.get("version")),
+                "alias",
+                actor,
+                {"default_version": after.default_version},
+                refused,
+            )
+        )
     if before.registry_warning != after.registry_warning:
-        events.append(AuditEvent(name, None, "registry", actor,
-                                 {"warning": before.registry_warning},
-                                 {"warning": after.registry_warning}))
+        events.append(
+            AuditEvent(
+                name,
+                None,
+                "registry",
+                actor,
+                {"warning": before.registry_warning},
+                {"warning": after.registry_warning},
+            )
+        )
     policies = ("policy", "environment_policy")
     if any(getattr(before, p) != getattr(after, p) for p in policies):
         events.append(

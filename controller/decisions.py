@@ -115,20 +115,31 @@ def decide_version(
 def choose_default(model: ModelRecord) -> tuple[str | None, Signature | None]:
     """Keep a default that still exists; otherwise pick one.
 
-    A new model's first version becomes its default once its artifact is read. When the pinned
+    A new model's first version becomes its default once its artifact is read (the first one
+    that can be read, when a lower one's artifact is broken). When the pinned
     default is deleted the contract stays (clients still expect it) and the newest version that
-    is live under it takes over; with none, the model has no default until someone pins one.
+    is live under it takes over; with none, the newest decided version stands (its 409 tells the
+    contract's clients why), and with no decided version there is no default yet.
     """
     if model.default_version in model.versions:
         return model.default_version, model.contract
     ordered = model.sorted_versions()
     if model.default_version is None and model.contract is None:
-        if not ordered or not is_read(ordered[0]):
-            return None, None
-        first = ordered[0]
-        return first.version, first.signature
+        for v in ordered:
+            if is_read(v):
+                return v.version, v.signature
+            if v.state is not VersionState.QUARANTINED:
+                return None, None  # a lower version is still pending: it may set the contract
+            # Quarantined without being read: its artifact cannot be read, so it sets nothing.
+        return None, None
     for v in reversed(ordered):
         if v.state is VersionState.LIVE and is_read(v):
+            return v.version, model.contract
+    # None is live under the contract: the newest decided version stands as the default, so
+    # the contract's clients get its 409 and reasons rather than a bare "no default" (the
+    # registry's alias is never moved onto it: see registry_sync).
+    for v in reversed(ordered):
+        if is_read(v) and v.state is VersionState.QUARANTINED and v.decided_at is not None:
             return v.version, model.contract
     return None, model.contract
 

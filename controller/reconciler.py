@@ -45,6 +45,9 @@ class Outcome:
     changed: bool
     # Versions left pending by a temporary failure: the worker retries the model later.
     retry_reason: str | None = None
+    # Writing the verdict back to the registry (tags, alias): the caller runs it *after*
+    # publishing, so the registry's round trips never delay serving's new table.
+    write_back: Callable[[], None] | None = None
 
 
 def _with_facts(known: VersionRecord, facts: ArtifactFacts) -> VersionRecord:
@@ -200,7 +203,10 @@ class Reconciler:
                 current = _forget_versions(current, created_at)
             elif current.registry_created_at is None:
                 current = replace(current, registry_created_at=created_at)
-            current = policies_from_tags(current, info.tags)
+            if before is None or _policies(current) == _policies(before):
+                # Tags read before an admin change committed are stale: the reconcile that
+                # change queued reads them again.
+                current = policies_from_tags(current, info.tags)
             merged = merge_observed(current, observed, facts, failures, broken)
             now = self._clock()
             decided = decide_all(merged, now, self._environment)
@@ -214,9 +220,12 @@ class Reconciler:
         for v in decided.sorted_versions():
             if changed and (before is None or before.versions.get(v.version) != v):
                 log.info("%s v%s: %s %s", name, v.version, v.state.value, "; ".join(v.reasons))
-        self._sync_registry(decided, observed, alias_now)
         retry = "; ".join(f"v{k}: {v}" for k, v in failures.items()) or None
-        return Outcome(changed=changed, retry_reason=retry)
+        return Outcome(
+            changed=changed,
+            retry_reason=retry,
+            write_back=lambda: self._sync_registry(decided, observed, alias_now),
+        )
 
     def _sync_registry(
         self, decided: ModelRecord, observed: list[ObservedVersion], alias_now: str | None
@@ -234,8 +243,21 @@ class Reconciler:
             self._store.update_model(decided.name, seen, "registry")
 
 
+def _policies(record: ModelRecord | None) -> tuple[str, str] | None:
+    return (record.policy, record.environment_policy) if record is not None else None
+
+
 def _forget_versions(record: ModelRecord, created_at: int | None) -> ModelRecord:
-    return replace(record, versions={}, registry_created_at=created_at, deleted_at=None)
+    # The contract and the policies belong to the name; the pin named a version of the old
+    # model, so the newest version live under the contract becomes the default.
+    return replace(
+        record,
+        versions={},
+        default_version=None,
+        alias_seen=None,
+        registry_created_at=created_at,
+        deleted_at=None,
+    )
 
 
 def _recreated(record: ModelRecord, created_at: int | None) -> bool:

@@ -26,7 +26,7 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any, Protocol
 
-from controller.compatibility import Policy
+from controller.compatibility import Policy, check
 from controller.decisions import decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import RegistryError
@@ -77,20 +77,32 @@ def policies_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord
 def follow_alias(
     record: ModelRecord, target: str | None, now: datetime, env: ServingEnvironment
 ) -> ModelRecord:
-    """Take an alias a person moved as a pin, or record why not. Pure; safe to repeat."""
+    """Take an alias a person moved as a pin, or record why not. Pure; safe to repeat.
+
+    The same test as an admin pin without force: the version must keep the contract (a version
+    released by hand is live but may not), and must run here.
+    """
     if target is None or target in (record.alias_seen, record.default_version):
         return record
     version = record.versions.get(target)
     if version is None or not is_read(version) or version.state is VersionState.PENDING:
-        return record  # not decided yet: the alias waits, and so do we
-    if version.state is VersionState.LIVE and version.signature is not None:
+        return record  # not decided yet: the alias waits, and so do we (see write_back)
+    verdict = check(record.contract, version.signature, Policy(record.policy))
+    reasons = list(verdict.reasons)
+    if version.signature is None:
+        reasons = ["it has no signature, and the default defines the contract"]
+    elif verdict.compatible and version.state is VersionState.LIVE:
         pinned = decide_all(
             replace(record, default_version=target, contract=version.signature), now, env
         )
         if pinned.versions[target].state is VersionState.LIVE:
-            return pinned
-        version = pinned.versions[target]
-    reasons = version.reasons or ["it has no signature, and the default defines the contract"]
+            return replace(pinned, alias_refusal=None)
+        reasons = pinned.versions[target].reasons
+    elif not reasons:
+        reasons = version.reasons
+    previous = record.alias_refusal or {}
+    if previous.get("version") == target and previous.get("reasons") == reasons:
+        return record  # refused already (the alias could not be put back yet): no new event
     refusal: dict[str, Any] = {"version": target, "reasons": reasons, "at": now.isoformat()}
     return replace(record, alias_refusal=refusal)
 
@@ -103,6 +115,15 @@ def version_tags(version: VersionRecord) -> dict[str, str]:
     return {STATE_TAG: version.state.value, REASONS_TAG: reasons, DECIDED_AT_TAG: decided}
 
 
+def _alias_should_move(record: ModelRecord, alias_now: str | None) -> bool:
+    default = record.versions.get(record.default_version or "")
+    if default is None or default.state is not VersionState.LIVE or alias_now == default.version:
+        return False  # the alias never names what the gate refused
+    waiting = record.versions.get(alias_now or "")
+    # An alias on a version not decided yet waits for its decision (follow_alias).
+    return waiting is None or (is_read(waiting) and waiting.state is not VersionState.PENDING)
+
+
 def write_back(
     registry: RegistryWriter,
     record: ModelRecord,
@@ -112,8 +133,8 @@ def write_back(
 ) -> tuple[str | None, str | None]:
     """Write the verdict tags and the alias that differ.
 
-    Returns the alias the registry now has, and why the registry refused a write (None when
-    every write went through).
+    Returns the alias as the controller acknowledges it (what ``alias_seen`` becomes), and why
+    the registry refused a write (None when every write went through).
     """
     seen = {ov.version: ov.tags for ov in observed}
     try:
@@ -123,9 +144,14 @@ def write_back(
             for key, value in version_tags(version).items():
                 if seen[version.version].get(key) != value:
                     registry.set_version_tag(record.name, version.version, key, value)
-        if record.default_version is not None and alias_now != record.default_version:
+        if _alias_should_move(record, alias_now):
+            assert record.default_version is not None
             registry.set_alias(record.name, alias, record.default_version)
             return record.default_version, None
+        if alias_now != record.default_version:
+            # Left where a person put it (waiting for a decision): not yet acknowledged, so
+            # the next pass still sees it as moved.
+            return record.alias_seen, None
     except RegistryError as exc:
         log.warning(
             "%s: the registry refused the verdict tags or the alias (%s); the decision "

@@ -22,7 +22,9 @@ router = APIRouter()
 @router.get("/routing-table", response_model=None)
 async def routing_table(
     svc: Annotated[Services, Depends(services)],
-    after: Annotated[int, Query(ge=-1)] = -1,
+    # Bounded: a caller could otherwise push the revision (via catch_up) past what the
+    # database's integer column holds, and no later table could be published.
+    after: Annotated[int, Query(ge=-1, le=2**31 - 2)] = -1,
     timeout: Annotated[float, Query(ge=0)] = 0.0,
     epoch: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:

@@ -41,8 +41,12 @@ class Payload(BaseModel):
 @router.post("/webhooks/mlflow")
 async def receive(request: Request, svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
     received_at = time.time()
-    declared = request.headers.get("content-length", "0")
-    if not declared.isdigit() or int(declared) > MAX_BODY:
+    # Without a length (chunked), the body would be buffered whole before any check.
+    declared = request.headers.get("content-length", "")
+    if not declared.isdigit():
+        svc.metrics.webhooks.labels("no_length").inc()
+        raise InvalidRequest("content-length", "is required (MLflow always sends it)")
+    if int(declared) > MAX_BODY:
         svc.metrics.webhooks.labels("too_large").inc()
         raise PayloadTooLarge(f"a webhook body is at most {MAX_BODY} bytes")
     body = await request.body()

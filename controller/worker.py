@@ -71,9 +71,10 @@ class Worker:
             self._waiting.add(name)
             self._queue.put_nowait(name)
 
-    async def publish(self) -> None:
+    async def publish(self) -> bool:
+        """Publish the decisions; False while not primed (prime() publishes them then)."""
         if not self._primed:
-            return  # a fresh database's half-built table must not reach serving; prime() will
+            return False  # a fresh database's half-built table must not reach serving
         self._publish_owed = True
         table = await asyncio.to_thread(self._store.publish)
         self._publish_owed = False
@@ -82,6 +83,7 @@ class Worker:
         for state in ("live", "quarantined", "pending"):
             self._metrics.versions.labels(state).set(states.get(state, 0))
         await self._broadcaster.offer(table)
+        return True
 
     async def run(self) -> None:
         while True:
@@ -122,6 +124,8 @@ class Worker:
         self._metrics.reconciles.labels("ok").inc()
         if outcome.changed or self._publish_owed:
             await self.publish()
+        if outcome.write_back is not None:
+            await asyncio.to_thread(outcome.write_back)
         if outcome.retry_reason:
             self._retry_later(name, outcome.retry_reason)
         else:
@@ -143,7 +147,14 @@ class Worker:
         """
         if not already_published:
             delay = self._retry_initial_s
-            while not await self.resync_once():
+            while True:
+                try:
+                    if await self.resync_once():
+                        break
+                except Exception:
+                    # Refused, or the database failed: priming must outlive it, or nothing
+                    # would ever be published.
+                    log.exception("priming: the first resync failed; trying again")
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._retry_max_s)
             with contextlib.suppress(TimeoutError):

@@ -166,6 +166,22 @@ def test_a_database_restored_from_a_backup_catches_up_with_what_replicas_saw(
     assert r.json()["revision"] == seen + 1 and r.json()["epoch"] == table["epoch"]
 
 
+def test_a_revision_past_the_database_column_is_refused(client: TestClient) -> None:
+    r = client.get("/routing-table", params={"after": 2**63 - 2, "epoch": "x"})
+    assert r.status_code == 422
+    assert client.get("/routing-table", params={"after": -1}).status_code == 200
+
+
+def test_a_webhook_without_content_length_is_refused_before_reading(client: TestClient) -> None:
+    body, headers = delivery(EVENT, delivery_id="d-chunked")
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield body
+
+    r = client.post("/webhooks/mlflow", content=chunks(), headers=headers)
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "content-length"
+
+
 def test_a_replica_from_another_epoch_gets_the_table_at_once(client: TestClient) -> None:
     table = client.get("/routing-table", params={"after": -1}).json()
     stale = {"after": 1000, "epoch": "an-older-database", "timeout": 5}

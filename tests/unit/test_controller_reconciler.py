@@ -18,7 +18,7 @@ from controller.artifacts import ArtifactFacts
 from controller.database import make_engine, migrate
 from controller.environment import ArtifactEnvironment, ServingEnvironment
 from controller.exceptions import RegisteredModelGone
-from controller.reconciler import Reconciler
+from controller.reconciler import Outcome, Reconciler
 from controller.registry import ObservedModel, ObservedVersion
 from controller.store import Store
 from sigserve.routing_table import VersionState
@@ -75,8 +75,22 @@ def store(tmp_path: Path) -> Store:
     return Store(engine)
 
 
-def reconciler(store: Store, registry: FakeRegistry) -> Reconciler:
-    return Reconciler(store, registry, ENV)
+class WritingBack:
+    """A reconciler whose registry write-back runs right after each pass, as the worker runs it
+    (after publishing)."""
+
+    def __init__(self, store: Store, registry: FakeRegistry) -> None:
+        self._reconciler = Reconciler(store, registry, ENV)
+
+    def reconcile(self, name: str, actor: str = "resync") -> Outcome:
+        outcome = self._reconciler.reconcile(name, actor)
+        if outcome.write_back is not None:
+            outcome.write_back()
+        return outcome
+
+
+def reconciler(store: Store, registry: FakeRegistry) -> WritingBack:
+    return WritingBack(store, registry)
 
 
 def test_a_model_created_again_keeps_its_contract_and_every_version_is_read_again(
@@ -93,6 +107,8 @@ def test_a_model_created_again_keeps_its_contract_and_every_version_is_read_agai
     assert after is not None
     assert after.registry_created_at == 200
     assert after.contract == sig("prompt")
+    # The old pin named the old model's version; nothing is live under the contract, so the
+    # newest decided version stands as the default and answers 409 with its reasons.
     assert after.default_version == "1"
     v1 = after.versions["1"]
     assert v1.state is VersionState.QUARANTINED
@@ -261,3 +277,77 @@ def test_one_unreadable_version_is_quarantined_with_its_cause_and_the_rest_goes_
     assert states["3"][0] == "quarantined" and "PERMISSION_DENIED" in states["3"][1][0]
     assert states["4"][0] == "quarantined" and "KeyError" in states["4"][1][0]
     assert outcome.retry_reason is None  # permanent: no backoff retries
+
+
+def test_an_alias_on_a_version_released_by_hand_is_refused_and_one_not_decided_waits(
+    store: Store,
+) -> None:
+    from controller import commands
+
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("text"))})
+    reconciler(store, registry).reconcile("m")
+    commands.release(store, "m", "2", "clients of v2 asked for it by number", ENV)
+    registry.aliases["serving"] = "2"
+    reconciler(store, registry).reconcile("m", "webhook:a")
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "1"  # the contract holds
+    assert record.alias_refusal is not None
+    assert record.alias_refusal["reasons"][0].startswith("input 'prompt' (string, required)")
+    # An alias set on a version still being registered waits for its decision.
+    registry.versions_["3"] = ("models:/m-c", sig("prompt"))
+    registry.aliases["serving"] = "3"
+
+    class Registering(FakeRegistry):
+        def versions(self, name: str) -> list[ObservedVersion]:
+            return [ObservedVersion(v.version, "PENDING_REGISTRATION" if v.version == "3"
+                                    else v.status, v.source, v.tags)
+                    for v in super().versions(name)]
+
+    pending = Registering(**{k: getattr(registry, k) for k in
+                             ("created_at", "versions_", "aliases", "tags", "writes")})
+    reconciler(store, pending).reconcile("m", "webhook:b")
+    assert pending.aliases["serving"] == "3"  # not moved back
+    reconciler(store, registry).reconcile("m", "webhook:c")
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "3"
+
+
+def test_a_broken_first_version_does_not_stall_its_model(store: Store) -> None:
+    from controller.exceptions import VersionUnreadable
+
+    class Broken(FakeRegistry):
+        def artifact(self, name: str, version: str) -> ArtifactFacts:
+            if version == "1":
+                raise VersionUnreadable("its MLmodel cannot be read")
+            return super().artifact(name, version)
+
+    registry = Broken(versions_={"1": ("models:/m-a", sig("prompt")),
+                                 "2": ("models:/m-b", sig("prompt"))})
+    reconciler(store, registry).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None
+    assert record.default_version == "2" and record.contract == sig("prompt")
+    assert record.versions["2"].state is VersionState.LIVE
+
+
+def test_a_recreated_model_does_not_keep_the_old_pin_on_a_breaking_version(store: Store) -> None:
+    registry = FakeRegistry(created_at=1, versions_={v: (f"models:/old-{v}", sig("prompt"))
+                                                     for v in "123"})
+    reconciler(store, registry).reconcile("m")
+    from controller import commands
+
+    commands.pin_default(store, "m", "3", ENV)
+    registry.created_at, registry.aliases = 2, {}  # MLflow deletes a model's aliases with it
+    registry.versions_ = {"1": ("models:/new-1", sig("prompt")),
+                          "2": ("models:/new-2", sig("prompt")),
+                          "3": ("models:/new-3", sig("text"))}
+    reconciler(store, registry).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "2"
+    assert registry.aliases["serving"] == "2"  # never the quarantined v3
+    kinds = [e.kind for e in store.events("m", limit=50)]
+    registry.exists = False
+    reconciler(store, registry).reconcile("m")
+    buried = [e for e in store.events("m", limit=10) if e.kind == "model"]
+    assert buried and buried[0].after == {"deleted": True} and "model" in kinds
