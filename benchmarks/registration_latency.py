@@ -151,7 +151,7 @@ def main() -> None:
                 time.sleep(0.005)
             servable_at = time.time()
             heard = client.get(f"{ctl_url}/admin/models/{name}", headers=admin).json()[
-                "last_webhook_at"
+                "last_version_webhook_at"
             ]
             received_at = datetime.fromisoformat(heard).timestamp()
             if version == "1":

@@ -100,6 +100,7 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
         "environment_policy": m.environment_policy,
         "contract": structured(m.contract),
         "last_webhook_at": _iso(svc.last_webhook_at.get(m.name)),
+        "last_version_webhook_at": _iso(svc.last_version_webhook_at.get(m.name)),
         "alias": {"name": svc.settings.default_alias, "version": m.alias_seen},
         "alias_refusal": m.alias_refusal,
         "registry_warning": m.registry_warning,

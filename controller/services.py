@@ -35,15 +35,22 @@ class Services:
     # Per model, when its last verified webhook arrived (epoch seconds): for operators and the
     # latency benchmark.
     last_webhook_at: dict[str, float] = field(default_factory=dict)
+    # The same for ``model_version.created`` alone: the controller's own tag and alias writes
+    # come back as webhooks too, so "last webhook" is not "when the newest version arrived".
+    last_version_webhook_at: dict[str, float] = field(default_factory=dict)
     # The worker and resync loops; readiness checks they are still running.
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
 
-    def heard_from(self, name: str, at: float) -> None:
+    def heard_from(self, name: str, at: float, event: str) -> None:
         """Remember a verified webhook's time for ``name``; bounded to the newest models."""
-        self.last_webhook_at.pop(name, None)
-        self.last_webhook_at[name] = at
-        while len(self.last_webhook_at) > LAST_WEBHOOK_MEMORY:
-            del self.last_webhook_at[next(iter(self.last_webhook_at))]
+        memories = [self.last_webhook_at]
+        if event == "model_version.created":
+            memories.append(self.last_version_webhook_at)
+        for memory in memories:
+            memory.pop(name, None)
+            memory[name] = at
+            while len(memory) > LAST_WEBHOOK_MEMORY:
+                del memory[next(iter(memory))]
 
 
 def services(request: Request) -> Services:

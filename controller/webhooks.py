@@ -90,7 +90,7 @@ async def receive(request: Request, svc: Annotated[Services, Depends(services)])
         svc.metrics.webhooks.labels("duplicate").inc()
         return {"status": "duplicate", "delivery_id": delivery_id}
     svc.metrics.webhooks.labels("accepted").inc()
-    svc.heard_from(name, received_at)
+    svc.heard_from(name, received_at, event)
     if not event.startswith("prompt"):
         svc.worker.enqueue(name, f"webhook:{delivery_id}")
     log.info("webhook %s for %s (delivery %s)", event, name, delivery_id)

@@ -73,10 +73,10 @@ def test_restart_keeps_every_decision_and_serving_answers(
     # Compare only after the restarted controller has reconciled every model at least once.
     wait_for(lambda: _reconciled(ctl) >= len(before), 30, 0.2)
     after = _decisions(ctl)
-    for model in before.values():
+    for model in [*before.values(), *after.values()]:
+        # In memory only, and the alias/tag write-back's own webhooks move them.
         model.pop("last_webhook_at")
-    for model in after.values():
-        model.pop("last_webhook_at")
+        model.pop("last_version_webhook_at")
     assert after == before  # same states, reasons, decision times: nothing decided again
 
 
