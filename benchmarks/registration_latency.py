@@ -9,13 +9,17 @@ registers a small model ``--runs`` times and, for each new version, measures:
   first 200 from the serving app for that version (a client polls its path every 5 ms);
 - registration -> first 200: from the call to ``mlflow.register_model`` to that first 200.
 
-Then prints the memory (PSS) of everything the stack runs (MLflow, controller, Ray).
+Then prints the memory (PSS) of everything the stack runs (MLflow, controller, Ray), and with
+``--throughput S`` the serving throughput of the default version for S seconds at 1 and 16
+concurrent clients (an asyncio httpx client on the same machine: compare ratios between builds
+measured in one session, not absolute figures).
 This machine is shared: compare figures from one run, read the medians.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import statistics
@@ -90,9 +94,27 @@ def _name(pid: int) -> str:
     return "driver (this script)" if pid == os.getpid() else cmd[:40]
 
 
+async def _load(url: str, clients: int, seconds: float) -> tuple[int, list[float]]:
+    """``clients`` loops posting one record each until ``seconds`` pass; only 200s count."""
+    latencies: list[float] = []
+    deadline = time.monotonic() + seconds
+    async with httpx.AsyncClient(timeout=10) as client:
+
+        async def one() -> None:
+            while time.monotonic() < deadline:
+                started = time.monotonic()
+                r = await client.post(url, json={"prompt": "hi"})
+                if r.status_code == 200:
+                    latencies.append(time.monotonic() - started)
+
+        await asyncio.gather(*(one() for _ in range(clients)))
+    return len(latencies), latencies
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=12)
+    parser.add_argument("--throughput", type=float, default=0.0, metavar="SECONDS")
     args = parser.parse_args()
 
     home = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
@@ -150,10 +172,12 @@ def main() -> None:
             while client.post(url, json={"prompt": "hi"}).status_code != 200:
                 time.sleep(0.005)
             servable_at = time.time()
-            heard = client.get(f"{ctl_url}/admin/models/{name}", headers=admin).json()[
-                "last_version_webhook_at"
-            ]
-            received_at = datetime.fromisoformat(heard).timestamp()
+            model = client.get(f"{ctl_url}/admin/models/{name}", headers=admin).json()
+            # Builds before the registry write-back had only last_webhook_at, in epoch seconds.
+            heard = model.get("last_version_webhook_at", model["last_webhook_at"])
+            received_at = (
+                heard if isinstance(heard, float) else (datetime.fromisoformat(heard).timestamp())
+            )
             if version == "1":
                 continue  # the first version pays for the model's first load; not counted
             receipt_to_servable.append(servable_at - received_at)
@@ -171,8 +195,19 @@ def main() -> None:
                 f"min {1000 * min(xs):.0f} ms, max {1000 * max(xs):.0f} ms (n={len(xs)})"
             )
 
-        print(f"webhook receipt -> servable:  {summary(receipt_to_servable)}")
-        print(f"registration -> first 200:    {summary(register_to_200)}")
+        if receipt_to_servable:
+            print(f"webhook receipt -> servable:  {summary(receipt_to_servable)}")
+            print(f"registration -> first 200:    {summary(register_to_200)}")
+        if args.throughput > 0:
+            for clients in (1, 16):
+                done, latencies = asyncio.run(
+                    _load(f"{serving}/models/{name}/serve", clients, args.throughput)
+                )
+                q = statistics.quantiles(latencies, n=100)
+                print(
+                    f"throughput, {clients:2d} clients: {done / args.throughput:7.1f} req/s, "
+                    f"p50 {1000 * statistics.median(latencies):.1f} ms, p99 {1000 * q[98]:.1f} ms"
+                )
 
         pids = set(_descendants(os.getpid()))
         by_part: dict[str, float] = {}
