@@ -31,13 +31,6 @@ from sigserve.routing_table import VersionState
 NOT_READ = "its artifact (MLmodel, requirements) has not been read yet"
 
 
-def environment_digest(env: ServingEnvironment) -> str:
-    blob = json.dumps(
-        {"python": env.python_version, "distributions": sorted(env.distributions.items())}
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()
-
-
 def decision_basis(model: ModelRecord, env_digest: str) -> str:
     blob = json.dumps(
         {
@@ -156,7 +149,7 @@ def decide_all(model: ModelRecord, now: datetime, env: ServingEnvironment) -> Mo
         # No contract yet because the first version is still pending: judging the others now
         # would quarantine them for want of a contract, then flip them once it arrives.
         return _waiting_for_contract(model)
-    basis = decision_basis(model, environment_digest(env))
+    basis = decision_basis(model, env.digest)
     model.versions = {
         k: decide_version(model, v, now, env, basis) for k, v in model.versions.items()
     }

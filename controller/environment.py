@@ -49,7 +49,10 @@ Databricks-only ignore list and its exemption of MLflow dev builds.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib.metadata
+import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -150,6 +153,14 @@ class ServingEnvironment:
                 raise ValueError(f"{path}: {line!r} does not pin one version (name==version)")
             found[canonicalize_name(req.name)] = pins[0].version
         return cls(python_version=python, distributions=found)
+
+    @functools.cached_property
+    def digest(self) -> str:
+        """What decisions are made against; computed once (the environment does not change)."""
+        blob = json.dumps(
+            {"python": self.python_version, "distributions": sorted(self.distributions.items())}
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
 
     def installed(self, name: str) -> str | None:
         """The installed version of distribution ``name``, or None."""

@@ -32,7 +32,7 @@ from controller.exceptions import (
     VersionUnreadable,
 )
 from controller.records import ModelRecord, VersionRecord
-from controller.registry import ObservedVersion, RegistryReader
+from controller.registry import ObservedVersion, RegistryPort
 from controller.registry_sync import follow_alias, policies_from_tags, write_back
 from controller.store import Store
 from sigserve.routing_table import VersionState
@@ -119,7 +119,7 @@ class Reconciler:
     def __init__(
         self,
         store: Store,
-        registry: RegistryReader,
+        registry: RegistryPort,
         environment: ServingEnvironment,
         *,
         default_policy: Policy = Policy.BACKWARD,

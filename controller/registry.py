@@ -92,9 +92,17 @@ def _python_version(python_env_path: Path | None, mlmodel: dict[str, Any]) -> st
     return str(version) if version else None
 
 
-class RegistryReader(Protocol):
-    """What the reconciler and the worker read of the registry: the seam unit tests fill with
-    a fake (``Registry`` is the real one)."""
+class RegistryWriter(Protocol):
+    """What the controller writes back to the registry (``controller.registry_sync``)."""
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None: ...
+
+    def set_alias(self, name: str, alias: str, version: str) -> None: ...
+
+
+class RegistryPort(RegistryWriter, Protocol):
+    """The registry as the reconciler and the worker use it: the seam unit tests fill with a
+    fake (``Registry`` is the real one)."""
 
     def model_names(self) -> list[str]: ...
 
@@ -103,10 +111,6 @@ class RegistryReader(Protocol):
     def versions(self, name: str) -> list[ObservedVersion]: ...
 
     def artifact(self, name: str, version: str) -> ArtifactFacts: ...
-
-    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None: ...
-
-    def set_alias(self, name: str, alias: str, version: str) -> None: ...
 
 
 class Registry:
@@ -152,7 +156,8 @@ class Registry:
 
     def versions(self, name: str) -> list[ObservedVersion]:
         def fetch() -> list[ObservedVersion]:
-            self._client.get_registered_model(name)
+            # The model's existence is model()'s to tell (RegisteredModelGone): the reconciler
+            # asks it first, so no second get_registered_model here.
             escaped = name.replace("'", "\\'")
             found: list[ObservedVersion] = []
             token: str | None = None

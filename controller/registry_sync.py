@@ -24,14 +24,14 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any
 
 from controller.compatibility import Policy, check
 from controller.decisions import decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import RegistryError
 from controller.records import ModelRecord, VersionRecord
-from controller.registry import ObservedVersion
+from controller.registry import ObservedVersion, RegistryWriter
 from sigserve.routing_table import VersionState
 
 log = logging.getLogger(__name__)
@@ -45,33 +45,28 @@ DECIDED_AT_TAG = "sigserve.decided_at"
 REASONS_MAX = 480
 
 
-class RegistryWriter(Protocol):
-    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None: ...
-
-    def set_alias(self, name: str, alias: str, version: str) -> None: ...
-
-
 def policies_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord:
-    policy, environment = record.policy, record.environment_policy
-    wanted = tags.get(POLICY_TAG)
-    if wanted is not None:
-        if wanted in {p.value for p in Policy}:
-            policy = wanted
+    changes: dict[str, str] = {}
+    for tag, field, allowed in (
+        (POLICY_TAG, "policy", {p.value for p in Policy}),
+        (ENVIRONMENT_TAG, "environment_policy", {p.value for p in EnvironmentPolicy}),
+    ):
+        wanted = tags.get(tag)
+        if wanted is None or wanted == getattr(record, field):
+            continue
+        if wanted in allowed:
+            changes[field] = wanted
         else:
             log.warning(
-                "%s: ignoring tag %s=%r (backward|exact|none)", record.name, POLICY_TAG, wanted
+                "%s: ignoring tag %s=%r (%s)", record.name, tag, wanted, "|".join(sorted(allowed))
             )
-    wanted = tags.get(ENVIRONMENT_TAG)
-    if wanted is not None:
-        if wanted in {p.value for p in EnvironmentPolicy}:
-            environment = wanted
-        else:
-            log.warning(
-                "%s: ignoring tag %s=%r (strict|warn|off)", record.name, ENVIRONMENT_TAG, wanted
-            )
-    if (policy, environment) == (record.policy, record.environment_policy):
+    if not changes:
         return record
-    return replace(record, policy=policy, environment_policy=environment)
+    return replace(
+        record,
+        policy=changes.get("policy", record.policy),
+        environment_policy=changes.get("environment_policy", record.environment_policy),
+    )
 
 
 def follow_alias(

@@ -19,7 +19,7 @@ from controller.broadcaster import TableBroadcaster
 from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
-from controller.registry import RegistryReader
+from controller.registry import RegistryPort
 from controller.store import Store
 
 log = logging.getLogger(__name__)
@@ -31,7 +31,7 @@ class Worker:
         self,
         reconciler: Reconciler,
         store: Store,
-        registry: RegistryReader,
+        registry: RegistryPort,
         broadcaster: TableBroadcaster,
         metrics: Metrics,
         *,
