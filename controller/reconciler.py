@@ -33,7 +33,12 @@ from controller.exceptions import (
 )
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, RegistryPort
-from controller.registry_sync import follow_alias, policies_from_tags, write_back
+from controller.registry_sync import (
+    batch_size_from_tags,
+    follow_alias,
+    policies_from_tags,
+    write_back,
+)
 from controller.store import Store
 from sigserve.routing_table import VersionState
 
@@ -207,6 +212,7 @@ class Reconciler:
                 # Tags read before an admin change committed are stale: the reconcile that
                 # change queued reads them again.
                 current = policies_from_tags(current, info.tags)
+            current = batch_size_from_tags(current, info.tags)
             merged = merge_observed(current, observed, facts, failures, broken)
             now = self._clock()
             decided = decide_all(merged, now, self._environment)

@@ -62,6 +62,8 @@ class ModelRecord:
     alias_refusal: dict[str, Any] | None = None
     # Why the registry refused the verdict tags or the alias, until a write succeeds.
     registry_warning: str | None = None
+    # Records per predict call when serving (the model tag ``sigserve.max_batch_size``).
+    max_batch_size: int | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
 
     def sorted_versions(self) -> list[VersionRecord]:

@@ -5,6 +5,8 @@
   stored policy; the admin API writes the tag as well as the record, so both say the same. MLflow
   fires no webhook for registered-model tags: a tag set in the UI is seen at the next resync.
   An invalid value is ignored (logged).
+- **Serving's batch size from a tag**: ``sigserve.max_batch_size`` (a positive integer) goes
+  into the routing table as the model's records per predict call; seen at the next resync too.
 - **The pin as an alias** (``serving`` by default). The alias the controller last saw is kept
   (``alias_seen``); an alias that moved since then was moved by a person, and is taken as a pin
   when its version is live under the contract, or refused (``alias_refusal``, in the admin API
@@ -37,6 +39,7 @@ from sigserve.routing_table import VersionState
 log = logging.getLogger(__name__)
 
 POLICY_TAG = "sigserve.compatibility"
+BATCH_SIZE_TAG = "sigserve.max_batch_size"
 ENVIRONMENT_TAG = "sigserve.environment"
 STATE_TAG = "sigserve.state"
 REASONS_TAG = "sigserve.reasons"
@@ -67,6 +70,25 @@ def policies_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord
         policy=changes.get("policy", record.policy),
         environment_policy=changes.get("environment_policy", record.environment_policy),
     )
+
+
+def batch_size_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord:
+    """The model's batch size for serving: its tag, a positive integer; absent or invalid, None."""
+    raw = tags.get(BATCH_SIZE_TAG)
+    wanted: int | None = None
+    if raw is not None:
+        try:
+            wanted = int(raw.strip())
+        except ValueError:
+            wanted = 0
+        if wanted < 1:
+            log.warning(
+                "%s: ignoring tag %s=%r (a positive integer)", record.name, BATCH_SIZE_TAG, raw
+            )
+            wanted = None
+    if wanted == record.max_batch_size:
+        return record
+    return replace(record, max_batch_size=wanted)
 
 
 def follow_alias(

@@ -35,6 +35,8 @@ class RegisteredModelRow(Base):
     alias_seen: Mapped[str | None] = mapped_column(String(32))
     alias_refusal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     registry_warning: Mapped[str | None] = mapped_column(Text)
+    # Records per predict call when serving, from the model's registry tag; None: serving's own.
+    max_batch_size: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -54,6 +54,7 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
         alias_seen=row.alias_seen,
         alias_refusal=row.alias_refusal,
         registry_warning=row.registry_warning,
+        max_batch_size=row.max_batch_size,
         versions={
             v.version: VersionRecord(
                 version=v.version,
@@ -190,6 +191,7 @@ class Store:
         row.alias_seen = record.alias_seen
         row.alias_refusal = record.alias_refusal
         row.registry_warning = record.registry_warning
+        row.max_batch_size = record.max_batch_size
         row.updated_at = now
         existing = {v.version: v for v in row.versions}
         for gone in set(existing) - set(record.versions):

@@ -18,6 +18,7 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                 name=m.name,
                 default_version=m.default_version,
                 contract=m.contract,
+                max_batch_size=m.max_batch_size,
                 versions={
                     v.version: VersionEntry(
                         version=v.version,

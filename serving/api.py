@@ -28,11 +28,12 @@ import pandas as pd
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 from serving.contract import contract_for
 from serving.exceptions import InvalidInput
-from serving.frames import jsonable, to_model_input, to_records
+from serving.frames import jsonable
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
 from serving.resolve import Target, find_model, header_version, held, resolve
@@ -43,9 +44,21 @@ _SCORING_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs
 
 
 class ModelBackend(Protocol):
-    """Runs ``target`` (a live version and the artifact it was checked on) on ``data``."""
+    """Runs ``target`` (a live version and the artifact it was checked on)."""
 
-    async def predict(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any: ...
+    async def serve(
+        self,
+        target: Target,
+        records: list[Any],
+        params: dict[str, Any] | None,
+        signature: ModelSignature | None,
+    ) -> list[Any]:
+        """Output records for validated ``records``, shaped by the version's ``signature``."""
+        ...
+
+    async def invoke(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
+        """The raw prediction for ``data`` as MLflow's scoring server parsed it."""
+        ...
 
 
 def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: float = 0) -> FastAPI:
@@ -103,7 +116,7 @@ def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: fl
             parsed = infer_and_parse_data(data, schema)
         except MlflowException as exc:
             raise _bad_body(exc.message) from None
-        prediction = await backend.predict(target, parsed, body.get("params"))
+        prediction = await backend.invoke(target, parsed, body.get("params"))
         return JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
 
     async def _serve(name: str, version: str | None, request: Request) -> JSONResponse:
@@ -113,9 +126,7 @@ def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: fl
         contract = contract_for(name, target.model.contract or target.version.signature)
         own = contract_for(name, target.version.signature).signature or contract.signature
         parsed = contract.parse(await _json(request))
-        data = to_model_input(parsed.records, own)
-        prediction = await backend.predict(target, data, parsed.params)
-        return JSONResponse(to_records(prediction, own.outputs if own is not None else None))
+        return JSONResponse(await backend.serve(target, parsed.records, parsed.params, own))
 
     return app
 

@@ -1,4 +1,4 @@
-"""Assembling the Serve application: an ingress bound to a multiplexed model runner.
+"""Assembling the Serve application: one deployment that answers the API and holds the models.
 
     from ray import serve
     from serving.app import build_app
@@ -10,7 +10,9 @@
 
 ``build_app`` also works as a Serve config ``import_path: serving.app:build_app`` (its ``args``
 become settings). MLflow's ``MLFLOW_*`` variables of the building process are forwarded to the
-model replicas, which is how they find the registry.
+replicas, which is how they find the registry. The fast path (direct ingress through HAProxy,
+Ray's throughput-optimized mode) is a property of the Ray cluster, set in the environment
+before Ray starts: see ``sigserve.stack.fast_path_env``.
 """
 
 from __future__ import annotations
@@ -21,35 +23,22 @@ from typing import Any
 from ray import serve
 from ray.serve import Application
 
-from serving.ingress import Ingress
-from serving.model_runner import ModelRunner
+from serving.server import Server
 from serving.settings import ServingSettings
 
-INGRESS_DEPLOYMENT = "Ingress"
-MODEL_DEPLOYMENT = "ModelRunner"
-
-# The ingress mostly awaits the runner, so one replica holds many requests; the runner's
-# requests hold a thread each while the model predicts.
-_INGRESS_MAX_ONGOING = 256
-_RUNNER_MAX_ONGOING = 16
+DEPLOYMENT = "Server"
 
 
 def build_app(settings: ServingSettings | dict[str, Any] | None = None) -> Application:
     if not isinstance(settings, ServingSettings):
         settings = ServingSettings(**(settings or {}))
     mlflow_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
-    runner_actor: dict[str, Any] = {"num_cpus": settings.replica_num_cpus}
+    actor: dict[str, Any] = {"num_cpus": settings.replica_num_cpus}
     if mlflow_env:
-        runner_actor["runtime_env"] = {"env_vars": mlflow_env}
-    runner = serve.deployment(
-        name=MODEL_DEPLOYMENT,
-        num_replicas=settings.model_replicas,
-        max_ongoing_requests=_RUNNER_MAX_ONGOING,
-        ray_actor_options=runner_actor,
-    )(ModelRunner).bind(settings.max_num_models_per_replica)
+        actor["runtime_env"] = {"env_vars": mlflow_env}
     return serve.deployment(
-        name=INGRESS_DEPLOYMENT,
-        num_replicas=settings.ingress_replicas,
-        max_ongoing_requests=_INGRESS_MAX_ONGOING,
-        ray_actor_options={"num_cpus": settings.replica_num_cpus},
-    )(Ingress).bind(runner, settings)
+        name=DEPLOYMENT,
+        num_replicas=settings.replicas,
+        max_ongoing_requests=settings.max_ongoing_requests,
+        ray_actor_options=actor,
+    )(Server).bind(settings)

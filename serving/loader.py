@@ -213,11 +213,16 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
         raise
 
 
-async def predict(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
-    """Call the model's ``predict``; MLflow refusing the input or params becomes a 422."""
+def call(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
+    """Call the model's ``predict`` here (it blocks); MLflow refusing the input is a 422."""
     try:
-        return await asyncio.to_thread(loaded.model.predict, data, params=params or None)
+        return loaded.model.predict(data, params=params or None)
     except MlflowException as exc:
         if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
             raise ModelRejectedInput(_detail(exc.message)) from None
         raise
+
+
+async def predict(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
+    """``call`` in a worker thread, so the replica serves other requests meanwhile."""
+    return await asyncio.to_thread(call, loaded, data, params)

@@ -18,9 +18,19 @@ class ServingSettings(BaseSettings):
     controller_url: str = "http://127.0.0.1:8080"
     app_name: str = "sigserve"
     max_num_models_per_replica: int = Field(default=2, ge=1)
-    ingress_replicas: int = Field(default=1, ge=1)
-    model_replicas: int = Field(default=1, ge=1)
+    # Replicas of the one serving deployment; each holds the table and its own models.
+    replicas: int = Field(default=1, ge=1)
     replica_num_cpus: float = Field(default=0.1, ge=0)
+    # Requests one replica takes at once. Ray's default (5) makes 16 clients queue in the
+    # proxy with 25-500 ms backoffs; more in flight also means bigger batches.
+    max_ongoing_requests: int = Field(default=64, ge=1)
+    # Records per predict call, unless the model's tag ``sigserve.max_batch_size`` says.
+    max_batch_size: int = Field(default=32, ge=1)
+    # How long a batch that is not full may wait for more (0: take what is queued, never wait).
+    batch_wait_ms: float = Field(default=0.0, ge=0)
+    # Load a version before the table that makes it a default is answered from.
+    warm_defaults: bool = True
+    warm_timeout_s: float = Field(default=120.0, gt=0)
     # How long the controller may hold one long-poll open before answering 204.
     table_poll_timeout_s: float = Field(default=30.0, gt=0)
     # How long a starting ingress replica waits for its first table (from the key-value store

@@ -17,6 +17,10 @@ Static stability: each accepted table is also written to a ``TableStore`` (the R
 ``serving.gcs_store``) and a starting replica reads that store first, so a replica started
 while the controller is down serves the last decisions instead of 503s.
 
+A table can be prepared for before it is taken: ``prepare(new, held)`` runs first (the replica
+loads the versions the new table makes defaults; see ``serving.model_host``), so requests are
+answered from a table only once its defaults are loaded. Preparing never refuses a table.
+
 Only a table with a higher revision than the one held, or from another epoch, is accepted:
 answers can arrive out of order (a slow poll, the store, the controller) and an older table must
 never win; but a controller whose database was replaced counts from 1 again and must be obeyed.
@@ -35,6 +39,7 @@ import contextlib
 import json
 import logging
 import random
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httpx
@@ -77,6 +82,9 @@ class TableStore(Protocol):
     def write(self, table_json: str) -> None: ...
 
 
+Prepare = Callable[[RoutingTable, RoutingTable | None], Awaitable[None]]
+
+
 class TableSource:
     def __init__(
         self,
@@ -85,11 +93,13 @@ class TableSource:
         poll_timeout_s: float = 30.0,
         store: TableStore | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        prepare: Prepare | None = None,
     ) -> None:
         self._url = controller_url.rstrip("/") + "/routing-table"
         self._poll_timeout_s = poll_timeout_s
         self._store = store
         self._transport = transport
+        self._prepare = prepare
         self._table: RoutingTable | None = None
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -109,6 +119,17 @@ class TableSource:
         self._arrived.set()
         logger.info("routing table revision %d: %d models", table.revision, len(table.models))
         return True
+
+    async def take(self, table: RoutingTable) -> bool:
+        """``offer`` after ``prepare``: the table is answered from once ready for."""
+        if table.schema_version != SCHEMA_VERSION or not supersedes(table, self._table):
+            return self.offer(table)
+        if self._prepare is not None:
+            try:
+                await self._prepare(table, self._table)
+            except Exception:
+                logger.exception("preparing for routing table %d failed", table.revision)
+        return self.offer(table)
 
     async def start(self, wait_s: float = 0.0) -> None:
         """Restore from the store, start polling, and wait up to ``wait_s`` for a first table."""
@@ -131,7 +152,7 @@ class TableSource:
         try:
             raw = await asyncio.to_thread(self._store.read)
             if raw:
-                self.offer(decode(raw))
+                await self.take(decode(raw))
         except SchemaMismatch as exc:
             # Left by replicas of another release: the controller will send this one's schema.
             logger.warning("ignoring the stored routing table: %s", exc)
@@ -157,7 +178,7 @@ class TableSource:
                 backoff.reset()
                 if table is None:
                     await asyncio.sleep(max(0.0, _MIN_EMPTY_POLL_S - (loop.time() - started)))
-                elif self.offer(table):
+                elif await self.take(table):
                     await self._persist(table)
 
     async def _poll_once(self, client: httpx.AsyncClient) -> RoutingTable | None:

@@ -163,6 +163,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     controller_url=controller_url,
                     num_cpus=s.ray_num_cpus,
                     max_num_models_per_replica=s.max_num_models_per_replica,
+                    fast_path=s.fast_path,
                 )
                 _catch_signals()
             console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")

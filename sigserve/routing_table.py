@@ -15,7 +15,9 @@ location of the artifact that was checked (``source``) and the SHA-256 of its ``
 again can never serve what nobody checked.
 
 Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
-table of another schema version (and backs off) rather than guess at its meaning.
+table of another schema version (and backs off) rather than guess at its meaning. A new optional
+field whose absence keeps the old meaning (``max_batch_size``) does not change the schema
+version: a replica that does not know it ignores it and serves exactly as before.
 """
 
 from __future__ import annotations
@@ -58,6 +60,9 @@ class ModelEntry(BaseModel):
     # The contract: the signature of the default version.
     contract: dict[str, str | None] | None = None
     versions: dict[str, VersionEntry] = Field(default_factory=dict)
+    # Records per predict call for this model's batches (the model tag
+    # ``sigserve.max_batch_size``); None: the serving app's default.
+    max_batch_size: int | None = Field(default=None, ge=1)
 
 
 class RoutingTable(BaseModel):

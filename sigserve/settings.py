@@ -21,4 +21,7 @@ class StackSettings(BaseSettings):
     resync_interval_s: float = Field(default=30.0, gt=0)
     max_num_models_per_replica: int = Field(default=2, ge=1)
     ray_num_cpus: int | None = None
+    # Ray Serve's direct ingress through HAProxy and its throughput-optimized mode
+    # (``sigserve.stack.fast_path_env``); false: Ray's Python proxy.
+    fast_path: bool = True
     register_demo_models: bool = True

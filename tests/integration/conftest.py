@@ -159,17 +159,24 @@ def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHand
         stop_serving()
 
 
-def runner_loads() -> list[str]:
-    """Model ids the (single) model-runner replica has loaded, in order."""
+def server_call(method: str) -> Any:
+    """Call a method of the (single) serving replica through a deployment handle."""
     from ray import serve
 
-    handle = serve.get_deployment_handle("ModelRunner", app_name="sigserve")
-    loads: list[str] = handle.loads.remote().result()
+    from serving.app import DEPLOYMENT
+
+    handle = serve.get_deployment_handle(DEPLOYMENT, app_name="sigserve")
+    return getattr(handle, method).remote().result()
+
+
+def runner_loads() -> list[str]:
+    """Model ids the (single) serving replica has tried to load, in order."""
+    loads: list[str] = server_call("loads")
     return loads
 
 
 def load_attempted(name: str, version: str) -> bool:
-    """Whether the model runner ever tried to load any artifact of ``name`` version ``version``.
+    """Whether the serving replica ever tried to load any artifact of ``name`` version ``version``.
 
     Model ids are ``name/version@key`` (the key names the checked artifact).
     """

@@ -80,14 +80,14 @@ def test_restart_keeps_every_decision_and_serving_answers(
     assert after == before  # same states, reasons, decision times: nothing decided again
 
 
-def test_new_ingress_replica_answers_from_last_table_while_controller_is_down(
+def test_new_serving_replica_answers_from_last_table_while_controller_is_down(
     serving_url: str, ctl: ControllerHandle
 ) -> None:
     import ray
 
-    def ingress_replicas() -> set[str]:
+    def serving_replicas() -> set[str]:
         named = ray.util.list_named_actors(all_namespaces=True)
-        return {a["name"] for a in named if "Ingress" in a["name"] and "REPLICA" in a["name"]}
+        return {a["name"] for a in named if "Server" in a["name"] and "REPLICA" in a["name"]}
 
     name = "stable_echo"
     register_echo(name, tag="one")
@@ -96,11 +96,11 @@ def test_new_ingress_replica_answers_from_last_table_while_controller_is_down(
     wait_for(lambda: serve_status(serving_url, name, "2").status_code == 409)
     ctl.stop()
 
-    old = ingress_replicas()
-    assert old, "an ingress replica is running"
+    old = serving_replicas()
+    assert old, "a serving replica is running"
     for actor_name in old:
         ray.kill(ray.get_actor(actor_name, namespace="serve"), no_restart=True)
-    wait_for(lambda: (now := ingress_replicas()) and not (now & old), 90, 0.5)
+    wait_for(lambda: (now := serving_replicas()) and not (now & old), 90, 0.5)
 
     ok = wait_for(lambda: (r := serve_status(serving_url, name, "1")).status_code == 200 and r,
                   60, 0.25)

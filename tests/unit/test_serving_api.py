@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,8 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from serving.api import create_app
-from serving.loader import Artifact, parse_model_id
+from serving.loader import Artifact, LoadedModel, parse_model_id
+from serving.model_host import ModelHost
 from serving.resolve import Target, resolve
 from serving.table_source import TableSource
 from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
@@ -70,17 +72,30 @@ TABLE = RoutingTable(
 )
 
 
-class EchoBackend:
-    """Runs every version in-process: echoes the prompt, tagged with the version that ran."""
+class EchoModel:
+    """A pyfunc stand-in: echoes the prompt, tagged with the version that ran."""
+
+    def __init__(self, target: Target, calls: list[tuple[Target, Any, dict[str, Any] | None]]):
+        self.target = target
+        self.calls = calls
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        self.calls.append((self.target, data, params))
+        ran = f"{self.target.model.name}/{self.target.version.version}"
+        suffix = (params or {}).get("suffix", "")
+        return pd.DataFrame({"out": [f"{ran}:{p}{suffix}" for p in data["prompt"]]})
+
+
+class EchoBackend(ModelHost):
+    """The real model host (frames, batching), its models echoes made in-process."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[Target, Any, dict[str, Any] | None]] = []
 
-    async def predict(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
-        self.calls.append((target, data, params))
-        ran = f"{target.model.name}/{target.version.version}"
-        suffix = (params or {}).get("suffix", "")
-        return pd.DataFrame({"out": [f"{ran}:{p}{suffix}" for p in data["prompt"]]})
+        async def get_model(target: Target) -> LoadedModel:
+            return LoadedModel(EchoModel(target, self.calls), Path("/nonexistent/sigserve-test"))
+
+        super().__init__(get_model)
 
 
 class Controller:

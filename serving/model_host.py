@@ -1,0 +1,135 @@
+"""The models one replica holds: loaded on demand or ahead of time, predicted in batches.
+
+``ModelHost`` is what the HTTP API runs versions on (its ``ModelBackend``). It gets a model by
+its multiplexed id from ``get_model`` (in a replica, Ray Serve's ``@serve.multiplexed`` LRU
+around ``PyfuncLoader``; in tests, anything with the same shape), so there is no Ray in here.
+
+- ``serve``: records validated against the contract -> the version's own DataFrame -> one
+  ``predict`` per batch (``serving.batching``) -> output records, each request its own share.
+- ``invoke``: the MLflow scoring protocol's already parsed input, predicted alone (its inputs
+  come in several shapes that do not concatenate safely).
+- ``warm``: before a routing table is answered from, the versions it makes defaults are loaded
+  (and run once on their input example, where the artifact has one), so the first request to a
+  new default finds its model loaded. See ``docs/architecture.md`` ("No cold start").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mlflow.models import ModelSignature
+
+from serving.batching import Batcher, BatchStats
+from serving.exceptions import SigserveError
+from serving.frames import to_model_input, to_records
+from serving.loader import LoadedModel, call, predict
+from serving.resolve import Target, resolve
+from sigserve.routing_table import RoutingTable
+
+logger = logging.getLogger(__name__)
+
+GetModel = Callable[[Target], Awaitable[LoadedModel]]
+
+_DETAIL_LIMIT = 500
+
+
+class ModelHost:
+    def __init__(
+        self,
+        get_model: GetModel,
+        *,
+        max_batch_size: int = 32,
+        batch_wait_s: float = 0.0,
+        max_models: int = 2,
+        warm_timeout_s: float = 120.0,
+    ) -> None:
+        self._get_model = get_model
+        self._max_batch_size = max_batch_size
+        self._batcher = Batcher(wait_s=batch_wait_s)
+        self._max_models = max_models
+        self._warm_timeout_s = warm_timeout_s
+        self._warmed: list[str] = []
+
+    async def serve(
+        self,
+        target: Target,
+        records: list[Any],
+        params: dict[str, Any] | None,
+        signature: ModelSignature | None,
+    ) -> list[Any]:
+        """Output records for ``records``, shaped by the running version's ``signature``."""
+        loaded = await self._get_model(target)
+
+        def run(batch: list[Any], batch_params: dict[str, Any] | None) -> list[Any]:
+            data = to_model_input(batch, signature)
+            prediction = call(loaded, data, batch_params)
+            return to_records(prediction, signature.outputs if signature is not None else None)
+
+        size = target.model.max_batch_size or self._max_batch_size
+        return await self._batcher.predict(
+            target.model_id, records, params, run, max_batch_size=size
+        )
+
+    async def invoke(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
+        return await predict(await self._get_model(target), data, params)
+
+    async def warm(self, table: RoutingTable, previous: RoutingTable | None) -> None:
+        """Load the live defaults ``table`` brings that ``previous`` did not have.
+
+        At most as many as a replica keeps (loading more would evict the first ones again), the
+        ones made default by this table first. Bounded by ``warm_timeout_s`` in all; a load
+        that fails or takes longer is logged and left to the first request, which answers 503
+        with the cause (the table is taken either way: holding every other model's decisions
+        back for one broken artifact would be worse).
+        """
+        targets = _new_defaults(table, previous)[: self._max_models]
+        if not targets:
+            return
+        try:
+            await asyncio.wait_for(self._warm_all(targets), self._warm_timeout_s)
+        except TimeoutError:
+            logger.warning("warming took over %.0fs; the rest load on demand", self._warm_timeout_s)
+
+    @property
+    def warmed(self) -> list[str]:
+        """Model ids loaded ahead of a table, in order (the latest 1,000)."""
+        return list(self._warmed)
+
+    def batch_stats(self) -> dict[str, BatchStats]:
+        return self._batcher.stats()
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+    async def _warm_all(self, targets: list[Target]) -> None:
+        for target in targets:
+            try:
+                loaded = await self._get_model(target)
+                self._warmed = [*self._warmed[-999:], target.model_id]
+                example = getattr(loaded.model, "input_example", None)
+                if example is not None:
+                    await predict(loaded, example, None)
+            except Exception as exc:
+                # A failed warm-up is the first request's problem, not the table's.
+                logger.warning("warming %s failed: %s", target.model_id, str(exc)[:_DETAIL_LIMIT])
+
+
+def _new_defaults(table: RoutingTable, previous: RoutingTable | None) -> list[Target]:
+    """Live default versions in ``table`` whose model id ``previous`` did not serve as default."""
+    before = set() if previous is None else {t.model_id for t in _defaults(previous)}
+    return [t for t in _defaults(table) if t.model_id not in before]
+
+
+def _defaults(table: RoutingTable) -> list[Target]:
+    found = []
+    for name, model in table.models.items():
+        if model.default_version is None:
+            continue
+        try:
+            found.append(resolve(table, name, None))
+        except SigserveError:
+            continue  # not live, or not bound to an artifact: never loaded
+    return found

@@ -1,0 +1,100 @@
+"""The serving deployment: each replica answers the HTTP API and holds the models it runs.
+
+One deployment, not an ingress in front of a model deployment: measured here, the second hop
+cost half the throughput of a lone client and ~15% at 16 (``docs/benchmarks.md``), and a
+replica that holds both its routing table and its models can load a new default before it
+answers from the table that makes it one. What stays apart is the code: the API
+(``serving.api``) only validates and resolves, ``serving.model_host`` batches and predicts, and
+``serving.loader`` loads without Ray. See ``docs/architecture.md`` ("One deployment").
+
+Models are multiplexed: ``@serve.multiplexed`` keeps an LRU of ``max_num_models_per_replica``
+loaded models per replica, keyed ``name/version@key`` (the key names the checked artifact), and
+reports them to Ray Serve, which prefers a replica that holds a model when a request carries
+its id. The FastAPI app is built per replica (``__serve_build_asgi_app__``, after
+``__init__``), so nothing (no HTTP client, no table) exists at import time.
+
+``serve.multiplexed`` fixes its limit when it wraps a function; wrapping at class definition
+would freeze it at import time, so the wrapper is made per replica in ``__init__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import FastAPI
+from ray import serve
+
+from serving.api import create_app
+from serving.batching import BatchStats
+from serving.gcs_store import GcsTableStore
+from serving.loader import Artifact, LoadedModel, PyfuncLoader, Refusal, bind
+from serving.model_host import ModelHost
+from serving.resolve import Target
+from serving.settings import ServingSettings
+from serving.table_source import TableSource
+
+
+@serve.ingress()
+class Server:
+    def __init__(self, settings: ServingSettings) -> None:
+        self._settings = settings
+        self._loader = PyfuncLoader()
+        # The multiplexed loader is called with the model id alone. Each entry is written by
+        # ``_model`` before the load it serves, and ``bind`` makes an id name one artifact
+        # only, so an entry is never stale.
+        self._artifacts: dict[str, Artifact] = {}
+
+        # A plain closure, not a bound method: the multiplex wrapper stores its LRU as an
+        # attribute of the function it wraps, which a bound method cannot carry.
+        async def load(model_id: str) -> LoadedModel:
+            return await self._loader.load(model_id, self._artifacts[model_id])
+
+        self._multiplexed: Callable[[str], Awaitable[LoadedModel]] = serve.multiplexed(
+            max_num_models_per_replica=settings.max_num_models_per_replica
+        )(load)
+        self._host = ModelHost(
+            self._model,
+            max_batch_size=settings.max_batch_size,
+            batch_wait_s=settings.batch_wait_ms / 1000,
+            max_models=settings.max_num_models_per_replica,
+            warm_timeout_s=settings.warm_timeout_s,
+        )
+
+    async def _model(self, target: Target) -> LoadedModel:
+        model_id = target.model_id
+        bind(model_id, target.artifact)
+        self._artifacts[model_id] = target.artifact
+        return await self._multiplexed(model_id)
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        settings = self._settings
+        source = TableSource(
+            settings.controller_url,
+            poll_timeout_s=settings.table_poll_timeout_s,
+            store=GcsTableStore(settings.app_name),
+            prepare=self._host.warm if settings.warm_defaults else None,
+        )
+        return create_app(source, self._host, startup_wait_s=settings.table_startup_wait_s)
+
+    # Read by tests and operators through a deployment handle.
+
+    def loads(self) -> list[str]:
+        """Every model id this replica tried to load, in order, failed tries and reloads too."""
+        return self._loader.attempts
+
+    def refusals(self) -> list[Refusal]:
+        """Every load refused because the artifact was not the one the controller checked."""
+        return self._loader.refusals
+
+    def warmed(self) -> list[str]:
+        """Model ids loaded ahead of the table that made them defaults."""
+        return self._host.warmed
+
+    def batch_stats(self) -> dict[str, dict[str, Any]]:
+        """Per model id: predict calls, requests and records they carried, largest batch."""
+        return {key: _stats(s) for key, s in self._host.batch_stats().items()}
+
+
+def _stats(stats: BatchStats) -> dict[str, Any]:
+    return dict(stats.__dict__)
