@@ -19,7 +19,9 @@ title, so adding an error means adding a class here and nothing else.
      |    +-- VersionUnbound              503 + Retry-After: live, but the table names no
      |    |                               checked artifact (source, MLmodel digest) to load
      |    +-- ModelUnavailable            503 + Retry-After: the version could not be loaded,
-     |                                    or its artifact is not the one that was checked
+     |    |                               or its artifact is not the one that was checked
+     |    +-- ModelFailed                 500: the model's own code raised on this input (its
+     |                                    message, not a stack trace; other requests unaffected)
      +-- ContractError                    a signature that cannot become an API (a bug or a
                                           registry oddity: answered as a plain 500)
 
@@ -116,6 +118,12 @@ class VersionUnbound(ProblemError):
     slug = "version-unbound"
     title = "The version is not bound to a checked artifact"
     retry_after = 5
+
+
+class ModelFailed(ProblemError):
+    status = 500
+    slug = "model-failed"
+    title = "The model version failed on this input"
 
 
 class ModelUnavailable(ProblemError):

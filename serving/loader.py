@@ -35,7 +35,7 @@ import mlflow.artifacts
 import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
-from serving.exceptions import ModelRejectedInput, ModelUnavailable
+from serving.exceptions import ModelFailed, ModelRejectedInput, ModelUnavailable
 
 logger = logging.getLogger(__name__)
 # How many load attempts and refusals a replica remembers.
@@ -214,13 +214,20 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
 
 
 def call(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
-    """Call the model's ``predict`` here (it blocks); MLflow refusing the input is a 422."""
+    """Call the model's ``predict`` here (it blocks).
+
+    MLflow refusing the input or params is a 422; anything the model's own code raises is a
+    500 that names the exception, never a stack trace.
+    """
     try:
         return loaded.model.predict(data, params=params or None)
     except MlflowException as exc:
         if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
             raise ModelRejectedInput(_detail(exc.message)) from None
-        raise
+        raise ModelFailed(_detail(f"MLflow failed to predict: {exc.message}")) from None
+    except Exception as exc:
+        logger.warning("predict raised %s: %s", type(exc).__name__, _detail(str(exc)))
+        raise ModelFailed(_detail(f"the model raised {type(exc).__name__}: {exc}")) from None
 
 
 async def predict(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:

@@ -150,6 +150,10 @@ def fast_path_env(ray_dir: Path) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 99),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 100),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 199),
+        # A stopping replica keeps answering this long (30 s by default) for load balancers in
+        # front of other nodes to notice; this HAProxy is told at once, and Ctrl-C should not
+        # take half a minute.
+        "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
     }
 
 
@@ -182,17 +186,25 @@ def start_serving(
     # Hugging Face's offline switches must reach the model replicas too.
     hf_env = {k: v for k, v in os.environ.items() if k.startswith(("HF_", "TRANSFORMERS_"))}
     ray_dir = ray_temp_dir(home)
+    # Every Ray process inherits the environment of the raylet that ``ray.init`` starts, so the
+    # fast path's variables only need to be there for that call; they are taken out after, or a
+    # process this one starts later (another stack) would inherit this stack's ports.
+    added = {}
     if fast_path:
-        for key, value in fast_path_env(ray_dir).items():
-            os.environ.setdefault(key, value)
-    ray.init(
-        address="local",
-        num_cpus=num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        _temp_dir=str(ray_dir),
-        runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, **hf_env}},
-    )
+        added = {k: v for k, v in fast_path_env(ray_dir).items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        ray.init(
+            address="local",
+            num_cpus=num_cpus,
+            include_dashboard=False,
+            log_to_driver=False,
+            _temp_dir=str(ray_dir),
+            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, **hf_env}},
+        )
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
     serve.start(http_options={"host": host, "port": port})
     settings = ServingSettings(
         controller_url=controller_url, max_num_models_per_replica=max_num_models_per_replica
