@@ -34,7 +34,7 @@ from controller.exceptions import (
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, RegistryPort
 from controller.registry_sync import (
-    batch_size_from_tags,
+    batching_from_tags,
     follow_alias,
     policies_from_tags,
     write_back,
@@ -212,7 +212,7 @@ class Reconciler:
                 # Tags read before an admin change committed are stale: the reconcile that
                 # change queued reads them again.
                 current = policies_from_tags(current, info.tags)
-            current = batch_size_from_tags(current, info.tags)
+            current = batching_from_tags(current, info.tags)
             merged = merge_observed(current, observed, facts, failures, broken)
             now = self._clock()
             decided = decide_all(merged, now, self._environment)

@@ -62,8 +62,10 @@ class ModelRecord:
     alias_refusal: dict[str, Any] | None = None
     # Why the registry refused the verdict tags or the alias, until a write succeeds.
     registry_warning: str | None = None
-    # Records per predict call when serving (the model tag ``sigserve.max_batch_size``).
+    # Batching when served (the model tags ``sigserve.max_batch_size``, records per predict
+    # call, and ``sigserve.batch_wait_ms``); None: the serving app's defaults.
     max_batch_size: int | None = None
+    batch_wait_ms: float | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
 
     def sorted_versions(self) -> list[VersionRecord]:

@@ -5,8 +5,9 @@
   stored policy; the admin API writes the tag as well as the record, so both say the same. MLflow
   fires no webhook for registered-model tags: a tag set in the UI is seen at the next resync.
   An invalid value is ignored (logged).
-- **Serving's batch size from a tag**: ``sigserve.max_batch_size`` (a positive integer) goes
-  into the routing table as the model's records per predict call; seen at the next resync too.
+- **Serving's batching from tags**: ``sigserve.max_batch_size`` (records per predict call, an
+  integer >= 1) and ``sigserve.batch_wait_ms`` (how long a batch that is not full may wait for
+  more, >= 0) go into the routing table for the model; seen at the next resync too.
 - **The pin as an alias** (``serving`` by default). The alias the controller last saw is kept
   (``alias_seen``); an alias that moved since then was moved by a person, and is taken as a pin
   when its version is live under the contract, or refused (``alias_refusal``, in the admin API
@@ -40,6 +41,7 @@ log = logging.getLogger(__name__)
 
 POLICY_TAG = "sigserve.compatibility"
 BATCH_SIZE_TAG = "sigserve.max_batch_size"
+BATCH_WAIT_TAG = "sigserve.batch_wait_ms"
 ENVIRONMENT_TAG = "sigserve.environment"
 STATE_TAG = "sigserve.state"
 REASONS_TAG = "sigserve.reasons"
@@ -72,23 +74,29 @@ def policies_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord
     )
 
 
-def batch_size_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord:
-    """The model's batch size for serving: its tag, a positive integer; absent or invalid, None."""
-    raw = tags.get(BATCH_SIZE_TAG)
-    wanted: int | None = None
-    if raw is not None:
-        try:
-            wanted = int(raw.strip())
-        except ValueError:
-            wanted = 0
-        if wanted < 1:
-            log.warning(
-                "%s: ignoring tag %s=%r (a positive integer)", record.name, BATCH_SIZE_TAG, raw
-            )
-            wanted = None
-    if wanted == record.max_batch_size:
+def batching_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord:
+    """The model's batching when served, from its tags; an absent or invalid one is None."""
+    size = _number_tag(record.name, tags, BATCH_SIZE_TAG, int, minimum=1)
+    wait = _number_tag(record.name, tags, BATCH_WAIT_TAG, float, minimum=0)
+    if (size, wait) == (record.max_batch_size, record.batch_wait_ms):
         return record
-    return replace(record, max_batch_size=wanted)
+    return replace(record, max_batch_size=size, batch_wait_ms=wait)
+
+
+def _number_tag(
+    name: str, tags: dict[str, str], tag: str, kind: type[int] | type[float], *, minimum: float
+) -> Any:
+    raw = tags.get(tag)
+    if raw is None:
+        return None
+    try:
+        value = kind(raw.strip())
+    except ValueError:
+        value = None
+    if value is None or value < minimum or value != value:  # NaN is not a number of anything
+        log.warning("%s: ignoring tag %s=%r (a number >= %g)", name, tag, raw, minimum)
+        return None
+    return value
 
 
 def follow_alias(

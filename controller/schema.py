@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, DateTime, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, DateTime, Float, ForeignKey, Integer, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -35,8 +35,9 @@ class RegisteredModelRow(Base):
     alias_seen: Mapped[str | None] = mapped_column(String(32))
     alias_refusal: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     registry_warning: Mapped[str | None] = mapped_column(Text)
-    # Records per predict call when serving, from the model's registry tag; None: serving's own.
+    # Batching when served, from the model's registry tags; None: serving's own defaults.
     max_batch_size: Mapped[int | None] = mapped_column(Integer)
+    batch_wait_ms: Mapped[float | None] = mapped_column(Float)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -55,6 +55,7 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
         alias_refusal=row.alias_refusal,
         registry_warning=row.registry_warning,
         max_batch_size=row.max_batch_size,
+        batch_wait_ms=row.batch_wait_ms,
         versions={
             v.version: VersionRecord(
                 version=v.version,
@@ -192,6 +193,7 @@ class Store:
         row.alias_refusal = record.alias_refusal
         row.registry_warning = record.registry_warning
         row.max_batch_size = record.max_batch_size
+        row.batch_wait_ms = record.batch_wait_ms
         row.updated_at = now
         existing = {v.version: v for v in row.versions}
         for gone in set(existing) - set(record.versions):

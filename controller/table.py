@@ -19,6 +19,7 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                 default_version=m.default_version,
                 contract=m.contract,
                 max_batch_size=m.max_batch_size,
+                batch_wait_ms=m.batch_wait_ms,
                 versions={
                     v.version: VersionEntry(
                         version=v.version,

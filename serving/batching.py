@@ -8,8 +8,8 @@ back into each request's share, in order.
 
 There is no fixed wait: a lone request is predicted at once, and while one batch predicts the
 next one gathers in the queue, so batches grow with the load and cost nothing without it. A
-positive ``wait_s`` adds an upper bound on how long a batch that is not full waits for more
-(for models where one more record costs far less than one more call).
+positive ``wait_s`` (per call, else the batcher's default) bounds how long a batch that is not
+full waits for more (for models where one more record costs far less than one more call).
 
 One bad record fails its own request only: when a batch of several requests fails, or answers
 a number of rows that is not the number of records it was given (a model that does not answer
@@ -87,6 +87,7 @@ class Batcher:
         predict: Predict,
         *,
         max_batch_size: int,
+        wait_s: float | None = None,
     ) -> list[Any]:
         """The outputs for ``records`` (one per record), predicted with whatever is queued."""
         queue = self._queues.get(key)
@@ -96,8 +97,9 @@ class Batcher:
         queue.items.append(_Item(records, params, _params_key(params), predict, future))
         queue.wakeup.set()
         if queue.task is None or queue.task.done():
+            wait = self._wait_s if wait_s is None else wait_s
             queue.task = asyncio.create_task(
-                self._drain(queue, max_batch_size), name=f"sigserve-batch-{key}"
+                self._drain(queue, max_batch_size, wait), name=f"sigserve-batch-{key}"
             )
         return await future
 
@@ -118,19 +120,19 @@ class Batcher:
                     item.future.cancel()
         self._queues.clear()
 
-    async def _drain(self, queue: _VersionQueue, max_batch_size: int) -> None:
+    async def _drain(self, queue: _VersionQueue, max_batch_size: int, wait_s: float) -> None:
         while queue.items:
-            if self._wait_s > 0 and _records(queue.items) < max_batch_size:
-                await self._gather(queue, max_batch_size)
+            if wait_s > 0 and _records(queue.items) < max_batch_size:
+                await self._gather(queue, max_batch_size, wait_s)
             batch = _take(queue.items, max_batch_size)
             batch = [item for item in batch if not item.future.done()]  # cancelled by clients
             if batch:
                 await self._run(queue.stats, batch)
         queue.wakeup.clear()
 
-    async def _gather(self, queue: _VersionQueue, max_batch_size: int) -> None:
+    async def _gather(self, queue: _VersionQueue, max_batch_size: int, wait_s: float) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._wait_s
+        deadline = loop.time() + wait_s
         while _records(queue.items) < max_batch_size and (left := deadline - loop.time()) > 0:
             queue.wakeup.clear()
             with contextlib.suppress(TimeoutError):

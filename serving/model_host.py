@@ -68,9 +68,15 @@ class ModelHost:
             prediction = call(loaded, data, batch_params)
             return to_records(prediction, signature.outputs if signature is not None else None)
 
-        size = target.model.max_batch_size or self._max_batch_size
+        model = target.model
+        wait_ms = model.batch_wait_ms
         return await self._batcher.predict(
-            target.model_id, records, params, run, max_batch_size=size
+            target.model_id,
+            records,
+            params,
+            run,
+            max_batch_size=model.max_batch_size or self._max_batch_size,
+            wait_s=None if wait_ms is None else wait_ms / 1000,
         )
 
     async def invoke(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:

@@ -16,8 +16,8 @@ again can never serve what nobody checked.
 
 Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
 table of another schema version (and backs off) rather than guess at its meaning. A new optional
-field whose absence keeps the old meaning (``max_batch_size``) does not change the schema
-version: a replica that does not know it ignores it and serves exactly as before.
+field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``) does not
+change the schema version: a replica that does not know it ignores it and serves as before.
 """
 
 from __future__ import annotations
@@ -60,9 +60,11 @@ class ModelEntry(BaseModel):
     # The contract: the signature of the default version.
     contract: dict[str, str | None] | None = None
     versions: dict[str, VersionEntry] = Field(default_factory=dict)
-    # Records per predict call for this model's batches (the model tag
-    # ``sigserve.max_batch_size``); None: the serving app's default.
+    # Records per predict call for this model's batches, and how long a batch that is not full
+    # may wait for more (the model tags ``sigserve.max_batch_size`` and
+    # ``sigserve.batch_wait_ms``); None: the serving app's defaults.
     max_batch_size: int | None = Field(default=None, ge=1)
+    batch_wait_ms: float | None = Field(default=None, ge=0)
 
 
 class RoutingTable(BaseModel):

@@ -232,17 +232,19 @@ def test_policy_tags_in_the_registry_win(store: Store) -> None:
     assert store.load_model("m").policy == "none"  # type: ignore[union-attr]
 
 
-def test_the_batch_size_tag_reaches_the_routing_table(store: Store) -> None:
+def test_the_batching_tags_reach_the_routing_table(store: Store) -> None:
     registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))})
     reconciler(store, registry).reconcile("m")
     assert store.publish().models["m"].max_batch_size is None
-    registry.model_tags = {"sigserve.max_batch_size": "8"}
+    registry.model_tags = {"sigserve.max_batch_size": "8", "sigserve.batch_wait_ms": "2.5"}
     reconciler(store, registry).reconcile("m")
-    assert store.publish().models["m"].max_batch_size == 8
-    for invalid in ("0", "-3", "eight"):  # ignored, logged: the serving default applies
-        registry.model_tags = {"sigserve.max_batch_size": invalid}
+    entry = store.publish().models["m"]
+    assert (entry.max_batch_size, entry.batch_wait_ms) == (8, 2.5)
+    for size, wait in (("0", "-1"), ("-3", "nan"), ("eight", "soon")):  # ignored, logged
+        registry.model_tags = {"sigserve.max_batch_size": size, "sigserve.batch_wait_ms": wait}
         reconciler(store, registry).reconcile("m")
-        assert store.publish().models["m"].max_batch_size is None
+        entry = store.publish().models["m"]
+        assert (entry.max_batch_size, entry.batch_wait_ms) == (None, None)
 
 
 def test_a_registry_that_refuses_the_writes_is_a_recorded_warning_not_a_lost_decision(

@@ -171,19 +171,32 @@ def test_versions_are_batched_apart() -> None:
     assert asyncio.run(run()) == (["A"], ["B"])
 
 
-@pytest.mark.parametrize("wait_ms", [20.0])
-def test_a_positive_wait_gathers_requests_that_arrive_within_it(wait_ms: float) -> None:
+@pytest.mark.parametrize("per_model", [False, True])
+def test_a_positive_wait_gathers_requests_that_arrive_within_it(per_model: bool) -> None:
     model = Upper()
+    wait_s = 0.2  # far longer than the 2 ms between requests, on a machine however busy
 
     async def run() -> list[Any]:
-        batcher = Batcher(wait_s=wait_ms / 1000)
+        # The wait is the batcher's default, or the model's own (its tag, through the table).
+        batcher = Batcher() if per_model else Batcher(wait_s=wait_s)
+        own = {"wait_s": wait_s} if per_model else {}
         tasks = []
         for r in "abc":
-            tasks.append(
-                asyncio.create_task(batcher.predict("m/1@k", [r], None, model, max_batch_size=8))
-            )
+            call = batcher.predict("m/1@k", [r], None, model, max_batch_size=8, **own)
+            tasks.append(asyncio.create_task(call))
             await asyncio.sleep(0.002)
         return await asyncio.gather(*tasks)
 
     assert asyncio.run(run()) == [["A"], ["B"], ["C"]]
     assert [c[0] for c in model.calls] == [["a", "b", "c"]]
+
+
+def test_without_a_wait_a_full_batch_goes_at_once() -> None:
+    model = Upper()
+
+    async def run() -> list[Any]:
+        batcher = Batcher(wait_s=30.0)  # a wait that would fail the test if it were waited out
+        calls = [batcher.predict("m/1@k", [r, r], None, model, max_batch_size=4) for r in "ab"]
+        return await asyncio.wait_for(asyncio.gather(*calls), 10)
+
+    assert asyncio.run(run()) == [["A", "A"], ["B", "B"]]

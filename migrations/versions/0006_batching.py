@@ -1,4 +1,5 @@
-"""A model's batch size for serving, from its registry tag ``sigserve.max_batch_size``.
+"""A model's batching when served, from its registry tags ``sigserve.max_batch_size`` and
+``sigserve.batch_wait_ms``.
 
 Revision ID: 0006
 Revises: 0005
@@ -17,8 +18,10 @@ depends_on = None
 def upgrade() -> None:
     with op.batch_alter_table("registered_models") as batch:
         batch.add_column(sa.Column("max_batch_size", sa.Integer(), nullable=True))
+        batch.add_column(sa.Column("batch_wait_ms", sa.Float(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("registered_models") as batch:
+        batch.drop_column("batch_wait_ms")
         batch.drop_column("max_batch_size")
