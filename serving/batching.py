@@ -17,6 +17,11 @@ one row per record cannot be cut back), each request of it is predicted again al
 gets its own answer or its own error, exactly as without batching. Requests with different
 params never share a batch (params apply to a whole predict call).
 
+A call normally runs in a worker thread, so the event loop keeps taking requests while a model
+predicts. A version whose calls have been taking less than ``inline_below_s`` (a moving
+average) is called on the event loop instead: for a model that answers in a fraction of a
+millisecond, handing the call to a thread and back costs more than the call.
+
 No Ray in here: the queues are plain asyncio, so the batching is tested without a cluster.
 """
 
@@ -26,11 +31,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+# Idle queues kept (each a few objects and its stats) before the oldest idle ones are dropped.
+_MAX_QUEUES = 256
+# Weight of the latest call in a version's moving average of call durations.
+_SMOOTHING = 0.2
 
 # Predicts a list of records under params; returns one output per record (or raises).
 Predict = Callable[[list[Any], dict[str, Any] | None], Sequence[Any]]
@@ -58,6 +69,9 @@ class BatchStats:
     records: int = 0
     largest: int = 0
     retried_alone: int = 0
+    inline: int = 0
+    # Moving average of a call's duration, seconds; None before the first call.
+    call_s: float | None = None
 
 
 class _VersionQueue:
@@ -68,12 +82,17 @@ class _VersionQueue:
         self.task: asyncio.Task[None] | None = None
         self.stats = BatchStats()
 
+    @property
+    def idle(self) -> bool:
+        return not self.items and (self.task is None or self.task.done())
+
 
 class Batcher:
     """Batches requests per key (a multiplexed model id) and predicts them in worker threads."""
 
-    def __init__(self, *, wait_s: float = 0.0) -> None:
+    def __init__(self, *, wait_s: float = 0.0, inline_below_s: float = 0.0) -> None:
         self._wait_s = wait_s
+        self._inline_below_s = inline_below_s
         self._queues: dict[str, _VersionQueue] = {}
 
     def stats(self) -> dict[str, BatchStats]:
@@ -92,6 +111,7 @@ class Batcher:
         """The outputs for ``records`` (one per record), predicted with whatever is queued."""
         queue = self._queues.get(key)
         if queue is None:
+            self._prune()
             queue = self._queues[key] = _VersionQueue(key)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         queue.items.append(_Item(records, params, _params_key(params), predict, future))
@@ -103,10 +123,10 @@ class Batcher:
             )
         return await future
 
-    def forget(self, key: str) -> None:
-        """Drop an idle queue (its version was evicted); a busy one drains and ends by itself."""
-        queue = self._queues.get(key)
-        if queue is not None and not queue.items and (queue.task is None or queue.task.done()):
+    def _prune(self) -> None:
+        # Versions come and go (evicted, replaced); their idle queues go, oldest first.
+        excess = len(self._queues) - _MAX_QUEUES + 1
+        for key in [k for k, q in self._queues.items() if q.idle][: max(0, excess)]:
             del self._queues[key]
 
     async def close(self) -> None:
@@ -139,13 +159,24 @@ class Batcher:
                 await asyncio.wait_for(queue.wakeup.wait(), left)
 
     async def _run(self, stats: BatchStats, batch: list[_Item]) -> None:
+        inline = stats.call_s is not None and stats.call_s < self._inline_below_s
         try:
-            answers, calls = await asyncio.to_thread(_predict_batch, batch)
+            if inline:
+                answers, calls, took = _predict_batch(batch)
+            else:
+                answers, calls, took = await asyncio.to_thread(_predict_batch, batch)
         except BaseException as exc:  # cancelled while predicting: tell every waiter
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(exc)
             raise
+        per_call = took / calls
+        stats.call_s = (
+            per_call
+            if stats.call_s is None
+            else (1 - _SMOOTHING) * stats.call_s + _SMOOTHING * per_call
+        )
+        stats.inline += inline
         size = sum(len(item.records) for item in batch)
         stats.calls += calls
         stats.requests += len(batch)
@@ -162,27 +193,28 @@ class Batcher:
                 item.future.set_result(answer)
 
 
-def _predict_batch(batch: list[_Item]) -> tuple[list[list[Any] | Exception], int]:
-    """Each item's outputs or error, and how many predict calls that took.
+def _predict_batch(batch: list[_Item]) -> tuple[list[list[Any] | Exception], int, float]:
+    """Each item's outputs or error, how many predict calls that took, and how long (s).
 
     One call for the whole batch; if that fails with several requests in it, one per request.
-    Runs in a worker thread.
     """
+    started = time.perf_counter()
     if len(batch) == 1:
         # Alone, a request gets whatever the model answered, one row per record or not.
-        return [_alone(batch[0])], 1
+        return [_alone(batch[0])], 1, time.perf_counter() - started
     records = [record for item in batch for record in item.records]
     try:
         outputs = _checked(batch[0].predict, records, batch[0].params)
     except Exception as exc:
         logger.info("a batch of %d requests failed (%s); predicting each alone", len(batch), exc)
-        return [_alone(item) for item in batch], 1 + len(batch)
-    answers: list[list[Any] | Exception] = []
+        answers = [_alone(item) for item in batch]
+        return answers, 1 + len(batch), time.perf_counter() - started
+    shares: list[list[Any] | Exception] = []
     start = 0
     for item in batch:
-        answers.append(outputs[start : start + len(item.records)])
+        shares.append(outputs[start : start + len(item.records)])
         start += len(item.records)
-    return answers, 1
+    return shares, 1, time.perf_counter() - started
 
 
 def _checked(predict: Predict, records: list[Any], params: dict[str, Any] | None) -> list[Any]:

@@ -86,7 +86,7 @@ def to_records(prediction: Any, outputs: Schema | None) -> list[Any]:
     """The prediction as a list of JSON-ready records, one per input row where possible."""
     names = _output_names(outputs)
     if isinstance(prediction, pd.DataFrame):
-        rows: list[Any] = prediction.to_dict(orient="records")
+        rows: list[Any] = _frame_rows(prediction)
     elif isinstance(prediction, pd.Series | np.ndarray):
         rows = _wrap(prediction.tolist(), names)
     elif isinstance(prediction, Mapping):
@@ -96,6 +96,15 @@ def to_records(prediction: Any, outputs: Schema | None) -> list[Any]:
     else:
         rows = _wrap([prediction], names)
     return [jsonable(r) for r in rows]
+
+
+def _frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    # Column by column: ``to_dict(orient="records")`` costs ~10% of a small request's CPU.
+    if not frame.columns.is_unique:
+        return cast(list[dict[str, Any]], frame.to_dict(orient="records"))
+    names = [str(c) for c in frame.columns]
+    columns = [frame[c].tolist() for c in frame.columns]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def _output_names(outputs: Schema | None) -> list[str]:

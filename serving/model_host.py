@@ -43,12 +43,13 @@ class ModelHost:
         *,
         max_batch_size: int = 32,
         batch_wait_s: float = 0.0,
+        inline_below_s: float = 0.0,
         max_models: int = 2,
         warm_timeout_s: float = 120.0,
     ) -> None:
         self._get_model = get_model
         self._max_batch_size = max_batch_size
-        self._batcher = Batcher(wait_s=batch_wait_s)
+        self._batcher = Batcher(wait_s=batch_wait_s, inline_below_s=inline_below_s)
         self._max_models = max_models
         self._warm_timeout_s = warm_timeout_s
         self._warmed: list[str] = []

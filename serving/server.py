@@ -57,6 +57,7 @@ class Server:
             self._model,
             max_batch_size=settings.max_batch_size,
             batch_wait_s=settings.batch_wait_ms / 1000,
+            inline_below_s=settings.inline_predict_below_ms / 1000,
             max_models=settings.max_num_models_per_replica,
             warm_timeout_s=settings.warm_timeout_s,
         )

@@ -28,6 +28,9 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1)
     # How long a batch that is not full may wait for more (0: take what is queued, never wait).
     batch_wait_ms: float = Field(default=0.0, ge=0)
+    # A version whose predict calls take less than this (a moving average) is called on the
+    # event loop: for tiny models a hop to a worker thread costs more than the call.
+    inline_predict_below_ms: float = Field(default=1.0, ge=0)
     # Load a version before the table that makes it a default is answered from.
     warm_defaults: bool = True
     warm_timeout_s: float = Field(default=120.0, gt=0)

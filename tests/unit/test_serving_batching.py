@@ -200,3 +200,40 @@ def test_without_a_wait_a_full_batch_goes_at_once() -> None:
         return await asyncio.wait_for(asyncio.gather(*calls), 10)
 
     assert asyncio.run(run()) == [["A", "A"], ["B", "B"]]
+
+
+def test_a_fast_model_is_called_on_the_event_loop_a_slow_one_in_a_thread() -> None:
+    threads: list[tuple[str, int]] = []
+
+    def fast(records: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        threads.append(("fast", threading.get_ident()))
+        return records
+
+    def slow(records: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        threads.append(("slow", threading.get_ident()))
+        threading.Event().wait(0.05)
+        return records
+
+    async def run() -> int:
+        batcher = Batcher(inline_below_s=0.02)
+        for _ in range(3):
+            await batcher.predict("fast/1@k", ["a"], None, fast, max_batch_size=8)
+            await batcher.predict("slow/1@k", ["a"], None, slow, max_batch_size=8)
+        assert batcher.stats()["fast/1@k"].inline == 2  # the first call had nothing measured
+        assert batcher.stats()["slow/1@k"].inline == 0
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    fast_threads = [t for name, t in threads if name == "fast"]
+    assert fast_threads[0] != loop_thread and fast_threads[1:] == [loop_thread, loop_thread]
+    assert all(t != loop_thread for name, t in threads if name == "slow")
+
+
+def test_idle_queues_of_versions_long_gone_do_not_pile_up() -> None:
+    async def run() -> int:
+        batcher = Batcher()
+        for n in range(600):
+            await batcher.predict(f"m/{n}@k", ["a"], None, Upper(), max_batch_size=8)
+        return len(batcher.stats())
+
+    assert asyncio.run(run()) <= 256

@@ -212,3 +212,24 @@ def test_outputs_without_names_stay_bare_and_values_become_json() -> None:
 def test_contracts_are_cached_per_name_and_signature() -> None:
     assert contract_for("translate", TRANSLATE) is contract_for("translate", dict(TRANSLATE))
     assert contract_for("other", TRANSLATE) is not contract_for("translate", TRANSLATE)
+
+
+def test_frame_outputs_become_the_same_records_as_pandas_would_give() -> None:
+    frame = pd.DataFrame(
+        {
+            "n": [1, 2],
+            "x": [0.5, np.nan],
+            "maybe": pd.Series([3, None], dtype="Int64"),
+            "t": pd.to_datetime(["2024-01-01", "2024-01-02"]),
+            "vec": [np.array([1.0, 2.0]), np.array([3.0])],
+            "label": ["a", None],
+        }
+    )
+    expected = [jsonable(r) for r in frame.to_dict(orient="records")]
+    assert to_records(frame, None) == expected
+    assert expected[1] == {
+        "n": 2, "x": None, "maybe": None, "t": "2024-01-02T00:00:00", "vec": [3.0], "label": None
+    }
+    # Repeated column names cannot become dict keys one by one: pandas decides, as before.
+    twice = pd.DataFrame([[1, 2]], columns=["a", "a"])
+    assert to_records(twice, None) == [jsonable(r) for r in twice.to_dict(orient="records")]
