@@ -32,7 +32,7 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 from serving.contract import contract_for
-from serving.exceptions import InvalidInput
+from serving.exceptions import BodyTooLarge, InvalidInput
 from serving.frames import jsonable
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
@@ -61,7 +61,14 @@ class ModelBackend(Protocol):
         ...
 
 
-def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: float = 0) -> FastAPI:
+def create_app(
+    source: TableSource,
+    backend: ModelBackend,
+    *,
+    startup_wait_s: float = 0,
+    max_body_bytes: int | None = None,
+    max_records: int | None = None,
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await source.start(wait_s=startup_wait_s)
@@ -104,9 +111,10 @@ def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: fl
         # Resolve before reading the body: a quarantined version answers 409 whatever is sent.
         target = resolve(source.table, name, header_version(name, request.headers))
         signature = contract_for(name, target.version.signature).signature
-        body = await _json(request)
+        body = await _json(request, max_body_bytes)
         if not isinstance(body, dict):
             raise _bad_body("must be a JSON object with one of " + ", ".join(_SCORING_FORMATS))
+        _check_count(body, max_records)
         data = {k: v for k, v in body.items() if k in _SCORING_FORMATS}
         unknown = sorted(set(body) - set(_SCORING_FORMATS) - {"params"})
         if unknown or len(data) != 1:
@@ -125,17 +133,70 @@ def create_app(source: TableSource, backend: ModelBackend, *, startup_wait_s: fl
         # version's own signature shapes what its model reads and writes.
         contract = contract_for(name, target.model.contract or target.version.signature)
         own = contract_for(name, target.version.signature).signature or contract.signature
-        parsed = contract.parse(await _json(request))
+        body = await _json(request, max_body_bytes)
+        _check_count(body, max_records)
+        parsed = contract.parse(body)
         return JSONResponse(await backend.serve(target, parsed.records, parsed.params, own))
 
     return app
 
 
-async def _json(request: Request) -> Any:
+async def _json(request: Request, max_bytes: int | None) -> Any:
     try:
-        return json.loads(await request.body())
+        return json.loads(await _body(request, max_bytes))
     except ValueError as exc:
         raise _bad_body(f"is not valid JSON: {exc}") from None
+
+
+async def _body(request: Request, max_bytes: int | None) -> bytes:
+    """The body, refused (413) as soon as it is known to be too large: from its Content-Length
+    before reading any of it, else while it streams in, never held whole in memory."""
+    if max_bytes is None:
+        return await request.body()
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(int(declared), max_bytes)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > max_bytes:
+            raise _too_large(size, max_bytes)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _too_large(size: int, max_bytes: int) -> BodyTooLarge:
+    reason = f"has {size} bytes or more; a request may send at most {max_bytes}"
+    return BodyTooLarge(f"body {reason}", errors=[{"field": "body", "reason": reason}])
+
+
+def _check_count(body: Any, max_records: int | None) -> None:
+    """Refuse a body of more records than a request may hold, before validating any of them."""
+    if max_records is None:
+        return
+    field, count = _records_in(body)
+    if count > max_records:
+        reason = f"holds {count} records; a request may hold at most {max_records}"
+        raise InvalidInput(f"{field} {reason}", errors=[{"field": field, "reason": reason}])
+
+
+def _records_in(body: Any) -> tuple[str, int]:
+    """Where a body's records are and how many: a list, an envelope, or a scoring format."""
+    if isinstance(body, list):
+        return "body", len(body)
+    if not isinstance(body, dict):
+        return "body", 1
+    for key in ("inputs", "dataframe_records", "instances"):
+        value = body.get(key)
+        if isinstance(value, list):
+            return key, len(value)
+        if isinstance(value, dict):  # columns of values
+            lengths = [len(v) for v in value.values() if isinstance(v, list)]
+            return key, max(lengths, default=1)
+    split = body.get("dataframe_split")
+    if isinstance(split, dict) and isinstance(split.get("data"), list):
+        return "dataframe_split.data", len(split["data"])
+    return "body", 1
 
 
 def _bad_body(reason: str) -> InvalidInput:

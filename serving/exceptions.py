@@ -14,6 +14,7 @@ title, so adding an error means adding a class here and nothing else.
      |    +-- VersionPending              503 + Retry-After: the controller has not decided yet
      |    +-- VersionQuarantined          409 + reasons: blocked, never loaded
      |    +-- BadModelId                  400: the model-id header names another model
+     |    +-- BodyTooLarge                413 + errors: more bytes than a request may send
      |    +-- InvalidInput                422 + errors: the body does not fit the contract
      |    |    +-- ModelRejectedInput     422: MLflow's own schema enforcement refused it
      |    +-- VersionUnbound              503 + Retry-After: live, but the table names no
@@ -100,6 +101,12 @@ class BadModelId(ProblemError):
     status = 400
     slug = "bad-model-id"
     title = "The model id header does not match the path"
+
+
+class BodyTooLarge(ProblemError):
+    status = 413
+    slug = "body-too-large"
+    title = "The request body is larger than a request may send"
 
 
 class InvalidInput(ProblemError):

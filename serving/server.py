@@ -76,7 +76,13 @@ class Server:
             store=GcsTableStore(settings.app_name),
             prepare=self._host.warm if settings.warm_defaults else None,
         )
-        return create_app(source, self._host, startup_wait_s=settings.table_startup_wait_s)
+        return create_app(
+            source,
+            self._host,
+            startup_wait_s=settings.table_startup_wait_s,
+            max_body_bytes=settings.max_body_mb * 1024 * 1024,
+            max_records=settings.max_records,
+        )
 
     # Read by tests and operators through a deployment handle.
 

@@ -31,6 +31,9 @@ class ServingSettings(BaseSettings):
     # A version whose predict calls take less than this (a moving average) is called on the
     # event loop: for tiny models a hop to a worker thread costs more than the call.
     inline_predict_below_ms: float = Field(default=1.0, ge=0)
+    # What one request may carry: a larger body is 413 as it arrives, more records a 422.
+    max_body_mb: int = Field(default=16, ge=1)
+    max_records: int = Field(default=10_000, ge=1)
     # Load a version before the table that makes it a default is answered from.
     warm_defaults: bool = True
     warm_timeout_s: float = Field(default=120.0, gt=0)

@@ -109,12 +109,12 @@ class Controller:
         return httpx.Response(204)
 
 
-def start(table: RoutingTable | None) -> tuple[TestClient, EchoBackend, Controller]:
+def start(table: RoutingTable | None, **limits: int) -> tuple[TestClient, EchoBackend, Controller]:
     controller = Controller()
     controller.table = table
     source = TableSource("http://controller", transport=httpx.MockTransport(controller))
     backend = EchoBackend()
-    app = create_app(source, backend, startup_wait_s=2 if table else 0)
+    app = create_app(source, backend, startup_wait_s=2 if table else 0, **limits)
     return TestClient(app, raise_server_exceptions=False), backend, controller
 
 
@@ -298,3 +298,36 @@ def test_openapi_shows_each_models_own_path(served: tuple[TestClient, EchoBacken
     assert document["components"]["schemas"]["echo_Record"]["required"] == ["prompt"]
     assert "409" in operation["responses"]
     assert client.get("/docs").status_code == 200
+
+
+def test_oversized_bodies_and_too_many_records_are_refused_before_any_model() -> None:
+    client, backend, _ = start(TABLE, max_body_bytes=1024 * 1024, max_records=100)
+    with client:
+        huge = b'{"prompt": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+        response = client.post("/models/echo/serve", content=huge)
+        assert response.status_code == 413
+        assert response.headers["content-type"].startswith("application/problem+json")
+        assert response.json()["errors"][0]["field"] == "body"
+        # Sent in chunks, with no Content-Length: refused as it streams in.
+        chunks = (b"x" * 65536 for _ in range(64))
+        streamed = client.post("/models/echo/serve", content=chunks)
+        assert streamed.status_code == 413 and "at most 1048576" in streamed.json()["detail"]
+
+        many = [{"prompt": "a"}] * 101
+        for path, body, field in (
+            ("/models/echo/serve", many, "body"),
+            ("/models/echo/serve", {"inputs": many}, "inputs"),
+            ("/models/echo/invocations", {"dataframe_records": many}, "dataframe_records"),
+            (
+                "/models/echo/invocations",
+                {"dataframe_split": {"columns": ["prompt"], "data": [["a"]] * 101}},
+                "dataframe_split.data",
+            ),
+        ):
+            refused = client.post(path, json=body)
+            assert refused.status_code == 422, (path, refused.text)
+            assert refused.json()["errors"] == [
+                {"field": field, "reason": "holds 101 records; a request may hold at most 100"}
+            ]
+        assert client.post("/models/echo/serve", json=many[:100]).status_code == 200
+    assert len(backend.calls) == 1
