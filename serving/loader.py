@@ -12,6 +12,12 @@ The multiplexed model id names the artifact as well as the version,
 replica still holding an older artifact of the same name/version loads the new one under a new
 id and the old one ages out of its LRU.
 
+A loaded model is moved out of the garbage collector's sight (``gc.freeze`` after a collection):
+a model such as MiniLM brings millions of objects, and every full collection of a replica that
+holds it would walk them all, a pause of ~200 ms that showed as the p99 of every request.
+Reference counting still frees a model when it is evicted; the heap is unfrozen then, so the
+next full collection finds whatever cycles it left, and the next load freezes again.
+
 Downloading, loading and predicting block (file and network I/O, model code), so they run in a
 worker thread and the replica keeps serving other models meanwhile. MLflow finds the registry
 and artifact store through the standard ``MLFLOW_*`` variables, which ``build_app`` forwards to
@@ -21,6 +27,7 @@ the model replicas.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import shutil
@@ -130,11 +137,22 @@ class LoadedModel:
     def __init__(self, model: Any, directory: Path) -> None:
         self.model = model
         self.directory = directory
-        self._remove = weakref.finalize(self, shutil.rmtree, directory, ignore_errors=True)
+        self._remove = weakref.finalize(self, _forget, directory)
 
     def close(self) -> None:
         """Remove the directory now; safe to call again, and done anyway when freed."""
         self._remove()
+
+
+def _forget(directory: Path) -> None:
+    shutil.rmtree(directory, ignore_errors=True)
+    # The evicted model's objects were frozen with everything else; let the collector see them.
+    gc.unfreeze()
+
+
+def _freeze_heap() -> None:
+    gc.collect()
+    gc.freeze()
 
 
 class _DigestMismatch(Exception):
@@ -178,6 +196,7 @@ class PyfuncLoader:
                 version=target.version,
             ) from None
         logger.info("loaded %s from %s", value, artifact.source)
+        _freeze_heap()
         return loaded
 
     def _refuse(self, target: ModelId, artifact: Artifact, found: str) -> ModelUnavailable:

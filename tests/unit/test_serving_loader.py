@@ -111,6 +111,19 @@ def test_the_directory_goes_with_the_model(artifacts: tuple[Artifact, Artifact])
     assert not directory.exists()
 
 
+def test_a_loaded_model_is_kept_out_of_full_collections_until_it_goes(
+    artifacts: tuple[Artifact, Artifact],
+) -> None:
+    # Frozen objects are skipped by every collection: a big model costs no GC pause.
+    gc.unfreeze()
+    loaded = load(PyfuncLoader(), "echo", "1", artifacts[0])
+    assert gc.get_freeze_count() > 0
+    del loaded
+    gc.collect()
+    # Evicted: the heap is the collector's again, so cycles the model left can be found.
+    assert gc.get_freeze_count() == 0
+
+
 def test_closing_twice_is_harmless(artifacts: tuple[Artifact, Artifact]) -> None:
     first, _ = artifacts
     loaded = load(PyfuncLoader(), "echo", "1", first)
