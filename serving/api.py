@@ -144,6 +144,8 @@ def create_app(
 async def _json(request: Request, max_bytes: int | None) -> Any:
     try:
         return json.loads(await _body(request, max_bytes))
+    except RecursionError:
+        raise _bad_body("is nested too deeply to be read") from None
     except ValueError as exc:
         raise _bad_body(f"is not valid JSON: {exc}") from None
 

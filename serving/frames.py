@@ -25,6 +25,8 @@ import pandas as pd
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, Schema, TensorSpec
 
+from serving.exceptions import InvalidInput
+
 # Dtypes MLflow accepts for each column type; the nullable ones are used when a value is missing.
 _DTYPES: dict[DataType, tuple[str, str]] = {
     DataType.integer: ("int32", "Int32"),
@@ -68,6 +70,17 @@ def _column(values: list[Any], column: ColSpec) -> pd.Series:
 
 
 def _tensor_input(inputs: Any, schema: Schema) -> Any:
+    try:
+        return _tensor_arrays(inputs, schema)
+    except (ValueError, TypeError) as exc:
+        # Ragged lists, objects where numbers go: what numpy cannot make an array of.
+        reason = f"cannot be read as the model's tensor: {exc}"[:300]
+        raise InvalidInput(
+            f"inputs {reason}", errors=[{"field": "inputs", "reason": reason}]
+        ) from None
+
+
+def _tensor_arrays(inputs: Any, schema: Schema) -> Any:
     specs = cast(list[TensorSpec], schema.inputs)
     if isinstance(inputs, Mapping):
         by_name = {s.name: s for s in specs}
