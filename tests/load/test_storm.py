@@ -1,0 +1,125 @@
+"""A storm: 1,000 versions over 100 models, registered as fast as MLflow takes them.
+
+Every version is one of three artifacts logged once: the contract (input ``prompt``), a
+compatible one (same signature, another answer) and a breaking one (reads ``text``). Which is
+which follows a known pattern, so the expected state of every version is known: the test waits
+until the controller has decided all of them, checks each decision, and reports how long the
+registrations and the convergence took. Nothing may be lost (a version the registry has and the
+controller never decides) and nothing decided wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+from mlflow import MlflowClient
+
+from tests.integration.conftest import ControllerHandle, register_echo
+
+MODELS = int(os.environ.get("SIGSERVE_STORM_MODELS", "100"))
+VERSIONS = int(os.environ.get("SIGSERVE_STORM_VERSIONS", "10"))
+CONVERGE_TIMEOUT_S = float(os.environ.get("SIGSERVE_STORM_TIMEOUT_S", "1200"))
+
+
+def kind_of(model: int, version: int) -> str:
+    """The artifact of ``version`` of model number ``model``: 1 is the contract."""
+    if version == 1:
+        return "contract"
+    return "breaking" if (model + version) % 3 == 0 else "compatible"
+
+
+def test_a_storm_of_registrations_is_decided_right_and_nothing_is_lost(
+    serving_url: str, ctl: ControllerHandle
+) -> None:
+    client = MlflowClient(ctl.tracking_uri)
+    # Three artifacts, logged once under a throwaway model; every storm version points at one.
+    sources = {}
+    for kind, label in (("contract", "prompt"), ("compatible", "prompt"), ("breaking", "text")):
+        version = register_echo("storm_seed", tag=kind, input_label=label)
+        sources[kind] = client.get_model_version("storm_seed", version).source
+
+    names = [f"storm_{m:03d}" for m in range(MODELS)]
+    for name in names:
+        client.create_registered_model(name)
+
+    def register(model: int) -> list[float]:
+        took = []
+        for version in range(1, VERSIONS + 1):
+            started = time.monotonic()
+            source = sources[kind_of(model, version)]  # models:/m-<id>: the logged model
+            client.create_model_version(
+                names[model], source, model_id=source.removeprefix("models:/")
+            )
+            took.append(time.monotonic() - started)
+        return took
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        latencies = [t for ts in pool.map(register, range(MODELS)) for t in ts]
+    registered_s = time.monotonic() - started
+    total = MODELS * VERSIONS
+    print(
+        f"\nstorm: {total} versions over {MODELS} models registered in {registered_s:.1f}s "
+        f"({total / registered_s:.0f}/s; per call p50 {1000 * statistics.median(latencies):.0f} ms)"
+    )
+
+    expected = {
+        (names[m], str(v)): "quarantined" if kind_of(m, v) == "breaking" else "live"
+        for m in range(MODELS)
+        for v in range(1, VERSIONS + 1)
+    }
+
+    def decided() -> dict[tuple[str, str], str]:
+        states: dict[tuple[str, str], str] = {}
+        with httpx.Client(timeout=30, headers=ctl.admin) as http:
+            for name in names:
+                r = http.get(f"{ctl.url}/admin/models/{name}")
+                if r.status_code != 200:
+                    continue
+                for v in r.json()["versions"]:
+                    states[(name, v["version"])] = v["state"]
+        return states
+
+    deadline = time.monotonic() + CONVERGE_TIMEOUT_S
+    states: dict[tuple[str, str], str] = {}
+    while time.monotonic() < deadline:
+        states = decided()
+        if sum(1 for k in expected if states.get(k) in ("live", "quarantined")) == total:
+            break
+        time.sleep(1.0)
+    converged_s = time.monotonic() - started
+    undecided = [k for k in expected if states.get(k) not in ("live", "quarantined")]
+    wrong = {
+        k: (states[k], e)
+        for k, e in expected.items()
+        if states.get(k) in ("live", "quarantined") and states[k] != e
+    }
+    print(
+        f"storm: all decided {converged_s:.1f}s after the first registration "
+        f"({converged_s - registered_s:.1f}s after the last); lost {len(undecided)}, "
+        f"wrong {len(wrong)}"
+    )
+    assert undecided == [], f"{len(undecided)} versions never decided, e.g. {undecided[:5]}"
+    assert wrong == {}, f"decided wrong (found, expected): {dict(list(wrong.items())[:5])}"
+
+    # Serving got it all too: every model listed with every version in its decided state.
+    table: dict[str, Any] = httpx.get(f"{serving_url}/models", timeout=30).json()
+    served = {
+        (m["name"], v["version"]): v["state"]
+        for m in table["models"]
+        if m["name"] in set(names)
+        for v in m["versions"]
+    }
+    assert served == expected
+    breaking = next(k for k, e in expected.items() if e == "quarantined")
+    r = httpx.post(
+        f"{serving_url}/models/{breaking[0]}/versions/{breaking[1]}/serve",
+        json={"text": "hi"},
+        timeout=30,
+    )
+    assert r.status_code == 409
