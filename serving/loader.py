@@ -20,6 +20,13 @@ new version); garbage that happened to be waiting is frozen too, until the heap 
 Reference counting still frees a model when it is evicted; the heap is unfrozen then, so the
 next full collection finds whatever cycles it left, and the next load freezes again.
 
+A load that fails is answered from memory for a few seconds (``FAILED_LOAD_MEMORY_S``, the
+``Retry-After`` of its 503): without that, every request to a broken version downloads and loads
+it again, one after another behind Ray's multiplexer lock (which holds back every other model's
+loads on the replica meanwhile), and the multiplexer may evict a healthy model before each try.
+Its cause is told as ``Type: message``, with the replica's download directory replaced by the
+artifact's source: the client needs the file, not the replica's temp path.
+
 Downloading, loading and predicting block (file and network I/O, model code), so they run in a
 worker thread and the replica keeps serving other models meanwhile. MLflow finds the registry
 and artifact store through the standard ``MLFLOW_*`` variables, which ``build_app`` forwards to
@@ -34,8 +41,10 @@ import hashlib
 import logging
 import shutil
 import tempfile
+import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypedDict
@@ -55,6 +64,8 @@ _DETAIL_LIMIT = 500
 _KEY_CHARS = 16
 # What a detail shows of a digest: enough for a person to tell two apart.
 _SHORT_DIGEST = 12
+# How long a failed load is answered from memory instead of tried again.
+FAILED_LOAD_MEMORY_S = float(ModelUnavailable.retry_after or 5)
 
 
 @dataclass(frozen=True)
@@ -162,17 +173,31 @@ class _DigestMismatch(Exception):
         self.found = found
 
 
+class _LoadFailed(Exception):
+    """A download or load that raised, told in terms of the artifact (see ``_cause``)."""
+
+
 class PyfuncLoader:
     """Loads artifacts on demand and remembers every load it tried and every one it refused.
 
     Attempts, not successes, are what is remembered: "a quarantined version is never loaded"
-    must hold for a load that failed too.
+    must hold for a load that failed too. A load that failed (or was refused) is not tried again
+    for ``remember_failures_s``: ``check`` and ``load`` raise its error again meanwhile.
     """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        remember_failures_s: float = FAILED_LOAD_MEMORY_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         # Bounded: a long-running replica keeps the latest, which is what anyone reads.
         self._attempts: deque[str] = deque(maxlen=_MEMORY)
         self._refusals: deque[Refusal] = deque(maxlen=_MEMORY)
+        self._remember_failures_s = remember_failures_s
+        self._clock = clock
+        # Model id -> (until when, the error), oldest first; only failures still remembered.
+        self._failures: dict[str, tuple[float, ModelUnavailable]] = {}
 
     @property
     def attempts(self) -> list[str]:
@@ -182,23 +207,45 @@ class PyfuncLoader:
     def refusals(self) -> list[Refusal]:
         return list(self._refusals)
 
+    def check(self, value: str) -> None:
+        """Raise the error of a load of ``value`` that failed less than a while ago, if any."""
+        failure = self._failures.get(value)
+        if failure is None:
+            return
+        until, error = failure
+        if self._clock() >= until:
+            del self._failures[value]
+            return
+        # A fresh exception per request: one instance raised by many would share a traceback.
+        raise ModelUnavailable(error.detail, **error.extensions)
+
     async def load(self, value: str, artifact: Artifact) -> LoadedModel:
         target = bind(value, artifact)
+        self.check(value)
         self._attempts.append(value)
         try:
             loaded = await asyncio.to_thread(_download_and_load, artifact)
         except _DigestMismatch as mismatch:
-            raise self._refuse(target, artifact, mismatch.found) from None
+            raise self._failed(value, self._refuse(target, artifact, mismatch.found)) from None
         except Exception as exc:
             logger.exception("loading %s from %s failed", value, artifact.source)
-            raise ModelUnavailable(
+            error = ModelUnavailable(
                 _detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
                 model=target.name,
                 version=target.version,
-            ) from None
+            )
+            raise self._failed(value, error) from None
         logger.info("loaded %s from %s", value, artifact.source)
         _freeze_heap()
         return loaded
+
+    def _failed(self, value: str, error: ModelUnavailable) -> ModelUnavailable:
+        now = self._clock()
+        self._failures = {k: v for k, v in self._failures.items() if v[0] > now and k != value}
+        self._failures[value] = (now + self._remember_failures_s, error)
+        while len(self._failures) > _MEMORY:
+            del self._failures[next(iter(self._failures))]
+        return error
 
     def _refuse(self, target: ModelId, artifact: Artifact, found: str) -> ModelUnavailable:
         reason = (
@@ -218,6 +265,7 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
     # A fresh directory per load: the bytes hashed are the bytes loaded, and nothing left by
     # another load (of an older artifact of the same version, say) can be mixed in.
     directory = Path(tempfile.mkdtemp(prefix="sigserve-model-"))
+    local = directory
     try:
         local = Path(
             mlflow.artifacts.download_artifacts(
@@ -228,9 +276,27 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
         if found != artifact.mlmodel_digest.lower():
             raise _DigestMismatch(found)
         return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory)
+    except _DigestMismatch:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    except Exception as exc:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise _LoadFailed(_cause(exc, artifact.source, local, directory)) from exc
     except BaseException:
         shutil.rmtree(directory, ignore_errors=True)
         raise
+
+
+def _cause(exc: Exception, source: str, *copies: Path) -> str:
+    """``Type: message``, each of this replica's ``copies`` of the artifact named by its source.
+
+    The type often is the cause ("UnpicklingError: pickle data was truncated"), and a path in
+    the replica's temp directory means nothing to a client, where the artifact's does.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    for copy in copies:
+        text = text.replace(str(copy), source.rstrip("/"))
+    return text
 
 
 def call(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:

@@ -65,6 +65,9 @@ class Server:
     async def _model(self, target: Target) -> LoadedModel:
         model_id = target.model_id
         bind(model_id, target.artifact)
+        # A load of this id that failed a moment ago answers again at once, before the
+        # multiplexer: it would take its lock and may evict a healthy model to make room.
+        self._loader.check(model_id)
         self._artifacts[model_id] = target.artifact
         return await self._multiplexed(model_id)
 

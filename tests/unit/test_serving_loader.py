@@ -164,3 +164,67 @@ def test_an_id_binds_one_artifact(artifacts: tuple[Artifact, Artifact]) -> None:
     with pytest.raises(ModelUnavailable, match="does not name the artifact"):
         asyncio.run(loader.load(value, second))
     assert loader.attempts == []
+
+
+def broken_pickle(directory: Path) -> Artifact:
+    """A saved pyfunc whose ``python_model.pkl`` was cut short after the MLmodel was checked."""
+    artifact = saved(directory, "broken")
+    pickle = directory / "broken" / "python_model.pkl"
+    pickle.write_bytes(pickle.read_bytes()[:10])
+    return artifact
+
+
+def test_a_failed_load_names_its_cause_and_the_artifact_not_the_replica(tmp_path: Path) -> None:
+    broken = broken_pickle(tmp_path / "src")
+    loader = PyfuncLoader()
+    with pytest.raises(ModelUnavailable) as failed:
+        load(loader, "echo", "2", broken)
+    detail = failed.value.detail
+    assert "could not be loaded: UnpicklingError: pickle data was truncated" in detail
+    assert failed.value.extensions == {"model": "echo", "version": "2"}
+    assert "sigserve-model-" not in detail  # the replica's own download directory
+
+    gone = Artifact((tmp_path / "src" / "nothing").as_uri(), "0" * 64)
+    with pytest.raises(ModelUnavailable) as missing:
+        load(loader, "echo", "3", gone)
+    assert "sigserve-model-" not in missing.value.detail
+    assert "MlflowException" in missing.value.detail and "'nothing'" in missing.value.detail
+
+
+def test_a_failed_load_is_not_tried_again_for_a_while(tmp_path: Path) -> None:
+    broken = broken_pickle(tmp_path)
+    value = model_id("echo", "2", broken)
+    now = [100.0]
+    loader = PyfuncLoader(remember_failures_s=5.0, clock=lambda: now[0])
+    with pytest.raises(ModelUnavailable) as first:
+        load(loader, "echo", "2", broken)
+
+    now[0] += 4.9
+    with pytest.raises(ModelUnavailable) as again:
+        loader.check(value)
+    with pytest.raises(ModelUnavailable) as loaded_again:
+        load(loader, "echo", "2", broken)
+    for error in (again.value, loaded_again.value):
+        assert error is not first.value  # each request its own exception
+        assert (error.detail, error.extensions) == (first.value.detail, first.value.extensions)
+    assert loader.attempts == [value]  # remembered, not tried
+
+    now[0] += 0.2
+    loader.check(value)  # forgotten: the next request tries again
+    with pytest.raises(ModelUnavailable):
+        load(loader, "echo", "2", broken)
+    assert loader.attempts == [value, value]
+
+
+def test_a_refusal_is_remembered_too_and_other_ids_are_not_held_back(
+    artifacts: tuple[Artifact, Artifact],
+) -> None:
+    first, second = artifacts
+    swapped = Artifact(second.source, first.mlmodel_digest)
+    loader = PyfuncLoader(remember_failures_s=60.0)
+    with pytest.raises(ModelUnavailable, match="controller checked"):
+        load(loader, "echo", "1", swapped)
+    with pytest.raises(ModelUnavailable, match="controller checked"):
+        load(loader, "echo", "1", swapped)
+    assert len(loader.attempts) == 1 and len(loader.refusals) == 1
+    load(loader, "echo", "1", first)  # another artifact, another id: loads
