@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test lint property storm load clean
+.PHONY: up test lint property fault storm load clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -24,11 +24,18 @@ up: $(VENV)/.stack
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest -ra -m "not load"
+	$(VENV)/bin/python -m pytest -ra -m "not fault and not load"
 
 # The gate's property test with thousands of examples per property (minutes, not in `make test`).
 property: $(VENV)/.dev
 	HYPOTHESIS_PROFILE=thorough $(VENV)/bin/python -m pytest tests/property -q --hypothesis-show-statistics
+
+# The fault suite (tests/fault): processes killed, stopped and locked on the real stack, outages
+# waited out (minutes, not in `make test`). Each test's figures are listed at the end.
+# One file or test: make fault FAULT=tests/fault/test_controller_faults.py
+FAULT ?= tests/fault
+fault: $(VENV)/.dev
+	$(VENV)/bin/python -m pytest $(FAULT) -m fault -ra
 
 # A storm of 1,000 registrations over 100 models, and 5 minutes of inference while versions land
 # and pins move (tests/load; minutes, not in `make test`). They print their figures (-s).

@@ -61,7 +61,9 @@ async def _register_webhook(svc: Services) -> None:
 
 
 def build_services(settings: ControllerSettings) -> Services:
-    engine = make_engine(settings.resolved_database_url())
+    engine = make_engine(
+        settings.resolved_database_url(), busy_timeout_s=settings.database_busy_timeout_s
+    )
     store = Store(engine)
     registry = Registry(settings.mlflow_tracking_uri)
     broadcaster = TableBroadcaster()

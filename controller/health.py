@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from controller.database import is_migrated
-from controller.exceptions import RegistryUnavailable
 from controller.services import Services, services
 
 router = APIRouter()
@@ -29,17 +28,18 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _checks(svc: Services) -> dict[str, str]:
-    checks: dict[str, str] = {}
+def _database(svc: Services) -> str:
     try:
-        checks["database"] = "ok" if is_migrated(svc.engine) else "not migrated"
+        return "ok" if is_migrated(svc.engine) else "not migrated"
     except Exception as exc:
-        checks["database"] = f"unreachable: {type(exc).__name__}"
-    try:
-        svc.registry.ping()
-        checks["registry"] = "ok"
-    except RegistryUnavailable as exc:
-        checks["registry"] = f"unreachable: {exc}"
+        return f"unreachable: {type(exc).__name__}"
+
+
+async def _checks(svc: Services, *, full: bool) -> dict[str, str]:
+    checks: dict[str, str] = {"database": await asyncio.to_thread(_database, svc)}
+    # Without ``full``, the last answer of a ping that may still be in flight: a hung MLflow
+    # must not make readiness slow (controller.probe).
+    checks["registry"] = await svc.registry_probe.check(fresh=full)
     if svc.settings.webhook_url:
         checks["webhook"] = "ok" if svc.webhook_id else "not registered yet"
     checks["routing_table"] = "ok" if svc.broadcaster.current is not None else "not published yet"
@@ -56,7 +56,7 @@ _MLFLOW_CHECKS = frozenset({"registry", "webhook"})
 async def readyz(
     svc: Annotated[Services, Depends(services)], full: Annotated[bool, Query()] = False
 ) -> JSONResponse:
-    checks = await asyncio.to_thread(_checks, svc)
+    checks = await _checks(svc, full=full)
     ready = all(v == "ok" for k, v in checks.items() if full or k not in _MLFLOW_CHECKS)
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
     if ready:

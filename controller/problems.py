@@ -8,6 +8,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from controller.exceptions import (
@@ -76,6 +77,22 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RegistryUnavailable)
     async def _unavailable(_: Request, exc: RegistryUnavailable) -> JSONResponse:
         return problem(503, "Registry unavailable", str(exc), headers={"Retry-After": "5"})
+
+    @app.exception_handler(OperationalError)
+    async def _database_busy(request: Request, exc: OperationalError) -> JSONResponse:
+        # A lock held past the busy timeout, a lost connection: temporary, and the
+        # transaction was rolled back, so nothing of the request was written. MLflow retries
+        # a 503 delivery; an admin client may send the same call again.
+        log.warning(
+            "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig
+        )
+        return problem(
+            503,
+            "Database unavailable",
+            "the controller's database is locked or unreachable; nothing was changed, "
+            "try again",
+            headers={"Retry-After": "2"},
+        )
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

@@ -11,6 +11,7 @@ from sqlalchemy import Engine
 from controller.broadcaster import TableBroadcaster
 from controller.environment import ServingEnvironment
 from controller.metrics import Metrics
+from controller.probe import RegistryProbe
 from controller.registry import Registry
 from controller.settings import ControllerSettings
 from controller.store import Store
@@ -40,6 +41,11 @@ class Services:
     last_version_webhook_at: dict[str, float] = field(default_factory=dict)
     # The worker and resync loops; readiness checks they are still running.
     loops: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # The registry's reachability for /readyz: one ping in flight at most.
+    registry_probe: RegistryProbe = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.registry_probe = RegistryProbe(lambda: self.registry.ping())
 
     def heard_from(self, name: str, at: float, event: str) -> None:
         """Remember a verified webhook's time for ``name``; bounded to the newest models."""

@@ -19,6 +19,9 @@ class ControllerSettings(BaseSettings):
     controller_port: int = 8080
     # Defaults to SQLite under ``home``; any SQLAlchemy URL works.
     database_url: str | None = None
+    # SQLite: how long a statement waits for a lock another writer holds before it fails; an
+    # admin call that fails so answers 503 with Retry-After, and nothing of it is written.
+    database_busy_timeout_s: float = Field(default=30.0, gt=0)
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     admin_token: SecretStr
     # Shared with MLflow's webhook so deliveries can be verified. Without it, webhooks are refused.

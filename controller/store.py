@@ -18,6 +18,7 @@ from sqlalchemy import Engine, delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
+from controller import faults
 from controller.audit import AuditEvent, diff
 from controller.records import ModelRecord, VersionRecord
 from controller.schema import (
@@ -136,6 +137,9 @@ class Store:
             elif updated != current:
                 self._write(session, row, updated)
             self._audit(session, diff(name, current, updated, actor))
+            if updated != current:
+                # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
+                faults.kill_at("in_transaction", name, before=session.flush)
             return updated
 
     def _audit(self, session: Session, events: list[AuditEvent]) -> None:

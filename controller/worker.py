@@ -15,6 +15,9 @@ import time
 from collections import Counter
 from datetime import timedelta
 
+from sqlalchemy.exc import OperationalError
+
+from controller import faults
 from controller.broadcaster import TableBroadcaster
 from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.metrics import Metrics
@@ -109,6 +112,12 @@ class Worker:
             self._metrics.reconciles.labels("temporary_error").inc()
             self._retry_later(name, str(exc))
             return
+        except OperationalError as exc:
+            # The database is locked by another writer or unreachable: temporary, like a
+            # registry outage (the transaction was rolled back, nothing of it is written).
+            self._metrics.reconciles.labels("temporary_error").inc()
+            self._retry_later(name, f"database unavailable: {exc.orig}")
+            return
         except RegistryRefused as exc:
             # Retrying soon cannot help; the resync comes back to it.
             self._metrics.reconciles.labels("permanent_error").inc()
@@ -123,6 +132,8 @@ class Worker:
             self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
         self._metrics.reconciles.labels("ok").inc()
         if outcome.changed or self._publish_owed:
+            # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
+            faults.kill_at("committed", name)
             await self.publish()
         if outcome.write_back is not None:
             await asyncio.to_thread(outcome.write_back)

@@ -7,6 +7,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -22,7 +23,7 @@ SECRET = "hook-secret"
 TOKEN = "admin-token"
 
 
-def _settings(home: Path) -> ControllerSettings:
+def _settings(home: Path, **overrides: Any) -> ControllerSettings:
     return ControllerSettings(
         home=home,
         admin_token=TOKEN,
@@ -30,6 +31,7 @@ def _settings(home: Path) -> ControllerSettings:
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         resync_interval_s=3600,
         retry_initial_s=0.05,
+        **overrides,
     )
 
 
@@ -241,3 +243,98 @@ def test_a_change_stored_but_not_yet_published_answers_what_happened(
     assert r.json()["published"] is False
     assert r.json()["versions"][0]["state"] == "quarantined"
     assert svc.store.load_model("m").versions["1"].override["reason"] == "canary"
+
+
+def test_a_database_locked_by_another_writer_is_a_503_and_nothing_is_half_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sqlite3
+
+    from controller.records import ModelRecord, VersionRecord
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    settings = _settings(tmp_path, database_busy_timeout_s=0.3)
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    store = Store(engine)
+    sig = {"inputs": json.dumps([{"type": "string", "name": "p", "required": True}]),
+           "outputs": None, "params": None}
+    store.update_model("m", lambda _: ModelRecord(
+        name="m", policy="backward", default_version="1", contract=sig,
+        versions={"1": VersionRecord(version="1", signature=sig, signature_read=True,
+                                     mlmodel_digest="d" * 64, artifact_uri="x")}))
+    store.publish()
+    events_before = store.events("m", limit=100)
+    engine.dispose()
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(settings)) as c:
+        other = sqlite3.connect(tmp_path / "controller.db", isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        try:
+            r = c.post("/admin/models/m/versions/1/quarantine", json={"reason": "canary"},
+                       headers=admin)
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert int(r.headers["retry-after"]) >= 1
+            body, headers = delivery(EVENT, delivery_id="d-locked")
+            hook = c.post("/webhooks/mlflow", content=body, headers=headers)
+            assert hook.status_code == 503  # MLflow retries a 503; nothing was recorded
+            assert c.get("/readyz").status_code == 200  # reads go on (WAL)
+        finally:
+            other.execute("ROLLBACK")
+            other.close()
+        svc = c.app.state.services  # type: ignore[attr-defined]
+        assert svc.store.load_model("m").versions["1"].override is None
+        assert svc.store.events("m", limit=100) == events_before
+        again = c.post("/admin/models/m/versions/1/quarantine", json={"reason": "canary"},
+                       headers=admin)
+        assert again.status_code == 200
+        assert again.json()["versions"][0]["state"] == "quarantined"
+        assert c.post("/webhooks/mlflow", content=body, headers=headers).json()["status"] == (
+            "accepted"
+        )
+
+
+def test_readiness_answers_at_once_while_the_registry_hangs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that accepts connections and never answers (a hung MLflow) must not make
+    /readyz slow: a probe timing out there takes the controller out of its Service. At most one
+    ping is in flight, so probes cannot use up the threads the admin API and webhooks need."""
+    import socket
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    # Short, so the test does not wait out the hung pings at shutdown; still past the bound.
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    hung = socket.socket()
+    hung.bind(("127.0.0.1", 0))
+    hung.listen(100)  # connections are taken into the backlog, never answered
+    try:
+        settings = _settings(tmp_path).model_copy(
+            update={"mlflow_tracking_uri": f"http://127.0.0.1:{hung.getsockname()[1]}"}
+        )
+        engine = make_engine(settings.resolved_database_url())
+        migrate(engine)
+        Store(engine).publish()
+        engine.dispose()
+        with TestClient(create_app(settings)) as c:
+            svc = c.app.state.services  # type: ignore[attr-defined]
+            pings: list[int] = []
+            real_ping = svc.registry.ping
+
+            def counted() -> None:
+                pings.append(1)
+                real_ping()
+
+            monkeypatch.setattr(svc.registry, "ping", counted)
+            started = time.monotonic()
+            with ThreadPoolExecutor(8) as pool:
+                answers = list(pool.map(lambda _: c.get("/readyz"), range(8)))
+            assert time.monotonic() - started < 3.0
+            assert {r.status_code for r in answers} == {200}
+            assert len(pings) <= 1  # one ping in flight, however many probes
+            assert c.get("/admin/models", headers={"Authorization": f"Bearer {TOKEN}"}
+                         ).status_code == 200
+    finally:
+        hung.close()
