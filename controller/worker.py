@@ -16,6 +16,13 @@ from collections import Counter
 from datetime import timedelta
 
 from sqlalchemy.exc import OperationalError
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    retry_if_result,
+    wait_exponential,
+)
 
 from controller import faults
 from controller.broadcaster import TableBroadcaster
@@ -143,6 +150,9 @@ class Worker:
             self._attempts.pop(name, None)
 
     def _retry_later(self, name: str, why: str) -> None:
+        # A rate-limited requeue per name (client-go's per-item exponential failure limiter),
+        # not a retry of a call: the name goes back on the queue, where a webhook or a resync
+        # may bring it sooner, and the worker serves other names meanwhile.
         self._attempts[name] += 1
         delay = min(self._retry_max_s, self._retry_initial_s * 2 ** (self._attempts[name] - 1))
         log.warning("%s: temporary failure (%s); retrying in %.1fs", name, why, delay)
@@ -157,17 +167,13 @@ class Worker:
         resync filled was worked off (bounded by ``settle_s``).
         """
         if not already_published:
-            delay = self._retry_initial_s
-            while True:
-                try:
-                    if await self.resync_once():
-                        break
-                except Exception:
-                    # Refused, or the database failed: priming must outlive it, or nothing
-                    # would ever be published.
-                    log.exception("priming: the first resync failed; trying again")
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max_s)
+            # Refused, unlisted, or the database failed: priming must outlive it, or nothing
+            # would ever be published; so it retries, capped, for as long as it takes.
+            await AsyncRetrying(
+                retry=retry_if_result(lambda listed: not listed) | retry_if_exception_type(),
+                wait=wait_exponential(multiplier=self._retry_initial_s, max=self._retry_max_s),
+                before_sleep=_log_priming_failure,
+            )(self.resync_once)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), settle_s)
         self._primed = True
@@ -198,3 +204,13 @@ class Worker:
             except Exception:
                 log.exception("resync failed; trying again in %.0fs", self._resync_interval_s)
             await asyncio.sleep(self._resync_interval_s)
+
+
+def _log_priming_failure(state: RetryCallState) -> None:
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if exc is not None:
+        log.warning(
+            "priming: the first resync failed (%s: %s); trying again", type(exc).__name__, exc
+        )
+    else:
+        log.warning("priming: the registry could not be listed yet; trying again")

@@ -38,11 +38,17 @@ import asyncio
 import contextlib
 import json
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httpx
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    wait_exponential,
+    wait_random,
+)
 
 from sigserve.routing_table import SCHEMA_VERSION, RoutingTable, supersedes
 
@@ -163,19 +169,22 @@ class TableSource:
     async def _poll_forever(self) -> None:
         timeout = httpx.Timeout(self._poll_timeout_s + _HTTP_MARGIN_S, connect=5.0)
         async with httpx.AsyncClient(timeout=timeout, transport=self._transport) as client:
-            backoff = _Backoff()
+            log = _FailureLog()
+            # Transport errors, bad answers and tables of another schema alike are retried
+            # with a capped, jittered backoff: this loop is the replica's only way to hear of
+            # new decisions, so nothing may end it, and nothing may make it spin.
+            retrying = AsyncRetrying(
+                retry=retry_if_exception_type(Exception),
+                wait=wait_exponential(multiplier=_BACKOFF_FIRST_S, max=_BACKOFF_MAX_S)
+                + wait_random(0, _BACKOFF_FIRST_S / 2),
+                before_sleep=log.failed,
+                reraise=True,
+            )
             loop = asyncio.get_running_loop()
             while True:
                 started = loop.time()
-                try:
-                    table = await self._poll_once(client)
-                except Exception as exc:
-                    # Transport errors, bad answers and tables of another schema alike: this
-                    # loop is the replica's only way to hear of new decisions, so nothing may
-                    # end it, and nothing may make it spin.
-                    await backoff.wait(exc)
-                    continue
-                backoff.reset()
+                table: RoutingTable | None = await retrying(self._poll_once, client)
+                log.answered(retrying.statistics.get("attempt_number", 1) - 1)
                 if table is None:
                     await asyncio.sleep(max(0.0, _MIN_EMPTY_POLL_S - (loop.time() - started)))
                 elif await self.take(table):
@@ -215,20 +224,19 @@ def _write_if_newer(store: TableStore, table: RoutingTable) -> None:
     store.write(table.model_dump_json())
 
 
-class _Backoff:
-    """Capped, jittered waits between failed polls, logged once per run of failures.
+class _FailureLog:
+    """Failed polls logged once per run of failures (and on each change of reason).
 
     A controller that stays down (or keeps sending a table of another schema) would otherwise
     log a line per retry; the first failure and each change of reason are enough, and the
-    recovery says how long it lasted.
+    recovery says how many failures it ended.
     """
 
     def __init__(self) -> None:
-        self._delay = _BACKOFF_FIRST_S
-        self._failures = 0
         self._reason: str | None = None
 
-    async def wait(self, exc: Exception) -> None:
+    def failed(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome is not None else None
         reason = f"{type(exc).__name__}: {exc}"
         if reason != self._reason:
             logger.warning(
@@ -239,13 +247,8 @@ class _Backoff:
         else:
             logger.debug("routing table poll failed again (%s)", reason)
         self._reason = reason
-        self._failures += 1
-        await asyncio.sleep(self._delay * random.uniform(0.5, 1.0))  # noqa: S311
-        self._delay = min(self._delay * 2, _BACKOFF_MAX_S)
 
-    def reset(self) -> None:
-        if self._failures:
-            logger.info("routing table poll answered again after %d failures", self._failures)
-        self._delay = _BACKOFF_FIRST_S
-        self._failures = 0
+    def answered(self, failures: int) -> None:
+        if failures:
+            logger.info("routing table poll answered again after %d failures", failures)
         self._reason = None

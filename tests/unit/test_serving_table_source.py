@@ -199,8 +199,8 @@ def test_a_table_of_another_schema_backs_off_instead_of_spinning(
         return requests
 
     requests = asyncio.run(scenario())
-    # Waits of 25-50, 50-100, then 100-200 ms at most 200: a dozen polls in a second at most,
-    # where answering at once without a backoff makes hundreds.
+    # Waits of 50, 100, then 200 ms (each plus up to 25 ms of jitter): under ten polls in a
+    # second, where answering at once without a backoff makes hundreds.
     assert 3 <= requests <= 15
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "schema_version 3" in warnings[0].getMessage()
