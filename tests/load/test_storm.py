@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 from mlflow import MlflowClient
 
-from tests.integration.conftest import ControllerHandle, register_echo
+from tests.integration.conftest import ControllerHandle, register_echo, wait_for
 
 MODELS = int(os.environ.get("SIGSERVE_STORM_MODELS", "100"))
 VERSIONS = int(os.environ.get("SIGSERVE_STORM_VERSIONS", "10"))
@@ -107,15 +107,18 @@ def test_a_storm_of_registrations_is_decided_right_and_nothing_is_lost(
     assert undecided == [], f"{len(undecided)} versions never decided, e.g. {undecided[:5]}"
     assert wrong == {}, f"decided wrong (found, expected): {dict(list(wrong.items())[:5])}"
 
-    # Serving got it all too: every model listed with every version in its decided state.
-    table: dict[str, Any] = httpx.get(f"{serving_url}/models", timeout=30).json()
-    served = {
-        (m["name"], v["version"]): v["state"]
-        for m in table["models"]
-        if m["name"] in set(names)
-        for v in m["versions"]
-    }
-    assert served == expected
+    # Serving got it all too: every model listed with every version in its decided state, once
+    # the last table published reached the replica (a long-poll behind the last decision).
+    def served() -> dict[tuple[str, str], str]:
+        table: dict[str, Any] = httpx.get(f"{serving_url}/models", timeout=30).json()
+        return {
+            (m["name"], v["version"]): v["state"]
+            for m in table["models"]
+            if m["name"] in set(names)
+            for v in m["versions"]
+        }
+
+    wait_for(lambda: served() == expected, 30, 0.5)
     breaking = next(k for k, e in expected.items() if e == "quarantined")
     r = httpx.post(
         f"{serving_url}/models/{breaking[0]}/versions/{breaking[1]}/serve",
