@@ -129,17 +129,6 @@ class Batcher:
         for key in [k for k, q in self._queues.items() if q.idle][: max(0, excess)]:
             del self._queues[key]
 
-    async def close(self) -> None:
-        for queue in self._queues.values():
-            if queue.task is not None:
-                queue.task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await queue.task
-            for item in queue.items:
-                if not item.future.done():
-                    item.future.cancel()
-        self._queues.clear()
-
     async def _drain(self, queue: _VersionQueue, max_batch_size: int, wait_s: float) -> None:
         while queue.items:
             if wait_s > 0 and _records(queue.items) < max_batch_size:

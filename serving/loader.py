@@ -276,14 +276,10 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
         if found != artifact.mlmodel_digest.lower():
             raise _DigestMismatch(found)
         return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory)
-    except _DigestMismatch:
+    except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
-        raise
-    except Exception as exc:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise _LoadFailed(_cause(exc, artifact.source, local, directory)) from exc
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
+        if isinstance(exc, Exception) and not isinstance(exc, _DigestMismatch):
+            raise _LoadFailed(_cause(exc, artifact.source, local, directory)) from exc
         raise
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -34,6 +35,8 @@ logger = logging.getLogger(__name__)
 GetModel = Callable[[Target], Awaitable[LoadedModel]]
 
 _DETAIL_LIMIT = 500
+# How many warmed model ids a replica remembers.
+_MEMORY = 1000
 
 
 class ModelHost:
@@ -52,7 +55,7 @@ class ModelHost:
         self._batcher = Batcher(wait_s=batch_wait_s, inline_below_s=inline_below_s)
         self._max_models = max_models
         self._warm_timeout_s = warm_timeout_s
-        self._warmed: list[str] = []
+        self._warmed: deque[str] = deque(maxlen=_MEMORY)
 
     async def serve(
         self,
@@ -86,8 +89,8 @@ class ModelHost:
     async def warm(self, table: RoutingTable, previous: RoutingTable | None) -> None:
         """Load the live defaults ``table`` brings that ``previous`` did not have.
 
-        At most as many as a replica keeps (loading more would evict the first ones again), the
-        ones made default by this table first. Bounded by ``warm_timeout_s`` in all; a load
+        At most as many as a replica keeps (loading more would evict the first ones again).
+        Bounded by ``warm_timeout_s`` in all; a load
         that fails or takes longer is logged and left to the first request, which answers 503
         with the cause (the table is taken either way: holding every other model's decisions
         back for one broken artifact would be worse).
@@ -108,14 +111,11 @@ class ModelHost:
     def batch_stats(self) -> dict[str, BatchStats]:
         return self._batcher.stats()
 
-    async def close(self) -> None:
-        await self._batcher.close()
-
     async def _warm_all(self, targets: list[Target]) -> None:
         for target in targets:
             try:
                 loaded = await self._get_model(target)
-                self._warmed = [*self._warmed[-999:], target.model_id]
+                self._warmed.append(target.model_id)
                 example = getattr(loaded.model, "input_example", None)
                 if example is not None:
                     await predict(loaded, example, None)

@@ -20,6 +20,7 @@ would freeze it at import time, so the wrapper is made per replica in ``__init__
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import FastAPI
@@ -107,4 +108,4 @@ class Server:
 
 
 def _stats(stats: BatchStats) -> dict[str, Any]:
-    return dict(stats.__dict__)
+    return asdict(stats)
