@@ -19,25 +19,13 @@ Prints each figure and their medians, with the time from the pin to the table th
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
+from bench_stack import running_stack
 
-from sigserve.stack import (
-    Secrets,
-    controller,
-    free_port,
-    mlflow_server,
-    start_serving,
-    stop_serving,
-)
-
-HOST = "127.0.0.1"
 BODY = {"text": "a cat sits on the mat"}
 
 
@@ -46,41 +34,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
-    secrets = Secrets.load_or_create(home)
-    mlflow_port, ctl_port, serve_port = free_port(), free_port(), free_port()
-    tracking_uri = f"http://{HOST}:{mlflow_port}"
-    ctl_url = f"http://{HOST}:{ctl_port}"
-    serving = f"http://{HOST}:{serve_port}"
-    admin = {"Authorization": f"Bearer {secrets.admin_token}"}
-    server = mlflow_server(
-        home, host=HOST, port=mlflow_port, encryption_key=secrets.mlflow_encryption_key
-    ).start()
-    ctl = controller(
-        home,
-        host=HOST,
-        port=ctl_port,
-        tracking_uri=tracking_uri,
-        admin_token=secrets.admin_token,
-        webhook_secret=secrets.webhook_secret,
-        resync_interval_s=300,
-    )
-    try:
-        server.wait_healthy(180)
-        ctl.start().wait_healthy(120)
-        start_serving(
-            home=home,
-            host=HOST,
-            port=serve_port,
-            tracking_uri=tracking_uri,
-            controller_url=ctl_url,
-            num_cpus=2,
-        )
-        import mlflow
-
+    with running_stack("bench-first-") as stack:
+        serving, admin = stack.serving_url, stack.admin
         from sigserve.demo.register import log_embedding_version, minilm_model_dir
 
-        mlflow.set_tracking_uri(tracking_uri)
         name = "bench_minilm"
         weights = minilm_model_dir()
         client = httpx.Client(timeout=120)
@@ -112,7 +69,9 @@ def main() -> None:
             version = register()
             pinned_at = time.perf_counter()
             r = client.put(
-                f"{ctl_url}/admin/models/{name}/default", json={"version": version}, headers=admin
+                f"{stack.controller_url}/admin/models/{name}/default",
+                json={"version": version},
+                headers=admin,
             )
             r.raise_for_status()
             while client.get(f"{serving}/models/{name}").json()["default_version"] != version:
@@ -132,11 +91,6 @@ def main() -> None:
         print(f"  first request to a version loaded on demand:   {med(cold)}")
         print(f"  pin -> the serving app answers it as default:  {med(pin_to_table)}")
         print(f"  first request to the new default:              {med(default)}")
-    finally:
-        stop_serving()
-        ctl.stop()
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

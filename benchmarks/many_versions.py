@@ -30,11 +30,9 @@ import argparse
 import os
 import random
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import OrderedDict
@@ -43,19 +41,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from bench_stack import running_stack
 from registration_latency import _descendants, _pss_mb
 from serving_throughput import exit_on_sigterm, memory_report, ray_label
 
-from sigserve.stack import (
-    Secrets,
-    controller,
-    free_port,
-    mlflow_server,
-    start_serving,
-    stop_serving,
-)
-
-HOST = "127.0.0.1"
 UPPER_MODEL = Path(__file__).resolve().parent / "models" / "upper.py"
 # The replicas of the serving app, whichever deployment holds the models.
 SIGSERVE_REPLICAS = "ray::ServeReplica:sigserve:"
@@ -187,169 +176,150 @@ def main() -> None:
     print(f"many versions, {started_at:%Y-%m-%d %H:%M} UTC, nproc {nproc}")
     print(f"command: {command}", flush=True)
 
-    home = Path(tempfile.mkdtemp(prefix="bench-versions-", dir="/tmp"))
-    secrets = Secrets.load_or_create(home)
-    mlflow_port, ctl_port, serve_port = free_port(), free_port(), free_port()
-    tracking_uri = f"http://{HOST}:{mlflow_port}"
-    ctl_url = f"http://{HOST}:{ctl_port}"
-    serving = f"http://{HOST}:{serve_port}"
-    server = mlflow_server(
-        home, host=HOST, port=mlflow_port, encryption_key=secrets.mlflow_encryption_key
-    )
-    ctl = controller(
-        home,
-        host=HOST,
-        port=ctl_port,
-        tracking_uri=tracking_uri,
-        admin_token=secrets.admin_token,
-        webhook_secret=secrets.webhook_secret,
-        resync_interval_s=300,
-    )
     sampler = MemorySampler()
     client = httpx.Client(timeout=120)
-    try:
-        server.start().wait_healthy(180)
-        ctl.start().wait_healthy(120)
-        start_serving(
-            home=home,
-            host=HOST,
-            port=serve_port,
-            tracking_uri=tracking_uri,
-            controller_url=ctl_url,
-            num_cpus=2,
-            max_num_models_per_replica=args.max_models,
-        )
+    with running_stack("bench-versions-", max_num_models_per_replica=args.max_models) as stack:
+        home, serving = stack.home, stack.serving_url
+        try:
+            import mlflow
+            import numpy as np
+            import pandas as pd
+            from mlflow.models import infer_signature
 
-        import mlflow
-        import numpy as np
-        import pandas as pd
-        from mlflow.models import infer_signature
-
-        mlflow.set_tracking_uri(tracking_uri)
-        ballast = home / "ballast.npy"
-        values = int(args.ballast_mb * 2**20 / 8)
-        # Random, so no page of it is shared or zero: each loaded copy costs its full size.
-        np.save(ballast, np.random.default_rng(args.seed).random(values))
-        name = "bench_many"
-        example = pd.DataFrame({"prompt": ["hi"]})
-        t0 = time.monotonic()
-        with mlflow.start_run(run_name=f"{name} ({args.ballast_mb:g} MB ballast)"):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(UPPER_MODEL),
-                artifacts={"ballast": str(ballast)},
-                pip_requirements=["mlflow", "pandas", "numpy"],
-                signature=infer_signature(example, pd.DataFrame({"output": ["HI"]})),
-                input_example=example,
+            ballast = home / "ballast.npy"
+            values = int(args.ballast_mb * 2**20 / 8)
+            # Random, so no page of it is shared or zero: each loaded copy costs its full size.
+            np.save(ballast, np.random.default_rng(args.seed).random(values))
+            name = "bench_many"
+            example = pd.DataFrame({"prompt": ["hi"]})
+            t0 = time.monotonic()
+            with mlflow.start_run(run_name=f"{name} ({args.ballast_mb:g} MB ballast)"):
+                info = mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(UPPER_MODEL),
+                    artifacts={"ballast": str(ballast)},
+                    pip_requirements=["mlflow", "pandas", "numpy"],
+                    signature=infer_signature(example, pd.DataFrame({"output": ["HI"]})),
+                    input_example=example,
+                )
+            for _ in range(args.versions):
+                mlflow.register_model(info.model_uri, name)
+            print(
+                f"logged one model ({ballast.stat().st_size / 2**20:.0f} MB ballast) "
+                "and registered "
+                f"it {args.versions} times as {name} in {time.monotonic() - t0:.0f}s",
+                flush=True,
             )
-        for _ in range(args.versions):
-            mlflow.register_model(info.model_uri, name)
-        print(
-            f"logged one model ({ballast.stat().st_size / 2**20:.0f} MB ballast) and registered "
-            f"it {args.versions} times as {name} in {time.monotonic() - t0:.0f}s",
-            flush=True,
-        )
-        t0 = time.monotonic()
-        wait_all_live(client, serving, name, args.versions, 900)
-        print(f"all {args.versions} versions live in {time.monotonic() - t0:.0f}s", flush=True)
+            t0 = time.monotonic()
+            wait_all_live(client, serving, name, args.versions, 900)
+            print(f"all {args.versions} versions live in {time.monotonic() - t0:.0f}s", flush=True)
 
-        failures: list[int] = []  # versions that answered anything but 200
+            failures: list[int] = []  # versions that answered anything but 200
 
-        def post(version: int) -> float:
-            started = time.monotonic()
-            r = client.post(f"{serving}/models/{name}/versions/{version}/serve", json=BODY)
-            took = time.monotonic() - started
-            if r.status_code != 200:
-                failures.append(version)
-                print(f"  v{version}: {r.status_code} {r.text[:200]}", flush=True)
-            return took
+            def post(version: int) -> float:
+                started = time.monotonic()
+                r = client.post(f"{serving}/models/{name}/versions/{version}/serve", json=BODY)
+                took = time.monotonic() - started
+                if r.status_code != 200:
+                    failures.append(version)
+                    print(f"  v{version}: {r.status_code} {r.text[:200]}", flush=True)
+                return took
 
-        base = sampler.record()
-        sampler.start()
-        print(
-            f"before any request: Ray workers {base.workers_mb:.0f} MB "
-            f"(sigserve replicas {base.sigserve_mb:.0f} MB)"
-        )
-        print(
-            f"\nfirst touch of each version (max_num_models_per_replica={args.max_models}, "
-            f"{args.warm} warm requests after each cold one):"
-        )
-        cold: list[float] = []
-        warm: list[float] = []
-        block_started = time.monotonic()
-        block_cold: list[float] = []
-        block_warm: list[float] = []
-        for v in range(1, args.versions + 1):
-            block_cold.append(post(v))
-            block_warm += [post(v) for _ in range(args.warm)]
-            if v % args.every == 0 or v == args.versions:
-                cold += block_cold
-                warm += block_warm
+            base = sampler.record()
+            sampler.start()
+            print(
+                f"before any request: Ray workers {base.workers_mb:.0f} MB "
+                f"(sigserve replicas {base.sigserve_mb:.0f} MB)"
+            )
+            print(
+                f"\nfirst touch of each version (max_num_models_per_replica={args.max_models}, "
+                f"{args.warm} warm requests after each cold one):"
+            )
+            cold: list[float] = []
+            warm: list[float] = []
+            block_started = time.monotonic()
+            block_cold: list[float] = []
+            block_warm: list[float] = []
+            for v in range(1, args.versions + 1):
+                block_cold.append(post(v))
+                block_warm += [post(v) for _ in range(args.warm)]
+                if v % args.every == 0 or v == args.versions:
+                    cold += block_cold
+                    warm += block_warm
+                    now = sampler.record()
+                    print(
+                        f"v{v - len(block_cold) + 1:>2}-{v:<2} cold {dist(block_cold)} | all cold "
+                        f"{dist(cold)} | warm p50 {pct(block_warm, 50):.1f} ms"
+                    )
+                    print(
+                        f"       Ray workers now {now.workers_mb:6.0f} MB (sigserve replicas "
+                        f"{now.sigserve_mb:5.0f} MB), "
+                        f"max {sampler.max_since(block_started):6.0f} MB "
+                        f"in this block, {sampler.max_since(0):6.0f} MB so far "
+                        f"(+{now.workers_mb - base.workers_mb:.0f} MB over baseline)",
+                        flush=True,
+                    )
+                    block_started = time.monotonic()
+                    block_cold, block_warm = [], []
+
+            if args.spread > 0:
+                rng = random.Random(args.seed)  # noqa: S311 - a reproducible draw, not a secret
+                # What an LRU of max-models holds after the first touches: the last ones touched.
+                first = max(1, args.versions - args.max_models + 1)
+                lru: OrderedDict[int, None] = OrderedDict(
+                    (v, None) for v in range(first, args.versions + 1)
+                )
+                spread_cold: list[float] = []
+                spread_warm: list[float] = []
+                spread_started = time.monotonic()
+                for _ in range(args.spread):
+                    v = rng.randint(1, args.versions)
+                    was_loaded = v in lru
+                    took = post(v)
+                    (spread_warm if was_loaded else spread_cold).append(took)
+                    lru[v] = None
+                    lru.move_to_end(v)
+                    while len(lru) > args.max_models:
+                        lru.popitem(last=False)
                 now = sampler.record()
                 print(
-                    f"v{v - len(block_cold) + 1:>2}-{v:<2} cold {dist(block_cold)} | all cold "
-                    f"{dist(cold)} | warm p50 {pct(block_warm, 50):.1f} ms"
+                    f"\nspread: {args.spread} requests over all {args.versions} versions at random"
                 )
                 print(
-                    f"       Ray workers now {now.workers_mb:6.0f} MB (sigserve replicas "
-                    f"{now.sigserve_mb:5.0f} MB), max {sampler.max_since(block_started):6.0f} MB "
-                    f"in this block, {sampler.max_since(0):6.0f} MB so far "
-                    f"(+{now.workers_mb - base.workers_mb:.0f} MB over baseline)",
-                    flush=True,
+                    f"  expected cold (not among the last {args.max_models}): {dist(spread_cold)}"
                 )
-                block_started = time.monotonic()
-                block_cold, block_warm = [], []
+                print(f"  expected warm:                         {dist(spread_warm)}")
+                print(
+                    f"  Ray workers now {now.workers_mb:.0f} MB "
+                    f"(sigserve replicas {now.sigserve_mb:.0f} MB), "
+                    f"max {sampler.max_since(spread_started):.0f} MB during the spread, "
+                    f"{sampler.max_since(0):.0f} MB over the whole run"
+                )
+            loads = runner_loads()
+            if loads is not None:
+                expected = len(cold) + (len(spread_cold) if args.spread > 0 else 0)
+                print(
+                    f"  sigserve reports {loads} loads; "
+                    f"the client expected {expected} cold requests"
+                )
 
-        if args.spread > 0:
-            rng = random.Random(args.seed)  # noqa: S311 - a reproducible draw, not a secret
-            # What an LRU of max-models holds after the first touches: the last versions touched.
-            first = max(1, args.versions - args.max_models + 1)
-            lru: OrderedDict[int, None] = OrderedDict(
-                (v, None) for v in range(first, args.versions + 1)
+            print(f"\ncold load, all first touches: {dist(cold)}; warm: {dist(warm)}")
+            if failures:
+                print(
+                    f"SUSPICIOUS: {len(failures)} answers were not 200 (versions {failures[:20]})"
+                )
+            rows = memory_report(
+                {
+                    "mlflow server (registry)": [stack.mlflow.pid or 0],
+                    "controller": [stack.controller.pid or 0],
+                }
             )
-            spread_cold: list[float] = []
-            spread_warm: list[float] = []
-            spread_started = time.monotonic()
-            for _ in range(args.spread):
-                v = rng.randint(1, args.versions)
-                was_loaded = v in lru
-                took = post(v)
-                (spread_warm if was_loaded else spread_cold).append(took)
-                lru[v] = None
-                lru.move_to_end(v)
-                while len(lru) > args.max_models:
-                    lru.popitem(last=False)
-            now = sampler.record()
-            print(f"\nspread: {args.spread} requests over all {args.versions} versions at random")
-            print(f"  expected cold (not among the last {args.max_models}): {dist(spread_cold)}")
-            print(f"  expected warm:                         {dist(spread_warm)}")
-            print(
-                f"  Ray workers now {now.workers_mb:.0f} MB "
-                f"(sigserve replicas {now.sigserve_mb:.0f} MB), "
-                f"max {sampler.max_since(spread_started):.0f} MB during the spread, "
-                f"{sampler.max_since(0):.0f} MB over the whole run"
-            )
-        loads = runner_loads()
-        if loads is not None:
-            expected = len(cold) + (len(spread_cold) if args.spread > 0 else 0)
-            print(f"  sigserve reports {loads} loads; the client expected {expected} cold requests")
-
-        print(f"\ncold load, all first touches: {dist(cold)}; warm: {dist(warm)}")
-        if failures:
-            print(f"SUSPICIOUS: {len(failures)} answers were not 200 (versions {failures[:20]})")
-        rows = memory_report(
-            {"mlflow server (registry)": [server.pid or 0], "controller": [ctl.pid or 0]}
-        )
-        print(f"memory (PSS) at the end: {sum(mb for _, mb in rows):.0f} MB in all")
-        for label, mb in rows:
-            print(f"  {mb:7.0f} MB  {label}")
-    finally:
-        sampler.stop()
-        client.close()
-        stop_serving()
-        ctl.stop()
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+            print(f"memory (PSS) at the end: {sum(mb for _, mb in rows):.0f} MB in all")
+            for label, mb in rows:
+                print(f"  {mb:7.0f} MB  {label}")
+        finally:
+            sampler.stop()
+            client.close()
 
 
 if __name__ == "__main__":

@@ -26,25 +26,14 @@ import argparse
 import asyncio
 import os
 import random
-import shutil
 import statistics
-import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
 
 import httpx
+from bench_stack import running_stack
 
-from sigserve.stack import (
-    Secrets,
-    controller,
-    free_port,
-    mlflow_server,
-    start_serving,
-    stop_serving,
-)
-
-HOST = "127.0.0.1"
 ECHO = Path(__file__).resolve().parents[1] / "tests" / "integration" / "models" / "tagged_echo.py"
 
 
@@ -125,43 +114,16 @@ def main() -> None:
     args = parser.parse_args()
     by_resync = args.path == "resync"
 
-    home = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
-    secrets = Secrets.load_or_create(home)
-    mlflow_port, ctl_port, serve_port = free_port(), free_port(), free_port()
-    tracking_uri = f"http://{HOST}:{mlflow_port}"
-    ctl_url = f"http://{HOST}:{ctl_port}"
-    serving = f"http://{HOST}:{serve_port}"
-    admin = {"Authorization": f"Bearer {secrets.admin_token}"}
-    server = mlflow_server(
-        home, host=HOST, port=mlflow_port, encryption_key=secrets.mlflow_encryption_key
-    ).start()
-    ctl = controller(
-        home,
-        host=HOST,
-        port=ctl_port,
-        tracking_uri=tracking_uri,
-        admin_token=secrets.admin_token,
-        webhook_secret=secrets.webhook_secret,
+    with running_stack(
+        "bench-",
         resync_interval_s=args.resync_interval if by_resync else 300,
         register_webhook=not by_resync,
-    )
-    try:
-        server.wait_healthy(180)
-        ctl.start().wait_healthy(120)
-        start_serving(
-            home=home,
-            host=HOST,
-            port=serve_port,
-            tracking_uri=tracking_uri,
-            controller_url=ctl_url,
-            num_cpus=2,
-        )
-
+    ) as stack:
+        ctl_url, serving, admin = stack.controller_url, stack.serving_url, stack.admin
         import mlflow
         import pandas as pd
         from mlflow.models import infer_signature
 
-        mlflow.set_tracking_uri(tracking_uri)
         name = "bench_echo"
         frame = pd.DataFrame({"prompt": ["x"]})
         with mlflow.start_run():
@@ -233,11 +195,6 @@ def main() -> None:
         print(f"memory of the stack (PSS): {sum(by_part.values()):.0f} MB")
         for part, mb in sorted(by_part.items(), key=lambda kv: -kv[1]):
             print(f"  {mb:7.0f} MB  {part}")
-    finally:
-        stop_serving()
-        ctl.stop()
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 if __name__ == "__main__":

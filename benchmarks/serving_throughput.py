@@ -45,7 +45,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -54,20 +53,13 @@ from functools import partial
 from pathlib import Path
 
 import httpx
+from bench_stack import HOST, running_stack
 from registration_latency import _descendants, _name, _pss_mb
 from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
 
 from sigserve.processes import ManagedProcess
-from sigserve.stack import (
-    Secrets,
-    controller,
-    free_port,
-    mlflow_server,
-    start_serving,
-    stop_serving,
-)
+from sigserve.stack import free_port
 
-HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
 UPPER_MODEL = HERE / "models" / "upper.py"
 TARGETS = ("sigserve", "mlflow", "notebook")
@@ -354,185 +346,148 @@ def main() -> None:
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     command = shlex.join([sys.executable, *sys.argv])
 
-    home = Path(tempfile.mkdtemp(prefix="bench-tput-", dir="/tmp"))
-    scripts = home / "wrk"
-    scripts.mkdir()
-    secrets = Secrets.load_or_create(home)
-    mlflow_port, ctl_port, serve_port = free_port(), free_port(), free_port()
-    tracking_uri = f"http://{HOST}:{mlflow_port}"
-    ctl_url = f"http://{HOST}:{ctl_port}"
-    serving = f"http://{HOST}:{serve_port}"
-    server = mlflow_server(
-        home, host=HOST, port=mlflow_port, encryption_key=secrets.mlflow_encryption_key
-    )
-    ctl = controller(
-        home,
-        host=HOST,
-        port=ctl_port,
-        tracking_uri=tracking_uri,
-        admin_token=secrets.admin_token,
-        webhook_secret=secrets.webhook_secret,
-        resync_interval_s=300,
-    )
     model_servers: dict[tuple[str, str], ManagedProcess] = {}  # (model, target) -> process
-    serving_started = False
     client = httpx.Client(timeout=60)
-    try:
-        server.start().wait_healthy(180)
-        if needs_ray:
-            ctl.start().wait_healthy(120)
-            serving_started = True
-            start_serving(
-                home=home,
-                host=HOST,
-                port=serve_port,
-                tracking_uri=tracking_uri,
-                controller_url=ctl_url,
-                num_cpus=2,
-                **({"fast_path": False} if args.ray_proxy else {}),
-            )
-
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
-        versions: dict[str, str] = {}
-        for model in models:
-            spec = MODELS[model]
-            t0 = time.monotonic()
-            register = register_trivial if model == "trivial" else register_minilm
-            versions[model] = register(spec.name)
-            print(
-                f"registered {spec.name} v{versions[model]} ({model}) "
-                f"in {time.monotonic() - t0:.1f}s",
-                flush=True,
-            )
-
-        endpoints: dict[tuple[str, str], Endpoint] = {}
-        record = {m: {MODELS[m].column: MODELS[m].value} for m in models}
-        for model in models:
-            spec = MODELS[model]
-            if "sigserve" in targets:
-                endpoints[(model, "sigserve")] = Endpoint(
-                    f"{serving}/models/{spec.name}/serve", json.dumps([record[model]])
-                )
-            for target, workers in mlflow_variants.items():
-                port = free_port()
-                model_servers[(model, target)] = ManagedProcess(
-                    f"mlflow models serve {spec.name} -w {workers}",
-                    mlflow_serve_argv(f"models:/{spec.name}/{versions[model]}", port, workers),
-                    env=mlflow_serve_env(tracking_uri),
-                    log_path=home / "logs" / f"mlflow-serve-{model}-{target}.log",
-                    health_url=f"http://{HOST}:{port}/ping",
-                ).start()
-                endpoints[(model, target)] = Endpoint(
-                    f"http://{HOST}:{port}/invocations",
-                    json.dumps({"dataframe_records": [record[model]]}),
-                )
-            if "notebook" in targets:
-                from notebook_baseline import notebook_app
-                from ray import serve
-
-                serve.run(
-                    notebook_app(spec.name, versions[model]),
-                    name=f"notebook-{model}",
-                    route_prefix=f"/notebook/{model}",
-                    blocking=False,
-                )
-                endpoints[(model, "notebook")] = Endpoint(
-                    f"{serving}/notebook/{model}/serve", json.dumps(record[model])
-                )
-        for (model, target), endpoint in endpoints.items():
-            endpoint.script = write_wrk_script(scripts, f"{model}-{target}", endpoint.body)
-
-        t0 = time.monotonic()
-        for (model, target), endpoint in endpoints.items():
-            what = f"{target} serving {model}"
-            if target == "sigserve":
-                name = MODELS[model].name
-                wait_until(what, partial(sigserve_serves, client, serving, name, endpoint), 600)
-            else:
-                if (model, target) in model_servers:
-                    model_servers[(model, target)].wait_healthy(600)
-                wait_until(what, partial(post_ok, client, endpoint), 600)
-            print(f"ready: {what} ({time.monotonic() - t0:.0f}s)", flush=True)
-        for (model, target), endpoint in endpoints.items():
-            r = client.post(
-                endpoint.url, content=endpoint.body, headers={"Content-Type": "application/json"}
-            )
-            print(
-                f"  {model:8s} {target:10s} POST {endpoint.url} {endpoint.body} -> {r.text[:100]}"
-            )
-
-        if args.warmup > 0:
-            for endpoint in endpoints.values():
-                run_wrk(endpoint, 2, 16, args.warmup)
-
-        results: dict[tuple[str, str, int], list[Run]] = {}
-        for rnd in range(1, args.rounds + 1):
+    fast_path = {"fast_path": False} if args.ray_proxy else {}
+    with running_stack("bench-tput-", serving=needs_ray, **fast_path) as stack:
+        home, tracking_uri, serving = stack.home, stack.tracking_uri, stack.serving_url
+        scripts = home / "wrk"
+        scripts.mkdir()
+        try:
+            versions: dict[str, str] = {}
             for model in models:
-                for threads, conns in CONNECTIONS:
-                    for target in targets:
-                        endpoint = endpoints[(model, target)]
-                        try:
-                            output = run_wrk(endpoint, threads, conns, args.seconds)
-                            run = Run(rnd, *parse_wrk(output))
-                        except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
-                            print(f"round {rnd} {model} c={conns} {target}: FAILED: {exc}")
-                            continue
-                        results.setdefault((model, target, conns), []).append(run)
-                        line = (
-                            f"round {rnd} {model:7s} c={conns:<2d} {target:10s} "
-                            f"{run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms  "
-                            f"p99 {run.p99_ms:8.2f} ms"
-                        )
-                        if run.suspicious:
-                            line += (
-                                f"  SUSPICIOUS: {run.non2xx} non-2xx, "
-                                f"{run.socket_errors} socket errors"
+                spec = MODELS[model]
+                t0 = time.monotonic()
+                register = register_trivial if model == "trivial" else register_minilm
+                versions[model] = register(spec.name)
+                print(
+                    f"registered {spec.name} v{versions[model]} ({model}) "
+                    f"in {time.monotonic() - t0:.1f}s",
+                    flush=True,
+                )
+
+            endpoints: dict[tuple[str, str], Endpoint] = {}
+            record = {m: {MODELS[m].column: MODELS[m].value} for m in models}
+            for model in models:
+                spec = MODELS[model]
+                if "sigserve" in targets:
+                    endpoints[(model, "sigserve")] = Endpoint(
+                        f"{serving}/models/{spec.name}/serve", json.dumps([record[model]])
+                    )
+                for target, workers in mlflow_variants.items():
+                    port = free_port()
+                    model_servers[(model, target)] = ManagedProcess(
+                        f"mlflow models serve {spec.name} -w {workers}",
+                        mlflow_serve_argv(f"models:/{spec.name}/{versions[model]}", port, workers),
+                        env=mlflow_serve_env(tracking_uri),
+                        log_path=home / "logs" / f"mlflow-serve-{model}-{target}.log",
+                        health_url=f"http://{HOST}:{port}/ping",
+                    ).start()
+                    endpoints[(model, target)] = Endpoint(
+                        f"http://{HOST}:{port}/invocations",
+                        json.dumps({"dataframe_records": [record[model]]}),
+                    )
+                if "notebook" in targets:
+                    from notebook_baseline import notebook_app
+                    from ray import serve
+
+                    serve.run(
+                        notebook_app(spec.name, versions[model]),
+                        name=f"notebook-{model}",
+                        route_prefix=f"/notebook/{model}",
+                        blocking=False,
+                    )
+                    endpoints[(model, "notebook")] = Endpoint(
+                        f"{serving}/notebook/{model}/serve", json.dumps(record[model])
+                    )
+            for (model, target), endpoint in endpoints.items():
+                endpoint.script = write_wrk_script(scripts, f"{model}-{target}", endpoint.body)
+
+            t0 = time.monotonic()
+            for (model, target), endpoint in endpoints.items():
+                what = f"{target} serving {model}"
+                if target == "sigserve":
+                    name = MODELS[model].name
+                    wait_until(what, partial(sigserve_serves, client, serving, name, endpoint), 600)
+                else:
+                    if (model, target) in model_servers:
+                        model_servers[(model, target)].wait_healthy(600)
+                    wait_until(what, partial(post_ok, client, endpoint), 600)
+                print(f"ready: {what} ({time.monotonic() - t0:.0f}s)", flush=True)
+            for (model, target), endpoint in endpoints.items():
+                r = client.post(
+                    endpoint.url,
+                    content=endpoint.body,
+                    headers={"Content-Type": "application/json"},
+                )
+                answer = r.text[:100]
+                print(f"  {model:8s} {target:10s} POST {endpoint.url} {endpoint.body} -> {answer}")
+
+            if args.warmup > 0:
+                for endpoint in endpoints.values():
+                    run_wrk(endpoint, 2, 16, args.warmup)
+
+            results: dict[tuple[str, str, int], list[Run]] = {}
+            for rnd in range(1, args.rounds + 1):
+                for model in models:
+                    for threads, conns in CONNECTIONS:
+                        for target in targets:
+                            endpoint = endpoints[(model, target)]
+                            try:
+                                output = run_wrk(endpoint, threads, conns, args.seconds)
+                                run = Run(rnd, *parse_wrk(output))
+                            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+                                print(f"round {rnd} {model} c={conns} {target}: FAILED: {exc}")
+                                continue
+                            results.setdefault((model, target, conns), []).append(run)
+                            line = (
+                                f"round {rnd} {model:7s} c={conns:<2d} {target:10s} "
+                                f"{run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms  "
+                                f"p99 {run.p99_ms:8.2f} ms"
                             )
-                        print(line, flush=True)
+                            if run.suspicious:
+                                line += (
+                                    f"  SUSPICIOUS: {run.non2xx} non-2xx, "
+                                    f"{run.socket_errors} socket errors"
+                                )
+                            print(line, flush=True)
 
-        print()
-        print(f"serving throughput, {started_at:%Y-%m-%d %H:%M} UTC, nproc {nproc}")
-        print(f"command: {command}")
-        print(
-            f"wrk {args.seconds:g}s per run, {args.rounds} round(s), -t1 -c1 and -t2 -c16; "
-            "medians over rounds; vs mlflow* = median of per-round req/s ratios"
-        )
-        if needs_ray:
-            flags = serve_flags()
-            front = (
-                "HAProxy"
-                if any(ray_label(p) == "haproxy" for p in _descendants(os.getpid()))
-                else "Ray's proxy"
-            )
+            print()
+            print(f"serving throughput, {started_at:%Y-%m-%d %H:%M} UTC, nproc {nproc}")
+            print(f"command: {command}")
             print(
-                f"Ray started with {flags if flags is not None else '(raylet not found)'}; "
-                f"front door on the Serve port: {front}"
+                f"wrk {args.seconds:g}s per run, {args.rounds} round(s), -t1 -c1 and -t2 -c16; "
+                "medians over rounds; vs mlflow* = median of per-round req/s ratios"
             )
-        print()
-        print_table(results, models, targets)
+            if needs_ray:
+                flags = serve_flags()
+                front = (
+                    "HAProxy"
+                    if any(ray_label(p) == "haproxy" for p in _descendants(os.getpid()))
+                    else "Ray's proxy"
+                )
+                print(
+                    f"Ray started with {flags if flags is not None else '(raylet not found)'}; "
+                    f"front door on the Serve port: {front}"
+                )
+            print()
+            print_table(results, models, targets)
 
-        print()
-        groups: dict[str, Iterable[int]] = {"mlflow server (registry)": [server.pid or 0]}
-        if serving_started:
-            groups["controller"] = [ctl.pid or 0]
-        for (model, target), proc in model_servers.items():
-            groups[f"{target} ({model}) process tree"] = [proc.pid or 0]
-        rows = memory_report(groups)
-        total = sum(mb for _, mb in rows)
-        print(f"memory (PSS) at the end: {total:.0f} MB in all")
-        for label, mb in rows:
-            print(f"  {mb:7.0f} MB  {label}")
-    finally:
-        client.close()
-        for proc in model_servers.values():
-            proc.stop()
-        if needs_ray:
-            stop_serving()
-        ctl.stop()
-        server.stop()
-        shutil.rmtree(home, ignore_errors=True)
+            print()
+            groups: dict[str, Iterable[int]] = {"mlflow server (registry)": [stack.mlflow.pid or 0]}
+            if needs_ray:
+                groups["controller"] = [stack.controller.pid or 0]
+            for (model, target), proc in model_servers.items():
+                groups[f"{target} ({model}) process tree"] = [proc.pid or 0]
+            rows = memory_report(groups)
+            total = sum(mb for _, mb in rows)
+            print(f"memory (PSS) at the end: {total:.0f} MB in all")
+            for label, mb in rows:
+                print(f"  {mb:7.0f} MB  {label}")
+        finally:
+            client.close()
+            for proc in model_servers.values():
+                proc.stop()
 
 
 if __name__ == "__main__":
