@@ -9,15 +9,26 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import URL, Engine, create_engine, event, make_url
 
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
 
 
+def parse_database_url(url: str) -> URL:
+    """``url`` parsed; a plain ``postgresql://`` (or ``postgres://``) URL gets psycopg 3.
+
+    SQLAlchemy would pick psycopg2 for them, which sigserve does not install.
+    """
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
 def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
-    """An engine for ``url``; on SQLite, a statement waits ``busy_timeout_s`` for a lock."""
+    """An engine for ``url``; a statement waits ``busy_timeout_s`` for a lock, then fails."""
     if url.startswith("sqlite"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
@@ -35,7 +46,13 @@ def make_engine(url: str, *, busy_timeout_s: float = 30.0) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    parsed = parse_database_url(url)
+    connect_args: dict[str, Any] = {}
+    if parsed.get_backend_name() == "postgresql":
+        # PostgreSQL waits for a row lock forever by default; bounded like SQLite's busy
+        # timeout, a call stuck behind another controller fails (503) instead of hanging.
+        connect_args["options"] = f"-c lock_timeout={max(1, round(busy_timeout_s * 1000))}"
+    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
 
 
 def _alembic_config(engine: Engine) -> Config:
@@ -45,12 +62,12 @@ def _alembic_config(engine: Engine) -> Config:
     return config
 
 
-def migrate(engine: Engine) -> None:
-    """Bring the schema to the latest migration; a no-op when it is there already."""
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema up to ``revision`` (the latest by default); a no-op when it is there."""
     config = _alembic_config(engine)
     with engine.begin() as connection:
         config.attributes["connection"] = connection
-        command.upgrade(config, "head")
+        command.upgrade(config, revision)
 
 
 def is_migrated(engine: Engine) -> bool:

@@ -17,10 +17,11 @@ class ControllerSettings(BaseSettings):
     home: Path = Path(".sigserve")
     controller_host: str = "127.0.0.1"
     controller_port: int = 8080
-    # Defaults to SQLite under ``home``; any SQLAlchemy URL works.
+    # Defaults to SQLite under ``home``; PostgreSQL by URL (``postgresql://`` gets psycopg 3).
     database_url: str | None = None
-    # SQLite: how long a statement waits for a lock another writer holds before it fails; an
-    # admin call that fails so answers 503 with Retry-After, and nothing of it is written.
+    # How long a statement waits for a lock another writer holds before it fails (SQLite's
+    # busy timeout, PostgreSQL's lock_timeout); an admin call that fails so answers 503 with
+    # Retry-After, and nothing of it is written.
     database_busy_timeout_s: float = Field(default=30.0, gt=0)
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     admin_token: SecretStr

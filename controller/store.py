@@ -3,7 +3,10 @@
 Each public method is one transaction. Read-decide-write goes through ``update_model``, which
 runs the caller's decision inside the transaction and under a write lock, so the worker and
 the admin API never overwrite each other's decisions. The lock serialises writers within one
-process: run one controller per database.
+process. Across processes: on PostgreSQL the transaction also locks the model's row (``SELECT
+... FOR UPDATE``), and a publish the revision row, so controllers sharing a database wait for
+each other instead of writing from a stale read. SQLite ignores row locks and lets a write
+fail on a snapshot another process changed: there, run one controller per database.
 """
 
 from __future__ import annotations
@@ -37,9 +40,12 @@ def _now() -> datetime:
 
 
 def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite keeps no offset: what was written in UTC comes back naive.
-    if moment is None or moment.tzinfo is not None:
-        return moment
+    # SQLite keeps no offset: what was written in UTC comes back naive. PostgreSQL answers
+    # in the session's time zone, which is the server's unless set.
+    if moment is None:
+        return None
+    if moment.tzinfo is not None:
+        return moment.astimezone(UTC)
     return moment.replace(tzinfo=UTC)
 
 
@@ -88,12 +94,19 @@ class Store:
         with self._sessions() as session, session.begin():
             yield session
 
-    def _load_row(self, session: Session, name: str) -> RegisteredModelRow | None:
-        return session.scalars(
+    def _load_row(
+        self, session: Session, name: str, *, for_update: bool = False
+    ) -> RegisteredModelRow | None:
+        query = (
             select(RegisteredModelRow)
             .where(RegisteredModelRow.name == name)
             .options(selectinload(RegisteredModelRow.versions))
-        ).one_or_none()
+        )
+        if for_update:
+            # Held until commit: another controller's read-decide-write of this model waits
+            # here, then reads what this one wrote. Its versions are written only under it.
+            query = query.with_for_update()
+        return session.scalars(query).one_or_none()
 
     def load_model(self, name: str) -> ModelRecord | None:
         with self._transaction() as session:
@@ -127,8 +140,21 @@ class Store:
         record equals the old one; what is written is audited, by ``actor``, in the same
         transaction.
         """
+        try:
+            return self._update_model(name, change, actor)
+        except IntegrityError:
+            # A model not stored yet has no row to lock: when two controllers store it at
+            # once, the second insert fails. Once more, the row is there to lock and build on.
+            return self._update_model(name, change, actor)
+
+    def _update_model(
+        self,
+        name: str,
+        change: Callable[[ModelRecord | None], ModelRecord | None],
+        actor: str,
+    ) -> ModelRecord | None:
         with self._write_lock, self._transaction() as session:
-            row = self._load_row(session, name)
+            row = self._load_row(session, name, for_update=True)
             current = _to_record(row) if row else None
             updated = change(current)
             if updated is None:
@@ -223,7 +249,7 @@ class Store:
 
     def delete_model(self, name: str, actor: str = "controller") -> bool:
         with self._write_lock, self._transaction() as session:
-            row = self._load_row(session, name)
+            row = self._load_row(session, name, for_update=True)
             if row is None:
                 return False
             self._audit(session, diff(name, _to_record(row), None, actor))
@@ -262,7 +288,7 @@ class Store:
         of this epoch is how the controller learns that, and this puts it ahead at once.
         """
         with self._write_lock, self._transaction() as session:
-            current = session.get(TableRevisionRow, 1)
+            current = session.get(TableRevisionRow, 1, with_for_update=True)
             assert current is not None, "catch_up after a first publish"
             if current.revision <= seen_revision:
                 current.revision = seen_revision + 1
@@ -273,12 +299,23 @@ class Store:
     def publish(self) -> RoutingTable:
         """Build the table from the decisions; bump the revision only if its content changed.
 
-        Under the write lock: two publishes racing would both read revision N and write N+1
-        for different tables, and replicas would keep whichever they saw first.
+        Under the write lock and the revision row's lock: two publishes racing would both read
+        revision N and write N+1 for different tables, and replicas would keep whichever they
+        saw first.
         """
+        try:
+            return self._publish()
+        except IntegrityError:
+            # Two controllers made this database's first table at once: one epoch wins, and
+            # this publish builds on it.
+            return self._publish()
+
+    def _publish(self) -> RoutingTable:
         with self._write_lock, self._transaction() as session:
+            # The row first, the decisions after: a publish that waited for another reads
+            # at least what that one did, so a higher revision never carries older decisions.
+            current = session.get(TableRevisionRow, 1, with_for_update=True)
             models = self._all_records(session)
-            current = session.get(TableRevisionRow, 1)
             if current is None:
                 current = TableRevisionRow(
                     id=1, revision=0, digest="", epoch=uuid.uuid4().hex, published_at=_now()

@@ -7,10 +7,14 @@ import os
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
+from controller.database import parse_database_url
+
 config = context.config
 url = config.attributes.get("url") or os.environ.get("SIGSERVE_DATABASE_URL")
 if url:
-    config.set_main_option("sqlalchemy.url", url)
+    # The ini parser would read the %-escapes of a URL-encoded password as interpolation.
+    rendered = parse_database_url(url).render_as_string(hide_password=False)
+    config.set_main_option("sqlalchemy.url", rendered.replace("%", "%%"))
 
 
 def run_migrations_offline() -> None:

@@ -1,9 +1,9 @@
-"""Quarantine and release by hand, and the audit log that answers who did what, on a real store."""
+"""Quarantine and release by hand, and the audit log that answers who did what, on a real store
+(SQLite and PostgreSQL: ``database_url``, tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -43,8 +43,8 @@ class Registry:
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+def store(database_url: str) -> Store:
+    engine = make_engine(database_url)
     migrate(engine)
     s = Store(engine)
     registry = Registry({"1": sig("prompt"), "2": sig("prompt"), "3": sig("text")})

@@ -1,26 +1,34 @@
-"""The store on a real SQLite database made by the Alembic migrations."""
+"""The store on real databases made by the Alembic migrations: each test on SQLite and on
+PostgreSQL (``database_url``, tests/conftest.py), and what two controllers sharing one
+PostgreSQL do at once."""
 
 from __future__ import annotations
 
 import json
+import threading
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
+from sqlalchemy.exc import OperationalError
 
 from controller.database import is_migrated, make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
-from sigserve.routing_table import VersionState
+from controller.table import content_digest
+from sigserve.routing_table import RoutingTable, VersionState
 
 SIG = {"inputs": json.dumps([{"type": "string", "name": "prompt", "required": True}]),
        "outputs": None, "params": None}
 
 
 @pytest.fixture()
-def store(tmp_path: Path) -> Store:
-    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+def store(database_url: str) -> Store:
+    engine = make_engine(database_url)
     assert not is_migrated(engine)
     migrate(engine)
     migrate(engine)  # a no-op the second time
@@ -80,12 +88,167 @@ def test_deliveries_are_remembered_then_pruned(store: Store) -> None:
     assert store.record_delivery("d-1", "model_version.created")
 
 
-def test_a_new_database_is_a_new_epoch(tmp_path: Path) -> None:
+def test_a_new_database_is_a_new_epoch(new_database_url: Callable[[], str]) -> None:
     stores = []
-    for name in ("a", "b"):
-        engine = make_engine(f"sqlite:///{tmp_path}/{name}.db")
+    for _ in ("a", "b"):
+        engine = make_engine(new_database_url())
         migrate(engine)
         stores.append(Store(engine))
     first, second = (s.publish() for s in stores)
     assert first.epoch and second.epoch and first.epoch != second.epoch
     assert stores[0].publish().epoch == first.epoch  # kept across publishes (and restarts)
+
+
+def test_times_read_back_in_utc_whatever_the_servers_zone(database_url: str) -> None:
+    engine = make_engine(database_url)
+    if engine.dialect.name == "postgresql":
+        # A server set up elsewhere answers timestamps in its own zone.
+        with engine.begin() as connection:
+            name = connection.execute(text("SELECT current_database()")).scalar_one()
+            connection.execute(text(f'ALTER DATABASE "{name}" SET timezone TO \'Asia/Kolkata\''))
+        engine.dispose()
+    migrate(engine)
+    store = Store(engine)
+    put(store, record(("1", VersionState.LIVE)))
+    loaded = store.load_model("m")
+    assert loaded is not None
+    decided_at = loaded.versions["1"].decided_at
+    assert decided_at == datetime(2026, 1, 1, tzinfo=UTC)
+    assert decided_at is not None and decided_at.tzinfo is UTC
+
+
+# Two controllers on one PostgreSQL: two engines and two stores, so neither store's in-process
+# lock is shared and only the database's row locks keep them apart. (On SQLite a second
+# writer process fails on a stale snapshot instead; one controller per SQLite database.)
+
+
+def _race(*work: Callable[[], None]) -> None:
+    start = threading.Barrier(len(work))
+    errors: list[BaseException] = []
+
+    def run(job: Callable[[], None]) -> None:
+        try:
+            start.wait()
+            job()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(job,)) for job in work]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+
+
+def _controllers(url: str, n: int = 2) -> list[Store]:
+    engines = [make_engine(url) for _ in range(n)]
+    migrate(engines[0])
+    return [Store(e) for e in engines]
+
+
+def _add_version(version: str) -> Callable[[ModelRecord | None], ModelRecord]:
+    """Adds a version, and notes it on the model's first version: a write built on a stale
+    read of the model would drop another controller's note."""
+
+    def change(current: ModelRecord | None) -> ModelRecord:
+        # Time between the read and the write for the other controller to write in.
+        time.sleep(0.005)
+        current = current or ModelRecord(
+            name="m", policy="exact", versions={"1": VersionRecord(version="1")}
+        )
+        first = current.versions["1"]
+        versions = dict(current.versions)
+        versions["1"] = replace(first, warnings=[*first.warnings, f"seen {version}"])
+        versions[version] = VersionRecord(version=version, state=VersionState.LIVE)
+        return replace(current, versions=versions)
+
+    return change
+
+
+def test_two_controllers_on_postgresql_lose_no_decision(postgres_url: str) -> None:
+    a, b = _controllers(postgres_url)
+    mine = {a: [str(v) for v in range(100, 115)], b: [str(v) for v in range(200, 215)]}
+
+    def decide(store: Store) -> Callable[[], None]:
+        # Both start on a model neither has stored: no row to lock yet.
+        return lambda: [store.update_model("m", _add_version(v), "resync") for v in mine[store]]
+
+    _race(decide(a), decide(b))
+    everything = sorted(mine[a] + mine[b])
+    for store in (a, b):
+        loaded = store.load_model("m")
+        assert loaded is not None
+        assert sorted(loaded.versions) == sorted(["1", *everything])
+        assert sorted(loaded.versions["1"].warnings) == [f"seen {v}" for v in everything]
+    # Each change audited once: the model stored once, each version decided once.
+    events = a.events("m", limit=1000)
+    assert Counter(e.kind for e in events) == {"model": 1, "decision": 31}
+
+
+def test_two_controllers_on_postgresql_never_publish_one_revision_twice(
+    postgres_url: str,
+) -> None:
+    a, b = _controllers(postgres_url)
+    published: dict[Store, list[RoutingTable]] = {a: [], b: []}
+
+    def decide_and_publish(store: Store, first: int) -> Callable[[], None]:
+        def run() -> None:
+            for v in range(first, first + 15):
+                store.update_model("m", _add_version(str(v)))
+                published[store].append(store.publish())
+
+        return run
+
+    # The first publish of each makes the database's first table: one epoch must win.
+    _race(decide_and_publish(a, 100), decide_and_publish(b, 200))
+    tables = published[a] + published[b]
+    assert len({t.epoch for t in tables}) == 1
+    content: dict[int, set[str]] = defaultdict(set)
+    for t in tables:
+        content[t.revision].add(content_digest(t))
+    assert all(len(digests) == 1 for digests in content.values()), content
+    for store in (a, b):
+        revisions = [t.revision for t in published[store]]
+        assert revisions == sorted(revisions)
+    # A later revision never carries fewer decisions than an earlier one.
+    sizes = [len(t.models["m"].versions) for t in sorted(tables, key=lambda t: t.revision)]
+    assert sizes == sorted(sizes)
+    last = a.publish()
+    assert last.revision == max(content) and len(last.models["m"].versions) == 31
+
+
+def test_two_controllers_starting_on_one_new_postgresql_database_share_one_epoch(
+    postgres_url: str,
+) -> None:
+    stores = _controllers(postgres_url, 4)
+    tables: list[RoutingTable] = []
+    _race(*(lambda s=s: tables.append(s.publish()) for s in stores))
+    assert len({(t.epoch, t.revision) for t in tables}) == 1
+
+
+def test_a_write_behind_another_controllers_lock_fails_after_the_busy_timeout(
+    postgres_url: str,
+) -> None:
+    holder = _controllers(postgres_url)[0]
+    put(holder, record(("1", VersionState.LIVE)))
+    waiter = Store(make_engine(postgres_url, busy_timeout_s=0.2))
+    locked, release = threading.Event(), threading.Event()
+
+    def hold(current: ModelRecord | None) -> ModelRecord | None:
+        locked.set()
+        release.wait(30)
+        return current
+
+    thread = threading.Thread(target=holder.update_model, args=("m", hold))
+    thread.start()
+    try:
+        assert locked.wait(30)
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="lock timeout"):
+            waiter.update_model("m", lambda c: None)  # would delete the model
+        assert time.monotonic() - started < 5
+    finally:
+        release.set()
+        thread.join(30)
+    assert waiter.load_model("m") is not None  # nothing of the refused call was written
