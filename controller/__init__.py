@@ -9,7 +9,8 @@ a new revision of the routing table that the serving app long-polls.
 
 Layers, outermost first:
 
-- ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``table_api``: HTTP.
+- ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``table_api``,
+  ``load_failures`` (serving replicas' reports of artifacts they could not load): HTTP.
 - ``worker`` (the de-duplicating queue and resync loop) and ``reconciler`` (one model, one pass,
   safe to repeat).
 - ``compatibility``: the decision itself, a pure function.

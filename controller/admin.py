@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
-import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -20,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from controller import commands
 from controller.compatibility import Policy
+from controller.decisions import load_failure_of
 from controller.environment import EnvironmentPolicy
 from controller.records import ModelRecord, Signature
 from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
@@ -37,7 +37,6 @@ def require_token(request: Request, svc: Annotated[Services, Depends(services)])
 
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
-log = logging.getLogger(__name__)
 
 
 class PinDefault(BaseModel):
@@ -117,6 +116,7 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
                 "mlmodel_digest": v.mlmodel_digest,
                 "environment": v.environment,
                 "override": v.override,
+                "load_failure": load_failure_of(v),
             }
             for v in m.sorted_versions()
         ],
@@ -132,20 +132,8 @@ async def _changed(
 
 
 async def _published(svc: Services, decided: ModelRecord) -> dict[str, Any]:
-    """The answer to a stored change, saying whether serving is being told yet.
-
-    The change is committed before this runs: a publish that fails must not turn it into a
-    500 (the client would retry a change that was made). The worker owes the publish and
-    makes it at its next pass, which the enqueue brings about at once.
-    """
-    try:
-        published = await svc.worker.publish()
-    except Exception:
-        log.exception(
-            "publishing after an admin change to %s failed; the worker will", decided.name
-        )
-        published = False
-    svc.worker.enqueue(decided.name, "admin")  # also moves the registry's alias and tags
+    """The answer to a stored change, saying whether serving is being told yet."""
+    published = await svc.publish_change(decided.name, "admin")
     return {**_detail(decided, svc), "published": published}
 
 

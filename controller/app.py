@@ -22,7 +22,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from controller import admin, health, problems, table_api, webhooks
+from controller import admin, health, load_failures, problems, table_api, webhooks
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
 from controller.exceptions import RegistryUnavailable
@@ -120,6 +120,7 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     problems.install(app)
     app.include_router(webhooks.router)
     app.include_router(admin.router)
+    app.include_router(load_failures.router)
     app.include_router(health.router)
     app.include_router(table_api.router)
     return app

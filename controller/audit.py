@@ -9,11 +9,13 @@ repeated reconcile that changes nothing logs nothing. Kinds:
 - ``policy``    the compatibility or environment policy changed
 - ``override``  a version was quarantined or released by hand, or the override removed
 - ``decision``  a version's state or reasons changed
+- ``load``      a serving replica reported it could not load a version's artifact, or the
+                report was cleared (a release by hand, another artifact)
 - ``alias``     a move of the registry's default alias was refused (the reasons in ``after``)
 - ``registry``  the registry refused (or accepts again) the controller's tags or alias
 
 Actors are short strings: ``admin`` (the admin token), ``webhook:<delivery id>``, ``resync``,
-``retry``.
+``retry``, ``serving:<replica>``.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ def diff(
                     new.override if new else None,
                 )
             )
+        failures = (old.load_failure if old else None, new.load_failure if new else None)
+        if failures[0] != failures[1]:
+            events.append(AuditEvent(name, key, "load", actor, *failures))
         if _decision(old) != _decision(new):
             events.append(AuditEvent(name, key, "decision", actor, _decision(old), _decision(new)))
     return events

@@ -16,9 +16,9 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from controller.compatibility import Policy, check
-from controller.decisions import decide_all, is_read
+from controller.decisions import decide_all, is_read, load_failure_of
 from controller.environment import EnvironmentPolicy, ServingEnvironment
-from controller.exceptions import InvalidRequest, NotFound, PinRefused
+from controller.exceptions import InvalidRequest, NotFound, PinRefused, StaleReport
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
 from sigserve.routing_table import VersionState
@@ -81,10 +81,11 @@ def pin_default(
         )
         decided = pinned.versions[version]
         if decided.state is VersionState.QUARANTINED:
-            # Under its own contract only the environment check can still block it.
+            # Under its own contract only the environment check, a failed load on serving or
+            # a quarantine by hand can still block it.
             raise PinRefused(
-                f"version {version} cannot run in the serving environment, so it cannot be "
-                "the default (the model's environment policy decides; force does not)",
+                f"version {version} cannot be served here (the reasons say why), so it cannot "
+                "be the default; force does not change that",
                 decided.reasons,
             )
         return pinned
@@ -152,6 +153,12 @@ def release(store: Store, name: str, version: str, reason: str, env: ServingEnvi
         target = _version(record, version)
         if (target.override or {}).get("action") == "quarantine":
             return _set_override(record, version, None)
+        if load_failure_of(target) is not None:
+            # "Try again": serving loads it on the next request and reports it again if it
+            # still fails. The gate's own reasons, if any, still hold.
+            versions = dict(record.versions)
+            versions[version] = replace(target, load_failure=None)
+            return replace(record, versions=versions)
         if target.state is not VersionState.QUARANTINED:
             raise InvalidRequest(
                 "version", f"version {version} is {target.state.value}; there is nothing to release"
@@ -170,6 +177,38 @@ def remove_override(store: Store, name: str, version: str, env: ServingEnvironme
         return _set_override(record, version, None)
 
     return _apply(store, name, env, change)
+
+
+def record_load_failure(
+    store: Store, name: str, version: str, failure: dict[str, str], env: ServingEnvironment
+) -> ModelRecord:
+    """Record that a serving replica could not load the version's artifact; it is quarantined.
+
+    ``failure`` names the artifact by its MLmodel digest: a report about another artifact than
+    the version has now (an older one, still cached on a replica) is refused as stale. The first
+    report about an artifact is kept; the same failure reported again changes nothing, so
+    replicas may repeat a report safely.
+    """
+
+    def change(record: ModelRecord) -> ModelRecord:
+        target = _version(record, version)
+        if target.mlmodel_digest != failure["mlmodel_digest"]:
+            raise StaleReport(
+                f"version {version} of '{name}' is no longer the artifact reported (its MLmodel "
+                f"digest is {(target.mlmodel_digest or 'unread')[:12]}, not "
+                f"{failure['mlmodel_digest'][:12]})"
+            )
+        if load_failure_of(target) is not None:
+            return record
+        versions = dict(record.versions)
+        versions[version] = replace(target, load_failure=dict(failure))
+        return replace(record, versions=versions)
+
+    updated = store.update_model(
+        name, _existing(name, env, change), f"serving:{failure['replica']}"
+    )
+    assert updated is not None
+    return updated
 
 
 def load(store: Store, name: str) -> ModelRecord:

@@ -65,6 +65,21 @@ def _by_hand(override: dict[str, Any]) -> str:
     return f"{override.get('actor', 'admin')} at {override.get('at', '?')}: {override['reason']}"
 
 
+def load_failure_of(version: VersionRecord) -> dict[str, Any] | None:
+    """The version's reported load failure, if it is about the artifact the version has now."""
+    failure = version.load_failure
+    if failure is None or failure.get("mlmodel_digest") != version.mlmodel_digest:
+        return None
+    return failure
+
+
+def _could_not_load(failure: dict[str, Any]) -> str:
+    return (
+        f"serving could not load its artifact (replica {failure.get('replica', '?')} at "
+        f"{failure.get('at', '?')}): {failure.get('cause', '?')}; release it to try again"
+    )
+
+
 def decide_version(
     model: ModelRecord,
     version: VersionRecord,
@@ -74,16 +89,23 @@ def decide_version(
 ) -> VersionRecord:
     if not is_read(version):
         return version  # stays pending; its reasons say why
-    if version.override is not None:
-        # An override is part of what the decision was made against: adding or removing one
-        # decides the version again.
-        blob = json.dumps([basis, version.override], sort_keys=True)
+    failure = load_failure_of(version)
+    if version.override is not None or failure is not None:
+        # An override or a load failure is part of what the decision was made against: adding
+        # or removing one decides the version again. (A version with neither keeps the plain
+        # basis, so decisions stored before load failures existed do not change.)
+        parts: list[Any] = [basis, version.override]
+        if failure is not None:
+            parts.append(failure)
+        blob = json.dumps(parts, sort_keys=True)
         basis = hashlib.sha256(blob.encode()).hexdigest()
     if version.decided_against == basis and version.state is not VersionState.PENDING:
         return version
     verdict = check(model.contract, version.signature, Policy(model.policy))
     environment = _environment_verdict(model, version, env)
     reasons = verdict.reasons + environment.blocking
+    if failure is not None:
+        reasons = [_could_not_load(failure), *reasons]
     warnings = verdict.warnings + environment.warnings
     action = (version.override or {}).get("action")
     if action == "quarantine":

@@ -12,6 +12,8 @@
     ├── NotFound                      the admin API was asked about something unknown (404)
     ├── InvalidRequest                the admin API was asked something it cannot do (422)
     ├── PinRefused                    the new default would break the contract's clients (409)
+    ├── StaleReport                   a serving report about an artifact the version no longer
+    │                                 has (409)
     ├── WebhookRejected               a delivery that must not be trusted (401)
     └── PayloadTooLarge               a request body past its bound (413)
 
@@ -63,6 +65,10 @@ class PinRefused(ControllerError):
     def __init__(self, detail: str, reasons: list[str]) -> None:
         super().__init__(detail)
         self.reasons = reasons
+
+
+class StaleReport(ControllerError):
+    """A load failure reported for an artifact that is not the version's own any more."""
 
 
 class WebhookRejected(ControllerError):

@@ -15,6 +15,7 @@ class Metrics:
     reconcile_seconds: Histogram
     table_revision: Gauge
     versions: Gauge
+    load_failure_reports: Counter
 
     @classmethod
     def create(cls) -> Metrics:
@@ -35,5 +36,11 @@ class Metrics:
             ),
             versions=Gauge(
                 "sigserve_model_versions", "Known model versions by state", ["state"], registry=r
+            ),
+            load_failure_reports=Counter(
+                "sigserve_load_failure_reports",
+                "Serving replicas' reports of artifacts they could not load, by result",
+                ["result"],
+                registry=r,
             ),
         )

@@ -19,6 +19,7 @@ from controller.exceptions import (
     RegisteredModelGone,
     RegistryRefused,
     RegistryUnavailable,
+    StaleReport,
     WebhookRejected,
 )
 
@@ -61,6 +62,10 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(PinRefused)
     async def _pin_refused(_: Request, exc: PinRefused) -> JSONResponse:
         return problem(409, "Pin refused", str(exc), reasons=exc.reasons)
+
+    @app.exception_handler(StaleReport)
+    async def _stale(_: Request, exc: StaleReport) -> JSONResponse:
+        return problem(409, "Stale report", str(exc))
 
     @app.exception_handler(WebhookRejected)
     async def _rejected(_: Request, exc: WebhookRejected) -> JSONResponse:

@@ -63,8 +63,12 @@ def _with_facts(known: VersionRecord, facts: ArtifactFacts) -> VersionRecord:
         artifact_uri=facts.source,
         mlmodel_digest=facts.mlmodel_digest,
         environment=asdict(facts.environment),
-        # What was decided about other contents does not hold for these.
+        # What was decided about other contents does not hold for these, nor a failure to
+        # load them.
         decided_against=None,
+        load_failure=known.load_failure
+        if known.mlmodel_digest == facts.mlmodel_digest
+        else None,
     )
 
 

@@ -37,6 +37,10 @@ class VersionRecord:
     # A decision made by hand, kept through every re-check until removed:
     # {"action": "quarantine" | "release", "reason": str, "actor": str, "at": ISO 8601}.
     override: dict[str, Any] | None = None
+    # A serving replica could not load this artifact (``controller.load_failures``):
+    # {"kind", "cause", "mlmodel_digest", "replica", "at"}. It quarantines the version while
+    # the digest is the version's own; a release by hand or another artifact clears it.
+    load_failure: dict[str, Any] | None = None
 
     @property
     def number(self) -> int:

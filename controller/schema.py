@@ -71,6 +71,8 @@ class ModelVersionRow(Base):
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)
     # A quarantine or release by hand; survives re-checks until removed.
     override: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # A load of this artifact that failed on a serving replica, as it reported it.
+    load_failure: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     model: Mapped[RegisteredModelRow] = relationship(back_populates="versions")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from fastapi import Request
@@ -17,6 +18,7 @@ from controller.settings import ControllerSettings
 from controller.store import Store
 from controller.worker import Worker
 
+log = logging.getLogger(__name__)
 # Models whose last webhook time is remembered (oldest forgotten first): signed deliveries
 # could otherwise name any number of models.
 LAST_WEBHOOK_MEMORY = 10_000
@@ -46,6 +48,21 @@ class Services:
 
     def __post_init__(self) -> None:
         self.registry_probe = RegistryProbe(lambda: self.registry.ping())
+
+    async def publish_change(self, name: str, why: str) -> bool:
+        """Publish the table after a committed change to ``name``; whether it was published.
+
+        The change is committed before this runs: a publish that fails must not turn it into
+        a 500 (the client would retry a change that was made). The worker owes the publish and
+        makes it at its next pass, which the enqueue brings about at once.
+        """
+        try:
+            published = await self.worker.publish()
+        except Exception:
+            log.exception("publishing after a change to %s failed; the worker will", name)
+            published = False
+        self.worker.enqueue(name, why)  # also moves the registry's alias and tags
+        return published
 
     def heard_from(self, name: str, at: float, event: str) -> None:
         """Remember a verified webhook's time for ``name``; bounded to the newest models."""

@@ -25,6 +25,9 @@ class ControllerSettings(BaseSettings):
     database_busy_timeout_s: float = Field(default=30.0, gt=0)
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
     admin_token: SecretStr
+    # Serving replicas' own token, for their reports (``POST /serving/load-failures``): not
+    # the admin token, which can pin and release. Unset, reports are refused (401).
+    serving_token: SecretStr | None = None
     # Shared with MLflow's webhook so deliveries can be verified. Without it, webhooks are refused.
     webhook_secret: SecretStr | None = None
     # Where MLflow should deliver; when set, the controller registers its own webhook at start.

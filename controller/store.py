@@ -78,6 +78,7 @@ def _to_record(row: RegisteredModelRow) -> ModelRecord:
                 environment=v.environment,
                 warnings=list(v.warnings or []),
                 override=v.override,
+                load_failure=v.load_failure,
             )
             for v in row.versions
         },
@@ -246,6 +247,7 @@ class Store:
             vrow.environment = v.environment
             vrow.warnings = list(v.warnings)
             vrow.override = v.override
+            vrow.load_failure = v.load_failure
 
     def delete_model(self, name: str, actor: str = "controller") -> bool:
         with self._write_lock, self._transaction() as session:

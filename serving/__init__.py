@@ -11,7 +11,8 @@ default loaded before the table that makes it one is answered from.
 
 The table reaches a replica by a long-poll on the controller and is kept in Ray's GCS, so a
 replica that starts while the controller is down still serves the last decisions. This package
-never imports ``controller``; the two meet over HTTP and ``sigserve.routing_table``.
+never imports ``controller``; the two meet over HTTP (the table one way, reports of artifacts
+that cannot be loaded the other) and ``sigserve.routing_table``.
 
 Modules, one concept each: ``settings`` (SIGSERVE_* env), ``exceptions`` (the error
 hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydantic models),
@@ -19,5 +20,6 @@ hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydant
 ``table_source`` and ``gcs_store`` (the table and its copy in Ray), ``openapi`` (per-model
 docs), ``api`` (the FastAPI app; no Ray), ``batching`` (per-version batches; no Ray),
 ``model_host`` (batches, warm-up, the API's backend; no Ray), ``loader`` (MLflow loading; no
-Ray), ``server`` (the deployment) and ``app`` (``build_app``).
+Ray), ``load_reports`` (telling the controller of artifacts that cannot load; no Ray),
+``server`` (the deployment) and ``app`` (``build_app``).
 """

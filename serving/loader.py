@@ -174,7 +174,28 @@ class _DigestMismatch(Exception):
 
 
 class _LoadFailed(Exception):
-    """A download or load that raised, told in terms of the artifact (see ``_cause``)."""
+    """A download or load that raised, told in terms of the artifact (see ``_cause``).
+
+    ``permanent``: the artifact was downloaded and is what cannot be loaded (a broken pickle,
+    a file missing from it, a package the replica lacks), so trying again gets the same. A
+    failed download (MLflow or the artifact store down) may pass.
+    """
+
+    def __init__(self, cause: str, *, permanent: bool) -> None:
+        super().__init__(cause)
+        self.permanent = permanent
+
+
+@dataclass(frozen=True)
+class LoadFailure:
+    """A load that cannot pass by itself, as a replica reports it to the controller."""
+
+    model: str
+    version: str
+    mlmodel_digest: str
+    # ``load-failed`` (downloaded, could not load) or ``artifact-mismatch`` (another MLmodel).
+    kind: str
+    cause: str
 
 
 class PyfuncLoader:
@@ -190,6 +211,7 @@ class PyfuncLoader:
         *,
         remember_failures_s: float = FAILED_LOAD_MEMORY_S,
         clock: Callable[[], float] = time.monotonic,
+        on_permanent_failure: Callable[[LoadFailure], None] | None = None,
     ) -> None:
         # Bounded: a long-running replica keeps the latest, which is what anyone reads.
         self._attempts: deque[str] = deque(maxlen=_MEMORY)
@@ -198,6 +220,8 @@ class PyfuncLoader:
         self._clock = clock
         # Model id -> (until when, the error), oldest first; only failures still remembered.
         self._failures: dict[str, tuple[float, ModelUnavailable]] = {}
+        # Told of each failure that trying again would not mend (the controller hears of it).
+        self._on_permanent_failure = on_permanent_failure
 
     @property
     def attempts(self) -> list[str]:
@@ -227,17 +251,31 @@ class PyfuncLoader:
             loaded = await asyncio.to_thread(_download_and_load, artifact)
         except _DigestMismatch as mismatch:
             raise self._failed(value, self._refuse(target, artifact, mismatch.found)) from None
-        except Exception as exc:
+        except _LoadFailed as exc:
             logger.exception("loading %s from %s failed", value, artifact.source)
             error = ModelUnavailable(
                 _detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
                 model=target.name,
                 version=target.version,
             )
+            if exc.permanent:
+                self._report(target, artifact, "load-failed", str(exc))
             raise self._failed(value, error) from None
         logger.info("loaded %s from %s", value, artifact.source)
         _freeze_heap()
         return loaded
+
+    def _report(self, target: ModelId, artifact: Artifact, kind: str, cause: str) -> None:
+        if self._on_permanent_failure is None:
+            return
+        failure = LoadFailure(
+            target.name, target.version, artifact.mlmodel_digest.lower(), kind, _detail(cause)
+        )
+        try:
+            self._on_permanent_failure(failure)
+        except Exception:
+            # Reporting is a courtesy to the controller; the client's 503 must not depend on it.
+            logger.exception("could not report the failed load of %s", target)
 
     def _failed(self, value: str, error: ModelUnavailable) -> ModelUnavailable:
         now = self._clock()
@@ -254,6 +292,7 @@ class PyfuncLoader:
         )
         self._refusals.append(Refusal(model_id=str(target), source=artifact.source, reason=reason))
         logger.error("refused to load %s: %s", target, reason)
+        self._report(target, artifact, "artifact-mismatch", reason)
         return ModelUnavailable(
             _detail(f"version {target.version} of {target.name!r} was not loaded: {reason}"),
             model=target.name,
@@ -267,19 +306,26 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
     directory = Path(tempfile.mkdtemp(prefix="sigserve-model-"))
     local = directory
     try:
-        local = Path(
-            mlflow.artifacts.download_artifacts(
-                artifact_uri=artifact.source, dst_path=str(directory)
+        try:
+            local = Path(
+                mlflow.artifacts.download_artifacts(
+                    artifact_uri=artifact.source, dst_path=str(directory)
+                )
             )
-        )
+        except Exception as exc:
+            raise _LoadFailed(
+                _cause(exc, artifact.source, local, directory), permanent=False
+            ) from exc
         found = hashlib.sha256((local / "MLmodel").read_bytes()).hexdigest()
         if found != artifact.mlmodel_digest.lower():
             raise _DigestMismatch(found)
         return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory)
     except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
-        if isinstance(exc, Exception) and not isinstance(exc, _DigestMismatch):
-            raise _LoadFailed(_cause(exc, artifact.source, local, directory)) from exc
+        if isinstance(exc, Exception) and not isinstance(exc, _DigestMismatch | _LoadFailed):
+            raise _LoadFailed(
+                _cause(exc, artifact.source, local, directory), permanent=True
+            ) from exc
         raise
 
 

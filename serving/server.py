@@ -29,6 +29,7 @@ from ray import serve
 from serving.api import create_app
 from serving.batching import BatchStats
 from serving.gcs_store import GcsTableStore
+from serving.load_reports import LoadFailureReporter
 from serving.loader import Artifact, LoadedModel, PyfuncLoader, Refusal, bind
 from serving.model_host import ModelHost
 from serving.resolve import Target
@@ -40,7 +41,16 @@ from serving.table_source import TableSource
 class Server:
     def __init__(self, settings: ServingSettings) -> None:
         self._settings = settings
-        self._loader = PyfuncLoader()
+        self._reporter: LoadFailureReporter | None = None
+        if settings.serving_token is not None:
+            self._reporter = LoadFailureReporter(
+                settings.controller_url,
+                settings.serving_token.get_secret_value(),
+                serve.get_replica_context().replica_id.unique_id,
+            )
+        self._loader = PyfuncLoader(
+            on_permanent_failure=self._reporter.report if self._reporter else None
+        )
         # The multiplexed loader is called with the model id alone. Each entry is written by
         # ``_model`` before the load it serves, and ``bind`` makes an id name one artifact
         # only, so an entry is never stale.

@@ -8,7 +8,7 @@ and ``build_app`` forwards them to the model replicas.
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,6 +16,10 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIGSERVE_", extra="ignore")
 
     controller_url: str = "http://127.0.0.1:8080"
+    # The controller's token for serving replicas: with it, a replica reports artifacts it
+    # could not load (``serving.load_reports``) and the controller quarantines them. Unset,
+    # nothing is reported and such a version answers 503 with its cause until released.
+    serving_token: SecretStr | None = None
     app_name: str = "sigserve"
     max_num_models_per_replica: int = Field(default=2, ge=1)
     # Replicas of the one serving deployment; each holds the table and its own models.

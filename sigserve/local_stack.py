@@ -149,6 +149,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     admin_token=token,
                     webhook_secret=secrets.webhook_secret,
                     resync_interval_s=s.resync_interval_s,
+                    serving_token=secrets.serving_token,
                 ).start()
                 stack.callback(ctl.stop)
                 ctl.wait_healthy(120)
@@ -164,6 +165,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     num_cpus=s.ray_num_cpus,
                     max_num_models_per_replica=s.max_num_models_per_replica,
                     fast_path=s.fast_path,
+                    serving_token=secrets.serving_token,
                 )
                 _catch_signals()
             console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")

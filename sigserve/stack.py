@@ -16,6 +16,7 @@ import secrets
 import socket
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,25 +34,39 @@ class Secrets:
     admin_token: str
     webhook_secret: str
     mlflow_encryption_key: str
+    # What serving replicas show the controller when they report a load failure.
+    serving_token: str
 
     @classmethod
     def load_or_create(cls, home: Path) -> Secrets:
-        """Secrets kept under ``home`` (mode 600), so a restart matches the registered webhook."""
-        path = home / "secrets.json"
-        if path.exists():
-            return cls(**json.loads(path.read_text()))
-        from cryptography.fernet import Fernet
+        """Secrets kept under ``home`` (mode 600), so a restart matches the registered webhook.
 
-        created = cls(
-            admin_token=secrets.token_urlsafe(24),
-            webhook_secret=secrets.token_urlsafe(32),
-            mlflow_encryption_key=Fernet.generate_key().decode(),
-        )
+        A file from before a secret existed gets it added; the others are kept as they are.
+        """
+        path = home / "secrets.json"
+        kept = json.loads(path.read_text()) if path.exists() else {}
+        made = {k: v() for k, v in _MAKERS.items() if k not in kept}
+        if not made:
+            return cls(**{k: kept[k] for k in _MAKERS})
         home.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
-            json.dump(created.__dict__, f)
-        return created
+            json.dump({**kept, **made}, f)
+        return cls(**{**kept, **made})
+
+
+def _fernet_key() -> str:
+    from cryptography.fernet import Fernet
+
+    return Fernet.generate_key().decode()
+
+
+_MAKERS: dict[str, Callable[[], str]] = {
+    "admin_token": lambda: secrets.token_urlsafe(24),
+    "webhook_secret": lambda: secrets.token_urlsafe(32),
+    "mlflow_encryption_key": _fernet_key,
+    "serving_token": lambda: secrets.token_urlsafe(24),
+}
 
 
 def mlflow_server(
@@ -96,6 +111,7 @@ def controller(
     database_url: str | None = None,
     register_webhook: bool = True,
     log_name: str = "controller.log",
+    serving_token: str | None = None,
 ) -> ManagedProcess:
     home = home.resolve()
     env = {
@@ -110,6 +126,8 @@ def controller(
     }
     if database_url:
         env["SIGSERVE_DATABASE_URL"] = database_url
+    if serving_token:
+        env["SIGSERVE_SERVING_TOKEN"] = serving_token
     if register_webhook:
         env["SIGSERVE_WEBHOOK_URL"] = f"http://{host}:{port}/webhooks/mlflow"
     return ManagedProcess(
@@ -168,6 +186,7 @@ def start_serving(
     max_num_models_per_replica: int = 2,
     ready_timeout_s: float = 180.0,
     fast_path: bool = True,
+    serving_token: str | None = None,
 ) -> None:
     """Start a local Ray in this process, run the serving app on it, wait until it serves.
 
@@ -176,6 +195,7 @@ def start_serving(
     ``fast_path_env``; without it, Ray's Python proxy answers.
     """
     import ray
+    from pydantic import SecretStr
     from ray import serve
 
     from serving.app import build_app
@@ -207,7 +227,9 @@ def start_serving(
             os.environ.pop(key, None)
     serve.start(http_options={"host": host, "port": port})
     settings = ServingSettings(
-        controller_url=controller_url, max_num_models_per_replica=max_num_models_per_replica
+        controller_url=controller_url,
+        max_num_models_per_replica=max_num_models_per_replica,
+        serving_token=SecretStr(serving_token) if serving_token else None,
     )
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
     # Servable means the ingress holds a routing table: /models answers 200 from then on.

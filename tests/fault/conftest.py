@@ -159,7 +159,7 @@ def start_controller(
     process = controller(
         handle.home, host=HOST, port=handle.port, tracking_uri=handle.tracking_uri,
         admin_token=handle.secrets.admin_token, webhook_secret=handle.secrets.webhook_secret,
-        resync_interval_s=RESYNC_INTERVAL_S,
+        resync_interval_s=RESYNC_INTERVAL_S, serving_token=handle.secrets.serving_token,
     )  # fmt: skip
     process.env.update(env or {})
     if not full:

@@ -16,7 +16,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -24,7 +23,10 @@ import pytest
 from serving.loader import FAILED_LOAD_MEMORY_S
 from tests.integration.conftest import (
     ControllerHandle,
+    artifact_dir,
+    problem,
     register_echo,
+    register_pickled,
     runner_loads,
     serve_status,
     server_call,
@@ -35,7 +37,6 @@ pytestmark = pytest.mark.integration
 
 CLIENTS = 4
 ECHO_MODEL = Path(__file__).parents[1] / "integration" / "models" / "tagged_echo.py"
-PROBLEM_JSON = "application/problem+json"
 
 
 # A client that keeps asking ------------------------------------------------------------------
@@ -280,7 +281,7 @@ def test_a_redeployed_app_restores_the_table_and_keeps_quarantine(
     assert ok.status_code == 200 and ok.json() == [{"answer": "one:hi"}]
     refused = serve_status(serving_url, name, "2")
     assert refused.status_code == 409
-    assert refused.headers["content-type"].startswith(PROBLEM_JSON)
+    problem(refused)
     assert any("'prompt'" in reason for reason in refused.json()["reasons"])
     # The new replica never tried to load the quarantined version, and loaded the default once.
     assert not loads_of(name, "2"), runner_loads()
@@ -288,47 +289,6 @@ def test_a_redeployed_app_restores_the_table_and_keeps_quarantine(
 
 
 # 3. Versions whose artifacts cannot be loaded --------------------------------------------------
-
-
-def artifact_dir(home: Path, name: str, version: str) -> Path:
-    """Where the MLflow server keeps a version's files (``--artifacts-destination``)."""
-    from mlflow import MlflowClient
-
-    source = MlflowClient().get_model_version_download_uri(name, version)
-    parsed = urlparse(source)
-    assert parsed.scheme == "mlflow-artifacts", source
-    path = home.resolve() / "mlflow-artifacts" / parsed.path.lstrip("/")
-    assert (path / "MLmodel").is_file(), path
-    return path
-
-
-def register_pickled(name: str) -> str:
-    """Log and register a pickled pyfunc (``python_model.pkl``) of the echo's signature."""
-    import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    class Pickled(mlflow.pyfunc.PythonModel):
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-            return pd.DataFrame({"answer": [f"pickled:{p}" for p in model_input["prompt"]]})
-
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=Pickled(),
-            signature=infer_signature(pd.DataFrame({"prompt": ["x"]}),
-                                      pd.DataFrame({"answer": ["x"]})),
-            pip_requirements=[],
-            registered_model_name=name,
-        )
-    return str(info.registered_model_version)
-
-
-def problem(response: httpx.Response) -> dict[str, Any]:
-    assert response.headers["content-type"].startswith(PROBLEM_JSON), response.text
-    assert "Traceback" not in response.text
-    body: dict[str, Any] = response.json()
-    return body
 
 
 @pytest.fixture(scope="module")
@@ -385,18 +345,41 @@ def test_a_version_that_cannot_load_is_503_naming_the_cause_for_it_alone(
     assert default.status_code == 200 and default.json() == [{"answer": "one:hi"}]
     assert serving_replicas() == replicas
     assert httpx.get(f"{serving_url}/-/healthz", timeout=10).status_code == 200
-    # Nobody tells the controller: it still holds the versions live (no channel back from
-    # serving); the replica's own record is ``loads()``.
-    assert ctl.state_of(name, "2") == "live" and ctl.state_of(name, "3") == "live"
+    # The replica told the controller, which quarantined both with the cause; from the next
+    # table on, clients get the 409 with that reason and the replica loads nothing.
+    for version, words in causes.items():
+        wait_for(lambda v=version: ctl.state_of(name, v) == "quarantined", 30)
+        wait_for(lambda v=version: serve_status(serving_url, name, v).status_code == 409, 30)
+        reasons = problem(serve_status(serving_url, name, version))["reasons"]
+        assert reasons[0].startswith("serving could not load its artifact"), reasons
+        assert words[0] in reasons[0], reasons
+    figures("from a failed load to the 409 on serving", time.monotonic() - started)
+
+
+def serving_state(url: str, name: str, version: str) -> str | None:
+    """The version's state in the table serving holds (``GET /models/{name}``)."""
+    answer = httpx.get(f"{url}/models/{name}", timeout=10)
+    if answer.status_code != 200:
+        return None
+    return next((v["state"] for v in answer.json()["versions"] if v["version"] == version), None)
+
+
+def register_broken(home: Path, name: str) -> str:
+    version = register_pickled(name)
+    pickle = artifact_dir(home, name, version) / "python_model.pkl"
+    pickle.write_bytes(pickle.read_bytes()[:10])
+    return version
 
 
 def test_requests_to_a_broken_version_do_not_storm_the_replica(
-    serving_url: str, ctl: ControllerHandle, broken_model: str, figures: Figure
+    home: Path, serving_url: str, ctl: ControllerHandle, broken_model: str, figures: Figure
 ) -> None:
     name = broken_model
-    time.sleep(FAILED_LOAD_MEMORY_S + 0.5)  # what an earlier test's requests left is forgotten
-    tries_before = len(loads_of(name, "2"))
-    url = f"{serving_url}/models/{name}/versions/2/serve"
+    version = register_broken(home, name)
+    # Wait for serving to hold it live without asking it to serve (that would load it).
+    wait_for(lambda: serving_state(serving_url, name, version) == "live", 60, 0.05)
+    tries_before = len(loads_of(name, version))
+    url = f"{serving_url}/models/{name}/versions/{version}/serve"
 
     def post(_: int) -> httpx.Response:
         with httpx.Client(timeout=60) as client:
@@ -406,24 +389,29 @@ def test_requests_to_a_broken_version_do_not_storm_the_replica(
     with ThreadPoolExecutor(16) as pool:
         answers = list(pool.map(post, range(16)))
     took = time.monotonic() - started
-    assert [a.status_code for a in answers] == [503] * 16
-    tries = len(loads_of(name, "2")) - tries_before
+    # 503 while the failure is fresh; 409 for any request after the controller's table
+    # quarantining it arrived.
+    assert {a.status_code for a in answers} <= {503, 409}, [a.status_code for a in answers]
+    tries = len(loads_of(name, version)) - tries_before
     figures("load attempts for 16 concurrent requests to a broken version", tries, "")
     figures("16 concurrent requests to a broken version all answered within", took)
-    # One try per while a failure is remembered; the replica and the good versions go on.
+    # One try, and the report ends it: once quarantined, no request loads it again.
     assert tries == 1, runner_loads()
     four = serve_status(serving_url, name, "4")
     assert four.status_code == 200 and four.json() == [{"answer": "four:hi"}]
-    time.sleep(FAILED_LOAD_MEMORY_S + 0.5)
-    again = serve_status(serving_url, name, "2")
-    assert again.status_code == 503 and "UnpicklingError" in problem(again)["detail"]
-    assert len(loads_of(name, "2")) - tries_before == 2  # tried again once forgotten
+    wait_for(lambda: serve_status(serving_url, name, version).status_code == 409, 30)
+    time.sleep(FAILED_LOAD_MEMORY_S + 0.5)  # the replica forgot the failure; the table did not
+    again = serve_status(serving_url, name, version)
+    assert again.status_code == 409 and "UnpicklingError" in problem(again)["reasons"][0]
+    assert len(loads_of(name, version)) - tries_before == 1
 
 
-def test_a_broken_default_is_503_and_the_table_is_still_taken(
-    serving_url: str, ctl: ControllerHandle, broken_model: str
+def test_a_broken_default_is_reported_by_its_warm_up_and_the_table_is_still_taken(
+    home: Path, serving_url: str, ctl: ControllerHandle, broken_model: str
 ) -> None:
     name = broken_model
+    version = register_broken(home, name)
+    wait_for(lambda: ctl.state_of(name, version) == "live", 60)
 
     def pin(version: str) -> None:
         r = httpx.put(f"{ctl.url}/admin/models/{name}/default", json={"version": version},
@@ -436,11 +424,14 @@ def test_a_broken_default_is_503_and_the_table_is_still_taken(
 
         wait_for(serving_default, 60, 0.1)
 
-    pin("2")
+    pin(version)
     try:
+        # The replica warmed the new default before taking the table, failed, and reported
+        # it: the default is quarantined before a client asked, and answers why.
+        wait_for(lambda: ctl.state_of(name, version) == "quarantined", 60)
+        wait_for(lambda: serve_status(serving_url, name).status_code == 409, 30)
         r = serve_status(serving_url, name)
-        assert r.status_code == 503
-        assert "UnpicklingError" in problem(r)["detail"]
+        assert "UnpicklingError" in problem(r)["reasons"][0]
         r = serve_status(serving_url, name, "4")
         assert r.status_code == 200 and r.json() == [{"answer": "four:hi"}]
     finally:

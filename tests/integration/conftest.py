@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 import pytest
@@ -53,7 +54,7 @@ class ControllerHandle:
         self._process = controller(
             self.home, host=HOST, port=self.port, tracking_uri=self.tracking_uri,
             admin_token=self.secrets.admin_token, webhook_secret=self.secrets.webhook_secret,
-            resync_interval_s=RESYNC_INTERVAL_S,
+            resync_interval_s=RESYNC_INTERVAL_S, serving_token=self.secrets.serving_token,
         ).start()
         self._process.wait_healthy(120)
 
@@ -153,7 +154,8 @@ def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHand
     port = free_port()
     try:
         start_serving(home=home, host=HOST, port=port, tracking_uri=tracking_uri,
-                      controller_url=controller_handle.url, num_cpus=2)
+                      controller_url=controller_handle.url, num_cpus=2,
+                      serving_token=controller_handle.secrets.serving_token)
         yield f"http://{HOST}:{port}"
     finally:
         stop_serving()
@@ -188,3 +190,44 @@ def serve_status(url: str, name: str, version: str | None = None,
     path = f"/models/{name}/versions/{version}/serve" if version else f"/models/{name}/serve"
     return httpx.post(f"{url}{path}", json=body if body is not None else {"prompt": "hi"},
                       headers=headers, timeout=30)
+
+
+def artifact_dir(home: Path, name: str, version: str) -> Path:
+    """Where the MLflow server keeps a version's files (``--artifacts-destination``)."""
+    from mlflow import MlflowClient
+
+    source = MlflowClient().get_model_version_download_uri(name, version)
+    parsed = urlparse(source)
+    assert parsed.scheme == "mlflow-artifacts", source
+    path = home.resolve() / "mlflow-artifacts" / parsed.path.lstrip("/")
+    assert (path / "MLmodel").is_file(), path
+    return path
+
+
+def register_pickled(name: str) -> str:
+    """Log and register a pickled pyfunc (``python_model.pkl``) of the echo's signature."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    class Pickled(mlflow.pyfunc.PythonModel):
+        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
+            return pd.DataFrame({"answer": [f"pickled:{p}" for p in model_input["prompt"]]})
+
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=Pickled(),
+            signature=infer_signature(pd.DataFrame({"prompt": ["x"]}),
+                                      pd.DataFrame({"answer": ["x"]})),
+            pip_requirements=[],
+            registered_model_name=name,
+        )
+    return str(info.registered_model_version)
+
+
+def problem(response: httpx.Response) -> dict[str, Any]:
+    assert response.headers["content-type"].startswith("application/problem+json"), response.text
+    assert "Traceback" not in response.text
+    body: dict[str, Any] = response.json()
+    return body

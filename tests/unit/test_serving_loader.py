@@ -16,6 +16,7 @@ from serving.exceptions import ModelUnavailable
 from serving.loader import (
     Artifact,
     LoadedModel,
+    LoadFailure,
     PyfuncLoader,
     bind,
     model_id,
@@ -228,3 +229,38 @@ def test_a_refusal_is_remembered_too_and_other_ids_are_not_held_back(
         load(loader, "echo", "1", swapped)
     assert len(loader.attempts) == 1 and len(loader.refusals) == 1
     load(loader, "echo", "1", first)  # another artifact, another id: loads
+
+
+def test_only_failures_that_cannot_pass_are_reported(
+    tmp_path: Path, artifacts: tuple[Artifact, Artifact]
+) -> None:
+    reported: list[LoadFailure] = []
+    loader = PyfuncLoader(on_permanent_failure=reported.append)
+    broken = broken_pickle(tmp_path / "src")
+    with pytest.raises(ModelUnavailable):
+        load(loader, "echo", "2", broken)
+    # A download that failed (the store down, the path gone) may pass: not reported.
+    gone = Artifact((tmp_path / "nothing").as_uri(), "0" * 64)
+    with pytest.raises(ModelUnavailable):
+        load(loader, "echo", "3", gone)
+    # Another MLmodel than the one checked: reported.
+    first, _ = artifacts
+    other = Artifact(first.source, "ab" * 32)
+    with pytest.raises(ModelUnavailable):
+        load(loader, "echo", "4", other)
+    assert [(f.version, f.kind, f.mlmodel_digest) for f in reported] == [
+        ("2", "load-failed", broken.mlmodel_digest),
+        ("4", "artifact-mismatch", "ab" * 32),
+    ]
+    assert reported[0].cause.startswith("UnpicklingError: pickle data was truncated")
+    assert "sigserve-model-" not in reported[0].cause
+    assert "not " + ("ab" * 32)[:12] in reported[1].cause
+
+
+def test_a_reporter_that_raises_does_not_change_the_clients_answer(tmp_path: Path) -> None:
+    def broken_reporter(_: LoadFailure) -> None:
+        raise RuntimeError("no loop")
+
+    loader = PyfuncLoader(on_permanent_failure=broken_reporter)
+    with pytest.raises(ModelUnavailable, match="UnpicklingError"):
+        load(loader, "echo", "2", broken_pickle(tmp_path))

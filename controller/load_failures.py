@@ -1,0 +1,106 @@
+"""``POST /serving/load-failures``: a serving replica could not load a version's artifact.
+
+Serving checks nothing a second time and decides nothing: it reports what it saw, and the
+controller decides, as it does for everything else. A report is about one artifact (named by its
+MLmodel digest) and quarantines the version with the cause as its reason until an operator
+releases it ("try again") or the version's artifact changes. Only failures that cannot pass by
+themselves are reported (the replica downloaded the artifact and could not load it, or got
+another MLmodel than the one checked); a download that failed (MLflow down) is not.
+
+Replicas authenticate with a token of their own (``SIGSERVE_SERVING_TOKEN``), not the admin
+token: a replica holds it in its settings, and it can do this and nothing else. Reports are
+safe to repeat (the first report about an artifact is kept, a repeat changes nothing) and
+replicas send at most one per model id every half minute (``serving.load_reports``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, StringConstraints
+from starlette.exceptions import HTTPException
+
+from controller import commands
+from controller.decisions import load_failure_of
+from controller.exceptions import NotFound, StaleReport
+from controller.services import Services, services
+
+
+def require_serving_token(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
+    expected = svc.settings.serving_token
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # Compared even when no token is configured, against one nobody holds, so the answer's
+    # timing says nothing about the configuration either.
+    wanted = expected.get_secret_value() if expected is not None else "\0" * 32
+    if (
+        expected is None
+        or scheme.lower() != "bearer"
+        or not hmac.compare_digest(token.encode(), wanted.encode())
+    ):
+        svc.metrics.load_failure_reports.labels("unauthorized").inc()
+        raise HTTPException(
+            401, "a valid serving bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+        )
+
+
+router = APIRouter(prefix="/serving", dependencies=[Depends(require_serving_token)])
+
+_TEXT = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+
+
+class LoadFailureReport(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
+    mlmodel_digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    # ``load-failed``: downloaded, could not be loaded; ``artifact-mismatch``: the MLmodel
+    # downloaded is not the one the controller checked.
+    kind: Literal["load-failed", "artifact-mismatch"]
+    cause: _TEXT
+    replica: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:#-]{1,128}$")]
+
+
+@router.post("/load-failures")
+async def report_load_failure(
+    report: LoadFailureReport, svc: Annotated[Services, Depends(services)]
+) -> dict[str, Any]:
+    failure = {
+        "kind": report.kind,
+        "cause": report.cause,
+        "mlmodel_digest": report.mlmodel_digest,
+        "replica": report.replica,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    try:
+        decided = await asyncio.to_thread(
+            commands.record_load_failure,
+            svc.store,
+            report.model,
+            report.version,
+            failure,
+            svc.serving_environment,
+        )
+    except StaleReport:
+        svc.metrics.load_failure_reports.labels("stale").inc()
+        raise
+    except NotFound:
+        svc.metrics.load_failure_reports.labels("unknown").inc()
+        raise
+    version = decided.versions[report.version]
+    # The failure kept is this report's (to the second) unless an earlier one was kept.
+    recorded = version.load_failure == failure
+    svc.metrics.load_failure_reports.labels("recorded" if recorded else "repeated").inc()
+    published = await svc.publish_change(decided.name, "serving") if recorded else True
+    return {
+        "model": decided.name,
+        "version": version.version,
+        "recorded": recorded,
+        "state": version.state.value,
+        "reasons": version.reasons,
+        "load_failure": load_failure_of(version),
+        "published": published,
+    }

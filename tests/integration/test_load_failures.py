@@ -1,0 +1,87 @@
+"""A version whose artifact cannot be loaded is reported by the replica that tried, and the
+controller quarantines it: the first request is a 503 naming the cause, the next ones the 409
+with the cause as the reason, and a release by hand lets serving try again."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import httpx
+
+from tests.integration.conftest import (
+    ControllerHandle,
+    artifact_dir,
+    problem,
+    register_echo,
+    register_pickled,
+    runner_loads,
+    serve_status,
+    wait_for,
+)
+
+NAME = "reported_broken"
+
+
+def loads_of(version: str) -> int:
+    return sum(1 for i in runner_loads() if i.startswith(f"{NAME}/{version}@"))
+
+
+def reasons(ctl: ControllerHandle, version: str) -> list[str]:
+    return next(v["reasons"] for v in ctl.model(NAME)["versions"] if v["version"] == version)
+
+
+def test_a_version_that_cannot_load_is_reported_and_quarantined_with_its_cause(
+    home: Path, serving_url: str, ctl: ControllerHandle
+) -> None:
+    assert register_echo(NAME, tag="one") == "1"
+    assert register_pickled(NAME) == "2"
+    pickle = artifact_dir(home, NAME, "2") / "python_model.pkl"
+    pickle.write_bytes(pickle.read_bytes()[: pickle.stat().st_size // 2])
+    # The controller checks the MLmodel, not the pickle: both are live at first.
+    wait_for(lambda: ctl.state_of(NAME, "1") == "live" and ctl.state_of(NAME, "2") == "live", 60)
+    wait_for(lambda: serve_status(serving_url, NAME, "2").status_code != 404, 60)
+
+    failed_at = time.monotonic()
+    first = serve_status(serving_url, NAME, "2")
+    if first.status_code == 503:  # the request that found out
+        assert "UnpicklingError" in problem(first)["detail"]
+    else:  # an earlier request of the wait above found out already
+        assert first.status_code == 409, first.text
+
+    wait_for(lambda: ctl.state_of(NAME, "2") == "quarantined", 30)
+    why = reasons(ctl, "2")[0]
+    assert why.startswith("serving could not load its artifact (replica "), why
+    assert "UnpicklingError" in why and "release it to try again" in why
+
+    def refused() -> bool:
+        return serve_status(serving_url, NAME, "2").status_code == 409
+
+    wait_for(refused, 30, 0.05)
+    took = time.monotonic() - failed_at
+    assert took < 30
+    answer = serve_status(serving_url, NAME, "2")
+    assert any("UnpicklingError" in r for r in problem(answer)["reasons"]), answer.text
+    tries = loads_of("2")
+    for _ in range(5):
+        assert serve_status(serving_url, NAME, "2").status_code == 409
+    assert loads_of("2") == tries  # a 409 is answered from the table: no load
+    ok = serve_status(serving_url, NAME, "1")
+    assert ok.status_code == 200 and ok.json() == [{"answer": "one:hi"}]
+    events = httpx.get(f"{ctl.url}/admin/models/{NAME}/events", headers=ctl.admin, timeout=10)
+    loaded = [e for e in events.json()["events"] if e["kind"] == "load"]
+    assert loaded and loaded[0]["actor"].startswith("serving:"), loaded
+    assert loaded[0]["after"]["kind"] == "load-failed"
+
+    # Released, serving tries again; the pickle is still broken, so it is quarantined again.
+    released = httpx.post(
+        f"{ctl.url}/admin/models/{NAME}/versions/2/release",
+        json={"reason": "try the new serving image"}, headers=ctl.admin, timeout=30,
+    )  # fmt: skip
+    assert released.status_code == 200, released.text
+    assert ctl.state_of(NAME, "2") == "live"
+    # The replica answers from its memory of the failure for 5 s, then loads again.
+    wait_for(lambda: serve_status(serving_url, NAME, "2").status_code != 409, 30, 0.05)
+    wait_for(refused, 30, 0.2)
+    assert ctl.state_of(NAME, "2") == "quarantined"
+    assert loads_of("2") > tries
