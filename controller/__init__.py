@@ -13,6 +13,9 @@ Layers, outermost first:
   ``load_failures`` (serving replicas' reports of artifacts they could not load): HTTP.
 - ``worker`` (the de-duplicating queue and resync loop) and ``reconciler`` (one model, one pass,
   safe to repeat).
+- ``leadership`` (which controller runs the worker when several share one PostgreSQL: a session
+  advisory lock) and ``table_sync`` (a controller's long-poll fed with the tables others
+  published); on SQLite the one controller always leads.
 - ``compatibility``: the decision itself, a pure function.
 - ``store`` owns every database transaction; ``schema`` is the SQLAlchemy mapping, created only
   by the Alembic migrations in ``migrations/``.

@@ -242,11 +242,11 @@ async def model_events(
 
 @router.post("/models/{name}/reconcile", status_code=202)
 async def reconcile_model(name: str, svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
-    svc.worker.enqueue(name, "admin")
+    await svc.request_reconcile(name, "admin")
     return {"status": "queued", "models": [name]}
 
 
 @router.post("/reconcile", status_code=202)
 async def reconcile_all(svc: Annotated[Services, Depends(services)]) -> dict[str, Any]:
-    await svc.worker.resync_once()
+    await svc.request_resync()
     return {"status": "queued"}

@@ -4,6 +4,12 @@ Start-up order matters for readiness: migrate, publish what the database already
 serving replicas get a table even while the registry is down), register the webhook, then start
 the worker and the resync loop. Registering the webhook is retried in the background: a registry
 that is down at start must not keep the controller from serving the table it has.
+
+On PostgreSQL several controllers may share the database: each loads the table last published,
+takes part in the election (``controller/leadership.py``) and follows the tables others publish
+(``controller/table_sync.py``); only the one that leads runs the worker, the resync and the
+drain of followers' reconcile requests (``LeaderDuties``). On SQLite the controller leads from
+the start, as it always did.
 """
 
 from __future__ import annotations
@@ -26,12 +32,14 @@ from controller import admin, health, load_failures, problems, table_api, webhoo
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
 from controller.exceptions import RegistryUnavailable
+from controller.leadership import AdvisoryLock, Leadership
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.registry import Registry
 from controller.services import Services
 from controller.settings import ControllerSettings
 from controller.store import Store
+from controller.table_sync import TableSync
 from controller.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -88,7 +96,59 @@ def build_services(settings: ControllerSettings) -> Services:
         retry_max_s=settings.retry_max_s,
         audit_retention=timedelta(days=settings.audit_retention_days),
     )
-    return Services(settings, engine, store, registry, broadcaster, metrics, worker, environment)
+    elected = engine.dialect.name == "postgresql"
+    lock = (
+        AdvisoryLock(engine, session_timeout_s=settings.leader_session_timeout_s)
+        if elected
+        else None
+    )
+    leadership = Leadership(lock, metrics.leader, interval_s=settings.leader_election_interval_s)
+    table_sync = (
+        TableSync(store, broadcaster, metrics, poll_s=settings.follower_poll_s) if elected else None
+    )
+    return Services(
+        settings, engine, store, registry, broadcaster, metrics, worker, environment,
+        leadership=leadership, table_sync=table_sync,
+    )  # fmt: skip
+
+
+class LeaderDuties:
+    """What only the leader runs: the worker, the resync and the drain of followers' requests."""
+
+    LOOPS = ("worker", "resync", "requests")
+
+    def __init__(self, svc: Services) -> None:
+        self._svc = svc
+        self._priming: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        svc = self._svc
+        published = await asyncio.to_thread(svc.store.has_published)
+        svc.loops["worker"] = asyncio.create_task(svc.worker.run())
+        # A resync at once: a new leader learns what its predecessor left undone.
+        svc.loops["resync"] = asyncio.create_task(svc.worker.resync_loop())
+        if svc.leadership.elected:
+            svc.loops["requests"] = asyncio.create_task(
+                svc.worker.drain_requests_loop(svc.settings.follower_poll_s)
+            )
+        if published:
+            # Decisions the database already holds are served at once, registry up or not
+            # (and a decision its predecessor committed but did not publish goes out now).
+            await svc.worker.prime(already_published=True)
+        else:
+            self._priming = asyncio.create_task(svc.worker.prime(already_published=False))
+
+    async def stop(self) -> None:
+        """Stop leading at once; the queue is forgotten (the next leader resyncs)."""
+        svc = self._svc
+        tasks = [svc.loops.pop(name) for name in self.LOOPS if name in svc.loops]
+        if self._priming is not None:
+            tasks.append(self._priming)
+            self._priming = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        svc.worker.reset()
 
 
 def create_app(settings: ControllerSettings | None = None) -> FastAPI:
@@ -96,24 +156,29 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         svc = build_services(settings or ControllerSettings())  # type: ignore[call-arg]
         await asyncio.to_thread(migrate, svc.engine)
-        published = await asyncio.to_thread(svc.store.has_published)
         app.state.services = svc
-        svc.loops = {
-            "worker": asyncio.create_task(svc.worker.run()),
-            "resync": asyncio.create_task(svc.worker.resync_loop()),
-        }
-        if published:
-            # Decisions the database already holds are served at once, registry up or not.
-            await svc.worker.prime(already_published=True)
-        tasks = [asyncio.create_task(_register_webhook(svc)), *svc.loops.values()]
-        if not published:
-            tasks.append(asyncio.create_task(svc.worker.prime(already_published=False)))
+        duties = LeaderDuties(svc)
+        svc.leadership.on_lead, svc.leadership.on_step_down = duties.start, duties.stop
+        if svc.table_sync is None:
+            await duties.start()
+        else:
+            # Before answering: the table the database holds, and a first round of the
+            # election (the first controller up leads at once).
+            await svc.table_sync.refresh()
+            await svc.leadership.tick()
+            svc.loops["election"] = asyncio.create_task(svc.leadership.run())
+            svc.loops["table_sync"] = asyncio.create_task(svc.table_sync.run())
+        webhook = asyncio.create_task(_register_webhook(svc))
         try:
             yield
         finally:
-            for task in tasks:
+            # The election first: no takeover may start while the leader's duties stop.
+            election = [svc.loops.pop(n) for n in ("election", "table_sync") if n in svc.loops]
+            for task in [*election, webhook]:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*election, webhook, return_exceptions=True)
+            await duties.stop()
+            await svc.leadership.close()  # a follower takes over within its interval
             svc.engine.dispose()
 
     app = FastAPI(title="sigserve controller", lifespan=lifespan)

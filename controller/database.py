@@ -9,11 +9,14 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import URL, Engine, create_engine, event, make_url
+from sqlalchemy import URL, Engine, create_engine, event, make_url, text
 
 import migrations
 
 MIGRATIONS_DIR = Path(migrations.__file__).parent
+# Controllers sharing a PostgreSQL database start together: one migrates, the others wait for it
+# (a transaction-scoped advisory lock; its key differs from the leader's, controller/leadership).
+MIGRATION_LOCK_KEY = 0x5349_4753_4D49_4752  # "SIGSMIGR"
 
 
 def parse_database_url(url: str) -> URL:
@@ -66,6 +69,10 @@ def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema up to ``revision`` (the latest by default); a no-op when it is there."""
     config = _alembic_config(engine)
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Held until this transaction (the whole upgrade: DDL is transactional) commits.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                               {"key": MIGRATION_LOCK_KEY})
         config.attributes["connection"] = connection
         command.upgrade(config, revision)
 

@@ -6,11 +6,16 @@ reachable, webhook registered) is *reported*, not gating: under Kubernetes an un
 controller leaves its Service, which would cut the long-poll that keeps serving current just
 because MLflow is down. ``/readyz?full=true`` gates on everything, for a local stack or a test
 that wants the whole path up before it registers models.
+
+``role`` says whether this controller leads (runs the reconcile loop) or follows another on the
+same PostgreSQL (``controller/leadership.py``); a follower is ready: it answers the long-poll,
+reads and the admin API. The loops checked are the ones its role runs.
 """
 
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Response
@@ -58,7 +63,14 @@ async def readyz(
 ) -> JSONResponse:
     checks = await _checks(svc, full=full)
     ready = all(v == "ok" for k, v in checks.items() if full or k not in _MLFLOW_CHECKS)
-    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    body: dict[str, Any] = {
+        "status": "ready" if ready else "not ready",
+        "role": svc.leadership.role.value,
+        "role_since": datetime.fromtimestamp(svc.leadership.since, UTC).isoformat(
+            timespec="milliseconds"
+        ),
+        "checks": checks,
+    }
     if ready:
         return JSONResponse(body)
     return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})

@@ -16,6 +16,7 @@ class Metrics:
     table_revision: Gauge
     versions: Gauge
     load_failure_reports: Counter
+    leader: Gauge
 
     @classmethod
     def create(cls) -> Metrics:
@@ -41,6 +42,11 @@ class Metrics:
                 "sigserve_load_failure_reports",
                 "Serving replicas' reports of artifacts they could not load, by result",
                 ["result"],
+                registry=r,
+            ),
+            leader=Gauge(
+                "sigserve_controller_leader",
+                "1 while this controller leads (runs the reconcile loop), 0 while it follows",
                 registry=r,
             ),
         )

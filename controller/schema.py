@@ -106,3 +106,14 @@ class TableRevisionRow(Base):
     digest: Mapped[str] = mapped_column(String(64))
     epoch: Mapped[str] = mapped_column(String(32))
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class ReconcileRequestRow(Base):
+    """A model a follower was asked to reconcile (a webhook, an admin call), for the leader."""
+
+    __tablename__ = "reconcile_requests"
+
+    model_name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    # The audit log's actor of the reconcile (``webhook:<delivery id>``, ``admin``...).
+    actor: Mapped[str] = mapped_column(String(128))
+    requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

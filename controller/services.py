@@ -11,11 +11,13 @@ from sqlalchemy import Engine
 
 from controller.broadcaster import TableBroadcaster
 from controller.environment import ServingEnvironment
+from controller.leadership import Leadership
 from controller.metrics import Metrics
 from controller.probe import RegistryProbe
 from controller.registry import Registry
 from controller.settings import ControllerSettings
 from controller.store import Store
+from controller.table_sync import TableSync
 from controller.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,9 @@ class Services:
     metrics: Metrics
     worker: Worker
     serving_environment: ServingEnvironment
+    leadership: Leadership
+    # Loads tables other controllers published (PostgreSQL only; None on SQLite).
+    table_sync: TableSync | None = None
     webhook_id: str | None = None
     # Per model, when its last verified webhook arrived (epoch seconds): for operators and the
     # latency benchmark.
@@ -57,12 +62,47 @@ class Services:
         makes it at its next pass, which the enqueue brings about at once.
         """
         try:
-            published = await self.worker.publish()
+            published = await self.publish()
         except Exception:
             log.exception("publishing after a change to %s failed; the worker will", name)
             published = False
-        self.worker.enqueue(name, why)  # also moves the registry's alias and tags
+        try:
+            await self.request_reconcile(name, why)  # also moves the registry's alias and tags
+        except Exception:
+            log.exception("asking the leader to reconcile %s failed; its resync will", name)
         return published
+
+    async def publish(self) -> bool:
+        """Publish the decisions; whether a table went out.
+
+        A follower publishes its own admin writes (the revision row's lock makes that as safe
+        as the leader's publish), so a 200 still means serving is being told; the leader loads
+        the table within a poll. A database that never published is the leader's to prime.
+        """
+        if self.leadership.is_leader:
+            return await self.worker.publish()
+        if self.broadcaster.current is None:
+            return False
+        table = await asyncio.to_thread(self.store.publish)
+        self.metrics.table_revision.set(table.revision)
+        await self.broadcaster.offer(table)
+        return True
+
+    async def request_reconcile(self, name: str, actor: str) -> None:
+        """Reconcile ``name``: on the leader's queue, or handed to the leader through the DB."""
+        if self.leadership.is_leader:
+            self.worker.enqueue(name, actor)
+        else:
+            await asyncio.to_thread(self.store.request_reconcile, [name], actor)
+
+    async def request_resync(self, actor: str = "admin") -> None:
+        """Reconcile every model the registry or the database knows."""
+        if self.leadership.is_leader:
+            await self.worker.resync_once()
+            return
+        names = set(await asyncio.to_thread(self.registry.model_names))
+        names |= set(await asyncio.to_thread(self.store.model_names))
+        await asyncio.to_thread(self.store.request_reconcile, sorted(names), actor)
 
     def heard_from(self, name: str, at: float, event: str) -> None:
         """Remember a verified webhook's time for ``name``; bounded to the newest models."""

@@ -47,6 +47,13 @@ class ControllerSettings(BaseSettings):
     serving_lock_file: Path | None = None
     serving_python_version: str | None = None
     long_poll_max_s: float = 60.0
+    # Several controllers on one PostgreSQL (controller/leadership.py): how often a follower
+    # tries the leader's lock and the leader checks it still holds it; how long a leader frozen
+    # with its session open keeps it; how often the published table and followers' reconcile
+    # requests are looked for.
+    leader_election_interval_s: float = Field(default=0.5, gt=0)
+    leader_session_timeout_s: float = Field(default=10.0, gt=0)
+    follower_poll_s: float = Field(default=0.25, gt=0)
     # How long the audit log keeps events (days).
     audit_retention_days: float = Field(default=90.0, gt=0)
 

@@ -7,17 +7,22 @@ process. Across processes: on PostgreSQL the transaction also locks the model's 
 ... FOR UPDATE``), and a publish the revision row, so controllers sharing a database wait for
 each other instead of writing from a stale read. SQLite ignores row locks and lets a write
 fail on a snapshot another process changed: there, run one controller per database.
+
+Two controllers on one PostgreSQL (``controller/leadership.py``): a follower hands what it is
+asked to reconcile to the leader through ``reconcile_requests`` (with the webhook's delivery id,
+in one transaction), and loads the tables the leader publishes (``published_table``).
 """
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import Engine, delete, select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
@@ -27,6 +32,7 @@ from controller.records import ModelRecord, VersionRecord
 from controller.schema import (
     AuditEventRow,
     ModelVersionRow,
+    ReconcileRequestRow,
     RegisteredModelRow,
     TableRevisionRow,
     WebhookDeliveryRow,
@@ -258,16 +264,52 @@ class Store:
             session.delete(row)
             return True
 
-    def record_delivery(self, delivery_id: str, event: str) -> bool:
-        """Remember a webhook delivery; False when it was seen before."""
+    def record_delivery(
+        self, delivery_id: str, event: str, hand_off: tuple[str, str] | None = None
+    ) -> bool:
+        """Remember a webhook delivery; False when it was seen before.
+
+        ``hand_off`` (model name, actor): a follower's delivery, whose reconcile is requested
+        of the leader in the same transaction, so a delivery recorded is never a delivery lost.
+        """
         try:
             with self._transaction() as session:
                 session.add(
                     WebhookDeliveryRow(delivery_id=delivery_id, event=event, received_at=_now())
                 )
+                if hand_off is not None:
+                    session.flush()  # a duplicate fails here, before anything is requested
+                    self._request(session, [hand_off[0]], hand_off[1])
         except IntegrityError:
             return False
         return True
+
+    def request_reconcile(self, names: Iterable[str], actor: str) -> None:
+        """Ask the leader to reconcile ``names`` (one row per name; a newer ask replaces)."""
+        with self._transaction() as session:
+            self._request(session, list(names), actor)
+
+    def _request(self, session: Session, names: list[str], actor: str) -> None:
+        if not names:
+            return
+        dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+        rows = [{"model_name": n, "actor": actor, "requested_at": _now()} for n in names]
+        upsert = dialect.insert(ReconcileRequestRow).values(rows)
+        session.execute(
+            upsert.on_conflict_do_update(
+                index_elements=[ReconcileRequestRow.model_name],
+                set_={"actor": upsert.excluded.actor, "requested_at": upsert.excluded.requested_at},
+            )
+        )
+
+    def take_reconcile_requests(self) -> list[tuple[str, str]]:
+        """The requested (name, actor) pairs, oldest first, removed as they are taken."""
+        r = ReconcileRequestRow
+        with self._transaction() as session:
+            taken = session.execute(
+                delete(r).returning(r.model_name, r.actor, r.requested_at)
+            ).all()
+        return [(name, actor) for name, actor, _ in sorted(taken, key=lambda t: t[2])]
 
     def prune_deliveries(self, older_than: timedelta) -> None:
         with self._transaction() as session:
@@ -282,6 +324,26 @@ class Store:
         with self._transaction() as session:
             return session.get(TableRevisionRow, 1) is not None
 
+    def published(self) -> tuple[str, int] | None:
+        """(epoch, revision) of the last table published: one small row, to poll."""
+        with self._transaction() as session:
+            row = session.get(TableRevisionRow, 1)
+            return (row.epoch, row.revision) if row else None
+
+    def published_table(self) -> RoutingTable | None:
+        """The last table published, rebuilt from the decisions; None if they moved since.
+
+        Decisions committed but not yet published would make another table under the same
+        revision: a follower must never answer one revision with two contents, so it waits for
+        the publish that follows every commit.
+        """
+        with self._transaction() as session:
+            current = session.get(TableRevisionRow, 1)
+            if current is None:
+                return None
+            table = build_table(self._all_records(session), current.revision, current.epoch)
+            return table if content_digest(table) == current.digest else None
+
     def catch_up(self, seen_revision: int) -> RoutingTable:
         """Publish the current decisions above a revision serving already saw.
 
@@ -292,10 +354,14 @@ class Store:
         with self._write_lock, self._transaction() as session:
             current = session.get(TableRevisionRow, 1, with_for_update=True)
             assert current is not None, "catch_up after a first publish"
-            if current.revision <= seen_revision:
-                current.revision = seen_revision + 1
-                current.published_at = _now()
             models = self._all_records(session)
+            digest = content_digest(build_table(models, revision=0, epoch=current.epoch))
+            # A revision names one content: decisions committed since the last publish get a
+            # revision of their own, and the row records what the revision it names carries.
+            if current.revision <= seen_revision or current.digest != digest:
+                current.revision = max(current.revision, seen_revision) + 1
+                current.digest = digest
+                current.published_at = _now()
             return build_table(models, revision=current.revision, epoch=current.epoch)
 
     def publish(self) -> RoutingTable:

@@ -30,6 +30,10 @@ async def routing_table(
 ) -> Response:
     wait = min(timeout, svc.settings.long_poll_max_s)
     held = svc.broadcaster.current
+    behind = held is not None and epoch == held.epoch and after > held.revision
+    if behind and svc.table_sync is not None and await svc.table_sync.refresh():
+        # Another controller on this database published it (this one had not loaded it yet).
+        held = svc.broadcaster.current
     if held is not None and epoch == held.epoch and after > held.revision:
         # The caller saw a later revision of this database than it now has: it was restored
         # from a backup. Publish above what serving saw, so replicas take it.

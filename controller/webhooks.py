@@ -1,7 +1,10 @@
 """``POST /webhooks/mlflow``: verify, de-duplicate, enqueue, answer at once.
 
 MLflow retries a delivery answered with 429/5xx, and its delivery thread waits for the answer,
-so the decision is never made inside the request: the name goes to the worker's queue.
+so the decision is never made inside the request: the name goes to the worker's queue. On a
+controller that follows another (two on one PostgreSQL) it goes to the leader instead, as a row
+of ``reconcile_requests`` written in the transaction that records the delivery id: once the
+delivery is recorded (and a retry of it would be dropped as a duplicate), so is the request.
 """
 
 from __future__ import annotations
@@ -86,12 +89,17 @@ async def receive(request: Request, svc: Annotated[Services, Depends(services)])
             "body", f"not an MLflow webhook payload ({where}: {first['msg']})"
         ) from None
     event, name = f"{payload.entity}.{payload.action}", payload.data.name
-    if not await asyncio.to_thread(svc.store.record_delivery, delivery_id, event):
+    actor = f"webhook:{delivery_id}"
+    wanted = not event.startswith("prompt")
+    # The leader keeps the in-memory fast path; a follower hands the name over with the record.
+    hand_off = (name, actor) if wanted and not svc.leadership.is_leader else None
+    if not await asyncio.to_thread(svc.store.record_delivery, delivery_id, event, hand_off):
         svc.metrics.webhooks.labels("duplicate").inc()
         return {"status": "duplicate", "delivery_id": delivery_id}
     svc.metrics.webhooks.labels("accepted").inc()
     svc.heard_from(name, received_at, event)
-    if not event.startswith("prompt"):
-        svc.worker.enqueue(name, f"webhook:{delivery_id}")
-    log.info("webhook %s for %s (delivery %s)", event, name, delivery_id)
+    if wanted and hand_off is None:
+        svc.worker.enqueue(name, actor)
+    log.info("webhook %s for %s (delivery %s%s)", event, name, delivery_id,
+             ", handed to the leader" if hand_off else "")
     return {"status": "accepted", "delivery_id": delivery_id}

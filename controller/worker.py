@@ -4,6 +4,11 @@ Webhooks and the resync loop only enqueue a registered model's name. A name alre
 not added twice; a name that arrives while it is being reconciled is reconciled again after, so
 no event is lost. Temporary failures come back after a capped exponential backoff; the resync
 loop is the safety net for everything else.
+
+With several controllers on one PostgreSQL only the leader runs the worker
+(``controller/leadership.py``); what followers are asked to reconcile reaches it through the
+``reconcile_requests`` table, which the leader drains (``drain_requests_loop``). A controller
+that steps down forgets its queue (``reset``): the next leader starts with a full resync.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ class Worker:
         # Who asked for each waiting name (the latest ask): the audit log's actor.
         self._actors: dict[str, str] = {}
         self._attempts: Counter[str] = Counter()
+        self._retries: set[asyncio.TimerHandle] = set()
         # Set when a publish failed after decisions were written: the next pass must publish
         # even if it changes nothing, or the table would lag the database until another change.
         self._publish_owed = False
@@ -156,7 +162,45 @@ class Worker:
         self._attempts[name] += 1
         delay = min(self._retry_max_s, self._retry_initial_s * 2 ** (self._attempts[name] - 1))
         log.warning("%s: temporary failure (%s); retrying in %.1fs", name, why, delay)
-        asyncio.get_running_loop().call_later(delay, self.enqueue, name, "retry")
+
+        def retry() -> None:
+            self._retries.discard(handle)
+            self.enqueue(name, "retry")
+
+        handle = asyncio.get_running_loop().call_later(delay, retry)
+        self._retries.add(handle)
+
+    def reset(self) -> None:
+        """Forget the queue, the retries and priming: this controller stopped leading."""
+        for handle in self._retries:
+            handle.cancel()
+        self._retries.clear()
+        self._queue = asyncio.Queue()
+        self._waiting.clear()
+        self._actors.clear()
+        self._attempts.clear()
+        self._publish_owed = False
+        self._primed = False
+
+    async def drain_requests(self) -> int:
+        """Enqueue what followers were asked to reconcile; how many names."""
+        taken = await asyncio.to_thread(self._store.take_reconcile_requests)
+        for name, actor in taken:
+            self.enqueue(name, actor)
+        return len(taken)
+
+    async def drain_requests_loop(self, every_s: float) -> None:
+        failing = False
+        while True:
+            try:
+                await self.drain_requests()
+                failing = False
+            except Exception as exc:
+                # Temporary (the database): the requests stay in their table for the next try.
+                if not failing:
+                    log.warning("taking followers' reconcile requests failed (%s)", exc)
+                failing = True
+            await asyncio.sleep(every_s)
 
     async def prime(self, *, already_published: bool, settle_s: float = 120.0) -> None:
         """Let the table reach serving: at once, or after a first full pass over the registry.
