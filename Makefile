@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test lint property fault storm load clean
+.PHONY: up test lint property fault storm load cluster-check clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -44,6 +44,12 @@ storm: $(VENV)/.dev
 
 load: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest tests/load/test_inference_load.py -m load -ra -s
+
+# The serving app on a two-node Ray cluster of its own (`ray start` twice on this machine),
+# deployed by `sigserve serve`: a replica on the second node answers, also with the controller
+# down (tests/integration/test_ray_cluster.py; ~2 min, ~2.5 GB more memory while it runs).
+cluster-check: $(VENV)/.dev
+	$(VENV)/bin/python -m pytest tests/integration/test_ray_cluster.py -m cluster -ra -s
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .

@@ -9,10 +9,11 @@
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/")
 
 ``build_app`` also works as a Serve config ``import_path: serving.app:build_app`` (its ``args``
-become settings). MLflow's ``MLFLOW_*`` variables of the building process are forwarded to the
-replicas, which is how they find the registry. The fast path (direct ingress through HAProxy,
-Ray's throughput-optimized mode) is a property of the Ray cluster, set in the environment
-before Ray starts: see ``sigserve.stack.fast_path_env``.
+become settings). MLflow's ``MLFLOW_*`` and Hugging Face's ``HF_*``/``TRANSFORMERS_*`` variables
+of the building process are forwarded to the replicas, which is how they find the registry on
+any node. The fast path (direct ingress through HAProxy, Ray's throughput-optimized mode) is a
+property of the Ray cluster, set in the environment before Ray starts: see
+``sigserve.stack.fast_path_env`` and ``sigserve.cluster``.
 """
 
 from __future__ import annotations
@@ -29,16 +30,31 @@ from serving.settings import ServingSettings
 DEPLOYMENT = "Server"
 
 
+# Variables a replica must see to load models: MLflow's (the registry, its credentials) and
+# Hugging Face's (``HF_HUB_OFFLINE``, the cache). Replicas may run on nodes whose own
+# environment never had them, so they travel with the deployment.
+FORWARDED_ENV_PREFIXES = ("MLFLOW_", "HF_", "TRANSFORMERS_")
+
+
+def forwarded_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+
+
 def build_app(settings: ServingSettings | dict[str, Any] | None = None) -> Application:
     if not isinstance(settings, ServingSettings):
         settings = ServingSettings(**(settings or {}))
-    mlflow_env = {k: v for k, v in os.environ.items() if k.startswith("MLFLOW_")}
     actor: dict[str, Any] = {"num_cpus": settings.replica_num_cpus}
-    if mlflow_env:
-        actor["runtime_env"] = {"env_vars": mlflow_env}
+    if settings.replica_resources:
+        actor["resources"] = dict(settings.replica_resources)
+    if env := forwarded_env():
+        actor["runtime_env"] = {"env_vars": env}
+    scaling: dict[str, Any] = {"num_replicas": settings.replicas}
+    if (autoscaling := settings.autoscaling_config()) is not None:
+        # Ray refuses a fixed ``num_replicas`` next to an autoscaling config.
+        scaling = {"autoscaling_config": autoscaling}
     return serve.deployment(
         name=DEPLOYMENT,
-        num_replicas=settings.replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options=actor,
+        **scaling,
     )(Server).bind(settings)

@@ -8,7 +8,7 @@ and ``build_app`` forwards them to the model replicas.
 
 from __future__ import annotations
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,18 @@ class ServingSettings(BaseSettings):
     # Replicas of the one serving deployment; each holds the table and its own models.
     replicas: int = Field(default=1, ge=1)
     replica_num_cpus: float = Field(default=0.1, ge=0)
+    # Custom Ray resources each replica needs (JSON in the environment, ``{"serving": 1}``): how
+    # replicas are kept to the nodes that should hold models on a shared cluster.
+    replica_resources: dict[str, float] = Field(default_factory=dict)
+    # Autoscaling, on when a maximum is set: Ray Serve then keeps between the minimum and the
+    # maximum replicas, aiming at this many requests in flight per replica (``replicas`` is
+    # ignored). Not below 1: every replica long-polls the controller and warms the defaults, so
+    # a scale from zero would make the first request wait for a replica start and model loads.
+    autoscaling_min_replicas: int = Field(default=1, ge=1)
+    autoscaling_max_replicas: int | None = Field(default=None, ge=1)
+    # A quarter of ``max_ongoing_requests``: requests in flight are what batches form from, and
+    # Ray's default target (2) would add replicas at a load one replica batches easily.
+    autoscaling_target_ongoing_requests: float = Field(default=16.0, gt=0)
     # Requests one replica takes at once. Ray's default (5) makes 16 clients queue in the
     # proxy with 25-500 ms backoffs; more in flight also means bigger batches.
     max_ongoing_requests: int = Field(default=64, ge=1)
@@ -46,3 +58,23 @@ class ServingSettings(BaseSettings):
     # How long a starting ingress replica waits for its first table (from the key-value store
     # or the controller) before it reports ready anyway and answers 503 until one arrives.
     table_startup_wait_s: float = Field(default=5.0, ge=0)
+
+    @model_validator(mode="after")
+    def _autoscaling_bounds(self) -> ServingSettings:
+        top = self.autoscaling_max_replicas
+        if top is not None and top < self.autoscaling_min_replicas:
+            raise ValueError(
+                f"autoscaling_max_replicas ({top}) is below autoscaling_min_replicas "
+                f"({self.autoscaling_min_replicas})"
+            )
+        return self
+
+    def autoscaling_config(self) -> dict[str, float] | None:
+        """Ray Serve's ``autoscaling_config``, or None for a fixed ``replicas``."""
+        if self.autoscaling_max_replicas is None:
+            return None
+        return {
+            "min_replicas": self.autoscaling_min_replicas,
+            "max_replicas": self.autoscaling_max_replicas,
+            "target_ongoing_requests": self.autoscaling_target_ongoing_requests,
+        }
