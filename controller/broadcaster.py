@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sigserve.routing_table import RoutingTable, supersedes
+from wire.routing_table import RoutingTable, supersedes
 
 
 class TableBroadcaster:

@@ -21,7 +21,7 @@ from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import InvalidRequest, NotFound, PinRefused, StaleReport
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 ADMIN = "admin"
 

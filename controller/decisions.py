@@ -26,7 +26,7 @@ from controller.environment import (
     check_environment,
 )
 from controller.records import ModelRecord, Signature, VersionRecord
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 NOT_READ = "its artifact (MLmodel, requirements) has not been read yet"
 

@@ -1,4 +1,13 @@
-"""RFC 9457 problem+json: the one boundary where controller errors become responses."""
+"""RFC 9457 problem+json: the one boundary where controller errors become responses.
+
+The dialect is ``wire.problems`` (the serving app's too). Slugs, after
+``urn:sigserve:problem:``: ``invalid-request`` (422, with ``errors``), ``not-found`` (404),
+``payload-too-large`` (413), ``pin-refused`` and ``stale-report`` (409; a pin's ``reasons``),
+``unauthorized`` and ``webhook-rejected`` (401), ``registry-refused`` (502),
+``registry-unavailable`` and ``database-unavailable`` (503, ``Retry-After``), ``internal-error``
+(500, never a stack trace). Starlette's own (an unknown route, a wrong method) stay
+``about:blank``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +21,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
 from controller.exceptions import (
+    ControllerError,
     InvalidRequest,
     NotFound,
     PayloadTooLarge,
@@ -22,16 +32,17 @@ from controller.exceptions import (
     StaleReport,
     WebhookRejected,
 )
+from wire.problems import problem_response
 
 log = logging.getLogger(__name__)
-MEDIA_TYPE = "application/problem+json"
 
-
-def problem(
-    status: int, title: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
-) -> JSONResponse:
-    body = {"type": "about:blank", "title": title, "status": status, "detail": detail, **extra}
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+# Errors answered with their message as the detail: status, slug, title.
+_PLAIN: dict[type[ControllerError], tuple[int, str, str]] = {
+    NotFound: (404, "not-found", "Not found"),
+    PayloadTooLarge: (413, "payload-too-large", "Payload too large"),
+    StaleReport: (409, "stale-report", "Stale report"),
+    WebhookRejected: (401, "webhook-rejected", "Webhook rejected"),
+}
 
 
 def _field(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -39,49 +50,60 @@ def _field(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts) or "body"
 
 
+def _invalid(request: Request, errors: list[dict[str, str]], detail: str) -> JSONResponse:
+    return problem_response(
+        422, slug="invalid-request", title="Invalid request", detail=detail,
+        instance=request.url.path, errors=errors,
+    )  # fmt: skip
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"field": _field(e["loc"]), "reason": e["msg"]} for e in exc.errors()]
         detail = "; ".join(f"{e['field']}: {e['reason']}" for e in errors)
-        return problem(422, "Invalid request", detail, errors=errors)
+        return _invalid(request, errors, detail)
 
     @app.exception_handler(InvalidRequest)
-    async def _invalid_request(_: Request, exc: InvalidRequest) -> JSONResponse:
-        errors = [{"field": exc.field, "reason": exc.reason}]
-        return problem(422, "Invalid request", str(exc), errors=errors)
+    async def _invalid_request(request: Request, exc: InvalidRequest) -> JSONResponse:
+        return _invalid(request, [{"field": exc.field, "reason": exc.reason}], str(exc))
 
-    @app.exception_handler(NotFound)
-    async def _not_found(_: Request, exc: NotFound) -> JSONResponse:
-        return problem(404, "Not found", str(exc))
+    async def _plain(request: Request, exc: Exception) -> JSONResponse:
+        status, slug, title = _PLAIN[type(exc)]  # type: ignore[index]
+        return problem_response(
+            status, slug=slug, title=title, detail=str(exc), instance=request.url.path
+        )
 
-    @app.exception_handler(PayloadTooLarge)
-    async def _too_large(_: Request, exc: PayloadTooLarge) -> JSONResponse:
-        return problem(413, "Payload too large", str(exc))
+    for error in _PLAIN:
+        app.add_exception_handler(error, _plain)
 
     @app.exception_handler(PinRefused)
-    async def _pin_refused(_: Request, exc: PinRefused) -> JSONResponse:
-        return problem(409, "Pin refused", str(exc), reasons=exc.reasons)
-
-    @app.exception_handler(StaleReport)
-    async def _stale(_: Request, exc: StaleReport) -> JSONResponse:
-        return problem(409, "Stale report", str(exc))
-
-    @app.exception_handler(WebhookRejected)
-    async def _rejected(_: Request, exc: WebhookRejected) -> JSONResponse:
-        return problem(401, "Webhook rejected", str(exc))
+    async def _pin_refused(request: Request, exc: PinRefused) -> JSONResponse:
+        return problem_response(
+            409, slug="pin-refused", title="Pin refused", detail=str(exc),
+            instance=request.url.path, reasons=exc.reasons,
+        )  # fmt: skip
 
     @app.exception_handler(RegisteredModelGone)
-    async def _gone(_: Request, exc: RegisteredModelGone) -> JSONResponse:
-        return problem(404, "Not found", f"registered model '{exc}' is not in the registry")
+    async def _gone(request: Request, exc: RegisteredModelGone) -> JSONResponse:
+        return problem_response(
+            404, slug="not-found", title="Not found",
+            detail=f"registered model '{exc}' is not in the registry", instance=request.url.path,
+        )  # fmt: skip
 
     @app.exception_handler(RegistryRefused)
-    async def _refused(_: Request, exc: RegistryRefused) -> JSONResponse:
-        return problem(502, "Registry refused", f"the MLflow registry refused: {exc}")
+    async def _refused(request: Request, exc: RegistryRefused) -> JSONResponse:
+        return problem_response(
+            502, slug="registry-refused", title="Registry refused",
+            detail=f"the MLflow registry refused: {exc}", instance=request.url.path,
+        )  # fmt: skip
 
     @app.exception_handler(RegistryUnavailable)
-    async def _unavailable(_: Request, exc: RegistryUnavailable) -> JSONResponse:
-        return problem(503, "Registry unavailable", str(exc), headers={"Retry-After": "5"})
+    async def _unavailable(request: Request, exc: RegistryUnavailable) -> JSONResponse:
+        return problem_response(
+            503, slug="registry-unavailable", title="Registry unavailable", detail=str(exc),
+            instance=request.url.path, retry_after=5,
+        )  # fmt: skip
 
     @app.exception_handler(OperationalError)
     async def _database_busy(request: Request, exc: OperationalError) -> JSONResponse:
@@ -91,21 +113,28 @@ def install(app: FastAPI) -> None:
         log.warning(
             "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig
         )
-        return problem(
-            503,
-            "Database unavailable",
-            "the controller's database is locked or unreachable; nothing was changed, "
+        return problem_response(
+            503, slug="database-unavailable", title="Database unavailable",
+            detail="the controller's database is locked or unreachable; nothing was changed, "
             "try again",
-            headers={"Retry-After": "2"},
-        )
+            instance=request.url.path, retry_after=2,
+        )  # fmt: skip
 
     @app.exception_handler(HTTPException)
-    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        return problem(
-            exc.status_code, str(exc.detail), str(exc.detail), headers=getattr(exc, "headers", None)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        # Ours are the token checks (401); the rest is Starlette's (404 route, 405 method).
+        return problem_response(
+            exc.status_code,
+            slug="unauthorized" if exc.status_code == 401 else None,
+            detail=str(exc.detail),
+            instance=request.url.path,
+            headers=getattr(exc, "headers", None),
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return problem(500, "Internal error", "the controller failed; see its log")
+        return problem_response(
+            500, slug="internal-error", title="Internal error",
+            detail="the controller failed; see its log", instance=request.url.path,
+        )  # fmt: skip

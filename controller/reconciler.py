@@ -40,7 +40,7 @@ from controller.registry_sync import (
     write_back,
 )
 from controller.store import Store
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 Signature = dict[str, Any]
 

@@ -35,7 +35,7 @@ from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import RegistryError
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, RegistryWriter
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 log = logging.getLogger(__name__)
 

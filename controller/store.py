@@ -38,7 +38,7 @@ from controller.schema import (
     WebhookDeliveryRow,
 )
 from controller.table import build_table, content_digest
-from sigserve.routing_table import RoutingTable, VersionState
+from wire.routing_table import RoutingTable, VersionState
 
 
 def _now() -> datetime:

@@ -6,7 +6,7 @@ import hashlib
 import json
 
 from controller.records import ModelRecord
-from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry
+from wire.routing_table import ModelEntry, RoutingTable, VersionEntry
 
 
 def build_table(models: list[ModelRecord], revision: int, epoch: str) -> RoutingTable:

@@ -12,7 +12,7 @@ default loaded before the table that makes it one is answered from.
 The table reaches a replica by a long-poll on the controller and is kept in Ray's GCS, so a
 replica that starts while the controller is down still serves the last decisions. This package
 never imports ``controller``; the two meet over HTTP (the table one way, reports of artifacts
-that cannot be loaded the other) and ``sigserve.routing_table``.
+that cannot be loaded the other) and ``wire.routing_table``.
 
 Modules, one concept each: ``settings`` (SIGSERVE_* env), ``exceptions`` (the error
 hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydantic models),

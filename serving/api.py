@@ -38,7 +38,7 @@ from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
 from serving.resolve import Target, find_model, header_version, held, resolve
 from serving.table_source import TableSource
-from sigserve.routing_table import ModelEntry
+from wire.routing_table import ModelEntry
 
 _SCORING_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 

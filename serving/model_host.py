@@ -28,7 +28,7 @@ from serving.exceptions import SigserveError
 from serving.frames import to_model_input, to_records
 from serving.loader import LoadedModel, call, predict
 from serving.resolve import Target, resolve
-from sigserve.routing_table import RoutingTable
+from wire.routing_table import RoutingTable
 
 logger = logging.getLogger(__name__)
 

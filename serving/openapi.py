@@ -20,8 +20,8 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import ConfigDict, TypeAdapter, create_model
 
 from serving.contract import Contract, contract_for, list_of
-from serving.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
-from sigserve.routing_table import ModelEntry, RoutingTable
+from wire.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
+from wire.routing_table import ModelEntry, RoutingTable
 
 _REF = "#/components/schemas/{model}"
 _PROBLEM = {

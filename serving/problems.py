@@ -1,22 +1,15 @@
-"""RFC 9457 problem details: the one place errors become HTTP responses.
+"""RFC 9457 problem details: the one place the serving app's errors become HTTP responses.
 
-Every error answer of the serving app is ``application/problem+json``:
-
-    {"type": "urn:sigserve:problem:version-quarantined", "title": "...", "status": 409,
-     "detail": "...", "instance": "/models/echo/versions/3/serve", ...extensions}
-
-Extensions: ``errors`` ([{"field", "reason"}]) on 422, ``reasons`` on 409, ``model`` and
-``version`` where one is known. A 503 also carries a ``Retry-After`` header. The ``type`` URIs
-are URNs: stable identifiers to switch on, not pages to fetch. Errors that are not ours (an
-unknown route, a wrong method) keep ``about:blank``; anything unexpected becomes a bare 500
-problem, logged here and never showing a stack trace to the client.
+Every error answer is ``application/problem+json`` in the dialect of ``wire.problems``, e.g.
+``urn:sigserve:problem:version-quarantined`` with the ``reasons``; the slugs are those of
+``serving.exceptions``, plus ``invalid-request`` for a request that does not fit the endpoint.
+Errors that are not ours (an unknown route, a wrong method) keep ``about:blank``; anything
+unexpected becomes a bare 500 problem, logged here and never showing a stack trace.
 """
 
 from __future__ import annotations
 
 import logging
-from http import HTTPStatus
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,42 +17,15 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from serving.exceptions import ProblemError
+from wire.problems import problem_response
 
 logger = logging.getLogger(__name__)
-
-MEDIA_TYPE = "application/problem+json"
-TYPE_PREFIX = "urn:sigserve:problem:"
-
-
-def problem_response(
-    status: int,
-    *,
-    type_: str = "about:blank",
-    title: str | None = None,
-    detail: str | None = None,
-    instance: str | None = None,
-    retry_after: int | None = None,
-    **extensions: Any,
-) -> JSONResponse:
-    body: dict[str, Any] = {
-        "type": type_,
-        "title": title or HTTPStatus(status).phrase,
-        "status": status,
-    }
-    if detail:
-        body["detail"] = detail
-    if instance:
-        body["instance"] = instance
-    body.update(extensions)
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
-
 
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
     return problem_response(
         exc.status,
-        type_=TYPE_PREFIX + exc.slug,
+        slug=exc.slug,
         title=exc.title,
         detail=exc.detail,
         instance=request.url.path,
@@ -87,7 +53,7 @@ async def _on_validation(request: Request, exc: Exception) -> JSONResponse:
     ]
     return problem_response(
         422,
-        type_=TYPE_PREFIX + "invalid-request",
+        slug="invalid-request",
         detail="the request does not fit this endpoint",
         instance=request.url.path,
         errors=errors,

@@ -25,7 +25,7 @@ from serving.exceptions import (
 )
 from serving.loader import Artifact
 from serving.loader import model_id as make_model_id
-from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
+from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 MODEL_ID_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")
 

@@ -50,7 +50,7 @@ from tenacity import (
     wait_random,
 )
 
-from sigserve.routing_table import SCHEMA_VERSION, RoutingTable, supersedes
+from wire.routing_table import SCHEMA_VERSION, RoutingTable, supersedes
 
 logger = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
-"""sigserve: signature-aware serving of MLflow registry models.
+"""sigserve: signature-aware serving of MLflow registry models; the part that runs the others.
 
-This package holds what the two services share and what runs them together:
+This package imports everything and nothing imports it (``controller`` and ``serving`` share
+only ``wire``):
 
-- ``routing_table``: the versioned description of what may be served, the only thing the
-  controller (``controller/``) and the serving app (``serving/``) agree on. They never import
-  each other; they meet over HTTP with this schema.
-- ``cli`` and ``stack``: the ``sigserve`` command and the one-command local stack.
+- ``cli``: the ``sigserve`` command.
+- ``stack``, ``local_stack``, ``processes``: the one-command local stack, and its parts as the
+  tests and benchmarks start them.
+- ``cluster``: deploying the serving app onto a running Ray cluster.
 - ``demo``: the demo models that ``sigserve up`` registers.
 """

@@ -28,11 +28,11 @@ import httpx
 
 from controller.table import content_digest
 from sigserve.processes import ManagedProcess
-from sigserve.routing_table import RoutingTable
 from sigserve.stack import Secrets, controller, free_port, mlflow_server
 from tests.fault.conftest import HOST, RESYNC_INTERVAL_S, Figures
 from tests.fault.test_controller_faults import registering_to
 from tests.integration.conftest import ECHO_MODEL, register_echo, wait_for
+from wire.routing_table import RoutingTable
 
 ROUNDS = 3
 # The stated bound (docs/architecture.md, "Two controllers"): one election interval (0.5 s)

@@ -27,7 +27,7 @@ from serving.loader import LoadedModel, PyfuncLoader
 from serving.model_host import ModelHost
 from serving.resolve import Target
 from serving.table_source import TableSource
-from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
+from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 MAX_RECORDS = 50
 MAX_BODY = 64 * 1024

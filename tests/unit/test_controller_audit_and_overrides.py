@@ -17,7 +17,7 @@ from controller.exceptions import InvalidRequest, PinRefused
 from controller.reconciler import Reconciler
 from controller.registry import ObservedModel, ObservedVersion
 from controller.store import Store
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 ENV = ServingEnvironment(python_version="3.11.9", distributions={"mlflow-skinny": "3.17.2"})
 

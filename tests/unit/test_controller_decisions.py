@@ -12,7 +12,7 @@ from controller.environment import ArtifactEnvironment, ServingEnvironment
 from controller.reconciler import merge_observed as merge
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
 ENV = ServingEnvironment(python_version="3.11.9", distributions={"mlflow-skinny": "3.17.2",

@@ -338,3 +338,20 @@ def test_readiness_answers_at_once_while_the_registry_hangs(
                          ).status_code == 200
     finally:
         hung.close()
+
+
+def test_problems_speak_the_serving_apps_dialect(client: TestClient) -> None:
+    """Both services name their problems ``urn:sigserve:problem:<slug>`` (``wire.problems``)."""
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    answers = {
+        "unauthorized": client.get("/admin/models"),
+        "not-found": client.get("/admin/models/nope", headers=admin),
+        "invalid-request": client.put("/admin/models/nope/policy", json={}, headers=admin),
+    }
+    for slug, r in answers.items():
+        assert r.headers["content-type"] == "application/problem+json", r.text
+        body = r.json()
+        assert body["type"] == f"urn:sigserve:problem:{slug}", body
+        assert body["status"] == r.status_code and body["instance"] == r.request.url.path
+    # Starlette's own answers (no such route) are not sigserve's problems.
+    assert client.get("/no-such-route").json()["type"] == "about:blank"

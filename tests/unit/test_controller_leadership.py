@@ -31,8 +31,8 @@ from controller.metrics import Metrics
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
 from controller.table import content_digest
-from sigserve.routing_table import RoutingTable, VersionState
 from tests.unit.test_controller_http import TOKEN, _settings, delivery
+from wire.routing_table import RoutingTable, VersionState
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
 SIG = {"inputs": json.dumps([{"type": "string", "name": "p", "required": True}]),

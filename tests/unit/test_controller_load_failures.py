@@ -19,9 +19,9 @@ from controller.decisions import decide_all
 from controller.exceptions import StaleReport
 from controller.reconciler import Reconciler
 from controller.store import Store
-from sigserve.routing_table import VersionState
 from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
 from tests.unit.test_controller_http import _settings
+from wire.routing_table import VersionState
 
 SERVING_TOKEN = "serving-token"
 

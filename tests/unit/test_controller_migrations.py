@@ -14,7 +14,7 @@ from sqlalchemy import make_url
 from controller.database import MIGRATIONS_DIR, is_migrated, make_engine, migrate
 from controller.schema import Base
 from controller.store import Store
-from sigserve.routing_table import VersionState
+from wire.routing_table import VersionState
 
 SIG = {"inputs": '[{"type": "string", "name": "prompt", "required": true}]',
        "outputs": None, "params": None}

@@ -20,7 +20,7 @@ from controller.database import is_migrated, make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
 from controller.table import content_digest
-from sigserve.routing_table import RoutingTable, VersionState
+from wire.routing_table import RoutingTable, VersionState
 
 SIG = {"inputs": json.dumps([{"type": "string", "name": "prompt", "required": True}]),
        "outputs": None, "params": None}

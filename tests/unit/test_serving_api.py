@@ -20,7 +20,7 @@ from serving.loader import Artifact, LoadedModel, parse_model_id
 from serving.model_host import ModelHost
 from serving.resolve import Target, resolve
 from serving.table_source import TableSource
-from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
+from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 V1 = ModelSignature(
     Schema([ColSpec("string", "prompt")]),

@@ -14,7 +14,7 @@ from serving.loader import LoadedModel
 from serving.model_host import ModelHost
 from serving.resolve import Target, resolve
 from serving.table_source import TableSource
-from sigserve.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
+from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 
 class Model:

@@ -7,7 +7,8 @@ from fastapi.testclient import TestClient
 
 from serving.contract import contract_for
 from serving.exceptions import InvalidInput, NotReady, VersionQuarantined
-from serving.problems import MEDIA_TYPE, install_problem_handlers
+from serving.problems import install_problem_handlers
+from wire.problems import MEDIA_TYPE
 
 
 def client_for(app: FastAPI) -> TestClient:

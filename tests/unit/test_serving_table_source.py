@@ -12,7 +12,7 @@ import pytest
 
 from serving import table_source
 from serving.table_source import SchemaMismatch, TableSource, decode
-from sigserve.routing_table import SCHEMA_VERSION, ModelEntry, RoutingTable
+from wire.routing_table import SCHEMA_VERSION, ModelEntry, RoutingTable
 
 
 class MemoryStore:
@@ -144,7 +144,7 @@ def test_the_store_never_goes_back_to_an_older_revision() -> None:
 
 
 def test_a_table_from_another_epoch_wins_whatever_its_revision() -> None:
-    from sigserve.routing_table import RoutingTable, supersedes
+    from wire.routing_table import RoutingTable, supersedes
 
     held = RoutingTable(revision=57, epoch="old")
     assert supersedes(RoutingTable(revision=1, epoch="new"), held)

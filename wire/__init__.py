@@ -1,0 +1,12 @@
+"""What sigserve's parts say to each other and to their clients, and nothing else.
+
+Both services import this package; it imports neither (nor ``sigserve``, the launcher that
+imports everything), so the arrows run one way:
+
+    sigserve (CLI, local stack, demo)  ->  controller, serving  ->  wire
+
+- ``routing_table``: the versioned description of what may be served, the only thing the
+  controller (``controller/``) and the serving app (``serving/``) agree on. They never import
+  each other; they meet over HTTP with this schema.
+- ``problems``: the one RFC 9457 problem+json dialect both services answer errors in.
+"""
