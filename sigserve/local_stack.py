@@ -113,8 +113,10 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
 
     _catch_signals()
     home = s.home.resolve()
-    secrets = Secrets.load_or_create(home)
-    token = s.admin_token.get_secret_value() if s.admin_token else secrets.admin_token
+    generated = Secrets.load_or_create(home)
+    token = s.chosen("admin_token", generated.admin_token)
+    webhook_secret = s.chosen("webhook_secret", generated.webhook_secret)
+    serving_token = s.chosen("serving_token", generated.serving_token)
     tracking_uri = f"http://{s.host}:{s.mlflow_port}"
     controller_url = f"http://{s.host}:{s.controller_port}"
     try:
@@ -135,7 +137,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     home,
                     host=s.host,
                     port=s.mlflow_port,
-                    encryption_key=secrets.mlflow_encryption_key,
+                    encryption_key=generated.mlflow_encryption_key,
                 ).start()
                 stack.callback(mlflow.stop)
                 mlflow.wait_healthy(180)
@@ -147,9 +149,8 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     port=s.controller_port,
                     tracking_uri=tracking_uri,
                     admin_token=token,
-                    webhook_secret=secrets.webhook_secret,
-                    resync_interval_s=s.resync_interval_s,
-                    serving_token=secrets.serving_token,
+                    webhook_secret=webhook_secret,
+                    serving_token=serving_token,
                 ).start()
                 stack.callback(ctl.stop)
                 ctl.wait_healthy(120)
@@ -163,9 +164,8 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     tracking_uri=tracking_uri,
                     controller_url=controller_url,
                     num_cpus=s.ray_num_cpus,
-                    max_num_models_per_replica=s.max_num_models_per_replica,
                     fast_path=s.fast_path,
-                    serving_token=secrets.serving_token,
+                    serving_token=serving_token,
                 )
                 _catch_signals()
             console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")

@@ -1,10 +1,19 @@
-"""Settings of the local stack (``sigserve up``), from ``SIGSERVE_*`` environment variables."""
+"""Settings of the local stack (``sigserve up``), from ``SIGSERVE_*`` environment variables.
+
+One settings story: each part reads its own settings from the environment it runs in
+(``controller.settings.ControllerSettings``, ``serving.settings.ServingSettings``), and these are
+only what the local stack itself decides, where its parts listen and which secrets they share.
+A ``SIGSERVE_*`` variable of any part set for ``sigserve up`` reaches that part unchanged
+(``SIGSERVE_RESYNC_INTERVAL_S`` the controller, ``SIGSERVE_MAX_BATCH_SIZE`` the replicas); the
+stack sets only the addresses it chose and the secrets, and a secret set here wins over the one
+it would generate.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -16,12 +25,17 @@ class StackSettings(BaseSettings):
     mlflow_port: int = 5000
     serving_port: int = 8000
     controller_port: int = 8080
-    # Generated and kept under ``home`` when unset.
+    # Generated once and kept in ``home``/secrets.json when unset.
     admin_token: SecretStr | None = None
-    resync_interval_s: float = Field(default=30.0, gt=0)
-    max_num_models_per_replica: int = Field(default=2, ge=1)
+    webhook_secret: SecretStr | None = None
+    serving_token: SecretStr | None = None
     ray_num_cpus: int | None = None
     # Ray Serve's direct ingress through HAProxy and its throughput-optimized mode
     # (``sigserve.stack.fast_path_env``); false: Ray's Python proxy.
     fast_path: bool = True
     register_demo_models: bool = True
+
+    def chosen(self, name: str, generated: str) -> str:
+        """The secret ``name`` as set for the stack, else the generated one."""
+        value: SecretStr | None = getattr(self, name)
+        return value.get_secret_value() if value is not None else generated

@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sigserve.processes import ManagedProcess, wait_for_http
 
@@ -107,7 +108,7 @@ def controller(
     tracking_uri: str,
     admin_token: str,
     webhook_secret: str,
-    resync_interval_s: float,
+    resync_interval_s: float | None = None,
     database_url: str | None = None,
     register_webhook: bool = True,
     log_name: str = "controller.log",
@@ -122,8 +123,10 @@ def controller(
         "SIGSERVE_MLFLOW_TRACKING_URI": tracking_uri,
         "SIGSERVE_ADMIN_TOKEN": admin_token,
         "SIGSERVE_WEBHOOK_SECRET": webhook_secret,
-        "SIGSERVE_RESYNC_INTERVAL_S": str(resync_interval_s),
     }
+    # Left to the controller's own settings (its default, or the user's variable) unless given.
+    if resync_interval_s is not None:
+        env["SIGSERVE_RESYNC_INTERVAL_S"] = str(resync_interval_s)
     if database_url:
         env["SIGSERVE_DATABASE_URL"] = database_url
     if serving_token:
@@ -183,7 +186,7 @@ def start_serving(
     tracking_uri: str,
     controller_url: str,
     num_cpus: int | None = None,
-    max_num_models_per_replica: int = 2,
+    max_num_models_per_replica: int | None = None,
     ready_timeout_s: float = 180.0,
     fast_path: bool = True,
     serving_token: str | None = None,
@@ -226,11 +229,13 @@ def start_serving(
         for key in added:
             os.environ.pop(key, None)
     serve.start(http_options={"host": host, "port": port})
-    settings = ServingSettings(
-        controller_url=controller_url,
-        max_num_models_per_replica=max_num_models_per_replica,
-        serving_token=SecretStr(serving_token) if serving_token else None,
-    )
+    # The rest of the serving settings (batching, replicas...) come from the environment.
+    chosen: dict[str, Any] = {"controller_url": controller_url}
+    if max_num_models_per_replica is not None:
+        chosen["max_num_models_per_replica"] = max_num_models_per_replica
+    if serving_token:
+        chosen["serving_token"] = SecretStr(serving_token)
+    settings = ServingSettings(**chosen)
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
     # Servable means the ingress holds a routing table: /models answers 200 from then on.
     wait_for_http(f"http://{host}:{port}/models", ready_timeout_s)

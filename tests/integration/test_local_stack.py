@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -17,6 +18,7 @@ import pytest
 
 from sigserve.stack import free_port
 from tests.integration.conftest import wait_for
+from tests.unit.test_controller_http import EVENT, delivery
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -37,6 +39,9 @@ def processes_with_home(home: Path) -> list[int]:
     return found
 
 
+USER_WEBHOOK_SECRET = "a-secret-the-user-chose-for-mlflow"
+
+
 @pytest.fixture()
 def stack_home() -> Iterator[Path]:
     home = Path(tempfile.mkdtemp(prefix="up-", dir="/tmp"))
@@ -51,6 +56,9 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
         "SIGSERVE_HOME": str(stack_home),
         "HF_HUB_OFFLINE": "1",
         **{f"SIGSERVE_{k}_PORT": str(v) for k, v in ports.items()},
+        # A secret the user chose (an MLflow webhook configured elsewhere signs with it) wins
+        # over the one the stack would generate.
+        "SIGSERVE_WEBHOOK_SECRET": USER_WEBHOOK_SECRET,
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     log = (stack_home / "up.log").open("wb")
@@ -75,6 +83,11 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
         refused = httpx.post(f"{serving}/models/translation_model/versions/3/serve",
                              json={"prompt": "Hello"}, timeout=30)
         assert refused.status_code == 409
+        controller = f"http://127.0.0.1:{ports['CONTROLLER']}/webhooks/mlflow"
+        generated = json.loads((stack_home / "secrets.json").read_text())["webhook_secret"]
+        for secret, status in ((USER_WEBHOOK_SECRET, 200), (generated, 401)):
+            body, headers = delivery(EVENT, delivery_id=f"d-{status}", secret=secret)
+            assert httpx.post(controller, content=body, headers=headers).status_code == status
         assert processes_with_home(stack_home)
     finally:
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
