@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test lint property fault storm load cluster-check clean
+.PHONY: up test lint property fault storm load cluster-check compose-check clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -50,6 +50,13 @@ load: $(VENV)/.dev
 # down (tests/integration/test_ray_cluster.py; ~2 min, ~2.5 GB more memory while it runs).
 cluster-check: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest tests/integration/test_ray_cluster.py -m cluster -ra -s
+
+# The docker-compose demo, end to end (deploy/compose/check.py; ~2.5 min, ~5 with a cold build):
+# builds the images (the stand-in base image and the wheelhouse where there are none), brings
+# the stack up, runs the notebook's scenario, a webhook across containers and a controller
+# restart from the host, prints the figures, and removes it all (volumes too), also on failure.
+compose-check: $(VENV)/.stack
+	$(VENV)/bin/python deploy/compose/check.py
 
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
