@@ -28,67 +28,21 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from controller import faults
 from controller.audit import AuditEvent, diff
-from controller.records import ModelRecord, VersionRecord
+from controller.records import ModelRecord
+from controller.rows import to_record, utc, write_row
 from controller.schema import (
     AuditEventRow,
-    ModelVersionRow,
     ReconcileRequestRow,
     RegisteredModelRow,
     TableRevisionRow,
     WebhookDeliveryRow,
 )
 from controller.table import build_table, content_digest
-from wire.routing_table import RoutingTable, VersionState
+from wire.routing_table import RoutingTable
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _utc(moment: datetime | None) -> datetime | None:
-    # SQLite keeps no offset: what was written in UTC comes back naive. PostgreSQL answers
-    # in the session's time zone, which is the server's unless set.
-    if moment is None:
-        return None
-    if moment.tzinfo is not None:
-        return moment.astimezone(UTC)
-    return moment.replace(tzinfo=UTC)
-
-
-def _to_record(row: RegisteredModelRow) -> ModelRecord:
-    return ModelRecord(
-        name=row.name,
-        policy=row.policy,
-        environment_policy=row.environment_policy,
-        default_version=row.default_version,
-        contract=row.contract,
-        registry_created_at=row.registry_created_at,
-        deleted_at=_utc(row.deleted_at),
-        alias_seen=row.alias_seen,
-        alias_refusal=row.alias_refusal,
-        registry_warning=row.registry_warning,
-        max_batch_size=row.max_batch_size,
-        batch_wait_ms=row.batch_wait_ms,
-        versions={
-            v.version: VersionRecord(
-                version=v.version,
-                state=VersionState(v.state),
-                reasons=list(v.reasons),
-                signature=v.signature,
-                signature_read=v.signature_read,
-                decided_against=v.decided_against,
-                decided_at=_utc(v.decided_at),
-                source=v.source,
-                artifact_uri=v.artifact_uri,
-                mlmodel_digest=v.mlmodel_digest,
-                environment=v.environment,
-                warnings=list(v.warnings or []),
-                override=v.override,
-                load_failure=v.load_failure,
-            )
-            for v in row.versions
-        },
-    )
 
 
 class Store:
@@ -118,13 +72,13 @@ class Store:
     def load_model(self, name: str) -> ModelRecord | None:
         with self._transaction() as session:
             row = self._load_row(session, name)
-            return _to_record(row) if row else None
+            return to_record(row) if row else None
 
     def _all_records(self, session: Session) -> list[ModelRecord]:
         rows = session.scalars(
             select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
         ).all()
-        return [_to_record(r) for r in rows]
+        return [to_record(r) for r in rows]
 
     def all_models(self) -> list[ModelRecord]:
         with self._transaction() as session:
@@ -162,7 +116,7 @@ class Store:
     ) -> ModelRecord | None:
         with self._write_lock, self._transaction() as session:
             row = self._load_row(session, name, for_update=True)
-            current = _to_record(row) if row else None
+            current = to_record(row) if row else None
             updated = change(current)
             if updated is None:
                 if row is not None:
@@ -205,7 +159,7 @@ class Store:
                     actor=r.actor,
                     before=r.before,
                     after=r.after,
-                    at=_utc(r.at),
+                    at=utc(r.at),
                     id=r.id,
                 )
                 for r in rows
@@ -220,47 +174,14 @@ class Store:
         if row is None:
             row = RegisteredModelRow(name=record.name, created_at=now)
             session.add(row)
-        row.policy = record.policy
-        row.environment_policy = record.environment_policy
-        row.default_version = record.default_version
-        row.contract = record.contract
-        row.registry_created_at = record.registry_created_at
-        row.deleted_at = record.deleted_at
-        row.alias_seen = record.alias_seen
-        row.alias_refusal = record.alias_refusal
-        row.registry_warning = record.registry_warning
-        row.max_batch_size = record.max_batch_size
-        row.batch_wait_ms = record.batch_wait_ms
-        row.updated_at = now
-        existing = {v.version: v for v in row.versions}
-        for gone in set(existing) - set(record.versions):
-            row.versions.remove(existing[gone])
-        for v in record.versions.values():
-            vrow = existing.get(v.version)
-            if vrow is None:
-                vrow = ModelVersionRow(model_name=record.name, version=v.version)
-                row.versions.append(vrow)
-            vrow.number = v.number
-            vrow.state = v.state.value
-            vrow.reasons = list(v.reasons)
-            vrow.signature = v.signature
-            vrow.signature_read = v.signature_read
-            vrow.decided_against = v.decided_against
-            vrow.decided_at = v.decided_at
-            vrow.source = v.source
-            vrow.artifact_uri = v.artifact_uri
-            vrow.mlmodel_digest = v.mlmodel_digest
-            vrow.environment = v.environment
-            vrow.warnings = list(v.warnings)
-            vrow.override = v.override
-            vrow.load_failure = v.load_failure
+        write_row(row, record, now)
 
     def delete_model(self, name: str, actor: str = "controller") -> bool:
         with self._write_lock, self._transaction() as session:
             row = self._load_row(session, name, for_update=True)
             if row is None:
                 return False
-            self._audit(session, diff(name, _to_record(row), None, actor))
+            self._audit(session, diff(name, to_record(row), None, actor))
             session.delete(row)
             return True
 

@@ -252,3 +252,14 @@ def test_a_write_behind_another_controllers_lock_fails_after_the_busy_timeout(
         release.set()
         thread.join(30)
     assert waiter.load_model("m") is not None  # nothing of the refused call was written
+
+
+def test_every_record_field_has_its_column() -> None:
+    """A field added to a record without its column (and migration) would be lost on write."""
+    from controller.rows import MODEL_FIELDS, VERSION_FIELDS
+    from controller.schema import ModelVersionRow, RegisteredModelRow
+
+    model_columns = set(RegisteredModelRow.__table__.columns.keys())
+    version_columns = set(ModelVersionRow.__table__.columns.keys())
+    assert set(MODEL_FIELDS) - model_columns == set()
+    assert set(VERSION_FIELDS) - version_columns == set()
