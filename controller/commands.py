@@ -26,7 +26,7 @@ from wire.routing_table import VersionState
 ADMIN = "admin"
 
 
-def _existing(
+def _decided_if_known(
     name: str, env: ServingEnvironment, change: Callable[[ModelRecord], ModelRecord]
 ) -> Callable[[ModelRecord | None], ModelRecord]:
     def apply(current: ModelRecord | None) -> ModelRecord:
@@ -40,7 +40,7 @@ def _existing(
 def _apply(
     store: Store, name: str, env: ServingEnvironment, change: Callable[[ModelRecord], ModelRecord]
 ) -> ModelRecord:
-    updated = store.update_model(name, _existing(name, env, change), ADMIN)
+    updated = store.update_model(name, _decided_if_known(name, env, change), ADMIN)
     assert updated is not None
     return updated
 
@@ -205,7 +205,7 @@ def record_load_failure(
         return replace(record, versions=versions)
 
     updated = store.update_model(
-        name, _existing(name, env, change), f"serving:{failure['replica']}"
+        name, _decided_if_known(name, env, change), f"serving:{failure['replica']}"
     )
     assert updated is not None
     return updated

@@ -36,7 +36,7 @@ from serving.exceptions import BodyTooLarge, InvalidInput
 from serving.frames import jsonable
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
-from serving.resolve import Target, find_model, header_version, held, resolve
+from serving.resolve import Target, find_model, header_version, resolve, table_or_not_ready
 from serving.table_source import TableSource
 from wire.routing_table import ModelEntry
 
@@ -90,7 +90,7 @@ def create_app(
 
     @app.get("/models")
     async def list_models() -> dict[str, Any]:
-        table = held(source.table)
+        table = table_or_not_ready(source.table)
         return {"revision": table.revision, "models": [_summary(m) for m in table.models.values()]}
 
     @app.get("/models/{name}")
@@ -132,11 +132,14 @@ def create_app(
         # The contract (the default version's signature) shapes what clients send; the chosen
         # version's own signature shapes what its model reads and writes.
         contract = contract_for(name, target.model.contract or target.version.signature)
-        own = contract_for(name, target.version.signature).signature or contract.signature
+        version_signature = (
+            contract_for(name, target.version.signature).signature or contract.signature
+        )
         body = await _json(request, max_body_bytes)
         _check_count(body, max_records)
         parsed = contract.parse(body)
-        return JSONResponse(await backend.serve(target, parsed.records, parsed.params, own))
+        served = await backend.serve(target, parsed.records, parsed.params, version_signature)
+        return JSONResponse(served)
 
     return app
 

@@ -42,14 +42,14 @@ class Target:
         return make_model_id(self.model.name, self.version.version, self.artifact)
 
 
-def held(table: RoutingTable | None) -> RoutingTable:
+def table_or_not_ready(table: RoutingTable | None) -> RoutingTable:
     if table is None:
         raise NotReady("no routing table has reached this replica yet")
     return table
 
 
 def find_model(table: RoutingTable | None, name: str) -> ModelEntry:
-    model = held(table).models.get(name)
+    model = table_or_not_ready(table).models.get(name)
     if model is None:
         raise UnknownModel(f"no model named {name!r} is registered for serving", model=name)
     return model
