@@ -11,6 +11,7 @@ $(VENV)/bin/python:
 	$(PIP) install --quiet --upgrade pip
 
 $(VENV)/.stack: $(VENV)/bin/python pyproject.toml requirements.lock
+	@echo "Installing sigserve and its dependencies into $(VENV) (minutes the first time)..."
 	$(PIP) install --quiet -c requirements.lock -e '.[stack]'
 	@touch $@
 

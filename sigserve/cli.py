@@ -4,6 +4,8 @@
 - ``sigserve controller``: the controller alone (``python -m controller`` does the same).
 - ``sigserve serve``: deploy the serving app onto a running Ray cluster and exit
   (``sigserve.cluster``).
+- ``sigserve status|pin|quarantine|release|events|policy``: the controller's admin API
+  (``sigserve.admin_cli``).
 """
 
 from __future__ import annotations
@@ -11,14 +13,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sigserve import admin_cli
+
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sigserve", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="sigserve", description=__doc__.splitlines()[0], epilog=admin_cli.EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start MLflow, the controller and the serving app; Ctrl-C stops all")
     sub.add_parser("controller", help="run the controller (settings from SIGSERVE_*)")
     _add_serve(sub)
+    admin_cli.register(sub)
     args = parser.parse_args(argv)
+    if args.command in admin_cli.COMMANDS:
+        return admin_cli.run(args)
     if args.command == "up":
         from sigserve.local_stack import run_local_stack
 
