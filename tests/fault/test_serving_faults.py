@@ -258,7 +258,11 @@ def test_a_redeployed_app_restores_the_table_and_keeps_quarantine(
         time.sleep(1.0)
         fault_at = time.monotonic()
         # What sigserve.stack.start_serving does, with the settings it used.
-        settings = ServingSettings(controller_url=ctl.url, max_num_models_per_replica=2)
+        settings = ServingSettings(
+            controller_url=ctl.url,
+            max_num_models_per_replica=2,
+            serving_token=ctl.secrets.serving_token,
+        )
         serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
         deployed_s = time.monotonic() - fault_at
         new = replaced(old)
