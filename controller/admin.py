@@ -21,6 +21,7 @@ from controller import commands
 from controller.compatibility import Policy
 from controller.decisions import load_failure_of
 from controller.environment import EnvironmentPolicy
+from controller.exceptions import NotFound
 from controller.records import ModelRecord, Signature
 from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
 from controller.services import Services, services
@@ -223,6 +224,11 @@ async def model_events(
 ) -> dict[str, Any]:
     """The model's audit log, newest first; ``next`` is the ``before`` of the next page."""
     events = await asyncio.to_thread(svc.store.events, name, limit=limit, before_id=before)
+    unknown = not events and before is None
+    if unknown and await asyncio.to_thread(svc.store.load_model, name) is None:
+        # A model deleted from the registry keeps its record and its log; one never stored has
+        # neither, and an empty log would hide a misspelt name.
+        raise NotFound(f"registered model '{name}' is not known to sigserve")
     return {
         "events": [
             {

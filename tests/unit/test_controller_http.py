@@ -355,3 +355,15 @@ def test_problems_speak_the_serving_apps_dialect(client: TestClient) -> None:
         assert body["status"] == r.status_code and body["instance"] == r.request.url.path
     # Starlette's own answers (no such route) are not sigserve's problems.
     assert client.get("/no-such-route").json()["type"] == "about:blank"
+
+
+def test_the_events_of_a_model_never_stored_are_404(client: TestClient) -> None:
+    from controller.records import ModelRecord
+
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    svc.store.update_model("m", lambda _: ModelRecord(name="m", policy="backward"), "resync")
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    known = client.get("/admin/models/m/events", headers=admin)
+    assert known.status_code == 200 and known.json()["events"][0]["kind"] == "model"
+    missing = client.get("/admin/models/nope/events", headers=admin)
+    assert missing.status_code == 404 and "'nope'" in missing.json()["detail"]

@@ -208,3 +208,4 @@ def test_unknown_versions_are_404_and_other_artifacts_409(client: TestClient) ->
     assert r.status_code == 404
     r = client.post("/serving/load-failures", json=report(mlmodel_digest="a" * 64), headers=AUTH)
     assert r.status_code == 409 and r.json()["title"] == "Stale report"
+
