@@ -9,8 +9,9 @@ a new revision of the routing table that the serving app long-polls.
 
 Layers, outermost first:
 
-- ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``table_api``,
-  ``load_failures`` (serving replicas' reports of artifacts they could not load): HTTP.
+- ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``long_poll`` (the
+  routing table, as serving replicas wait for it), ``load_failures`` (serving replicas' reports
+  of artifacts they could not load): HTTP.
 - ``worker`` (the de-duplicating queue and resync loop) and ``reconciler`` (one model, one pass,
   safe to repeat).
 - ``leadership`` (which controller runs the worker when several share one PostgreSQL: a session
@@ -18,6 +19,8 @@ Layers, outermost first:
   published); on SQLite the one controller always leads.
 - ``compatibility``: the decision itself, a pure function.
 - ``store`` owns every database transaction; ``schema`` is the SQLAlchemy mapping, created only
-  by the Alembic migrations in ``migrations/``.
+  by the Alembic migrations in ``migrations/``; ``rows`` maps its rows to the ``records`` the
+  rest of the controller passes around; ``table_builder`` turns records into the routing table
+  (``wire.routing_table``) and ``broadcaster`` hands each new one to the waiting long-polls.
 - ``registry``: the only module that talks to MLflow.
 """

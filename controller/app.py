@@ -28,7 +28,7 @@ from tenacity import (
     wait_exponential,
 )
 
-from controller import admin, health, load_failures, problems, table_api, webhooks
+from controller import admin, health, load_failures, long_poll, problems, webhooks
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
 from controller.exceptions import RegistryUnavailable
@@ -187,5 +187,5 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(load_failures.router)
     app.include_router(health.router)
-    app.include_router(table_api.router)
+    app.include_router(long_poll.router)
     return app

@@ -37,7 +37,7 @@ from controller.schema import (
     TableRevisionRow,
     WebhookDeliveryRow,
 )
-from controller.table import build_table, content_digest
+from controller.table_builder import build_table, content_digest
 from wire.routing_table import RoutingTable
 
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from controller.table import content_digest
+from controller.table_builder import content_digest
 from sigserve.processes import ManagedProcess
 from sigserve.stack import Secrets, controller, free_port, mlflow_server
 from tests.fault.conftest import HOST, RESYNC_INTERVAL_S, Figures

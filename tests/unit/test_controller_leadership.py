@@ -30,7 +30,7 @@ from controller.leadership import AdvisoryLock, Leadership, Role
 from controller.metrics import Metrics
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
-from controller.table import content_digest
+from controller.table_builder import content_digest
 from tests.unit.test_controller_http import TOKEN, _settings, delivery
 from wire.routing_table import RoutingTable, VersionState
 

@@ -19,7 +19,7 @@ from sqlalchemy.exc import OperationalError
 from controller.database import is_migrated, make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
-from controller.table import content_digest
+from controller.table_builder import content_digest
 from wire.routing_table import RoutingTable, VersionState
 
 SIG = {"inputs": json.dumps([{"type": "string", "name": "prompt", "required": True}]),
