@@ -23,4 +23,7 @@ Layers, outermost first:
   rest of the controller passes around; ``table_builder`` turns records into the routing table
   (``wire.routing_table``) and ``broadcaster`` hands each new one to the waiting long-polls.
 - ``registry``: the only module that talks to MLflow.
+- ``metrics`` (the Prometheus metrics), ``decision_log`` (each committed decision logged and
+  counted) and ``publisher`` (publishing the table: timed, logged with what it changes, the
+  registration -> live histogram): what an operator sees (``docs/operations.md``).
 """

@@ -31,14 +31,15 @@ from tenacity import (
 from controller import admin, health, load_failures, long_poll, problems, webhooks
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
+from controller.decision_log import DecisionLog, ObservedStore
 from controller.exceptions import RegistryUnavailable
 from controller.leadership import AdvisoryLock, Leadership
 from controller.metrics import Metrics
+from controller.publisher import table_gauges
 from controller.reconciler import Reconciler
 from controller.registry import Registry
 from controller.services import Services
 from controller.settings import ControllerSettings
-from controller.store import Store
 from controller.table_sync import TableSync
 from controller.worker import Worker
 
@@ -72,10 +73,15 @@ def build_services(settings: ControllerSettings) -> Services:
     engine = make_engine(
         settings.resolved_database_url(), busy_timeout_s=settings.database_busy_timeout_s
     )
-    store = Store(engine)
-    registry = Registry(settings.mlflow_tracking_uri)
-    broadcaster = TableBroadcaster()
     metrics = Metrics.create()
+    # Decisions are logged and counted as they commit, whoever makes them.
+    store = ObservedStore(engine, decisions=DecisionLog(metrics))
+    registry = Registry(
+        settings.mlflow_tracking_uri,
+        on_error=lambda kind: metrics.registry_errors.labels(kind).inc(),
+    )
+    # The table gauges follow whatever table the long-poll answers with.
+    broadcaster = TableBroadcaster(on_new=table_gauges(metrics))
     environment = settings.serving_environment()
     reconciler = Reconciler(
         store,
@@ -104,7 +110,7 @@ def build_services(settings: ControllerSettings) -> Services:
     )
     leadership = Leadership(lock, metrics.leader, interval_s=settings.leader_election_interval_s)
     table_sync = (
-        TableSync(store, broadcaster, metrics, poll_s=settings.follower_poll_s) if elected else None
+        TableSync(store, broadcaster, poll_s=settings.follower_poll_s) if elected else None
     )
     return Services(
         settings, engine, store, registry, broadcaster, metrics, worker, environment,

@@ -7,14 +7,17 @@ there is, or until their timeout; Ray Serve's own proxies and Envoy's xDS get ro
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from wire.routing_table import RoutingTable, supersedes
 
 
 class TableBroadcaster:
-    def __init__(self) -> None:
+    def __init__(self, on_new: Callable[[RoutingTable], None] | None = None) -> None:
         self._table: RoutingTable | None = None
         self._changed = asyncio.Condition()
+        # Told of each table taken (the gauges of the table held: ``controller.publisher``).
+        self._on_new = on_new
 
     @property
     def current(self) -> RoutingTable | None:
@@ -25,6 +28,8 @@ class TableBroadcaster:
             if supersedes(table, self._table):
                 self._table = table
                 self._changed.notify_all()
+                if self._on_new is not None:
+                    self._on_new(table)
 
     async def newer_than(
         self, revision: int, epoch: str | None, timeout: float

@@ -1,10 +1,36 @@
-"""Prometheus metrics of one controller instance (its own registry, built by the app)."""
+"""Prometheus metrics of one controller instance (its own registry, built by the app).
+
+Served at ``GET /metrics`` (``controller.health``). Every metric is named, with what to alert
+on, in ``docs/operations.md``; ``deploy/grafana/sigserve.json`` charts them. Label values are
+known in advance (results, states, policies, kinds), never model names: a signed webhook can
+name any model, and the controller's metrics must stay bounded. The series of every known label
+value are created at 0, so a rate or an alert sees them before the first event.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from controller.compatibility import Policy
+from wire.routing_table import VersionState
+
+WEBHOOK_RESULTS = (
+    "accepted", "duplicate", "rejected", "malformed", "too_large", "no_length",
+)  # fmt: skip
+RECONCILE_RESULTS = ("ok", "temporary_error", "permanent_error", "error")
+# What a failed registry call was: worth a retry (network, 5xx), refused for good (permissions,
+# bad request), or about a model or version that no longer exists.
+REGISTRY_ERROR_KINDS = ("temporary", "permanent", "gone")
+LOAD_REPORT_RESULTS = ("recorded", "repeated", "stale", "unknown", "unauthorized")
+STATES = tuple(s.value for s in VersionState)
+POLICIES = tuple(p.value for p in Policy)
+
+# Seconds. A publish reads every decision and writes one row; registration to live spans the
+# webhook, the artifact read, the decision and the publish (a resync can take 30 s more).
+PUBLISH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REGISTRATION_BUCKETS = (0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)
 
 
 @dataclass
@@ -17,11 +43,15 @@ class Metrics:
     versions: Gauge
     load_failure_reports: Counter
     leader: Gauge
+    decisions: Counter
+    registry_errors: Counter
+    publish_seconds: Histogram
+    registration_to_live_seconds: Histogram
 
     @classmethod
     def create(cls) -> Metrics:
         r = CollectorRegistry()
-        return cls(
+        metrics = cls(
             registry=r,
             webhooks=Counter(
                 "sigserve_webhooks", "Webhook deliveries by result", ["result"], registry=r
@@ -33,10 +63,15 @@ class Metrics:
                 "sigserve_reconcile_seconds", "Time for one reconcile pass", registry=r
             ),
             table_revision=Gauge(
-                "sigserve_routing_table_revision", "Revision of the published table", registry=r
+                "sigserve_routing_table_revision",
+                "Revision of the routing table this controller answers the long-poll with",
+                registry=r,
             ),
             versions=Gauge(
-                "sigserve_model_versions", "Known model versions by state", ["state"], registry=r
+                "sigserve_model_versions",
+                "Model versions in that routing table, by state",
+                ["state"],
+                registry=r,
             ),
             load_failure_reports=Counter(
                 "sigserve_load_failure_reports",
@@ -49,4 +84,60 @@ class Metrics:
                 "1 while this controller leads (runs the reconcile loop), 0 while it follows",
                 registry=r,
             ),
+            decisions=Counter(
+                "sigserve_decisions",
+                "Versions whose verdict (state or reasons) changed, by the new state and the "
+                "model's compatibility policy",
+                ["state", "policy"],
+                registry=r,
+            ),
+            registry_errors=Counter(
+                "sigserve_registry_errors",
+                "Failed calls to the MLflow registry, by kind (temporary, permanent, gone)",
+                ["kind"],
+                registry=r,
+            ),
+            publish_seconds=Histogram(
+                "sigserve_publish_seconds",
+                "Time to publish the routing table: build it from the decisions, write its "
+                "revision, hand it to the long-poll",
+                buckets=PUBLISH_BUCKETS,
+                registry=r,
+            ),
+            registration_to_live_seconds=Histogram(
+                "sigserve_registration_to_live_seconds",
+                "From a version's creation in the registry (its creation_timestamp) to the "
+                "publish of the first table in which it is live",
+                buckets=REGISTRATION_BUCKETS,
+                registry=r,
+            ),
         )
+        metrics._zero()
+        return metrics
+
+    def _zero(self) -> None:
+        for result in WEBHOOK_RESULTS:
+            self.webhooks.labels(result)
+        for result in RECONCILE_RESULTS:
+            self.reconciles.labels(result)
+        for result in LOAD_REPORT_RESULTS:
+            self.load_failure_reports.labels(result)
+        for kind in REGISTRY_ERROR_KINDS:
+            self.registry_errors.labels(kind)
+        for state in STATES:
+            self.versions.labels(state)
+            for policy in POLICIES:
+                self.decisions.labels(state, policy)
+
+
+def exported_names(registry: CollectorRegistry) -> set[str]:
+    """Every series name ``registry`` exports (``_total``, ``_bucket``... included)."""
+    names: set[str] = set()
+    for family in registry.collect():
+        names.add(family.name)
+        names.update(sample.name for sample in family.samples)
+        if family.type == "histogram":
+            names.update(f"{family.name}{s}" for s in ("_bucket", "_count", "_sum"))
+        if family.type == "counter":
+            names.add(f"{family.name}_total")
+    return names

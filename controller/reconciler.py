@@ -17,8 +17,8 @@ new version.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
 from controller.artifacts import ArtifactFacts
@@ -53,6 +53,8 @@ class Outcome:
     # Writing the verdict back to the registry (tags, alias): the caller runs it *after*
     # publishing, so the registry's round trips never delay serving's new table.
     write_back: Callable[[], None] | None = None
+    # When the registry created each version seen (ms): for the registration -> live metric.
+    registered_at: Mapping[str, int] = field(default_factory=dict)
 
 
 def _with_facts(known: VersionRecord, facts: ArtifactFacts) -> VersionRecord:
@@ -224,17 +226,16 @@ class Reconciler:
 
         # Decided from a fresh read inside the write transaction: an admin change made while
         # the registry was being read is built on, never overwritten.
+        # Each decision is logged and counted as it commits (``controller.decision_log``).
         decided = self._store.update_model(name, decide, actor)
         assert decided is not None
         changed = before is None or decided != before
-        for v in decided.sorted_versions():
-            if changed and (before is None or before.versions.get(v.version) != v):
-                log.info("%s v%s: %s %s", name, v.version, v.state.value, "; ".join(v.reasons))
         retry = "; ".join(f"v{k}: {v}" for k, v in failures.items()) or None
         return Outcome(
             changed=changed,
             retry_reason=retry,
             write_back=lambda: self._sync_registry(decided, observed, alias_now),
+            registered_at={o.version: o.created_at for o in observed if o.created_at},
         )
 
     def _sync_registry(

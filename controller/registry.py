@@ -66,6 +66,8 @@ class ObservedVersion:
     source: str | None
     # The version's tags as the registry holds them (the controller writes ``sigserve.*``).
     tags: dict[str, str] = field(default_factory=dict)
+    # When the registry created it (ms since the epoch, the registry's clock).
+    created_at: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -92,6 +94,10 @@ def _python_version(python_env_path: Path | None, mlmodel: dict[str, Any]) -> st
     return str(version) if version else None
 
 
+def _millis(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and value > 0 else None
+
+
 class RegistryWriter(Protocol):
     """What the controller writes back to the registry (``controller.registry_sync``)."""
 
@@ -114,7 +120,11 @@ class RegistryPort(RegistryWriter, Protocol):
 
 
 class Registry:
-    def __init__(self, tracking_uri: str) -> None:
+    def __init__(
+        self, tracking_uri: str, *, on_error: Callable[[str], None] | None = None
+    ) -> None:
+        # Told the kind of every failed call: "temporary", "permanent" or "gone" (a metric).
+        self._on_error = on_error
         # MLflow's own retries back off for minutes; the worker retries with its own backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
@@ -131,12 +141,20 @@ class Registry:
             return fn()
         except MlflowException as exc:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST" and model is not None:
+                self._failed("gone")
                 raise RegisteredModelGone(model) from exc
             if exc.error_code in PERMANENT_ERRORS:
+                self._failed("permanent")
                 raise RegistryRefused(f"{exc.error_code}: {exc.message}"[:500]) from exc
+            self._failed("temporary")
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc.message}") from exc
         except OSError as exc:  # requests' errors are OSErrors
+            self._failed("temporary")
             raise RegistryUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+    def _failed(self, kind: str) -> None:
+        if self._on_error is not None:
+            self._on_error(kind)
 
     def ping(self) -> None:
         self._call(lambda: self._client.search_registered_models(max_results=1))
@@ -171,6 +189,7 @@ class Registry:
                         status=str(v.status),
                         source=v.source,
                         tags={str(k): str(t) for k, t in (v.tags or {}).items()},
+                        created_at=_millis(v.creation_timestamp),
                     )
                     for v in page
                 )

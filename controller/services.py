@@ -19,6 +19,7 @@ from controller.settings import ControllerSettings
 from controller.store import Store
 from controller.table_sync import TableSync
 from controller.worker import Worker
+from wire.logs import trail
 
 log = logging.getLogger(__name__)
 # Models whose last webhook time is remembered (oldest forgotten first): signed deliveries
@@ -62,7 +63,8 @@ class Services:
         makes it at its next pass, which the enqueue brings about at once.
         """
         try:
-            published = await self.publish()
+            with trail(model=name, actor=why):
+                published = await self.publish()
         except Exception:
             log.exception("publishing after a change to %s failed; the worker will", name)
             published = False
@@ -83,9 +85,7 @@ class Services:
             return await self.worker.publish()
         if self.broadcaster.current is None:
             return False
-        table = await asyncio.to_thread(self.store.publish)
-        self.metrics.table_revision.set(table.revision)
-        await self.broadcaster.offer(table)
+        await self.worker.publisher.publish()
         return True
 
     async def request_reconcile(self, name: str, actor: str) -> None:

@@ -18,19 +18,15 @@ import asyncio
 import logging
 
 from controller.broadcaster import TableBroadcaster
-from controller.metrics import Metrics
 from controller.store import Store
 
 log = logging.getLogger(__name__)
 
 
 class TableSync:
-    def __init__(
-        self, store: Store, broadcaster: TableBroadcaster, metrics: Metrics, *, poll_s: float
-    ) -> None:
+    def __init__(self, store: Store, broadcaster: TableBroadcaster, *, poll_s: float) -> None:
         self._store = store
         self._broadcaster = broadcaster
-        self._metrics = metrics
         self._poll_s = poll_s
         self._failing = False
 
@@ -46,8 +42,9 @@ class TableSync:
         table = await asyncio.to_thread(self._store.published_table)
         if table is None:
             return False  # decisions committed since that publish: the next one brings them
-        await self._broadcaster.offer(table)
-        self._metrics.table_revision.set(table.revision)
+        await self._broadcaster.offer(table)  # its gauges: controller.publisher.table_gauges
+        log.info("loaded revision %d, published by another controller", table.revision,
+                 extra={"event": "table_loaded", "revision": table.revision})
         return True
 
     async def run(self) -> None:

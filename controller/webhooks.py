@@ -15,7 +15,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, StringConstraints, ValidationError
+from pydantic import BaseModel, BeforeValidator, StringConstraints, ValidationError
 
 from controller.exceptions import InvalidRequest, PayloadTooLarge, WebhookRejected
 from controller.services import Services, services
@@ -29,8 +29,15 @@ _NAME = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 _WORD = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
+def _version_or_none(value: Any) -> str | None:
+    # Only for the log line: a delivery is never refused over it.
+    return str(value)[:64] if isinstance(value, str | int) and not isinstance(value, bool) else None
+
+
 class PayloadData(BaseModel):
     name: _NAME
+    # Version events name the version (``model_version.created``, tags, aliases).
+    version: Annotated[str | None, BeforeValidator(_version_or_none)] = None
 
 
 class Payload(BaseModel):
@@ -93,13 +100,18 @@ async def receive(request: Request, svc: Annotated[Services, Depends(services)])
     wanted = not event.startswith("prompt")
     # The leader keeps the in-memory fast path; a follower hands the name over with the record.
     hand_off = (name, actor) if wanted and not svc.leadership.is_leader else None
+    fields = {"event": "webhook", "delivery_id": delivery_id, "mlflow_event": event,
+              "model": name, "version": payload.data.version}
     if not await asyncio.to_thread(svc.store.record_delivery, delivery_id, event, hand_off):
         svc.metrics.webhooks.labels("duplicate").inc()
+        log.info("webhook %s for %s: a duplicate of delivery %s", event, name, delivery_id,
+                 extra={**fields, "result": "duplicate"})
         return {"status": "duplicate", "delivery_id": delivery_id}
     svc.metrics.webhooks.labels("accepted").inc()
     svc.heard_from(name, received_at, event)
     if wanted and hand_off is None:
         svc.worker.enqueue(name, actor)
-    log.info("webhook %s for %s (delivery %s%s)", event, name, delivery_id,
-             ", handed to the leader" if hand_off else "")
+    version = f" v{payload.data.version}" if payload.data.version else ""
+    log.info("webhook %s for %s%s (delivery %s%s)", event, name, version, delivery_id,
+             ", handed to the leader" if hand_off else "", extra={**fields, "result": "accepted"})
     return {"status": "accepted", "delivery_id": delivery_id}

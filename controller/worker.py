@@ -33,12 +33,17 @@ from controller import faults
 from controller.broadcaster import TableBroadcaster
 from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.metrics import Metrics
+from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.registry import RegistryPort
 from controller.store import Store
+from wire.logs import trail
 
 log = logging.getLogger(__name__)
+WEBHOOK_ACTOR = "webhook:"
 DELIVERY_MEMORY = timedelta(days=1)
+# Webhook deliveries remembered per waiting name (for its log lines), the latest kept.
+_DELIVERIES_PER_NAME = 20
 
 
 class Worker:
@@ -61,6 +66,7 @@ class Worker:
         self._registry = registry
         self._broadcaster = broadcaster
         self._metrics = metrics
+        self.publisher = Publisher(store, broadcaster, metrics)
         self._resync_interval_s = resync_interval_s
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
@@ -68,6 +74,9 @@ class Worker:
         self._waiting: set[str] = set()
         # Who asked for each waiting name (the latest ask): the audit log's actor.
         self._actors: dict[str, str] = {}
+        # The webhook deliveries that asked for each waiting name: its pass's log lines name
+        # them all (``wire.logs.trail``), so any one delivery id leads to the decision.
+        self._deliveries: dict[str, list[str]] = {}
         self._attempts: Counter[str] = Counter()
         self._retries: set[asyncio.TimerHandle] = set()
         # Set when a publish failed after decisions were written: the next pass must publish
@@ -81,8 +90,14 @@ class Worker:
     def primed(self) -> bool:
         return self._primed
 
-    def enqueue(self, name: str, actor: str = "resync") -> None:
+    def enqueue(self, name: str, actor: str = "resync", deliveries: list[str] | None = None
+                ) -> None:
         self._actors[name] = actor
+        asked = self._deliveries.setdefault(name, [])
+        asked += deliveries or []
+        if actor.startswith(WEBHOOK_ACTOR):
+            asked.append(actor.removeprefix(WEBHOOK_ACTOR))
+        del asked[:-_DELIVERIES_PER_NAME]
         if name not in self._waiting:
             self._waiting.add(name)
             self._queue.put_nowait(name)
@@ -92,13 +107,8 @@ class Worker:
         if not self._primed:
             return False  # a fresh database's half-built table must not reach serving
         self._publish_owed = True
-        table = await asyncio.to_thread(self._store.publish)
+        await self.publisher.publish()
         self._publish_owed = False
-        self._metrics.table_revision.set(table.revision)
-        states = Counter(v.state.value for m in table.models.values() for v in m.versions.values())
-        for state in ("live", "quarantined", "pending"):
-            self._metrics.versions.labels(state).set(states.get(state, 0))
-        await self._broadcaster.offer(table)
         return True
 
     async def run(self) -> None:
@@ -106,30 +116,32 @@ class Worker:
             name = await self._queue.get()
             self._waiting.discard(name)
             actor = self._actors.pop(name, "resync")
+            deliveries = self._deliveries.pop(name, [])
             try:
-                await self._process(name, actor)
+                with trail(model=name, actor=actor, delivery_ids=deliveries):
+                    await self._process(name, actor, deliveries)
             except Exception:
                 # Publishing failed (say, the database was locked for too long): the worker
                 # must go on; the name comes back with the backoff and the resync.
                 self._metrics.reconciles.labels("error").inc()
                 log.exception("publishing after reconciling %s failed", name)
-                self._retry_later(name, "publishing failed")
+                self._retry_later(name, "publishing failed", deliveries)
             finally:
                 self._queue.task_done()
 
-    async def _process(self, name: str, actor: str) -> None:
+    async def _process(self, name: str, actor: str, deliveries: list[str]) -> None:
         started = time.perf_counter()
         try:
             outcome = await asyncio.to_thread(self._reconciler.reconcile, name, actor)
         except RegistryUnavailable as exc:
             self._metrics.reconciles.labels("temporary_error").inc()
-            self._retry_later(name, str(exc))
+            self._retry_later(name, str(exc), deliveries)
             return
         except OperationalError as exc:
             # The database is locked by another writer or unreachable: temporary, like a
             # registry outage (the transaction was rolled back, nothing of it is written).
             self._metrics.reconciles.labels("temporary_error").inc()
-            self._retry_later(name, f"database unavailable: {exc.orig}")
+            self._retry_later(name, f"database unavailable: {exc.orig}", deliveries)
             return
         except RegistryRefused as exc:
             # Retrying soon cannot help; the resync comes back to it.
@@ -144,6 +156,11 @@ class Worker:
         finally:
             self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
         self._metrics.reconciles.labels("ok").inc()
+        # A pass that changes nothing (most resync passes) is not worth a line at INFO.
+        log.log(logging.INFO if outcome.changed else logging.DEBUG, "reconciled %s: %s", name,
+                "changed" if outcome.changed else "no change",
+                extra={"event": "reconcile", "changed": outcome.changed})
+        self.publisher.expect(name, outcome.registered_at)
         if outcome.changed or self._publish_owed:
             # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
             faults.kill_at("committed", name)
@@ -151,11 +168,11 @@ class Worker:
         if outcome.write_back is not None:
             await asyncio.to_thread(outcome.write_back)
         if outcome.retry_reason:
-            self._retry_later(name, outcome.retry_reason)
+            self._retry_later(name, outcome.retry_reason, deliveries)
         else:
             self._attempts.pop(name, None)
 
-    def _retry_later(self, name: str, why: str) -> None:
+    def _retry_later(self, name: str, why: str, deliveries: list[str] | None = None) -> None:
         # A rate-limited requeue per name (client-go's per-item exponential failure limiter),
         # not a retry of a call: the name goes back on the queue, where a webhook or a resync
         # may bring it sooner, and the worker serves other names meanwhile.
@@ -165,7 +182,8 @@ class Worker:
 
         def retry() -> None:
             self._retries.discard(handle)
-            self.enqueue(name, "retry")
+            # The deliveries that asked go on with the retry: their trail leads to its decision.
+            self.enqueue(name, "retry", deliveries)
 
         handle = asyncio.get_running_loop().call_later(delay, retry)
         self._retries.add(handle)
@@ -178,6 +196,8 @@ class Worker:
         self._queue = asyncio.Queue()
         self._waiting.clear()
         self._actors.clear()
+        self._deliveries.clear()
+        self.publisher.reset()
         self._attempts.clear()
         self._publish_owed = False
         self._primed = False

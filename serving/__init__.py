@@ -21,5 +21,7 @@ hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydant
 docs), ``api`` (the FastAPI app; no Ray), ``batching`` (per-version batches; no Ray),
 ``model_host`` (batches, warm-up, the API's backend; no Ray), ``loader`` (MLflow loading; no
 Ray), ``load_reports`` (telling the controller of artifacts that cannot load; no Ray),
-``server`` (the deployment) and ``app`` (``build_app``).
+``recorder`` (what the request path tells the metrics; no Ray), ``metrics`` (the replicas'
+metrics on ``ray.serve.metrics``), ``server`` (the deployment, its own JSON log file) and
+``app`` (``build_app``).
 """

@@ -19,7 +19,9 @@ Bodies for ``/serve`` are described in ``serving.contract``; errors in ``serving
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
@@ -32,13 +34,14 @@ from mlflow.models import ModelSignature
 from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
 from serving.contract import contract_for
-from serving.exceptions import BodyTooLarge, InvalidInput
+from serving.exceptions import BodyTooLarge, InvalidInput, ProblemError
 from serving.frames import jsonable
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
+from serving.recorder import NoRecorder, Recorder
 from serving.resolve import Target, find_model, header_version, resolve, table_or_not_ready
 from serving.table_source import TableSource
-from wire.routing_table import ModelEntry
+from wire.routing_table import ModelEntry, RoutingTable
 
 _SCORING_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 
@@ -68,11 +71,16 @@ def create_app(
     startup_wait_s: float = 0,
     max_body_bytes: int | None = None,
     max_records: int | None = None,
+    recorder: Recorder | None = None,
 ) -> FastAPI:
+    metrics = recorder if recorder is not None else NoRecorder()
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await source.start(wait_s=startup_wait_s)
+        await metrics.start()
         yield
+        await metrics.stop()
         await source.stop()
 
     app = FastAPI(
@@ -100,7 +108,7 @@ def create_app(
 
     @app.post("/models/{name}/serve")
     async def serve_default(name: str, request: Request) -> JSONResponse:
-        return await _serve(name, header_version(name, request.headers), request)
+        return await _serve(name, None, request)
 
     @app.post("/models/{name}/versions/{version}/serve")
     async def serve_version(name: str, version: str, request: Request) -> JSONResponse:
@@ -108,40 +116,84 @@ def create_app(
 
     @app.post("/models/{name}/invocations")
     async def invocations(name: str, request: Request) -> JSONResponse:
-        # Resolve before reading the body: a quarantined version answers 409 whatever is sent.
-        target = resolve(source.table, name, header_version(name, request.headers))
-        signature = contract_for(name, target.version.signature).signature
-        body = await _json(request, max_body_bytes)
-        if not isinstance(body, dict):
-            raise _bad_body("must be a JSON object with one of " + ", ".join(_SCORING_FORMATS))
-        _check_count(body, max_records)
-        data = {k: v for k, v in body.items() if k in _SCORING_FORMATS}
-        unknown = sorted(set(body) - set(_SCORING_FORMATS) - {"params"})
-        if unknown or len(data) != 1:
-            raise _bad_body(f"needs exactly one of {', '.join(_SCORING_FORMATS)} (and 'params')")
-        schema: Any = signature.inputs if signature is not None else None
+        started = time.perf_counter()
+        version: str | None = ""  # labels no version if the header names another model (400)
         try:
-            parsed = infer_and_parse_data(data, schema)
-        except MlflowException as exc:
-            raise _bad_body(exc.message) from None
-        prediction = await backend.invoke(target, parsed, body.get("params"))
-        return JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
+            version = header_version(name, request.headers)
+            # Resolve before reading the body: a quarantined version answers 409 whatever is
+            # sent.
+            target = resolve(source.table, name, version)
+            signature = contract_for(name, target.version.signature).signature
+            body = await _json(request, max_body_bytes)
+            if not isinstance(body, dict):
+                raise _bad_body("must be a JSON object with one of " + ", ".join(_SCORING_FORMATS))
+            _check_count(body, max_records)
+            data = {k: v for k, v in body.items() if k in _SCORING_FORMATS}
+            unknown = sorted(set(body) - set(_SCORING_FORMATS) - {"params"})
+            if unknown or len(data) != 1:
+                raise _bad_body(
+                    f"needs exactly one of {', '.join(_SCORING_FORMATS)} (and 'params')"
+                )
+            schema: Any = signature.inputs if signature is not None else None
+            try:
+                parsed = infer_and_parse_data(data, schema)
+            except MlflowException as exc:
+                raise _bad_body(exc.message) from None
+            prediction = await backend.invoke(target, parsed, body.get("params"))
+            response = JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
+        except BaseException as exc:
+            _failed(name, version, exc, started)
+            raise
+        metrics.request(name, target.version.version, 200, time.perf_counter() - started)
+        return response
 
     async def _serve(name: str, version: str | None, request: Request) -> JSONResponse:
-        target = resolve(source.table, name, version)
-        # The contract (the default version's signature) shapes what clients send; the chosen
-        # version's own signature shapes what its model reads and writes.
-        contract = contract_for(name, target.model.contract or target.version.signature)
-        version_signature = (
-            contract_for(name, target.version.signature).signature or contract.signature
-        )
-        body = await _json(request, max_body_bytes)
-        _check_count(body, max_records)
-        parsed = contract.parse(body)
-        served = await backend.serve(target, parsed.records, parsed.params, version_signature)
-        return JSONResponse(served)
+        started = time.perf_counter()
+        try:
+            if version is None:
+                version = ""  # labels no version if the header names another model (400)
+                version = header_version(name, request.headers)
+            target = resolve(source.table, name, version)
+            # The contract (the default version's signature) shapes what clients send; the
+            # chosen version's own signature shapes what its model reads and writes.
+            contract = contract_for(name, target.model.contract or target.version.signature)
+            version_signature = (
+                contract_for(name, target.version.signature).signature or contract.signature
+            )
+            body = await _json(request, max_body_bytes)
+            _check_count(body, max_records)
+            parsed = contract.parse(body)
+            served = await backend.serve(target, parsed.records, parsed.params, version_signature)
+            response = JSONResponse(served)
+        except BaseException as exc:
+            _failed(name, version, exc, started)
+            raise
+        # Timed and counted here, not in a middleware: one call on the request path.
+        metrics.request(name, target.version.version, 200, time.perf_counter() - started)
+        return response
+
+    def _failed(name: str, version: str | None, exc: BaseException, started: float) -> None:
+        """Record a request that raised (the problem handlers answer it)."""
+        if isinstance(exc, ProblemError):
+            status = exc.status
+        elif isinstance(exc, asyncio.CancelledError):
+            status = 499  # the client went away (nginx's code for it)
+        else:
+            status = 500
+        model, named = _labels(source.table, name, version)
+        metrics.request(model, named, status, time.perf_counter() - started)
 
     return app
+
+
+def _labels(table: RoutingTable | None, name: str, version: str | None) -> tuple[str, str]:
+    """Metric labels: the model and version as the table knows them, else "" (a client may
+    send any name, and a label per unknown name would grow without bound)."""
+    model = table.models.get(name) if table is not None else None
+    if model is None:
+        return "", ""
+    chosen = version if version is not None else model.default_version
+    return name, chosen if chosen is not None and chosen in model.versions else ""
 
 
 async def _json(request: Request, max_bytes: int | None) -> Any:

@@ -90,9 +90,17 @@ class _VersionQueue:
 class Batcher:
     """Batches requests per key (a multiplexed model id) and predicts them in worker threads."""
 
-    def __init__(self, *, wait_s: float = 0.0, inline_below_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        wait_s: float = 0.0,
+        inline_below_s: float = 0.0,
+        on_batch: Callable[[str, int], None] | None = None,
+    ) -> None:
         self._wait_s = wait_s
         self._inline_below_s = inline_below_s
+        # Told the key and the records of each batch formed (the batch-size metric).
+        self._on_batch = on_batch
         self._queues: dict[str, _VersionQueue] = {}
 
     def stats(self) -> dict[str, BatchStats]:
@@ -136,7 +144,10 @@ class Batcher:
             batch = _take(queue.items, max_batch_size)
             batch = [item for item in batch if not item.future.done()]  # cancelled by clients
             if batch:
-                await self._run(queue.stats, batch)
+                size = _records(batch)
+                if self._on_batch is not None:
+                    self._on_batch(queue.key, size)
+                await self._run(queue.stats, batch, size)
         queue.wakeup.clear()
 
     async def _gather(self, queue: _VersionQueue, max_batch_size: int, wait_s: float) -> None:
@@ -147,7 +158,7 @@ class Batcher:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(queue.wakeup.wait(), left)
 
-    async def _run(self, stats: BatchStats, batch: list[_Item]) -> None:
+    async def _run(self, stats: BatchStats, batch: list[_Item], size: int) -> None:
         inline = stats.call_s is not None and stats.call_s < self._inline_below_s
         try:
             if inline:
@@ -166,7 +177,6 @@ class Batcher:
             else (1 - _SMOOTHING) * stats.call_s + _SMOOTHING * per_call
         )
         stats.inline += inline
-        size = sum(len(item.records) for item in batch)
         stats.calls += calls
         stats.requests += len(batch)
         stats.records += size

@@ -49,10 +49,13 @@ class ModelHost:
         inline_below_s: float = 0.0,
         max_models: int = 2,
         warm_timeout_s: float = 120.0,
+        on_batch: Callable[[str, int], None] | None = None,
     ) -> None:
         self._get_model = get_model
         self._max_batch_size = max_batch_size
-        self._batcher = Batcher(wait_s=batch_wait_s, inline_below_s=inline_below_s)
+        self._batcher = Batcher(
+            wait_s=batch_wait_s, inline_below_s=inline_below_s, on_batch=on_batch
+        )
         self._max_models = max_models
         self._warm_timeout_s = warm_timeout_s
         self._warmed: deque[str] = deque(maxlen=_MEMORY)

@@ -19,8 +19,12 @@ would freeze it at import time, so the wrapper is made per replica in ``__init__
 
 from __future__ import annotations
 
+import functools
+import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -31,22 +35,26 @@ from serving.batching import BatchStats
 from serving.gcs_store import GcsTableStore
 from serving.load_reports import LoadFailureReporter
 from serving.loader import Artifact, LoadedModel, PyfuncLoader, Refusal, bind
+from serving.metrics import ReplicaMetrics
 from serving.model_host import ModelHost
 from serving.resolve import Target
 from serving.settings import ServingSettings
 from serving.table_source import TableSource
+from wire import logs
 
 
 @serve.ingress()
 class Server:
     def __init__(self, settings: ServingSettings) -> None:
         self._settings = settings
+        replica = serve.get_replica_context().replica_id.unique_id
+        _log_to_file(settings, replica)
+        # Ray's metrics exist only inside a replica: made here, never at import.
+        self._metrics = ReplicaMetrics()
         self._reporter: LoadFailureReporter | None = None
         if settings.serving_token is not None:
             self._reporter = LoadFailureReporter(
-                settings.controller_url,
-                settings.serving_token.get_secret_value(),
-                serve.get_replica_context().replica_id.unique_id,
+                settings.controller_url, settings.serving_token.get_secret_value(), replica
             )
         self._loader = PyfuncLoader(
             on_permanent_failure=self._reporter.report if self._reporter else None
@@ -59,7 +67,17 @@ class Server:
         # A plain closure, not a bound method: the multiplex wrapper stores its LRU as an
         # attribute of the function it wraps, which a bound method cannot carry.
         async def load(model_id: str) -> LoadedModel:
-            return await self._loader.load(model_id, self._artifacts[model_id])
+            started = time.perf_counter()
+            try:
+                loaded = await self._loader.load(model_id, self._artifacts[model_id])
+            except Exception:
+                self._metrics.loaded(model_id, time.perf_counter() - started, ok=False)
+                raise
+            self._metrics.loaded(model_id, time.perf_counter() - started, ok=True)
+            # Ray's multiplexer calls a model's ``__del__`` when it evicts it (and only then:
+            # on an instance, Python itself never calls it), which is how evictions are counted.
+            loaded.__dict__["__del__"] = functools.partial(self._metrics.evicted, model_id)
+            return loaded
 
         self._multiplexed: Callable[[str], Awaitable[LoadedModel]] = serve.multiplexed(
             max_num_models_per_replica=settings.max_num_models_per_replica
@@ -71,6 +89,7 @@ class Server:
             inline_below_s=settings.inline_predict_below_ms / 1000,
             max_models=settings.max_num_models_per_replica,
             warm_timeout_s=settings.warm_timeout_s,
+            on_batch=self._metrics.batch,
         )
 
     async def _model(self, target: Target) -> LoadedModel:
@@ -90,12 +109,14 @@ class Server:
             store=GcsTableStore(settings.app_name),
             prepare=self._host.warm if settings.warm_defaults else None,
         )
+        self._metrics.watch(source)
         return create_app(
             source,
             self._host,
             startup_wait_s=settings.table_startup_wait_s,
             max_body_bytes=settings.max_body_mb * 1024 * 1024,
             max_records=settings.max_records,
+            recorder=self._metrics,
         )
 
     # Read by tests and operators through a deployment handle.
@@ -119,3 +140,27 @@ class Server:
 
 def _stats(stats: BatchStats) -> dict[str, Any]:
     return asdict(stats)
+
+
+def replica_log_path(app_name: str, replica: str) -> Path:
+    """This replica's own log file (JSON lines), next to Ray Serve's in the session's logs:
+    ``<session>/logs/serve/sigserve_<app>_<replica>.log``."""
+    try:
+        from ray.serve._private.logging_utils import get_serve_logs_dir
+
+        directory = Path(get_serve_logs_dir())
+    except Exception:  # not in a Ray session, or Ray moved it: a file is still better than none
+        directory = Path(tempfile.gettempdir()) / "sigserve-logs"
+    return directory / f"sigserve_{app_name}_{replica}.log"
+
+
+def _log_to_file(settings: ServingSettings, replica: str) -> None:
+    # serving's and wire's loggers (the table taken, loads, failures) go to this replica's own
+    # file, every line naming the replica: the last link of a registration's trail.
+    logs.configure(
+        "serving",
+        path=replica_log_path(settings.app_name, replica),
+        log_format=settings.log_format,
+        loggers=("serving", "wire"),
+        static={"replica": replica, "app": settings.app_name},
+    )

@@ -8,6 +8,8 @@ and ``build_app`` forwards them to the model replicas.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -55,6 +57,9 @@ class ServingSettings(BaseSettings):
     warm_timeout_s: float = Field(default=120.0, gt=0)
     # How long the controller may hold one long-poll open before answering 204.
     table_poll_timeout_s: float = Field(default=30.0, gt=0)
+    # The replicas' log files (``sigserve_<app>_<replica>.log`` in Ray's session logs): JSON
+    # lines unless ``text`` (``wire.logs``; SIGSERVE_LOG_FORMAT).
+    log_format: Literal["json", "text"] | None = None
     # How long a starting ingress replica waits for its first table (from the key-value store
     # or the controller) before it reports ready anyway and answers 503 until one arrives.
     table_startup_wait_s: float = Field(default=5.0, ge=0)

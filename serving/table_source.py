@@ -38,6 +38,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -50,7 +51,7 @@ from tenacity import (
     wait_random,
 )
 
-from wire.routing_table import SCHEMA_VERSION, RoutingTable, supersedes
+from wire.routing_table import SCHEMA_VERSION, RoutingTable, changes, supersedes
 
 logger = logging.getLogger(__name__)
 
@@ -107,12 +108,19 @@ class TableSource:
         self._transport = transport
         self._prepare = prepare
         self._table: RoutingTable | None = None
+        # When the table held was taken (``time.monotonic``): its age, for the metrics.
+        self._taken_at: float | None = None
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     @property
     def table(self) -> RoutingTable | None:
         return self._table
+
+    @property
+    def taken_at(self) -> float | None:
+        """When the table held was taken (``time.monotonic()``), None before the first."""
+        return self._taken_at
 
     def offer(self, table: RoutingTable) -> bool:
         """Hold ``table`` if it is newer than the one held; say whether it was taken."""
@@ -121,9 +129,19 @@ class TableSource:
             return False
         if not supersedes(table, self._table):
             return False
+        changed = changes(table, self._table)
         self._table = table
+        self._taken_at = time.monotonic()
         self._arrived.set()
-        logger.info("routing table revision %d: %d models", table.revision, len(table.models))
+        # The end of a registration's trail: the replica id is on every line of its log.
+        logger.info(
+            "took revision %d (%d models): %s",
+            table.revision,
+            len(table.models),
+            ", ".join(changed) or "no version changed",
+            extra={"event": "table_taken", "revision": table.revision, "epoch": table.epoch,
+                   "changes": changed},
+        )  # fmt: skip
         return True
 
     async def take(self, table: RoutingTable) -> bool:

@@ -21,6 +21,7 @@ from types import FrameType
 from rich.console import Console
 from rich.panel import Panel
 
+from sigserve.log_follow import StackLog, stack_log_files
 from sigserve.processes import ProcessFailed
 from sigserve.settings import StackSettings
 from sigserve.stack import Secrets, controller, mlflow_server, start_serving, stop_serving
@@ -72,6 +73,7 @@ def _banner(s: StackSettings, token: str) -> tuple[Panel, list[str]]:
         f"MLflow       http://{s.host}:{s.mlflow_port}",
         f"Serving      {serving}   (OpenAPI: {serving}/docs)",
         f"Controller   {ctl}",
+        f"Metrics      {ctl}/metrics, http://{s.host}:{s.metrics_port}/metrics (serving)",
         f"Admin token  {token}",
         f"State        {s.home.resolve()}",
     ]
@@ -113,6 +115,10 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
 
     _catch_signals()
     home = s.home.resolve()
+    # What the parts log from now on, shown once the stack is up (sigserve.log_follow).
+    story = StackLog(stack_log_files(home),
+                     lambda text, style: console.print(text, style=style, markup=False,
+                                                       highlight=False, soft_wrap=True))
     generated = Secrets.load_or_create(home)
     token = s.chosen("admin_token", generated.admin_token)
     webhook_secret = s.chosen("webhook_secret", generated.webhook_secret)
@@ -124,6 +130,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
             (s.mlflow_port, "mlflow"),
             (s.controller_port, "controller"),
             (s.serving_port, "serving"),
+            (s.metrics_port, "metrics"),
         ):
             _check_free(s.host, port, what)
     except PortInUse as exc:
@@ -166,6 +173,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     num_cpus=s.ray_num_cpus,
                     fast_path=s.fast_path,
                     serving_token=serving_token,
+                    metrics_export_port=s.metrics_port,
                 )
                 _catch_signals()
             console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")
@@ -183,7 +191,8 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
             console.print("Try:")
             for line in tries:
                 console.print(f"  {line}", soft_wrap=True, highlight=False, markup=False)
-            console.print("Ctrl-C stops everything.")
+            console.print(f"Ctrl-C stops everything. What happens (all of it in {home / 'logs'}):")
+            stack.callback(story.start().stop)
             stop.wait()
         except KeyboardInterrupt:
             pass

@@ -25,6 +25,8 @@ class StackSettings(BaseSettings):
     mlflow_port: int = 5000
     serving_port: int = 8000
     controller_port: int = 8080
+    # Where Ray serves the serving replicas' metrics (Prometheus text, /metrics).
+    metrics_port: int = 8090
     # Generated once and kept in ``home``/secrets.json when unset.
     admin_token: SecretStr | None = None
     webhook_secret: SecretStr | None = None

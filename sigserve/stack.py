@@ -190,12 +190,15 @@ def start_serving(
     ready_timeout_s: float = 180.0,
     fast_path: bool = True,
     serving_token: str | None = None,
+    metrics_export_port: int | None = None,
 ) -> None:
     """Start a local Ray in this process, run the serving app on it, wait until it serves.
 
     ``address="local"`` always starts a new Ray, never joins a stale one. Ray stops it with
     ``stop_serving`` or when this process exits. ``fast_path`` (the default) starts Ray with
-    ``fast_path_env``; without it, Ray's Python proxy answers.
+    ``fast_path_env``; without it, Ray's Python proxy answers. ``metrics_export_port`` is where
+    Ray serves the replicas' metrics (``serving.metrics``) in Prometheus' format; unset, a port
+    Ray picks (``ray.nodes()[0]["MetricsExportPort"]`` names it).
     """
     import ray
     from pydantic import SecretStr
@@ -223,6 +226,7 @@ def start_serving(
             include_dashboard=False,
             log_to_driver=False,
             _temp_dir=str(ray_dir),
+            _metrics_export_port=metrics_export_port,
             runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, **hf_env}},
         )
     finally:

@@ -9,4 +9,6 @@ imports everything), so the arrows run one way:
   controller (``controller/``) and the serving app (``serving/``) agree on. They never import
   each other; they meet over HTTP with this schema.
 - ``problems``: the one RFC 9457 problem+json dialect both services answer errors in.
+- ``logs``: the one log format both services write (JSON lines in files, text on a terminal)
+  and the trail fields that connect a webhook to the replica that took its decision.
 """

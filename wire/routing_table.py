@@ -81,3 +81,41 @@ class RoutingTable(BaseModel):
 def supersedes(new: RoutingTable, held: RoutingTable | None) -> bool:
     """Whether ``new`` should replace ``held``: a higher revision, or another epoch."""
     return held is None or new.epoch != held.epoch or new.revision > held.revision
+
+
+# How many changes one log line names (a storm's first table can change thousands).
+CHANGES_SHOWN = 50
+
+
+def changes(new: RoutingTable, old: RoutingTable | None) -> list[str]:
+    """What ``new`` changes for serving: ``name/version=state`` for each version added or whose
+    state changed, ``name/version=removed``, ``name@default=version`` for a new default and
+    ``name=added`` for a model registered without a version yet.
+
+    Logged with each table published and taken, so a version's decision can be followed to the
+    revision that carried it and the replicas that took it. At most ``CHANGES_SHOWN``, then
+    ``+N more``.
+    """
+    found: list[str] = []
+    before = old.models if old is not None and old.epoch == new.epoch else {}
+    for name in sorted(set(new.models) | set(before)):
+        now, then = new.models.get(name), before.get(name)
+        versions = now.versions if now is not None else {}
+        previous = then.versions if then is not None else {}
+        if now is not None and then is None and not now.versions:
+            found.append(f"{name}=added")  # registered, no version yet
+        if now is not None and now.default_version != (then.default_version if then else None):
+            found.append(f"{name}@default={now.default_version}")
+        for version in sorted(set(versions) | set(previous), key=_number):
+            entry, held = versions.get(version), previous.get(version)
+            if entry is None:
+                found.append(f"{name}/{version}=removed")
+            elif held is None or held.state != entry.state:
+                found.append(f"{name}/{version}={entry.state.value}")
+    if len(found) > CHANGES_SHOWN:
+        return [*found[:CHANGES_SHOWN], f"+{len(found) - CHANGES_SHOWN} more"]
+    return found
+
+
+def _number(version: str) -> tuple[int, str]:
+    return (int(version), version) if version.isdigit() else (0, version)

@@ -50,7 +50,8 @@ def stack_home() -> Iterator[Path]:
 
 
 def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path) -> None:
-    ports = {"MLFLOW": free_port(), "SERVING": free_port(), "CONTROLLER": free_port()}
+    ports = {"MLFLOW": free_port(), "SERVING": free_port(), "CONTROLLER": free_port(),
+             "METRICS": free_port()}
     env = {
         **os.environ,
         "SIGSERVE_HOME": str(stack_home),
