@@ -132,10 +132,10 @@ class LeaderDuties:
         published = await asyncio.to_thread(svc.store.has_published)
         svc.loops["worker"] = asyncio.create_task(svc.worker.run())
         # A resync at once: a new leader learns what its predecessor left undone.
-        svc.loops["resync"] = asyncio.create_task(svc.worker.resync_loop())
+        svc.loops["resync"] = asyncio.create_task(svc.worker.resync.run())
         if svc.leadership.elected:
             svc.loops["requests"] = asyncio.create_task(
-                svc.worker.drain_requests_loop(svc.settings.follower_poll_s)
+                svc.worker.resync.take_requests_loop(svc.settings.follower_poll_s)
             )
         if published:
             # Decisions the database already holds are served at once, registry up or not

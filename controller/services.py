@@ -98,7 +98,7 @@ class Services:
     async def request_resync(self, actor: str = "admin") -> None:
         """Reconcile every model the registry or the database knows."""
         if self.leadership.is_leader:
-            await self.worker.resync_once()
+            await self.worker.resync.once()
             return
         names = set(await asyncio.to_thread(self.registry.model_names))
         names |= set(await asyncio.to_thread(self.store.model_names))

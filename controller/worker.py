@@ -1,13 +1,14 @@
-"""The work queue: de-duplicated names, one worker, periodic resync, retries with backoff.
+"""The work queue: de-duplicated names, one worker, retries with backoff.
 
 Webhooks and the resync loop only enqueue a registered model's name. A name already waiting is
 not added twice; a name that arrives while it is being reconciled is reconciled again after, so
 no event is lost. Temporary failures come back after a capped exponential backoff; the resync
-loop is the safety net for everything else.
+(``controller/resync.py``) is the safety net for everything else, and publishing is the
+``controller/publisher.py``'s.
 
 With several controllers on one PostgreSQL only the leader runs the worker
 (``controller/leadership.py``); what followers are asked to reconcile reaches it through the
-``reconcile_requests`` table, which the leader drains (``drain_requests_loop``). A controller
+``reconcile_requests`` table, which the leader takes (``Resync.take_requests_loop``). A controller
 that steps down forgets its queue (``reset``): the next leader starts with a full resync.
 """
 
@@ -36,12 +37,12 @@ from controller.metrics import Metrics
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.registry import RegistryPort
+from controller.resync import Resync
 from controller.store import Store
 from wire.logs import trail
 
 log = logging.getLogger(__name__)
 WEBHOOK_ACTOR = "webhook:"
-DELIVERY_MEMORY = timedelta(days=1)
 # Webhook deliveries remembered per waiting name (for its log lines), the latest kept.
 _DELIVERIES_PER_NAME = 20
 
@@ -60,14 +61,19 @@ class Worker:
         retry_max_s: float,
         audit_retention: timedelta = timedelta(days=90),
     ) -> None:
-        self._audit_retention = audit_retention
         self._reconciler = reconciler
         self._store = store
-        self._registry = registry
         self._broadcaster = broadcaster
         self._metrics = metrics
         self.publisher = Publisher(store, broadcaster, metrics)
-        self._resync_interval_s = resync_interval_s
+        # What fills the queue besides webhooks: the periodic resync, followers' requests.
+        self.resync = Resync(
+            registry,
+            store,
+            self.enqueue,
+            interval_s=resync_interval_s,
+            audit_retention=audit_retention,
+        )
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._queue: asyncio.Queue[str] = asyncio.Queue()
@@ -202,26 +208,6 @@ class Worker:
         self._publish_owed = False
         self._primed = False
 
-    async def drain_requests(self) -> int:
-        """Enqueue what followers were asked to reconcile; how many names."""
-        taken = await asyncio.to_thread(self._store.take_reconcile_requests)
-        for name, actor in taken:
-            self.enqueue(name, actor)
-        return len(taken)
-
-    async def drain_requests_loop(self, every_s: float) -> None:
-        failing = False
-        while True:
-            try:
-                await self.drain_requests()
-                failing = False
-            except Exception as exc:
-                # Temporary (the database): the requests stay in their table for the next try.
-                if not failing:
-                    log.warning("taking followers' reconcile requests failed (%s)", exc)
-                failing = True
-            await asyncio.sleep(every_s)
-
     async def prime(self, *, already_published: bool, settle_s: float = 120.0) -> None:
         """Let the table reach serving: at once, or after a first full pass over the registry.
 
@@ -237,38 +223,11 @@ class Worker:
                 retry=retry_if_result(lambda listed: not listed) | retry_if_exception_type(),
                 wait=wait_exponential(multiplier=self._retry_initial_s, max=self._retry_max_s),
                 before_sleep=_log_priming_failure,
-            )(self.resync_once)
+            )(self.resync.once)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._queue.join(), settle_s)
         self._primed = True
         await self.publish()
-
-    async def resync_once(self) -> bool:
-        """Enqueue every model the registry or the database knows; prune old records.
-
-        False when the registry could not be listed.
-        """
-        try:
-            names = await asyncio.to_thread(self._registry.model_names)
-        except RegistryUnavailable as exc:
-            log.warning("resync: registry unavailable (%s)", exc)
-            return False
-        known = await asyncio.to_thread(self._store.model_names)
-        # MLflow retries a delivery for seconds, so a day of delivery ids is plenty to dedupe.
-        await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
-        await asyncio.to_thread(self._store.prune_events, self._audit_retention)
-        for name in sorted(set(names) | set(known)):
-            self.enqueue(name)
-        return True
-
-    async def resync_loop(self) -> None:
-        while True:
-            try:
-                await self.resync_once()
-            except Exception:
-                log.exception("resync failed; trying again in %.0fs", self._resync_interval_s)
-            await asyncio.sleep(self._resync_interval_s)
-
 
 def _log_priming_failure(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None
