@@ -12,7 +12,8 @@ Layers, outermost first:
 - ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``long_poll`` (the
   routing table, as serving replicas wait for it), ``load_failures`` (serving replicas' reports
   of artifacts they could not load): HTTP.
-- ``worker`` (the de-duplicating queue and resync loop) and ``reconciler`` (one model, one pass,
+- ``worker`` (the de-duplicating queue, retries), ``resync`` (the periodic resync, pruning and
+  followers' requests, all feeding the queue) and ``reconciler`` (one model, one pass,
   safe to repeat).
 - ``leadership`` (which controller runs the worker when several share one PostgreSQL: a session
   advisory lock) and ``table_sync`` (a controller's long-poll fed with the tables others
