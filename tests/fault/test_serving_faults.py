@@ -24,6 +24,7 @@ from serving.loader import FAILED_LOAD_MEMORY_S
 from tests.integration.conftest import (
     ControllerHandle,
     artifact_dir,
+    loads_of,
     problem,
     register_echo,
     register_pickled,
@@ -161,10 +162,6 @@ def serving_replicas() -> set[str]:
 
     named = ray.util.list_named_actors(all_namespaces=True)
     return {a["name"] for a in named if "Server" in a["name"] and "REPLICA" in a["name"]}
-
-
-def loads_of(name: str, version: str) -> list[str]:
-    return [i for i in runner_loads() if i.startswith(f"{name}/{version}@")]
 
 
 def replaced(old: set[str], timeout_s: float = 120.0) -> set[str]:

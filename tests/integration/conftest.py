@@ -182,7 +182,12 @@ def load_attempted(name: str, version: str) -> bool:
 
     Model ids are ``name/version@key`` (the key names the checked artifact).
     """
-    return any(i.startswith(f"{name}/{version}@") for i in runner_loads())
+    return bool(loads_of(name, version))
+
+
+def loads_of(name: str, version: str) -> list[str]:
+    """The replica's load attempts of any artifact of ``name`` version ``version``, in order."""
+    return [i for i in runner_loads() if i.startswith(f"{name}/{version}@")]
 
 
 def serve_status(url: str, name: str, version: str | None = None,

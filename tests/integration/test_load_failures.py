@@ -12,19 +12,15 @@ import httpx
 from tests.integration.conftest import (
     ControllerHandle,
     artifact_dir,
+    loads_of,
     problem,
     register_echo,
     register_pickled,
-    runner_loads,
     serve_status,
     wait_for,
 )
 
 NAME = "reported_broken"
-
-
-def loads_of(version: str) -> int:
-    return sum(1 for i in runner_loads() if i.startswith(f"{NAME}/{version}@"))
 
 
 def reasons(ctl: ControllerHandle, version: str) -> list[str]:
@@ -62,10 +58,10 @@ def test_a_version_that_cannot_load_is_reported_and_quarantined_with_its_cause(
     assert took < 30
     answer = serve_status(serving_url, NAME, "2")
     assert any("UnpicklingError" in r for r in problem(answer)["reasons"]), answer.text
-    tries = loads_of("2")
+    tries = len(loads_of(NAME, "2"))
     for _ in range(5):
         assert serve_status(serving_url, NAME, "2").status_code == 409
-    assert loads_of("2") == tries  # a 409 is answered from the table: no load
+    assert len(loads_of(NAME, "2")) == tries  # a 409 is answered from the table: no load
     ok = serve_status(serving_url, NAME, "1")
     assert ok.status_code == 200 and ok.json() == [{"answer": "one:hi"}]
     events = httpx.get(f"{ctl.url}/admin/models/{NAME}/events", headers=ctl.admin, timeout=10)
@@ -84,4 +80,4 @@ def test_a_version_that_cannot_load_is_reported_and_quarantined_with_its_cause(
     wait_for(lambda: serve_status(serving_url, NAME, "2").status_code != 409, 30, 0.05)
     wait_for(refused, 30, 0.2)
     assert ctl.state_of(NAME, "2") == "quarantined"
-    assert loads_of("2") > tries
+    assert len(loads_of(NAME, "2")) > tries
