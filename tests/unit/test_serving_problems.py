@@ -6,7 +6,7 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from serving.contract import contract_for
-from serving.exceptions import InvalidInput, NotReady, VersionQuarantined
+from serving.exceptions import NotReady, VersionQuarantined
 from serving.problems import install_problem_handlers
 from wire.problems import MEDIA_TYPE
 
@@ -67,6 +67,7 @@ def test_409_carries_the_reasons() -> None:
 def test_503_says_when_to_retry() -> None:
     response = client_for(make_app()).get("/not-ready")
     assert response.status_code == 503
+    assert response.headers["content-type"] == MEDIA_TYPE
     assert response.headers["retry-after"] == "1"
     assert response.json()["type"] == "urn:sigserve:problem:not-ready"
 
@@ -74,12 +75,18 @@ def test_503_says_when_to_retry() -> None:
 def test_422_names_each_field_and_why() -> None:
     response = client_for(make_app()).post("/invalid")
     assert response.status_code == 422
-    body = response.json()
-    assert body["errors"] == [
-        {"field": "prompt", "reason": "is required"},
-        {"field": "x", "reason": "is not an input of this model"},
-    ]
-    assert isinstance(InvalidInput("x"), Exception)
+    assert response.headers["content-type"] == MEDIA_TYPE
+    assert response.json() == {
+        "type": "urn:sigserve:problem:invalid-input",
+        "title": "The request does not fit the model's contract",
+        "status": 422,
+        "detail": "prompt: is required; x: is not an input of this model",
+        "instance": "/invalid",
+        "errors": [
+            {"field": "prompt", "reason": "is required"},
+            {"field": "x", "reason": "is not an input of this model"},
+        ],
+    }
 
 
 def test_anything_else_is_a_500_without_internals() -> None:
