@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,20 @@ def sample(metrics: Metrics, line: str) -> float:
     raise AssertionError(f"no sample {line}")
 
 
+def reconciled(metrics: Metrics) -> float:
+    """Passes the worker finished, whatever their outcome."""
+    return sample(metrics, "sigserve_reconcile_seconds_count")
+
+
+async def until(condition: Callable[[], bool], within_s: float = 10.0) -> None:
+    """Poll ``condition`` on the event loop (the worker runs there) until true or the deadline."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {within_s} s")
+        await asyncio.sleep(0.01)
+
+
 @pytest.fixture()
 def stack(tmp_path: Path) -> tuple[Worker, Metrics, TableBroadcaster, Registered]:
     engine = make_engine(f"sqlite:///{tmp_path}/c.db")
@@ -93,11 +108,12 @@ def test_one_webhook_pass_is_counted_and_logged_from_delivery_to_revision(
         worker.enqueue("m", "webhook:d-1")
         worker.enqueue("m", "webhook:d-2")  # coalesced: the pass names both
         task = asyncio.create_task(worker.run())
-        for _ in range(100):
+
+        def published() -> bool:
             table = broadcaster.current
-            if table is not None and "m" in table.models:
-                break
-            await asyncio.sleep(0.02)
+            return table is not None and "m" in table.models
+
+        await until(published)
         task.cancel()
 
     asyncio.run(go())
@@ -140,9 +156,11 @@ def test_a_pass_that_changes_nothing_counts_no_decision(
     async def go() -> None:
         await worker.prime(already_published=True)
         task = asyncio.create_task(worker.run())
-        for actor in ("webhook:a", "resync", "webhook:b"):
+        for passes, actor in enumerate(("webhook:a", "resync", "webhook:b"), start=1):
             worker.enqueue("m", actor)
-            await asyncio.sleep(0.3)
+            # One pass at a time: each must be over before the next is asked for, or the
+            # queue would coalesce them into one.
+            await until(lambda: reconciled(metrics) == passes)  # noqa: B023 (awaited here)
         task.cancel()
 
     asyncio.run(go())

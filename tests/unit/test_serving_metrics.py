@@ -150,7 +150,11 @@ def test_replica_metrics_batch_the_request_path_and_hand_it_to_ray_once_a_flush(
         thread = threading.Thread(target=m.evicted, args=("echo/2@0123456789abcdef",))
         thread.start()
         thread.join()
-        await asyncio.sleep(0.05)  # the eviction is recorded on the event loop
+        # Recorded on the event loop by a callback the thread scheduled; the loop runs its
+        # callbacks in order, so once this later one has run, so has the eviction's.
+        after_eviction = asyncio.Event()
+        asyncio.get_running_loop().call_soon(after_eviction.set)
+        await asyncio.wait_for(after_eviction.wait(), 5)
         m.flush()
         m.request("echo", "1", 200, 7.0)
         await m.stop()  # flushes what is left
