@@ -162,7 +162,10 @@ def test_the_model_read_tells_a_recreated_model_and_carries_aliases_and_tags(
     client.delete_registered_model("again")
     with pytest.raises(RegisteredModelGone):
         registry.model("again")
-    time.sleep(0.01)
+    # MLflow stamps in milliseconds: the model made again must not share the first's.
+    deadline = time.monotonic() + 5
+    while int(time.time() * 1000) <= first and time.monotonic() < deadline:
+        pass
     client.create_registered_model("again")
     assert registry.model("again").created_at > first
     registry.set_model_tag(NAME, "sigserve.compatibility", "exact")
