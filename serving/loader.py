@@ -20,12 +20,16 @@ new version); garbage that happened to be waiting is frozen too, until the heap 
 Reference counting still frees a model when it is evicted; the heap is unfrozen then, so the
 next full collection finds whatever cycles it left, and the next load freezes again.
 
-A load that fails is answered from memory for a few seconds (``FAILED_LOAD_MEMORY_S``, the
+A load that fails is answered from memory for a while (``serving.failed_loads``, the
 ``Retry-After`` of its 503): without that, every request to a broken version downloads and loads
-it again, one after another behind Ray's multiplexer lock (which holds back every other model's
-loads on the replica meanwhile), and the multiplexer may evict a healthy model before each try.
-Its cause is told as ``Type: message``, with the replica's download directory replaced by the
-artifact's source: the client needs the file, not the replica's temp path.
+it again, one after another, holding back every other model's loads on the replica. Whose fault
+it was decides what follows (``serving.load_faults``): the artifact's (it cannot be unpickled,
+an import the image lacks, no pyfunc flavor, not the checked MLmodel) is reported to the
+controller, which quarantines the version; the replica's (memory, disk, network, a timeout) is
+never reported and is tried again with backoff. A model's default is reported only when a second
+load from a fresh download fails too (``load(confirm=True)``). Its cause is told as
+``Type: message``, with the replica's download directory replaced by the artifact's source: the
+client needs the file, not the replica's temp path.
 
 Downloading, loading and predicting block (file and network I/O, model code), so they run in a
 worker thread and the replica keeps serving other models meanwhile. MLflow finds the registry
@@ -54,6 +58,8 @@ import mlflow.pyfunc
 from mlflow.exceptions import MlflowException
 
 from serving.exceptions import ModelFailed, ModelRejectedInput, ModelUnavailable
+from serving.failed_loads import FailedLoads
+from serving.load_faults import is_replicas_fault
 
 logger = logging.getLogger(__name__)
 # How many load attempts and refusals a replica remembers.
@@ -66,6 +72,8 @@ _KEY_CHARS = 16
 _SHORT_DIGEST = 12
 # How long a failed load is answered from memory instead of tried again.
 FAILED_LOAD_MEMORY_S = float(ModelUnavailable.retry_after or 5)
+# The longest a failure of the replica's own (memory, disk, network) is answered from memory.
+FAILED_LOAD_MEMORY_MAX_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -176,9 +184,9 @@ class _DigestMismatch(Exception):
 class _LoadFailed(Exception):
     """A download or load that raised, told in terms of the artifact (see ``_cause``).
 
-    ``permanent``: the artifact was downloaded and is what cannot be loaded (a broken pickle,
-    a file missing from it, a package the replica lacks), so trying again gets the same. A
-    failed download (MLflow or the artifact store down) may pass.
+    ``permanent``: the artifact was downloaded and is what cannot be loaded (the artifact's
+    fault, ``serving.load_faults``), so trying again gets the same. A failed download (MLflow
+    or the artifact store down), or a load that ran out of memory, disk or network, may pass.
     """
 
     def __init__(self, cause: str, *, permanent: bool) -> None:
@@ -203,23 +211,26 @@ class PyfuncLoader:
 
     Attempts, not successes, are what is remembered: "a quarantined version is never loaded"
     must hold for a load that failed too. A load that failed (or was refused) is not tried again
-    for ``remember_failures_s``: ``check`` and ``load`` raise its error again meanwhile.
+    for a while: ``check`` and ``load`` raise its error again meanwhile, with what is left of
+    the while as its ``Retry-After``. The while is ``remember_failures_s`` for a failure of the
+    artifact (reported: the controller's 409 ends it), and for the replica's own failures it
+    doubles with each one in a row up to ``max_remember_failures_s``, until a load passes.
     """
 
     def __init__(
         self,
         *,
         remember_failures_s: float = FAILED_LOAD_MEMORY_S,
+        max_remember_failures_s: float = FAILED_LOAD_MEMORY_MAX_S,
         clock: Callable[[], float] = time.monotonic,
         on_permanent_failure: Callable[[LoadFailure], None] | None = None,
     ) -> None:
         # Bounded: a long-running replica keeps the latest, which is what anyone reads.
         self._attempts: deque[str] = deque(maxlen=_MEMORY)
         self._refusals: deque[Refusal] = deque(maxlen=_MEMORY)
-        self._remember_failures_s = remember_failures_s
-        self._clock = clock
-        # Model id -> (until when, the error), oldest first; only failures still remembered.
-        self._failures: dict[str, tuple[float, ModelUnavailable]] = {}
+        self._failed_loads = FailedLoads(
+            base_s=remember_failures_s, max_s=max_remember_failures_s, clock=clock
+        )
         # Told of each failure that trying again would not mend (the controller hears of it).
         self._on_permanent_failure = on_permanent_failure
 
@@ -233,71 +244,98 @@ class PyfuncLoader:
 
     def check(self, value: str) -> None:
         """Raise the error of a load of ``value`` that failed less than a while ago, if any."""
-        failure = self._failures.get(value)
-        if failure is None:
-            return
-        until, error = failure
-        if self._clock() >= until:
-            del self._failures[value]
-            return
-        # A fresh exception per request: one instance raised by many would share a traceback.
-        raise ModelUnavailable(error.detail, **error.extensions)
+        self._failed_loads.check(value)
 
-    async def load(self, value: str, artifact: Artifact) -> LoadedModel:
+    async def load(self, value: str, artifact: Artifact, *, confirm: bool = False) -> LoadedModel:
+        """Download ``artifact``, check its ``MLmodel`` digest and load it.
+
+        ``confirm``: a failure of the artifact is reported only if a second load, from a fresh
+        download, fails too. Set for a model's default version: its quarantine takes the whole
+        endpoint out until someone releases it, so one bad download or one unlucky load must
+        not cause it, and a deployment of one replica has no other replica to agree.
+        """
         target = bind(value, artifact)
         self.check(value)
-        self._attempts.append(value)
-        try:
-            loaded = await asyncio.to_thread(_download_and_load, artifact)
-        except _DigestMismatch as mismatch:
-            raise self._failed(value, self._refuse(target, artifact, mismatch.found)) from None
-        except _LoadFailed as exc:
-            logger.exception("loading %s from %s failed", value, artifact.source)
-            error = ModelUnavailable(
-                _detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
-                model=target.name,
-                version=target.version,
+        outcome = await self._attempt(target, artifact)
+        if isinstance(outcome, _Failure) and outcome.report is not None and confirm:
+            logger.warning(
+                "%s, the default of %r, failed to load (%s); loading a fresh download before "
+                "reporting it",
+                value,
+                target.name,
+                outcome.report.cause,
             )
-            if exc.permanent:
-                self._report(target, artifact, "load-failed", str(exc))
-            raise self._failed(value, error) from None
+            outcome = await self._attempt(target, artifact)
+        if isinstance(outcome, _Failure):
+            raise self._failed(value, outcome)
+        self._failed_loads.passed(value)
         logger.info("loaded %s from %s", value, artifact.source)
         _freeze_heap()
-        return loaded
+        return outcome
 
-    def _report(self, target: ModelId, artifact: Artifact, kind: str, cause: str) -> None:
+    async def _attempt(self, target: ModelId, artifact: Artifact) -> LoadedModel | _Failure:
+        self._attempts.append(str(target))
+        try:
+            return await asyncio.to_thread(_download_and_load, artifact)
+        except _DigestMismatch as mismatch:
+            reason = (
+                f"the MLmodel of {artifact.source} has digest {mismatch.found[:_SHORT_DIGEST]}, "
+                f"not {artifact.mlmodel_digest[:_SHORT_DIGEST]} the controller checked"
+            )
+            self._refusals.append(
+                Refusal(model_id=str(target), source=artifact.source, reason=reason)
+            )
+            logger.error("refused to load %s: %s", target, reason)
+            return _Failure(
+                _detail(f"version {target.version} of {target.name!r} was not loaded: {reason}"),
+                target,
+                _failure(target, artifact, "artifact-mismatch", reason),
+            )
+        except _LoadFailed as exc:
+            logger.exception("loading %s from %s failed", target, artifact.source)
+            return _Failure(
+                _detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
+                target,
+                _failure(target, artifact, "load-failed", str(exc)) if exc.permanent else None,
+            )
+
+    def _failed(self, value: str, failure: _Failure) -> ModelUnavailable:
+        target = failure.target
+        error = self._failed_loads.failed(
+            value,
+            failure.detail,
+            replicas_fault=failure.report is None,
+            model=target.name,
+            version=target.version,
+        )
+        if failure.report is not None:
+            self._report(failure.report)
+        return error
+
+    def _report(self, failure: LoadFailure) -> None:
         if self._on_permanent_failure is None:
             return
-        failure = LoadFailure(
-            target.name, target.version, artifact.mlmodel_digest.lower(), kind, _detail(cause)
-        )
         try:
             self._on_permanent_failure(failure)
         except Exception:
             # Reporting is a courtesy to the controller; the client's 503 must not depend on it.
-            logger.exception("could not report the failed load of %s", target)
+            logger.exception(
+                "could not report the failed load of %s/%s", failure.model, failure.version
+            )
 
-    def _failed(self, value: str, error: ModelUnavailable) -> ModelUnavailable:
-        now = self._clock()
-        self._failures = {k: v for k, v in self._failures.items() if v[0] > now and k != value}
-        self._failures[value] = (now + self._remember_failures_s, error)
-        while len(self._failures) > _MEMORY:
-            del self._failures[next(iter(self._failures))]
-        return error
 
-    def _refuse(self, target: ModelId, artifact: Artifact, found: str) -> ModelUnavailable:
-        reason = (
-            f"the MLmodel of {artifact.source} has digest {found[:_SHORT_DIGEST]}, not "
-            f"{artifact.mlmodel_digest[:_SHORT_DIGEST]} the controller checked"
-        )
-        self._refusals.append(Refusal(model_id=str(target), source=artifact.source, reason=reason))
-        logger.error("refused to load %s: %s", target, reason)
-        self._report(target, artifact, "artifact-mismatch", reason)
-        return ModelUnavailable(
-            _detail(f"version {target.version} of {target.name!r} was not loaded: {reason}"),
-            model=target.name,
-            version=target.version,
-        )
+@dataclass(frozen=True)
+class _Failure:
+    detail: str
+    target: ModelId
+    # What the controller is told; None for the replica's own failures, which are not reported.
+    report: LoadFailure | None
+
+
+def _failure(target: ModelId, artifact: Artifact, kind: str, cause: str) -> LoadFailure:
+    return LoadFailure(
+        target.name, target.version, artifact.mlmodel_digest.lower(), kind, _detail(cause)
+    )
 
 
 def _download_and_load(artifact: Artifact) -> LoadedModel:
@@ -324,7 +362,8 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
         shutil.rmtree(directory, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, _DigestMismatch | _LoadFailed):
             raise _LoadFailed(
-                _cause(exc, artifact.source, local, directory), permanent=True
+                _cause(exc, artifact.source, local, directory),
+                permanent=not is_replicas_fault(exc),
             ) from exc
         raise
 

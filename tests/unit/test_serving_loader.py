@@ -264,3 +264,211 @@ def test_a_reporter_that_raises_does_not_change_the_clients_answer(tmp_path: Pat
     loader = PyfuncLoader(on_permanent_failure=broken_reporter)
     with pytest.raises(ModelUnavailable, match="UnpicklingError"):
         load(loader, "echo", "2", broken_pickle(tmp_path))
+
+
+# Whose fault a failed load is: the artifact's (reported) or the replica's (503, tried again) --
+
+
+class Raising(PythonModel):
+    """Raises ``make()`` from ``load_context`` while ``marker`` exists (always, without one).
+
+    ``once``: the marker is removed as it raises, so the next load passes.
+    """
+
+    def __init__(self, make: Any, marker: str | None = None, *, once: bool = False) -> None:
+        self.make = make
+        self.marker = marker
+        self.once = once
+
+    def load_context(self, context: Any) -> None:
+        if self.marker is None or Path(self.marker).exists():
+            if self.once and self.marker is not None:
+                Path(self.marker).unlink()
+            raise self.make()
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> list[str]:
+        return ["raising:" + p for p in model_input["prompt"]]
+
+
+def raising(
+    directory: Path, make: Any, marker: Path | None = None, *, once: bool = False
+) -> Artifact:
+    path = directory / f"raising-{len(list(directory.glob('raising-*')))}"
+    model = Raising(make, str(marker) if marker else None, once=once)
+    save_model(path=str(path), python_model=model, pip_requirements=[])
+    digest = hashlib.sha256((path / "MLmodel").read_bytes()).hexdigest()
+    return Artifact(path.as_uri(), digest)
+
+
+def _no_space() -> OSError:
+    return OSError(28, "No space left on device")
+
+
+def _requests_down() -> Exception:
+    import requests
+
+    return requests.exceptions.ConnectionError("Max retries exceeded (Connection refused)")
+
+
+def _urllib_down() -> Exception:
+    import urllib.error
+
+    return urllib.error.URLError(ConnectionRefusedError(111, "Connection refused"))
+
+
+def _httpx_timeout() -> Exception:
+    import httpx
+
+    return httpx.ReadTimeout("timed out")
+
+
+def _wrapped_network() -> Exception:
+    # What a library that wraps its network errors raises: the cause is the network.
+    try:
+        raise ConnectionResetError(104, "Connection reset by peer")
+    except ConnectionResetError as exc:
+        try:
+            raise RuntimeError("could not fetch the tokenizer") from exc
+        except RuntimeError as wrapped:
+            return wrapped
+
+
+REPLICAS_FAULTS = {
+    "MemoryError": MemoryError,
+    "ENOSPC": _no_space,
+    "ConnectionError": lambda: ConnectionError("the feature store refused"),
+    "TimeoutError": lambda: TimeoutError("timed out"),
+    "requests": _requests_down,
+    "urllib": _urllib_down,
+    "httpx": _httpx_timeout,
+    "wrapped": _wrapped_network,
+}
+
+
+@pytest.mark.parametrize("fault", sorted(REPLICAS_FAULTS))
+def test_a_load_that_failed_for_the_replicas_reasons_is_503_and_not_reported(
+    tmp_path: Path, fault: str
+) -> None:
+    reported: list[LoadFailure] = []
+    loader = PyfuncLoader(on_permanent_failure=reported.append)
+    artifact = raising(tmp_path, REPLICAS_FAULTS[fault])
+    with pytest.raises(ModelUnavailable) as failed:
+        load(loader, "echo", "2", artifact)
+    assert failed.value.status == 503 and failed.value.retry_after
+    assert reported == []  # quarantining it everywhere would punish the artifact for the replica
+
+
+def _missing_module() -> Exception:
+    return ModuleNotFoundError("No module named 'tokenizers_the_image_lacks'")
+
+
+@pytest.mark.parametrize(
+    "make",
+    [_missing_module, lambda: ImportError("cannot import name 'T5'")],
+    ids=["module", "name"],
+)
+def test_an_import_the_image_lacks_is_the_artifacts_and_reported(tmp_path: Path, make: Any) -> None:
+    reported: list[LoadFailure] = []
+    loader = PyfuncLoader(on_permanent_failure=reported.append)
+    with pytest.raises(ModelUnavailable, match=r"ImportError|ModuleNotFoundError"):
+        load(loader, "echo", "2", raising(tmp_path, make))
+    assert [(f.version, f.kind) for f in reported] == [("2", "load-failed")]
+
+
+def test_an_artifact_without_the_pyfunc_flavor_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "flavorless"
+    save_model(path=str(path), python_model=Tagged("x"), pip_requirements=[])
+    mlmodel = path / "MLmodel"
+    text = mlmodel.read_text()
+    mlmodel.write_text(text.replace("python_function:", "not_a_flavor:"))
+    artifact = Artifact(path.as_uri(), hashlib.sha256(mlmodel.read_bytes()).hexdigest())
+    reported: list[LoadFailure] = []
+    with pytest.raises(ModelUnavailable, match="flavor"):
+        load(PyfuncLoader(on_permanent_failure=reported.append), "echo", "2", artifact)
+    assert [f.kind for f in reported] == ["load-failed"]
+
+
+def test_the_replicas_failures_back_off_and_a_load_that_passes_resets_it(tmp_path: Path) -> None:
+    marker = tmp_path / "store-down"
+    marker.touch()
+    artifact = raising(tmp_path, MemoryError, marker)
+    value = model_id("echo", "2", artifact)
+    now = [0.0]
+    loader = PyfuncLoader(
+        remember_failures_s=5.0, max_remember_failures_s=30.0, clock=lambda: now[0]
+    )
+    windows = []
+    for _ in range(5):
+        with pytest.raises(ModelUnavailable) as failed:
+            load(loader, "echo", "2", artifact)
+        windows.append(failed.value.retry_after)
+        # Remembered for the whole window the Retry-After announced, no longer.
+        now[0] += failed.value.retry_after - 0.1
+        with pytest.raises(ModelUnavailable) as remembered:
+            loader.check(value)
+        assert remembered.value.retry_after == 1  # what is left of the window, rounded up
+        now[0] += 0.1
+        loader.check(value)
+    assert windows == [5, 10, 20, 30, 30]
+    assert len(loader.attempts) == 5
+
+    marker.unlink()
+    load(loader, "echo", "2", artifact)
+    marker.touch()
+    with pytest.raises(ModelUnavailable) as again:
+        load(loader, "echo", "2", artifact)
+    assert again.value.retry_after == 5  # the first failure since a load passed
+
+
+def test_an_artifacts_failure_is_remembered_for_the_plain_window(tmp_path: Path) -> None:
+    broken = broken_pickle(tmp_path)
+    now = [0.0]
+    loader = PyfuncLoader(remember_failures_s=5.0, clock=lambda: now[0])
+    for _ in range(3):
+        with pytest.raises(ModelUnavailable) as failed:
+            load(loader, "echo", "2", broken)
+        assert failed.value.retry_after == 5  # reported: the controller's 409 ends it, not time
+        now[0] += 5.0
+
+
+# A default is confirmed by a second, fresh load before it is reported ----------------------
+
+
+def test_a_default_that_fails_once_loads_on_a_fresh_download_and_is_not_reported(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "first-load-fails"
+    marker.touch()
+    artifact = raising(tmp_path, _missing_module, marker, once=True)
+    reported: list[LoadFailure] = []
+    loader = PyfuncLoader(on_permanent_failure=reported.append)
+    value = model_id("echo", "1", artifact)
+    loaded = asyncio.run(loader.load(value, artifact, confirm=True))
+    answer = asyncio.run(predict(loaded, pd.DataFrame({"prompt": ["a"]}), None))
+    assert list(answer) == ["raising:a"]
+    assert reported == []
+    assert loader.attempts == [value, value]  # the second from a fresh download
+
+
+def test_a_default_that_fails_twice_is_reported_once(tmp_path: Path) -> None:
+    broken = broken_pickle(tmp_path)
+    reported: list[LoadFailure] = []
+    loader = PyfuncLoader(on_permanent_failure=reported.append)
+    value = model_id("echo", "1", broken)
+    with pytest.raises(ModelUnavailable, match="UnpicklingError"):
+        asyncio.run(loader.load(value, broken, confirm=True))
+    assert [f.kind for f in reported] == ["load-failed"]
+    assert loader.attempts == [value, value]
+
+
+def test_a_version_that_is_not_the_default_is_reported_on_its_first_failure(
+    tmp_path: Path,
+) -> None:
+    marker = tmp_path / "first-load-fails"
+    marker.touch()
+    artifact = raising(tmp_path, _missing_module, marker, once=True)
+    reported: list[LoadFailure] = []
+    loader = PyfuncLoader(on_permanent_failure=reported.append)
+    with pytest.raises(ModelUnavailable):
+        load(loader, "echo", "2", artifact)
+    assert len(reported) == 1 and len(loader.attempts) == 1
