@@ -10,8 +10,11 @@ next table on, instead of a 503 on every replica in turn.
 Reports leave the request path: ``report`` only queues one, and a task sends it. A replica
 tries a failed artifact again only after the loader has forgotten the failure (5 s), so at most
 one report per artifact per 5 s leaves it, and the controller keeps the first and ignores
-repeats. After a release by hand, the next failure is reported again and quarantines the version
-again. A report the controller cannot take now
+repeats. On top of that, a replica's reports are rate-limited (a token bucket: ``REPORT_BURST``
+at once, ``REPORTS_PER_MINUTE`` after), so a replica that fails everything (a broken image)
+cannot flood the controller; a report over the budget is dropped and logged, and the next
+failed load of that artifact reports it again. After a release by hand, the next failure is
+reported again and quarantines the version again. A report the controller cannot take now
 (down, 5xx) is retried a few times with backoff, then dropped: the next failed load reports
 again. A refusal (401, 404, 409, 422) is not retried; it is logged.
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import asdict
 
 import httpx
@@ -37,6 +42,32 @@ logger = logging.getLogger(__name__)
 PATH = "/serving/load-failures"
 # Reports in flight at once; past it a report is dropped (the next failed load reports again).
 _IN_FLIGHT = 100
+# Reports a replica may send at once, and how many a minute after that.
+REPORT_BURST = 10
+REPORTS_PER_MINUTE = 12
+
+
+class TokenBucket:
+    """``burst`` tokens at most, refilled at ``per_minute``; ``take`` spends one if there is."""
+
+    def __init__(
+        self, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._burst = float(burst)
+        self._per_s = per_minute / 60
+        self._clock = clock
+        self._tokens = float(burst)
+        self._at = clock()
+
+    def take(self) -> bool:
+        now = self._clock()
+        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_s)
+        self._at = now
+        # A hair under one token counts as one: refilling in float steps must not lose a report.
+        if self._tokens < 1 - 1e-9:
+            return False
+        self._tokens = max(0.0, self._tokens - 1)
+        return True
 
 
 def _temporary(exc: BaseException) -> bool:
@@ -54,6 +85,9 @@ class LoadFailureReporter:
         *,
         attempts: int = 4,
         backoff_s: float = 0.5,
+        burst: int = REPORT_BURST,
+        per_minute: float = REPORTS_PER_MINUTE,
+        clock: Callable[[], float] = time.monotonic,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self._url = controller_url.rstrip("/") + PATH
@@ -62,6 +96,9 @@ class LoadFailureReporter:
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._transport = transport
+        # The controller dedupes repeats; this keeps a replica failing everything (a broken
+        # image, say) from flooding it.
+        self._budget = TokenBucket(burst, per_minute, clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
 
@@ -73,6 +110,14 @@ class LoadFailureReporter:
         if len(self._tasks) >= _IN_FLIGHT:
             logger.warning(
                 "not reporting the failed load of %s/%s: too many reports in flight",
+                failure.model,
+                failure.version,
+            )
+            return
+        if not self._budget.take():
+            logger.warning(
+                "not reporting the failed load of %s/%s: the replica's reports are over budget "
+                "(its next failed load reports it again)",
                 failure.model,
                 failure.version,
             )

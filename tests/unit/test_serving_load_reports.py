@@ -84,3 +84,37 @@ def test_a_refusal_is_not_retried() -> None:
         controller = Controller(status)
         run(reporter(controller), FAILURE)
         assert len(controller.requests) == 1, status
+
+
+def test_a_flood_of_failures_sends_a_bounded_number_of_reports() -> None:
+    # 50 artifacts failing at once on one replica (a bad image, say): the controller hears a
+    # burst, not 50 requests; the ones dropped are reported again on their next failed load.
+    controller = Controller()
+    failures = [LoadFailure("m", str(v), "ab" * 32, "load-failed", "cause") for v in range(50)]
+    run(reporter(controller), *failures)
+    assert 1 <= len(controller.requests) <= 10
+    assert [b["version"] for b in controller.bodies()] == [
+        str(v) for v in range(len(controller.requests))
+    ]
+
+
+def test_the_report_budget_refills_with_time() -> None:
+    controller = Controller()
+    now = [0.0]
+    sender = LoadFailureReporter(
+        "http://controller:8080",
+        "serving-token",
+        "replica-7",
+        burst=2,
+        per_minute=6,
+        clock=lambda: now[0],
+        transport=httpx.MockTransport(controller),
+    )
+    run(sender, FAILURE, FAILURE, FAILURE)
+    assert len(controller.requests) == 2
+    now[0] += 9.9  # one report per 10 s: not yet
+    run(sender, FAILURE)
+    assert len(controller.requests) == 2
+    now[0] += 0.1
+    run(sender, FAILURE, FAILURE)
+    assert len(controller.requests) == 3
