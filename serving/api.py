@@ -39,7 +39,14 @@ from serving.frames import jsonable
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
 from serving.recorder import NoRecorder, Recorder
-from serving.resolve import Target, find_model, header_version, resolve, table_or_not_ready
+from serving.resolve import (
+    Target,
+    find_model,
+    header_version,
+    recheck,
+    resolve,
+    table_or_not_ready,
+)
 from serving.table_source import TableSource
 from wire.routing_table import ModelEntry, RoutingTable
 
@@ -61,6 +68,10 @@ class ModelBackend(Protocol):
 
     async def invoke(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
         """The raw prediction for ``data`` as MLflow's scoring server parsed it."""
+        ...
+
+    async def load(self, target: Target) -> None:
+        """Have ``target``'s model loaded, so that ``serve`` and ``invoke`` only predict."""
         ...
 
 
@@ -122,7 +133,8 @@ def create_app(
             version = header_version(name, request.headers)
             # Resolve before reading the body: a quarantined version answers 409 whatever is
             # sent.
-            target = resolve(source.table, name, version)
+            table = source.table
+            target = resolve(table, name, version)
             signature = contract_for(name, target.version.signature).signature
             body = await _json(request, max_body_bytes)
             if not isinstance(body, dict):
@@ -139,6 +151,7 @@ def create_app(
                 parsed = infer_and_parse_data(data, schema)
             except MlflowException as exc:
                 raise _bad_body(exc.message) from None
+            await loaded(target, table)
             prediction = await backend.invoke(target, parsed, body.get("params"))
             response = JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
         except BaseException as exc:
@@ -153,7 +166,8 @@ def create_app(
             if version is None:
                 version = ""  # labels no version if the header names another model (400)
                 version = header_version(name, request.headers)
-            target = resolve(source.table, name, version)
+            table = source.table
+            target = resolve(table, name, version)
             # The contract (the default version's signature) shapes what clients send; the
             # chosen version's own signature shapes what its model reads and writes.
             contract = contract_for(name, target.model.contract or target.version.signature)
@@ -163,6 +177,7 @@ def create_app(
             body = await _json(request, max_body_bytes)
             _check_count(body, max_records)
             parsed = contract.parse(body)
+            await loaded(target, table)
             served = await backend.serve(target, parsed.records, parsed.params, version_signature)
             response = JSONResponse(served)
         except BaseException as exc:
@@ -171,6 +186,15 @@ def create_app(
         # Timed and counted here, not in a middleware: one call on the request path.
         metrics.request(name, target.version.version, 200, time.perf_counter() - started)
         return response
+
+    async def loaded(target: Target, resolved_from: RoutingTable | None) -> None:
+        """Load ``target``, then make sure the table held now still serves it: a version
+        quarantined or removed while its model loaded (seconds, for a download) answers what
+        the table now says and is never predicted. ``resolve.recheck`` says why."""
+        await backend.load(target)
+        table = source.table
+        if table is not resolved_from:  # the same table: nothing to look up
+            recheck(table, target)
 
     def _failed(name: str, version: str | None, exc: BaseException, started: float) -> None:
         """Record a request that raised (the problem handlers answer it)."""

@@ -90,13 +90,15 @@ class ModelHost:
         return await predict(await self._get_model(target), data, params)
 
     async def warm(self, table: RoutingTable, previous: RoutingTable | None) -> None:
-        """Load the live defaults ``table`` brings that ``previous`` did not have.
+        """Load the live defaults ``table`` brings that ``previous`` (the table answered from)
+        did not have.
 
-        At most as many as a replica keeps (loading more would evict the first ones again).
-        Bounded by ``warm_timeout_s`` in all; a load
-        that fails or takes longer is logged and left to the first request, which answers 503
-        with the cause (the table is taken either way: holding every other model's decisions
-        back for one broken artifact would be worse).
+        The ``prepare`` of ``serving.table_source``: those models switch to their new default
+        when this returns; nothing else in ``table`` waits for it. At most as many as a
+        replica keeps (loading more would evict the first ones again). Bounded by
+        ``warm_timeout_s`` in all; a load that fails or takes longer is logged and left to the
+        first request, which answers 503 with the cause (the defaults switch either way:
+        holding a model back for good for one broken artifact would be worse).
         """
         targets = _new_defaults(table, previous)[: self._max_models]
         if not targets:
@@ -105,6 +107,14 @@ class ModelHost:
             await asyncio.wait_for(self._warm_all(targets), self._warm_timeout_s)
         except TimeoutError:
             logger.warning("warming took over %.0fs; the rest load on demand", self._warm_timeout_s)
+
+    async def load(self, target: Target) -> None:
+        """Have ``target``'s model loaded; ``serve`` and ``invoke`` then find it in the LRU.
+
+        Apart from them so that the API can ask the table about the version again between
+        the load, which may take seconds, and the predict (``serving.resolve.recheck``).
+        """
+        await self._get_model(target)
 
     @property
     def warmed(self) -> list[str]:

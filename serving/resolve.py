@@ -6,6 +6,10 @@ that drop underscores send it; the value is ``"2"`` or ``"name/2"``), else from 
 pinned default. Only a ``live`` version bound to the artifact that was checked is ever
 returned: unknown, pending and quarantined versions, and a live one whose entry lacks its
 ``source`` or ``mlmodel_digest``, raise before anything is loaded, so the app fails closed.
+
+A load can take a while, and the table can change meanwhile: ``recheck`` asks the table then
+held about the version a request resolved to, after its load and before its predict, so a
+version quarantined or removed in between is never run (docs/architecture.md, "Fail closed").
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from dataclasses import dataclass
 
 from serving.exceptions import (
     BadModelId,
+    ModelUnavailable,
     NoDefaultVersion,
     NotReady,
     UnknownModel,
@@ -92,6 +97,31 @@ def resolve(table: RoutingTable | None, name: str, version: str | None) -> Targe
             reasons=list(entry.reasons),
         )
     return Target(model, entry, checked_artifact(name, entry))
+
+
+def recheck(table: RoutingTable | None, target: Target) -> None:
+    """Raise what ``table`` answers for ``target``'s version unless it still serves it, live
+    and on the same artifact: 404 removed, 409 quarantined, 503 pending or bound elsewhere.
+
+    The version, not the default: a request that resolved the default keeps the version it
+    resolved, if that is still live. A few dictionary lookups, for the request path.
+    """
+    name, version = target.model.name, target.version.version
+    model = table.models.get(name) if table is not None else None
+    entry = model.versions.get(version) if model is not None else None
+    if (
+        entry is not None
+        and entry.state == VersionState.LIVE
+        and entry.source == target.version.source
+        and entry.mlmodel_digest == target.version.mlmodel_digest
+    ):
+        return
+    resolve(table, name, version)  # raises the table's answer, but for another artifact:
+    raise ModelUnavailable(
+        f"version {version} of {name!r} was registered again while it loaded; try again",
+        model=name,
+        version=version,
+    )
 
 
 def checked_artifact(name: str, entry: VersionEntry) -> Artifact:

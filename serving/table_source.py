@@ -17,9 +17,12 @@ Static stability: each accepted table is also written to a ``TableStore`` (the R
 ``serving.gcs_store``) and a starting replica reads that store first, so a replica started
 while the controller is down serves the last decisions instead of 503s.
 
-A table can be prepared for before it is taken: ``prepare(new, held)`` runs first (the replica
-loads the versions the new table makes defaults; see ``serving.model_host``), so requests are
-answered from a table only once its defaults are loaded. Preparing never refuses a table.
+A table can be prepared for: ``prepare(new, answered)`` loads the versions ``new`` makes defaults
+(``serving.model_host``). Only a default's switch waits for it; everything else in ``new`` is
+answered at once, so a quarantine or a removal never waits behind a load. Until its new default
+is warm, a model keeps answering for its default with the one it had, when that version is still
+live in ``new`` (see docs/architecture.md, "No cold start"). A replica that answers nothing yet
+answers its first table once its defaults are warm. Preparing never refuses a table.
 
 Only a table with a higher revision than the one held, or from another epoch, is accepted:
 answers can arrive out of order (a slow poll, the store, the controller) and an older table must
@@ -39,7 +42,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Set
 from typing import Protocol
 
 import httpx
@@ -51,7 +54,14 @@ from tenacity import (
     wait_random,
 )
 
-from wire.routing_table import SCHEMA_VERSION, RoutingTable, changes, supersedes
+from wire.routing_table import (
+    SCHEMA_VERSION,
+    ModelEntry,
+    RoutingTable,
+    VersionState,
+    changes,
+    supersedes,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -107,7 +117,14 @@ class TableSource:
         self._store = store
         self._transport = transport
         self._prepare = prepare
+        # What requests are answered from: ``_latest``, or while some of its new defaults warm,
+        # ``_latest`` with those models' old defaults (``held_back``).
         self._table: RoutingTable | None = None
+        # The newest table accepted: what the poll asks after, and what the store keeps.
+        self._latest: RoutingTable | None = None
+        # Defaults (``_default_key``) whose warm-up is over, whatever came of it.
+        self._warmed: set[tuple[str, str, str, str]] = set()
+        self._warming: set[asyncio.Task[None]] = set()
         # When the table held was taken (``time.monotonic``): its age, for the metrics.
         self._taken_at: float | None = None
         self._arrived = asyncio.Event()
@@ -122,38 +139,84 @@ class TableSource:
         """When the table held was taken (``time.monotonic()``), None before the first."""
         return self._taken_at
 
+    @property
+    def latest(self) -> RoutingTable | None:
+        """The newest table accepted; ``table`` differs while its new defaults warm."""
+        return self._latest
+
     def offer(self, table: RoutingTable) -> bool:
-        """Hold ``table`` if it is newer than the one held; say whether it was taken."""
+        """Answer from ``table`` at once, if it is newer than the one held; say whether taken."""
+        if not self._accepts(table):
+            return False
+        self._latest = table
+        self._answer(table, table)
+        return True
+
+    async def take(self, table: RoutingTable) -> bool:
+        """Accept ``table`` and answer from it at once, but for the defaults it moves, which
+        switch once warm (``prepare``, run in the background). Says whether it was accepted."""
+        if self._prepare is None or not self._accepts(table):
+            return self.offer(table)
+        previous = self._table
+        self._latest = table
+        self._settle()
+        task = asyncio.create_task(self._warm(table, previous), name="sigserve-table-warm")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+        return True
+
+    def _accepts(self, table: RoutingTable) -> bool:
         if table.schema_version != SCHEMA_VERSION:
             logger.error("ignoring routing table with schema_version %s", table.schema_version)
             return False
-        if not supersedes(table, self._table):
-            return False
+        return supersedes(table, self._latest)
+
+    async def _warm(self, table: RoutingTable, previous: RoutingTable | None) -> None:
+        assert self._prepare is not None
+        try:
+            await self._prepare(table, previous)
+        except Exception:
+            logger.exception("preparing for routing table %d failed", table.revision)
+        # Over, loaded or not: a default that failed to load is its first request's problem.
+        self._warmed.update(_default_key(n, m) for n, m in table.models.items())
+        self._settle()
+
+    def _settle(self) -> None:
+        """Answer from as much of the latest table as is warm."""
+        latest = self._latest
+        if latest is None or latest is self._table:
+            return
+        answer = held_back(latest, self._table, self._warmed)
+        if answer is None:
+            return
+        if answer is latest:
+            # Only the defaults of the table answered are worth remembering.
+            self._warmed &= {_default_key(n, m) for n, m in latest.models.items()}
+        elif answer == self._table:
+            return  # still waiting for the same defaults
+        self._answer(answer, latest)
+
+    def _answer(self, table: RoutingTable, latest: RoutingTable) -> None:
         changed = changes(table, self._table)
+        waiting = [
+            f"{name}@default={model.default_version}"
+            for name, model in latest.models.items()
+            if (now := table.models.get(name)) is None
+            or now.default_version != model.default_version
+        ]
         self._table = table
         self._taken_at = time.monotonic()
         self._arrived.set()
         # The end of a registration's trail: the replica id is on every line of its log.
         logger.info(
-            "took revision %d (%d models): %s",
+            "took revision %d (%d models): %s%s",
             table.revision,
             len(table.models),
             ", ".join(changed) or "no version changed",
+            f"; warming {', '.join(waiting)}" if waiting else "",
             extra={"event": "table_taken", "revision": table.revision, "epoch": table.epoch,
-                   "changes": changed},
+                   "changes": changed, "warming": waiting},
         )  # fmt: skip
-        return True
-
-    async def take(self, table: RoutingTable) -> bool:
-        """``offer`` after ``prepare``: the table is answered from once ready for."""
-        if table.schema_version != SCHEMA_VERSION or not supersedes(table, self._table):
-            return self.offer(table)
-        if self._prepare is not None:
-            try:
-                await self._prepare(table, self._table)
-            except Exception:
-                logger.exception("preparing for routing table %d failed", table.revision)
-        return self.offer(table)
 
     async def start(self, wait_s: float = 0.0) -> None:
         """Restore from the store, start polling, and wait up to ``wait_s`` for a first table."""
@@ -164,19 +227,21 @@ class TableSource:
                 await asyncio.wait_for(self._arrived.wait(), wait_s)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in [self._task, *self._warming]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = None
 
     async def _restore(self) -> None:
         if self._store is None:
             return
         try:
             raw = await asyncio.to_thread(self._store.read)
-            if raw:
-                await self.take(decode(raw))
+            if raw and await self.take(decode(raw)):
+                # A starting replica reports ready with its defaults loaded.
+                await asyncio.gather(*self._warming)
         except SchemaMismatch as exc:
             # Left by replicas of another release: the controller will send this one's schema.
             logger.warning("ignoring the stored routing table: %s", exc)
@@ -210,8 +275,8 @@ class TableSource:
 
     async def _poll_once(self, client: httpx.AsyncClient) -> RoutingTable | None:
         params: dict[str, str | int | float] = {"after": -1, "timeout": self._poll_timeout_s}
-        if self._table is not None:
-            params.update(after=self._table.revision, epoch=self._table.epoch)
+        if self._latest is not None:
+            params.update(after=self._latest.revision, epoch=self._latest.epoch)
         response = await client.get(self._url, params=params)
         if response.status_code == httpx.codes.NO_CONTENT:
             return None
@@ -227,6 +292,82 @@ class TableSource:
             await asyncio.to_thread(_write_if_newer, self._store, table)
         except Exception:
             logger.exception("could not write routing table %d to the store", table.revision)
+
+
+def held_back(
+    latest: RoutingTable, answered: RoutingTable | None, warmed: Set[tuple[str, str, str, str]]
+) -> RoutingTable | None:
+    """``latest`` as it may be answered while the defaults it moves are not all ``warmed``.
+
+    A model whose default moves to a live version not yet warmed keeps the default (and the
+    contract that goes with it) that ``answered`` gives it, as long as that version is still
+    live, on the same artifact, in ``latest``; everything else (states, reasons, removals, other
+    versions) is ``latest``'s. A model ``answered`` does not have waits for its default, as
+    ``answered`` had nothing to say for it. ``latest`` itself when nothing waits; None when
+    something waits and nothing is answered yet (a starting replica).
+    """
+    # Compared by name whatever the epochs: a controller with a new database still names the
+    # same models and artifacts, and its revisions alone are not comparable.
+    before = answered.models if answered is not None else {}
+    models: dict[str, ModelEntry] = {}
+    waits = False
+    for name, model in latest.models.items():
+        old = before.get(name)
+        if (
+            not _warms(model)
+            or _default_key(name, model) in warmed
+            or (old is not None and _same_default(old, model))
+        ):
+            models[name] = model
+            continue
+        if old is None:
+            waits = True  # a new model: unknown until its default is warm, as it was
+        elif old.default_version is None or _same_default(old, model, old.default_version):
+            waits = True
+            models[name] = model.model_copy(
+                update={"default_version": old.default_version, "contract": old.contract}
+            )
+        else:
+            models[name] = model  # the old default is gone: nothing to keep answering with
+    if not waits:
+        return latest
+    if answered is None:
+        return None
+    return latest.model_copy(update={"models": models})
+
+
+def _warms(model: ModelEntry) -> bool:
+    """Whether the model's default is a version a replica loads ahead of time."""
+    entry = model.versions.get(model.default_version) if model.default_version else None
+    return (
+        entry is not None
+        and entry.state == VersionState.LIVE
+        and bool(entry.source)
+        and bool(entry.mlmodel_digest)
+    )
+
+
+def _default_key(name: str, model: ModelEntry) -> tuple[str, str, str, str]:
+    entry = model.versions.get(model.default_version) if model.default_version else None
+    if entry is None:
+        return (name, "", "", "")
+    return (name, entry.version, entry.source or "", entry.mlmodel_digest or "")
+
+
+def _same_default(old: ModelEntry, new: ModelEntry, version: str | None = None) -> bool:
+    """Whether ``new`` serves ``version`` (``new``'s default by default) live, on the artifact
+    ``old`` served for its default."""
+    if version is None:
+        version = new.default_version
+    if version is None or version != old.default_version:
+        return False
+    then, now = old.versions.get(version), new.versions.get(version)
+    return (
+        then is not None
+        and now is not None
+        and now.state == VersionState.LIVE
+        and (then.source, then.mlmodel_digest) == (now.source, now.mlmodel_digest)
+    )
 
 
 def _write_if_newer(store: TableStore, table: RoutingTable) -> None:

@@ -331,3 +331,75 @@ def test_oversized_bodies_and_too_many_records_are_refused_before_any_model() ->
             ]
         assert client.post("/models/echo/serve", json=many[:100]).status_code == 200
     assert len(backend.calls) == 1
+
+
+class HeldLoad(EchoBackend):
+    """Echo models whose load of version ``held`` waits until released (a slow download)."""
+
+    def __init__(self, held: str) -> None:
+        super().__init__()
+        self.loading = asyncio.Event()
+        self.release = asyncio.Event()
+        echo = self._get_model
+
+        async def get_model(target: Target) -> LoadedModel:
+            if target.version.version == held:
+                self.loading.set()
+                await self.release.wait()
+            return await echo(target)
+
+        self._get_model = get_model
+
+
+def without(version: str) -> RoutingTable:
+    """``TABLE``'s next revision, ``version`` deleted from the registry."""
+    echo = TABLE.models["echo"]
+    versions = {v: e for v, e in echo.versions.items() if v != version}
+    return RoutingTable(revision=5, models={"echo": echo.model_copy(update={"versions": versions})})
+
+
+def quarantining(version: str) -> RoutingTable:
+    """``TABLE``'s next revision, ``version`` quarantined by hand."""
+    echo = TABLE.models["echo"]
+    entry = echo.versions[version].model_copy(
+        update={"state": VersionState.QUARANTINED, "reasons": ["quarantined by hand: leaks"]}
+    )
+    versions = {**echo.versions, version: entry}
+    return RoutingTable(revision=5, models={"echo": echo.model_copy(update={"versions": versions})})
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "held"),
+    [
+        ("/models/echo/versions/2/serve", {"prompt": "a"}, "2"),
+        ("/models/echo/serve", {"prompt": "a"}, "1"),  # the default when the request came
+        ("/models/echo/invocations", {"dataframe_records": [{"prompt": "a"}]}, "1"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("change", "status", "slug"),
+    [(quarantining, 409, "version-quarantined"), (without, 404, "unknown-version")],
+)
+def test_a_version_quarantined_or_removed_while_its_model_loads_is_never_predicted(
+    path: str, body: Any, held: str, change: Any, status: int, slug: str
+) -> None:
+    async def scenario() -> httpx.Response:
+        source = TableSource("http://controller", transport=httpx.MockTransport(Controller()))
+        source.offer(TABLE)
+        backend = HeldLoad(held)
+        app = create_app(source, backend)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+            request = asyncio.create_task(client.post(path, json=body))
+            await asyncio.wait_for(backend.loading.wait(), 5)
+            assert source.offer(change(held))
+            backend.release.set()
+            response = await asyncio.wait_for(request, 5)
+        assert backend.calls == []
+        return response
+
+    response = asyncio.run(scenario())
+    assert response.status_code == status, response.text
+    assert response.json()["type"] == f"urn:sigserve:problem:{slug}"
+    if status == 409:
+        assert response.json()["reasons"] == ["quarantined by hand: leaks"]

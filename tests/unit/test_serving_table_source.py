@@ -11,8 +11,16 @@ import httpx
 import pytest
 
 from serving import table_source
+from serving.exceptions import UnknownVersion, VersionQuarantined
+from serving.resolve import resolve
 from serving.table_source import SchemaMismatch, TableSource, decode
-from wire.routing_table import SCHEMA_VERSION, ModelEntry, RoutingTable
+from wire.routing_table import (
+    SCHEMA_VERSION,
+    ModelEntry,
+    RoutingTable,
+    VersionEntry,
+    VersionState,
+)
 
 
 class MemoryStore:
@@ -240,3 +248,180 @@ def test_a_stored_table_of_another_schema_is_ignored_and_replaced(
     store = asyncio.run(scenario())
     assert decode(store.raw or "").revision == 3
     assert any("ignoring the stored routing table" in r.getMessage() for r in caplog.records)
+
+
+# A replica warms the versions a table makes defaults before it answers for them
+# (``prepare``). Decisions must not wait behind that: see docs/architecture.md ("No cold start").
+
+LIVE, QUARANTINED = VersionState.LIVE, VersionState.QUARANTINED
+
+
+def model(
+    name: str, default: str, *, quarantined: tuple[str, ...] = (), versions: str = "123"
+) -> ModelEntry:
+    """Live versions ``versions`` (each bound to its artifact) but ``quarantined``."""
+
+    def entry(v: str) -> VersionEntry:
+        if v in quarantined:
+            return VersionEntry(version=v, state=QUARANTINED, reasons=[f"{v} is broken"])
+        source = f"models:/{name}-{v}"
+        return VersionEntry(version=v, state=LIVE, source=source, mlmodel_digest=v * 64)
+
+    return ModelEntry(name=name, default_version=default, versions={v: entry(v) for v in versions})
+
+
+def pinned(
+    revision: int,
+    default: str,
+    *,
+    quarantined: tuple[str, ...] = (),
+    versions: str = "123",
+    also: tuple[ModelEntry, ...] = (),
+) -> RoutingTable:
+    """Model "a" with ``default`` pinned (and the models ``also``)."""
+    a = model("a", default, quarantined=quarantined, versions=versions)
+    return RoutingTable(revision=revision, models={m.name: m for m in (a, *also)})
+
+
+class StuckLoads:
+    """A replica's warm-up whose loads of the versions ``stuck`` hang until released.
+
+    Stands for models that take minutes to load; it loads what a table makes defaults, as the
+    replica's does, and two warm-ups of one version both wait for it, as the replica's share a
+    load.
+    """
+
+    def __init__(self, *stuck: str) -> None:
+        self.release = {version: asyncio.Event() for version in stuck}
+        self.entered = {version: asyncio.Event() for version in stuck}
+
+    async def __call__(self, new: RoutingTable, held: RoutingTable | None) -> None:
+        for name, entry in new.models.items():
+            before = held.models.get(name) if held is not None else None
+            version = entry.default_version
+            if before is not None and before.default_version == version:
+                continue
+            if version in self.release:
+                self.entered[version].set()
+                await self.release[version].wait()
+
+    def release_all(self) -> None:
+        for event in self.release.values():
+            event.set()
+
+
+def answering(source: TableSource, version: str | None = None, name: str = "a") -> str:
+    """The version a request for ``name`` (its default when ``version`` is None) runs."""
+    return resolve(source.table, name, version).version.version
+
+
+async def started(controller: StandInController, warm_up: StuckLoads) -> TableSource:
+    source = TableSource(
+        "http://controller", transport=httpx.MockTransport(controller), prepare=warm_up
+    )
+    await source.start(wait_s=2)
+    assert source.table is not None and answering(source) == "1"
+    return source
+
+
+def test_a_quarantine_applies_while_a_new_default_is_still_warming() -> None:
+    async def scenario() -> None:
+        controller = StandInController(pinned(1, "1"))
+        warm_up = StuckLoads("2")
+        source = await started(controller, warm_up)
+        controller.table = pinned(2, "2")  # a pin: version 2 must load before it is the default
+        await asyncio.wait_for(warm_up.entered["2"].wait(), 2)
+        controller.table = pinned(3, "2", quarantined=("3",))
+        # The quarantine is answered at once, though version 2 is still loading...
+        await wait_for(lambda: source.table is not None and source.table.revision == 3)
+        with pytest.raises(VersionQuarantined, match="3 is broken"):
+            answering(source, "3")
+        # ...and the old default keeps answering for the default meanwhile.
+        assert answering(source) == "1" and answering(source, "2") == "2"
+        warm_up.release_all()
+        await wait_for(lambda: answering(source) == "2")
+        assert source.table is not None and source.table.revision == 3
+        await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_an_old_default_quarantined_during_the_warm_up_is_not_kept() -> None:
+    async def scenario() -> None:
+        controller = StandInController(pinned(1, "1"))
+        warm_up = StuckLoads("2")
+        source = await started(controller, warm_up)
+        controller.table = pinned(2, "2")
+        await asyncio.wait_for(warm_up.entered["2"].wait(), 2)
+        # Version 1 quarantined: the default goes to version 2 at once, loaded or not.
+        controller.table = pinned(3, "2", quarantined=("1",))
+        await wait_for(lambda: source.table is not None and source.table.revision == 3)
+        assert answering(source) == "2"
+        with pytest.raises(VersionQuarantined):
+            answering(source, "1")
+        warm_up.release_all()
+        await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_default_removed_during_the_warm_up_is_not_kept() -> None:
+    async def scenario() -> None:
+        controller = StandInController(pinned(1, "1"))
+        warm_up = StuckLoads("2")
+        source = await started(controller, warm_up)
+        controller.table = pinned(2, "2")
+        await asyncio.wait_for(warm_up.entered["2"].wait(), 2)
+        controller.table = pinned(3, "2", versions="23")  # version 1 deleted in the registry
+        await wait_for(lambda: source.table is not None and source.table.revision == 3)
+        assert answering(source) == "2"
+        with pytest.raises(UnknownVersion):
+            answering(source, "1")
+        warm_up.release_all()
+        await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_warmed_default_is_answered_though_newer_tables_are_still_warming() -> None:
+    """Tables that arrive faster than loads end (a registration storm) do not hold a default
+    back for good: each default switches once its own warm-up is over."""
+
+    async def scenario() -> None:
+        controller = StandInController(pinned(1, "1", also=(model("b", "1"),)))
+        warm_up = StuckLoads("2", "3")
+        source = await started(controller, warm_up)
+        controller.table = pinned(2, "2", also=(model("b", "1"),))
+        await asyncio.wait_for(warm_up.entered["2"].wait(), 2)
+        controller.table = pinned(3, "2", also=(model("b", "3"),))
+        await wait_for(lambda: source.table is not None and source.table.revision == 3)
+        assert (answering(source), answering(source, name="b")) == ("1", "1")
+        warm_up.release["2"].set()
+        await wait_for(lambda: answering(source) == "2")
+        # b's new default is still loading: b keeps its old one.
+        assert answering(source, name="b") == "1"
+        warm_up.release["3"].set()
+        await wait_for(lambda: answering(source, name="b") == "3")
+        await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_the_first_table_is_answered_only_once_its_defaults_are_warm() -> None:
+    async def scenario() -> None:
+        controller = StandInController(pinned(1, "1"))
+        warm_up = StuckLoads("1")
+        source = TableSource(
+            "http://controller", transport=httpx.MockTransport(controller), prepare=warm_up
+        )
+        await source.start()
+        await asyncio.wait_for(warm_up.entered["1"].wait(), 2)
+        # A replica with nothing warm yet answers 503 (not ready) rather than load on a request.
+        assert source.table is None
+        warm_up.release_all()
+        await wait_for(lambda: source.table is not None and answering(source) == "1")
+        # It asked for newer tables meanwhile, never for the one it was warming again.
+        assert set(controller.afters) <= {-1, 1} and controller.afters.count(-1) == 1
+        await source.stop()
+
+    asyncio.run(scenario())
