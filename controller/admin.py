@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -43,6 +44,9 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(require_token)])
 class PinDefault(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str
+    # Make the version's signature the contract as well (clients may then send what it adds);
+    # refused when it breaks the current contract. Without it the contract is kept.
+    adopt_contract: bool = False
     # Pin even when the version breaks the current contract: its signature becomes the contract.
     force: bool = False
 
@@ -154,15 +158,24 @@ async def get_model(name: str, svc: Annotated[Services, Depends(services)]) -> d
 async def pin_default(
     name: str, body: PinDefault, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any]:
-    decided = await asyncio.to_thread(
-        commands.pin_default,
-        svc.store,
-        name,
-        body.version,
-        svc.serving_environment,
-        force=body.force,
+    """Move the default; the contract is kept unless ``adopt_contract`` or ``force`` say
+    otherwise (docs/architecture.md, "Pins and policy changes"). The answer says whether the
+    contract changed and which versions it decided otherwise (``redecided``)."""
+    pinned = await asyncio.to_thread(
+        lambda: commands.pin_default(
+            svc.store,
+            name,
+            body.version,
+            svc.serving_environment,
+            force=body.force,
+            adopt_contract=body.adopt_contract,
+        )
     )
-    return await _published(svc, decided)
+    return {
+        **await _published(svc, pinned.model),
+        "contract_changed": pinned.contract_changed,
+        "redecided": [asdict(r) for r in pinned.redecided],
+    }
 
 
 @router.put("/models/{name}/policy")

@@ -1,18 +1,18 @@
 """What an operator can change by hand: each is one read-decide-write transaction.
 
-Pinning the default version changes the model's contract, and changing a policy changes what
-versions are held to; every version is then decided again in the same transaction.
+A pin moves the default and keeps the contract, so a rollback to a version that was live under
+it always works; changing the contract is an explicit act (``adopt_contract``, or ``force`` for
+a version that breaks it), and every version is then decided again in the same transaction.
+The rule and its table: docs/architecture.md, "Pins and policy changes".
 
-A pin is refused (409, with the reasons) when the new default breaks the current contract's
-clients, unless forced: a forced pin makes its signature the contract, and every other version
-is judged against that. No force makes a version that cannot run here (its environment check
-blocks it) the default: that is what the environment policy is for.
+No force makes a version that cannot run here (its environment check blocks it) the default:
+that is what the environment policy is for.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from controller.compatibility import Policy, check
@@ -54,34 +54,75 @@ def _pin_target(record: ModelRecord, version: str) -> VersionRecord:
     if target.signature is None:
         raise InvalidRequest(
             "version",
-            f"version {version} has no signature; the default defines the contract, "
-            "so it needs one",
+            f"version {version} has no signature; a default needs one (it is held to the "
+            "contract, or gives the model its contract)",
         )
     return target
 
 
+@dataclass(frozen=True)
+class Redecided:
+    """A version whose state a pin changed (adopting a contract decides every version again)."""
+
+    version: str
+    before: str
+    after: str
+    reasons: list[str]
+
+
+@dataclass(frozen=True)
+class Pinned:
+    model: ModelRecord
+    contract_changed: bool
+    redecided: list[Redecided]
+
+
+def _redecided(before: ModelRecord, after: ModelRecord) -> list[Redecided]:
+    changed = []
+    for v in after.sorted_versions():
+        was = before.versions.get(v.version)
+        if was is not None and was.state is not v.state:
+            changed.append(Redecided(v.version, was.state.value, v.state.value, list(v.reasons)))
+    return changed
+
+
 def pin_default(
-    store: Store, name: str, version: str, env: ServingEnvironment, *, force: bool = False
-) -> ModelRecord:
+    store: Store,
+    name: str,
+    version: str,
+    env: ServingEnvironment,
+    *,
+    force: bool = False,
+    adopt_contract: bool = False,
+) -> Pinned:
+    """Make ``version`` the default; with ``adopt_contract`` or ``force``, its signature the
+    contract too. Refused (``PinRefused``) when the version breaks the contract, unless forced,
+    or when it cannot be served at all (force does not change that)."""
+    seen: list[ModelRecord] = []
+
     def pin(record: ModelRecord) -> ModelRecord:
+        seen[:] = [record]
         target = _pin_target(record, version)
-        if not force and record.contract is not None and version != record.default_version:
+        # A model without a contract (its first version has no signature) has no clients to
+        # keep: its first pin gives it one.
+        adopt = force or adopt_contract or record.contract is None
+        if not force and record.contract is not None:
             verdict = check(record.contract, target.signature, Policy(record.policy))
             if not verdict.compatible:
                 raise PinRefused(
-                    f"version {version} breaks the contract of '{name}' (pinned from version "
-                    f'{record.default_version}); send "force": true to make its signature '
-                    "the new contract",
+                    f"version {version} breaks the contract of '{name}'; send \"force\": true "
+                    "to make its signature the new contract",
                     verdict.reasons,
                 )
+        contract = target.signature if adopt else record.contract
         pinned = decide_all(
-            replace(record, default_version=version, contract=target.signature),
+            replace(record, default_version=version, contract=contract),
             datetime.now(UTC),
             env,
         )
         decided = pinned.versions[version]
         if decided.state is VersionState.QUARANTINED:
-            # Under its own contract only the environment check, a failed load on serving or
+            # It keeps the contract: only the environment check, a failed load on serving or
             # a quarantine by hand can still block it.
             raise PinRefused(
                 f"version {version} cannot be served here (the reasons say why), so it cannot "
@@ -90,7 +131,9 @@ def pin_default(
             )
         return pinned
 
-    return _apply(store, name, env, pin)
+    model = _apply(store, name, env, pin)
+    before = seen[0]
+    return Pinned(model, model.contract != before.contract, _redecided(before, model))
 
 
 def set_policies(

@@ -105,7 +105,8 @@ def follow_alias(
     """Take an alias a person moved as a pin, or record why not. Pure; safe to repeat.
 
     The same test as an admin pin without force: the version must keep the contract (a version
-    released by hand is live but may not), and must run here.
+    released by hand is live but may not), and must run here. Like that pin, it moves the
+    default and keeps the contract: an alias never changes the API (docs/architecture.md).
     """
     if target is None or target in (record.alias_seen, record.default_version):
         return record
@@ -115,11 +116,9 @@ def follow_alias(
     verdict = check(record.contract, version.signature, Policy(record.policy))
     reasons = list(verdict.reasons)
     if version.signature is None:
-        reasons = ["it has no signature, and the default defines the contract"]
+        reasons = ["it has no signature, so it cannot be held to the contract"]
     elif verdict.compatible and version.state is VersionState.LIVE:
-        pinned = decide_all(
-            replace(record, default_version=target, contract=version.signature), now, env
-        )
+        pinned = decide_all(replace(record, default_version=target), now, env)
         if pinned.versions[target].state is VersionState.LIVE:
             return replace(pinned, alias_refusal=None)
         reasons = pinned.versions[target].reasons

@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+import pytest
+
+from controller import commands
 from controller.artifacts import ArtifactFacts
+from controller.database import make_engine, migrate
 from controller.decisions import decide_all as decide_all_in
 from controller.environment import ArtifactEnvironment, ServingEnvironment
+from controller.exceptions import PinRefused
 from controller.reconciler import merge_observed as merge
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion
+from controller.registry_sync import follow_alias
+from controller.store import Store
 from wire.routing_table import VersionState
 
 NOW = datetime(2026, 11, 26, tzinfo=UTC)
@@ -179,3 +188,115 @@ def test_a_new_artifact_under_the_same_number_is_decided_again() -> None:
     assert redecided.versions["2"].mlmodel_digest == "e" * 64
     assert redecided.versions["2"].artifact_uri == "mlflow-artifacts:/eeeeeeee"
     assert redecided.versions["2"].state is VersionState.LIVE
+
+
+# Pins: a pin that is not forced moves the default and keeps the contract; only force or
+# adopt_contract changes it (docs/architecture.md, "Pins and policy changes").
+
+def signature(*inputs: tuple[str, bool]) -> dict[str, str | None]:
+    return {
+        "inputs": json.dumps([{"type": "string", "name": n, "required": r} for n, r in inputs]),
+        "outputs": json.dumps([{"type": "string", "name": "out", "required": True}]),
+        "params": None,
+    }
+
+
+TEXT = signature(("text", True))
+TEXT_LANG = signature(("text", True), ("lang", False))  # adds an optional input
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    return Store(engine)
+
+
+def stored(store: Store, policy: str, signatures: dict[str, Any]) -> ModelRecord:
+    """The model as the reconciler would store it, its versions read from ``signatures``."""
+    seen = observed(*signatures)
+
+    def first(_: ModelRecord | None) -> ModelRecord:
+        return decide_all(merge_observed(ModelRecord(name="m", policy=policy), seen,
+                                         signatures, {}), NOW)
+
+    record = store.update_model("m", first, "webhook:d-1")
+    assert record is not None
+    return record
+
+
+def states(record: ModelRecord) -> dict[str, str]:
+    return {k: v.state.value for k, v in sorted(record.versions.items())}
+
+
+def test_a_compatible_pin_keeps_the_contract_so_a_rollback_always_works(store: Store) -> None:
+    stored(store, "backward", {"1": TEXT, "2": TEXT_LANG})
+    pinned = commands.pin_default(store, "m", "2", ENV).model
+    assert (pinned.default_version, pinned.contract) == ("2", TEXT)
+    assert states(pinned) == {"1": "live", "2": "live"}
+    back = commands.pin_default(store, "m", "1", ENV)
+    assert (back.model.default_version, back.model.contract) == ("1", TEXT)
+    assert back.redecided == [] and not back.contract_changed
+    # Serving validates requests against the table's contract: still the one clients know.
+    assert store.publish().models["m"].contract == TEXT
+
+
+def test_under_exact_only_force_pins_another_signature_and_then_rollback_needs_force(
+    store: Store,
+) -> None:
+    assert states(stored(store, "exact", {"1": TEXT, "2": TEXT_LANG})) == {
+        "1": "live", "2": "quarantined"}
+    with pytest.raises(PinRefused) as refused:
+        commands.pin_default(store, "m", "2", ENV)
+    assert "input 'lang'" in refused.value.reasons[0]
+    forced = commands.pin_default(store, "m", "2", ENV, force=True)
+    assert (forced.model.default_version, forced.model.contract) == ("2", TEXT_LANG)
+    assert forced.contract_changed
+    assert [(r.version, r.before, r.after) for r in forced.redecided] == [
+        ("1", "live", "quarantined"), ("2", "quarantined", "live")]
+    # v1 was live under the old contract, not under this one: going back is another contract
+    # change, so it takes force again.
+    with pytest.raises(PinRefused):
+        commands.pin_default(store, "m", "1", ENV)
+    assert commands.pin_default(store, "m", "1", ENV, force=True).model.contract == TEXT
+
+
+def test_adopting_a_compatible_signature_redecides_every_version_and_says_what_broke(
+    store: Store,
+) -> None:
+    stored(store, "backward", {"1": TEXT, "2": TEXT_LANG, "3": TEXT})
+    adopted = commands.pin_default(store, "m", "2", ENV, adopt_contract=True)
+    assert (adopted.model.default_version, adopted.model.contract) == ("2", TEXT_LANG)
+    assert adopted.contract_changed
+    # Clients may now send 'lang': the versions that do not read it would refuse them.
+    assert [(r.version, r.before, r.after) for r in adopted.redecided] == [
+        ("1", "live", "quarantined"), ("3", "live", "quarantined")]
+    assert "'lang'" in adopted.redecided[0].reasons[0]
+    with pytest.raises(PinRefused):
+        commands.pin_default(store, "m", "1", ENV)
+
+
+def test_adopting_a_breaking_signature_is_refused_unless_forced(store: Store) -> None:
+    stored(store, "backward", {"1": TEXT, "2": signature(("prompt", True))})
+    with pytest.raises(PinRefused):
+        commands.pin_default(store, "m", "2", ENV, adopt_contract=True)
+    record = store.load_model("m")
+    assert record is not None and (record.default_version, record.contract) == ("1", TEXT)
+
+
+def test_a_pin_of_a_model_without_a_contract_gives_it_one(store: Store) -> None:
+    # The first version had no signature, so there is no contract yet: nothing to keep.
+    stored(store, "backward", {"1": None, "2": TEXT})
+    pinned = commands.pin_default(store, "m", "2", ENV)
+    assert (pinned.model.default_version, pinned.model.contract) == ("2", TEXT)
+    assert pinned.model.versions["2"].state is VersionState.LIVE
+
+
+def test_an_alias_moved_to_a_compatible_version_keeps_the_contract() -> None:
+    model = decide_all(merge_observed(ModelRecord(name="m", policy="backward"),
+                                      observed("1", "2"), {"1": TEXT, "2": TEXT_LANG}, {}), NOW)
+    moved = follow_alias(model, "2", NOW, ENV)
+    assert (moved.default_version, moved.contract) == ("2", TEXT)
+    assert moved.alias_refusal is None
+    back = follow_alias(replace(moved, alias_seen="2"), "1", NOW, ENV)
+    assert (back.default_version, back.contract, back.alias_refusal) == ("1", TEXT, None)

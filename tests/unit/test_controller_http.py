@@ -367,3 +367,44 @@ def test_the_events_of_a_model_never_stored_are_404(client: TestClient) -> None:
     assert known.status_code == 200 and known.json()["events"][0]["kind"] == "model"
     missing = client.get("/admin/models/nope/events", headers=admin)
     assert missing.status_code == 404 and "'nope'" in missing.json()["detail"]
+
+
+def test_a_pin_keeps_the_contract_and_adopt_contract_says_which_versions_it_broke(
+    client: TestClient,
+) -> None:
+    from controller.records import ModelRecord, VersionRecord
+
+    def signature(*names: str) -> dict[str, str | None]:
+        inputs = [{"type": "string", "name": n, "required": n == "text"} for n in names]
+        return {"inputs": json.dumps(inputs), "outputs": None, "params": None}
+
+    text, text_lang = signature("text"), signature("text", "lang")
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    versions = {v: VersionRecord(version=v, signature=s, signature_read=True,
+                                 mlmodel_digest=v * 64, artifact_uri=f"x/{v}")
+                for v, s in (("1", text), ("2", text_lang))}
+    svc.store.update_model("m", lambda _: ModelRecord(
+        name="m", policy="backward", default_version="1", contract=text, versions=versions))
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    url = "/admin/models/m/default"
+
+    r = client.put(url, json={"version": "2"}, headers=admin)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["default_version"] == "2"
+    assert [i["name"] for i in body["contract"]["inputs"]] == ["text"]
+    assert body["contract_changed"] is False
+    assert client.put(url, json={"version": "1"}, headers=admin).status_code == 200
+
+    r = client.put(url, json={"version": "2", "adopt_contract": True}, headers=admin)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["contract_changed"] is True
+    assert [i["name"] for i in body["contract"]["inputs"]] == ["text", "lang"]
+    assert [(c["version"], c["before"], c["after"]) for c in body["redecided"]] == [
+        ("1", "live", "quarantined")]
+    assert "'lang'" in body["redecided"][0]["reasons"][0]
+    refused = client.put(url, json={"version": "1"}, headers=admin)
+    assert refused.status_code == 409
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert "'lang'" in refused.json()["reasons"][0]
