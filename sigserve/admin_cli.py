@@ -1,5 +1,6 @@
-"""The admin commands of ``sigserve``: ``status``, ``pin``, ``quarantine``, ``release``,
-``events`` and ``policy``, on the controller's admin API (``sigserve.admin_client``).
+"""The admin commands of ``sigserve``: ``status``, ``pin``, ``adopt``, ``quarantine``,
+``release``, ``events`` and ``policy``, on the controller's admin API
+(``sigserve.admin_client``).
 
 ``sigserve.cli`` registers them (``register``) and hands their parsed arguments to ``run``,
 which returns the exit code (``EXIT_CODES``). Tables come from ``sigserve.admin_render``;
@@ -33,7 +34,7 @@ from sigserve.admin_client import (
 
 OK, REFUSED, USAGE, NOT_FOUND, UNAVAILABLE, UNAUTHORIZED = 0, 1, 2, 3, 4, 5
 EXIT_CODES = f"""\
-exit codes (status, pin, quarantine, release, events, policy):
+exit codes (status, pin, adopt, quarantine, release, events, policy):
   0  done
   1  refused by the controller (409: a pin that would break the contract's
      clients; 422: invalid); its detail and reasons are printed
@@ -48,7 +49,7 @@ _EXIT: list[tuple[type[AdminError], int]] = [
     (Refused, REFUSED), (NotFound, NOT_FOUND), (Unavailable, UNAVAILABLE),
     (Unauthorized, UNAUTHORIZED),
 ]  # fmt: skip
-COMMANDS = ("status", "pin", "quarantine", "release", "events", "policy")
+COMMANDS = ("status", "pin", "adopt", "quarantine", "release", "events", "policy")
 POLICIES = ("backward", "exact", "none")
 ENVIRONMENT_POLICIES = ("strict", "warn", "off")
 
@@ -80,12 +81,17 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     status = add("status", "the models, or one model's versions with their states and reasons")
     status.add_argument("model", nargs="?", help="one model (default: all of them)")
-    pin = add("pin", "make VERSION the model's default (refused when it breaks the contract)")
-    pin.add_argument("model")
-    pin.add_argument("version")
-    pin.add_argument("--force", action="store_true",
-                     help="pin a version that breaks the contract: its signature becomes the "
-                     "contract and every version is decided again")
+    pin = add("pin", "make VERSION the model's default, keeping the contract (refused when "
+              "VERSION breaks it)")
+    adopt = add("adopt", "make VERSION the model's default and its signature the contract "
+                "(refused when VERSION breaks the contract); every version is decided again "
+                "and those the new contract breaks are listed")
+    for command in (pin, adopt):
+        command.add_argument("model")
+        command.add_argument("version")
+        command.add_argument("--force", action="store_true",
+                             help="a version that breaks the contract: its signature becomes "
+                             "the contract and every version is decided again")
     for name, what in (("quarantine", "quarantine a version by hand, whatever the gate says"),
                        ("release", "undo a quarantine by hand, or serve a version the gate "
                         "quarantined all the same")):  # fmt: skip
@@ -144,7 +150,7 @@ def _failed(args: argparse.Namespace, exc: AdminError, out: Console, err: Consol
         err.print(reasons)
     # A pin refused for breaking the contract says so (a version that cannot be served at all
     # is refused with or without force); the problem has no field for it, only its detail.
-    if exc.status == 409 and args.command == "pin" and '"force": true' in str(exc):
+    if exc.status == 409 and args.command in ("pin", "adopt") and '"force": true' in str(exc):
         err.print(Text(f"  (--force makes version {args.version}'s signature the contract)"))
     return code
 
@@ -177,11 +183,17 @@ def _changed(out: Console, args: argparse.Namespace, said: str, model: Changed) 
 
 
 def _pin(client: AdminClient, args: argparse.Namespace, out: Console) -> int:
-    model = client.pin(args.model, args.version, force=args.force)
+    adopt = args.command == "adopt"
+    model = client.pin(args.model, args.version, force=args.force, adopt_contract=adopt)
     said = f"{args.model}: version {model['default_version']} is the default"
-    if args.force:
+    if model["contract_changed"]:
         said += "; its signature is the contract, every version was decided again"
-    return _changed(out, args, said, model)
+    else:
+        said += "; the contract is kept"
+    code = _changed(out, args, said, model)
+    if not args.json and (adopt or args.force or model["redecided"]):
+        out.print(render.redecided_view(model["redecided"]))
+    return code
 
 
 def _override(client: AdminClient, args: argparse.Namespace, out: Console) -> int:
@@ -214,6 +226,6 @@ def _events(client: AdminClient, args: argparse.Namespace, out: Console) -> int:
 
 
 _HANDLERS: dict[str, Callable[[AdminClient, argparse.Namespace, Console], int]] = {
-    "status": _status, "pin": _pin, "quarantine": _override, "release": _override,
+    "status": _status, "pin": _pin, "adopt": _pin, "quarantine": _override, "release": _override,
     "events": _events, "policy": _policy,
 }  # fmt: skip

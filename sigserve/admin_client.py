@@ -81,6 +81,20 @@ class Changed(ModelDetail):
     published: bool
 
 
+class Redecided(TypedDict):
+    """A version whose state a pin changed (a new contract decides every version again)."""
+
+    version: str
+    before: str
+    after: str
+    reasons: list[str]
+
+
+class Pinned(Changed):
+    contract_changed: bool
+    redecided: list[Redecided]
+
+
 class Event(TypedDict):
     id: int
     at: str | None
@@ -210,9 +224,13 @@ class AdminClient:
     def model(self, name: str) -> ModelDetail:
         return cast(ModelDetail, self._call("GET", f"/admin/models/{_seg(name)}"))
 
-    def pin(self, name: str, version: str, *, force: bool = False) -> Changed:
-        body = {"version": version, "force": force}
-        return cast(Changed, self._call("PUT", f"/admin/models/{_seg(name)}/default", body))
+    def pin(
+        self, name: str, version: str, *, force: bool = False, adopt_contract: bool = False
+    ) -> Pinned:
+        body: dict[str, Any] = {"version": version, "force": force}
+        if adopt_contract:
+            body["adopt_contract"] = True
+        return cast(Pinned, self._call("PUT", f"/admin/models/{_seg(name)}/default", body))
 
     def set_policy(
         self, name: str, *, policy: str | None = None, environment: str | None = None

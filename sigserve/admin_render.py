@@ -13,7 +13,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from sigserve.admin_client import Event, ModelDetail, ModelList, VersionDetail
+from sigserve.admin_client import Event, ModelDetail, ModelList, Redecided, VersionDetail
 
 STATE_STYLES = {"live": "green", "quarantined": "bold red", "pending": "yellow"}
 
@@ -113,6 +113,19 @@ def model_view(m: ModelDetail) -> Group:
         table.add_row(number, state_of(v), decided, why(v))
     parts.append(table if m["versions"] else Text("No versions."))
     return Group(*parts)
+
+
+def redecided_view(changes: list[Redecided]) -> Group:
+    """What a new contract did to the other versions: each state it changed, and why."""
+    if not changes:
+        return Group(Text("No version changed state."))
+    lines: list[Text] = [Text("Decided again under the new contract:", style="bold")]
+    for c in changes:
+        line = Text(f"  version {c['version']}: {c['before']} -> ")
+        line.append(c["after"], style=STATE_STYLES.get(c["after"], ""))
+        lines.append(line)
+        lines += [Text(f"    • {r}") for r in c["reasons"]]
+    return Group(*lines)
 
 
 def _compact(value: Any) -> str:

@@ -237,3 +237,31 @@ def test_events_summarise_each_change_and_an_empty_log_of_an_unknown_model_is_3(
         assert text in out, text
     page = {"events": [], "next": None}
     assert main(["events", "nope"]) == 3
+
+
+def test_adopt_asks_for_the_contract_and_lists_the_versions_it_broke(
+    seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    broke = {"version": "1", "before": "live", "after": "quarantined",
+             "reasons": ["input 'lang' (string, optional) is missing"]}  # fmt: skip
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        adopted = json.loads(request.content).get("adopt_contract", False)
+        return httpx.Response(200, json={**MODEL, "default_version": "2", "published": True,
+                                         "contract_changed": adopted,
+                                         "redecided": [broke] if adopted else []})
+
+    serve(monkeypatch, seen, answer)
+    assert main(["pin", "m", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "m: version 2 is the default; the contract is kept" in out
+    assert json.loads(seen[-1].content) == {"version": "2", "force": False}
+    assert main(["adopt", "m", "2"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert json.loads(seen[-1].content) == {"version": "2", "force": False,
+                                            "adopt_contract": True}  # fmt: skip
+    assert "its signature is the contract" in out
+    assert "version 1: live -> quarantined • input 'lang' (string, optional) is missing" in out
+    assert main(["adopt", "m", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["redecided"] == [broke]
