@@ -241,7 +241,7 @@ class Registry:
 
             source = str(self._client.get_model_version_download_uri(name, version))
             with tempfile.TemporaryDirectory() as tmp:
-                mlmodel_path = self._download(source, "MLmodel", tmp)
+                mlmodel_path = self._download_mlmodel(name, version, source, tmp)
                 raw = mlmodel_path.read_bytes()
                 try:
                     signature = Model.load(str(mlmodel_path)).signature
@@ -282,6 +282,37 @@ class Registry:
                 dst_path=dst,
                 tracking_uri=self.tracking_uri,
             )
+        )
+
+    def _download_mlmodel(self, name: str, version: str, source: str, dst: str) -> Path:
+        """The version's MLmodel; ``VersionUnreadable`` when its artifacts have none.
+
+        MLflow says "not found" for a missing file as it does for a deleted version, so a failed
+        download is told apart: the version is read again from the registry (deleted: its
+        RESOURCE_DOES_NOT_EXIST goes to ``_call``, the model or version is gone), then its
+        source is listed. A version whose source holds no MLmodel was registered from
+        something that is not an MLflow model: no retry helps, it is quarantined, and the rest
+        of its model goes on (docs/architecture.md, "The gate").
+        """
+        from mlflow.artifacts import list_artifacts
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self._download(source, "MLmodel", dst)
+        except MlflowException:
+            self._client.get_model_version(name, version)
+            listed = [
+                posixpath.basename(f.path)
+                for f in list_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
+            ]
+            if "MLmodel" in listed:
+                raise  # it is there: this download failed for another reason
+        holds = ", ".join(sorted(listed)[:8]) + (", ..." if len(listed) > 8 else "")
+        raise VersionUnreadable(
+            f"no MLmodel file at {source}: this is not an MLflow model; log it with "
+            "mlflow.<flavor>.log_model (mlflow.pyfunc.log_model, mlflow.sklearn.log_model, ...) "
+            "and register what that logged"
+            + (f" (the source holds: {holds})" if listed else " (the source is empty)")
         )
 
     def _download_optional(self, source: str, filename: str, dst: str) -> Path | None:

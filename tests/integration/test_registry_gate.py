@@ -94,3 +94,34 @@ def test_the_policy_tag_set_through_mlflow_changes_decisions(
     assert r.status_code == 200, r.text
     assert client.get_registered_model(name).tags["sigserve.compatibility"] == "backward"
     assert ctl.state_of(name, renamed) == "quarantined"
+
+
+def test_a_version_without_an_mlmodel_is_quarantined_and_its_model_goes_on(
+    serving_url: str, ctl: ControllerHandle
+) -> None:
+    import mlflow
+
+    client = MlflowClient(ctl.tracking_uri)
+    name = "no_mlmodel"
+    client.create_registered_model(name)
+    # A run's artifact directory that is not an MLflow model (no log_model): files only.
+    with mlflow.start_run() as run:
+        mlflow.log_text("not a model", "weights/notes.txt")
+    source = f"{run.info.artifact_uri}/weights"
+    bare = client.create_model_version(name, source=source, run_id=run.info.run_id).version
+    good = register_echo(name, tag="good")
+
+    wait_for(lambda: ctl.state_of(name, str(bare)) == "quarantined", 30)
+    where = client.get_model_version_download_uri(name, str(bare))
+    reasons = next(v for v in ctl.model(name)["versions"] if v["version"] == str(bare))["reasons"]
+    assert f"no MLmodel file at {where}: this is not an MLflow model; log it with " \
+           "mlflow.<flavor>.log_model" in reasons[0]
+    # The first version that could be read defines the contract and becomes the default.
+    wait_for(lambda: ctl.state_of(name, good) == "live", 30)
+    model = ctl.model(name)
+    assert model["default_version"] == good
+    assert [i["name"] for i in model["contract"]["inputs"]] == ["prompt"]
+    wait_for(lambda: serve_status(serving_url, name).json() == [{"answer": "good:hi"}], 15)
+    assert serve_status(serving_url, name, str(bare)).status_code == 409
+    # Still in the registry, not taken for deleted: it keeps its quarantine across resyncs.
+    assert client.get_model_version(name, str(bare)).version == str(bare)

@@ -138,12 +138,56 @@ def test_a_failed_download_of_a_file_that_exists_is_an_error(
         store["registry"].artifact(NAME, "1")
 
 
-def test_a_missing_mlmodel_is_not_absent(store: dict[str, Any]) -> None:
-    directory = _local_dir(store, "3")
-    shutil.rmtree(directory)
-    # A local store says RESOURCE_DOES_NOT_EXIST, which _call reads as the model being gone.
-    with pytest.raises(RegisteredModelGone):
+def _no_mlmodel(store: dict[str, Any], version: str) -> Path:
+    directory = _local_dir(store, version)
+    mlmodel = directory / "MLmodel"
+    if mlmodel.exists():
+        mlmodel.rename(directory / "MLmodel.moved")
+    return directory
+
+
+def test_a_version_without_an_mlmodel_is_not_an_mlflow_model_not_a_deleted_one(
+    store: dict[str, Any],
+) -> None:
+    # A local store says RESOURCE_DOES_NOT_EXIST for the file, as it does for a deleted
+    # version: the version is read again from the registry to tell the two apart.
+    directory = _no_mlmodel(store, "3")
+    with pytest.raises(VersionUnreadable) as exc:
         store["registry"].artifact(NAME, "3")
+    assert str(exc.value).startswith(f"no MLmodel file at {directory}: this is not an MLflow "
+                                     "model; log it with mlflow.<flavor>.log_model")
+    shutil.rmtree(directory)  # nothing at all at its source: the same
+    with pytest.raises(VersionUnreadable, match="no MLmodel file at"):
+        store["registry"].artifact(NAME, "3")
+
+
+def test_a_missing_mlmodel_reported_as_an_http_store_does_is_not_an_mlflow_model(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = mlflow.artifacts.download_artifacts
+
+    def as_http(**kwargs: Any) -> Any:
+        try:
+            return real(**kwargs)
+        except MlflowException as exc:
+            raise MlflowException(f"404 Client Error: {exc.message}") from None
+
+    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", as_http)
+    _no_mlmodel(store, "3")
+    with pytest.raises(VersionUnreadable, match="no MLmodel file at"):
+        store["registry"].artifact(NAME, "3")
+
+
+def test_a_version_deleted_while_its_mlmodel_is_read_is_gone(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry: Registry = store["registry"]
+    client = registry._client
+    # The download URI was given, then the version was deleted before its MLmodel was read.
+    monkeypatch.setattr(client, "get_model_version_download_uri",
+                        lambda name, version: str(store["tmp"] / "deleted"))
+    with pytest.raises(RegisteredModelGone):
+        registry.artifact(NAME, "99")
 
 
 def test_an_unknown_version_is_gone(store: dict[str, Any]) -> None:
