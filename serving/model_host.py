@@ -4,8 +4,9 @@
 its multiplexed id from ``get_model`` (in a replica, Ray Serve's ``@serve.multiplexed`` LRU
 around ``PyfuncLoader``; in tests, anything with the same shape), so there is no Ray in here.
 
-- ``serve``: records validated against the contract -> the version's own DataFrame -> one
-  ``predict`` per batch (``serving.batching``) -> output records, each request its own share.
+- ``serve``: records validated against the contract -> the version's own input -> one
+  ``predict`` per batch of requests that may share one (``serving.batch_inputs`` says which,
+  ``serving.batching`` queues them) -> output records, each request its own share.
 - ``invoke``: the MLflow scoring protocol's already parsed input, predicted alone (its inputs
   come in several shapes that do not concatenate safely).
 - ``warm``: before a routing table is answered from, the versions it makes defaults are loaded
@@ -23,9 +24,10 @@ from typing import Any
 
 from mlflow.models import ModelSignature
 
-from serving.batching import Batcher, BatchStats
+from serving.batch_inputs import model_input, work_for
+from serving.batching import INLINE_MAX_ROWS, Batcher, BatchStats
 from serving.exceptions import SigserveError
-from serving.frames import to_model_input, to_records
+from serving.frames import to_records
 from serving.loader import LoadedModel, call, predict
 from serving.resolve import Target, resolve
 from wire.routing_table import RoutingTable
@@ -47,6 +49,7 @@ class ModelHost:
         max_batch_size: int = 32,
         batch_wait_s: float = 0.0,
         inline_below_s: float = 0.0,
+        inline_max_rows: int = INLINE_MAX_ROWS,
         max_models: int = 2,
         warm_timeout_s: float = 120.0,
         on_batch: Callable[[str, int], None] | None = None,
@@ -54,7 +57,10 @@ class ModelHost:
         self._get_model = get_model
         self._max_batch_size = max_batch_size
         self._batcher = Batcher(
-            wait_s=batch_wait_s, inline_below_s=inline_below_s, on_batch=on_batch
+            wait_s=batch_wait_s,
+            inline_below_s=inline_below_s,
+            inline_max_rows=inline_max_rows,
+            on_batch=on_batch,
         )
         self._max_models = max_models
         self._warm_timeout_s = warm_timeout_s
@@ -69,20 +75,21 @@ class ModelHost:
     ) -> list[Any]:
         """Output records for ``records``, shaped by the running version's ``signature``."""
         loaded = await self._get_model(target)
+        outputs = signature.outputs if signature is not None else None
 
-        def run(batch: list[Any], batch_params: dict[str, Any] | None) -> list[Any]:
-            data = to_model_input(batch, signature)
-            prediction = call(loaded, data, batch_params)
-            return to_records(prediction, signature.outputs if signature is not None else None)
+        def run(parts: list[Any], batch_params: dict[str, Any] | None) -> list[Any]:
+            prediction = call(loaded, model_input(parts, signature), batch_params)
+            return to_records(prediction, outputs)
 
         model = target.model
         wait_ms = model.batch_wait_ms
+        max_batch_size = model.max_batch_size or self._max_batch_size
         return await self._batcher.predict(
             target.model_id,
-            records,
+            work_for(records, signature, max_batch_size),
             params,
             run,
-            max_batch_size=model.max_batch_size or self._max_batch_size,
+            max_batch_size=max_batch_size,
             wait_s=None if wait_ms is None else wait_ms / 1000,
         )
 

@@ -9,7 +9,12 @@ from typing import Any
 
 import pytest
 
-from serving.batching import Batcher
+from serving.batching import Batcher, Unmergeable, Work
+
+
+def work(records: list[Any], group: Any = "") -> Work:
+    """A request of plain records: one row each, all of one group."""
+    return Work(records, len(records), group)
 
 
 class Upper:
@@ -22,8 +27,9 @@ class Upper:
         if not hold_first:
             self.release.set()
 
-    def __call__(self, records: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
-        self.calls.append((list(records), params))
+    def __call__(self, parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        records = [record for part in parts for record in part]
+        self.calls.append((records, params))
         self.started.set()
         self.release.wait(10)
         if "bad" in records:
@@ -36,12 +42,14 @@ async def _submit_while_first_predicts(
     batcher: Batcher, model: Upper, requests: list[list[str]], **kw: Any
 ) -> list[Any]:
     """The first request starts predicting; the others queue behind it; then it is released."""
-    first = asyncio.create_task(batcher.predict("m/1@k", requests[0], None, model, **kw))
+    first = asyncio.create_task(batcher.predict("m/1@k", work(requests[0]), None, model, **kw))
     await asyncio.to_thread(model.started.wait, 10)
     rest = [
-        asyncio.create_task(batcher.predict("m/1@k", r, None, model, **kw)) for r in requests[1:]
+        asyncio.create_task(batcher.predict("m/1@k", work(r), None, model, **kw))
+        for r in requests[1:]
     ]
-    await asyncio.sleep(0.05)  # let every request reach the queue
+    # One turn of the loop runs each new task up to its wait: every request is queued.
+    await asyncio.sleep(0)
     model.release.set()
     return await asyncio.gather(first, *rest, return_exceptions=True)
 
@@ -49,7 +57,9 @@ async def _submit_while_first_predicts(
 def test_a_lone_request_is_predicted_at_once_in_one_call() -> None:
     model = Upper()
     batcher = Batcher()
-    assert asyncio.run(batcher.predict("m/1@k", ["a", "b"], None, model, max_batch_size=8)) == [
+    assert asyncio.run(
+        batcher.predict("m/1@k", work(["a", "b"]), None, model, max_batch_size=8)
+    ) == [
         "A",
         "B",
     ]
@@ -103,37 +113,45 @@ def test_one_bad_record_fails_its_own_request_only() -> None:
     ]
 
 
-def test_a_model_that_does_not_answer_one_row_per_record_is_not_cut_up() -> None:
+def test_a_model_that_does_not_answer_one_row_per_record_is_not_cut_up_nor_batched_again() -> None:
     calls: list[list[Any]] = []
+    release, started = threading.Event(), threading.Event()
 
-    def count(records: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+    def count(parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        records = [record for part in parts for record in part]
         calls.append(records)
+        started.set()
+        release.wait(10)
         return [len(records)]  # one summary row, whatever it was given
 
     async def run() -> list[Any]:
         batcher = Batcher()
-        hold = asyncio.Event()
 
-        async def first() -> Any:
-            # Keep the queue's task busy so the next three requests queue together.
-            return await batcher.predict("m/1@k", ["x"], None, slow_count, max_batch_size=32)
+        async def queued_behind_a_call(requests: list[list[str]]) -> list[Any]:
+            release.clear()
+            started.clear()
+            first = asyncio.create_task(
+                batcher.predict("m/1@k", work(["x"]), None, count, max_batch_size=32)
+            )
+            await asyncio.to_thread(started.wait, 10)
+            rest = [
+                asyncio.create_task(
+                    batcher.predict("m/1@k", work(r), None, count, max_batch_size=32)
+                )
+                for r in requests
+            ]
+            await asyncio.sleep(0)
+            release.set()
+            return await asyncio.gather(first, *rest)
 
-        def slow_count(records: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
-            while not hold.is_set():
-                threading.Event().wait(0.01)
-            return count(records, params)
+        answers = await queued_behind_a_call([["a", "b"], ["c"], ["d", "e", "f"]])
+        assert calls[1] == ["a", "b", "c", "d", "e", "f"]  # tried together once
+        calls.clear()
+        return [answers, await queued_behind_a_call([["g"], ["h", "i"]])]
 
-        task = asyncio.create_task(first())
-        await asyncio.sleep(0.05)
-        rest = [
-            asyncio.create_task(batcher.predict("m/1@k", r, None, count, max_batch_size=32))
-            for r in (["a", "b"], ["c"], ["d", "e", "f"])
-        ]
-        await asyncio.sleep(0.05)
-        hold.set()
-        return await asyncio.gather(task, *rest)
-
-    assert asyncio.run(run()) == [[1], [2], [1], [3]]
+    assert asyncio.run(run()) == [[[1], [2], [1], [3]], [[1], [1], [2]]]
+    # The second time, each request went alone at once: the model saw nobody twice.
+    assert calls == [["x"], ["g"], ["h", "i"]]
 
 
 def test_requests_with_other_params_are_not_batched_together() -> None:
@@ -141,13 +159,15 @@ def test_requests_with_other_params_are_not_batched_together() -> None:
 
     async def run() -> list[Any]:
         batcher = Batcher()
-        first = asyncio.create_task(batcher.predict("m/1@k", ["a"], None, model, max_batch_size=8))
+        first = asyncio.create_task(
+            batcher.predict("m/1@k", work(["a"]), None, model, max_batch_size=8)
+        )
         await asyncio.to_thread(model.started.wait, 10)
         rest = [
-            asyncio.create_task(batcher.predict("m/1@k", [r], p, model, max_batch_size=8))
+            asyncio.create_task(batcher.predict("m/1@k", work([r]), p, model, max_batch_size=8))
             for r, p in (("b", {"suffix": "!"}), ("c", None), ("d", {"suffix": "!"}))
         ]
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0)
         model.release.set()
         return await asyncio.gather(first, *rest)
 
@@ -160,10 +180,12 @@ def test_versions_are_batched_apart() -> None:
 
     async def run() -> tuple[list[Any], list[Any]]:
         batcher = Batcher()
-        first = asyncio.create_task(batcher.predict("m/1@k", ["a"], None, held, max_batch_size=8))
+        first = asyncio.create_task(
+            batcher.predict("m/1@k", work(["a"]), None, held, max_batch_size=8)
+        )
         await asyncio.to_thread(held.started.wait, 10)
         # Version 2 has its own queue: it answers while version 1 is still predicting.
-        other = await batcher.predict("m/2@k", ["b"], None, free, max_batch_size=8)
+        other = await batcher.predict("m/2@k", work(["b"]), None, free, max_batch_size=8)
         assert not first.done()
         held.release.set()
         return await first, other
@@ -182,7 +204,7 @@ def test_a_positive_wait_gathers_requests_that_arrive_within_it(per_model: bool)
         own = {"wait_s": wait_s} if per_model else {}
         tasks = []
         for r in "abc":
-            call = batcher.predict("m/1@k", [r], None, model, max_batch_size=8, **own)
+            call = batcher.predict("m/1@k", work([r]), None, model, max_batch_size=8, **own)
             tasks.append(asyncio.create_task(call))
             await asyncio.sleep(0.002)
         return await asyncio.gather(*tasks)
@@ -196,7 +218,9 @@ def test_without_a_wait_a_full_batch_goes_at_once() -> None:
 
     async def run() -> list[Any]:
         batcher = Batcher(wait_s=30.0)  # a wait that would fail the test if it were waited out
-        calls = [batcher.predict("m/1@k", [r, r], None, model, max_batch_size=4) for r in "ab"]
+        calls = [
+            batcher.predict("m/1@k", work([r, r]), None, model, max_batch_size=4) for r in "ab"
+        ]
         return await asyncio.wait_for(asyncio.gather(*calls), 10)
 
     assert asyncio.run(run()) == [["A", "A"], ["B", "B"]]
@@ -205,20 +229,20 @@ def test_without_a_wait_a_full_batch_goes_at_once() -> None:
 def test_a_fast_model_is_called_on_the_event_loop_a_slow_one_in_a_thread() -> None:
     threads: list[tuple[str, int]] = []
 
-    def fast(records: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+    def fast(parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
         threads.append(("fast", threading.get_ident()))
-        return records
+        return parts[0]
 
-    def slow(records: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+    def slow(parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
         threads.append(("slow", threading.get_ident()))
         threading.Event().wait(0.05)
-        return records
+        return parts[0]
 
     async def run() -> int:
         batcher = Batcher(inline_below_s=0.02)
         for _ in range(3):
-            await batcher.predict("fast/1@k", ["a"], None, fast, max_batch_size=8)
-            await batcher.predict("slow/1@k", ["a"], None, slow, max_batch_size=8)
+            await batcher.predict("fast/1@k", work(["a"]), None, fast, max_batch_size=8)
+            await batcher.predict("slow/1@k", work(["a"]), None, slow, max_batch_size=8)
         assert batcher.stats()["fast/1@k"].inline == 2  # the first call had nothing measured
         assert batcher.stats()["slow/1@k"].inline == 0
         return threading.get_ident()
@@ -233,7 +257,81 @@ def test_idle_queues_of_versions_long_gone_do_not_pile_up() -> None:
     async def run() -> int:
         batcher = Batcher()
         for n in range(600):
-            await batcher.predict(f"m/{n}@k", ["a"], None, Upper(), max_batch_size=8)
+            await batcher.predict(f"m/{n}@k", work(["a"]), None, Upper(), max_batch_size=8)
         return len(batcher.stats())
 
     assert asyncio.run(run()) <= 256
+
+
+def test_a_call_too_large_for_the_loop_goes_to_a_thread_however_fast_its_rows() -> None:
+    threads: list[tuple[int, int]] = []
+
+    def fast(parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        threads.append((len(parts[0]), threading.get_ident()))
+        return parts[0]
+
+    async def run() -> int:
+        batcher = Batcher(inline_below_s=0.05, inline_max_rows=64)
+        for size in (1, 1, 64, 65, 1):
+            await batcher.predict("m/1@k", work(["a"] * size), None, fast, max_batch_size=100)
+        return threading.get_ident()
+
+    loop = asyncio.run(run())
+    on_loop = [(size, thread == loop) for size, thread in threads]
+    # The first call had nothing measured; then the call's size decides, not the average.
+    assert on_loop == [(1, False), (1, True), (64, True), (65, False), (1, True)]
+
+
+def test_requests_of_other_groups_or_of_no_group_never_share_a_call() -> None:
+    model = Upper(hold_first=True)
+
+    async def run() -> list[Any]:
+        batcher = Batcher()
+        first = asyncio.create_task(
+            batcher.predict("m/1@k", work(["a"]), None, model, max_batch_size=8)
+        )
+        await asyncio.to_thread(model.started.wait, 10)
+        rest = [
+            asyncio.create_task(
+                batcher.predict("m/1@k", work([r], g), None, model, max_batch_size=8)
+            )
+            for r, g in (("b", "x"), ("c", None), ("d", "y"), ("e", "x"), ("f", None))
+        ]
+        await asyncio.sleep(0)
+        model.release.set()
+        return await asyncio.gather(first, *rest)
+
+    assert asyncio.run(run()) == [["A"], ["B"], ["C"], ["D"], ["E"], ["F"]]
+    assert [c[0] for c in model.calls] == [["a"], ["b", "e"], ["c"], ["d"], ["f"]]
+
+
+def test_parts_that_cannot_merge_go_alone_and_the_model_never_sees_them_twice() -> None:
+    seen: list[list[Any]] = []
+    release, started = threading.Event(), threading.Event()
+
+    def strict(parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        if len({len(p) for p in parts}) > 1:
+            raise Unmergeable("parts of other lengths")  # before the model is called
+        records = [record for part in parts for record in part]
+        seen.append(records)
+        started.set()
+        release.wait(10)
+        return records
+
+    async def run() -> tuple[list[Any], int]:
+        batcher = Batcher()
+        first = asyncio.create_task(
+            batcher.predict("m/1@k", work(["a"]), None, strict, max_batch_size=8)
+        )
+        await asyncio.to_thread(started.wait, 10)
+        rest = [
+            asyncio.create_task(batcher.predict("m/1@k", work(r), None, strict, max_batch_size=8))
+            for r in (["b"], ["c", "d"])
+        ]
+        await asyncio.sleep(0)
+        release.set()
+        answers = await asyncio.gather(first, *rest)
+        return answers, batcher.stats()["m/1@k"].retried_alone
+
+    assert asyncio.run(run()) == ([["a"], ["b"], ["c", "d"]], 0)
+    assert seen == [["a"], ["b"], ["c", "d"]]

@@ -4,12 +4,17 @@ made in-process (the loader and Ray's LRU are tested elsewhere)."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
+from mlflow.models import ModelSignature
+from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
+from serving.contract import contract_for
 from serving.loader import LoadedModel
 from serving.model_host import ModelHost
 from serving.resolve import Target, resolve
@@ -137,3 +142,155 @@ def test_serve_cuts_a_batch_back_into_each_requests_records() -> None:
         )
 
     assert asyncio.run(run()) == [[{"out": "X"}], [{"out": "Y"}], [{"out": "Z"}]]
+
+
+# Batching per input kind: each request gets what it gets alone (docs/architecture.md,
+# "Dynamic batching per version").
+
+
+class Echo:
+    """Answers each row with what it saw of it (columns, dtypes, values), and records each call
+    and the thread it ran on. ``hold`` keeps the first call open until released."""
+
+    def __init__(self, *, hold: bool = False) -> None:
+        self.inputs: list[Any] = []
+        self.threads: list[int] = []
+        self.started = threading.Event()
+        self.release = threading.Event()
+        if not hold:
+            self.release.set()
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        self.inputs.append(data)
+        self.threads.append(threading.get_ident())
+        self.started.set()
+        self.release.wait(30)
+        if isinstance(data, pd.DataFrame):
+            columns = {c: (data[c].dtype, data[c].tolist()) for c in data}
+            return [
+                {"row": ";".join(f"{c}:{t}:{v[i]!r}" for c, (t, v) in columns.items())}
+                for i in range(len(data))
+            ]
+        if isinstance(data, np.ndarray):
+            return [{"row": f"{data.dtype}{data.shape[1:]}:{row.tolist()}"} for row in data]
+        return [{"row": repr(data)}]
+
+
+def host_for(model: Any, signature: ModelSignature | None, **host: Any) -> tuple[ModelHost, Target]:
+    async def get_model(target: Target) -> LoadedModel:
+        return LoadedModel(model, Path("/nonexistent/sigserve-test"))
+
+    return ModelHost(get_model, **host), resolve(table(1, a=("1", LIVE)), "a", None)
+
+
+def serve_together(
+    host: ModelHost, target: Target, signature: ModelSignature | None, bodies: list[Any]
+) -> list[Any]:
+    contract = contract_for("a", signature.to_dict() if signature is not None else None)
+
+    async def run() -> list[Any]:
+        # Requests that arrive while nothing predicts yet: one drain takes them all at once.
+        requests = [contract.parse(body) for body in bodies]
+        return await asyncio.gather(
+            *(host.serve(target, r.records, r.params, signature) for r in requests)
+        )
+
+    return asyncio.run(run())
+
+
+TENSOR = ModelSignature(Schema([TensorSpec(np.dtype("float64"), (-1, 2))]))
+
+
+def test_tensor_requests_batched_together_each_get_rows_of_their_own_tensor() -> None:
+    model = Echo()
+    host, target = host_for(model, TENSOR)
+    bodies = [{"inputs": [[1, 1], [2, 2]]}, {"inputs": [[10, 10], [20, 20]]}]
+    answers = serve_together(host, target, TENSOR, bodies)
+    assert answers == [
+        [{"row": "float64(2,):[1.0, 1.0]"}, {"row": "float64(2,):[2.0, 2.0]"}],
+        [{"row": "float64(2,):[10.0, 10.0]"}, {"row": "float64(2,):[20.0, 20.0]"}],
+    ]
+    # One predict for both: their rows concatenated along axis 0.
+    assert [i.shape for i in model.inputs] == [(4, 2)]
+
+
+def test_tensors_whose_trailing_shapes_differ_are_never_merged() -> None:
+    model = Echo()
+    signature = ModelSignature(Schema([TensorSpec(np.dtype("float64"), (-1, -1))]))
+    host, target = host_for(model, signature)
+    bodies = [{"inputs": [[1, 1]]}, {"inputs": [[2, 2, 2]]}]
+    answers = serve_together(host, target, signature, bodies)
+    assert answers == [
+        [{"row": "float64(2,):[1.0, 1.0]"}],
+        [{"row": "float64(3,):[2.0, 2.0, 2.0]"}],
+    ]
+    assert sorted(i.shape for i in model.inputs) == [(1, 2), (1, 3)]
+
+
+def test_dicts_of_tensors_are_never_merged() -> None:
+    model = Echo()
+    signature = ModelSignature(
+        Schema(
+            [
+                TensorSpec(np.dtype("float64"), (-1,), "a"),
+                TensorSpec(np.dtype("float64"), (-1,), "b"),
+            ]
+        )
+    )
+    host, target = host_for(model, signature)
+    bodies = [{"inputs": {"a": [1], "b": [2]}}, {"inputs": {"a": [3], "b": [4]}}]
+    serve_together(host, target, signature, bodies)
+    # Each predict call saw one request's tensors, never a mix or a batch.
+    assert sorted(sorted((k, v.tolist()) for k, v in i.items()) for i in model.inputs) == [
+        [("a", [1.0]), ("b", [2.0])],
+        [("a", [3.0]), ("b", [4.0])],
+    ]
+
+
+OPTIONAL = ModelSignature(
+    Schema([ColSpec("long", "m"), ColSpec("long", "n", required=False)]),
+)
+
+
+def test_a_request_that_omits_an_optional_column_never_sees_it_as_null() -> None:
+    model = Echo()
+    host, target = host_for(model, OPTIONAL)
+    answers = serve_together(host, target, OPTIONAL, [{"m": 1}, {"m": 2, "n": 5}, {"m": 3}])
+    # Alone, the first request's frame has no column n: batched, it must not either.
+    assert answers == [
+        [{"row": "m:int64:1"}],
+        [{"row": "m:int64:2;n:int64:5"}],
+        [{"row": "m:int64:3"}],
+    ]
+
+
+def test_a_null_in_one_request_does_not_change_the_dtype_another_request_sees() -> None:
+    model = Echo()
+    host, target = host_for(model, OPTIONAL)
+    answers = serve_together(host, target, OPTIONAL, [{"m": 1, "n": 5}, {"m": 2, "n": None}])
+    assert answers[0] == [{"row": "m:int64:1;n:int64:5"}]
+    assert answers[1] == [{"row": "m:int64:2;n:Int64:<NA>"}]
+
+
+def test_requests_to_a_model_without_signature_are_never_merged() -> None:
+    model = Echo()
+    host, target = host_for(model, None)
+    answers = serve_together(host, target, None, [{"a": 1}, {"b": "x"}, {"a": 2}])
+    assert answers == [[{"row": "a:int64:1"}], [{"row": "b:str:'x'"}], [{"row": "a:int64:2"}]]
+    assert len(model.inputs) == 3
+
+
+def test_a_large_request_to_a_fast_model_runs_off_the_event_loop() -> None:
+    model = Echo()
+    host, target = host_for(model, OPTIONAL, inline_below_s=0.05, max_batch_size=20_000)
+
+    async def run() -> int:
+        for m in range(3):  # a fast model: its small calls go inline
+            await host.serve(target, [{"m": m}], None, OPTIONAL)
+        await host.serve(target, [{"m": m} for m in range(10_000)], None, OPTIONAL)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert model.threads[1:3] == [loop_thread, loop_thread]
+    # 10,000 records: however fast each one, not on the loop that takes every other request.
+    assert model.threads[3] != loop_thread
