@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from serving import table_source
-from serving.exceptions import UnknownVersion, VersionQuarantined
+from serving.exceptions import UnknownModel, UnknownVersion, VersionQuarantined
 from serving.resolve import resolve
 from serving.table_source import SchemaMismatch, TableSource, decode
 from wire.routing_table import (
@@ -422,6 +422,27 @@ def test_the_first_table_is_answered_only_once_its_defaults_are_warm() -> None:
         await wait_for(lambda: source.table is not None and answering(source) == "1")
         # It asked for newer tables meanwhile, never for the one it was warming again.
         assert set(controller.afters) <= {-1, 1} and controller.afters.count(-1) == 1
+        await source.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_new_model_is_unknown_until_its_default_is_warm_and_others_do_not_wait() -> None:
+    async def scenario() -> None:
+        controller = StandInController(pinned(1, "1"))
+        warm_up = StuckLoads("2")
+        source = await started(controller, warm_up)
+        # Model b arrives with version 2 as its default, and a's version 3 is quarantined.
+        controller.table = pinned(2, "1", quarantined=("3",), also=(model("b", "2"),))
+        await asyncio.wait_for(warm_up.entered["2"].wait(), 2)
+        await wait_for(lambda: source.table is not None and source.table.revision == 2)
+        with pytest.raises(VersionQuarantined):
+            answering(source, "3")
+        with pytest.raises(UnknownModel):
+            answering(source, name="b")
+        warm_up.release_all()
+        await wait_for(lambda: source.table is not None and "b" in source.table.models)
+        assert answering(source, name="b") == "2"
         await source.stop()
 
     asyncio.run(scenario())
