@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -403,3 +403,63 @@ def test_a_version_quarantined_or_removed_while_its_model_loads_is_never_predict
     assert response.json()["type"] == f"urn:sigserve:problem:{slug}"
     if status == 409:
         assert response.json()["reasons"] == ["quarantined by hand: leaks"]
+
+
+async def until(
+    ask: Callable[[], Awaitable[httpx.Response]],
+    done: Callable[[httpx.Response], bool],
+    timeout: float = 2.0,
+) -> None:
+    """Ask until the answer is ``done``; fail past ``timeout`` seconds."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not done(answer := await ask()):
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"not reached within {timeout}s: {answer.text[:300]}")
+        await asyncio.sleep(0.01)
+
+
+def pinned_to_2(revision: int, *, decided: dict[str, VersionEntry] | None = None) -> RoutingTable:
+    """``TABLE`` with version 2 pinned as the default (and the versions ``decided`` replaced)."""
+    echo = TABLE.models["echo"]
+    update = {"default_version": "2", "versions": {**echo.versions, **(decided or {})}}
+    return RoutingTable(revision=revision, models={"echo": echo.model_copy(update=update)})
+
+
+def test_while_a_new_default_loads_the_old_one_answers_and_decisions_apply_at_once() -> None:
+    async def scenario() -> None:
+        controller = Controller()
+        controller.table = TABLE
+        backend = HeldLoad("2")
+        source = TableSource(
+            "http://controller", transport=httpx.MockTransport(controller), prepare=backend.warm
+        )
+        app = create_app(source, backend)
+        await source.start(wait_s=2)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+            controller.table = pinned_to_2(5)
+            await asyncio.wait_for(backend.loading.wait(), 5)  # the replica warms version 2
+            four = (
+                TABLE.models["echo"]
+                .versions["4"]
+                .model_copy(
+                    update={"state": VersionState.QUARANTINED, "reasons": ["breaks the contract"]}
+                )
+            )
+            controller.table = pinned_to_2(6, decided={"4": four})
+            # The long-poll brings revision 6 within milliseconds.
+            await until(lambda: client.get("/models"), lambda r: r.json()["revision"] == 6)
+            pending_then_refused = await client.post("/models/echo/versions/4/serve", json={})
+            assert pending_then_refused.status_code == 409, pending_then_refused.text
+            assert pending_then_refused.json()["reasons"] == ["breaks the contract"]
+            old_default = await client.post("/models/echo/serve", json={"prompt": "a"})
+            assert old_default.json() == [{"out": "echo/1:a"}]
+            backend.release.set()
+            await until(
+                lambda: client.get("/models/echo"), lambda r: r.json()["default_version"] == "2"
+            )
+            new_default = await client.post("/models/echo/serve", json={"prompt": "a"})
+            assert new_default.json() == [{"out": "echo/2:a"}]
+        await source.stop()
+
+    asyncio.run(scenario())
