@@ -33,6 +33,7 @@ from ray import serve
 from serving.api import create_app
 from serving.batching import BatchStats
 from serving.gcs_store import GcsTableStore
+from serving.load_ahead import LoadAhead
 from serving.load_reports import LoadFailureReporter
 from serving.loader import Artifact, LoadedModel, PyfuncLoader, Refusal, bind
 from serving.metrics import ReplicaMetrics
@@ -59,29 +60,22 @@ class Server:
         self._loader = PyfuncLoader(
             on_permanent_failure=self._reporter.report if self._reporter else None
         )
-        # The multiplexed loader is called with the model id alone. Each entry is written by
-        # ``_model`` before the load it serves, and ``bind`` makes an id name one artifact
-        # only, so an entry is never stale.
-        self._artifacts: dict[str, Artifact] = {}
 
         # A plain closure, not a bound method: the multiplex wrapper stores its LRU as an
         # attribute of the function it wraps, which a bound method cannot carry.
         async def load(model_id: str) -> LoadedModel:
-            started = time.perf_counter()
-            try:
-                loaded = await self._loader.load(model_id, self._artifacts[model_id])
-            except Exception:
-                self._metrics.loaded(model_id, time.perf_counter() - started, ok=False)
-                raise
-            self._metrics.loaded(model_id, time.perf_counter() - started, ok=True)
+            # Ray's multiplexer has already evicted to make room when it calls this, so nothing
+            # that can fail happens here: the model was loaded ahead (``serving.load_ahead``).
+            loaded = await self._ahead.take(model_id)
             # Ray's multiplexer calls a model's ``__del__`` when it evicts it (and only then:
-            # on an instance, Python itself never calls it), which is how evictions are counted.
-            loaded.__dict__["__del__"] = functools.partial(self._metrics.evicted, model_id)
+            # on an instance, Python itself never calls it), which is how evictions are known.
+            loaded.__dict__["__del__"] = functools.partial(self._evicted, model_id)
             return loaded
 
         self._multiplexed: Callable[[str], Awaitable[LoadedModel]] = serve.multiplexed(
             max_num_models_per_replica=settings.max_num_models_per_replica
         )(load)
+        self._ahead = LoadAhead(self._timed_load, self._multiplexed)
         self._host = ModelHost(
             self._model,
             max_batch_size=settings.max_batch_size,
@@ -89,17 +83,34 @@ class Server:
             inline_below_s=settings.inline_predict_below_ms / 1000,
             max_models=settings.max_num_models_per_replica,
             warm_timeout_s=settings.warm_timeout_s,
+            predict_timeout_s=settings.predict_timeout_s,
+            max_wedged_predicts=settings.max_wedged_predicts,
             on_batch=self._metrics.batch,
         )
 
     async def _model(self, target: Target) -> LoadedModel:
         model_id = target.model_id
         bind(model_id, target.artifact)
-        # A load of this id that failed a moment ago answers again at once, before the
-        # multiplexer: it would take its lock and may evict a healthy model to make room.
+        # A load of this id that failed a moment ago answers again at once, before any load.
         self._loader.check(model_id)
-        self._artifacts[model_id] = target.artifact
-        return await self._multiplexed(model_id)
+        # A default's failure is confirmed by a second load before it is reported: its
+        # quarantine would take the whole endpoint out (``PyfuncLoader.load``).
+        is_default = target.model.default_version == target.version.version
+        return await self._ahead.model(model_id, target.artifact, confirm=is_default)
+
+    async def _timed_load(self, model_id: str, artifact: Artifact, confirm: bool) -> LoadedModel:
+        started = time.perf_counter()
+        try:
+            loaded = await self._loader.load(model_id, artifact, confirm=confirm)
+        except Exception:
+            self._metrics.loaded(model_id, time.perf_counter() - started, ok=False)
+            raise
+        self._metrics.loaded(model_id, time.perf_counter() - started, ok=True)
+        return loaded
+
+    def _evicted(self, model_id: str) -> None:
+        self._ahead.evicted(model_id)
+        self._metrics.evicted(model_id)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         settings = self._settings
@@ -119,6 +130,14 @@ class Server:
             recorder=self._metrics,
         )
 
+    async def check_health(self) -> None:
+        """Ray Serve's health check, every few seconds: raising makes Ray replace the replica.
+
+        It raises when more predict calls hang past their deadline than the replica can spare
+        worker threads for (``serving.deadlines``); other models keep answering until then.
+        """
+        self._host.check_health()
+
     # Read by tests and operators through a deployment handle.
 
     def loads(self) -> list[str]:
@@ -128,6 +147,10 @@ class Server:
     def refusals(self) -> list[Refusal]:
         """Every load refused because the artifact was not the one the controller checked."""
         return self._loader.refusals
+
+    def resident(self) -> list[str]:
+        """Model ids the multiplexer holds loaded on this replica, sorted."""
+        return sorted(self._ahead.resident)
 
     def warmed(self) -> list[str]:
         """Model ids loaded ahead of the table that made them defaults."""

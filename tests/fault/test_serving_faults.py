@@ -439,3 +439,53 @@ def test_a_broken_default_is_reported_by_its_warm_up_and_the_table_is_still_take
         pin("1")
     r = serve_status(serving_url, name)
     assert r.status_code == 200 and r.json() == [{"answer": "one:hi"}]
+
+
+# 4. The artifact store down while a version that is not loaded is asked for -------------------
+
+
+def test_an_artifact_store_outage_never_evicts_a_loaded_default(
+    serving_url: str, ctl: ControllerHandle, mlflow_up: Any, figures: Figure
+) -> None:
+    first, second = "outage_first", "outage_second"
+    assert register_echo(first, tag="one") == "1"
+    assert register_echo(second, tag="two") == "1"
+    assert register_echo(first, tag="new") == "2"  # live, not the default, never asked for
+    wait_for(lambda: serving_state(serving_url, first, "2") == "live", 60, 0.05)
+    expected = {first: [{"answer": "one:hi"}], second: [{"answer": "two:hi"}]}
+    # Both defaults answer: they are the two models the replica's LRU of 2 holds.
+    for name, answer in expected.items():
+        wait_for(lambda n=name: serve_status(serving_url, n).status_code == 200, 60)
+        assert serve_status(serving_url, name).json() == answer
+    tries_before = len(loads_of(first, "2"))
+
+    mlflow_up.stop()  # MLflow serves the artifacts (mlflow-artifacts:): the store is down
+    stopped_at = time.monotonic()
+    clients = [
+        SteadyClient(f"{serving_url}/models/{name}/serve", {"prompt": "hi"}, answer,
+                     clients=1, pause_s=0.2, timeout_s=10.0)
+        for name, answer in expected.items()
+    ]  # fmt: skip
+    # The third version, asked for again and again through several remembered windows.
+    third = SteadyClient(f"{serving_url}/models/{first}/versions/2/serve", {"prompt": "hi"},
+                         [{"answer": "new:hi"}], clients=2, pause_s=0.5, timeout_s=5.0)  # fmt: skip
+    with clients[0], clients[1], third:
+        time.sleep(20.0)
+    outage_s = time.monotonic() - stopped_at
+
+    defaults = [o for c in clients for o in c.outcomes()]
+    asked = third.outcomes()
+    failed = [o for o in defaults if o.error]
+    figures("the store down for", outage_s)
+    figures("requests to the two loaded defaults, failed", f"{len(failed)} of {len(defaults)}", "")
+    figures("slowest answer of a default", max(o.took for o in defaults))
+    figures("requests to the version not loaded",
+            f"{len(asked)}: " + str(dict(Counter(str(o.status) for o in asked))), "")  # fmt: skip
+    figures("load attempts of it during the outage", len(loads_of(first, "2")) - tries_before, "")
+
+    # Both defaults kept answering, correctly, all along: nothing evicted them.
+    assert defaults and not failed, failed[:5]
+    assert len(defaults) >= 20
+    # The version that could not be downloaded was never served, nor quarantined for it.
+    assert asked and all(o.status in (503, None) for o in asked), asked[:5]
+    assert ctl.state_of(first, "2") == "live"

@@ -1,0 +1,124 @@
+"""Loading a model before Ray's multiplexer is asked for it, so a load that has not produced a
+model never costs a loaded one.
+
+Ray Serve's ``@serve.multiplexed`` (``ray/serve/multiplex.py``, ``load_model``) evicts the least
+recently used model under its lock *before* it calls the loader. Called with a loader that
+downloads and loads, a version whose download fails (the artifact store down) or whose pickle is
+broken evicts a healthy model on every try, and the evicted one (a default, say) then cannot be
+loaded back while the store is down. So the whole load (download, digest check, load) happens
+here first, one at a time per replica as before; only a model in hand goes into the multiplexer,
+whose loader (``take``) just hands it over. A failed load raises here, before the multiplexer
+and its eviction. See ``docs/architecture.md`` ("A load never costs a loaded model").
+
+Chosen over owning the LRU: the multiplexer is also what tells Ray's router which replica holds
+which model id (through private calls), which an LRU of our own would have to redo. The price is
+the same either way: while a new model loads, the replica holds one model more than its limit.
+
+Ray's LRU is not ours to read, so which ids it holds is kept here: added when ``take`` hands a
+model over, removed when the multiplexer evicts it (``evicted``, from the model's ``__del__``).
+In the moment between Ray's eviction and that call, a request for the evicted id reaches the
+multiplexer with nothing loaded ahead; ``take`` then loads it in place, as Ray would (the one
+case where a failed load could still evict; it needs an eviction and a request for the evicted
+model within a thread hop of each other).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from serving.exceptions import ModelUnavailable
+from serving.failed_loads import again
+from serving.loader import Artifact, LoadedModel
+
+logger = logging.getLogger(__name__)
+
+# ``PyfuncLoader.load``, or anything of its shape: (model id, artifact, confirm) -> a model.
+Load = Callable[[str, Artifact, bool], Awaitable[LoadedModel]]
+# The multiplexed getter: a model id -> the model, from the LRU or from ``take``.
+Lru = Callable[[str], Awaitable[LoadedModel]]
+
+
+@dataclass
+class _Wanted:
+    artifact: Artifact
+    confirm: bool
+    requests: int = 0
+
+
+class LoadAhead:
+    def __init__(self, load: Load, lru: Lru) -> None:
+        self._load = load
+        self._lru = lru
+        # One load at a time, as Ray's multiplexer did: loads race for memory and the disk.
+        self._one_at_a_time = asyncio.Lock()
+        self._loading: dict[str, asyncio.Task[None]] = {}
+        # Loaded, not yet handed to the multiplexer.
+        self._staged: dict[str, LoadedModel] = {}
+        # Ids with requests waiting for them, and what they are bound to.
+        self._wanted: dict[str, _Wanted] = {}
+        # Ids the multiplexer holds, as far as ``take`` and ``evicted`` tell.
+        self._resident: set[str] = set()
+
+    @property
+    def resident(self) -> set[str]:
+        return set(self._resident)
+
+    async def model(self, value: str, artifact: Artifact, *, confirm: bool = False) -> LoadedModel:
+        """The model of ``value``: loaded first if the multiplexer does not hold it, then asked of
+        the multiplexer. ``confirm`` as in ``PyfuncLoader.load`` (set for a default)."""
+        wanted = self._wanted.setdefault(value, _Wanted(artifact, confirm))
+        wanted.requests += 1
+        try:
+            if value not in self._resident and value not in self._staged:
+                await self._stage(value, artifact, confirm)
+            return await self._lru(value)
+        finally:
+            wanted.requests -= 1
+            if wanted.requests == 0:
+                del self._wanted[value]
+                # Nobody left to take it (the requests were cancelled): not kept in memory.
+                self._staged.pop(value, None)
+
+    async def take(self, value: str) -> LoadedModel:
+        """The multiplexer's loader: hand over the model loaded ahead for ``value``."""
+        loaded = self._staged.pop(value, None)
+        if loaded is None:
+            # Evicted a moment ago while a request for it was on its way (see the docstring).
+            wanted = self._wanted.get(value)
+            if wanted is None:
+                raise ModelUnavailable(f"nothing was loaded for the model id {value!r}")
+            logger.info("%s was evicted as it was asked for; loading it in place", value)
+            loaded = await self._load(value, wanted.artifact, wanted.confirm)
+        self._resident.add(value)
+        return loaded
+
+    def evicted(self, value: str) -> None:
+        """The multiplexer evicted ``value`` (called from the model's ``__del__``)."""
+        self._resident.discard(value)
+
+    async def _stage(self, value: str, artifact: Artifact, confirm: bool) -> None:
+        task = self._loading.get(value)
+        if task is None:
+            # A task of its own: a request that gives up does not cancel the load that the
+            # other requests for the same model wait for.
+            task = asyncio.get_running_loop().create_task(self._load_one(value, artifact, confirm))
+            self._loading[value] = task
+            # Retrieved even when every request for it gave up, so asyncio does not log it.
+            task.add_done_callback(lambda done: done.cancelled() or done.exception())
+        try:
+            await asyncio.shield(task)
+        except ModelUnavailable as error:
+            # Each request its own exception (a shared one would share its traceback).
+            raise again(error) from None
+
+    async def _load_one(self, value: str, artifact: Artifact, confirm: bool) -> None:
+        try:
+            async with self._one_at_a_time:
+                loaded = await self._load(value, artifact, confirm)
+            if value in self._wanted:
+                self._staged[value] = loaded
+        finally:
+            del self._loading[value]

@@ -1,0 +1,184 @@
+"""A load that has not produced a model never costs a loaded one: models are loaded ahead of an
+LRU that evicts the way Ray Serve's multiplexer does (before it calls its loader), with real
+pyfunc artifacts saved on disk and the real ``PyfuncLoader``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+
+from serving.exceptions import ModelUnavailable
+from serving.load_ahead import LoadAhead
+from serving.loader import Artifact, LoadedModel, PyfuncLoader, model_id
+from tests.unit.test_serving_loader import broken_pickle, saved
+
+
+class RayOrderLru:
+    """Ray Serve 2.60's ``_ModelMultiplexWrapper.load_model`` in its order: a hit moves to the
+    end; a miss takes the lock, evicts the least recently used model if full (calling its
+    ``__del__``), *then* calls the loader."""
+
+    def __init__(self, load: object, max_models: int) -> None:
+        self.load = load
+        self.max_models = max_models
+        self.models: OrderedDict[str, LoadedModel] = OrderedDict()
+        self.lock = asyncio.Lock()
+        self.evictions: list[str] = []
+
+    async def __call__(self, value: str) -> LoadedModel:
+        if value in self.models:
+            self.models.move_to_end(value)
+            return self.models[value]
+        async with self.lock:
+            if value in self.models:
+                return self.models[value]
+            if len(self.models) >= self.max_models:
+                evicted, model = self.models.popitem(last=False)
+                self.evictions.append(evicted)
+                model.__dict__["__del__"]()
+            assert callable(self.load)
+            self.models[value] = await self.load(value)
+            return self.models[value]
+
+
+class Replica:
+    """What ``serving.server.Server`` wires: loader -> LoadAhead -> the LRU -> ``take``."""
+
+    def __init__(self, max_models: int = 2) -> None:
+        self.loader = PyfuncLoader()
+
+        async def take(value: str) -> LoadedModel:
+            loaded = await self.ahead.take(value)
+            loaded.__dict__["__del__"] = lambda: self.ahead.evicted(value)
+            return loaded
+
+        async def load(value: str, artifact: Artifact, confirm: bool) -> LoadedModel:
+            return await self.loader.load(value, artifact, confirm=confirm)
+
+        self.lru = RayOrderLru(take, max_models)
+        self.ahead = LoadAhead(load, self.lru)
+
+    async def get(self, name: str, version: str, artifact: Artifact) -> LoadedModel:
+        value = model_id(name, version, artifact)
+        self.loader.check(value)
+        return await self.ahead.model(value, artifact)
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifact, Artifact, Artifact]:
+    directory = tmp_path_factory.mktemp("good")
+    return saved(directory, "a"), saved(directory, "b"), saved(directory, "c")
+
+
+def test_versions_that_cannot_load_never_evict_the_loaded_defaults(
+    tmp_path: Path, good: tuple[Artifact, Artifact, Artifact]
+) -> None:
+    a, b, _ = good
+    store_down = Artifact((tmp_path / "not-downloadable").as_uri(), "0" * 64)
+    broken = broken_pickle(tmp_path / "src")
+
+    async def scenario() -> Replica:
+        replica = Replica(max_models=2)
+        first = await replica.get("a", "1", a)
+        second = await replica.get("b", "1", b)
+        for _ in range(3):
+            with pytest.raises(ModelUnavailable, match="could not be loaded"):
+                await replica.get("a", "2", store_down)
+            with pytest.raises(ModelUnavailable, match="UnpicklingError"):
+                await replica.get("a", "3", broken)
+            # Forget the failures: each round tries both loads again.
+            replica.loader = PyfuncLoader()
+        assert await replica.get("a", "1", a) is first
+        assert await replica.get("b", "1", b) is second
+        return replica
+
+    replica = asyncio.run(scenario())
+    assert replica.lru.evictions == []
+    assert list(replica.lru.models) == [model_id("a", "1", a), model_id("b", "1", b)]
+
+
+def test_a_model_that_loads_takes_the_place_of_the_least_recently_used(
+    good: tuple[Artifact, Artifact, Artifact],
+) -> None:
+    a, b, c = good
+
+    async def scenario() -> Replica:
+        replica = Replica(max_models=2)
+        await replica.get("a", "1", a)
+        await replica.get("b", "1", b)
+        await replica.get("a", "1", a)  # b is now the least recently used
+        await replica.get("c", "1", c)
+        assert replica.ahead.resident == {model_id("a", "1", a), model_id("c", "1", c)}
+        await replica.get("b", "1", b)  # evicted, so loaded again
+        return replica
+
+    replica = asyncio.run(scenario())
+    assert replica.lru.evictions == [model_id("b", "1", b), model_id("a", "1", a)]
+    assert replica.loader.attempts.count(model_id("b", "1", b)) == 2
+
+
+def test_concurrent_requests_for_a_model_share_one_load(
+    good: tuple[Artifact, Artifact, Artifact],
+) -> None:
+    a, _, _ = good
+
+    async def scenario() -> tuple[Replica, list[LoadedModel]]:
+        replica = Replica()
+        models = await asyncio.gather(*(replica.get("a", "1", a) for _ in range(8)))
+        return replica, list(models)
+
+    replica, models = asyncio.run(scenario())
+    assert replica.loader.attempts == [model_id("a", "1", a)]
+    assert all(m is models[0] for m in models)
+
+
+def test_concurrent_requests_for_a_broken_model_share_one_try_each_its_own_error(
+    tmp_path: Path,
+) -> None:
+    broken = broken_pickle(tmp_path)
+
+    async def scenario() -> tuple[Replica, list[BaseException]]:
+        replica = Replica()
+        answers = await asyncio.gather(
+            *(replica.get("a", "2", broken) for _ in range(8)), return_exceptions=True
+        )
+        return replica, [a for a in answers if isinstance(a, BaseException)]
+
+    replica, errors = asyncio.run(scenario())
+    assert len(errors) == 8 and all(isinstance(e, ModelUnavailable) for e in errors)
+    assert len({id(e) for e in errors}) == 8
+    assert replica.loader.attempts == [model_id("a", "2", broken)]
+
+
+def test_a_load_whose_requests_all_gave_up_is_not_kept(
+    good: tuple[Artifact, Artifact, Artifact], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, _, _ = good
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr("tempfile.tempdir", None)
+
+    def downloads() -> list[Path]:
+        return list(tmp_path.iterdir())
+
+    async def scenario() -> Replica:
+        replica = Replica()
+        request = asyncio.create_task(replica.get("a", "1", a))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 30
+        while not downloads():  # its download directory: the load has begun
+            assert loop.time() < deadline
+            await asyncio.sleep(0.001)
+        request.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        # The load runs on and ends; with nobody to take it, the model and its files go.
+        while downloads():
+            assert loop.time() < deadline, downloads()
+            await asyncio.sleep(0.01)
+        return replica
+
+    replica = asyncio.run(scenario())
+    assert replica.lru.models == {} and replica.ahead.resident == set()
