@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -59,12 +60,15 @@ class LoadAhead:
         self._staged: dict[str, LoadedModel] = {}
         # Ids with requests waiting for them, and what they are bound to.
         self._wanted: dict[str, _Wanted] = {}
-        # Ids the multiplexer holds, as far as ``take`` and ``evicted`` tell.
+        # Ids the multiplexer holds, as far as ``take`` and ``evicted`` tell. Ray evicts from
+        # a worker thread, so a copy is taken under a lock.
         self._resident: set[str] = set()
+        self._resident_lock = threading.Lock()
 
     @property
     def resident(self) -> set[str]:
-        return set(self._resident)
+        with self._resident_lock:
+            return set(self._resident)
 
     async def model(self, value: str, artifact: Artifact, *, confirm: bool = False) -> LoadedModel:
         """The model of ``value``: loaded first if the multiplexer does not hold it, then asked of
@@ -92,12 +96,14 @@ class LoadAhead:
                 raise ModelUnavailable(f"nothing was loaded for the model id {value!r}")
             logger.info("%s was evicted as it was asked for; loading it in place", value)
             loaded = await self._load(value, wanted.artifact, wanted.confirm)
-        self._resident.add(value)
+        with self._resident_lock:
+            self._resident.add(value)
         return loaded
 
     def evicted(self, value: str) -> None:
-        """The multiplexer evicted ``value`` (called from the model's ``__del__``)."""
-        self._resident.discard(value)
+        """The multiplexer evicted ``value`` (called from the model's ``__del__``, in a thread)."""
+        with self._resident_lock:
+            self._resident.discard(value)
 
     async def _stage(self, value: str, artifact: Artifact, confirm: bool) -> None:
         task = self._loading.get(value)
