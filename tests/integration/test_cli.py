@@ -1,4 +1,4 @@
-"""The admin CLI (`sigserve status|pin|quarantine|release|events|policy`) against the real
+"""The admin CLI (`sigserve status|pin|adopt|quarantine|release|events|policy`) against the real
 controller of the session (a real MLflow server behind it): what a person reads, the exit codes
 a script branches on, and `--json` as a script parses it, once from a `sigserve` subprocess."""
 
@@ -124,6 +124,28 @@ def test_pin_moves_the_default_and_a_refused_pin_exits_1_with_the_reasons(
     assert code == 0 and "its signature is the contract" in out
     assert [(v["version"], v["state"]) for v in ctl.model(name)["versions"]] == [
         ("1", "quarantined"), ("2", "quarantined"), ("3", "live")]
+
+
+def test_adopt_makes_the_contract_and_names_the_versions_it_quarantined(
+    ctl: ControllerHandle, cli: Any
+) -> None:
+    from tests.integration.test_pinning import register_text_echo
+
+    name = "cli_adopt"
+    register_text_echo(name, tag="one", lang=False)
+    register_text_echo(name, tag="two", lang=True)
+    decided(ctl, name, {"1": "live", "2": "live"})
+
+    code, out, _ = cli("pin", name, "2")
+    assert code == 0 and f"{name}: version 2 is the default; the contract is kept" in out
+    code, out, _ = cli("adopt", name, "2")
+    out = " ".join(out.split())
+    assert code == 0 and "its signature is the contract" in out
+    reasons = ctl.model(name)["versions"][0]["reasons"]
+    assert f"version 1: live -> quarantined • {reasons[0]}" in out
+    assert [i["name"] for i in ctl.model(name)["contract"]["inputs"]] == ["text", "lang"]
+    code, _, err = cli("pin", name, "1")
+    assert code == 1 and "--force" in err
 
 
 def test_quarantine_release_and_the_events_they_leave(gate: str, ctl: ControllerHandle,

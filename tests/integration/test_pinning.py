@@ -3,6 +3,7 @@ keeps the contract, adopting a version's signature (or forcing a breaking one) c
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
@@ -92,9 +93,12 @@ def test_a_compatible_pin_keeps_the_contract_so_rolling_back_works(
     assert inputs_of(r.json()["contract"]) == ["text"]
     wait_for(lambda: serve_status(serving_url, name, body=hi).json() == [{"answer": "two:hi"}])
     # The new version misbehaves: the operator rolls back.
+    started = time.monotonic()
     r = httpx.put(url, json={"version": "1"}, headers=ctl.admin)
     assert r.status_code == 200, r.text
-    wait_for(lambda: serve_status(serving_url, name, body=hi).json() == [{"answer": "one:hi"}])
+    wait_for(lambda: serve_status(serving_url, name, body=hi).json() == [{"answer": "one:hi"}],
+             10, 0.01)
+    print(f"rollback: PUT -> serving answers v1 in {(time.monotonic() - started) * 1000:.0f} ms")
     assert [v["state"] for v in ctl.model(name)["versions"]] == ["live", "live"]
 
     # Adopting v2's signature is the explicit act: clients may send 'lang' now, so v1, which
