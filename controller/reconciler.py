@@ -1,7 +1,10 @@
 """Reconcile one registered model: read actual state, decide, record, publish. Safe to repeat.
 
-Registry reads happen outside the write lock (they are slow); the read-decide-write of the
-stored record happens inside it, from a fresh read, so a concurrent admin change is never lost.
+Registry reads happen outside the write lock (they are slow); the decision is written inside
+it, built on a fresh read, and only if the model was not written since the reconcile read it
+with its registry snapshot (its generation, ``controller/store.py``): a decision from an older
+snapshot (another controller's, a leader's that stepped down) never commits over a newer one
+or over an admin change; the write raises ``GenerationConflict`` and the worker requeues.
 
 Identity: the endpoint's clients know a model by its name, so the *contract* (and the pin and
 the policies) belong to the name. A model deleted from the registry is not forgotten: its record
@@ -157,31 +160,41 @@ class Reconciler:
             registry_created_at=created_at,
         )
 
-    def _tombstone(self, name: str, actor: str) -> Outcome:
+    def _tombstone(
+        self, name: str, actor: str, before: ModelRecord | None, fence: Callable[[], None]
+    ) -> Outcome:
         now = self._clock()
 
         def bury(current: ModelRecord | None) -> ModelRecord | None:
+            fence()
             if current is None or current.deleted_at is not None:
                 return current
-            return replace(current, versions={}, deleted_at=now)
+            read_at = before.generation if before is not None else 0
+            return replace(current, versions={}, deleted_at=now, generation=read_at)
 
-        before = self._store.load_model(name)
         after = self._store.update_model(name, bury, actor)
         changed = before != after
         if changed:
             log.info("registered model %s is gone; its contract is kept for its name", name)
         return Outcome(changed=changed)
 
-    def reconcile(self, name: str, actor: str = "resync") -> Outcome:
+    def reconcile(
+        self, name: str, actor: str = "resync", *, fence: Callable[[], None] = lambda: None
+    ) -> Outcome:
+        """One pass over ``name``. ``fence`` runs inside the write transaction and raises to
+        stop the write (the worker's: this controller stopped leading meanwhile)."""
+        # Read before the registry: the decision is written only if the model is still as
+        # read here, so a newer snapshot decided meanwhile (by anyone) is never undone.
+        before = self._store.load_model(name)
+        read_at = before.generation if before is not None else 0
         try:
             info = self._registry.model(name)
             observed = self._registry.versions(name)
         except RegisteredModelGone:
-            return self._tombstone(name, actor)
+            return self._tombstone(name, actor, before, fence)
         created_at = info.created_at
         alias_now = info.aliases.get(self._alias)
 
-        before = self._store.load_model(name)
         if before is not None and (before.deleted_at is not None or _recreated(before, created_at)):
             log.info(
                 "registered model %s was deleted and created again; its versions are new "
@@ -208,6 +221,7 @@ class Reconciler:
                 broken[version] = f"{type(exc).__name__}: {exc}"[:500]
 
         def decide(current: ModelRecord | None) -> ModelRecord:
+            fence()
             if current is None:
                 current = self._new_model(name, created_at)
             elif current.deleted_at is not None or _recreated(current, created_at):
@@ -222,10 +236,11 @@ class Reconciler:
             merged = merge_observed(current, observed, facts, failures, broken)
             now = self._clock()
             decided = decide_all(merged, now, self._environment)
-            return follow_alias(decided, alias_now, now, self._environment)
+            followed = follow_alias(decided, alias_now, now, self._environment)
+            return replace(followed, generation=read_at)
 
-        # Decided from a fresh read inside the write transaction: an admin change made while
-        # the registry was being read is built on, never overwritten.
+        # Decided from a fresh read inside the write transaction, written only if nobody wrote
+        # the model since ``before`` was read (else GenerationConflict: the worker requeues).
         # Each decision is logged and counted as it commits (``controller.decision_log``).
         decided = self._store.update_model(name, decide, actor)
         assert decided is not None

@@ -71,6 +71,10 @@ class ModelRecord:
     max_batch_size: int | None = None
     batch_wait_ms: float | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
+    # The stored row's generation when this record was read (0: not stored), or None for a
+    # record made from scratch. A record written with a generation is written only if the row
+    # still has it (``Store.update_model``). Not part of what a record says, so not compared.
+    generation: int | None = field(default=None, compare=False)
 
     def sorted_versions(self) -> list[VersionRecord]:
         return sorted(self.versions.values(), key=lambda v: v.number)

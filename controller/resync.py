@@ -39,22 +39,24 @@ class Resync:
         self._interval_s = interval_s
         self._audit_retention = audit_retention
 
-    async def once(self) -> bool:
+    async def once(self) -> list[str] | None:
         """Enqueue every model the registry or the database knows; prune old records.
 
-        False when the registry could not be listed.
+        The names enqueued (what priming waits for, ``Worker.prime``); None when the registry
+        could not be listed.
         """
         try:
             names = await asyncio.to_thread(self._registry.model_names)
         except RegistryUnavailable as exc:
             log.warning("resync: registry unavailable (%s)", exc)
-            return False
+            return None
         known = await asyncio.to_thread(self._store.model_names)
         await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
         await asyncio.to_thread(self._store.prune_events, self._audit_retention)
-        for name in sorted(set(names) | set(known)):
+        listed = sorted(set(names) | set(known))
+        for name in listed:
             self._enqueue(name, "resync")
-        return True
+        return listed
 
     async def run(self) -> None:
         while True:

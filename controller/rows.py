@@ -19,6 +19,8 @@ from controller.schema import ModelVersionRow, RegisteredModelRow
 from wire.routing_table import VersionState
 
 MODEL_FIELDS = tuple(f.name for f in fields(ModelRecord) if f.name != "versions")
+# Read with the row, written only by the store's conditional UPDATE (``Store.update_model``).
+_STORE_OWNED = frozenset({"generation"})
 VERSION_FIELDS = tuple(f.name for f in fields(VersionRecord))
 
 
@@ -60,7 +62,8 @@ def to_record(row: RegisteredModelRow) -> ModelRecord:
 def write_row(row: RegisteredModelRow, record: ModelRecord, now: datetime) -> None:
     """Bring ``row`` and its version rows to ``record``: versions it lacks are removed."""
     for name in MODEL_FIELDS:
-        setattr(row, name, _to_column(getattr(record, name)))
+        if name not in _STORE_OWNED:
+            setattr(row, name, _to_column(getattr(record, name)))
     row.updated_at = now
     existing = {v.version: v for v in row.versions}
     for gone in set(existing) - set(record.versions):

@@ -38,6 +38,8 @@ class RegisteredModelRow(Base):
     # Batching when served, from the model's registry tags; None: serving's own defaults.
     max_batch_size: Mapped[int | None] = mapped_column(Integer)
     batch_wait_ms: Mapped[float | None] = mapped_column(Float)
+    # One more with every write: a write from an older read is refused (controller/store.py).
+    generation: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
 

@@ -8,6 +8,14 @@ process. Across processes: on PostgreSQL the transaction also locks the model's 
 each other instead of writing from a stale read. SQLite ignores row locks and lets a write
 fail on a snapshot another process changed: there, run one controller per database.
 
+Row locks order writers; they do not stop a write built on a read made *before* the other
+writer committed (a reconcile reads the registry, slowly, outside any transaction). So each
+model has a generation, one more with every write, and a record that carries the generation it
+was read at is written only by a conditional UPDATE on it (``GenerationConflict`` otherwise),
+as Kubernetes does with ``resourceVersion``. A new leader makes every earlier read stale
+(``fence_in_flight``), so its predecessor's in-flight work cannot commit. The guarantee:
+docs/architecture.md, "Two controllers".
+
 Two controllers on one PostgreSQL (``controller/leadership.py``): a follower hands what it is
 asked to reconcile to the leader through ``reconcile_requests`` (with the webhook's delivery id,
 in one transaction), and loads the tables the leader publishes (``published_table``).
@@ -19,15 +27,18 @@ import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import CursorResult, Engine, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from controller import faults
 from controller.audit import AuditEvent, diff
+from controller.exceptions import ControllerError
 from controller.records import ModelRecord
 from controller.rows import to_record, utc, write_row
 from controller.schema import (
@@ -43,6 +54,21 @@ from wire.routing_table import RoutingTable
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class GenerationConflict(ControllerError):
+    """The model was written since the record was read: decide again from a fresh read.
+
+    Temporary, like a registry outage: the worker requeues the model, whose next pass reads
+    the registry and the store again.
+    """
+
+    def __init__(self, name: str, read: int, stored: int) -> None:
+        super().__init__(
+            f"registered model '{name}' was written since it was read "
+            f"(generation {read} read, {stored} stored)"
+        )
+        self.name, self.read, self.stored = name, read, stored
 
 
 class Store:
@@ -99,7 +125,10 @@ class Store:
         ``change`` gets ``None`` for a model not stored yet and returns ``None`` to delete it.
         An exception from ``change`` rolls everything back. Nothing is written when the new
         record equals the old one; what is written is audited, by ``actor``, in the same
-        transaction.
+        transaction. A record returned with a ``generation`` (the one its maker read, 0 for
+        "not stored") is written only if the row still has it, else ``GenerationConflict``;
+        one built on ``change``'s own argument carries that row's, so it always is. The record
+        returned carries the generation it now has.
         """
         try:
             return self._update_model(name, change, actor)
@@ -121,13 +150,16 @@ class Store:
             if updated is None:
                 if row is not None:
                     session.delete(row)
-            elif updated != current:
-                self._write(session, row, updated)
+                self._audit(session, diff(name, current, updated, actor))
+                return None
+            if updated == current:
+                # Nothing to write, so nothing undone, whatever read it was decided from.
+                return replace(updated, generation=current.generation if current else 0)
+            written = self._write(session, row, updated)
             self._audit(session, diff(name, current, updated, actor))
-            if updated != current:
-                # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
-                faults.kill_at("in_transaction", name, before=session.flush)
-            return updated
+            # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
+            faults.kill_at("in_transaction", name, before=session.flush)
+            return replace(updated, generation=written)
 
     def _audit(self, session: Session, events: list[AuditEvent]) -> None:
         now = _now()
@@ -169,12 +201,47 @@ class Store:
         with self._transaction() as session:
             session.execute(delete(AuditEventRow).where(AuditEventRow.at < _now() - older_than))
 
-    def _write(self, session: Session, row: RegisteredModelRow | None, record: ModelRecord) -> None:
+    def _write(self, session: Session, row: RegisteredModelRow | None, record: ModelRecord) -> int:
+        """Write ``record`` if its row still has the generation it was read at; the new one."""
         now = _now()
+        stored = row.generation if row is not None else 0
+        read = stored if record.generation is None else record.generation
         if row is None:
-            row = RegisteredModelRow(name=record.name, created_at=now)
+            if read != 0:
+                raise GenerationConflict(record.name, read, 0)  # deleted since it was read
+            row = RegisteredModelRow(name=record.name, created_at=now, generation=1)
             session.add(row)
+            write_row(row, record, now)
+            return 1
+        # The compare-and-set itself: the row lock above orders writers on PostgreSQL; this
+        # refuses the one whose read is older than the last write, on either backend.
+        bumped = session.execute(
+            update(RegisteredModelRow)
+            .where(RegisteredModelRow.name == record.name, RegisteredModelRow.generation == read)
+            .values(generation=read + 1)
+        )
+        if cast(CursorResult[Any], bumped).rowcount != 1:
+            raise GenerationConflict(record.name, read, stored)
         write_row(row, record, now)
+        return read + 1
+
+    def fence_in_flight(self) -> int:
+        """Make every read made before now stale; how many models it covered.
+
+        A new leader calls this before its first reconcile: a controller that stopped leading
+        may still have a reconcile in flight (its thread outlives its leadership, and a frozen
+        leader does not know it lost the lock), and that reconcile's write, built on what it
+        read before the takeover, must not commit. One more on every generation refuses it.
+        On SQLite there is no election and no other controller (one per database): nothing to
+        fence, and nothing to wait for when another process holds the database's lock.
+        """
+        with self._write_lock, self._transaction() as session:
+            if session.get_bind().dialect.name != "postgresql":
+                return 0
+            bumped = session.execute(
+                update(RegisteredModelRow).values(generation=RegisteredModelRow.generation + 1)
+            )
+            return cast(CursorResult[Any], bumped).rowcount
 
     def delete_model(self, name: str, actor: str = "controller") -> bool:
         with self._write_lock, self._transaction() as session:

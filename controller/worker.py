@@ -9,22 +9,28 @@ no event is lost. Temporary failures come back after a capped exponential backof
 With several controllers on one PostgreSQL only the leader runs the worker
 (``controller/leadership.py``); what followers are asked to reconcile reaches it through the
 ``reconcile_requests`` table, which the leader takes (``Resync.take_requests_loop``). A controller
-that steps down forgets its queue (``reset``): the next leader starts with a full resync.
+that steps down forgets its queue (``reset``): the next leader starts with a full resync. A pass
+still in flight when it steps down runs on in its thread but cannot commit: its write checks, in
+its transaction, that the worker did not step down since the pass began (``SteppedDown``), and a
+new leader's worker first makes every earlier read stale (``Store.fence_in_flight``), which also
+stops a leader that was frozen and does not know yet. A pass whose model was written since it
+read it (``GenerationConflict``) is requeued at once and reads again.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.exc import OperationalError
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
+    before_sleep_log,
     retry_if_exception_type,
     retry_if_result,
     wait_exponential,
@@ -34,17 +40,22 @@ from controller import faults
 from controller.broadcaster import TableBroadcaster
 from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.metrics import Metrics
+from controller.priming import Priming
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.registry import RegistryPort
 from controller.resync import Resync
-from controller.store import Store
+from controller.store import GenerationConflict, Store
 from wire.logs import trail
 
 log = logging.getLogger(__name__)
 WEBHOOK_ACTOR = "webhook:"
 # Webhook deliveries remembered per waiting name (for its log lines), the latest kept.
 _DELIVERIES_PER_NAME = 20
+
+
+class SteppedDown(Exception):
+    """Raised inside a pass's write transaction: the worker stopped leading since it began."""
 
 
 class Worker:
@@ -60,6 +71,7 @@ class Worker:
         retry_initial_s: float,
         retry_max_s: float,
         audit_retention: timedelta = timedelta(days=90),
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reconciler = reconciler
         self._store = store
@@ -89,8 +101,12 @@ class Worker:
         # even if it changes nothing, or the table would lag the database until another change.
         self._publish_owed = False
         # False until the table may be shown to serving: at once for a database that has
-        # published before, after the first full pass over the registry for a fresh one.
+        # published before, once every model the registry listed was reconciled for a fresh one.
         self._primed = False
+        self._priming: Priming | None = None
+        self._clock = clock
+        # One more at every step-down: a pass begun under an older term cannot commit.
+        self._term = 0
 
     @property
     def primed(self) -> bool:
@@ -118,6 +134,7 @@ class Worker:
         return True
 
     async def run(self) -> None:
+        await self._fence_predecessors()
         while True:
             name = await self._queue.get()
             self._waiting.discard(name)
@@ -135,13 +152,35 @@ class Worker:
             finally:
                 self._queue.task_done()
 
+    async def _fence_predecessors(self) -> None:
+        """Before the first pass: what a controller that led before still has in flight must
+        not commit (``Store.fence_in_flight``). Until the database answers, nothing is done."""
+        async for attempt in AsyncRetrying(
+            wait=wait_exponential(multiplier=self._retry_initial_s, max=self._retry_max_s),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+        ):
+            with attempt:
+                await asyncio.to_thread(self._store.fence_in_flight)
+
     async def _process(self, name: str, actor: str, deliveries: list[str]) -> None:
         started = time.perf_counter()
+        term = self._term
+
+        def fence() -> None:
+            # Runs in the pass's write transaction, after its row lock: past here a step-down
+            # comes too late for this pass, and a new leader's fence_in_flight waits for it.
+            if self._term != term:
+                raise SteppedDown(f"stopped leading while reconciling {name}")
+
         try:
-            outcome = await asyncio.to_thread(self._reconciler.reconcile, name, actor)
-        except RegistryUnavailable as exc:
+            outcome = await asyncio.to_thread(self._reconciler.reconcile, name, actor, fence=fence)
+        except (RegistryUnavailable, GenerationConflict) as exc:
             self._metrics.reconciles.labels("temporary_error").inc()
-            self._retry_later(name, str(exc), deliveries)
+            # A conflict: the model was written since this pass read it; reading again now
+            # finds what was written (a conflict that repeats backs off like the rest).
+            self._retry_later(
+                name, str(exc), deliveries, at_once=isinstance(exc, GenerationConflict)
+            )
             return
         except OperationalError as exc:
             # The database is locked by another writer or unreachable: temporary, like a
@@ -149,19 +188,29 @@ class Worker:
             self._metrics.reconciles.labels("temporary_error").inc()
             self._retry_later(name, f"database unavailable: {exc.orig}", deliveries)
             return
+        except SteppedDown:
+            log.info(
+                "%s: this controller stopped leading during the pass; nothing of it was "
+                "written (the next leader reconciles it)",
+                name,
+            )
+            return
         except RegistryRefused as exc:
             # Retrying soon cannot help; the resync comes back to it.
             self._metrics.reconciles.labels("permanent_error").inc()
             log.warning("%s: the registry refused (%s); next look at the resync", name, exc)
+            self._reconciled(name)
             return
         except Exception:
             # A bug must not stop the worker; the resync loop brings the name back.
             self._metrics.reconciles.labels("error").inc()
             log.exception("reconciling %s failed", name)
+            self._reconciled(name)
             return
         finally:
             self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
         self._metrics.reconciles.labels("ok").inc()
+        self._reconciled(name)
         # A pass that changes nothing (most resync passes) is not worth a line at INFO.
         log.log(logging.INFO if outcome.changed else logging.DEBUG, "reconciled %s: %s", name,
                 "changed" if outcome.changed else "no change",
@@ -171,20 +220,30 @@ class Worker:
             # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
             faults.kill_at("committed", name)
             await self.publish()
-        if outcome.write_back is not None:
+        if outcome.write_back is not None and term == self._term:
             await asyncio.to_thread(outcome.write_back)
         if outcome.retry_reason:
             self._retry_later(name, outcome.retry_reason, deliveries)
         else:
             self._attempts.pop(name, None)
 
-    def _retry_later(self, name: str, why: str, deliveries: list[str] | None = None) -> None:
+    def _reconciled(self, name: str) -> None:
+        if self._priming is not None:
+            self._priming.reconciled(name)
+
+    def _retry_later(
+        self, name: str, why: str, deliveries: list[str] | None = None, *, at_once: bool = False
+    ) -> None:
         # A rate-limited requeue per name (client-go's per-item exponential failure limiter),
         # not a retry of a call: the name goes back on the queue, where a webhook or a resync
         # may bring it sooner, and the worker serves other names meanwhile.
         self._attempts[name] += 1
         delay = min(self._retry_max_s, self._retry_initial_s * 2 ** (self._attempts[name] - 1))
+        if at_once and self._attempts[name] == 1:
+            delay = 0.0
         log.warning("%s: temporary failure (%s); retrying in %.1fs", name, why, delay)
+        if self._priming is not None:
+            self._priming.failed(name)
 
         def retry() -> None:
             self._retries.discard(handle)
@@ -207,27 +266,40 @@ class Worker:
         self._attempts.clear()
         self._publish_owed = False
         self._primed = False
+        self._priming = None
+        self._term += 1  # what is in flight cannot commit
 
-    async def prime(self, *, already_published: bool, settle_s: float = 120.0) -> None:
-        """Let the table reach serving: at once, or after a first full pass over the registry.
+    async def prime(self, *, already_published: bool) -> None:
+        """Let the table reach serving: at once, or once every listed model was reconciled.
 
         A database that published before holds decisions: serve them now (static stability).
-        A fresh one (a new epoch, which replicas obey at once) would turn every model into 404
-        until reconciled, so it waits until the registry answered a resync and the queue that
-        resync filled was worked off (bounded by ``settle_s``).
+        A fresh one (a new epoch, which replicas obey at once) would turn every model it lacks
+        into 404, so its first table waits until the registry answered a resync and each model
+        that resync listed was reconciled once (``controller/priming.py``).
         """
         if not already_published:
+            self._priming = priming = Priming(self._clock)
             # Refused, unlisted, or the database failed: priming must outlive it, or nothing
             # would ever be published; so it retries, capped, for as long as it takes.
-            await AsyncRetrying(
-                retry=retry_if_result(lambda listed: not listed) | retry_if_exception_type(),
+            listed: list[str] | None = await AsyncRetrying(
+                retry=retry_if_result(lambda names: names is None) | retry_if_exception_type(),
                 wait=wait_exponential(multiplier=self._retry_initial_s, max=self._retry_max_s),
                 before_sleep=_log_priming_failure,
             )(self.resync.once)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._queue.join(), settle_s)
+            assert listed is not None  # retried until listed
+            priming.listed(listed)
+            took = await priming.wait()
+            log.info(
+                "primed: the %d listed models reconciled in %.1f s; the new epoch's first "
+                "table goes out",
+                len(listed),
+                took,
+                extra={"event": "primed", "models": len(listed), "took_s": round(took, 1)},
+            )
+            self._priming = None
         self._primed = True
         await self.publish()
+
 
 def _log_priming_failure(state: RetryCallState) -> None:
     exc = state.outcome.exception() if state.outcome is not None else None

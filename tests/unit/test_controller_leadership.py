@@ -25,13 +25,17 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
 from controller.app import create_app
+from controller.broadcaster import TableBroadcaster
 from controller.database import is_migrated, make_engine, migrate
 from controller.leadership import AdvisoryLock, Leadership, Role
 from controller.metrics import Metrics
+from controller.reconciler import Reconciler
 from controller.records import ModelRecord, VersionRecord
-from controller.store import Store
+from controller.store import GenerationConflict, Store
 from controller.table_builder import content_digest
+from controller.worker import Worker
 from tests.unit.test_controller_http import TOKEN, _settings, delivery
+from tests.unit.test_controller_reconciler import ENV, FakeRegistry, sig
 from wire.routing_table import RoutingTable, VersionState
 
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
@@ -443,3 +447,126 @@ def test_a_leader_stopped_gracefully_lets_the_lock_go_and_the_follower_leads_at_
             took = time.monotonic() - stopped
             print(f"leader stopped -> follower leads {took:.3f} s")
             assert took < ELECTION_S + 0.5
+
+
+# Two leaders cannot undo each other ------------------------------------------------------------
+
+
+class HeldRegistry(FakeRegistry):
+    """One controller's view of a registry shared with another: reading ``hold``'s artifact
+    waits until the test lets it go, so a reconcile holds an older snapshot meanwhile."""
+
+    def __init__(self, shared: FakeRegistry, hold: str | None = None) -> None:
+        super().__init__()
+        self.shared, self.hold = shared, hold
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def model(self, name: str) -> Any:
+        return self.shared.model(name)
+
+    def versions(self, name: str) -> Any:
+        return self.shared.versions(name)
+
+    def artifact(self, name: str, version: str) -> Any:
+        if version == self.hold:
+            self.reached.set()
+            assert self.release.wait(30), "the test never let the read go"
+        return self.shared.artifact(name, version)
+
+
+def test_a_reconcile_holding_an_older_snapshot_does_not_commit_over_a_newer_decision(
+    postgres_url: str,
+) -> None:
+    """Controller A reads the registry (versions 1, 2) and is held reading version 2's
+    artifact; version 3 is registered and controller B decides the newer snapshot (1, 2, 3)
+    and commits. A's older snapshot must not then drop version 3 from the decisions."""
+    engines = [make_engine(postgres_url) for _ in range(2)]
+    migrate(engines[0])
+    store_a, store_b = Store(engines[0]), Store(engines[1])
+    shared = FakeRegistry(versions_={"1": ("models:/m-1", sig("p"))})
+    Reconciler(store_b, HeldRegistry(shared), ENV, write_back=False).reconcile("m")
+    shared.versions_["2"] = ("models:/m-2", sig("p"))
+    held = HeldRegistry(shared, hold="2")
+    a = Reconciler(store_a, held, ENV, write_back=False)
+    outcome: list[object] = []
+
+    def reconcile_a() -> None:
+        try:
+            outcome.append(a.reconcile("m", "resync"))
+        except Exception as exc:  # what A ends with is checked below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reconcile_a)
+    thread.start()
+    try:
+        assert held.reached.wait(30)
+        shared.versions_["3"] = ("models:/m-3", sig("p"))
+        Reconciler(store_b, HeldRegistry(shared), ENV, write_back=False).reconcile("m", "resync")
+        decided = store_b.load_model("m")
+        assert decided is not None and set(decided.versions) == {"1", "2", "3"}
+    finally:
+        held.release.set()
+        thread.join(30)
+    after = store_a.load_model("m")
+    assert after is not None
+    assert set(after.versions) == {"1", "2", "3"}, "A's older snapshot undid B's decision"
+    assert after.versions["3"].state is VersionState.LIVE
+    # A's pass ends in a conflict (its worker requeues the model) and its next pass, from a
+    # fresh read, finds B's decision and has nothing to change.
+    assert len(outcome) == 1 and isinstance(outcome[0], GenerationConflict), outcome
+    again = a.reconcile("m", "retry")
+    assert not again.changed
+    assert store_a.load_model("m") == after
+    for engine in engines:
+        engine.dispose()
+
+
+def test_a_reconcile_in_flight_when_another_controller_takes_over_cannot_commit(
+    postgres_url: str,
+) -> None:
+    """The old leader (A, cut off or frozen: it does not know yet) is held mid-pass when B
+    takes over. B's worker fences before its first pass, so A's write, built on a read from
+    before the takeover, is refused even though nobody else wrote the model."""
+    engines = [make_engine(postgres_url) for _ in range(2)]
+    migrate(engines[0])
+    store_a, store_b = Store(engines[0]), Store(engines[1])
+    shared = FakeRegistry(versions_={"1": ("models:/m-1", sig("p"))})
+    Reconciler(store_a, HeldRegistry(shared), ENV, write_back=False).reconcile("m")
+    shared.versions_["2"] = ("models:/m-2", sig("p"))
+    held = HeldRegistry(shared, hold="2")
+    outcome: list[object] = []
+
+    def reconcile_a() -> None:
+        try:
+            outcome.append(Reconciler(store_a, held, ENV, write_back=False).reconcile("m"))
+        except Exception as exc:  # checked below
+            outcome.append(exc)
+
+    thread = threading.Thread(target=reconcile_a)
+    thread.start()
+    b_registry = HeldRegistry(shared)
+    b = Worker(Reconciler(store_b, b_registry, ENV, write_back=False), store_b, b_registry,
+               TableBroadcaster(), Metrics.create(), resync_interval_s=3600,
+               retry_initial_s=0.05, retry_max_s=0.1)
+
+    async def take_over() -> None:
+        run = asyncio.create_task(b.run())  # B leads: its worker starts...
+        b.enqueue("other")  # ...and reconciles
+        deadline = time.monotonic() + 10
+        while await asyncio.to_thread(store_b.load_model, "other") is None:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    try:
+        assert held.reached.wait(30)
+        asyncio.run(take_over())
+    finally:
+        held.release.set()
+        thread.join(30)
+    assert len(outcome) == 1 and isinstance(outcome[0], GenerationConflict), outcome
+    after = store_b.load_model("m")
+    assert after is not None and set(after.versions) == {"1"}  # nothing of A's pass
+    for engine in engines:
+        engine.dispose()

@@ -3,6 +3,7 @@ install upgraded release by release ends with the schema the ORM maps and keeps 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import sqlalchemy as sa
@@ -85,6 +86,11 @@ def test_a_database_of_the_first_release_keeps_its_decisions(database_url: str) 
     assert v2.state is VersionState.QUARANTINED and v2.reasons == ["input 'prompt' removed"]
     # Decided before artifacts were bound: no digest, so the reconciler reads them again.
     assert v1.mlmodel_digest is None and v1.override is None
+    # A stored model starts at generation 1 (0 means "not stored" to a reconcile's read), and
+    # its next write is fenced on it like any other.
+    assert record.generation == 1
+    written = store.update_model("m", lambda c: replace(c, default_version="2") if c else c)
+    assert written is not None and written.generation == 2
     # The database keeps counting where it was, under the epoch 0002 gave it.
     table = store.publish()
     assert table.revision == 42 and table.epoch

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 from controller.database import is_migrated, make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
-from controller.store import Store
+from controller.store import GenerationConflict, Store
 from controller.table_builder import content_digest
 from wire.routing_table import RoutingTable, VersionState
 
@@ -79,6 +79,51 @@ def test_revision_moves_only_when_the_table_changes(store: Store) -> None:
     assert changed.revision == empty.revision + 1
     assert changed.models["m"].versions["1"].state is VersionState.LIVE
     assert store.publish().revision == changed.revision
+
+
+def test_a_write_from_an_older_read_is_refused_and_changes_nothing(store: Store) -> None:
+    """The generation check (what keeps two leaders from undoing each other), on both
+    backends: a record carries the generation it was read at and is written only if the row
+    still has it."""
+    assert store.update_model("m", lambda c: c) is None  # nothing stored: generation 0
+    put(store, record(("1", VersionState.LIVE)))
+    read = store.load_model("m")
+    assert read is not None and read.generation == 1
+
+    def add_v2(current: ModelRecord | None) -> ModelRecord:
+        assert current is not None
+        newer = record(("1", VersionState.LIVE), ("2", VersionState.LIVE))
+        return replace(current, versions=newer.versions)
+
+    written = store.update_model("m", add_v2, "resync")  # another writer, after ``read``
+    assert written is not None and written.generation == 2
+    events = len(store.events("m", limit=100))
+
+    # A decision from the older read (it never saw version 2) must not drop version 2.
+    stale = replace(read, default_version="1", versions=dict(read.versions))
+    stale.versions["1"] = replace(stale.versions["1"], reasons=["decided from an old read"])
+    with pytest.raises(GenerationConflict) as conflict:
+        store.update_model("m", lambda _: stale, "resync")
+    assert (conflict.value.read, conflict.value.stored) == (1, 2)
+    after = store.load_model("m")
+    assert after is not None and after.generation == 2 and set(after.versions) == {"1", "2"}
+    assert after.versions["1"].reasons == ["why 1"]
+    assert len(store.events("m", limit=100)) == events  # nothing audited either
+
+    # The same decision made again from a fresh read goes in, one generation on.
+    fresh = replace(after, versions=dict(after.versions))
+    fresh.versions["1"] = replace(fresh.versions["1"], reasons=["decided from a fresh read"])
+    written = store.update_model("m", lambda _: fresh, "resync")
+    assert written is not None and written.generation == 3
+    # An older read that finds nothing to change writes nothing, so it undoes nothing.
+    assert store.update_model("m", lambda _: replace(fresh, generation=1)) is not None
+    # A model read as not stored (0) is not created over one stored since.
+    unstored = replace(record(("1", VersionState.LIVE)), name="n", generation=0)
+    put(store, replace(unstored, generation=None))
+    with pytest.raises(GenerationConflict):
+        store.update_model("n", lambda _: replace(unstored, default_version=None))
+    # Admin writes build on the row they are given: never refused.
+    assert store.update_model("m", lambda c: replace(c, policy="none") if c else c) is not None
 
 
 def test_deliveries_are_remembered_then_pruned(store: Store) -> None:

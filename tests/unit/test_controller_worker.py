@@ -4,7 +4,13 @@ with backoff, permanent ones left to the resync, a publish after each change."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import threading
+import time
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
@@ -35,13 +41,15 @@ class Flaky(FakeRegistry):
         return ["m"]
 
 
-def worker_for(tmp_path: Path, registry: FakeRegistry) -> tuple[Worker, Store, TableBroadcaster]:
+def worker_for(
+    tmp_path: Path, registry: FakeRegistry, **kw: Any
+) -> tuple[Worker, Store, TableBroadcaster]:
     engine = make_engine(f"sqlite:///{tmp_path}/c.db")
     migrate(engine)
     store, broadcaster = Store(engine), TableBroadcaster()
     worker = Worker(Reconciler(store, registry, ENV), store, registry, broadcaster,
-                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
-                    retry_max_s=0.1)
+                    kw.pop("metrics", None) or Metrics.create(), resync_interval_s=3600,
+                    retry_initial_s=0.05, retry_max_s=0.1, **kw)
     return worker, store, broadcaster
 
 
@@ -126,3 +134,103 @@ def test_a_database_locked_by_another_writer_is_retried_with_backoff(tmp_path: P
     assert registry.calls >= 2
     stored = store.load_model("m")
     assert stored is not None and stored.versions["1"].state.value == "live"
+
+
+class Partly(FakeRegistry):
+    """Lists models ``a`` and ``b``; ``b``'s reads fail temporarily while ``b_down`` is set.
+    Each failure moves ``clock`` a minute on: the retries span minutes of the controller's time
+    in a fraction of a second of the test's."""
+
+    def __init__(self, clock: list[float], **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.clock = clock
+        self.b_down = True
+        self.b_failures = 0
+
+    def model_names(self) -> list[str]:
+        return ["a", "b"]
+
+    def model(self, name: str) -> ObservedModel:
+        if name == "b" and self.b_down:
+            self.b_failures += 1
+            self.clock[0] += 60.0
+            raise RegistryUnavailable("503 from the registry")
+        return super().model(name)
+
+
+def test_a_new_epochs_first_table_waits_until_every_listed_model_was_reconciled(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fresh database (a new epoch, which replicas obey at once): its first table must not
+    reach serving while one listed model still fails, or replicas would answer 404 for it."""
+    clock = [1000.0]
+    registry = Partly(clock, versions_={"1": ("models:/x-1", sig("prompt"))})
+    worker, store, broadcaster = worker_for(tmp_path, registry, clock=lambda: clock[0])
+    caplog.set_level(logging.INFO, logger="controller")
+
+    async def go() -> None:
+        run = asyncio.create_task(worker.run())
+        priming = asyncio.create_task(worker.prime(already_published=False))
+        deadline = asyncio.get_running_loop().time() + 10
+        # b fails again and again, past what was a 120 s bound on the controller's clock.
+        while registry.b_failures < 4:
+            assert asyncio.get_running_loop().time() < deadline, registry.b_failures
+            await asyncio.sleep(0.01)
+        assert clock[0] - 1000.0 > 120
+        assert store.load_model("a") is not None  # a was decided meanwhile...
+        assert broadcaster.current is None  # ...but the new epoch was not shown to serving
+        assert store.published() is None
+        assert not priming.done()
+        # The operator is told what the first table waits for, and for how long.
+        waits = [r for r in caplog.records if getattr(r, "event", None) == "priming"]
+        assert waits and waits[-1].waiting_for == ["b"]  # type: ignore[attr-defined]
+        assert waits[-1].waited_s > 120  # type: ignore[attr-defined]
+        registry.b_down = False
+        await asyncio.wait_for(priming, 10)
+        table = broadcaster.current
+        assert table is not None and {"a", "b"} <= set(table.models)
+        assert table.models["b"].versions["1"].state.value == "live"
+        run.cancel()
+
+    asyncio.run(go())
+
+
+class Held(FakeRegistry):
+    """Reading version 1's artifact waits until the test lets it go."""
+
+    def __init__(self, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.reached, self.release = threading.Event(), threading.Event()
+
+    def artifact(self, name: str, version: str) -> Any:
+        self.reached.set()
+        assert self.release.wait(30), "the test never let the read go"
+        return super().artifact(name, version)
+
+
+def test_a_pass_in_flight_when_the_worker_steps_down_writes_nothing(tmp_path: Path) -> None:
+    """A leader that steps down forgets its queue (``reset``); the pass its thread is still
+    running must not commit afterwards (the next leader decides from its own reads)."""
+    registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
+    metrics = Metrics.create()
+    worker, store, broadcaster = worker_for(tmp_path, registry, metrics=metrics)
+
+    def passes() -> float:
+        return metrics.registry.get_sample_value("sigserve_reconcile_seconds_count") or 0.0
+
+    async def go() -> None:
+        run = asyncio.create_task(worker.run())
+        worker.enqueue("m", "webhook:x")
+        assert await asyncio.to_thread(registry.reached.wait, 30)
+        worker.reset()  # stepped down while the pass reads the artifact
+        registry.release.set()
+        deadline = time.monotonic() + 10
+        while passes() < 1:  # the pass ends
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        run.cancel()
+
+    asyncio.run(go())
+    assert store.load_model("m") is None  # nothing of the pass was written
+    assert store.events("m", limit=10) == []
+    assert broadcaster.current is None and registry.writes == []
