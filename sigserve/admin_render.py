@@ -119,13 +119,17 @@ def redecided_view(changes: list[Redecided]) -> Group:
     """What a new contract did to the other versions: each state it changed, and why."""
     if not changes:
         return Group(Text("No version changed state."))
-    lines: list[Text] = [Text("Decided again under the new contract:", style="bold")]
+    # A grid, so that a reason that wraps stays right of its bullet.
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(ratio=1)
     for c in changes:
-        line = Text(f"  version {c['version']}: {c['before']} -> ")
+        line = Text(f"version {c['version']}: {c['before']} -> ")
         line.append(c["after"], style=STATE_STYLES.get(c["after"], ""))
-        lines.append(line)
-        lines += [Text(f"    • {r}") for r in c["reasons"]]
-    return Group(*lines)
+        grid.add_row(" ", line)
+        for reason in c["reasons"]:
+            grid.add_row("   •", Text(reason))
+    return Group(Text("Decided again under the new contract:", style="bold"), grid)
 
 
 def _compact(value: Any) -> str:
