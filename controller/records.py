@@ -70,6 +70,9 @@ class ModelRecord:
     # call, and ``sigserve.batch_wait_ms``); None: the serving app's defaults.
     max_batch_size: int | None = None
     batch_wait_ms: float | None = None
+    # How long one predict call may take when served (the model tag
+    # ``sigserve.predict_timeout_s``); None: the serving app's default.
+    predict_timeout_s: float | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
     # The stored row's generation when this record was read (0: not stored), or None for a
     # record made from scratch. A record written with a generation is written only if the row

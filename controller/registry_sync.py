@@ -7,7 +7,8 @@
   An invalid value is ignored (logged).
 - **Serving's batching from tags**: ``sigserve.max_batch_size`` (records per predict call, an
   integer >= 1) and ``sigserve.batch_wait_ms`` (how long a batch that is not full may wait for
-  more, >= 0) go into the routing table for the model; seen at the next resync too.
+  more, >= 0), and ``sigserve.predict_timeout_s`` (how long one predict call may take, > 0)
+  go into the routing table for the model; seen at the next resync too.
 - **The pin as an alias** (``serving`` by default). The alias the controller last saw is kept
   (``alias_seen``); an alias that moved since then was moved by a person, and is taken as a pin
   when its version is live under the contract, or refused (``alias_refusal``, in the admin API
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 POLICY_TAG = "sigserve.compatibility"
 BATCH_SIZE_TAG = "sigserve.max_batch_size"
 BATCH_WAIT_TAG = "sigserve.batch_wait_ms"
+PREDICT_TIMEOUT_TAG = "sigserve.predict_timeout_s"
 ENVIRONMENT_TAG = "sigserve.environment"
 STATE_TAG = "sigserve.state"
 REASONS_TAG = "sigserve.reasons"
@@ -75,12 +77,16 @@ def policies_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord
 
 
 def batching_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord:
-    """The model's batching when served, from its tags; an absent or invalid one is None."""
+    """The model's batching and predict timeout when served, from its tags; an absent or
+    invalid one is None."""
     size = _number_tag(record.name, tags, BATCH_SIZE_TAG, int, minimum=1)
     wait = _number_tag(record.name, tags, BATCH_WAIT_TAG, float, minimum=0)
-    if (size, wait) == (record.max_batch_size, record.batch_wait_ms):
+    # A deadline of 0 would fail every call: the smallest one taken is a millisecond.
+    timeout = _number_tag(record.name, tags, PREDICT_TIMEOUT_TAG, float, minimum=0.001)
+    found = (size, wait, timeout)
+    if found == (record.max_batch_size, record.batch_wait_ms, record.predict_timeout_s):
         return record
-    return replace(record, max_batch_size=size, batch_wait_ms=wait)
+    return replace(record, max_batch_size=size, batch_wait_ms=wait, predict_timeout_s=timeout)
 
 
 def _number_tag(

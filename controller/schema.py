@@ -38,6 +38,8 @@ class RegisteredModelRow(Base):
     # Batching when served, from the model's registry tags; None: serving's own defaults.
     max_batch_size: Mapped[int | None] = mapped_column(Integer)
     batch_wait_ms: Mapped[float | None] = mapped_column(Float)
+    # A predict call's deadline when served, from the model's tag; None: serving's own.
+    predict_timeout_s: Mapped[float | None] = mapped_column(Float)
     # One more with every write: a write from an older read is refused (controller/store.py).
     generation: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -20,6 +20,7 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                 contract=m.contract,
                 max_batch_size=m.max_batch_size,
                 batch_wait_ms=m.batch_wait_ms,
+                predict_timeout_s=m.predict_timeout_s,
                 versions={
                     v.version: VersionEntry(
                         version=v.version,

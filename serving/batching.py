@@ -24,11 +24,14 @@ per record, so it can never be cut back) is not batched again. ``docs/architectu
 ("Dynamic batching per version") says what a model sees, and the opt-out.
 
 A call normally runs in a worker thread, so the event loop keeps taking requests while a model
-predicts. A small call to a version whose rows have been taking little time (a moving average
-per row, times the call's rows, under ``inline_below_s``) is made on the event loop instead:
-for a model that answers in a fraction of a millisecond, the hop to a thread and back costs
-more than the call. The call's size decides, not the average alone: only calls of at most
-``inline_max_rows`` rows go inline, so 10,000 records to a fast model never stall the loop.
+predicts, under a deadline (``serving.deadlines``): a call that outlives it answers its callers
+504 and leaves its version wedged (503) until it returns. A small call to a version whose rows
+have been taking little time (a moving average per row, times the call's rows, under
+``inline_below_s``) is made on the event loop instead: for a model that answers in a fraction
+of a millisecond, the hop to a thread and back costs more than the call. The call's size
+decides, not the average alone: only calls of at most ``inline_max_rows`` rows go inline, so
+10,000 records to a fast model never stall the loop (and an inline call, which nothing can
+interrupt, is always a tiny one).
 
 No Ray in here: the queues are plain asyncio, so the batching is tested without a cluster.
 """
@@ -44,6 +47,9 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from serving.deadlines import Deadlines
+from serving.exceptions import PredictTimeout, VersionWedged
+
 logger = logging.getLogger(__name__)
 
 # Idle queues kept (each a few objects and its stats) before the oldest idle ones are dropped.
@@ -52,6 +58,8 @@ _MAX_QUEUES = 256
 _SMOOTHING = 0.2
 # The most rows a call made on the event loop may have, however fast the model.
 INLINE_MAX_ROWS = 64
+# A call's deadline unless told: MLflow's scoring server's (MLFLOW_SCORING_SERVER_REQUEST_TIMEOUT).
+DEFAULT_TIMEOUT_S = 60.0
 
 # Predicts the parts of one call under params; returns the outputs of all parts, in order:
 # ``sum(rows)`` of them when there are several parts (or raises).
@@ -84,6 +92,7 @@ class _Item:
     params: dict[str, Any] | None
     params_key: str
     run: Run
+    timeout_s: float
     future: asyncio.Future[list[Any]] = field(repr=False)
 
 
@@ -97,6 +106,8 @@ class BatchStats:
     largest: int = 0
     retried_alone: int = 0
     inline: int = 0
+    # Calls that outlived their deadline.
+    timeouts: int = 0
     # Moving average of a call's time per row, seconds; None before the first call.
     row_s: float | None = None
     # False once the version answered a batch with a wrong number of rows: never batched again.
@@ -126,12 +137,14 @@ class Batcher:
         inline_below_s: float = 0.0,
         inline_max_rows: int = INLINE_MAX_ROWS,
         on_batch: Callable[[str, int], None] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self._wait_s = wait_s
         self._inline_below_s = inline_below_s
         self._inline_max_rows = inline_max_rows
         # Told the key and the rows of each batch formed (the batch-size metric).
         self._on_batch = on_batch
+        self._deadlines = deadlines if deadlines is not None else Deadlines()
         self._queues: dict[str, _VersionQueue] = {}
 
     def stats(self) -> dict[str, BatchStats]:
@@ -146,15 +159,20 @@ class Batcher:
         *,
         max_batch_size: int,
         wait_s: float | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> list[Any]:
-        """The outputs for ``work`` (one per row), predicted with whatever is queued."""
+        """The outputs for ``work`` (one per row), predicted with whatever is queued.
+
+        ``VersionWedged`` at once while a call of ``key`` runs past its deadline.
+        """
+        self._deadlines.check(key)
         queue = self._queues.get(key)
         if queue is None:
             self._prune()
             queue = self._queues[key] = _VersionQueue(key)
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         params_key = _params_key(params) if params else ""
-        queue.items.append(_Item(work, params, params_key, run, future))
+        queue.items.append(_Item(work, params, params_key, run, timeout_s, future))
         queue.wakeup.set()
         if queue.task is None or queue.task.done():
             wait = self._wait_s if wait_s is None else wait_s
@@ -202,6 +220,10 @@ class Batcher:
         try:
             _answer(batch, await self._call(queue, batch))
             return
+        except PredictTimeout as exc:
+            _answer(batch, [exc] * len(batch))
+            self._refuse_queued(queue)
+            return
         except Unmergeable:
             pass  # the model was not called: each alone, nothing seen twice
         except Exception as exc:
@@ -225,11 +247,16 @@ class Batcher:
                 continue
             try:
                 _answer([item], await self._call(queue, [item]))
+            except PredictTimeout as exc:
+                _answer([item], [exc])
+                self._refuse_queued(queue)
+                _answer(batch, [self._wedged(queue.key)] * len(batch))
+                return
             except Exception as exc:
                 _answer([item], [exc])
 
     async def _call(self, queue: _VersionQueue, batch: list[_Item]) -> list[list[Any]]:
-        """One predict call for ``batch``: inline when tiny, else in a worker thread."""
+        """One predict call for ``batch``: inline when tiny, else in a thread under a deadline."""
         stats = queue.stats
         rows = _rows(batch)
         inline = (
@@ -240,7 +267,13 @@ class Batcher:
         if inline:
             outcome, took = _timed(batch)
         else:
-            outcome, took = await asyncio.to_thread(_timed, batch)
+            try:
+                outcome, took = await self._deadlines.run(
+                    queue.key, batch[0].timeout_s, _timed, batch
+                )
+            except PredictTimeout:
+                stats.timeouts += 1
+                raise
         if isinstance(outcome, Unmergeable):
             raise outcome  # the model was not called: nothing to count
         stats.calls += 1
@@ -254,6 +287,19 @@ class Batcher:
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+    def _refuse_queued(self, queue: _VersionQueue) -> None:
+        """A call of this version hangs: what waits behind it answers 503 now, not in minutes."""
+        waiting, queue.items[:] = list(queue.items), []
+        _answer(waiting, [self._wedged(queue.key)] * len(waiting))
+
+    def _wedged(self, key: str) -> VersionWedged:
+        try:
+            self._deadlines.check(key)
+        except VersionWedged as exc:
+            return exc
+        # The hung call returned in the meantime: still, this request's turn has gone.
+        return VersionWedged(f"{key} had a predict call running past its deadline")
 
 
 def _timed(batch: list[_Item]) -> tuple[list[list[Any]] | Exception, float]:

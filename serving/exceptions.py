@@ -21,8 +21,11 @@ title, so adding an error means adding a class here and nothing else.
      |    |                               checked artifact (source, MLmodel digest) to load
      |    +-- ModelUnavailable            503 + Retry-After: the version could not be loaded,
      |    |                               or its artifact is not the one that was checked
+     |    +-- VersionWedged               503 + Retry-After: a predict call of the version runs
+     |    |                               past its deadline; no work until it returns
      |    +-- ModelFailed                 500: the model's own code raised on this input (its
-     |                                    message, not a stack trace; other requests unaffected)
+     |    |                               message, not a stack trace; other requests unaffected)
+     |    +-- PredictTimeout              504: the predict call outlived its deadline
      +-- ContractError                    a signature that cannot become an API (a bug or a
                                           registry oddity: answered as a plain 500)
 
@@ -138,3 +141,16 @@ class ModelUnavailable(ProblemError):
     slug = "model-unavailable"
     title = "The model version could not be loaded"
     retry_after = 5
+
+
+class VersionWedged(ProblemError):
+    status = 503
+    slug = "version-wedged"
+    title = "The version has a predict call running past its deadline"
+    retry_after = 5
+
+
+class PredictTimeout(ProblemError):
+    status = 504
+    slug = "predict-timeout"
+    title = "The model version did not answer in time"

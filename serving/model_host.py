@@ -9,6 +9,8 @@ around ``PyfuncLoader``; in tests, anything with the same shape), so there is no
   ``serving.batching`` queues them) -> output records, each request its own share.
 - ``invoke``: the MLflow scoring protocol's already parsed input, predicted alone (its inputs
   come in several shapes that do not concatenate safely).
+- Both under a per-call deadline (``serving.deadlines``): a call that outlives it is a 504, its
+  version answers 503 until the call returns, and ``check_health`` fails when too many hang.
 - ``warm``: before a routing table is answered from, the versions it makes defaults are loaded
   (and run once on their input example, where the artifact has one), so the first request to a
   new default finds its model loaded. See ``docs/architecture.md`` ("No cold start").
@@ -25,7 +27,8 @@ from typing import Any
 from mlflow.models import ModelSignature
 
 from serving.batch_inputs import model_input, work_for
-from serving.batching import INLINE_MAX_ROWS, Batcher, BatchStats
+from serving.batching import DEFAULT_TIMEOUT_S, INLINE_MAX_ROWS, Batcher, BatchStats
+from serving.deadlines import Deadlines
 from serving.exceptions import SigserveError
 from serving.frames import to_records
 from serving.loader import LoadedModel, call, predict
@@ -53,14 +56,20 @@ class ModelHost:
         max_models: int = 2,
         warm_timeout_s: float = 120.0,
         on_batch: Callable[[str, int], None] | None = None,
+        predict_timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_wedged_predicts: int = 2,
     ) -> None:
         self._get_model = get_model
         self._max_batch_size = max_batch_size
+        self._predict_timeout_s = predict_timeout_s
+        # One per host: ``serve`` and ``invoke`` of a version are wedged together.
+        self._deadlines = Deadlines(max_wedged=max_wedged_predicts)
         self._batcher = Batcher(
             wait_s=batch_wait_s,
             inline_below_s=inline_below_s,
             inline_max_rows=inline_max_rows,
             on_batch=on_batch,
+            deadlines=self._deadlines,
         )
         self._max_models = max_models
         self._warm_timeout_s = warm_timeout_s
@@ -91,10 +100,28 @@ class ModelHost:
             run,
             max_batch_size=max_batch_size,
             wait_s=None if wait_ms is None else wait_ms / 1000,
+            timeout_s=self._timeout_s(target),
         )
 
     async def invoke(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
-        return await predict(await self._get_model(target), data, params)
+        """The raw prediction for ``data``, alone, under the same deadline as ``serve``."""
+        self._deadlines.check(target.model_id)
+        loaded = await self._get_model(target)
+        return await self._deadlines.run(
+            target.model_id, self._timeout_s(target), call, loaded, data, params
+        )
+
+    def check_health(self) -> None:
+        """Raise when more predict calls hang past their deadline than a replica should keep."""
+        self._deadlines.check_health()
+
+    @property
+    def wedged(self) -> dict[str, int]:
+        """Per model id, its predict calls running past their deadline."""
+        return self._deadlines.wedged
+
+    def _timeout_s(self, target: Target) -> float:
+        return target.model.predict_timeout_s or self._predict_timeout_s
 
     async def warm(self, table: RoutingTable, previous: RoutingTable | None) -> None:
         """Load the live defaults ``table`` brings that ``previous`` (the table answered from)

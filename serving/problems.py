@@ -4,7 +4,9 @@ Every error answer is ``application/problem+json`` in the dialect of ``wire.prob
 ``urn:sigserve:problem:version-quarantined`` with the ``reasons``; the slugs are those of
 ``serving.exceptions``, plus ``invalid-request`` for a request that does not fit the endpoint.
 Errors that are not ours (an unknown route, a wrong method) keep ``about:blank``; anything
-unexpected becomes a bare 500 problem, logged here and never showing a stack trace.
+unexpected becomes a bare 500 problem, logged here and never showing a stack trace. A model
+that does not answer within its deadline is a 504 ``predict-timeout`` like any other problem
+(``serving.deadlines``), never a request left hanging.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from serving.exceptions import ProblemError
 from wire.problems import problem_response
 
 logger = logging.getLogger(__name__)
+
 
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)

@@ -83,6 +83,8 @@ class Server:
             inline_below_s=settings.inline_predict_below_ms / 1000,
             max_models=settings.max_num_models_per_replica,
             warm_timeout_s=settings.warm_timeout_s,
+            predict_timeout_s=settings.predict_timeout_s,
+            max_wedged_predicts=settings.max_wedged_predicts,
             on_batch=self._metrics.batch,
         )
 
@@ -127,6 +129,14 @@ class Server:
             max_records=settings.max_records,
             recorder=self._metrics,
         )
+
+    async def check_health(self) -> None:
+        """Ray Serve's health check, every few seconds: raising makes Ray replace the replica.
+
+        It raises when more predict calls hang past their deadline than the replica can spare
+        worker threads for (``serving.deadlines``); other models keep answering until then.
+        """
+        self._host.check_health()
 
     # Read by tests and operators through a deployment handle.
 

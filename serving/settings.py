@@ -49,6 +49,13 @@ class ServingSettings(BaseSettings):
     # A version whose predict calls take less than this (a moving average) is called on the
     # event loop: for tiny models a hop to a worker thread costs more than the call.
     inline_predict_below_ms: float = Field(default=1.0, ge=0)
+    # How long one predict call may take before its callers get 504 and its version takes no
+    # work (503) until the call returns; MLflow's scoring server's default. Per model: the tag
+    # ``sigserve.predict_timeout_s``. A thread cannot be stopped: see ``serving.deadlines``.
+    predict_timeout_s: float = Field(default=60.0, gt=0)
+    # Predict calls a replica may have hanging past their deadline before its health check
+    # fails and Ray Serve replaces it (each holds one of the replica's few worker threads).
+    max_wedged_predicts: int = Field(default=2, ge=0)
     # What one request may carry: a larger body is 413 as it arrives, more records a 422.
     max_body_mb: int = Field(default=16, ge=1)
     max_records: int = Field(default=10_000, ge=1)

@@ -16,8 +16,9 @@ again can never serve what nobody checked.
 
 Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
 table of another schema version (and backs off) rather than guess at its meaning. A new optional
-field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``) does not
-change the schema version: a replica that does not know it ignores it and serves as before.
+field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``,
+``predict_timeout_s``) does not change the schema version: a replica that does not know it
+ignores it and serves as before.
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ class ModelEntry(BaseModel):
     # ``sigserve.batch_wait_ms``); None: the serving app's defaults.
     max_batch_size: int | None = Field(default=None, ge=1)
     batch_wait_ms: float | None = Field(default=None, ge=0)
+    # How long one predict call may take (the model tag ``sigserve.predict_timeout_s``); None:
+    # the serving app's default.
+    predict_timeout_s: float | None = Field(default=None, gt=0)
 
 
 class RoutingTable(BaseModel):

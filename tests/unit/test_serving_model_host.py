@@ -5,19 +5,26 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import numpy as np
 import pandas as pd
+import pytest
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, Schema, TensorSpec
 
+from serving.api import create_app
 from serving.contract import contract_for
+from serving.deadlines import WedgedReplica
+from serving.exceptions import PredictTimeout, VersionWedged
 from serving.loader import LoadedModel
 from serving.model_host import ModelHost
 from serving.resolve import Target, resolve
+from serving.server import Server
 from serving.table_source import TableSource
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
@@ -294,3 +301,186 @@ def test_a_large_request_to_a_fast_model_runs_off_the_event_loop() -> None:
     assert model.threads[1:3] == [loop_thread, loop_thread]
     # 10,000 records: however fast each one, not on the loop that takes every other request.
     assert model.threads[3] != loop_thread
+
+
+# A predict that hangs (docs/architecture.md, "A predict that hangs").
+
+
+class Hangs:
+    """Stands for a model whose predict sleeps 300 s: it blocks until ``release`` is set (at
+    the latest when the test ends), then answers each row."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.calls = 0
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        self.calls += 1
+        self.release.wait(300)
+        return pd.DataFrame({"out": [f"answered {self.calls}"] * len(data)})
+
+
+def hosts_models(
+    hung: dict[str, Hangs], *, timeout_s: float | None = 0.2, **host: Any
+) -> tuple[ModelHost, dict[str, Target]]:
+    """A host holding one model per name of ``hung`` that hangs, and ``fast`` that answers;
+    each model's predict timeout comes from the routing table (the model tag), as in a
+    replica."""
+    models: dict[str, Any] = {**hung, "fast": Echo()}
+
+    async def get_model(target: Target) -> LoadedModel:
+        return LoadedModel(models[target.model.name], Path("/nonexistent/sigserve-test"))
+
+    entries = {
+        name: ModelEntry(
+            name=name,
+            default_version="1",
+            versions={"1": version("1")},
+            predict_timeout_s=timeout_s,
+        )
+        for name in models
+    }
+    routing = RoutingTable(revision=1, models=entries)
+    return ModelHost(get_model, **host), {n: resolve(routing, n, None) for n in models}
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition`` until it holds, failing the test after ``seconds``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while not condition():
+        assert loop.time() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
+
+
+def released(test: Coroutine[Any, Any, None], *hung: Hangs) -> None:
+    """Run ``test``, then release the hung calls before the loop closes: ``asyncio.run`` waits
+    for the worker threads, as a replica's shutdown would."""
+
+    async def run() -> None:
+        try:
+            await test
+        finally:
+            for model in hung:
+                model.release.set()
+
+    asyncio.run(run())
+
+
+def test_a_predict_that_hangs_answers_504_and_wedges_only_its_own_version() -> None:
+    hung = Hangs()
+    # The host's default is 300 s: the model's own timeout (its tag) is what fires.
+    host, targets = hosts_models({"slow": hung}, timeout_s=0.2, predict_timeout_s=300)
+    slow, fast = targets["slow"], targets["fast"]
+
+    async def run() -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        first = asyncio.create_task(host.serve(slow, [{"prompt": "a"}], None, None))
+        await until(lambda: hung.calls == 1)
+        # Queued behind the hung call: answered 503 when the call is found hung, not never.
+        queued = asyncio.create_task(host.serve(slow, [{"prompt": "b"}], None, None))
+        with pytest.raises(PredictTimeout) as timeout:
+            await asyncio.wait_for(first, 10)
+        assert loop.time() - started < 5
+        assert timeout.value.status == 504 and timeout.value.extensions["model"] == "slow"
+        with pytest.raises(VersionWedged):
+            await asyncio.wait_for(queued, 10)
+        # Another model on the same host keeps answering meanwhile.
+        assert await host.serve(fast, [{"prompt": "x"}], None, None) == [{"row": "prompt:str:'x'"}]
+        # The wedged version takes no work, on either route, until its call returns.
+        with pytest.raises(VersionWedged) as wedged:
+            await host.serve(slow, [{"prompt": "c"}], None, None)
+        assert wedged.value.status == 503 and wedged.value.retry_after is not None
+        with pytest.raises(VersionWedged):
+            await host.invoke(slow, pd.DataFrame({"prompt": ["d"]}), None)
+        assert hung.calls == 1
+        assert host.wedged == {slow.model_id: 1}
+
+        hung.release.set()  # the call returns at last: the version takes work again
+        await until(lambda: not host.wedged)
+        assert await host.serve(slow, [{"prompt": "e"}], None, None) == [{"out": "answered 2"}]
+
+    released(run(), hung)
+
+
+def test_invocations_have_the_same_deadline() -> None:
+    hung = Hangs()
+    host, targets = hosts_models({"slow": hung}, timeout_s=0.2)
+
+    async def run() -> None:
+        with pytest.raises(PredictTimeout):
+            await asyncio.wait_for(
+                host.invoke(targets["slow"], pd.DataFrame({"prompt": ["a"]}), None), 10
+            )
+        with pytest.raises(VersionWedged):
+            await host.serve(targets["slow"], [{"prompt": "b"}], None, None)
+
+    released(run(), hung)
+
+
+def test_the_health_check_fails_once_more_calls_hang_than_allowed() -> None:
+    hung = {name: Hangs() for name in ("a", "b", "c")}
+    # The setting is the host's default timeout; the table sets none.
+    host, targets = hosts_models(hung, timeout_s=None, predict_timeout_s=0.2, max_wedged_predicts=1)
+
+    async def wedge(name: str) -> None:
+        with pytest.raises(PredictTimeout):
+            await asyncio.wait_for(host.serve(targets[name], [{"prompt": "a"}], None, None), 10)
+
+    async def run() -> None:
+        host.check_health()
+        await wedge("a")
+        host.check_health()  # one hung call: within what a replica may keep
+        await wedge("b")
+        with pytest.raises(WedgedReplica, match="2 predict calls"):
+            host.check_health()
+        hung["a"].release.set()
+        hung["b"].release.set()
+        await until(lambda: not host.wedged)
+        host.check_health()  # healthy again once they returned
+
+    released(run(), *hung.values())
+
+
+def test_the_replica_health_check_is_the_hosts() -> None:
+    hung = {"a": Hangs(), "b": Hangs()}
+    host, targets = hosts_models(hung, max_wedged_predicts=1)
+    replica = SimpleNamespace(_host=host)  # a Server needs a Ray replica; its host does not
+
+    async def run() -> None:
+        await Server.check_health(replica)  # type: ignore[arg-type]
+        for target in targets.values():
+            if target.model.name in hung:
+                with pytest.raises(PredictTimeout):
+                    await host.serve(target, [{"prompt": "a"}], None, None)
+        with pytest.raises(WedgedReplica):
+            await Server.check_health(replica)  # type: ignore[arg-type]
+
+    released(run(), *hung.values())
+
+
+def test_over_http_a_hung_predict_is_a_504_problem_and_its_version_503_with_retry_after() -> None:
+    hung = Hangs()
+    host, targets = hosts_models({"slow": hung}, timeout_s=0.2)
+    routing = RoutingTable(revision=1, models={n: t.model for n, t in targets.items()})
+
+    async def run() -> None:
+        source = TableSource(
+            "http://controller", transport=httpx.MockTransport(lambda _: httpx.Response(204))
+        )
+        source.offer(routing)
+        transport = httpx.ASGITransport(app=create_app(source, host))
+        async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+            timed_out = await client.post("/models/slow/serve", json={"prompt": "a"})
+            assert timed_out.status_code == 504
+            assert timed_out.headers["content-type"] == "application/problem+json"
+            assert timed_out.json()["type"] == "urn:sigserve:problem:predict-timeout"
+            assert timed_out.json()["model"] == "slow"
+            wedged = await client.post("/models/slow/serve", json={"prompt": "b"})
+            assert wedged.status_code == 503 and wedged.headers["retry-after"] == "5"
+            assert wedged.json()["type"] == "urn:sigserve:problem:version-wedged"
+            other = await client.post("/models/fast/serve", json={"prompt": "x"})
+            assert other.status_code == 200
+
+    released(run(), hung)
