@@ -31,6 +31,13 @@ load from a fresh download fails too (``load(confirm=True)``). Its cause is told
 ``Type: message``, with the replica's download directory replaced by the artifact's source: the
 client needs the file, not the replica's temp path.
 
+A load happens before Ray's multiplexer is asked for the model, not inside its loader: the
+multiplexer evicts its least recently used model before it calls the loader, so a download
+that fails (the artifact store down) or a broken pickle would cost a loaded model on every try.
+Loading ahead was chosen over an LRU of our own, which would have to redo what the multiplexer
+tells Ray's router; the price is one model more than the limit while one loads
+(``serving.load_ahead``; ``docs/architecture.md``, "A load never costs a loaded model").
+
 Downloading, loading and predicting block (file and network I/O, model code), so they run in a
 worker thread and the replica keeps serving other models meanwhile. MLflow finds the registry
 and artifact store through the standard ``MLFLOW_*`` variables, which ``build_app`` forwards to
