@@ -65,7 +65,11 @@ class Deadlines:
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # as asyncio.to_thread does
         future = loop.run_in_executor(None, functools.partial(context.run, fn, *args))
-        done, _ = await asyncio.wait((future,), timeout=timeout_s)
+        try:
+            done, _ = await asyncio.wait((future,), timeout=timeout_s)
+        except asyncio.CancelledError:
+            future.add_done_callback(_retrieved)  # the caller went; the call finishes anyway
+            raise
         if done:
             return future.result()
         self._wedged[key] = self._wedged.get(key, 0) + 1
@@ -85,8 +89,7 @@ class Deadlines:
         )
 
     def _returned(self, key: str, since: float, future: asyncio.Future[Any]) -> None:
-        if not future.cancelled():
-            future.exception()  # retrieved: nobody awaits it any more
+        _retrieved(future)
         left = self._wedged.get(key, 0) - 1
         if left > 0:
             self._wedged[key] = left
@@ -94,6 +97,12 @@ class Deadlines:
             self._wedged.pop(key, None)
         hung = asyncio.get_running_loop().time() - since
         logger.warning("the wedged predict call of %s returned %.1fs past its deadline", key, hung)
+
+
+def _retrieved(future: asyncio.Future[Any]) -> None:
+    # Nobody awaits this call any more: what it raised is not an "exception never retrieved".
+    if not future.cancelled():
+        future.exception()
 
 
 def _wedged(key: str) -> VersionWedged:

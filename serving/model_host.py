@@ -83,6 +83,7 @@ class ModelHost:
         signature: ModelSignature | None,
     ) -> list[Any]:
         """Output records for ``records``, shaped by the running version's ``signature``."""
+        self._deadlines.check(target.model_id)  # before a load: a wedged version takes no work
         loaded = await self._get_model(target)
         outputs = signature.outputs if signature is not None else None
 
