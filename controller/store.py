@@ -14,7 +14,7 @@ model has a generation, one more with every write, and a record that carries the
 was read at is written only by a conditional UPDATE on it (``GenerationConflict`` otherwise),
 as Kubernetes does with ``resourceVersion``. A new leader makes every earlier read stale
 (``fence_in_flight``), so its predecessor's in-flight work cannot commit. The guarantee:
-docs/architecture.md, "Two controllers".
+docs/architecture.md, "The controller's database" and "Stepping down".
 
 Two controllers on one PostgreSQL (``controller/leadership.py``): a follower hands what it is
 asked to reconcile to the leader through ``reconcile_requests`` (with the webhook's delivery id,
