@@ -35,9 +35,21 @@ DEPLOYMENT = "Server"
 # environment never had them, so they travel with the deployment.
 FORWARDED_ENV_PREFIXES = ("MLFLOW_", "HF_", "TRANSFORMERS_")
 
+# MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s per read) make a download from
+# a store that is down take minutes before it fails, and a replica loads one model at a time:
+# every request for a model not yet loaded would wait that long instead of getting its 503 with
+# Retry-After, and the replica's loader backs off and tries again anyway. A value the operator
+# set wins.
+REPLICA_MLFLOW_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+
 
 def forwarded_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    forwarded = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}
+    return {**REPLICA_MLFLOW_DEFAULTS, **forwarded}
 
 
 def build_app(settings: ServingSettings | dict[str, Any] | None = None) -> Application:

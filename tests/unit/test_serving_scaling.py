@@ -51,6 +51,19 @@ def test_mlflow_and_hugging_face_variables_travel_to_the_replicas(
     assert "SIGSERVE_ADMIN_TOKEN" not in env
 
 
+def test_replicas_give_up_on_a_store_that_is_down_in_seconds_unless_told_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # MLflow's defaults (7 retries, backoff 2, 120 s) hold a load of a store that is down for
+    # minutes; the replica's 503 with Retry-After must come first.
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    env = forwarded_env()
+    assert int(env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]) <= 2
+    assert int(env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]) <= 1
+    assert env["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"  # the operator's value wins
+
+
 def test_an_address_is_needed_and_never_starts_a_ray(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     with pytest.raises(ClusterError, match="RAY_ADDRESS"):
