@@ -3,13 +3,14 @@
 The scenario, on the session's real stack (MLflow, the controller, Ray Serve): a model's first
 version becomes the default and answers, a second answers by header and by path, a third whose
 input is renamed is quarantined (409), a fourth loads and evicts an older one from the replica's
-LRU (two models per replica), and a throwaway model deleted from MLflow makes the registry
-answer "gone". Then
+LRU (two models per replica), a throwaway model deleted from MLflow makes the registry
+answer "gone", and requests to it and to models never registered are 404. Then
 
 - the controller's ``/metrics`` and serving's (Ray's metrics port) are scraped and each metric
   of ``docs/operations.md`` is found with the labels and counts the scenario implies: decisions
   as many as the audit log's decision events, versions per state as serving lists them,
-  requests per model/version/status as sent, loads, evictions, batch records, revisions;
+  requests per model/version/status as sent (those to unknown models under model ""),
+  loads, evictions, batch records, revisions;
 - from the logs of one registration (the fourth version), its webhook's delivery id is
   followed to its decision, the revision that carried it, and the replica that took that
   revision: the controller's JSON log and the replica's own file in Ray's session logs.
@@ -18,6 +19,8 @@ answer "gone". Then
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +33,10 @@ from tests.integration.conftest import ControllerHandle, register_echo, serve_st
 
 NAME = "obs_translation"
 GONE = "obs_gone"
+ABSENT = ("obs_never_registered_a", "obs_never_registered_b")  # models no table holds
+# Long enough for a count to reach serving's /metrics: each replica flushes every second, and
+# Ray reports to its agent every 10 s (metrics_report_interval_ms).
+EXPORT_LAG_S = 15.0
 Samples = list[tuple[str, dict[str, str], float]]
 
 
@@ -50,6 +57,35 @@ def serving_metrics_url() -> str:
 
     port = ray.nodes()[0]["MetricsExportPort"]  # start_serving's Ray, in this process
     return f"http://127.0.0.1:{port}/metrics"
+
+
+def unknown_model_requests(url: str) -> float:
+    """Inference requests to models the table lacks: labelled model "", whatever name was sent."""
+    return total(scrape(url), "ray_sigserve_requests_total", model="")
+
+
+class Settling:
+    """A count read now and again until it stops moving: what earlier tests sent has arrived.
+
+    Serving's counts reach ``/metrics`` seconds late, so a count read right after other tests'
+    requests may still grow by them; one unchanged for ``EXPORT_LAG_S`` has taken them all.
+    """
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self._read = read
+        self.value = read()
+        self._since = time.monotonic()
+
+    def settled(self, timeout_s: float = 90.0) -> float:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            now = self._read()
+            if now != self.value:
+                self.value, self._since = now, time.monotonic()
+            elif time.monotonic() - self._since >= EXPORT_LAG_S:
+                return now
+            time.sleep(1.0)
+        raise AssertionError(f"still moving after {timeout_s} s (last: {self.value})")
 
 
 def listing(serving_url: str) -> dict[str, Any]:
@@ -73,6 +109,9 @@ def decision_events(ctl: ControllerHandle, name: str) -> list[dict[str, Any]]:
 def scenario(serving_url: str, controller_handle: ControllerHandle) -> dict[str, Any]:
     ctl = controller_handle
     before = scrape(f"{ctl.url}/metrics")
+    # None of the scenario's requests below names a model the table lacks: this count settles
+    # while the scenario runs, and the requests sent at its end are then all it grows by.
+    unknown = Settling(lambda: unknown_model_requests(serving_metrics_url()))
     v1 = register_echo(NAME, tag="de")
     v2 = register_echo(NAME, tag="fr")
     v3 = register_echo(NAME, tag="renamed", input_label="text_to_translate")
@@ -105,8 +144,13 @@ def scenario(serving_url: str, controller_handle: ControllerHandle) -> dict[str,
 
     MlflowClient().delete_registered_model(GONE)
     wait_for(lambda: GONE not in {m["name"] for m in listing(serving_url)["models"]}, 30)
+    # Requests to models no table holds (GONE's included, now): 404, and counted under "".
+    unknown_before = unknown.settled()
+    absent = [serve_status(serving_url, name) for name in (*ABSENT, ABSENT[0], GONE)]
+    assert [r.status_code for r in absent] == [404] * len(absent)
     return {"before": before, "versions": (v1, v2, v3, v4), "sent": sent,
-            "gone_decisions": decisions}
+            "gone_decisions": decisions, "unknown_before": unknown_before,
+            "unknown_sent": len(absent)}
 
 
 def test_the_controllers_metrics_count_the_scenario(
@@ -212,8 +256,13 @@ def test_the_serving_replicas_metrics_count_the_scenario(
     # Two models per replica: loading v4 evicted v1 or v2.
     evicted = [seen("ray_sigserve_model_evictions_total", version=v) for v in (v1, v2)]
     assert sum(evicted) >= 1
-    # A model the table lacks is labelled "" (not a label per name a client sends).
-    assert total(samples, "ray_sigserve_requests_total", model="") >= 0
+    # A model the table lacks is labelled "" (not a label per name a client sends): the
+    # scenario's requests to such models, each counted once, none under the name it sent.
+    want = scenario["unknown_before"] + scenario["unknown_sent"]
+    wait_for(lambda: unknown_model_requests(url) == want, 60, 1.0)
+    assert unknown_model_requests(url) == want  # and no more arrived
+    assert not [labels for n, labels, _ in scrape(url)
+                if n == "ray_sigserve_requests_total" and labels.get("model") in {*ABSENT, GONE}]
     # The table held: the revision serving answers from, and how long ago it was taken.
     revision = listing(serving_url)["revision"]
     wait_for(lambda: total(scrape(url), "ray_sigserve_replica_table_revision") == revision,
