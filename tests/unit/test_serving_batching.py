@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 
 from serving.batching import Batcher, Unmergeable, Work
+from serving.deadlines import Deadlines
+from serving.exceptions import PredictTimeout, VersionWedged
 
 
 def work(records: list[Any], group: Any = "") -> Work:
@@ -335,3 +337,39 @@ def test_parts_that_cannot_merge_go_alone_and_the_model_never_sees_them_twice() 
 
     assert asyncio.run(run()) == ([["a"], ["b"], ["c", "d"]], 0)
     assert seen == [["a"], ["b"], ["c", "d"]]
+
+
+def test_a_call_that_hangs_while_a_failed_batch_goes_alone_leaves_the_rest_503() -> None:
+    release, started = threading.Event(), threading.Event()
+    hold_first = threading.Event()
+
+    def model(parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        records = [record for part in parts for record in part]
+        if records == ["a"]:
+            started.set()
+            hold_first.wait(10)
+        if len(parts) > 1:
+            raise ValueError("this batch is refused")
+        if records == ["hang"]:
+            release.wait(300)  # stands for a call that never returns
+        return [r.upper() for r in records]
+
+    async def run() -> list[Any]:
+        batcher = Batcher(deadlines=Deadlines())
+        kw: dict[str, Any] = {"max_batch_size": 8, "timeout_s": 0.2}
+        try:
+            first = asyncio.create_task(batcher.predict("m/1@k", work(["a"]), None, model, **kw))
+            await asyncio.to_thread(started.wait, 10)
+            rest = [
+                asyncio.create_task(batcher.predict("m/1@k", work([r]), None, model, **kw))
+                for r in ("b", "hang", "c")
+            ]
+            await asyncio.sleep(0)
+            hold_first.set()
+            return await asyncio.wait_for(asyncio.gather(first, *rest, return_exceptions=True), 10)
+        finally:
+            release.set()  # before the loop closes: asyncio.run waits for worker threads
+
+    answers = asyncio.run(run())
+    assert answers[:2] == [["A"], ["B"]]
+    assert isinstance(answers[2], PredictTimeout) and isinstance(answers[3], VersionWedged)
