@@ -149,6 +149,7 @@ class ModelHost:
         Apart from them so that the API can ask the table about the version again between
         the load, which may take seconds, and the predict (``serving.resolve.recheck``).
         """
+        self._deadlines.check(target.model_id)  # as ``serve``: a wedged version takes no work
         await self._get_model(target)
 
     @property
