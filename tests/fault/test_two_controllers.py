@@ -1,6 +1,7 @@
 """Two controller processes on one PostgreSQL (issue 9, item 4): the leader SIGKILLed, again and
 again; the follower leads within the bound, a version registered in the gap goes live exactly
-once, and nothing decided before changes.
+once, nothing decided before changes, and no table drops a version an earlier one had (an
+older registry snapshot written over a newer decision would: issue 15).
 
 Real parts only: the session's PostgreSQL (tests/conftest.py), an `mlflow server` of this test's
 own (its registry touches none of the session's models) and two `python -m controller`
@@ -104,6 +105,9 @@ class Watcher:
         self.revisions: list[int] = []
         self.epochs: set[str] = set()
         self.latest: RoutingTable | None = None
+        # Versions a table dropped that an earlier one had: nothing is deleted from the
+        # registry here, so any is a decision undone (an older snapshot written over a newer).
+        self.dropped: list[tuple[int, str, str]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -119,6 +123,10 @@ class Watcher:
             if r.status_code != 200:
                 continue
             table = RoutingTable.model_validate(r.json())
+            if self.latest is not None:
+                self.dropped += [(table.revision, m, v) for m, entry in self.latest.models.items()
+                                 for v in entry.versions
+                                 if v not in getattr(table.models.get(m), "versions", {})]
             self.seen[table.revision].add(content_digest(table))
             self.revisions.append(table.revision)
             self.epochs.add(table.epoch)
@@ -268,6 +276,8 @@ def test_leader_sigkilled_the_follower_leads_within_the_bound_and_nothing_is_dec
         for watcher in (wa, wb):
             assert len(watcher.epochs) == 1
             assert watcher.revisions == sorted(set(watcher.revisions))
+            # Two leaders (for a moment after each kill) never undid each other's decisions.
+            assert watcher.dropped == []
         figures("table revisions published", len(seen), "")
         assert sorted(c.leader_gauge() for c in pair) == [0.0, 1.0]
     finally:
