@@ -234,3 +234,39 @@ def test_a_pass_in_flight_when_the_worker_steps_down_writes_nothing(tmp_path: Pa
     assert store.load_model("m") is None  # nothing of the pass was written
     assert store.events("m", limit=10) == []
     assert broadcaster.current is None and registry.writes == []
+
+
+def test_a_pass_whose_model_was_written_since_it_read_it_is_requeued_and_reads_again(
+    tmp_path: Path,
+) -> None:
+    """The worker's pass reads versions 1 (and is held reading its artifact) while version 2 is
+    registered and another reconcile decides both: the held pass must not drop version 2; its
+    write is refused, the model requeued at once, and the next pass finds it all decided."""
+    registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
+    metrics = Metrics.create()
+    worker, store, _ = worker_for(tmp_path, registry, metrics=metrics)
+
+    def count(result: str) -> float:
+        value = metrics.registry.get_sample_value("sigserve_reconciles_total",
+                                                  {"result": result})
+        return value or 0.0
+
+    async def go() -> None:
+        run = asyncio.create_task(worker.run())
+        worker.enqueue("m", "webhook:x")
+        assert await asyncio.to_thread(registry.reached.wait, 30)
+        registry.versions_["2"] = ("models:/m-b", sig("prompt"))  # registered meanwhile
+        other = FakeRegistry(versions_=registry.versions_)  # another reconcile's read of it
+        await asyncio.to_thread(Reconciler(store, other, ENV, write_back=False).reconcile, "m")
+        registry.release.set()
+        deadline = time.monotonic() + 10
+        while count("ok") < 1:  # the conflict, then a pass that ends
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        run.cancel()
+
+    asyncio.run(go())
+    assert count("temporary_error") == 1 and count("ok") == 1
+    stored = store.load_model("m")
+    assert stored is not None and set(stored.versions) == {"1", "2"}
+    assert stored.versions["2"].state.value == "live"
