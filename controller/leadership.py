@@ -17,9 +17,12 @@ session fails or does not answer within ``ANSWER_WITHIN_S`` steps down at once (
 rather than go on without the lock; the session is dropped, so it cannot keep the lock either.
 
 What leadership buys is one reconcile loop, resync and registry write-back, not correctness: the
-row locks of ``controller/store.py`` keep two controllers that both believe they lead (for the
-moment before a cut-off leader notices) from deciding anything twice or publishing a revision
-twice. On SQLite there is no election: the one controller always leads.
+row locks and per-model generations of ``controller/store.py`` keep two controllers that both
+believe they lead (for the moment before a cut-off leader notices) from deciding anything twice,
+undoing a newer decision with an older registry snapshot, or publishing a revision twice; a new
+leader's worker fences its predecessor's in-flight passes before its first
+(``Store.fence_in_flight``, docs/architecture.md, "Stepping down"). On SQLite there is no
+election: the one controller always leads.
 """
 
 from __future__ import annotations
