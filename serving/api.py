@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -62,16 +62,23 @@ class ModelBackend(Protocol):
         records: list[Any],
         params: dict[str, Any] | None,
         signature: ModelSignature | None,
+        *,
+        after_load: Callable[[], None] | None = None,
     ) -> list[Any]:
-        """Output records for validated ``records``, shaped by the version's ``signature``."""
+        """Output records for validated ``records``, shaped by the version's ``signature``;
+        ``after_load`` runs between the model's load and its predict, and may refuse."""
         ...
 
-    async def invoke(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
-        """The raw prediction for ``data`` as MLflow's scoring server parsed it."""
-        ...
-
-    async def load(self, target: Target) -> None:
-        """Have ``target``'s model loaded, so that ``serve`` and ``invoke`` only predict."""
+    async def invoke(
+        self,
+        target: Target,
+        data: Any,
+        params: dict[str, Any] | None,
+        *,
+        after_load: Callable[[], None] | None = None,
+    ) -> Any:
+        """The raw prediction for ``data`` as MLflow's scoring server parsed it; ``after_load``
+        as in ``serve``."""
         ...
 
 
@@ -151,8 +158,9 @@ def create_app(
                 parsed = infer_and_parse_data(data, schema)
             except MlflowException as exc:
                 raise _bad_body(exc.message) from None
-            await loaded(target, table)
-            prediction = await backend.invoke(target, parsed, body.get("params"))
+            prediction = await backend.invoke(
+                target, parsed, body.get("params"), after_load=still_served(target, table)
+            )
             response = JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
         except BaseException as exc:
             _failed(name, version, exc, started)
@@ -177,8 +185,13 @@ def create_app(
             body = await _json(request, max_body_bytes)
             _check_count(body, max_records)
             parsed = contract.parse(body)
-            await loaded(target, table)
-            served = await backend.serve(target, parsed.records, parsed.params, version_signature)
+            served = await backend.serve(
+                target,
+                parsed.records,
+                parsed.params,
+                version_signature,
+                after_load=still_served(target, table),
+            )
             response = JSONResponse(served)
         except BaseException as exc:
             _failed(name, version, exc, started)
@@ -187,14 +200,18 @@ def create_app(
         metrics.request(name, target.version.version, 200, time.perf_counter() - started)
         return response
 
-    async def loaded(target: Target, resolved_from: RoutingTable | None) -> None:
-        """Load ``target``, then make sure the table held now still serves it: a version
-        quarantined or removed while its model loaded (seconds, for a download) answers what
-        the table now says and is never predicted. ``resolve.recheck`` says why."""
-        await backend.load(target)
-        table = source.table
-        if table is not resolved_from:  # the same table: nothing to look up
-            recheck(table, target)
+    def still_served(target: Target, resolved_from: RoutingTable | None) -> Callable[[], None]:
+        """Run by the backend once ``target`` is loaded: make sure the table held then still
+        serves it, so a version quarantined or removed while its model loaded (seconds, for a
+        download) answers what the table now says and is never predicted. The backend looks
+        the model up once for both (``resolve.recheck`` says why the re-check)."""
+
+        def check() -> None:
+            table = source.table
+            if table is not resolved_from:  # the same table: nothing to look up
+                recheck(table, target)
+
+        return check
 
     def _failed(name: str, version: str | None, exc: BaseException, started: float) -> None:
         """Record a request that raised (the problem handlers answer it)."""

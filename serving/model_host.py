@@ -38,6 +38,8 @@ from wire.routing_table import RoutingTable
 logger = logging.getLogger(__name__)
 
 GetModel = Callable[[Target], Awaitable[LoadedModel]]
+# Called between a request's load and its predict; raises to refuse the request.
+AfterLoad = Callable[[], None]
 
 _DETAIL_LIMIT = 500
 # How many warmed model ids a replica remembers.
@@ -81,10 +83,16 @@ class ModelHost:
         records: list[Any],
         params: dict[str, Any] | None,
         signature: ModelSignature | None,
+        *,
+        after_load: AfterLoad | None = None,
     ) -> list[Any]:
-        """Output records for ``records``, shaped by the running version's ``signature``."""
-        self._deadlines.check(target.model_id)  # before a load: a wedged version takes no work
-        loaded = await self._get_model(target)
+        """Output records for ``records``, shaped by the running version's ``signature``.
+
+        ``after_load`` runs between the model's load and its predict; what it raises refuses
+        the request (the API's re-check, ``serving.resolve.recheck``). The model is looked up
+        once: a second lookup costs Ray's multiplexer a call and a count each time.
+        """
+        loaded = await self._load(target, after_load)
         outputs = signature.outputs if signature is not None else None
 
         def run(parts: list[Any], batch_params: dict[str, Any] | None) -> list[Any]:
@@ -104,10 +112,17 @@ class ModelHost:
             timeout_s=self._timeout_s(target),
         )
 
-    async def invoke(self, target: Target, data: Any, params: dict[str, Any] | None) -> Any:
-        """The raw prediction for ``data``, alone, under the same deadline as ``serve``."""
-        self._deadlines.check(target.model_id)
-        loaded = await self._get_model(target)
+    async def invoke(
+        self,
+        target: Target,
+        data: Any,
+        params: dict[str, Any] | None,
+        *,
+        after_load: AfterLoad | None = None,
+    ) -> Any:
+        """The raw prediction for ``data``, alone, under the same deadline as ``serve`` (and
+        with the same ``after_load``)."""
+        loaded = await self._load(target, after_load)
         return await self._deadlines.run(
             target.model_id, self._timeout_s(target), call, loaded, data, params
         )
@@ -143,14 +158,14 @@ class ModelHost:
         except TimeoutError:
             logger.warning("warming took over %.0fs; the rest load on demand", self._warm_timeout_s)
 
-    async def load(self, target: Target) -> None:
-        """Have ``target``'s model loaded; ``serve`` and ``invoke`` then find it in the LRU.
-
-        Apart from them so that the API can ask the table about the version again between
-        the load, which may take seconds, and the predict (``serving.resolve.recheck``).
-        """
-        self._deadlines.check(target.model_id)  # as ``serve``: a wedged version takes no work
-        await self._get_model(target)
+    async def _load(self, target: Target, after_load: AfterLoad | None) -> LoadedModel:
+        """``target``'s model, then ``after_load``: the one lookup of a request."""
+        self._deadlines.check(target.model_id)  # before a load: a wedged version takes no work
+        loaded = await self._get_model(target)
+        if after_load is not None:
+            after_load()
+        self._deadlines.check(target.model_id)  # wedged by another call while this one loaded
+        return loaded
 
     @property
     def warmed(self) -> list[str]:

@@ -91,8 +91,11 @@ class EchoBackend(ModelHost):
 
     def __init__(self) -> None:
         self.calls: list[tuple[Target, Any, dict[str, Any] | None]] = []
+        # Each time the host asked for a model, as Ray's multiplexer counts its "get model".
+        self.lookups: list[str] = []
 
         async def get_model(target: Target) -> LoadedModel:
+            self.lookups.append(target.model_id)
             return LoadedModel(EchoModel(target, self.calls), Path("/nonexistent/sigserve-test"))
 
         super().__init__(get_model)
@@ -175,6 +178,25 @@ def test_version_comes_from_path_then_header_then_default(
     (target,) = [c[0] for c in backend.calls]
     assert target.model_id.startswith(ran + "@")
     assert target.artifact == Artifact(**checked(target.version.version))
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/models/echo/serve", {"prompt": "a"}),
+        ("/models/echo/versions/2/serve", [{"prompt": "a"}, {"prompt": "b"}]),
+        ("/models/echo/invocations", {"dataframe_records": [{"prompt": "a"}]}),
+    ],
+)
+def test_a_request_asks_for_its_model_once(
+    served: tuple[TestClient, EchoBackend], path: str, body: Any
+) -> None:
+    """One lookup in the replica's model cache per request, re-check after the load included."""
+    client, backend = served
+    response = client.post(path, json=body)
+    assert response.status_code == 200, response.text
+    (ran,) = {c[0].model_id for c in backend.calls}
+    assert backend.lookups == [ran]
 
 
 def test_params_travel_in_the_envelope(served: tuple[TestClient, EchoBackend]) -> None:

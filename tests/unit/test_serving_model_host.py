@@ -484,3 +484,50 @@ def test_over_http_a_hung_predict_is_a_504_problem_and_its_version_503_with_retr
             assert other.status_code == 200
 
     released(run(), hung)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/models/slow/serve", {"prompt": "b"}),
+        ("/models/slow/invocations", {"dataframe_records": [{"prompt": "b"}]}),
+    ],
+)
+def test_a_request_whose_load_ends_after_its_version_wedged_is_refused_not_predicted(
+    path: str, body: Any
+) -> None:
+    """A request looks its model up once: a call that wedges the version while that lookup
+    waits (a load behind Ray's multiplexer) must still keep the request off the model."""
+    hung = Hangs()
+    loading, release = asyncio.Event(), asyncio.Event()
+
+    async def get_model(target: Target) -> LoadedModel:
+        if hung.calls and not release.is_set():  # a lookup made while the first call hangs
+            loading.set()
+            await release.wait()
+        return LoadedModel(hung, Path("/nonexistent/sigserve-test"))
+
+    entry = ModelEntry(
+        name="slow", default_version="1", versions={"1": version("1")}, predict_timeout_s=0.2
+    )
+    routing = RoutingTable(revision=1, models={"slow": entry})
+
+    async def run() -> None:
+        source = TableSource(
+            "http://controller", transport=httpx.MockTransport(lambda _: httpx.Response(204))
+        )
+        source.offer(routing)
+        transport = httpx.ASGITransport(app=create_app(source, ModelHost(get_model)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://serving") as client:
+            first = asyncio.create_task(client.post("/models/slow/serve", json={"prompt": "a"}))
+            await until(lambda: hung.calls == 1)
+            second = asyncio.create_task(client.post(path, json=body))
+            await asyncio.wait_for(loading.wait(), 10)
+            assert (await asyncio.wait_for(first, 10)).status_code == 504  # now wedged
+            release.set()
+            refused = await asyncio.wait_for(second, 10)
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["type"] == "urn:sigserve:problem:version-wedged"
+            assert hung.calls == 1
+
+    released(run(), hung)
