@@ -1,11 +1,7 @@
 """``/healthz`` (the process answers), ``/readyz`` (it can do its job), ``/metrics``.
 
-Readiness is whether this controller can answer the routing-table long-poll and the admin API:
-its database is migrated, a table is published, its loops run. MLflow's state (registry
-reachable, webhook registered) is *reported*, not gating: under Kubernetes an unready
-controller leaves its Service, which would cut the long-poll that keeps serving current just
-because MLflow is down. ``/readyz?full=true`` gates on everything, for a local stack or a test
-that wants the whole path up before it registers models.
+What gates readiness and why (a table published and MLflow's state are reported, gating only
+with ``?full=true``): docs/architecture.md, "Readiness".
 
 ``role`` says whether this controller leads (runs the reconcile loop) or follows another on the
 same PostgreSQL (``controller/leadership.py``); a follower is ready: it answers the long-poll,
@@ -47,14 +43,24 @@ async def _checks(svc: Services, *, full: bool) -> dict[str, str]:
     checks["registry"] = await svc.registry_probe.check(fresh=full)
     if svc.settings.webhook_url:
         checks["webhook"] = "ok" if svc.webhook_id else "not registered yet"
-    checks["routing_table"] = "ok" if svc.broadcaster.current is not None else "not published yet"
+    checks["routing_table"] = _routing_table(svc)
     for name, task in svc.loops.items():
         checks[f"{name}_loop"] = "stopped" if task.done() else "ok"
     return checks
 
 
-# Reported by /readyz, gating only with ?full=true.
-_MLFLOW_CHECKS = frozenset({"registry", "webhook"})
+def _routing_table(svc: Services) -> str:
+    if svc.broadcaster.current is not None:
+        return "ok"
+    if "worker" in svc.loops and not svc.worker.primed:
+        # A new epoch's first table waits for every listed model (controller/priming.py).
+        return "not published yet: priming"
+    return "not published yet"
+
+
+# Reported by /readyz, gating only with ?full=true: none says whether this controller can
+# take webhooks and answer the long-poll (docs/architecture.md, "Readiness").
+_REPORTED_CHECKS = frozenset({"registry", "webhook", "routing_table"})
 
 
 @router.get("/readyz")
@@ -62,7 +68,7 @@ async def readyz(
     svc: Annotated[Services, Depends(services)], full: Annotated[bool, Query()] = False
 ) -> JSONResponse:
     checks = await _checks(svc, full=full)
-    ready = all(v == "ok" for k, v in checks.items() if full or k not in _MLFLOW_CHECKS)
+    ready = all(v == "ok" for k, v in checks.items() if full or k not in _REPORTED_CHECKS)
     body: dict[str, Any] = {
         "status": "ready" if ready else "not ready",
         "role": svc.leadership.role.value,

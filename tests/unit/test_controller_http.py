@@ -3,6 +3,7 @@ problem+json for every refusal. The registry is a real address where nothing lis
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -154,7 +155,44 @@ def test_a_fresh_database_shows_serving_no_table_until_it_has_read_the_registry(
         # so replicas keep what they hold while the registry is unreachable.
         r = fresh.get("/routing-table", params={"after": 5, "epoch": "old", "timeout": 0.2})
         assert r.status_code == 204
-        assert fresh.get("/readyz").json()["checks"]["routing_table"] == "not published yet"
+        checks = fresh.get("/readyz").json()["checks"]
+        assert checks["routing_table"].startswith("not published yet")
+
+
+def test_a_priming_controller_is_ready_and_reports_the_table_it_holds_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Priming a new epoch takes minutes (docs/reliability.md) and has no bound while a model
+    keeps failing: were plain /readyz red until the first table, a Service would drop the
+    controller and MLflow's webhooks to it would be lost. ``?full=true`` still gates on it."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with TestClient(create_app(_settings(tmp_path))) as fresh:
+        r = fresh.get("/readyz")
+        assert r.status_code == 200 and r.json()["status"] == "ready"
+        checks = r.json()["checks"]
+        assert checks["database"] == "ok"
+        assert checks["worker_loop"] == checks["resync_loop"] == "ok"
+        assert checks["routing_table"] == "not published yet: priming"
+        full = fresh.get("/readyz", params={"full": "true"})
+        assert full.status_code == 503 and full.headers["retry-after"]
+        assert full.json()["checks"]["routing_table"] == "not published yet: priming"
+        # A webhook sent now is taken, not lost.
+        body, headers = delivery(EVENT, delivery_id="d-priming")
+        assert fresh.post("/webhooks/mlflow", content=body, headers=headers).status_code == 200
+
+
+def test_a_stopped_loop_still_makes_the_controller_unready(client: TestClient) -> None:
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    assert client.get("/readyz").status_code == 200
+
+    async def stop_resync() -> None:  # on the app's loop: a task is cancelled from its own
+        task = svc.loops["resync"]
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    client.portal.call(stop_resync)  # type: ignore[union-attr]
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["checks"]["resync_loop"] == "stopped"
 
 
 def test_a_database_restored_from_a_backup_catches_up_with_what_replicas_saw(
