@@ -7,6 +7,7 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,11 @@ class Flaky(FakeRegistry):
         super().__init__(**kw)  # type: ignore[arg-type]
         self.errors = errors
         self.calls = 0
+        self.asked: list[str] = []  # the names, in the order their passes read them
 
     def model(self, name: str) -> ObservedModel:
         self.calls += 1
+        self.asked.append(name)
         if self.errors:
             raise self.errors.pop(0)
         return super().model(name)
@@ -53,22 +56,34 @@ def worker_for(
     return worker, store, broadcaster
 
 
-async def settle(worker: Worker, seconds: float) -> None:
-    task = asyncio.create_task(worker.run())
-    await asyncio.sleep(seconds)
-    task.cancel()
+def reconciles(metrics: Metrics, result: str) -> float:
+    """How many passes ended with ``result``, as the controller's /metrics counts them."""
+    value = metrics.registry.get_sample_value("sigserve_reconciles_total", {"result": result})
+    return value or 0.0
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    """Poll ``condition`` until it holds, failing the test after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.01)
 
 
 def test_a_name_enqueued_many_times_is_reconciled_once_and_published(tmp_path: Path) -> None:
     registry = Flaky([], versions_={"1": ("models:/m-a", sig("prompt"))})
-    worker, _, broadcaster = worker_for(tmp_path, registry)
+    metrics = Metrics.create()
+    worker, _, broadcaster = worker_for(tmp_path, registry, metrics=metrics)
 
     async def go() -> None:
         for _ in range(5):
             worker.enqueue("m", "webhook:x")
+        # The queue is first in, first out: once "after" is reconciled, every pass of "m"
+        # that was queued has run.
+        worker.enqueue("after")
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(0.5)
-        assert registry.calls == 1
+        await until(lambda: "after" in registry.asked)
+        assert registry.asked == ["m", "after"]
         # A fresh database: the table reaches serving after a full pass, not before.
         assert broadcaster.current is None
         await worker.prime(already_published=False)
@@ -80,30 +95,35 @@ def test_a_name_enqueued_many_times_is_reconciled_once_and_published(tmp_path: P
 
 
 def test_a_temporary_error_is_retried_with_backoff_a_permanent_one_is_not(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     registry = Flaky([RegistryUnavailable("timeout"), RegistryUnavailable("timeout")],
                      versions_={"1": ("models:/m-a", sig("prompt"))})
-    worker, store, _ = worker_for(tmp_path, registry)
-
-    async def go() -> None:
-        worker.enqueue("m")
-        await settle(worker, 1.0)
-
-    asyncio.run(go())
+    metrics = Metrics.create()
+    worker, store, _ = worker_for(tmp_path, registry, metrics=metrics)
+    asyncio.run(_run_until(worker, lambda: reconciles(metrics, "ok") == 1))
     assert registry.calls == 3  # two failures, then the pass that decided
+    assert reconciles(metrics, "temporary_error") == 2
     assert store.load_model("m") is not None
 
     refused = Flaky([RegistryRefused("PERMISSION_DENIED")], versions_={})
     (tmp_path / "b").mkdir()
-    worker, store, _ = worker_for(tmp_path / "b", refused)
-    asyncio.run(_run_once(worker))
-    assert refused.calls == 1  # no retry until the resync
+    metrics = Metrics.create()
+    worker, store, _ = worker_for(tmp_path / "b", refused, metrics=metrics)
+    caplog.clear()  # the retries above said "retrying in"
+    with caplog.at_level(logging.WARNING, logger="controller.worker"):
+        asyncio.run(_run_until(worker, lambda: reconciles(metrics, "permanent_error") == 1))
+    assert refused.calls == 1 and reconciles(metrics, "temporary_error") == 0
+    # No retry until the resync: the worker schedules one only through its backoff, which
+    # says so ("retrying in"), and it did not.
+    assert not [r for r in caplog.records if "retrying in" in r.getMessage()]
 
 
-async def _run_once(worker: Worker) -> None:
+async def _run_until(worker: Worker, condition: Callable[[], bool]) -> None:
     worker.enqueue("m")
-    await settle(worker, 0.5)
+    task = asyncio.create_task(worker.run())
+    await until(condition)
+    task.cancel()
 
 
 
@@ -113,20 +133,21 @@ def test_a_database_locked_by_another_writer_is_retried_with_backoff(tmp_path: P
     registry = Flaky([], versions_={"1": ("models:/m-a", sig("prompt"))})
     engine = make_engine(f"sqlite:///{tmp_path}/c.db", busy_timeout_s=0.05)
     migrate(engine)
-    store, broadcaster = Store(engine), TableBroadcaster()
+    store, broadcaster, metrics = Store(engine), TableBroadcaster(), Metrics.create()
     worker = Worker(Reconciler(store, registry, ENV), store, registry, broadcaster,
-                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
-                    retry_max_s=0.1)
+                    metrics, resync_interval_s=3600, retry_initial_s=0.05, retry_max_s=0.1)
     other = sqlite3.connect(tmp_path / "c.db", isolation_level=None)
 
     async def go() -> None:
         other.execute("BEGIN EXCLUSIVE")
         worker.enqueue("m", "webhook:x")
         task = asyncio.create_task(worker.run())
-        await asyncio.sleep(0.5)
-        assert store.load_model("m") is None  # nothing half-written while locked
+        # The pass met the lock (twice: it was retried while the lock was held)...
+        await until(lambda: reconciles(metrics, "temporary_error") >= 2)
+        assert store.load_model("m") is None  # ...and wrote nothing half
         other.execute("ROLLBACK")
-        await asyncio.sleep(0.5)  # no resync in this test: only the retry can decide it
+        # No resync in this test: only the retry can decide it.
+        await until(lambda: reconciles(metrics, "ok") == 1)
         task.cancel()
 
     asyncio.run(go())

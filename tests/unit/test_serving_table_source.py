@@ -43,9 +43,11 @@ class StandInController:
         self.table = table
         self.afters: list[int] = []
         self.down = False
+        self.refused = 0  # polls answered with a connection error while down
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         if self.down:
+            self.refused += 1
             raise httpx.ConnectError("controller down", request=request)
         assert request.url.path == "/routing-table"
         after = int(request.url.params["after"])
@@ -64,11 +66,13 @@ def table(revision: int, *names: str) -> RoutingTable:
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> None:
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
+    """Poll ``predicate`` until it holds; fail past ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"not reached within {timeout}s")
         await asyncio.sleep(0.01)
-    raise AssertionError("not reached in time")
 
 
 def test_polls_from_the_held_revision_and_stores_what_it_takes() -> None:
@@ -91,7 +95,11 @@ def test_polls_from_the_held_revision_and_stores_what_it_takes() -> None:
     asyncio.run(scenario())
 
 
-def test_a_replica_started_while_the_controller_is_down_serves_the_stored_table() -> None:
+def test_a_replica_started_while_the_controller_is_down_serves_the_stored_table(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.02)
+
     async def scenario() -> None:
         controller = StandInController(None)
         controller.down = True
@@ -103,7 +111,7 @@ def test_a_replica_started_while_the_controller_is_down_serves_the_stored_table(
         await source.start()
         assert source.table is not None and set(source.table.models) == {"kept"}
         # The failing poll backs off and keeps going; it never takes the table away.
-        await asyncio.sleep(0.3)
+        await wait_for(lambda: controller.refused >= 3)
         assert source.table.revision == 7
         controller.down = False
         controller.table = table(8, "kept", "new")
@@ -194,22 +202,24 @@ def test_a_table_of_another_schema_backs_off_instead_of_spinning(
     monkeypatch.setattr(table_source, "_BACKOFF_MAX_S", 0.2)
     caplog.set_level(logging.DEBUG, logger="serving.table_source")
 
-    async def scenario() -> int:
+    async def scenario() -> float:
         controller = OtherSchemaController(SCHEMA_VERSION + 1)
         source = TableSource("http://controller", transport=httpx.MockTransport(controller))
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         await source.start()
-        await asyncio.sleep(1.0)
-        requests = controller.requests
+        await wait_for(lambda: controller.requests >= 5)
+        took = loop.time() - started
         assert source.table is None
         controller.table = table(1, "a")
         await wait_for(lambda: source.table is not None)
         await source.stop()
-        return requests
+        return took
 
-    requests = asyncio.run(scenario())
-    # Waits of 50, 100, then 200 ms (each plus up to 25 ms of jitter): under ten polls in a
-    # second, where answering at once without a backoff makes hundreds.
-    assert 3 <= requests <= 15
+    took = asyncio.run(scenario())
+    # Five polls are four waits apart: 50, 100, 200 and 200 ms at least (each plus up to 25 ms
+    # of jitter), where answering at once without a backoff makes five polls in milliseconds.
+    assert took >= 0.05 + 0.1 + 0.2 + 0.2, took
     warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and "schema_version 3" in warnings[0].getMessage()
     assert any("answered again" in r.getMessage() for r in caplog.records)
