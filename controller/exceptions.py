@@ -15,10 +15,16 @@
     ├── StaleReport                   a serving report about an artifact the version no longer
     │                                 has (409)
     ├── WebhookRejected               a delivery that must not be trusted (401)
-    └── PayloadTooLarge               a request body past its bound (413)
+    ├── PayloadTooLarge               a request body past its bound (413)
+    ├── GenerationConflict            a reconcile's write refused: the model was written since
+    │                                 it was read (temporary: the worker requeues it at once)
+    └── SteppedDown                   a pass's write refused: this controller stopped leading
+                                      since the pass began (nothing written; the next leader
+                                      reconciles it)
 
 The HTTP boundary (``controller.problems``) is the one place these become responses; the worker
-is the one place that decides to retry (``RegistryUnavailable``) or not.
+is the one place that decides to retry (``RegistryUnavailable``, ``GenerationConflict``) or not.
+Why generations and terms fence two leaders: docs/architecture.md, "The controller's database".
 """
 
 from __future__ import annotations
@@ -77,3 +83,22 @@ class WebhookRejected(ControllerError):
 
 class PayloadTooLarge(ControllerError):
     pass
+
+
+class GenerationConflict(ControllerError):
+    """The model was written since the record was read: decide again from a fresh read.
+
+    Temporary, like a registry outage: the worker requeues the model, whose next pass reads
+    the registry and the store again.
+    """
+
+    def __init__(self, name: str, read: int, stored: int) -> None:
+        super().__init__(
+            f"registered model '{name}' was written since it was read "
+            f"(generation {read} read, {stored} stored)"
+        )
+        self.name, self.read, self.stored = name, read, stored
+
+
+class SteppedDown(ControllerError):
+    """Raised inside a pass's write transaction: the worker stopped leading since it began."""

@@ -38,7 +38,7 @@ from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from controller import faults
 from controller.audit import AuditEvent, diff
-from controller.exceptions import ControllerError
+from controller.exceptions import GenerationConflict
 from controller.records import ModelRecord
 from controller.rows import to_record, utc, write_row
 from controller.schema import (
@@ -54,21 +54,6 @@ from wire.routing_table import RoutingTable
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-class GenerationConflict(ControllerError):
-    """The model was written since the record was read: decide again from a fresh read.
-
-    Temporary, like a registry outage: the worker requeues the model, whose next pass reads
-    the registry and the store again.
-    """
-
-    def __init__(self, name: str, read: int, stored: int) -> None:
-        super().__init__(
-            f"registered model '{name}' was written since it was read "
-            f"(generation {read} read, {stored} stored)"
-        )
-        self.name, self.read, self.stored = name, read, stored
 
 
 class Store:

@@ -38,24 +38,25 @@ from tenacity import (
 
 from controller import faults
 from controller.broadcaster import TableBroadcaster
-from controller.exceptions import RegistryRefused, RegistryUnavailable
+from controller.exceptions import (
+    GenerationConflict,
+    RegistryRefused,
+    RegistryUnavailable,
+    SteppedDown,
+)
 from controller.metrics import Metrics
 from controller.priming import Priming
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.registry import RegistryPort
 from controller.resync import Resync
-from controller.store import GenerationConflict, Store
+from controller.store import Store
 from wire.logs import trail
 
 log = logging.getLogger(__name__)
 WEBHOOK_ACTOR = "webhook:"
 # Webhook deliveries remembered per waiting name (for its log lines), the latest kept.
 _DELIVERIES_PER_NAME = 20
-
-
-class SteppedDown(Exception):
-    """Raised inside a pass's write transaction: the worker stopped leading since it began."""
 
 
 class Worker:

@@ -27,11 +27,12 @@ from sqlalchemy import create_engine, text
 from controller.app import create_app
 from controller.broadcaster import TableBroadcaster
 from controller.database import is_migrated, make_engine, migrate
+from controller.exceptions import GenerationConflict
 from controller.leadership import AdvisoryLock, Leadership, Role
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.records import ModelRecord, VersionRecord
-from controller.store import GenerationConflict, Store
+from controller.store import Store
 from controller.table_builder import content_digest
 from controller.worker import Worker
 from tests.unit.test_controller_http import TOKEN, _settings, delivery

@@ -17,8 +17,9 @@ from sqlalchemy import inspect, text
 from sqlalchemy.exc import OperationalError
 
 from controller.database import is_migrated, make_engine, migrate
+from controller.exceptions import GenerationConflict
 from controller.records import ModelRecord, VersionRecord
-from controller.store import GenerationConflict, Store
+from controller.store import Store
 from controller.table_builder import content_digest
 from wire.routing_table import RoutingTable, VersionState
 
