@@ -12,19 +12,25 @@ Layers, outermost first:
 - ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``long_poll`` (the
   routing table, as serving replicas wait for it), ``load_failures`` (serving replicas' reports
   of artifacts they could not load): HTTP.
-- ``worker`` (the de-duplicating queue, retries), ``resync`` (the periodic resync, pruning and
-  followers' requests, all feeding the queue) and ``reconciler`` (one model, one pass,
-  safe to repeat).
+- ``worker`` (the de-duplicating queue, retries), ``priming`` (what a new epoch's first table
+  waits for: every listed model reconciled), ``resync`` (the periodic resync, pruning and
+  followers' requests, all feeding the queue), ``reconciler`` (one model, one pass, safe to
+  repeat) and ``registry_sync`` (the alias and tags, read and written back).
 - ``leadership`` (which controller runs the worker when several share one PostgreSQL: a session
   advisory lock) and ``table_sync`` (a controller's long-poll fed with the tables others
   published); on SQLite the one controller always leads.
-- ``compatibility``: the decision itself, a pure function.
-- ``store`` owns every database transaction; ``schema`` is the SQLAlchemy mapping, created only
-  by the Alembic migrations in ``migrations/``; ``rows`` maps its rows to the ``records`` the
-  rest of the controller passes around; ``table_builder`` turns records into the routing table
-  (``wire.routing_table``) and ``broadcaster`` hands each new one to the waiting long-polls.
+- ``compatibility`` (signature against contract) and ``environment`` (artifact against the
+  serving environment): the decision itself; ``decisions`` applies both to every version of a
+  model, ``commands`` are the admin changes.
+- ``store`` owns every database transaction (``exceptions`` holds ``GenerationConflict`` and
+  ``SteppedDown``, which refuse a write from a stale read or a controller that stopped leading);
+  ``schema`` is the SQLAlchemy mapping, created only by the Alembic migrations in
+  ``migrations/``; ``rows`` maps its rows to the ``records`` the rest of the controller passes
+  around; ``table_builder`` turns records into the routing table (``wire.routing_table``) and
+  ``broadcaster`` hands each new one to the waiting long-polls.
 - ``registry``: the only module that talks to MLflow.
-- ``metrics`` (the Prometheus metrics), ``decision_log`` (each committed decision logged and
-  counted) and ``publisher`` (publishing the table: timed, logged with what it changes, the
-  registration -> live histogram): what an operator sees (``docs/operations.md``).
+- ``metrics`` (the Prometheus metrics), ``probe`` (the registry's reachability for
+  ``/readyz``), ``decision_log`` (each committed decision logged and counted) and ``publisher``
+  (publishing the table: timed, logged with what it changes, the registration -> live
+  histogram): what an operator sees (``docs/operations.md``).
 """

@@ -2,12 +2,13 @@
 
 One deployment, ``Server``, behind Ray's direct ingress (HAProxy). Each replica answers every
 model's HTTP API from a routing table that the controller publishes: it validates requests
-against the model's contract (the signature of its pinned default version), picks the version
+against the model's contract (the API its clients were promised: docs/architecture.md), picks
+the version
 (path, ``serve_multiplexed_model_id`` header or default) and refuses, before anything is loaded,
 versions that are unknown (404), pending (503) or quarantined (409). The same replica holds the
 models it runs: an LRU of loaded MLflow pyfunc models keyed ``name/version@key``
 (``@serve.multiplexed``), concurrent requests for one version predicted in one call, and each new
-default loaded before the table that makes it one is answered from.
+default loaded before the replica answers for it.
 
 The table reaches a replica by a long-poll on the controller and is kept in Ray's GCS, so a
 replica that starts while the controller is down still serves the last decisions. This package
@@ -19,8 +20,13 @@ hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydant
 ``frames`` (records <-> DataFrames and predictions), ``resolve`` (version selection),
 ``table_source`` and ``gcs_store`` (the table and its copy in Ray), ``openapi`` (per-model
 docs), ``api`` (the FastAPI app; no Ray), ``batching`` (per-version batches; no Ray),
+``batch_inputs`` (which requests may share a predict call, and their input; no Ray),
+``deadlines`` (a predict call's deadline and the versions a hung one wedges; no Ray),
 ``model_host`` (batches, warm-up, the API's backend; no Ray), ``loader`` (MLflow loading; no
-Ray), ``load_reports`` (telling the controller of artifacts that cannot load; no Ray),
+Ray), ``load_ahead`` (a model loaded before Ray's multiplexer is asked, so a failed load evicts
+nothing), ``load_faults`` (whose fault a failed load is: the artifact's or the replica's),
+``failed_loads`` (a failed load remembered, with its backoff, for the 503's ``Retry-After``),
+``load_reports`` (telling the controller of artifacts that cannot load; no Ray),
 ``recorder`` (what the request path tells the metrics; no Ray), ``metrics`` (the replicas'
 metrics on ``ray.serve.metrics``), ``server`` (the deployment, its own JSON log file) and
 ``app`` (``build_app``).

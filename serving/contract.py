@@ -1,7 +1,9 @@
 """A model's HTTP contract, built from an MLflow signature.
 
-The contract of a registered model is the signature of its pinned default version. From it this
-module builds pydantic v2 models (built once per model name and signature, then cached):
+A registered model's contract is the API its clients were promised, as the routing table carries
+it; a pin keeps it, so it need not be the default version's signature (what sets and changes it:
+docs/architecture.md, "The contract"). From it this module builds pydantic v2 models (built once
+per model name and signature, then cached):
 
 - column-based, named inputs: a *record* model, one field per column, typed from the column
   (string -> str, integer -> int within int32, long -> int within int64, float/double -> float,

@@ -11,9 +11,10 @@ around ``PyfuncLoader``; in tests, anything with the same shape), so there is no
   come in several shapes that do not concatenate safely).
 - Both under a per-call deadline (``serving.deadlines``): a call that outlives it is a 504, its
   version answers 503 until the call returns, and ``check_health`` fails when too many hang.
-- ``warm``: before a routing table is answered from, the versions it makes defaults are loaded
-  (and run once on their input example, where the artifact has one), so the first request to a
-  new default finds its model loaded. See ``docs/architecture.md`` ("No cold start").
+- ``warm``: the versions a routing table makes defaults are loaded (and run once on their input
+  example, where the artifact has one) before their model's default switches to them, so the
+  first request to a new default finds its model loaded; the rest of the table applies at once.
+  See ``docs/architecture.md`` ("No cold start on a default").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 One deployment, not an ingress in front of a model deployment: measured here, the second hop
 cost half the throughput of a lone client and ~15% at 16 (``docs/benchmarks.md``), and a
 replica that holds both its routing table and its models can load a new default before it
-answers from the table that makes it one. What stays apart is the code: the API
+answers for that default. What stays apart is the code: the API
 (``serving.api``) only validates and resolves, ``serving.model_host`` batches and predicts, and
 ``serving.loader`` loads without Ray. See ``docs/architecture.md`` ("One deployment").
 

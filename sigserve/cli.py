@@ -4,7 +4,7 @@
 - ``sigserve controller``: the controller alone (``python -m controller`` does the same).
 - ``sigserve serve``: deploy the serving app onto a running Ray cluster and exit
   (``sigserve.cluster``).
-- ``sigserve status|pin|quarantine|release|events|policy``: the controller's admin API
+- ``sigserve status|pin|adopt|quarantine|release|events|policy``: the controller's admin API
   (``sigserve.admin_cli``).
 """
 

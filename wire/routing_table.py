@@ -58,7 +58,8 @@ class ModelEntry(BaseModel):
 
     name: str
     default_version: str | None
-    # The contract: the signature of the default version.
+    # The contract: the API the model's clients were promised, kept across pins, so not always
+    # the default version's signature (docs/architecture.md, "The contract").
     contract: dict[str, str | None] | None = None
     versions: dict[str, VersionEntry] = Field(default_factory=dict)
     # Records per predict call for this model's batches, and how long a batch that is not full
