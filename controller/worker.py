@@ -212,8 +212,11 @@ class Worker:
             self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
         self._metrics.reconciles.labels("ok").inc()
         self._reconciled(name)
-        # A pass that changes nothing (most resync passes) is not worth a line at INFO.
-        log.log(logging.INFO if outcome.changed else logging.DEBUG, "reconciled %s: %s", name,
+        # A pass that changes nothing (most resync passes) is not worth a line at INFO, unless
+        # a webhook asked for it: then its delivery id's trail ends here (an earlier pass, a
+        # resync say, had already decided what the delivery announced).
+        level = logging.INFO if outcome.changed or deliveries else logging.DEBUG
+        log.log(level, "reconciled %s: %s", name,
                 "changed" if outcome.changed else "no change",
                 extra={"event": "reconcile", "changed": outcome.changed})
         self.publisher.expect(name, outcome.registered_at)
