@@ -46,8 +46,9 @@ class ServingSettings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1)
     # How long a batch that is not full may wait for more (0: take what is queued, never wait).
     batch_wait_ms: float = Field(default=0.0, ge=0)
-    # A version whose predict calls take less than this (a moving average) is called on the
-    # event loop: for tiny models a hop to a worker thread costs more than the call.
+    # A call of at most 64 rows whose per-row moving average times its rows is under this is
+    # made on the event loop: for tiny models a hop to a worker thread costs more than the
+    # call (serving.batching; a large call never is, however fast the model).
     inline_predict_below_ms: float = Field(default=1.0, ge=0)
     # How long one predict call may take before its callers get 504 and its version takes no
     # work (503) until the call returns; MLflow's scoring server's default. Per model: the tag
@@ -59,7 +60,8 @@ class ServingSettings(BaseSettings):
     # What one request may carry: a larger body is 413 as it arrives, more records a 422.
     max_body_mb: int = Field(default=16, ge=1)
     max_records: int = Field(default=10_000, ge=1)
-    # Load a version before the table that makes it a default is answered from.
+    # Load a version before its model's default switches to it (the old default answers
+    # meanwhile; serving.table_source).
     warm_defaults: bool = True
     warm_timeout_s: float = Field(default=120.0, gt=0)
     # How long the controller may hold one long-poll open before answering 204.
