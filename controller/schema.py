@@ -106,7 +106,8 @@ class TableRevisionRow(Base):
     __tablename__ = "table_revision"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    revision: Mapped[int] = mapped_column(Integer)
+    # BIGINT: a catch-up may move it far (controller/store.py, ``REVISION_CEILING``).
+    revision: Mapped[int] = mapped_column(BigInteger)
     digest: Mapped[str] = mapped_column(String(64))
     epoch: Mapped[str] = mapped_column(String(32))
     published_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import make_url
 
 from controller.database import MIGRATIONS_DIR, is_migrated, make_engine, migrate
+from controller.records import ModelRecord
 from controller.schema import Base
 from controller.store import Store
 from wire.routing_table import VersionState
@@ -110,4 +111,23 @@ def test_a_plain_postgresql_url_with_an_escaped_password_migrates(postgres_url: 
     migrate(engine)
     assert is_migrated(engine)
     Store(engine).publish()
+    engine.dispose()
+
+
+def test_a_database_left_at_the_top_of_an_integer_revision_publishes_on(
+    database_url: str,
+) -> None:
+    """Before the catch-up was bounded, one poll could leave the revision at 2**31 - 1, the
+    top of PostgreSQL's INTEGER: no later table could be published. The upgrade makes room."""
+    engine = make_engine(database_url)
+    migrate(engine, "0010")
+    store = Store(engine)
+    store.publish()
+    with engine.begin() as connection:
+        connection.execute(sa.text("UPDATE table_revision SET revision = 2147483647"))
+    migrate(engine)
+    store.update_model("m", lambda _: ModelRecord(name="m", policy="backward"))
+    table = store.publish()
+    assert table.revision == 2**31
+    assert store.published() == (table.epoch, 2**31)
     engine.dispose()
