@@ -2,43 +2,92 @@
 
 ``after`` and ``epoch`` say which table the caller has; the answer is 200 with a newer table as
 soon as there is one (at once if there is already, or if the caller's epoch is not this
-controller's), or 204 when ``timeout`` seconds pass with none. The table
-holds no secrets (names, states, reasons, signatures), so it needs no token.
+controller's), or 204 when ``timeout`` seconds pass with none.
+
+Who may call it and what it tells (docs/security.md, "The routing-table long-poll"): the table
+names every artifact ``source``, which the serving API itself never shows, so with
+``SIGSERVE_ROUTING_TABLE_NEEDS_TOKEN`` a caller without the serving token gets 401. Either way,
+only a caller with the serving token is believed when it claims a later revision of this
+epoch (a database restored from a backup, ``Store.catch_up``): anyone else's claim would be a
+write, a broadcast and, unbounded, a revision no later table could be published above.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated
+import logging
+import time
+from typing import Annotated, NoReturn
 
-from fastapi import APIRouter, Depends, Query, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from controller.services import Services, services
+from controller.serving_auth import presents_serving_token
+from controller.store import MAX_CATCH_UP
+
+log = logging.getLogger(__name__)
 
 router = APIRouter()
+
+# The largest revision the database's column holds (BIGINT): whatever a replica holds is below.
+REVISION_MAX = 2**63 - 1
+# A controller that refuses every poll for want of a token of its own says so, not every poll.
+_UNCONFIGURED_LOG_EVERY_S = 60.0
 
 
 @router.get("/routing-table", response_model=None)
 async def routing_table(
+    request: Request,
     svc: Annotated[Services, Depends(services)],
-    # Bounded: a caller could otherwise push the revision (via catch_up) past what the
-    # database's integer column holds, and no later table could be published.
-    after: Annotated[int, Query(ge=-1, le=2**31 - 2)] = -1,
+    after: Annotated[int, Query(ge=-1, le=REVISION_MAX)] = -1,
     timeout: Annotated[float, Query(ge=0)] = 0.0,
     epoch: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
+    serving = presents_serving_token(request, svc.settings.serving_token)
+    if svc.settings.routing_table_needs_token and not serving:
+        _refuse(request, svc)
     wait = min(timeout, svc.settings.long_poll_max_s)
     held = svc.broadcaster.current
-    behind = held is not None and epoch == held.epoch and after > held.revision
+    behind = serving and held is not None and epoch == held.epoch and after > held.revision
     if behind and svc.table_sync is not None and await svc.table_sync.refresh():
         # Another controller on this database published it (this one had not loaded it yet).
         held = svc.broadcaster.current
-    if held is not None and epoch == held.epoch and after > held.revision:
-        # The caller saw a later revision of this database than it now has: it was restored
-        # from a backup. Publish above what serving saw, so replicas take it.
-        await svc.broadcaster.offer(await asyncio.to_thread(svc.store.catch_up, after))
+    if behind and held is not None and epoch == held.epoch and after > held.revision:
+        # A replica saw a later revision of this database than it now has: it was restored
+        # from a backup (or the serving token is in the wrong hands). Publish above what the
+        # replica saw, a bounded step at a time, so replicas take it.
+        caught = await asyncio.to_thread(svc.store.catch_up, after)
+        log.warning(
+            "a serving replica saw revision %d of epoch %s, above this database's %d (restored "
+            "from a backup, or the serving token is in other hands): published the decisions "
+            "as revision %d%s",
+            after, held.epoch, held.revision, caught.revision,
+            "" if caught.revision > after else
+            f"; a catch-up moves the revision at most {MAX_CATCH_UP:,}, the replica's next "
+            "polls move it on",
+            extra={"event": "catch_up", "seen": after, "held": held.revision,
+                   "revision": caught.revision, "epoch": held.epoch},
+        )  # fmt: skip
+        await svc.broadcaster.offer(caught)
     table = await svc.broadcaster.newer_than(after, epoch, wait)
     if table is None:
         return Response(status_code=204)
     return JSONResponse(table.model_dump(mode="json"))
+
+
+def _refuse(request: Request, svc: Services) -> NoReturn:
+    now = time.monotonic()
+    last: float | None = getattr(request.app.state, "routing_table_refusal_logged_at", None)
+    if svc.settings.serving_token is None and (
+        last is None or now - last > _UNCONFIGURED_LOG_EVERY_S
+    ):
+        request.app.state.routing_table_refusal_logged_at = now
+        log.error(
+            "refusing a routing-table poll: SIGSERVE_ROUTING_TABLE_NEEDS_TOKEN is set but this "
+            "controller has no SIGSERVE_SERVING_TOKEN, so no replica can take a table"
+        )
+    raise HTTPException(
+        401, "a valid serving bearer token is required", headers={"WWW-Authenticate": "Bearer"}
+    )

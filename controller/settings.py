@@ -28,6 +28,11 @@ class ControllerSettings(BaseSettings):
     # Serving replicas' own token, for their reports (``POST /serving/load-failures``): not
     # the admin token, which can pin and release. Unset, reports are refused (401).
     serving_token: SecretStr | None = None
+    # Whether ``GET /routing-table`` answers only callers with the serving token (401 for the
+    # rest): the table names every artifact's ``source``. Off until every replica sends the
+    # token on its polls (docs/security.md, "The routing-table long-poll"). Either way, only a
+    # caller with it can make the controller catch up to a revision it claims to have seen.
+    routing_table_needs_token: bool = False
     # Shared with MLflow's webhook so deliveries can be verified. Without it, webhooks are refused.
     webhook_secret: SecretStr | None = None
     # Where MLflow should deliver; when set, the controller registers its own webhook at start.

@@ -51,6 +51,13 @@ from controller.schema import (
 from controller.table_builder import build_table, content_digest
 from wire.routing_table import RoutingTable
 
+# The revision column holds 2**63 - 1 (BIGINT). A catch-up never takes the revision past this,
+# so 2**62 publishes still fit above the highest revision any claim can cause.
+REVISION_CEILING = 2**62
+# How far one catch-up may move the revision: a restore loses the publishes made since the
+# backup (one per decision), far fewer than this; a replica further ahead takes a few polls.
+MAX_CATCH_UP = 1_000_000
+
 
 def _now() -> datetime:
     return datetime.now(UTC)
@@ -317,22 +324,30 @@ class Store:
             table = build_table(self._all_records(session), current.revision, current.epoch)
             return table if content_digest(table) == current.digest else None
 
-    def catch_up(self, seen_revision: int) -> RoutingTable:
-        """Publish the current decisions above a revision serving already saw.
+    def catch_up(self, seen_revision: int, max_jump: int = MAX_CATCH_UP) -> RoutingTable:
+        """Publish the current decisions above a revision serving already saw, within bounds.
 
         A database restored from a backup keeps its epoch but counts from a lower revision;
         replicas would ignore it until it caught up. A replica that asks from a higher revision
-        of this epoch is how the controller learns that, and this puts it ahead at once.
+        of this epoch is how the controller learns that, and this puts it ahead: to
+        ``seen_revision + 1``, but never more than ``max_jump`` above the stored revision nor
+        past ``REVISION_CEILING``. A replica further ahead is caught up by its next polls, one
+        bounded jump each; a claim that is not true (a stolen serving token) cannot take the
+        revision to where no later table fits (docs/security.md, "The routing-table long-poll").
         """
         with self._write_lock, self._transaction() as session:
             current = session.get(TableRevisionRow, 1, with_for_update=True)
             assert current is not None, "catch_up after a first publish"
             models = self._all_records(session)
             digest = content_digest(build_table(models, revision=0, epoch=current.epoch))
+            wanted = min(seen_revision + 1, current.revision + max_jump, REVISION_CEILING)
+            revision = max(current.revision, wanted)
             # A revision names one content: decisions committed since the last publish get a
             # revision of their own, and the row records what the revision it names carries.
-            if current.revision <= seen_revision or current.digest != digest:
-                current.revision = max(current.revision, seen_revision) + 1
+            if current.digest != digest:
+                revision = max(revision, current.revision + 1)
+            if revision != current.revision:
+                current.revision = revision
                 current.digest = digest
                 current.published_at = _now()
             return build_table(models, revision=current.revision, epoch=current.epoch)

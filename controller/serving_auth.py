@@ -1,0 +1,20 @@
+"""Whether a request carries the serving replicas' token (``SIGSERVE_SERVING_TOKEN``).
+
+One check for every route serving calls: constant-time, and as slow with no token configured
+as with one, so the answer's timing says nothing about the configuration either.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from pydantic import SecretStr
+from starlette.requests import Request
+
+
+def presents_serving_token(request: Request, expected: SecretStr | None) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    # Compared even when no token is configured, against one nobody holds.
+    wanted = expected.get_secret_value() if expected is not None else "\0" * 32
+    matches = hmac.compare_digest(token.encode(), wanted.encode())
+    return expected is not None and scheme.lower() == "bearer" and matches
