@@ -74,6 +74,10 @@ _MIN_EMPTY_POLL_S = 0.2
 _HTTP_MARGIN_S = 10.0
 
 
+class Unauthorized(RuntimeError):
+    """The controller refused the replica's serving token: retried, and logged as an error."""
+
+
 class SchemaMismatch(ValueError):
     """A table written for another ``schema_version`` than this replica's."""
 
@@ -111,8 +115,12 @@ class TableSource:
         store: TableStore | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
         prepare: Prepare | None = None,
+        token: str | None = None,
     ) -> None:
         self._url = controller_url.rstrip("/") + "/routing-table"
+        # The serving token (``SIGSERVE_SERVING_TOKEN``): the controller believes a replica's
+        # later revision (a restored database) only with it, and may answer nothing without.
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._poll_timeout_s = poll_timeout_s
         self._store = store
         self._transport = transport
@@ -277,9 +285,15 @@ class TableSource:
         params: dict[str, str | int | float] = {"after": -1, "timeout": self._poll_timeout_s}
         if self._latest is not None:
             params.update(after=self._latest.revision, epoch=self._latest.epoch)
-        response = await client.get(self._url, params=params)
+        response = await client.get(self._url, params=params, headers=self._headers)
         if response.status_code == httpx.codes.NO_CONTENT:
             return None
+        if response.status_code == httpx.codes.UNAUTHORIZED:
+            raise Unauthorized(
+                "the controller refused this replica's serving token (401): "
+                + ("SIGSERVE_SERVING_TOKEN is not set" if not self._headers else
+                   "SIGSERVE_SERVING_TOKEN differs from the controller's")
+            )  # fmt: skip
         response.raise_for_status()
         if response.status_code != httpx.codes.OK:
             raise ValueError(f"unexpected status {response.status_code}")
@@ -398,7 +412,9 @@ class _FailureLog:
         exc = state.outcome.exception() if state.outcome is not None else None
         reason = f"{type(exc).__name__}: {exc}"
         if reason != self._reason:
-            logger.warning(
+            # A refused token is a configuration error that retrying will not mend.
+            logger.log(
+                logging.ERROR if isinstance(exc, Unauthorized) else logging.WARNING,
                 "routing table poll failed (%s); backing off up to %.1fs between retries",
                 reason,
                 _BACKOFF_MAX_S,
