@@ -24,6 +24,7 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
 
+from controller import app as app_module
 from controller.app import create_app
 from controller.broadcaster import TableBroadcaster
 from controller.database import is_migrated, make_engine, migrate
@@ -32,6 +33,7 @@ from controller.leadership import AdvisoryLock, Leadership, Role
 from controller.metrics import Metrics
 from controller.reconciler import Reconciler
 from controller.records import ModelRecord, VersionRecord
+from controller.services import Services
 from controller.store import Store
 from controller.table_builder import content_digest
 from controller.worker import Worker
@@ -79,14 +81,38 @@ def terminate(url: str, pid: int) -> None:
 # The election, alone ---------------------------------------------------------------------------
 
 
+class CountedLeadership(Leadership):
+    """The real election, counting the rounds it ran: a check that a role holds waits for
+    rounds of the election (where it would change), not for a stretch of time."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.rounds = 0
+
+    async def tick(self) -> None:
+        try:
+            await super().tick()
+        finally:
+            self.rounds += 1
+
+
+async def rounds(n: int, *elections: CountedLeadership, within_s: float = 10.0) -> None:
+    """Wait until each of ``elections`` ran ``n`` more rounds."""
+    wanted = [(e, e.rounds + n) for e in elections]
+    deadline = time.monotonic() + within_s
+    while any(e.rounds < at for e, at in wanted):
+        assert time.monotonic() < deadline, f"fewer than {n} election rounds in {within_s} s"
+        await asyncio.sleep(0.01)
+
+
 class Candidate:
     """One controller's election: its lock, its Leadership, the role changes it went through."""
 
     def __init__(self, url: str, **kw: Any) -> None:
         self.engine = make_engine(url)
         self.lock = AdvisoryLock(self.engine, session_timeout_s=10, **kw)
-        self.leadership = Leadership(self.lock, Metrics.create().leader, interval_s=ELECTION_S,
-                                     **kw)
+        self.leadership = CountedLeadership(self.lock, Metrics.create().leader,
+                                            interval_s=ELECTION_S, **kw)
         self.changes: list[tuple[float, Role]] = []
 
         async def led() -> None:
@@ -109,8 +135,9 @@ def test_one_leads_and_the_other_takes_over_within_the_interval_when_its_session
         await b.leadership.tick()
         assert (a.leadership.role, b.leadership.role) == (Role.LEADER, Role.FOLLOWER)
         runs = [asyncio.create_task(c.leadership.run()) for c in (a, b)]
-        await asyncio.sleep(3 * ELECTION_S)
+        await rounds(3, a.leadership, b.leadership)  # the roles hold, round after round
         assert (a.leadership.role, b.leadership.role) == (Role.LEADER, Role.FOLLOWER)
+        assert len(a.changes) == 1 and b.changes == []
         holder = await asyncio.to_thread(lock_holder, postgres_url)
         assert holder is not None
         # The leader's session ends as a dead process's does: the server drops it.
@@ -121,7 +148,8 @@ def test_one_leads_and_the_other_takes_over_within_the_interval_when_its_session
             assert time.monotonic() - ended < 5
         took_over = b.changes[-1][0] - ended
         stepped_down = a.changes[-1][0] - ended
-        await asyncio.sleep(3 * ELECTION_S)  # and it stays so: a cannot take the lock back
+        # And it stays so: a cannot take the lock back, whatever rounds it runs.
+        await rounds(3, a.leadership, b.leadership)
         assert (a.leadership.role, b.leadership.role) == (Role.FOLLOWER, Role.LEADER)
         for run in runs:
             run.cancel()
@@ -163,9 +191,12 @@ def test_a_leader_whose_session_stops_answering_steps_down_and_lets_the_lock_go(
                 await asyncio.sleep(0.01)
                 assert time.monotonic() - hung < 5
             stepped_down = time.monotonic() - hung
-            await asyncio.sleep(2 * ELECTION_S)
-            # The hung session still holds the lock: nobody may lead meanwhile.
+            # The hung session still holds the lock: nobody may lead meanwhile, however many
+            # rounds b tries it and a waits for its session (a round of a's takes its 1 s bound).
+            await rounds(2, b.leadership)
+            await rounds(1, a.leadership)
             assert Role.LEADER not in (a.leadership.role, b.leadership.role)
+            assert [r for _, r in a.changes] == [Role.LEADER, Role.FOLLOWER] and b.changes == []
         finally:
             os.kill(holder, signal.SIGCONT)
         resumed = time.monotonic()
@@ -228,6 +259,13 @@ def seeded(postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
     store.publish()
     engine.dispose()
     return postgres_url
+
+
+def services(client: TestClient) -> Services:
+    """The running controller's parts, as its lifespan built them."""
+    svc = client.app.state.services  # type: ignore[attr-defined]
+    assert isinstance(svc, Services)
+    return svc
 
 
 def metric(client: TestClient, line_start: str) -> float:
@@ -295,9 +333,21 @@ def test_a_followers_long_poll_gets_what_the_leader_publishes_and_the_other_way_
             table = poll_table(follower, start.revision)
             got.append((time.monotonic(), table))
 
+        # Told when the follower's long-poll reaches its broadcaster (the real one, called
+        # through). From there to waiting for a table nothing yields to the follower's event
+        # loop, the only place its table can change, so the change below finds it waiting.
+        broadcaster = services(follower).broadcaster
+        reached = threading.Event()
+        newer_than = broadcaster.newer_than
+
+        async def reaching(revision: int, epoch: str | None, timeout: float) -> RoutingTable | None:
+            reached.set()
+            return await newer_than(revision, epoch, timeout)
+
+        broadcaster.newer_than = reaching  # type: ignore[method-assign]
         waiter = threading.Thread(target=wait)
         waiter.start()
-        time.sleep(0.3)  # the long-poll is waiting
+        assert reached.wait(10), "the follower's long-poll never started waiting"
         sent = time.monotonic()
         r = leader.post("/admin/models/m/versions/2/quarantine", json={"reason": "canary"},
                         headers=ADMIN)
@@ -347,8 +397,9 @@ def test_a_table_is_not_served_under_a_revision_whose_decisions_moved(seeded: st
 
 
 def test_a_webhook_on_the_follower_is_handed_to_the_leader_with_its_record(
-    seeded: str, tmp_path: Path
+    seeded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(app_module, "Leadership", CountedLeadership)
     engine = make_engine(seeded)
     store = Store(engine)
     with controller(seeded, tmp_path / "a") as leader, \
@@ -388,9 +439,16 @@ def test_a_webhook_on_the_follower_is_handed_to_the_leader_with_its_record(
             body, headers = delivery({"entity": "model_version", "action": "created",
                                       "data": {"name": "waiting", "version": "1"}},
                                      delivery_id="d-waiting")
+            election = services(follower).leadership
+            assert isinstance(election, CountedLeadership)
             assert follower.post("/webhooks/mlflow", content=body,
                                  headers=headers).json()["status"] == "accepted"
-            time.sleep(2 * POLL_S)
+            # Two rounds of its election, where it would lead and take the request if it
+            # could: it follows, and runs no loop that takes requests (a leader's drains them
+            # every POLL_S), so the request is still there, with its delivery's actor.
+            asyncio.run(rounds(2, election))
+            ready = follower.get("/readyz").json()
+            assert ready["role"] == "follower" and "requests_loop" not in ready["checks"]
             assert store.take_reconcile_requests() == [("waiting", "webhook:d-waiting")]
     finally:
         lock.close()
