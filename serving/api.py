@@ -176,8 +176,8 @@ def create_app(
                 version = header_version(name, request.headers)
             table = source.table
             target = resolve(table, name, version)
-            # The contract (the default version's signature) shapes what clients send; the
-            # chosen version's own signature shapes what its model reads and writes.
+            # The model's contract (docs/architecture.md, "The contract") shapes what clients
+            # send; the chosen version's own signature shapes what its model reads and writes.
             contract = contract_for(name, target.model.contract or target.version.signature)
             version_signature = (
                 contract_for(name, target.version.signature).signature or contract.signature
