@@ -16,7 +16,6 @@ replicas send at most one per model id every half minute (``serving.load_reports
 from __future__ import annotations
 
 import asyncio
-import hmac
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -28,19 +27,11 @@ from controller import commands
 from controller.decisions import load_failure_of
 from controller.exceptions import NotFound, StaleReport
 from controller.services import Services, services
+from controller.serving_auth import presents_serving_token
 
 
 def require_serving_token(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
-    expected = svc.settings.serving_token
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # Compared even when no token is configured, against one nobody holds, so the answer's
-    # timing says nothing about the configuration either.
-    wanted = expected.get_secret_value() if expected is not None else "\0" * 32
-    if (
-        expected is None
-        or scheme.lower() != "bearer"
-        or not hmac.compare_digest(token.encode(), wanted.encode())
-    ):
+    if not presents_serving_token(request, svc.settings.serving_token):
         svc.metrics.load_failure_reports.labels("unauthorized").inc()
         raise HTTPException(
             401, "a valid serving bearer token is required", headers={"WWW-Authenticate": "Bearer"}

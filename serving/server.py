@@ -119,6 +119,9 @@ class Server:
             poll_timeout_s=settings.table_poll_timeout_s,
             store=GcsTableStore(settings.app_name),
             prepare=self._host.warm if settings.warm_defaults else None,
+            # A restored database is believed only from a replica with the serving token, and a
+            # controller may refuse the table itself without it (docs/security.md).
+            token=token.get_secret_value() if (token := settings.serving_token) else None,
         )
         self._metrics.watch(source)
         return create_app(
