@@ -251,8 +251,10 @@ LOAD_SLACK_S = 15.0
     reason="product (seen in 2 of 2 runs): 8 hung calls at once on 6 worker threads: 5 get their "
     "504 at 2 s, the other 3 (loaded or loading, no deadline logged for them) nothing for ~45 s "
     "until Ray replaces the replica, then a text/plain 500 or a dropped connection, and another "
-    "model's request stalls as long. Presumably the default executor, shared by loads and "
-    "predicts, ran out of threads, and only the predict itself has a deadline",
+    "model's request stalls as long. Hung predicts fill the default executor, which also runs "
+    "every load (serving/loader.py, to_thread) and Ray's multiplexer's eviction (the sync "
+    "__del__ serving/server.py sets, run_in_executor under the multiplexer's cache lock): loads "
+    "wait for a thread with no deadline, and so does every request that needs one",
 )
 def test_more_hung_calls_at_once_than_worker_threads_each_get_their_504(
     serving_url: str, ctl: ControllerHandle, figures: Figures
