@@ -19,6 +19,7 @@ import contextvars
 import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from serving.exceptions import PredictTimeout, VersionWedged
@@ -26,6 +27,10 @@ from serving.exceptions import PredictTimeout, VersionWedged
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# Threads for predict calls: enough that calls hung past their deadline (which fail the health
+# check past ``max_wedged``) leave room for the calls that answer, until Ray replaces the replica.
+PREDICT_THREADS = 32
 
 
 class WedgedReplica(RuntimeError):
@@ -35,8 +40,14 @@ class WedgedReplica(RuntimeError):
 class Deadlines:
     """Runs calls for a key (a multiplexed model id) in worker threads, each with a deadline."""
 
-    def __init__(self, *, max_wedged: int = 2) -> None:
+    def __init__(self, *, max_wedged: int = 2, threads: int = PREDICT_THREADS) -> None:
         self._max_wedged = max_wedged
+        # Predicts get threads of their own: in asyncio's default pool (cores + 4 threads) hung
+        # calls starved the loads and the multiplexer's evictions that share it, and with them
+        # every model of the replica, until Ray replaced it. Threads start only when needed.
+        self._executor = ThreadPoolExecutor(
+            max_workers=max(threads, max_wedged + 2), thread_name_prefix="sigserve-predict"
+        )
         # Key -> its calls still running past their deadline.
         self._wedged: dict[str, int] = {}
 
@@ -64,7 +75,9 @@ class Deadlines:
         """``fn(*args)`` in a worker thread; ``PredictTimeout`` if it outlives ``timeout_s``."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # as asyncio.to_thread does
-        future = loop.run_in_executor(None, functools.partial(context.run, fn, *args))
+        future = loop.run_in_executor(
+            self._executor, functools.partial(context.run, fn, *args)
+        )
         try:
             done, _ = await asyncio.wait((future,), timeout=timeout_s)
         except asyncio.CancelledError:

@@ -19,7 +19,6 @@ would freeze it at import time, so the wrapper is made per replica in ``__init__
 
 from __future__ import annotations
 
-import functools
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -69,7 +68,12 @@ class Server:
             loaded = await self._ahead.take(model_id)
             # Ray's multiplexer calls a model's ``__del__`` when it evicts it (and only then:
             # on an instance, Python itself never calls it), which is how evictions are known.
-            loaded.__dict__["__del__"] = functools.partial(self._evicted, model_id)
+            # A coroutine, so the multiplexer awaits it on the loop instead of needing a free
+            # worker thread while it holds its lock.
+            async def evicted() -> None:
+                self._evicted(model_id)
+
+            loaded.__dict__["__del__"] = evicted
             return loaded
 
         self._multiplexed: Callable[[str], Awaitable[LoadedModel]] = serve.multiplexed(

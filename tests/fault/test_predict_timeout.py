@@ -239,23 +239,13 @@ def test_a_hung_predict_is_a_504_and_enough_of_them_replace_the_replica(
         )
 
 
-# A replica's worker threads: asyncio's default executor (Python's ThreadPoolExecutor default),
-# which the replica's loads and predict calls share; the replica runs on this machine.
+# asyncio's default executor on this machine (Python's ThreadPoolExecutor default): the replica's
+# loads and evictions run there; hung predicts once filled it too and stalled the whole replica.
 WORKER_THREADS = min(32, (os.cpu_count() or 1) + 4)
 # A load of this small model takes about a second; its 504 may come this long after the deadline.
 LOAD_SLACK_S = 15.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product (seen in 2 of 2 runs): 8 hung calls at once on 6 worker threads: 5 get their "
-    "504 at 2 s, the other 3 (loaded or loading, no deadline logged for them) nothing for ~45 s "
-    "until Ray replaces the replica, then a text/plain 500 or a dropped connection, and another "
-    "model's request stalls as long. Hung predicts fill the default executor, which also runs "
-    "every load (serving/loader.py, to_thread) and Ray's multiplexer's eviction (the sync "
-    "__del__ serving/server.py sets, run_in_executor under the multiplexer's cache lock): loads "
-    "wait for a thread with no deadline, and so does every request that needs one",
-)
 def test_more_hung_calls_at_once_than_worker_threads_each_get_their_504(
     serving_url: str, ctl: ControllerHandle, figures: Figures
 ) -> None:
