@@ -47,8 +47,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from serving.deadlines import Deadlines
-from serving.exceptions import PredictTimeout, VersionWedged
+from serving.deadlines import Deadlines, wedged_error
+from serving.exceptions import PredictTimeout
 
 logger = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ class Batcher:
             except PredictTimeout as exc:
                 _answer([item], [exc])
                 self._refuse_queued(queue)
-                _answer(batch, [self._wedged(queue.key)] * len(batch))
+                _answer(batch, [wedged_error(queue.key)] * len(batch))
                 return
             except Exception as exc:
                 _answer([item], [exc])
@@ -291,15 +291,7 @@ class Batcher:
     def _refuse_queued(self, queue: _VersionQueue) -> None:
         """A call of this version hangs: what waits behind it answers 503 now, not in minutes."""
         waiting, queue.items[:] = list(queue.items), []
-        _answer(waiting, [self._wedged(queue.key)] * len(waiting))
-
-    def _wedged(self, key: str) -> VersionWedged:
-        try:
-            self._deadlines.check(key)
-        except VersionWedged as exc:
-            return exc
-        # The hung call returned in the meantime: still, this request's turn has gone.
-        return VersionWedged(f"{key} had a predict call running past its deadline")
+        _answer(waiting, [wedged_error(queue.key)] * len(waiting))
 
 
 def _timed(batch: list[_Item]) -> tuple[list[list[Any]] | Exception, float]:
@@ -347,15 +339,8 @@ def _take(items: list[_Item], max_rows: int) -> list[_Item]:
     group = first.work.group
     for item in items[1:]:
         fits = size + item.work.rows <= max_rows
-        if (
-            fits
-            and group is not None
-            and (item.work.group, item.params_key)
-            == (
-                group,
-                first.params_key,
-            )
-        ):
+        same_kind = (item.work.group, item.params_key) == (group, first.params_key)
+        if fits and group is not None and same_kind:
             batch.append(item)
             size += item.work.rows
         else:

@@ -59,7 +59,7 @@ class Deadlines:
     def check(self, key: str) -> None:
         """Raise ``VersionWedged`` while a call of ``key`` runs past its deadline."""
         if key in self._wedged:
-            raise _wedged(key)
+            raise wedged_error(key)
 
     def check_health(self) -> None:
         """Raise ``WedgedReplica`` when more than ``max_wedged`` calls hang."""
@@ -75,9 +75,7 @@ class Deadlines:
         """``fn(*args)`` in a worker thread; ``PredictTimeout`` if it outlives ``timeout_s``."""
         loop = asyncio.get_running_loop()
         context = contextvars.copy_context()  # as asyncio.to_thread does
-        future = loop.run_in_executor(
-            self._executor, functools.partial(context.run, fn, *args)
-        )
+        future = loop.run_in_executor(self._executor, functools.partial(context.run, fn, *args))
         try:
             done, _ = await asyncio.wait((future,), timeout=timeout_s)
         except asyncio.CancelledError:
@@ -118,7 +116,8 @@ def _retrieved(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
-def _wedged(key: str) -> VersionWedged:
+def wedged_error(key: str) -> VersionWedged:
+    """The 503 a request to a wedged ``key`` gets (also told to those queued behind the call)."""
     name, version = _name_version(key)
     return VersionWedged(
         f"version {version} of {name!r} has a predict call running past its deadline; it takes "
