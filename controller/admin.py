@@ -7,7 +7,6 @@ published before the answer, so a 200 means the serving app is being told.
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,13 +25,11 @@ from controller.exceptions import NotFound
 from controller.records import ModelRecord, Signature
 from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
 from controller.services import Services, services
+from controller.serving_auth import presents_bearer
 
 
 def require_token(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    expected = svc.settings.admin_token.get_secret_value()
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), expected.encode()):
+    if not presents_bearer(request, svc.settings.admin_token):
         raise HTTPException(
             401, "a valid admin bearer token is required", headers={"WWW-Authenticate": "Bearer"}
         )

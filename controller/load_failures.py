@@ -27,11 +27,11 @@ from controller import commands
 from controller.decisions import load_failure_of
 from controller.exceptions import NotFound, StaleReport
 from controller.services import Services, services
-from controller.serving_auth import presents_serving_token
+from controller.serving_auth import presents_bearer
 
 
 def require_serving_token(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
-    if not presents_serving_token(request, svc.settings.serving_token):
+    if not presents_bearer(request, svc.settings.serving_token):
         svc.metrics.load_failure_reports.labels("unauthorized").inc()
         raise HTTPException(
             401, "a valid serving bearer token is required", headers={"WWW-Authenticate": "Bearer"}

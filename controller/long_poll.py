@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from controller.services import Services, services
-from controller.serving_auth import presents_serving_token
+from controller.serving_auth import presents_bearer
 from controller.store import MAX_CATCH_UP
 
 log = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ async def routing_table(
     timeout: Annotated[float, Query(ge=0)] = 0.0,
     epoch: Annotated[str | None, Query(max_length=64)] = None,
 ) -> Response:
-    serving = presents_serving_token(request, svc.settings.serving_token)
+    serving = presents_bearer(request, svc.settings.serving_token)
     if svc.settings.routing_table_needs_token and not serving:
         _refuse(request, svc)
     wait = min(timeout, svc.settings.long_poll_max_s)

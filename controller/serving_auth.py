@@ -1,7 +1,8 @@
-"""Whether a request carries the serving replicas' token (``SIGSERVE_SERVING_TOKEN``).
+"""Whether a request carries a bearer token: the admin token on ``/admin``, the serving
+replicas' (``SIGSERVE_SERVING_TOKEN``) on the routes serving calls.
 
-One check for every route serving calls: constant-time, and as slow with no token configured
-as with one, so the answer's timing says nothing about the configuration either.
+One check for every credential: constant-time, and as slow with no token configured as with
+one, so the answer's timing says nothing about the configuration either.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pydantic import SecretStr
 from starlette.requests import Request
 
 
-def presents_serving_token(request: Request, expected: SecretStr | None) -> bool:
+def presents_bearer(request: Request, expected: SecretStr | None) -> bool:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     # Compared even when no token is configured, against one nobody holds.
     wanted = expected.get_secret_value() if expected is not None else "\0" * 32

@@ -147,11 +147,6 @@ class TableSource:
         """When the table held was taken (``time.monotonic()``), None before the first."""
         return self._taken_at
 
-    @property
-    def latest(self) -> RoutingTable | None:
-        """The newest table accepted; ``table`` differs while its new defaults warm."""
-        return self._latest
-
     def offer(self, table: RoutingTable) -> bool:
         """Answer from ``table`` at once, if it is newer than the one held; say whether taken."""
         if not self._accepts(table):
