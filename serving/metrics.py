@@ -19,7 +19,10 @@ throughput on this 2-core machine. Here each histogram is cumulative bucket coun
 an exact sum per label set, exported as three gauges named as Prometheus names a histogram's
 series (``<name>_bucket{le=...}``, ``<name>_count``, ``<name>_sum``): ``rate`` and
 ``histogram_quantile`` read them as they read any histogram (a replica that restarts starts
-again from 0, which ``rate`` takes as a counter reset).
+again from 0, which ``rate`` takes as a counter reset). Ray's metrics agent forgets a gauge
+that was not set for two report intervals (20 s by default; Ray 2.60's OpenTelemetry recorder),
+so every histogram's gauges are set again every ``refresh_s`` (half a report interval), or an
+idle version's histogram would vanish from ``/metrics`` 20 s after its last request.
 
 Labels name the model and version as the routing table knows them: a request for a name or a
 version the table lacks is counted with ``model=""`` / ``version=""``, so clients cannot grow
@@ -125,6 +128,14 @@ class Histogram:
             totals.buckets[bisect.bisect_left(self._boundaries, value)] += 1
             totals.count += 1
             totals.sum += value
+        self._export(totals)
+
+    def refresh(self) -> None:
+        """Export every label set's totals again, so that Ray's agent keeps them."""
+        for totals in self._totals.values():
+            self._export(totals)
+
+    def _export(self, totals: _Totals) -> None:
         cumulative = 0
         for count, bucket_tags in zip(totals.buckets, totals.bucket_tags, strict=True):
             cumulative += count
@@ -200,6 +211,21 @@ class HeldTable(Protocol):
     def taken_at(self) -> float | None: ...
 
 
+def gauge_refresh_s() -> float:
+    """Half of Ray's metrics report interval: how often a gauge must be set to stay exported.
+
+    Ray's agent keeps a gauge for two report intervals after it was last set, the interval
+    floored at 1 s (``ray._private.telemetry.open_telemetry_metric_recorder``).
+    """
+    try:
+        import ray
+
+        interval_s = max(int(ray._config.metrics_report_interval_ms()), 1000) / 1000
+    except Exception:
+        interval_s = 10.0  # Ray's default
+    return max(FLUSH_S, interval_s / 2)
+
+
 def _model_version(model_id: str) -> tuple[str, str]:
     try:
         parsed = parse_model_id(model_id)
@@ -211,8 +237,10 @@ def _model_version(model_id: str) -> tuple[str, str]:
 class ReplicaMetrics:
     """``serving.recorder.Recorder`` on Ray's metrics, plus loads, evictions and the table."""
 
-    def __init__(self, *, flush_s: float = FLUSH_S) -> None:
+    def __init__(self, *, flush_s: float = FLUSH_S, refresh_s: float | None = None) -> None:
         self._flush_s = flush_s
+        self._refresh_s = gauge_refresh_s() if refresh_s is None else refresh_s
+        self._refreshed_at = time.monotonic()
         self._requests = REQUESTS.create()
         self._request_seconds = REQUEST_SECONDS.create()
         self._loads = LOADS.create()
@@ -307,6 +335,10 @@ class ReplicaMetrics:
         batches, self._batches_seen = self._batches_seen, {}
         for model_id, sizes in batches.items():
             self._batch_size.observe(sizes, self._tags(*_model_version(model_id)))
+        if time.monotonic() - self._refreshed_at >= self._refresh_s:
+            self._refreshed_at = time.monotonic()
+            for histogram in (self._request_seconds, self._load_seconds, self._batch_size):
+                histogram.refresh()
         held = self._table
         table = held.table if held is not None else None
         if held is not None and table is not None and held.taken_at is not None:

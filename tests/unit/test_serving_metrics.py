@@ -280,3 +280,35 @@ def test_the_local_stack_shows_the_trail_and_warnings_human_readably(tmp_path: P
     follow.poll()
     assert len(shown) == 3  # nothing twice; the half-written line waits for its end
     assert render("not json") is None and render("[1]") is None
+
+
+def test_an_idle_versions_histograms_are_set_again_so_that_ray_keeps_exporting_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Ray's agent drops a gauge not set for two report intervals: a version that got no request
+    # since must still have its histograms, so each flush past ``refresh_s`` sets them again.
+    FakeMetric.made = made = {}
+    monkeypatch.setattr(serving_metrics.serve_metrics, "Counter", FakeMetric)
+    monkeypatch.setattr(serving_metrics.serve_metrics, "Gauge", FakeMetric)
+    echo1 = {"model": "echo", "version": "1"}
+    clock = [1000.0]
+    monkeypatch.setattr(serving_metrics.time, "monotonic", lambda: clock[0])
+    m = ReplicaMetrics(flush_s=3600, refresh_s=5)
+    m.request("echo", "1", 200, 0.02)
+    m.batch("echo/1@0123456789abcdef", 3)
+    m.loaded("echo/2@0123456789abcdef", 1.5, ok=True)
+    m.flush()
+    seconds, batches = made["sigserve_request_seconds_count"], made["sigserve_batch_size_sum"]
+    loads = made["sigserve_model_load_seconds_bucket"]
+    before = (len(seconds.calls), len(batches.calls), len(loads.calls))
+    clock[0] += 4  # not yet
+    m.flush()
+    assert (len(seconds.calls), len(batches.calls), len(loads.calls)) == before
+    clock[0] += 1.5
+    m.flush()
+    assert seconds.calls[before[0]:] == [("set", 1, echo1)]
+    assert batches.calls[before[1]:] == [("set", 3, echo1)]
+    assert [(v, t) for _, v, t in loads.calls[before[2]:]] == [
+        (0 if float(le) < 1.5 else 1, {"model": "echo", "version": "2", "le": le})
+        for le in [str(float(b)) for b in serving_metrics.LOAD_BUCKETS] + ["+Inf"]
+    ]
