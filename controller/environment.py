@@ -1,10 +1,15 @@
-"""Can the serving environment load this version at all?
+"""What the serving environment cannot load for sure, and what it merely differs in.
 
 A version's artifacts say what it was logged with (``requirements.txt``, ``python_env.yaml``,
-how the model is serialized); the serving replicas have what they have. Without this check a
-mismatch shows up as a load failure at the version's first request. ``check_environment`` is
-pure (facts in, verdict out); only ``ServingEnvironment.current`` and ``from_lock_file`` read
-anything.
+how the model is serialized); the serving replicas have what they have. Only what certainly
+cannot load here blocks: a package the replicas lack, a pickle of another Python minor. A
+version number that differs, even across a major version, does not: an MLflow 2.22 model with
+pandas 2 and scikit-learn 1.5 loads and predicts right under MLflow 3, pandas 3 and
+scikit-learn 1.9 (issue 17). It is a warning, and the evidence decides: a version that truly
+cannot load is reported by the replica that tried and quarantined with the cause
+(``docs/architecture.md``, "A load that cannot pass goes back to the controller").
+``check_environment`` is pure (facts in, verdict out); only ``ServingEnvironment.current`` and
+``from_lock_file`` read anything.
 
 Requirements (each line of ``requirements.txt``):
 
@@ -19,22 +24,22 @@ Requirements (each line of ``requirements.txt``):
 - Names compare canonicalized (PEP 503); extras (``ray[serve]``) check the base distribution.
   ``mlflow`` is satisfied by ``mlflow-skinny``: MLflow logs ``mlflow==X`` even when only the
   skinny client logged the model, and the replicas may run either.
-- Not installed: blocking.
+- Not installed: blocking (until serving can build a version an environment of its own).
 - A URL / VCS requirement (``name @ https://...``) cannot be verified: a warning (still
   blocking when the named distribution is not installed at all).
 - Installed but outside the specifier (checked with ``prereleases=True``, so ``2.13.0+cpu``
-  satisfies ``==2.13.0``): blocking when no release of the installed major version could satisfy
-  the specifier (``pandas==2.2.3`` vs 3.1.1, ``numpy<2`` vs 2.4.6: another major version, whose
-  API and pickles are likely incompatible); otherwise a warning (``scikit-learn==1.5.0`` vs
-  1.6.1).
+  satisfies ``==2.13.0``): a warning naming both versions (``scikit-learn==1.5.0`` vs 1.6.1),
+  which says "another major version" when no release of the installed major could satisfy the
+  specifier (``pandas==2.2.3`` vs 3.1.1, ``numpy<2`` vs 2.4.6).
 
 Python (``python_env.yaml``): a different major.minor than the serving Python's is blocking
 when the model is pickled (cloudpickle stores code by value, bytecode only loads on the minor
-that wrote it), a warning otherwise; patch differences are nothing.
+that wrote it, and no environment serving builds can change the interpreter), a warning
+otherwise; patch differences are nothing.
 
 Policies: ``strict`` keeps blocking reasons blocking (the version is quarantined), ``warn``
 turns each into a warning saying the strict policy would have quarantined the version, ``off``
-checks nothing.
+checks nothing. Warnings are the same under ``strict`` and ``warn``.
 
 MLflow has a mismatch helper, ``mlflow.utils.requirements_utils._check_requirement_satisfied``
 (used by ``warn_dependency_requirement_mismatches`` when a pyfunc model loads, next to
@@ -66,6 +71,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+# Raise it with every change to what ``check_environment`` decides (see ``digest``). 2: another
+# major version became a warning (issue 17).
+RULES_REVISION = 2
+
 
 class EnvironmentPolicy(StrEnum):
     STRICT = "strict"
@@ -76,6 +85,10 @@ class EnvironmentPolicy(StrEnum):
 # Either distribution provides the `mlflow` module a model's `mlflow==X` requirement is about.
 _MLFLOW_PROVIDERS = ("mlflow", "mlflow-skinny")
 _PICKLE_FORMATS = frozenset({"pickle", "cloudpickle"})
+_ANOTHER_MAJOR = (
+    ", another major version: not a reason to quarantine it by itself; a load that fails on "
+    "serving quarantines it with the cause"
+)
 
 
 def _this_python() -> str:
@@ -156,9 +169,17 @@ class ServingEnvironment:
 
     @functools.cached_property
     def digest(self) -> str:
-        """What decisions are made against; computed once (the environment does not change)."""
+        """What decisions are made against; computed once (the environment does not change).
+
+        The rules' revision is part of it: a release that changes what the check decides has
+        every version decided again once, instead of keeping verdicts of the old rules.
+        """
         blob = json.dumps(
-            {"python": self.python_version, "distributions": sorted(self.distributions.items())}
+            {
+                "python": self.python_version,
+                "distributions": sorted(self.distributions.items()),
+                "rules": RULES_REVISION,
+            }
         )
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -257,7 +278,8 @@ class _Checker:
             self.blocking.append(
                 f"this version was saved with Python {minor} by (cloud)pickle and can only be "
                 f"loaded by Python {minor}; the serving environment runs "
-                f"{self.env.python_version}"
+                f"{self.env.python_version}, and no environment serving could build for it "
+                "would change the interpreter"
             )
         else:
             self.warnings.append(
@@ -297,7 +319,8 @@ class _Checker:
         if installed is None:
             self.blocking.append(
                 f"requirement {line!r}: package {req.name!r} is not installed in the serving "
-                "environment"
+                "environment, and serving does not yet build an environment of its own for a "
+                "version"
             )
             return
         if req.url:
@@ -317,16 +340,17 @@ class _Checker:
                 "standard version number"
             )
             return
-        if _any_release_in_major(req.specifier, installed_version):
-            self.warnings.append(
-                f"requirement {line!r}: this version was logged with {req.name} "
-                f"{req.specifier}; the serving environment has {installed}"
-            )
-        else:
-            self.blocking.append(
-                f"requirement {line!r}: this version needs {req.name} {req.specifier}; the "
-                f"serving environment has {installed} (another major version)"
-            )
+        # Never blocking by itself, even across a major version: a model saved by MLflow 2.22
+        # with pandas 2 and scikit-learn 1.5 loads and predicts right under MLflow 3, pandas 3
+        # and scikit-learn 1.9. Whether it loads is found out by loading it (a failure is
+        # reported and quarantines it); the major version only tells the warning's reader more.
+        found = (
+            f"requirement {line!r}: this version was logged with {req.name} {req.specifier}; "
+            f"the serving environment has {installed}"
+        )
+        if not _any_release_in_major(req.specifier, installed_version):
+            found += _ANOTHER_MAJOR
+        self.warnings.append(found)
 
 
 def check_environment(

@@ -117,7 +117,8 @@ def test_a_version_needing_a_missing_package_is_409_before_any_request(
     wait_for(lambda: ctl.state_of(name, needy) == "quarantined", 30)
     reasons = next(v for v in ctl.model(name)["versions"] if v["version"] == needy)["reasons"]
     assert reasons == ["requirement 'sigserve-absent-package==1.0': package "
-                       "'sigserve-absent-package' is not installed in the serving environment"]
+                       "'sigserve-absent-package' is not installed in the serving environment, "
+                       "and serving does not yet build an environment of its own for a version"]
     wait_for(lambda: serve_status(serving_url, name, needy).status_code == 409, 10)
     r = serve_status(serving_url, name, needy)
     assert r.headers["content-type"].startswith("application/problem+json")

@@ -14,6 +14,7 @@ from controller import commands
 from controller.artifacts import ArtifactFacts
 from controller.database import make_engine, migrate
 from controller.decisions import decide_all as decide_all_in
+from controller.decisions import decision_basis
 from controller.environment import ArtifactEnvironment, ServingEnvironment
 from controller.exceptions import PinRefused
 from controller.reconciler import merge_observed as merge
@@ -151,8 +152,36 @@ def test_the_default_is_checked_too_and_the_environment_can_block_it() -> None:
     v1 = decided.versions["1"]
     assert v1.state is VersionState.QUARANTINED
     assert v1.reasons == ["requirement 'sigserve-absent-package==1.0': package "
-                          "'sigserve-absent-package' is not installed in the serving environment"]
+                          "'sigserve-absent-package' is not installed in the serving "
+                          "environment, and serving does not yet build an environment of its "
+                          "own for a version"]
     assert decided.versions["2"].state is VersionState.LIVE
+
+
+def test_a_version_quarantined_by_the_old_major_version_rule_is_decided_again() -> None:
+    # Stored by a controller from before issue 17: quarantined for "another major version",
+    # decided against a basis whose environment digest had no rules revision in it. The
+    # environment and policies have not changed, yet the rule has: it must be decided again.
+    import hashlib
+
+    old_digest = hashlib.sha256(json.dumps(
+        {"python": ENV.python_version, "distributions": sorted(ENV.distributions.items())}
+    ).encode()).hexdigest()
+    model = ModelRecord(name="m", policy="backward")
+    merged = merge_observed(model, observed("1"), {"1": facts(sig("a"), "pandas==2.2.3")}, {})
+    old_reason = ("requirement 'pandas==2.2.3': this version needs pandas ==2.2.3; the serving "
+                  "environment has 3.1.1 (another major version)")
+    merged = replace(merged, default_version="1", contract=sig("a"))
+    merged.versions["1"] = replace(
+        merged.versions["1"], state=VersionState.QUARANTINED, reasons=[old_reason],
+        warnings=[], decided_at=NOW,
+        decided_against=decision_basis(merged, old_digest),
+    )
+    decided = decide_all(merged, NOW)
+    v1 = decided.versions["1"]
+    assert v1.state is VersionState.LIVE
+    assert v1.reasons == []
+    assert "another major version" in v1.warnings[0]
 
 
 def test_environment_warnings_stay_on_a_live_version_and_policy_warn_lets_it_through() -> None:
