@@ -5,10 +5,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import re
 
 from controller.exceptions import WebhookRejected
 
 SIGNATURE_VERSION = "v1"
+# Seconds since 1970 in ASCII digits: twelve reach the year 33658. A longer one is no clock's,
+# and as an int it would not fit the float it is compared with (OverflowError, a 500).
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")
 
 
 def sign(secret: str, delivery_id: str, timestamp: str, body: bytes) -> str:
@@ -32,10 +36,9 @@ def verify(
         raise WebhookRejected(
             "missing X-MLflow-Delivery-Id, X-MLflow-Timestamp or X-MLflow-Signature"
         )
-    try:
-        sent_at = int(timestamp)
-    except ValueError as exc:
-        raise WebhookRejected("X-MLflow-Timestamp is not a Unix timestamp") from exc
+    if not _TIMESTAMP.fullmatch(timestamp):
+        raise WebhookRejected("X-MLflow-Timestamp is not a Unix timestamp")
+    sent_at = int(timestamp)
     if abs(now - sent_at) > max_age_s:
         raise WebhookRejected(f"X-MLflow-Timestamp is more than {max_age_s:.0f}s from now")
     expected = sign(secret, delivery_id, timestamp, body)
