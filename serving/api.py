@@ -4,17 +4,19 @@ It knows nothing of Ray: it gets a ``TableSource`` (the routing table) and a ``M
 (something that runs a version on some data), so it runs the same under Ray Serve and in a test
 client. Routes:
 
-    GET  /models                                     revision and every model's versions/states
-    GET  /models/{name}                              contract, default version, versions/states
-    POST /models/{name}/serve                        records in, output records out
-    POST /models/{name}/versions/{version}/serve     same, version from the path
-    POST /models/{name}/invocations                  MLflow scoring-server protocol
-    GET  /-/healthz                                  liveness
+    GET  /models                                       revision and every model's versions/states
+    GET  /models/{name}                                contract, default version, versions/states
+    POST /models/{name}/serve                          records in, output records out
+    POST /models/{name}/versions/{version}/serve       same, version from the path
+    POST /models/{name}[/versions/{version}]/invocations   MLflow's scoring protocol
+    GET  /models/{name}[/versions/{version}]/ping|health   MLflow's probes: 200 when servable
+    GET  /models/{name}/version                        MLflow's version, as MLflow answers it
+    POST /invocations, GET /ping|/health|/version      the same, for ``default_model`` if set
+    GET  /-/healthz                                    liveness
 
-Bodies for ``/serve`` are described in ``serving.contract``; errors in ``serving.problems``.
-``/invocations`` takes what ``mlflow models serve`` takes (``dataframe_split``,
-``dataframe_records``, ``instances`` or ``inputs``, with optional ``params``) and answers
-``{"predictions": [...]}``.
+Bodies for ``/serve`` are described in ``serving.contract``, the scoring protocol's in
+``serving.scoring_protocol``; errors in ``serving.problems``. Every request that runs a model
+goes through ``_answer``: one resolve, one re-check after the load, one metric.
 """
 
 from __future__ import annotations
@@ -22,20 +24,18 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
-import pandas as pd
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
-from mlflow.exceptions import MlflowException
+from fastapi.responses import JSONResponse, Response
 from mlflow.models import ModelSignature
-from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
+from serving import scoring_protocol
+from serving.bodies import check_count, read_body, read_json
 from serving.contract import contract_for
-from serving.exceptions import BodyTooLarge, InvalidInput, ProblemError
-from serving.frames import jsonable
+from serving.exceptions import ProblemError
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
 from serving.recorder import NoRecorder, Recorder
@@ -50,7 +50,8 @@ from serving.resolve import (
 from serving.table_source import TableSource
 from wire.routing_table import ModelEntry, RoutingTable
 
-_SCORING_FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# What a route does once its version is resolved: the target, and the table it came from.
+Respond = Callable[[Target, RoutingTable | None], Awaitable[Response]]
 
 
 class ModelBackend(Protocol):
@@ -90,7 +91,10 @@ def create_app(
     max_body_bytes: int | None = None,
     max_records: int | None = None,
     recorder: Recorder | None = None,
+    default_model: str | None = None,
 ) -> FastAPI:
+    """The app; ``default_model`` also answers MLflow's root routes (``/invocations``,
+    ``/ping``...) for that model, as a one-model ``mlflow models serve`` would."""
     metrics = recorder if recorder is not None else NoRecorder()
 
     @asynccontextmanager
@@ -125,65 +129,53 @@ def create_app(
         return {**_summary(model), "contract": _contract_view(model)}
 
     @app.post("/models/{name}/serve")
-    async def serve_default(name: str, request: Request) -> JSONResponse:
+    async def serve_default(name: str, request: Request) -> Response:
         return await _serve(name, None, request)
 
     @app.post("/models/{name}/versions/{version}/serve")
-    async def serve_version(name: str, version: str, request: Request) -> JSONResponse:
+    async def serve_version(name: str, version: str, request: Request) -> Response:
         return await _serve(name, version, request)
 
     @app.post("/models/{name}/invocations")
-    async def invocations(name: str, request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        version: str | None = ""  # labels no version if the header names another model (400)
-        try:
-            version = header_version(name, request.headers)
-            # Resolve before reading the body: a quarantined version answers 409 whatever is
-            # sent.
-            table = source.table
-            target = resolve(table, name, version)
-            signature = contract_for(name, target.version.signature).signature
-            body = await _json(request, max_body_bytes)
-            if not isinstance(body, dict):
-                raise _bad_body("must be a JSON object with one of " + ", ".join(_SCORING_FORMATS))
-            _check_count(body, max_records)
-            data = {k: v for k, v in body.items() if k in _SCORING_FORMATS}
-            unknown = sorted(set(body) - set(_SCORING_FORMATS) - {"params"})
-            if unknown or len(data) != 1:
-                raise _bad_body(
-                    f"needs exactly one of {', '.join(_SCORING_FORMATS)} (and 'params')"
-                )
-            schema: Any = signature.inputs if signature is not None else None
-            try:
-                parsed = infer_and_parse_data(data, schema)
-            except MlflowException as exc:
-                raise _bad_body(exc.message) from None
-            prediction = await backend.invoke(
-                target, parsed, body.get("params"), after_load=still_served(target, table)
-            )
-            response = JSONResponse({"predictions": jsonable(_scoring_output(prediction))})
-        except BaseException as exc:
-            _failed(name, version, exc, started)
-            raise
-        metrics.request(name, target.version.version, 200, time.perf_counter() - started)
-        return response
+    async def invocations(name: str, request: Request) -> Response:
+        return await _invoke(name, None, request)
 
-    async def _serve(name: str, version: str | None, request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        try:
-            if version is None:
-                version = ""  # labels no version if the header names another model (400)
-                version = header_version(name, request.headers)
-            table = source.table
-            target = resolve(table, name, version)
+    @app.post("/models/{name}/versions/{version}/invocations")
+    async def version_invocations(name: str, version: str, request: Request) -> Response:
+        return await _invoke(name, version, request)
+
+    @app.get("/models/{name}/version")
+    async def mlflow_version(name: str) -> Response:
+        find_model(source.table, name)
+        return scoring_protocol.version()
+
+    if default_model is not None:
+        # Routes of their own, fixed when the app is built, as Ray Serve fixes every route.
+        model = default_model
+
+        @app.post("/invocations")
+        async def root_invocations(request: Request) -> Response:
+            return await _invoke(model, None, request)
+
+        @app.get("/ping")
+        @app.get("/health")
+        async def root_ping(request: Request) -> Response:
+            return await _ping_default(model, request)
+
+        @app.get("/version")
+        async def root_version() -> Response:
+            return await mlflow_version(model)
+
+    async def _serve(name: str, version: str | None, request: Request) -> Response:
+        async def respond(target: Target, table: RoutingTable | None) -> Response:
             # The model's contract (docs/architecture.md, "The contract") shapes what clients
             # send; the chosen version's own signature shapes what its model reads and writes.
             contract = contract_for(name, target.model.contract or target.version.signature)
             version_signature = (
                 contract_for(name, target.version.signature).signature or contract.signature
             )
-            body = await _json(request, max_body_bytes)
-            _check_count(body, max_records)
+            body = await read_json(request, max_body_bytes)
+            check_count(body, max_records)
             parsed = contract.parse(body)
             served = await backend.serve(
                 target,
@@ -192,13 +184,58 @@ def create_app(
                 version_signature,
                 after_load=still_served(target, table),
             )
-            response = JSONResponse(served)
+            return JSONResponse(served)
+
+        return await _answer(name, version, request, respond)
+
+    async def _invoke(name: str, version: str | None, request: Request) -> Response:
+        async def respond(target: Target, table: RoutingTable | None) -> Response:
+            # MLflow's server reads a request with the artifact's own signature: so does this.
+            signature = contract_for(name, target.version.signature).signature
+            raw = await read_body(request, max_body_bytes)
+            scoring = scoring_protocol.parse(
+                raw, request.headers.get("content-type"), signature, max_records
+            )
+            prediction = await backend.invoke(
+                target, scoring.data, scoring.params, after_load=still_served(target, table)
+            )
+            return JSONResponse(scoring_protocol.answer(prediction, scoring.unwrapped))
+
+        return await _answer(name, version, request, respond)
+
+    async def _answer(
+        name: str, version: str | None, request: Request, respond: Respond
+    ) -> Response:
+        """Resolve the version (path, else header, else default) before reading the body, so
+        a quarantined version answers 409 whatever is sent; then ``respond``, timed and counted
+        here, not in a middleware: one call on the request path."""
+        started = time.perf_counter()
+        try:
+            if version is None:
+                version = ""  # labels no version if the header names another model (400)
+                version = header_version(name, request.headers)
+            table = source.table
+            target = resolve(table, name, version)
+            response = await respond(target, table)
         except BaseException as exc:
             _failed(name, version, exc, started)
             raise
-        # Timed and counted here, not in a middleware: one call on the request path.
         metrics.request(name, target.version.version, 200, time.perf_counter() - started)
         return response
+
+    async def _ping_default(name: str, request: Request) -> Response:
+        resolve(source.table, name, header_version(name, request.headers))
+        return scoring_protocol.ping()
+
+    async def _ping_version(name: str, version: str) -> Response:
+        # Servable from the table's view: live and bound to a checked artifact. The model is
+        # not loaded for a probe (a load failure answers the first request, with its cause).
+        resolve(source.table, name, version)
+        return scoring_protocol.ping()
+
+    for probe in ("ping", "health"):
+        app.get(f"/models/{{name}}/{probe}")(_ping_default)
+        app.get(f"/models/{{name}}/versions/{{version}}/{probe}")(_ping_version)
 
     def still_served(target: Target, resolved_from: RoutingTable | None) -> Callable[[], None]:
         """Run by the backend once ``target`` is loaded: make sure the table held then still
@@ -237,70 +274,6 @@ def _labels(table: RoutingTable | None, name: str, version: str | None) -> tuple
     return name, chosen if chosen is not None and chosen in model.versions else ""
 
 
-async def _json(request: Request, max_bytes: int | None) -> Any:
-    try:
-        return json.loads(await _body(request, max_bytes))
-    except RecursionError:
-        raise _bad_body("is nested too deeply to be read") from None
-    except ValueError as exc:
-        raise _bad_body(f"is not valid JSON: {exc}") from None
-
-
-async def _body(request: Request, max_bytes: int | None) -> bytes:
-    """The body, refused (413) as soon as it is known to be too large: from its Content-Length
-    before reading any of it, else while it streams in, never held whole in memory."""
-    if max_bytes is None:
-        return await request.body()
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > max_bytes:
-        raise _too_large(int(declared), max_bytes)
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > max_bytes:
-            raise _too_large(size, max_bytes)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-def _too_large(size: int, max_bytes: int) -> BodyTooLarge:
-    reason = f"has {size} bytes or more; a request may send at most {max_bytes}"
-    return BodyTooLarge(f"body {reason}", errors=[{"field": "body", "reason": reason}])
-
-
-def _check_count(body: Any, max_records: int | None) -> None:
-    """Refuse a body of more records than a request may hold, before validating any of them."""
-    if max_records is None:
-        return
-    field, count = _records_in(body)
-    if count > max_records:
-        reason = f"holds {count} records; a request may hold at most {max_records}"
-        raise InvalidInput(f"{field} {reason}", errors=[{"field": field, "reason": reason}])
-
-
-def _records_in(body: Any) -> tuple[str, int]:
-    """Where a body's records are and how many: a list, an envelope, or a scoring format."""
-    if isinstance(body, list):
-        return "body", len(body)
-    if not isinstance(body, dict):
-        return "body", 1
-    for key in ("inputs", "dataframe_records", "instances"):
-        value = body.get(key)
-        if isinstance(value, list):
-            return key, len(value)
-        if isinstance(value, dict):  # columns of values
-            lengths = [len(v) for v in value.values() if isinstance(v, list)]
-            return key, max(lengths, default=1)
-    split = body.get("dataframe_split")
-    if isinstance(split, dict) and isinstance(split.get("data"), list):
-        return "dataframe_split.data", len(split["data"])
-    return "body", 1
-
-
-def _bad_body(reason: str) -> InvalidInput:
-    return InvalidInput(f"body {reason}", errors=[{"field": "body", "reason": reason}])
-
-
 def _summary(model: ModelEntry) -> dict[str, Any]:
     return {
         "name": model.name,
@@ -328,12 +301,3 @@ def _contract_view(model: ModelEntry) -> dict[str, Any] | None:
     view["output_schema"] = json_schema(contract.output)
     view["params_schema"] = json_schema(contract.params) if contract.params else None
     return view
-
-
-def _scoring_output(prediction: Any) -> Any:
-    # What `mlflow models serve` answers: frames as records, arrays as nested lists.
-    if isinstance(prediction, pd.DataFrame):
-        return prediction.to_dict(orient="records")
-    if isinstance(prediction, pd.Series):
-        return prediction.tolist()
-    return prediction

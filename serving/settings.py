@@ -73,6 +73,11 @@ class ServingSettings(BaseSettings):
     # or the controller) before it reports ready anyway and answers 503 until one arrives.
     table_startup_wait_s: float = Field(default=5.0, ge=0)
 
+    # The model MLflow's root routes answer for (``/invocations``, ``/ping``, ``/health``,
+    # ``/version``), as a one-model ``mlflow models serve`` does: what SageMaker- and
+    # Databricks-style clients call. Unset, those routes do not exist (404).
+    default_model: str | None = None
+
     @model_validator(mode="after")
     def _autoscaling_bounds(self) -> ServingSettings:
         top = self.autoscaling_max_replicas

@@ -61,6 +61,7 @@ def test_409_carries_the_reasons() -> None:
         "model": "echo",
         "version": "3",
         "reasons": ["input 'prompt' (string, required) is missing"],
+        "error_code": "RESOURCE_CONFLICT",
     }
 
 
@@ -70,6 +71,7 @@ def test_503_says_when_to_retry() -> None:
     assert response.headers["content-type"] == MEDIA_TYPE
     assert response.headers["retry-after"] == "1"
     assert response.json()["type"] == "urn:sigserve:problem:not-ready"
+    assert response.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
 
 
 def test_422_names_each_field_and_why() -> None:
@@ -86,6 +88,7 @@ def test_422_names_each_field_and_why() -> None:
             {"field": "prompt", "reason": "is required"},
             {"field": "x", "reason": "is not an input of this model"},
         ],
+        "error_code": "INVALID_PARAMETER_VALUE",
     }
 
 
@@ -99,6 +102,7 @@ def test_anything_else_is_a_500_without_internals() -> None:
         "status": 500,
         "detail": "an internal error occurred",
         "instance": "/boom",
+        "error_code": "INTERNAL_ERROR",
     }
     assert "passwd" not in response.text
 
@@ -108,6 +112,8 @@ def test_framework_errors_are_problems_too() -> None:
     missing = client.get("/nowhere")
     assert missing.status_code == 404
     assert missing.json()["type"] == "about:blank"
+    assert missing.json()["error_code"] == "ENDPOINT_NOT_FOUND"
     wrong = client.get("/typed/abc")
     assert wrong.status_code == 422
     assert wrong.json()["errors"][0]["field"] == "path.n"
+    assert wrong.json()["error_code"] == "INVALID_PARAMETER_VALUE"

@@ -1,0 +1,178 @@
+"""MLflow's scoring protocol, read and answered as ``mlflow models serve`` (MLflow 3.17) does.
+
+What a client of ``mlflow models serve`` sends to ``/invocations`` works unchanged against
+``/models/{name}/invocations`` (docs/architecture.md, "MLflow's scoring protocol"):
+
+- ``application/json``: exactly one of ``dataframe_split``, ``dataframe_records``,
+  ``instances``, ``inputs``, with optional ``params``; other top-level keys are ignored, as MLflow
+  ignores them. Parsed with MLflow's own parser against the version's signature. Answered
+  ``{"predictions": ...}``.
+- The unwrapped LLM input: a JSON object with ``messages``, ``prompt`` or ``input`` goes to the
+  model as sent, less the keys the signature names as params (those become params), and its
+  answer comes back without the ``predictions`` wrapper.
+- ``text/csv`` and ``application/vnd.apache.parquet``: a table, read by MLflow's readers (CSV
+  with the signature's column dtypes); no params.
+- Anything else, a charset other than UTF-8 or another content-type parameter: 415.
+
+Errors stay sigserve's problem+json (``serving.problems`` adds MLflow's ``error_code``), and a
+reason never repeats the request's data: MLflow's own messages do, so they are not passed on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from io import BytesIO, StringIO
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from fastapi.responses import Response
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.pyfunc.scoring_server import (
+    infer_and_parse_data,
+    parse_csv_input,
+    parse_parquet_input,
+)
+from mlflow.version import VERSION
+
+from serving.bodies import bad_body, check_count, check_rows, parse_json
+from serving.exceptions import InvalidInput, ProblemError
+from serving.frames import jsonable
+
+JSON = "application/json"
+CSV = "text/csv"
+PARQUET = "application/vnd.apache.parquet"
+MEDIA_TYPES = (JSON, CSV, PARQUET)
+FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
+# MLflow 3's "unified LLM input" keys (mlflow.pyfunc.utils.serving_data_parser).
+LLM_KEYS = ("messages", "prompt", "input")
+
+
+class UnsupportedMediaType(ProblemError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "The scoring protocol does not take this content type"
+
+
+@dataclass(frozen=True)
+class ScoringInput:
+    """What the model is called with, and whether its answer goes back unwrapped."""
+
+    data: Any
+    params: dict[str, Any] | None
+    unwrapped: bool
+
+
+def parse(
+    raw: bytes,
+    content_type: str | None,
+    signature: ModelSignature | None,
+    max_records: int | None,
+) -> ScoringInput:
+    """The model's input for a request body under the running version's ``signature``."""
+    media = media_type(content_type)
+    schema: Any = signature.inputs if signature is not None else None
+    if media == CSV:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise bad_body("is not UTF-8 text") from None
+        frame = _table(parse_csv_input, StringIO(text), schema=schema, kind="CSV")
+    elif media == PARQUET:
+        frame = _table(parse_parquet_input, BytesIO(raw), kind="Parquet")
+    else:
+        body: Any = parse_json(raw)
+        return _parse_json(body, signature, max_records)
+    check_rows("body", len(frame), max_records)
+    return ScoringInput(frame, None, unwrapped=False)
+
+
+def media_type(content_type: str | None) -> str:
+    """The body's media type, or a 415 for one MLflow's server refuses, by its own rules:
+    the type compared as sent, ``charset`` UTF-8 only, no other parameter."""
+    if content_type is None:
+        # MLflow's server fails with a 500 on a request without one; JSON is what it would be.
+        return JSON
+    media, *pairs = (part.strip() for part in content_type.split(";"))
+    parameters = {key: value for key, _, value in (pair.partition("=") for pair in pairs)}
+    if parameters.get("charset", "utf-8").lower() != "utf-8":
+        raise _unsupported("the scoring protocol reads UTF-8 only")
+    if set(parameters) - {"charset"}:
+        raise _unsupported("takes no parameter other than charset")
+    if media not in MEDIA_TYPES:
+        raise _unsupported(f"must be one of {', '.join(MEDIA_TYPES)}")
+    return media
+
+
+def _unsupported(reason: str) -> UnsupportedMediaType:
+    return UnsupportedMediaType(
+        f"content-type {reason}", errors=[{"field": "content-type", "reason": reason}]
+    )
+
+
+def _parse_json(
+    body: Any, signature: ModelSignature | None, max_records: int | None
+) -> ScoringInput:
+    if not isinstance(body, dict):
+        raise bad_body("must be a JSON object with one of " + ", ".join(FORMATS))
+    if any(key in body for key in LLM_KEYS):
+        # As MLflow: the body is the model's input, the keys the signature names as params
+        # aside (anything else would never reach the model).
+        names = {p.name for p in signature.params.params} if signature and signature.params else ()
+        data = {k: v for k, v in body.items() if k not in names}
+        return ScoringInput(data, {k: v for k, v in body.items() if k in names}, unwrapped=True)
+    check_count(body, max_records)
+    data = {key: body[key] for key in FORMATS if key in body}
+    if len(data) != 1:
+        found = f"; it has {', '.join(data)}" if data else ""
+        raise bad_body(f"needs exactly one of {', '.join(FORMATS)} (and 'params'){found}")
+    params = body.get("params")
+    if params is not None and not isinstance(params, dict):
+        raise InvalidInput(
+            "params must be a JSON object",
+            errors=[{"field": "params", "reason": "must be a JSON object"}],
+        )
+    (field,) = data
+    schema: Any = signature.inputs if signature is not None else None
+    try:
+        parsed = infer_and_parse_data(data, schema)
+    except (MlflowException, ValueError, TypeError, KeyError, IndexError):
+        # MLflow's message quotes the data; the field and the rule it broke are enough.
+        reason = "cannot be read as MLflow reads it for this version's signature"
+        problem = [{"field": field, "reason": reason}]
+        raise InvalidInput(f"{field} {reason}", errors=problem) from None
+    return ScoringInput(parsed, params, unwrapped=False)
+
+
+def _table(reader: Any, source: Any, *, kind: str, **options: Any) -> pd.DataFrame:
+    try:
+        frame: pd.DataFrame = reader(source, **options)
+    except MlflowException as exc:
+        cause = type(exc.__context__).__name__ if exc.__context__ is not None else "error"
+        raise bad_body(f"is not a {kind} table pandas can read ({cause})") from None
+    return frame
+
+
+def answer(prediction: Any, unwrapped: bool) -> Any:
+    """The JSON answer MLflow's server gives for ``prediction``, NaN and infinities as null
+    (which MLflow writes as bare ``NaN``, not JSON)."""
+    if isinstance(prediction, np.ndarray):
+        prediction = prediction.tolist()
+    elif isinstance(prediction, pd.DataFrame):
+        prediction = prediction.to_dict(orient="records")
+    elif isinstance(prediction, pd.Series):
+        # MLflow makes a one-column frame of it: records keyed by the series' name, or 0.
+        prediction = pd.DataFrame(prediction).to_dict(orient="records")
+    predictions = jsonable(prediction)
+    return predictions if unwrapped else {"predictions": predictions}
+
+
+def ping() -> Response:
+    """MLflow's ``/ping`` and ``/health`` answer, exactly: a newline, typed as JSON."""
+    return Response("\n", media_type=JSON)
+
+
+def version() -> Response:
+    """MLflow's ``/version`` answer, exactly: its version, bare (not a JSON string)."""
+    return Response(VERSION, media_type=JSON)

@@ -1,0 +1,235 @@
+"""MLflow's scoring protocol as a client of `mlflow models serve` speaks it, in a test client.
+
+The reference is MLflow 3.17's own scoring server (``mlflow/pyfunc/scoring_server``); the same
+requests against a real ``mlflow models serve`` are in
+``tests/integration/test_scoring_parity.py``. Here: what each request reaches the model as, and
+what comes back.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pandas as pd
+import pytest
+from fastapi.testclient import TestClient
+from mlflow.version import VERSION
+
+from serving.api import create_app
+from serving.loader import LoadedModel
+from serving.model_host import ModelHost
+from serving.resolve import Target
+from serving.table_source import TableSource
+from tests.unit.test_serving_api import TABLE, Controller, EchoModel
+
+Call = tuple[Target, Any, dict[str, Any] | None]
+
+
+class Model(EchoModel):
+    """The echo, except that a prompt "boom" makes its own code raise."""
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        prompts = data["prompt"]
+        if "boom" in list(prompts):
+            raise ValueError("the model's own bug, with the input 'boom' in its message")
+        return super().predict(data, params)
+
+
+class Backend(ModelHost):
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+
+        async def get_model(target: Target) -> LoadedModel:
+            return LoadedModel(Model(target, self.calls), Path("/nonexistent/sigserve-test"))
+
+        super().__init__(get_model)
+
+
+def started(default_model: str | None = None) -> tuple[TestClient, Backend]:
+    controller = Controller()
+    controller.table = TABLE
+    source = TableSource("http://controller", transport=httpx.MockTransport(controller))
+    backend = Backend()
+    app = create_app(source, backend, startup_wait_s=2, default_model=default_model)
+    return TestClient(app, raise_server_exceptions=False), backend
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[TestClient, Backend]]:
+    client, backend = started()
+    with client:
+        yield client, backend
+
+
+def test_csv_bodies_are_read_with_the_versions_column_types(
+    served: tuple[TestClient, Backend],
+) -> None:
+    client, backend = served
+    for content_type in ("text/csv", "text/csv; charset=utf-8", "text/csv;charset=UTF-8"):
+        response = client.post(
+            "/models/echo/invocations",
+            content=b"prompt\na\n1\n",
+            headers={"content-type": content_type},
+        )
+        assert response.status_code == 200, (content_type, response.text)
+        # "1" stays the string the signature says, as MLflow reads it (dtype from the schema).
+        assert response.json() == {"predictions": [{"out": "echo/1:a"}, {"out": "echo/1:1"}]}
+    assert backend.calls[0][1]["prompt"].tolist() == ["a", "1"]
+
+
+def test_parquet_bodies(served: tuple[TestClient, Backend]) -> None:
+    client, _ = served
+    buffer = io.BytesIO()
+    pd.DataFrame({"prompt": ["a", "b"]}).to_parquet(buffer)
+    response = client.post(
+        "/models/echo/invocations",
+        content=buffer.getvalue(),
+        headers={"content-type": "application/vnd.apache.parquet"},
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [{"out": "echo/1:a"}, {"out": "echo/1:b"}]}
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        "text/plain",
+        "not_a_supported_content_type",
+        "application/json; something=something",
+        "application/json; charset=latin-1",
+        "text/csv; charset=utf-16",
+    ],
+)
+def test_content_types_mlflow_refuses_are_415_problems(
+    served: tuple[TestClient, Backend], content_type: str
+) -> None:
+    client, backend = served
+    response = client.post(
+        "/models/echo/invocations",
+        content=b'{"dataframe_records": [{"prompt": "a"}]}',
+        headers={"content-type": content_type},
+    )
+    assert response.status_code == 415, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    body = response.json()
+    assert body["type"] == "urn:sigserve:problem:unsupported-media-type"
+    assert body["error_code"] == "BAD_REQUEST"
+    assert body["errors"][0]["field"] == "content-type"
+    assert backend.calls == []
+
+
+def test_a_key_mlflow_does_not_know_beside_a_known_one_is_ignored_as_mlflow_does(
+    served: tuple[TestClient, Backend],
+) -> None:
+    client, _ = served
+    body = {"dataframe_records": [{"prompt": "a"}], "metadata": {"trace": "x"}}
+    response = client.post("/models/echo/invocations", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"predictions": [{"out": "echo/1:a"}]}
+    # Without any known key it stays a refusal (MLflow: 400).
+    refused = client.post("/models/echo/invocations", json={"rows": [{"prompt": "a"}]})
+    assert refused.status_code == 422
+    assert refused.json()["error_code"] == "INVALID_PARAMETER_VALUE"
+
+
+def test_unwrapped_llm_inputs_reach_the_model_as_sent_and_answer_unwrapped(
+    served: tuple[TestClient, Backend],
+) -> None:
+    client, backend = served
+    # "suffix" is a param of the version's signature: MLflow moves it into params; the rest is
+    # the model's input, as it came.
+    body = {"prompt": ["a", "b"], "suffix": "!", "temperature": 0.5}
+    response = client.post("/models/echo/invocations", json=body)
+    assert response.status_code == 200, response.text
+    assert response.json() == [{"out": "echo/1:a!"}, {"out": "echo/1:b!"}]
+    _, data, params = backend.calls[0]
+    assert data == {"prompt": ["a", "b"], "temperature": 0.5}
+    assert params == {"suffix": "!"}
+    for key in ("messages", "input"):
+        client.post("/models/echo/invocations", json={key: "x", "prompt": ["c"]})
+        assert backend.calls[-1][1] == {key: "x", "prompt": ["c"]}
+
+
+def test_a_model_that_raises_is_a_500_problem_without_its_message_echoing_the_input(
+    served: tuple[TestClient, Backend],
+) -> None:
+    client, _ = served
+    response = client.post("/models/echo/invocations", json={"inputs": {"prompt": ["boom"]}})
+    assert response.status_code == 500, response.text
+    body = response.json()
+    assert body["type"] == "urn:sigserve:problem:model-failed"
+    assert body["error_code"] == "INTERNAL_ERROR"
+    assert "Traceback" not in response.text and "stack_trace" not in body
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "status", "error_code"),
+    [
+        ("/models/nope/invocations", {}, 404, "RESOURCE_DOES_NOT_EXIST"),
+        ("/models/echo/versions/9/invocations", {}, 404, "RESOURCE_DOES_NOT_EXIST"),
+        ("/models/echo/versions/3/invocations", {}, 409, "RESOURCE_CONFLICT"),
+        ("/models/echo/versions/4/invocations", {}, 503, "TEMPORARILY_UNAVAILABLE"),
+        ("/models/echo/invocations", {"serve_multiplexed_model_id": "x/1"}, 400, "BAD_REQUEST"),
+    ],
+)
+def test_every_problem_names_mlflows_error_code(
+    served: tuple[TestClient, Backend],
+    path: str,
+    headers: dict[str, str],
+    status: int,
+    error_code: str,
+) -> None:
+    client, backend = served
+    response = client.post(path, json={"inputs": {"prompt": ["a"]}}, headers=headers)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["error_code"] == error_code
+    assert backend.calls == []
+
+
+def test_the_version_in_the_path(served: tuple[TestClient, Backend]) -> None:
+    client, backend = served
+    body = {"dataframe_split": {"columns": ["prompt"], "data": [["a"]]}, "params": {"suffix": "."}}
+    path, header = "/models/echo/versions/2/invocations", {"serve_multiplexed_model_id": "1"}
+    response = client.post(path, json=body, headers=header)
+    assert response.json() == {"predictions": [{"out": "echo/2:a."}]}
+    assert backend.calls[0][0].version.version == "2"
+
+
+def test_ping_health_and_version_per_model_as_mlflow_answers_them(
+    served: tuple[TestClient, Backend],
+) -> None:
+    client, backend = served
+    for probe in ("ping", "health"):
+        response = client.get(f"/models/echo/{probe}")
+        assert (response.status_code, response.text) == (200, "\n")
+        assert response.headers["content-type"] == "application/json"
+        assert client.get(f"/models/nope/{probe}").status_code == 404
+        quarantined = client.get(f"/models/echo/versions/3/{probe}")
+        assert quarantined.status_code == 409
+    version = client.get("/models/echo/version")
+    assert (version.status_code, version.text) == (200, VERSION)
+    assert backend.calls == []  # a probe never runs a model
+
+
+def test_the_root_routes_answer_for_the_default_model_when_there_is_one() -> None:
+    client, backend = started(default_model="echo")
+    with client:
+        response = client.post("/invocations", json={"dataframe_records": [{"prompt": "a"}]})
+        assert response.json() == {"predictions": [{"out": "echo/1:a"}]}
+        assert backend.calls[0][0].model.name == "echo"
+        for probe in ("ping", "health"):
+            assert (client.get(f"/{probe}").status_code, client.get(f"/{probe}").text) == (
+                200,
+                "\n",
+            )
+        assert client.get("/version").text == VERSION
+
+    client, _ = started()
+    with client:
+        for method, path in (("POST", "/invocations"), ("GET", "/ping"), ("GET", "/version")):
+            assert client.request(method, path).status_code == 404
