@@ -46,6 +46,9 @@ from serving.exceptions import ContractError, InvalidInput
 Kind = Literal["columns", "unnamed", "tensor", "free"]
 
 _CONFIG = ConfigDict(extra="forbid", val_json_bytes="base64", ser_json_bytes="base64")
+# A 422 lists this many errors at most and validation stops once it has found them: a body
+# wrong in every field of every record would otherwise get an answer many times its size.
+MAX_LISTED_ERRORS = 50
 _INT32 = Annotated[int, Field(ge=-(2**31), le=2**31 - 1)]
 _INT64 = Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]
 _SCALARS: dict[DataType, Any] = {
@@ -99,9 +102,21 @@ class Contract:
         return _dump(_validate(_adapter(self.record), value, prefix))
 
     def _many(self, values: list[Any], *, prefix: str) -> list[Any]:
+        """Record by record, so a body wrong everywhere stops costing once enough is said."""
         if not values:
             raise _invalid([(prefix or "body", "must hold at least one record")])
-        return [_dump(v) for v in _validate(_adapter(list_of(self.record)), values, prefix)]
+        adapter, records, found = _adapter(self.record), [], _Found()
+        for i, value in enumerate(values):
+            try:
+                records.append(_dump(adapter.validate_python(value)))
+            except ValidationError as exc:
+                found.add(f"{prefix}[{i}]", exc)
+                if found.full and i + 1 < len(values):
+                    unchecked = f"{len(values) - i - 1:,} records after {prefix}[{i}]"
+                    raise found.invalid(unchecked) from None
+        if found.count:
+            raise found.invalid()
+        return records
 
     def _params(self, value: Any) -> dict[str, Any] | None:
         if value is None:
@@ -214,9 +229,9 @@ def _validate(adapter: TypeAdapter[Any], value: Any, prefix: str) -> Any:
     try:
         return adapter.validate_python(value)
     except ValidationError as exc:
-        raise _invalid(
-            [(_field(prefix, e["loc"]), _reason(e["type"], e["msg"])) for e in exc.errors()]
-        ) from None
+        found = _Found()
+        found.add(prefix, exc)
+        raise found.invalid() from None
 
 
 def _dump(value: Any) -> Any:
@@ -244,8 +259,40 @@ def _reason(kind: str, message: str) -> str:
     return message
 
 
-def _invalid(errors: list[tuple[str, str]]) -> InvalidInput:
-    listed = [{"field": f, "reason": r} for f, r in errors]
+class _Found:
+    """Validation errors found so far: all counted, the first ``MAX_LISTED_ERRORS`` listed."""
+
+    def __init__(self) -> None:
+        self.listed: list[tuple[str, str]] = []
+        self.count = 0
+
+    @property
+    def full(self) -> bool:
+        return self.count >= MAX_LISTED_ERRORS
+
+    def add(self, prefix: str, exc: ValidationError) -> None:
+        self.count += exc.error_count()
+        room = MAX_LISTED_ERRORS - len(self.listed)
+        if room > 0:
+            # Inputs, URLs and contexts left out: only the location and message are answered.
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            self.listed += [(_field(prefix, e["loc"]), _reason(e["type"], e["msg"]))
+                            for e in errors[:room]]  # fmt: skip
+
+    def invalid(self, unchecked: str = "") -> InvalidInput:
+        return _invalid(self.listed, count=self.count, unchecked=unchecked)
+
+
+def _invalid(
+    errors: list[tuple[str, str]], *, count: int | None = None, unchecked: str = ""
+) -> InvalidInput:
+    """The 422: the errors listed (at most ``MAX_LISTED_ERRORS``), how many more were found,
+    and which records were ``unchecked`` when validation stopped at the cap."""
+    listed = [{"field": f, "reason": r} for f, r in errors[:MAX_LISTED_ERRORS]]
     summary = "; ".join(f"{f}: {r}" for f, r in errors[:3])
-    more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
-    return InvalidInput(summary + more, errors=listed)
+    notes = []
+    if (more := (len(errors) if count is None else count) - 3) > 0:
+        notes.append(f"and {more:,} more")
+    if unchecked:
+        notes.append(f"{unchecked} were not checked")
+    return InvalidInput(summary + (f" ({'; '.join(notes)})" if notes else ""), errors=listed)
