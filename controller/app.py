@@ -33,6 +33,7 @@ from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
 from controller.decision_log import DecisionLog, ObservedStore
 from controller.exceptions import RegistryUnavailable
+from controller.guard import Gates
 from controller.leadership import AdvisoryLock, Leadership
 from controller.metrics import Metrics
 from controller.publisher import table_gauges
@@ -109,9 +110,7 @@ def build_services(settings: ControllerSettings) -> Services:
         else None
     )
     leadership = Leadership(lock, metrics.leader, interval_s=settings.leader_election_interval_s)
-    table_sync = (
-        TableSync(store, broadcaster, poll_s=settings.follower_poll_s) if elected else None
-    )
+    table_sync = TableSync(store, broadcaster, poll_s=settings.follower_poll_s) if elected else None
     return Services(
         settings, engine, store, registry, broadcaster, metrics, worker, environment,
         leadership=leadership, table_sync=table_sync,
@@ -189,6 +188,8 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
 
     app = FastAPI(title="sigserve controller", lifespan=lifespan)
     problems.install(app)
+    # Credentials and body bounds before any body is read (controller/guard.py).
+    app.add_middleware(Gates, gates=[admin.GATE, load_failures.GATE])
     app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.include_router(load_failures.router)

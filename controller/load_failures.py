@@ -19,26 +19,26 @@ import asyncio
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, ConfigDict, StringConstraints
-from starlette.exceptions import HTTPException
 
 from controller import commands
 from controller.decisions import load_failure_of
 from controller.exceptions import NotFound, StaleReport
+from controller.guard import Gate
 from controller.services import Services, services
-from controller.serving_auth import presents_bearer
 
 
-def require_serving_token(request: Request, svc: Annotated[Services, Depends(services)]) -> None:
-    if not presents_bearer(request, svc.settings.serving_token):
-        svc.metrics.load_failure_reports.labels("unauthorized").inc()
-        raise HTTPException(
-            401, "a valid serving bearer token is required", headers={"WWW-Authenticate": "Bearer"}
-        )
+def _count_refused(svc: Services) -> None:
+    svc.metrics.load_failure_reports.labels("unauthorized").inc()
 
 
-router = APIRouter(prefix="/serving", dependencies=[Depends(require_serving_token)])
+# Checked before the body is read (controller.guard); a report is a few hundred bytes, its
+# cause at most 1,000 characters.
+GATE = Gate(
+    "/serving", 16 * 1024, lambda settings: settings.serving_token, "serving", _count_refused
+)
+router = APIRouter(prefix=GATE.prefix, max_body_size=GATE.max_body)
 
 _TEXT = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
 

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 
 from controller.exceptions import (
     ControllerError,
@@ -54,6 +55,15 @@ def _invalid(request: Request, errors: list[dict[str, str]], detail: str) -> JSO
     return problem_response(
         422, slug="invalid-request", title="Invalid request", detail=detail,
         instance=request.url.path, errors=errors,
+    )  # fmt: skip
+
+
+def too_large(instance: str, limit: int | None) -> JSONResponse:
+    """The 413 of a body past its route's bound, declared or counted as it streamed."""
+    bound = f"at most {limit} bytes" if limit is not None else "a smaller body"
+    return problem_response(
+        413, slug="payload-too-large", title="Payload too large",
+        detail=f"the request body is too large: this route takes {bound}", instance=instance,
     )  # fmt: skip
 
 
@@ -110,9 +120,7 @@ def install(app: FastAPI) -> None:
         # A lock held past the busy timeout, a lost connection: temporary, and the
         # transaction was rolled back, so nothing of the request was written. MLflow retries
         # a 503 delivery; an admin client may send the same call again.
-        log.warning(
-            "database unavailable on %s %s: %s", request.method, request.url.path, exc.orig
-        )
+        log.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc.orig)
         return problem_response(
             503, slug="database-unavailable", title="Database unavailable",
             detail="the controller's database is locked or unreachable; nothing was changed, "
@@ -122,7 +130,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:
-        # Ours are the token checks (401); the rest is Starlette's (404 route, 405 method).
+        if exc.status_code == 413:
+            # A router's ``max_body_size`` counted a streamed body past it (controller.guard).
+            return too_large(request.url.path, request.scope.get(MAX_BODY_SIZE_SCOPE_KEY))
+        # The long-poll's token check (401), and Starlette's own: an unknown route (404), a
+        # wrong method (405).
         return problem_response(
             exc.status_code,
             slug="unauthorized" if exc.status_code == 401 else None,
