@@ -31,6 +31,10 @@ class TableBroadcaster:
                 if self._on_new is not None:
                     self._on_new(table)
 
+    def newer(self, revision: int, epoch: str | None) -> RoutingTable | None:
+        """The current table if it supersedes the caller's now, without waiting."""
+        return self._table if self._is_newer(revision, epoch) else None
+
     async def newer_than(
         self, revision: int, epoch: str | None, timeout: float
     ) -> RoutingTable | None:
@@ -41,11 +45,7 @@ class TableBroadcaster:
         """
 
         def newer() -> bool:
-            if self._table is None:
-                return False
-            if epoch is not None and epoch != self._table.epoch:
-                return True
-            return self._table.revision > revision
+            return self._is_newer(revision, epoch)
 
         async with self._changed:
             if newer():
@@ -55,3 +55,10 @@ class TableBroadcaster:
             except TimeoutError:
                 return None
             return self._table
+
+    def _is_newer(self, revision: int, epoch: str | None) -> bool:
+        if self._table is None:
+            return False
+        if epoch is not None and epoch != self._table.epoch:
+            return True
+        return self._table.revision > revision

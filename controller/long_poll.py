@@ -10,6 +10,16 @@ names every artifact ``source``, which the serving API itself never shows, so wi
 only a caller with the serving token is believed when it claims a later revision of this
 epoch (a database restored from a backup, ``Store.catch_up``): anyone else's claim would be a
 write, a broadcast and, unbounded, a revision no later table could be published above.
+
+Every table answered is signed (``wire.table_signature``, in the ``X-Sigserve-Table-Signature``
+header) with the key derived from the serving token; a controller without one answers unsigned
+tables, which replicas refuse. The body is the table's canonical JSON, encoded and signed once
+per table, not once per poll.
+
+At most ``long_poll_max_concurrent`` polls are held open at once (``Services.long_poll_slots``);
+past it a poll that would wait is answered 503 problem+json with ``Retry-After`` at once, so
+held polls never take the sockets ``/healthz`` and the admin API need. A poll with a newer table
+to take is answered whatever the count: it holds nothing.
 """
 
 from __future__ import annotations
@@ -26,6 +36,9 @@ from starlette.exceptions import HTTPException
 from controller.services import Services, services
 from controller.serving_auth import presents_bearer
 from controller.store import MAX_CATCH_UP
+from wire.problems import problem_response
+from wire.routing_table import RoutingTable
+from wire.table_signature import SIGNATURE_HEADER, canonical_json, sign, table_key
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +48,11 @@ router = APIRouter()
 REVISION_MAX = 2**63 - 1
 # A controller that refuses every poll for want of a token of its own says so, not every poll.
 _UNCONFIGURED_LOG_EVERY_S = 60.0
+# A full house of polls is logged at most this often (each refused poll would be a line).
+_BUSY_LOG_EVERY_S = 60.0
+# What a refused poll is told to wait: about a replica's own backoff, so a freed slot is soon
+# taken again, without a flood of retries while the polls stay full.
+BUSY_RETRY_AFTER_S = 2
 
 
 @router.get("/routing-table", response_model=None)
@@ -71,10 +89,52 @@ async def routing_table(
                    "revision": caught.revision, "epoch": held.epoch},
         )  # fmt: skip
         await svc.broadcaster.offer(caught)
-    table = await svc.broadcaster.newer_than(after, epoch, wait)
+    table = svc.broadcaster.newer(after, epoch)
+    if table is None and wait > 0:
+        slots = svc.long_poll_slots
+        if slots.locked():
+            return _busy(request, svc)
+        async with slots:
+            table = await svc.broadcaster.newer_than(after, epoch, wait)
     if table is None:
         return Response(status_code=204)
-    return JSONResponse(table.model_dump(mode="json"))
+    body, signature = _signed(request, svc, table)
+    headers = {SIGNATURE_HEADER: signature} if signature else None
+    return Response(body, media_type="application/json", headers=headers)
+
+
+def _signed(request: Request, svc: Services, table: RoutingTable) -> tuple[bytes, str | None]:
+    """The table's canonical JSON and its signature, made once per table (kept on the app)."""
+    cached: tuple[RoutingTable, bytes, str | None] | None = getattr(
+        request.app.state, "routing_table_signed", None
+    )
+    if cached is not None and cached[0] is table:
+        return cached[1], cached[2]
+    body = canonical_json(table.model_dump(mode="json"))
+    token = svc.settings.serving_token
+    signature = sign(body, table_key(token.get_secret_value())) if token is not None else None
+    request.app.state.routing_table_signed = (table, body, signature)
+    return body, signature
+
+
+def _busy(request: Request, svc: Services) -> JSONResponse:
+    now = time.monotonic()
+    last: float | None = getattr(request.app.state, "routing_table_busy_logged_at", None)
+    if last is None or now - last > _BUSY_LOG_EVERY_S:
+        request.app.state.routing_table_busy_logged_at = now
+        log.warning(
+            "refusing routing-table polls: %d are held open, the most allowed "
+            "(SIGSERVE_LONG_POLL_MAX_CONCURRENT); more replicas than that, or callers holding "
+            "polls they do not need",
+            svc.long_poll_slots_max,
+            extra={"event": "long_polls_full", "held": svc.long_poll_slots_max},
+        )
+    return problem_response(
+        503, slug="too-many-polls", title="Too many polls",
+        detail=f"the controller holds {svc.long_poll_slots_max} routing-table polls, the most "
+        "it allows; ask again after Retry-After",
+        instance=request.url.path, retry_after=BUSY_RETRY_AFTER_S,
+    )  # fmt: skip
 
 
 def _refuse(request: Request, svc: Services) -> NoReturn:

@@ -42,23 +42,30 @@ from serving.settings import ServingSettings
 from serving.table_source import TableSource
 from wire import logs
 
+UNPROTECTED = (
+    "SIGSERVE_SERVING_TOKEN is not set: a serving replica takes only routing tables signed with "
+    "the key derived from it, so it does not start without it (give it the controller's)"
+)
+
 
 @serve.ingress()
 class Server:
     def __init__(self, settings: ServingSettings) -> None:
+        # Without the serving token a replica could check no table's signature: whoever answers
+        # for the controller, or writes the store, would choose what it runs. It refuses to
+        # start rather than serve unprotected (docs/security.md, "The routing table's
+        # signature"); Ray Serve shows the deployment failing with this message.
+        if settings.serving_token is None:
+            raise RuntimeError(UNPROTECTED)
         self._settings = settings
         replica = serve.get_replica_context().replica_id.unique_id
         _log_to_file(settings, replica)
         # Ray's metrics exist only inside a replica: made here, never at import.
         self._metrics = ReplicaMetrics()
-        self._reporter: LoadFailureReporter | None = None
-        if settings.serving_token is not None:
-            self._reporter = LoadFailureReporter(
-                settings.controller_url, settings.serving_token.get_secret_value(), replica
-            )
-        self._loader = PyfuncLoader(
-            on_permanent_failure=self._reporter.report if self._reporter else None
+        self._reporter = LoadFailureReporter(
+            settings.controller_url, settings.serving_token.get_secret_value(), replica
         )
+        self._loader = PyfuncLoader(on_permanent_failure=self._reporter.report)
 
         # A plain closure, not a bound method: the multiplex wrapper stores its LRU as an
         # attribute of the function it wraps, which a bound method cannot carry.
@@ -123,8 +130,8 @@ class Server:
             poll_timeout_s=settings.table_poll_timeout_s,
             store=GcsTableStore(settings.app_name),
             prepare=self._host.warm if settings.warm_defaults else None,
-            # A restored database is believed only from a replica with the serving token, and a
-            # controller may refuse the table itself without it (docs/security.md).
+            # Signs the tables taken; a restored database is believed only from a replica with
+            # it, and the controller refuses the table itself without it (docs/security.md).
             token=token.get_secret_value() if (token := settings.serving_token) else None,
         )
         self._metrics.watch(source)

@@ -28,21 +28,25 @@ Only a table with a higher revision than the one held, or from another epoch, is
 answers can arrive out of order (a slow poll, the store, the controller) and an older table must
 never win; but a controller whose database was replaced counts from 1 again and must be obeyed.
 
-A table of another ``schema_version`` is refused before it is validated (a newer schema may not
-validate at all, an older one may validate and mean something else). From the controller it
-counts as a failed poll and goes through the same backoff: the controller would answer the same
-table at once, again and again. From the store it is ignored, and overwritten by the next table
-this replica takes.
+Every table is read by ``serving.signed_table``: with the serving token, a table whose signature
+is missing or wrong is refused (docs/security.md, "The routing table's signature"), and a table
+of another ``schema_version`` is refused before it is validated. From the controller either
+counts as a failed poll (logged once per run of failures, at WARNING) and goes through the same
+backoff, and the table held stays: the controller would answer the same table at once, again and
+again. From the store it is ignored, and overwritten by the next table this replica takes.
+
+A controller holding as many long-polls as it allows answers 503 with ``Retry-After``
+(``controller.long_poll``): the replica waits that long (at most ``_BUSY_WAIT_MAX_S``), or its
+backoff if longer, and asks again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from collections.abc import Awaitable, Callable, Set
+from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httpx
@@ -54,14 +58,12 @@ from tenacity import (
     wait_random,
 )
 
-from wire.routing_table import (
-    SCHEMA_VERSION,
-    ModelEntry,
-    RoutingTable,
-    VersionState,
-    changes,
-    supersedes,
-)
+from serving.default_switch import default_key, held_back
+from serving.signed_table import SchemaMismatch, SignedTable, decode, read_answer, read_stored
+from wire.routing_table import SCHEMA_VERSION, RoutingTable, changes, supersedes
+from wire.table_signature import SIGNATURE_HEADER, TableSignatureError, table_key
+
+__all__ = ["SchemaMismatch", "TableSource", "TableStore", "decode", "held_back"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,27 +74,23 @@ _BACKOFF_MAX_S = 2.0
 _MIN_EMPTY_POLL_S = 0.2
 # The controller answers within ``timeout``; the margin covers its own latency.
 _HTTP_MARGIN_S = 10.0
+# The longest a controller's Retry-After makes a replica wait: past it, a bad value.
+_BUSY_WAIT_MAX_S = 30.0
 
 
 class Unauthorized(RuntimeError):
     """The controller refused the replica's serving token: retried, and logged as an error."""
 
 
-class SchemaMismatch(ValueError):
-    """A table written for another ``schema_version`` than this replica's."""
+class ControllerBusy(RuntimeError):
+    """The controller holds as many long-polls as it allows (503): asked again after a wait."""
 
-
-def decode(raw: str | bytes) -> RoutingTable:
-    """Parse a table's JSON, checking its ``schema_version`` before anything else of it."""
-    document = json.loads(raw)
-    found = document.get("schema_version") if isinstance(document, dict) else None
-    if found != SCHEMA_VERSION:
-        raise SchemaMismatch(
-            f"routing table has schema_version {found!r}; this replica reads {SCHEMA_VERSION}"
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__(
+            "the controller holds as many routing-table polls as it allows (503); asking again "
+            f"in {retry_after_s:g}s"
         )
-    # Validated from the JSON again rather than from ``document``: JSON mode is how tables were
-    # always read, and parsing a table twice costs little next to a poll.
-    return RoutingTable.model_validate_json(raw)
+        self.retry_after_s = retry_after_s
 
 
 class TableStore(Protocol):
@@ -121,6 +119,9 @@ class TableSource:
         # The serving token (``SIGSERVE_SERVING_TOKEN``): the controller believes a replica's
         # later revision (a restored database) only with it, and may answer nothing without.
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        # Tables are taken only signed with the key derived from it; without it, unchecked
+        # (a replica is never built so, ``serving.server``; tests' stand-in controllers are).
+        self._key = table_key(token) if token else None
         self._poll_timeout_s = poll_timeout_s
         self._store = store
         self._transport = transport
@@ -130,7 +131,7 @@ class TableSource:
         self._table: RoutingTable | None = None
         # The newest table accepted: what the poll asks after, and what the store keeps.
         self._latest: RoutingTable | None = None
-        # Defaults (``_default_key``) whose warm-up is over, whatever came of it.
+        # Defaults (``default_key``) whose warm-up is over, whatever came of it.
         self._warmed: set[tuple[str, str, str, str]] = set()
         self._warming: set[asyncio.Task[None]] = set()
         # When the table held was taken (``time.monotonic``): its age, for the metrics.
@@ -181,7 +182,7 @@ class TableSource:
         except Exception:
             logger.exception("preparing for routing table %d failed", table.revision)
         # Over, loaded or not: a default that failed to load is its first request's problem.
-        self._warmed.update(_default_key(n, m) for n, m in table.models.items())
+        self._warmed.update(default_key(n, m) for n, m in table.models.items())
         self._settle()
 
     def _settle(self) -> None:
@@ -194,7 +195,7 @@ class TableSource:
             return
         if answer is latest:
             # Only the defaults of the table answered are worth remembering.
-            self._warmed &= {_default_key(n, m) for n, m in latest.models.items()}
+            self._warmed &= {default_key(n, m) for n, m in latest.models.items()}
         elif answer == self._table:
             return  # still waiting for the same defaults
         self._answer(answer, latest)
@@ -223,6 +224,12 @@ class TableSource:
 
     async def start(self, wait_s: float = 0.0) -> None:
         """Restore from the store, start polling, and wait up to ``wait_s`` for a first table."""
+        if self._key is None:
+            logger.warning(
+                "no serving token (SIGSERVE_SERVING_TOKEN): routing tables are taken without "
+                "checking their signature, so whoever answers for the controller or writes the "
+                "store chooses what this replica runs"
+            )
         await self._restore()
         self._task = asyncio.create_task(self._poll_forever(), name="sigserve-table-poll")
         if self._table is None and wait_s > 0:
@@ -242,11 +249,12 @@ class TableSource:
             return
         try:
             raw = await asyncio.to_thread(self._store.read)
-            if raw and await self.take(decode(raw)):
+            if raw and await self.take(read_stored(raw, self._key).table):
                 # A starting replica reports ready with its defaults loaded.
                 await asyncio.gather(*self._warming)
-        except SchemaMismatch as exc:
-            # Left by replicas of another release: the controller will send this one's schema.
+        except (SchemaMismatch, TableSignatureError) as exc:
+            # Left by replicas of another release (the controller will send this one's schema),
+            # or written by someone without the serving token: never taken.
             logger.warning("ignoring the stored routing table: %s", exc)
         except Exception:
             # A broken store must not stop the replica: the controller is the source of truth.
@@ -261,22 +269,21 @@ class TableSource:
             # new decisions, so nothing may end it, and nothing may make it spin.
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(Exception),
-                wait=wait_exponential(multiplier=_BACKOFF_FIRST_S, max=_BACKOFF_MAX_S)
-                + wait_random(0, _BACKOFF_FIRST_S / 2),
+                wait=_wait,
                 before_sleep=log.failed,
                 reraise=True,
             )
             loop = asyncio.get_running_loop()
             while True:
                 started = loop.time()
-                table: RoutingTable | None = await retrying(self._poll_once, client)
+                signed: SignedTable | None = await retrying(self._poll_once, client)
                 log.answered(retrying.statistics.get("attempt_number", 1) - 1)
-                if table is None:
+                if signed is None:
                     await asyncio.sleep(max(0.0, _MIN_EMPTY_POLL_S - (loop.time() - started)))
-                elif await self.take(table):
-                    await self._persist(table)
+                elif await self.take(signed.table):
+                    await self._persist(signed)
 
-    async def _poll_once(self, client: httpx.AsyncClient) -> RoutingTable | None:
+    async def _poll_once(self, client: httpx.AsyncClient) -> SignedTable | None:
         params: dict[str, str | int | float] = {"after": -1, "timeout": self._poll_timeout_s}
         if self._latest is not None:
             params.update(after=self._latest.revision, epoch=self._latest.epoch)
@@ -289,107 +296,57 @@ class TableSource:
                 + ("SIGSERVE_SERVING_TOKEN is not set" if not self._headers else
                    "SIGSERVE_SERVING_TOKEN differs from the controller's")
             )  # fmt: skip
+        if response.status_code == httpx.codes.SERVICE_UNAVAILABLE:
+            raise ControllerBusy(_retry_after(response))
         response.raise_for_status()
         if response.status_code != httpx.codes.OK:
             raise ValueError(f"unexpected status {response.status_code}")
-        return decode(response.content)
+        try:
+            return read_answer(response.content, response.headers.get(SIGNATURE_HEADER), self._key)
+        except TableSignatureError as exc:
+            held = self._latest
+            keeps = f"revision {held.revision}" if held is not None else "no table"
+            raise type(exc)(f"{exc}; refused, this replica keeps {keeps}") from None
 
-    async def _persist(self, table: RoutingTable) -> None:
+    async def _persist(self, signed: SignedTable) -> None:
         if self._store is None:
             return
         try:
-            await asyncio.to_thread(_write_if_newer, self._store, table)
+            await asyncio.to_thread(_write_if_newer, self._store, signed, self._key)
         except Exception:
-            logger.exception("could not write routing table %d to the store", table.revision)
+            logger.exception("could not write routing table %d to the store", signed.table.revision)
 
 
-def held_back(
-    latest: RoutingTable, answered: RoutingTable | None, warmed: Set[tuple[str, str, str, str]]
-) -> RoutingTable | None:
-    """``latest`` as it may be answered while the defaults it moves are not all ``warmed``.
-
-    A model whose default moves to a live version not yet warmed keeps the default (and the
-    contract that goes with it) that ``answered`` gives it, as long as that version is still
-    live, on the same artifact, in ``latest``; everything else (states, reasons, removals, other
-    versions) is ``latest``'s. A model ``answered`` does not have waits for its default, as
-    ``answered`` had nothing to say for it. ``latest`` itself when nothing waits; None when
-    something waits and nothing is answered yet (a starting replica).
-    """
-    # Compared by name whatever the epochs: a controller with a new database still names the
-    # same models and artifacts, and its revisions alone are not comparable.
-    before = answered.models if answered is not None else {}
-    models: dict[str, ModelEntry] = {}
-    waits = False
-    for name, model in latest.models.items():
-        old = before.get(name)
-        if (
-            not _warms(model)
-            or _default_key(name, model) in warmed
-            or (old is not None and _same_default(old, model))
-        ):
-            models[name] = model
-            continue
-        if old is None:
-            waits = True  # a new model: unknown until its default is warm, as it was
-        elif old.default_version is None or _same_default(old, model, old.default_version):
-            waits = True
-            models[name] = model.model_copy(
-                update={"default_version": old.default_version, "contract": old.contract}
-            )
-        else:
-            models[name] = model  # the old default is gone: nothing to keep answering with
-    if not waits:
-        return latest
-    if answered is None:
-        return None
-    return latest.model_copy(update={"models": models})
+def _wait(state: RetryCallState) -> float:
+    """The backoff, or a busy controller's Retry-After when that is longer."""
+    backoff = wait_exponential(multiplier=_BACKOFF_FIRST_S, max=_BACKOFF_MAX_S)
+    waited = float((backoff + wait_random(0, _BACKOFF_FIRST_S / 2))(state))
+    exc = state.outcome.exception() if state.outcome is not None else None
+    if isinstance(exc, ControllerBusy):
+        return max(waited, exc.retry_after_s)
+    return waited
 
 
-def _warms(model: ModelEntry) -> bool:
-    """Whether the model's default is a version a replica loads ahead of time."""
-    entry = model.versions.get(model.default_version) if model.default_version else None
-    return (
-        entry is not None
-        and entry.state == VersionState.LIVE
-        and bool(entry.source)
-        and bool(entry.mlmodel_digest)
-    )
+def _retry_after(response: httpx.Response) -> float:
+    try:
+        seconds = float(response.headers.get("retry-after", ""))
+    except ValueError:
+        seconds = _BACKOFF_MAX_S
+    return min(max(seconds, 0.0), _BUSY_WAIT_MAX_S)
 
 
-def _default_key(name: str, model: ModelEntry) -> tuple[str, str, str, str]:
-    entry = model.versions.get(model.default_version) if model.default_version else None
-    if entry is None:
-        return (name, "", "", "")
-    return (name, entry.version, entry.source or "", entry.mlmodel_digest or "")
-
-
-def _same_default(old: ModelEntry, new: ModelEntry, version: str | None = None) -> bool:
-    """Whether ``new`` serves ``version`` (``new``'s default by default) live, on the artifact
-    ``old`` served for its default."""
-    if version is None:
-        version = new.default_version
-    if version is None or version != old.default_version:
-        return False
-    then, now = old.versions.get(version), new.versions.get(version)
-    return (
-        then is not None
-        and now is not None
-        and now.state == VersionState.LIVE
-        and (then.source, then.mlmodel_digest) == (now.source, now.mlmodel_digest)
-    )
-
-
-def _write_if_newer(store: TableStore, table: RoutingTable) -> None:
+def _write_if_newer(store: TableStore, signed: SignedTable, key: bytes | None) -> None:
     # Every replica writes; reading first keeps a slow replica from putting an older table back.
     # The read and the write are not atomic: at worst the store lags one revision behind, which
     # only matters to a replica started while the controller is down.
     raw = store.read()
     if raw:
-        # Unreadable or of another schema: this replica's table replaces it whatever its revision.
+        # Unreadable, unsigned, mis-signed or of another schema: this replica's table replaces
+        # it whatever its revision.
         with contextlib.suppress(ValueError):
-            if not supersedes(table, decode(raw)):
+            if not supersedes(signed.table, read_stored(raw, key).table):
                 return
-    store.write(table.model_dump_json())
+    store.write(signed.stored())
 
 
 class _FailureLog:

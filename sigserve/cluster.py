@@ -264,6 +264,12 @@ def deploy(
             settings = ServingSettings()
         except ValidationError as exc:
             raise ClusterError(f"SIGSERVE_* settings of the serving app: {exc}") from exc
+    if settings.serving_token is None:
+        # Said here, at once: the replicas would refuse to start, and Ray retry them for minutes.
+        raise ClusterError(
+            "SIGSERVE_SERVING_TOKEN is not set: serving replicas take only routing tables "
+            "signed with the controller's serving token, so they need it (docs/security.md)"
+        )
     _check_reachable(address)
     started = time.monotonic()
     deadline = started + timeout_s

@@ -13,6 +13,7 @@ import pytest
 from serving import table_source
 from serving.exceptions import UnknownModel, UnknownVersion, VersionQuarantined
 from serving.resolve import resolve
+from serving.signed_table import read_stored
 from serving.table_source import SchemaMismatch, TableSource, decode
 from wire.routing_table import (
     SCHEMA_VERSION,
@@ -90,7 +91,7 @@ def test_polls_from_the_held_revision_and_stores_what_it_takes() -> None:
         await source.stop()
         assert controller.afters[0] == -1
         assert 1 in controller.afters
-        assert RoutingTable.model_validate_json(store.raw or "").revision == 2
+        assert read_stored(store.raw or "", None).table.revision == 2
 
     asyncio.run(scenario())
 
@@ -220,7 +221,8 @@ def test_a_table_of_another_schema_backs_off_instead_of_spinning(
     # Five polls are four waits apart: 50, 100, 200 and 200 ms at least (each plus up to 25 ms
     # of jitter), where answering at once without a backoff makes five polls in milliseconds.
     assert took >= 0.05 + 0.1 + 0.2 + 0.2, took
-    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    warnings = [r for r in caplog.records
+                if r.levelno >= logging.WARNING and "poll failed" in r.getMessage()]
     assert len(warnings) == 1 and "schema_version 3" in warnings[0].getMessage()
     assert any("answered again" in r.getMessage() for r in caplog.records)
 
@@ -256,7 +258,7 @@ def test_a_stored_table_of_another_schema_is_ignored_and_replaced(
         return store
 
     store = asyncio.run(scenario())
-    assert decode(store.raw or "").revision == 3
+    assert read_stored(store.raw or "", None).table.revision == 3
     assert any("ignoring the stored routing table" in r.getMessage() for r in caplog.records)
 
 
@@ -456,3 +458,47 @@ def test_a_new_model_is_unknown_until_its_default_is_warm_and_others_do_not_wait
         await source.stop()
 
     asyncio.run(scenario())
+
+
+class BusyController(StandInController):
+    """A controller holding as many polls as it allows: 503 + Retry-After for ``busy`` polls."""
+
+    def __init__(self, table: RoutingTable, busy: int, retry_after: str) -> None:
+        super().__init__(table)
+        self.busy = busy
+        self.retry_after = retry_after
+        self.at: list[float] = []
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.at.append(asyncio.get_running_loop().time())
+        if self.busy:
+            self.busy -= 1
+            return httpx.Response(
+                503, headers={"retry-after": self.retry_after,
+                              "content-type": "application/problem+json"},
+                json={"type": "urn:sigserve:problem:too-many-polls", "status": 503},
+            )
+        return await super().__call__(request)
+
+
+def test_a_busy_controller_is_asked_again_after_its_retry_after(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The replica's own backoff alone would ask again within ~15 ms.
+    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.01)
+    caplog.set_level(logging.DEBUG, logger="serving.table_source")
+
+    async def scenario() -> BusyController:
+        controller = BusyController(table(1, "a"), busy=2, retry_after="0.3")
+        source = TableSource("http://controller", transport=httpx.MockTransport(controller))
+        await source.start()
+        await wait_for(lambda: source.table is not None, 5)
+        await source.stop()
+        return controller
+
+    controller = asyncio.run(scenario())
+    gaps = [b - a for a, b in zip(controller.at, controller.at[1:], strict=False)][:2]
+    assert all(gap >= 0.3 for gap in gaps), gaps
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.WARNING and "poll failed" in r.getMessage()]
+    assert len(warnings) == 1 and "holds as many routing-table polls" in warnings[0]
