@@ -23,6 +23,8 @@ from pathlib import Path
 import httpx
 from bench_stack import running_stack
 
+from sigserve.stack import Secrets
+
 UPPER_MODEL = Path(__file__).resolve().parent / "models" / "upper.py"
 
 
@@ -68,7 +70,9 @@ def main() -> None:
         # Not wait_healthy: full readiness needs a published table, which priming holds back.
         began = time.monotonic()
         stack.controller.start()
-        with httpx.Client(base_url=stack.controller_url, timeout=70) as http:
+        # Polled as a replica polls it, with the serving token (the long-poll needs it).
+        serving = {"Authorization": f"Bearer {Secrets.load_or_create(stack.home).serving_token}"}
+        with httpx.Client(base_url=stack.controller_url, timeout=70, headers=serving) as http:
             while True:
                 try:
                     r = http.get("/routing-table", params={"after": -1, "timeout": 30})
@@ -77,6 +81,11 @@ def main() -> None:
                     continue
                 if r.status_code == 200:
                     break
+                if r.status_code == 401:
+                    raise SystemExit(
+                        "the controller refused the serving token: bench_stack must give it "
+                        "the stack's SIGSERVE_SERVING_TOKEN"
+                    )
         first_table = time.monotonic() - began
         table = r.json()
         states = Counter(

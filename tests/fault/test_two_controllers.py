@@ -34,6 +34,7 @@ from tests.fault.conftest import HOST, RESYNC_INTERVAL_S, Figures
 from tests.fault.test_controller_faults import registering_to
 from tests.integration.conftest import ECHO_MODEL, register_echo, wait_for
 from wire.routing_table import RoutingTable
+from wire.table_signature import SIGNATURE_HEADER, canonical_json, sign, table_key
 
 ROUNDS = 3
 # The stated bound (docs/architecture.md, "Two controllers"): one election interval (0.5 s)
@@ -51,6 +52,9 @@ class Controller:
         self.port = free_port()
         self.url = f"http://{HOST}:{self.port}"
         self.admin = {"Authorization": f"Bearer {secrets.admin_token}"}
+        # What replicas present on their polls: the long-poll needs it (docs/security.md).
+        self.serving = {"Authorization": f"Bearer {secrets.serving_token}"}
+        self.table_key = table_key(secrets.serving_token)
         self._make = lambda: controller(
             home, host=HOST, port=self.port, tracking_uri=uri,
             admin_token=secrets.admin_token, webhook_secret=secrets.webhook_secret,
@@ -108,6 +112,8 @@ class Watcher:
         # Versions a table dropped that an earlier one had: nothing is deleted from the
         # registry here, so any is a decision undone (an older snapshot written over a newer).
         self.dropped: list[tuple[int, str, str]] = []
+        # Revisions answered without the signature a replica would take (it would refuse them).
+        self.unsigned: list[int] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -115,14 +121,19 @@ class Watcher:
         after = -1
         while not self._stop.is_set():
             try:
-                r = httpx.get(f"{self.ctl.url}/routing-table",
+                r = httpx.get(f"{self.ctl.url}/routing-table", headers=self.ctl.serving,
                               params={"after": after, "timeout": 2}, timeout=10)
             except httpx.HTTPError:
                 self._stop.wait(0.05)  # down (killed, restarting): poll again
                 continue
             if r.status_code != 200:
+                if r.status_code != 204:
+                    self._stop.wait(0.05)  # refused (401) or busy (503): not in a tight loop
                 continue
             table = RoutingTable.model_validate(r.json())
+            signed = sign(canonical_json(r.json()), self.ctl.table_key)
+            if r.headers.get(SIGNATURE_HEADER) != signed:
+                self.unsigned.append(table.revision)
             if self.latest is not None:
                 self.dropped += [(table.revision, m, v) for m, entry in self.latest.models.items()
                                  for v in entry.versions
@@ -278,6 +289,7 @@ def test_leader_sigkilled_the_follower_leads_within_the_bound_and_nothing_is_dec
             assert watcher.revisions == sorted(set(watcher.revisions))
             # Two leaders (for a moment after each kill) never undid each other's decisions.
             assert watcher.dropped == []
+            assert watcher.unsigned == []
         figures("table revisions published", len(seen), "")
         assert sorted(c.leader_gauge() for c in pair) == [0.0, 1.0]
     finally:

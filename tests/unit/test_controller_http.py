@@ -20,8 +20,11 @@ from controller.settings import ControllerSettings
 from controller.store import Store
 from sigserve.stack import free_port
 
-SECRET = "hook-secret"
-TOKEN = "admin-token"
+SECRET = "hook-secret-0123456789"
+TOKEN = "admin-token-0123456789"
+# What replicas present on their polls (the long-poll needs it: docs/security.md).
+SERVING_TOKEN = "serving-token-0123456789"
+SERVING = {"Authorization": f"Bearer {SERVING_TOKEN}"}
 
 
 def _settings(home: Path, **overrides: Any) -> ControllerSettings:
@@ -44,7 +47,7 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    settings = _settings(tmp_path)
+    settings = _settings(tmp_path, serving_token=SERVING_TOKEN)
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
     Store(engine).publish()
@@ -140,20 +143,22 @@ def test_ready_while_the_registry_is_unreachable_which_is_reported_and_table_ser
     assert r.json()["checks"]["registry"].startswith("unreachable")
     full = client.get("/readyz", params={"full": "true"})
     assert full.status_code == 503 and full.headers["retry-after"]
-    table = client.get("/routing-table", params={"after": -1})
+    table = client.get("/routing-table", params={"after": -1}, headers=SERVING)
     assert table.status_code == 200 and table.json()["revision"] >= 1
     rev = table.json()["revision"]
-    assert client.get("/routing-table", params={"after": rev, "timeout": 0.1}).status_code == 204
+    later = client.get("/routing-table", params={"after": rev, "timeout": 0.1}, headers=SERVING)
+    assert later.status_code == 204
 
 
 def test_a_fresh_database_shows_serving_no_table_until_it_has_read_the_registry(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with TestClient(create_app(_settings(tmp_path))) as fresh:
+    with TestClient(create_app(_settings(tmp_path, serving_token=SERVING_TOKEN))) as fresh:
         # A new epoch would win at every replica and turn each model into 404: nothing yet,
         # so replicas keep what they hold while the registry is unreachable.
-        r = fresh.get("/routing-table", params={"after": 5, "epoch": "old", "timeout": 0.2})
+        r = fresh.get("/routing-table", params={"after": 5, "epoch": "old", "timeout": 0.2},
+                      headers=SERVING)
         assert r.status_code == 204
         checks = fresh.get("/readyz").json()["checks"]
         assert checks["routing_table"].startswith("not published yet")
@@ -166,7 +171,7 @@ def test_a_priming_controller_is_ready_and_reports_the_table_it_holds_back(
     keeps failing: were plain /readyz red until the first table, a Service would drop the
     controller and MLflow's webhooks to it would be lost. ``?full=true`` still gates on it."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    with TestClient(create_app(_settings(tmp_path))) as fresh:
+    with TestClient(create_app(_settings(tmp_path, serving_token=SERVING_TOKEN))) as fresh:
         r = fresh.get("/readyz")
         assert r.status_code == 200 and r.json()["status"] == "ready"
         checks = r.json()["checks"]
@@ -196,9 +201,9 @@ def test_a_stopped_loop_still_makes_the_controller_unready(client: TestClient) -
 
 
 def test_a_revision_past_the_database_column_is_refused(client: TestClient) -> None:
-    r = client.get("/routing-table", params={"after": 2**63, "epoch": "x"})
+    r = client.get("/routing-table", params={"after": 2**63, "epoch": "x"}, headers=SERVING)
     assert r.status_code == 422
-    assert client.get("/routing-table", params={"after": -1}).status_code == 200
+    assert client.get("/routing-table", params={"after": -1}, headers=SERVING).status_code == 200
 
 
 def test_a_webhook_without_content_length_is_refused_before_reading(client: TestClient) -> None:
@@ -212,9 +217,9 @@ def test_a_webhook_without_content_length_is_refused_before_reading(client: Test
 
 
 def test_a_replica_from_another_epoch_gets_the_table_at_once(client: TestClient) -> None:
-    table = client.get("/routing-table", params={"after": -1}).json()
+    table = client.get("/routing-table", params={"after": -1}, headers=SERVING).json()
     stale = {"after": 1000, "epoch": "an-older-database", "timeout": 5}
-    r = client.get("/routing-table", params=stale)
+    r = client.get("/routing-table", params=stale, headers=SERVING)
     assert r.status_code == 200
     assert r.json()["epoch"] == table["epoch"]
 

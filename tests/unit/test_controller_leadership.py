@@ -37,7 +37,7 @@ from controller.services import Services
 from controller.store import Store
 from controller.table_builder import content_digest
 from controller.worker import Worker
-from tests.unit.test_controller_http import TOKEN, _settings, delivery
+from tests.unit.test_controller_http import SERVING, SERVING_TOKEN, TOKEN, _settings, delivery
 from tests.unit.test_controller_reconciler import ENV, FakeRegistry, sig
 from wire.routing_table import RoutingTable, VersionState
 
@@ -242,7 +242,7 @@ def test_controllers_starting_together_migrate_one_after_the_other(postgres_url:
 @contextmanager
 def controller(url: str, home: Path) -> Iterator[TestClient]:
     settings = _settings(home, database_url=url, leader_election_interval_s=ELECTION_S,
-                         follower_poll_s=POLL_S)
+                         follower_poll_s=POLL_S, serving_token=SERVING_TOKEN)
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -276,7 +276,8 @@ def metric(client: TestClient, line_start: str) -> float:
 
 
 def poll_table(client: TestClient, after: int, timeout: float = 5.0) -> RoutingTable:
-    r = client.get("/routing-table", params={"after": after, "timeout": timeout})
+    r = client.get("/routing-table", params={"after": after, "timeout": timeout},
+                   headers=SERVING)
     assert r.status_code == 200, r.status_code
     return RoutingTable.model_validate(r.json())
 

@@ -23,7 +23,7 @@ from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
 from tests.unit.test_controller_http import _settings
 from wire.routing_table import VersionState
 
-SERVING_TOKEN = "serving-token"
+SERVING_TOKEN = "serving-token-0123456789"
 
 
 def digest(version: str) -> str:
@@ -149,14 +149,14 @@ def test_a_report_is_recorded_published_and_counted(client: TestClient) -> None:
     body = r.json()
     assert (body["recorded"], body["state"], body["published"]) == (True, "quarantined", True)
     assert "truncated" in body["reasons"][0]
-    table = client.get("/routing-table").json()
+    table = client.get("/routing-table", headers=AUTH).json()
     assert table["models"]["m"]["versions"]["2"]["state"] == "quarantined"
     again = client.post("/serving/load-failures", json=report(replica="r9"), headers=AUTH)
     assert again.status_code == 200 and again.json()["recorded"] is False
     metrics = client.get("/metrics").text
     assert 'sigserve_load_failure_reports_total{result="recorded"} 1.0' in metrics
     assert 'sigserve_load_failure_reports_total{result="repeated"} 1.0' in metrics
-    admin = {"Authorization": "Bearer admin-token"}
+    admin = {"Authorization": "Bearer admin-token-0123456789"}
     detail = client.get("/admin/models/m", headers=admin).json()
     v2 = next(v for v in detail["versions"] if v["version"] == "2")
     assert v2["load_failure"]["replica"] == "r1"
@@ -164,14 +164,15 @@ def test_a_report_is_recorded_published_and_counted(client: TestClient) -> None:
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer admin-token"}],
+    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": "Bearer admin-token-0123456789"}],
     ids=["none", "wrong", "admin-token"],
 )
 def test_a_report_needs_the_serving_token(client: TestClient, headers: dict[str, str]) -> None:
     r = client.post("/serving/load-failures", json=report(), headers=headers)
     assert r.status_code == 401
     assert r.headers["content-type"].startswith("application/problem+json")
-    assert client.get("/routing-table").json()["models"]["m"]["versions"]["2"]["state"] == "live"
+    table = client.get("/routing-table", headers=AUTH).json()
+    assert table["models"]["m"]["versions"]["2"]["state"] == "live"
 
 
 def test_without_a_serving_token_configured_every_report_is_refused(
