@@ -3,12 +3,49 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated, Any, Self
 
-from pydantic import Field, SecretStr
+from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.compatibility import Policy
 from controller.environment import EnvironmentPolicy, ServingEnvironment
+
+# The shortest secret taken (admin and serving tokens, the webhook secret): an empty one would
+# let an empty "Bearer" in and key the webhook HMAC with nothing, and a typed word is guessed.
+# 16 characters is past any search even from lower-case letters and digits alone (36**16, about
+# 2**82); the secrets the local stack, compose and KubeRay generate are 32 or more.
+MIN_SECRET_CHARS = 16
+
+
+def _long_enough(value: SecretStr) -> SecretStr:
+    if len(value.get_secret_value()) < MIN_SECRET_CHARS:
+        raise PydanticCustomError(
+            "secret_too_short",
+            "must be at least {minimum} characters (it has {length})",
+            {"minimum": MIN_SECRET_CHARS, "length": len(value.get_secret_value())},
+        )
+    return value
+
+
+# A secret of at least ``MIN_SECRET_CHARS`` characters.
+Secret = Annotated[SecretStr, AfterValidator(_long_enough)]
+
+
+def settings_error(exc: ValidationError, prefix: str = "SIGSERVE_") -> str:
+    """One line naming each variable that is wrong and why, for a refusal to start."""
+    said = []
+    for error in exc.errors(include_url=False, include_input=False):
+        variable = prefix + "_".join(str(p) for p in error["loc"]).upper()
+        reason = "is required" if error["type"] == "missing" else error["msg"]
+        said.append(f"{variable} {reason}")
+    if any(e["type"] == "secret_too_short" for e in exc.errors()):
+        said.append(f"make one with: {_MAKE_ONE}")
+    return "; ".join(said)
+
+
+_MAKE_ONE = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 class ControllerSettings(BaseSettings):
@@ -24,17 +61,17 @@ class ControllerSettings(BaseSettings):
     # Retry-After, and nothing of it is written.
     database_busy_timeout_s: float = Field(default=30.0, gt=0)
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
-    admin_token: SecretStr
+    admin_token: Secret
     # Serving replicas' own token, for their reports (``POST /serving/load-failures``): not
     # the admin token, which can pin and release. Unset, reports are refused (401).
-    serving_token: SecretStr | None = None
+    serving_token: Secret | None = None
     # Whether ``GET /routing-table`` answers only callers with the serving token (401 for the
     # rest): the table names every artifact's ``source``. Off until every replica sends the
     # token on its polls (docs/security.md, "The routing-table long-poll"). Either way, only a
     # caller with it can make the controller catch up to a revision it claims to have seen.
     routing_table_needs_token: bool = False
     # Shared with MLflow's webhook so deliveries can be verified. Without it, webhooks are refused.
-    webhook_secret: SecretStr | None = None
+    webhook_secret: Secret | None = None
     # Where MLflow should deliver; when set, the controller registers its own webhook at start.
     webhook_url: str | None = None
     webhook_name: str = "sigserve-controller"
@@ -61,6 +98,15 @@ class ControllerSettings(BaseSettings):
     follower_poll_s: float = Field(default=0.25, gt=0)
     # How long the audit log keeps events (days).
     audit_retention_days: float = Field(default=90.0, gt=0)
+
+    @classmethod
+    def from_environment(cls, **values: Any) -> Self:
+        """The settings, or ``SystemExit`` with one line naming what is wrong (no traceback):
+        how ``python -m controller`` starts."""
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            raise SystemExit(f"sigserve controller: not started: {settings_error(exc)}") from None
 
     def serving_environment(self) -> ServingEnvironment:
         if self.serving_lock_file is not None:

@@ -18,9 +18,11 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
+from pydantic import ValidationError
 from rich.console import Console
 from rich.panel import Panel
 
+from controller.settings import settings_error
 from sigserve.log_follow import StackLog, stack_log_files
 from sigserve.processes import ProcessFailed
 from sigserve.settings import StackSettings
@@ -97,9 +99,15 @@ def _banner(s: StackSettings, token: str) -> tuple[Panel, list[str]]:
 
 
 def run_local_stack(settings: StackSettings | None = None) -> int:
-    s = settings or StackSettings()
     # Bound to the real stdout, so it still reaches the user while library chatter is redirected.
     console = Console(file=sys.stdout)
+    try:
+        s = settings or StackSettings()
+    except ValidationError as exc:
+        # Before anything starts: a secret the controller would refuse stops the stack here.
+        console.print(f"sigserve up: not started: {settings_error(exc)}", style="red",
+                      markup=False, highlight=False, soft_wrap=True)  # fmt: skip
+        return 1
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -16,6 +16,8 @@ from pathlib import Path
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from controller.settings import Secret
+
 
 class StackSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIGSERVE_", extra="ignore")
@@ -27,10 +29,11 @@ class StackSettings(BaseSettings):
     controller_port: int = 8080
     # Where Ray serves the serving replicas' metrics (Prometheus text, /metrics).
     metrics_port: int = 8090
-    # Generated once and kept in ``home``/secrets.json when unset.
-    admin_token: SecretStr | None = None
-    webhook_secret: SecretStr | None = None
-    serving_token: SecretStr | None = None
+    # Generated once and kept in ``home``/secrets.json when unset; one set here is refused when
+    # shorter than the controller takes (controller.settings.MIN_SECRET_CHARS).
+    admin_token: Secret | None = None
+    webhook_secret: Secret | None = None
+    serving_token: Secret | None = None
     ray_num_cpus: int | None = None
     # Ray Serve's direct ingress through HAProxy and its throughput-optimized mode
     # (``sigserve.stack.fast_path_env``); false: Ray's Python proxy.
