@@ -32,6 +32,8 @@ _PROBLEM = {
         "status": {"type": "integer"},
         "detail": {"type": "string"},
         "instance": {"type": "string"},
+        # MLflow's code for the same failure (serving.problems).
+        "error_code": {"type": "string"},
     },
     "required": ["type", "title", "status"],
 }
