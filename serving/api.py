@@ -193,8 +193,9 @@ def create_app(
             # MLflow's server reads a request with the artifact's own signature: so does this.
             signature = contract_for(name, target.version.signature).signature
             raw = await read_body(request, max_body_bytes)
+            typed = scoring_protocol.typed_inputs(target.version.signature)
             scoring = scoring_protocol.parse(
-                raw, request.headers.get("content-type"), signature, max_records
+                raw, request.headers.get("content-type"), signature, max_records, typed=typed
             )
             prediction = await backend.invoke(
                 target, scoring.data, scoring.params, after_load=still_served(target, table)

@@ -13,6 +13,9 @@ What a client of ``mlflow models serve`` sends to ``/invocations`` works unchang
 - ``text/csv`` and ``application/vnd.apache.parquet``: a table, read by MLflow's readers (CSV
   with the signature's column dtypes); no params.
 - Anything else, a charset other than UTF-8 or another content-type parameter: 415.
+- A version whose signature MLflow derived from ``predict``'s type hints (the routing table's
+  signature says ``"is_signature_from_type_hint": "true"``, from the MLmodel) gets its
+  ``inputs`` as sent, unparsed, as MLflow hands them to it; other formats are refused.
 
 Errors stay sigserve's problem+json (``serving.problems`` adds MLflow's ``error_code``), and a
 reason never repeats the request's data: MLflow's own messages do, so they are not passed on.
@@ -20,6 +23,7 @@ reason never repeats the request's data: MLflow's own messages do, so they are n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO, StringIO
 from typing import Any
@@ -47,6 +51,8 @@ MEDIA_TYPES = (JSON, CSV, PARQUET)
 FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 # MLflow 3's "unified LLM input" keys (mlflow.pyfunc.utils.serving_data_parser).
 LLM_KEYS = ("messages", "prompt", "input")
+# The MLmodel's flag, carried in the routing table's signature of a version.
+TYPE_HINT_KEY = "is_signature_from_type_hint"
 
 
 class UnsupportedMediaType(ProblemError):
@@ -69,8 +75,11 @@ def parse(
     content_type: str | None,
     signature: ModelSignature | None,
     max_records: int | None,
+    *,
+    typed: bool = False,
 ) -> ScoringInput:
-    """The model's input for a request body under the running version's ``signature``."""
+    """The model's input for a request body under the running version's ``signature``;
+    ``typed``: that signature comes from type hints (``typed_inputs``)."""
     media = media_type(content_type)
     schema: Any = signature.inputs if signature is not None else None
     if media == CSV:
@@ -83,7 +92,7 @@ def parse(
         frame = _table(parse_parquet_input, BytesIO(raw), kind="Parquet")
     else:
         body: Any = parse_json(raw)
-        return _parse_json(body, signature, max_records)
+        return _parse_json(body, signature, max_records, typed)
     check_rows("body", len(frame), max_records)
     return ScoringInput(frame, None, unwrapped=False)
 
@@ -111,8 +120,13 @@ def _unsupported(reason: str) -> UnsupportedMediaType:
     )
 
 
+def typed_inputs(signature: Mapping[str, str | None] | None) -> bool:
+    """Whether a version's signature (the routing table's form) came from type hints."""
+    return str((signature or {}).get(TYPE_HINT_KEY)).lower() == "true"
+
+
 def _parse_json(
-    body: Any, signature: ModelSignature | None, max_records: int | None
+    body: Any, signature: ModelSignature | None, max_records: int | None, typed: bool
 ) -> ScoringInput:
     if not isinstance(body, dict):
         raise bad_body("must be a JSON object with one of " + ", ".join(FORMATS))
@@ -134,6 +148,12 @@ def _parse_json(
             errors=[{"field": "params", "reason": "must be a JSON object"}],
         )
     (field,) = data
+    if typed:
+        if field != "inputs":
+            reason = "must be 'inputs' for a version whose signature comes from type hints"
+            raise InvalidInput(f"{field} {reason}", errors=[{"field": field, "reason": reason}])
+        # MLflow checks them against the type hints itself, in predict.
+        return ScoringInput(data[field], params, unwrapped=False)
     schema: Any = signature.inputs if signature is not None else None
     try:
         parsed = infer_and_parse_data(data, schema)

@@ -36,8 +36,19 @@ pytestmark = pytest.mark.integration
 MODELS = Path(__file__).parent / "models"
 JSON = "application/json"
 
-# The one list of deliberate differences: case label -> why sigserve answers otherwise.
+# The one list of deliberate differences, mirrored by the README: label -> why sigserve answers
+# otherwise. Labels that are cases of the matrix must differ there; the others are not requests
+# a status class or 2xx body can tell apart.
 DIFFERENCES: dict[str, str] = {
+    "error bodies": (
+        "errors are sigserve's problem+json with MLflow's error_code added, not MLflow's "
+        "message and stack_trace (they repeat the request's data and the server's internals); "
+        "a 4xx may be the more precise 404, 409, 413, 415 or 422 where MLflow says 400"
+    ),
+    "ping without a load": (
+        "/ping and /health answer from the routing table (live, bound to a checked artifact) "
+        "and do not load the model; a version that fails to load answers 503 with its cause"
+    ),
     "model raises": (
         "a model's own exception is the server's failure, not the request's: sigserve answers "
         "500 model-failed (MLflow: 400 BAD_REQUEST), so it counts in the 5xx rate operators "

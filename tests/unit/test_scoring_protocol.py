@@ -25,6 +25,7 @@ from serving.model_host import ModelHost
 from serving.resolve import Target
 from serving.table_source import TableSource
 from tests.unit.test_serving_api import TABLE, Controller, EchoModel
+from wire.routing_table import RoutingTable
 
 Call = tuple[Target, Any, dict[str, Any] | None]
 
@@ -49,9 +50,11 @@ class Backend(ModelHost):
         super().__init__(get_model)
 
 
-def started(default_model: str | None = None) -> tuple[TestClient, Backend]:
+def started(
+    default_model: str | None = None, table: RoutingTable = TABLE
+) -> tuple[TestClient, Backend]:
     controller = Controller()
-    controller.table = TABLE
+    controller.table = table
     source = TableSource("http://controller", transport=httpx.MockTransport(controller))
     backend = Backend()
     app = create_app(source, backend, startup_wait_s=2, default_model=default_model)
@@ -233,3 +236,22 @@ def test_the_root_routes_answer_for_the_default_model_when_there_is_one() -> Non
     with client:
         for method, path in (("POST", "/invocations"), ("GET", "/ping"), ("GET", "/version")):
             assert client.request(method, path).status_code == 404
+
+
+def test_a_version_typed_by_its_hints_gets_its_inputs_as_sent() -> None:
+    """MLflow hands such a model its ``inputs`` unparsed (its type hints check them)."""
+    echo = TABLE.models["echo"]
+    typed = {**(echo.versions["1"].signature or {}), "is_signature_from_type_hint": "true"}
+    entry = echo.versions["2"].model_copy(update={"version": "7", "signature": typed})
+    model = echo.model_copy(update={"versions": {**echo.versions, "7": entry}})
+    client, backend = started(table=TABLE.model_copy(update={"models": {"echo": model}}))
+    with client:
+        path = "/models/echo/versions/7/invocations"
+        response = client.post(path, json={"inputs": {"prompt": ["a"]}})
+        assert response.json() == {"predictions": [{"out": "echo/7:a"}]}
+        sent = backend.calls[0][1]
+        # The JSON as sent: a dict of lists, not MLflow's parse of it (a dict of arrays).
+        assert sent == {"prompt": ["a"]} and type(sent["prompt"]) is list
+        refused = client.post(path, json={"dataframe_records": [{"prompt": "a"}]})
+        assert refused.status_code == 422
+        assert refused.json()["errors"][0]["field"] == "dataframe_records"
