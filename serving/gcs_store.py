@@ -6,6 +6,11 @@ everything. Every replica therefore writes each table it accepts here, and a sta
 reads it before anything else, so the app keeps answering from the last decision for as long
 as the Ray cluster lives.
 
+Whoever can write this key (any process on the cluster) could put a table of their own here, so
+what is kept is the table with the controller's signature (``serving.signed_table``), and a
+replica restores only a copy that verifies with its serving token (docs/security.md, "The
+routing table's signature"). This module only keeps the text.
+
 ``ray.experimental.internal_kv`` is an internal API (Ray Serve keeps its own checkpoints in it);
 it is wrapped here, in one place, so that a change in Ray touches one file. The calls block on a
 gRPC round trip to the GCS: callers run them in a thread.
