@@ -9,20 +9,24 @@ what comes back.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
+from mlflow.pyfunc.scoring_server import predictions_to_json, unwrapped_predictions_to_json
 from mlflow.version import VERSION
 
 from serving.api import create_app
 from serving.loader import LoadedModel
 from serving.model_host import ModelHost
 from serving.resolve import Target
+from serving.scoring_protocol import answer
 from serving.table_source import TableSource
 from tests.unit.test_serving_api import TABLE, Controller, EchoModel
 from wire.routing_table import RoutingTable
@@ -255,3 +259,26 @@ def test_a_version_typed_by_its_hints_gets_its_inputs_as_sent() -> None:
         refused = client.post(path, json={"dataframe_records": [{"prompt": "a"}]})
         assert refused.status_code == 422
         assert refused.json()["errors"][0]["field"] == "dataframe_records"
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [
+        pd.DataFrame({"out": ["a", "b"], "y": [1.5, 2.0]}),
+        pd.Series([1.0, 2.5]),
+        pd.Series(["a", "b"], name="label"),
+        np.array([[1.0, 2.0], [3.0, 4.0]], dtype=np.float32),
+        np.array([1, 2, 3]),
+        [{"a": 1}, {"a": 2}],
+        {"text": "hello", "scores": [0.5, 0.25]},
+        "a bare string",
+        3,
+    ],
+    ids=lambda p: type(p).__name__,
+)
+def test_answers_are_mlflows_for_every_kind_of_prediction(prediction: Any) -> None:
+    """What MLflow's server writes for the same prediction (``predictions_to_json``)."""
+    for unwrapped, write in ((False, predictions_to_json), (True, unwrapped_predictions_to_json)):
+        written = io.StringIO()
+        write(prediction, written)
+        assert answer(prediction, unwrapped) == json.loads(written.getvalue())
