@@ -8,14 +8,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
 import random
 import secrets
 import socket
-import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -24,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sigserve.processes import ManagedProcess, wait_for_http
+from wire.private_dirs import private_dir
 
 
 def free_port() -> int:
@@ -154,11 +153,11 @@ def fast_path_env(ray_dir: Path) -> dict[str, str]:
     proxy at 16 clients (``docs/benchmarks.md``). HAProxy's files and the ports Ray would take
     by default (8404, 9101, 8500, 9500, 30000+) move to this stack's own, so stacks run side by
     side. A variable already set in the environment wins. HAProxy's directory is made (or
-    checked) as ``private_dir`` says.
+    checked) as ``wire.private_dirs`` says.
     """
     base = random.randrange(20000, 60000, 200)  # noqa: S311 - a port window, not a secret
     # HAProxy refuses a socket path over 97 bytes and Ray adds a 56-character directory to it.
-    # Its config and admin socket go here, so it is this user's alone.
+    # Its config and admin socket go here, so it is this user's alone (wire.private_dirs).
     haproxy = private_dir(Path(tempfile.gettempdir()) / f"shp-{ray_dir.name[-10:]}")
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
@@ -250,7 +249,7 @@ def start_serving(
 
 
 def ray_temp_dir(home: Path) -> Path:
-    """A short temp dir for Ray, one per ``home``, made or checked as ``private_dir`` says.
+    """A short temp dir for Ray, one per ``home``, this user's alone (``wire.private_dirs``).
 
     Ray puts Unix sockets some 76 bytes deep in its temp dir and refuses paths over 107 bytes,
     so a dir under a checkout's ``.sigserve`` would fail for any clone path over ~30 characters.
@@ -259,36 +258,6 @@ def ray_temp_dir(home: Path) -> Path:
     """
     digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
     return private_dir(Path(tempfile.gettempdir()) / f"sigserve-ray-{digest}")
-
-
-class UnsafeDirectory(RuntimeError):
-    """A directory the stack would put sockets and configuration in is not its own."""
-
-
-def private_dir(path: Path, *, owner: int | None = None) -> Path:
-    """``path`` as a directory only ``owner`` (this process's user) can enter: made with mode
-    0700, or, when it exists, refused unless it is a real directory of ``owner`` that no one
-    else can write to (then narrowed to 0700).
-
-    The names under /tmp are predictable, so anyone on the machine could make one first (or a
-    symlink by its name) and read Ray's sockets and logs or write HAProxy's configuration.
-    """
-    owner = os.getuid() if owner is None else owner
-    with contextlib.suppress(FileExistsError):
-        path.mkdir(mode=0o700)
-    found = path.lstat()
-    if not stat.S_ISDIR(found.st_mode):
-        raise UnsafeDirectory(f"{path} is not a directory (a symlink or a file): remove it")
-    if found.st_uid != owner:
-        raise UnsafeDirectory(
-            f"{path} belongs to uid {found.st_uid}, not to this user ({owner}): someone else "
-            "made it; remove it, or set TMPDIR to a directory of your own"
-        )
-    if found.st_mode & 0o022:
-        mode = stat.S_IMODE(found.st_mode)
-        raise UnsafeDirectory(f"{path} can be written by others (mode {mode:o}): remove it")
-    path.chmod(0o700)
-    return path
 
 
 def stop_serving() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from sigserve.stack import fast_path_env, private_dir, ray_temp_dir
+from sigserve.stack import fast_path_env, ray_temp_dir
+from wire.private_dirs import private_dir
 
 HOME = Path("/some/checkout/.sigserve")
 
