@@ -76,6 +76,9 @@ _MIN_EMPTY_POLL_S = 0.2
 _HTTP_MARGIN_S = 10.0
 # The longest a controller's Retry-After makes a replica wait: past it, a bad value.
 _BUSY_WAIT_MAX_S = 30.0
+PROBLEM = "application/problem+json"
+# The controller's answer past its cap on held polls (``controller.long_poll``).
+TOO_MANY_POLLS = "urn:sigserve:problem:too-many-polls"
 
 
 class Unauthorized(RuntimeError):
@@ -83,13 +86,12 @@ class Unauthorized(RuntimeError):
 
 
 class ControllerBusy(RuntimeError):
-    """The controller holds as many long-polls as it allows (503): asked again after a wait."""
+    """503 from the controller (it holds as many long-polls as it allows) or a proxy in front
+    of it: asked again after its ``Retry-After``."""
 
-    def __init__(self, retry_after_s: float) -> None:
-        super().__init__(
-            "the controller holds as many routing-table polls as it allows (503); asking again "
-            f"in {retry_after_s:g}s"
-        )
+    def __init__(self, retry_after_s: float, full: bool) -> None:
+        said = "holds as many routing-table polls as it allows" if full else "is unavailable"
+        super().__init__(f"the controller {said} (503); asking again in {retry_after_s:g}s")
         self.retry_after_s = retry_after_s
 
 
@@ -297,7 +299,10 @@ class TableSource:
                    "SIGSERVE_SERVING_TOKEN differs from the controller's")
             )  # fmt: skip
         if response.status_code == httpx.codes.SERVICE_UNAVAILABLE:
-            raise ControllerBusy(_retry_after(response))
+            full = response.headers.get("content-type", "").startswith(PROBLEM) and (
+                _problem_type(response) == TOO_MANY_POLLS
+            )
+            raise ControllerBusy(_retry_after(response), full)
         response.raise_for_status()
         if response.status_code != httpx.codes.OK:
             raise ValueError(f"unexpected status {response.status_code}")
@@ -325,6 +330,14 @@ def _wait(state: RetryCallState) -> float:
     if isinstance(exc, ControllerBusy):
         return max(waited, exc.retry_after_s)
     return waited
+
+
+def _problem_type(response: httpx.Response) -> object:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("type") if isinstance(body, dict) else None
 
 
 def _retry_after(response: httpx.Response) -> float:

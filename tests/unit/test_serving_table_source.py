@@ -463,16 +463,20 @@ def test_a_new_model_is_unknown_until_its_default_is_warm_and_others_do_not_wait
 class BusyController(StandInController):
     """A controller holding as many polls as it allows: 503 + Retry-After for ``busy`` polls."""
 
-    def __init__(self, table: RoutingTable, busy: int, retry_after: str) -> None:
+    def __init__(self, table: RoutingTable, busy: int, retry_after: str, full: bool) -> None:
         super().__init__(table)
         self.busy = busy
         self.retry_after = retry_after
+        self.full = full  # the controller's own answer, else a proxy's bare 503
         self.at: list[float] = []
 
     async def __call__(self, request: httpx.Request) -> httpx.Response:
         self.at.append(asyncio.get_running_loop().time())
         if self.busy:
             self.busy -= 1
+            if not self.full:
+                return httpx.Response(503, headers={"retry-after": self.retry_after},
+                                      text="Service Unavailable")
             return httpx.Response(
                 503, headers={"retry-after": self.retry_after,
                               "content-type": "application/problem+json"},
@@ -481,15 +485,20 @@ class BusyController(StandInController):
         return await super().__call__(request)
 
 
+@pytest.mark.parametrize(
+    ("full", "says"),
+    [(True, "holds as many routing-table polls"), (False, "the controller is unavailable")],
+    ids=["polls-full", "proxy-503"],
+)
 def test_a_busy_controller_is_asked_again_after_its_retry_after(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    full: bool, says: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The replica's own backoff alone would ask again within ~15 ms.
     monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.01)
     caplog.set_level(logging.DEBUG, logger="serving.table_source")
 
     async def scenario() -> BusyController:
-        controller = BusyController(table(1, "a"), busy=2, retry_after="0.3")
+        controller = BusyController(table(1, "a"), busy=2, retry_after="0.3", full=full)
         source = TableSource("http://controller", transport=httpx.MockTransport(controller))
         await source.start()
         await wait_for(lambda: source.table is not None, 5)
@@ -501,4 +510,4 @@ def test_a_busy_controller_is_asked_again_after_its_retry_after(
     assert all(gap >= 0.3 for gap in gaps), gaps
     warnings = [r.getMessage() for r in caplog.records
                 if r.levelno >= logging.WARNING and "poll failed" in r.getMessage()]
-    assert len(warnings) == 1 and "holds as many routing-table polls" in warnings[0]
+    assert len(warnings) == 1 and says in warnings[0]
