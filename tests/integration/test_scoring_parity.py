@@ -45,6 +45,11 @@ DIFFERENCES: dict[str, str] = {
         "message and stack_trace (they repeat the request's data and the server's internals); "
         "a 4xx may be the more precise 404, 409, 413, 415 or 422 where MLflow says 400"
     ),
+    "request limits": (
+        "a body over SIGSERVE_MAX_BODY_MB (16 MB) is a 413 and one of more than "
+        "SIGSERVE_MAX_RECORDS (10,000) records a 422, before any parsing; MLflow's server has "
+        "no limit, and one request could hold a replica's memory"
+    ),
     "ping without a load": (
         "/ping and /health answer from the routing table (live, bound to a checked artifact) "
         "and do not load the model; a version that fails to load answers 503 with its cause"
