@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test lint property fault storm load cluster-check compose-check clean
+.PHONY: up test lint property fault storm load zoo cluster-check compose-check clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -25,7 +25,7 @@ up: $(VENV)/.stack
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest -ra -m "not fault and not load"
+	$(VENV)/bin/python -m pytest -ra -m "not fault and not load and not zoo"
 
 # The gate's property test with thousands of examples per property (minutes, not in `make test`).
 property: $(VENV)/.dev
@@ -45,6 +45,11 @@ storm: $(VENV)/.dev
 
 load: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest tests/load/test_inference_load.py -m load -ra -s
+
+# Real models from their own clients (tests/zoo): an MLflow 2.22 client's scikit-learn model,
+# its venv built from PyPI once (~40 s) and cached in ~/.cache/sigserve-test-envs.
+zoo: $(VENV)/.dev
+	$(VENV)/bin/python -m pytest tests/zoo -m zoo -ra -s
 
 # The serving app on a two-node Ray cluster of its own (`ray start` twice on this machine),
 # deployed by `sigserve serve`: a replica on the second node answers, also with the controller
