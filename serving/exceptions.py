@@ -15,6 +15,8 @@ title, so adding an error means adding a class here and nothing else.
      |    +-- VersionQuarantined          409 + reasons: blocked, never loaded
      |    +-- BadModelId                  400: the model-id header names another model
      |    +-- BodyTooLarge                413 + errors: more bytes than a request may send
+     |    +-- UnsupportedMediaType        415 + errors: a content type the scoring protocol
+     |    |                               does not take (MLflow refuses it too)
      |    +-- InvalidInput                422 + errors: the body does not fit the contract
      |    |    +-- ModelRejectedInput     422: MLflow's own schema enforcement refused it
      |    +-- VersionUnbound              503 + Retry-After: live, but the table names no
@@ -110,6 +112,12 @@ class BodyTooLarge(ProblemError):
     status = 413
     slug = "body-too-large"
     title = "The request body is larger than a request may send"
+
+
+class UnsupportedMediaType(ProblemError):
+    status = 415
+    slug = "unsupported-media-type"
+    title = "The scoring protocol does not take this content type"
 
 
 class InvalidInput(ProblemError):

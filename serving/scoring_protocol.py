@@ -41,7 +41,7 @@ from mlflow.pyfunc.scoring_server import (
 from mlflow.version import VERSION
 
 from serving.bodies import bad_body, check_count, check_rows, parse_json
-from serving.exceptions import InvalidInput, ProblemError
+from serving.exceptions import InvalidInput, UnsupportedMediaType
 from serving.frames import jsonable
 
 JSON = "application/json"
@@ -53,12 +53,6 @@ FORMATS = ("dataframe_split", "dataframe_records", "instances", "inputs")
 LLM_KEYS = ("messages", "prompt", "input")
 # The MLmodel's flag, carried in the routing table's signature of a version.
 TYPE_HINT_KEY = "is_signature_from_type_hint"
-
-
-class UnsupportedMediaType(ProblemError):
-    status = 415
-    slug = "unsupported-media-type"
-    title = "The scoring protocol does not take this content type"
 
 
 @dataclass(frozen=True)
