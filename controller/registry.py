@@ -11,36 +11,30 @@ pickling) from the few small files next to its MLmodel, never the model itself.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
-import posixpath
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import yaml
 
+from controller.artifact_files import MAX_FILE_BYTES, Listing, list_files, read_file
+from controller.artifact_sources import ArtifactSources, default_root
 from controller.artifacts import ArtifactFacts
 from controller.environment import ArtifactEnvironment, is_pickled
 from controller.exceptions import (
     RegisteredModelGone,
     RegistryRefused,
     RegistryUnavailable,
-    VersionUnreadable,
 )
+from controller.read_reasons import REFUSAL_CODES, ReadFailure
 
 T = TypeVar("T")
 # MLflow error codes that the same call will meet again: retrying cannot help.
-PERMANENT_ERRORS = frozenset(
-    {
-        "PERMISSION_DENIED",
-        "UNAUTHENTICATED",
-        "INVALID_PARAMETER_VALUE",
-        "BAD_REQUEST",
-        "INVALID_STATE",
-    }
-)
+PERMANENT_ERRORS = REFUSAL_CODES
+log = logging.getLogger(__name__)
 
 WEBHOOK_EVENTS: list[Any] = [
     "registered_model.created",
@@ -74,14 +68,13 @@ class ObservedVersion:
         return self.status == "READY"
 
 
-def _python_version(python_env_path: Path | None, mlmodel: dict[str, Any]) -> str | None:
+def _python_version(python_env: str | None, mlmodel: dict[str, Any]) -> str | None:
     """The Python the version was saved with: python_env.yaml, else the pyfunc flavor's."""
-    if python_env_path is not None:
+    if python_env is not None:
         # BaseLoader keeps scalars as strings (safe_load reads a hand-written "python: 3.10" as
         # the float 3.1); it builds only str/list/dict, so it is as safe as safe_load.
-        text = python_env_path.read_text(encoding="utf-8", errors="replace")
         try:
-            env = yaml.load(text, Loader=yaml.BaseLoader)  # noqa: S506
+            env = yaml.load(python_env, Loader=yaml.BaseLoader)  # noqa: S506
         except yaml.YAMLError:
             # Not worth failing the whole read over: MLflow itself never reads this file to
             # load the model, it only builds environments from it.
@@ -121,10 +114,18 @@ class RegistryPort(RegistryWriter, Protocol):
 
 class Registry:
     def __init__(
-        self, tracking_uri: str, *, on_error: Callable[[str], None] | None = None
+        self,
+        tracking_uri: str,
+        *,
+        on_error: Callable[[str], None] | None = None,
+        artifact_sources: Sequence[str] | None = None,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         # Told the kind of every failed call: "temporary", "permanent" or "gone" (a metric).
         self._on_error = on_error
+        # None: the tracking server's own store, learned at the first read (ArtifactSources).
+        self._sources = ArtifactSources(artifact_sources) if artifact_sources is not None else None
+        self._max_file_bytes = max_file_bytes
         # MLflow's own retries back off for minutes; the worker retries with its own backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
@@ -232,112 +233,108 @@ class Registry:
     def artifact(self, name: str, version: str) -> ArtifactFacts:
         """What the version's artifacts say about it (the registry itself holds none of it).
 
-        Only MLmodel, requirements.txt and python_env.yaml are downloaded, each alone: the
-        model directory can hold gigabytes of weights. The two environment files are optional.
+        Only MLmodel, requirements.txt and python_env.yaml are read, each alone and each within
+        ``max_file_bytes`` (``controller.artifact_files``): the model directory can hold
+        gigabytes of weights. The location is checked against the allowed artifact sources
+        (``controller.artifact_sources``) before anything of it is read. The two environment
+        files are optional.
         """
 
         def fetch() -> ArtifactFacts:
             from mlflow.models import Model
+            from mlflow.store.artifact.artifact_repository_registry import (
+                get_artifact_repository,
+            )
 
-            source = str(self._client.get_model_version_download_uri(name, version))
+            location = self._location(name, version)
+            repo = get_artifact_repository(location, tracking_uri=self.tracking_uri)
+            listing = list_files(repo)
+            if "MLmodel" not in listing.files:
+                self._not_a_model(name, version, location, listing)
+            cap = self._max_file_bytes
             with tempfile.TemporaryDirectory() as tmp:
-                mlmodel_path = self._download_mlmodel(name, version, source, tmp)
-                raw = mlmodel_path.read_bytes()
+                raw = read_file(repo, "MLmodel", listing.files["MLmodel"], cap, tmp)
                 try:
-                    signature = Model.load(str(mlmodel_path)).signature
                     mlmodel = yaml.safe_load(raw)
+                    signature = Model.from_dict(mlmodel).signature
                 except Exception as exc:
                     # The file is there but is not an MLmodel MLflow can read: no retry helps.
-                    raise VersionUnreadable(
-                        f"its MLmodel cannot be read ({type(exc).__name__}: {exc})"[:500]
+                    raise ReadFailure(
+                        f"its MLmodel cannot be read by MLflow ({type(exc).__name__})",
+                        f"its MLmodel cannot be read ({type(exc).__name__}: {exc})"[:500],
                     ) from None
-                mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
-                requirements_path = self._download_optional(source, "requirements.txt", tmp)
-                python_env_path = self._download_optional(source, "python_env.yaml", tmp)
-                requirements = (
-                    requirements_path.read_text(encoding="utf-8", errors="replace").splitlines()
-                    if requirements_path is not None
-                    else None
-                )
-                python_version = _python_version(python_env_path, mlmodel)
+                texts = {
+                    f: read_file(repo, f, listing.files[f], cap, tmp).decode("utf-8", "replace")
+                    for f in ("requirements.txt", "python_env.yaml")
+                    if f in listing.files
+                }
+            mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
+            requirements = texts.get("requirements.txt")
             return ArtifactFacts(
-                source=source,
+                source=location,
                 mlmodel_digest=hashlib.sha256(raw).hexdigest(),
                 signature=dict(signature.to_dict()) if signature is not None else None,
                 environment=ArtifactEnvironment(
-                    requirements=requirements,
-                    python_version=python_version,
+                    requirements=requirements.splitlines() if requirements is not None else None,
+                    python_version=_python_version(texts.get("python_env.yaml"), mlmodel),
                     pickled=is_pickled(mlmodel),
                 ),
             )
 
         return self._call(fetch, model=name)
 
-    def _download(self, source: str, filename: str, dst: str) -> Path:
-        from mlflow.artifacts import download_artifacts
+    def _location(self, name: str, version: str) -> str:
+        """Where the version's artifacts are, once found allowed (else ``SourceNotAllowed``).
 
-        return Path(
-            download_artifacts(
-                artifact_uri=f"{source.rstrip('/')}/{filename}",
-                dst_path=dst,
-                tracking_uri=self.tracking_uri,
-            )
-        )
-
-    def _download_mlmodel(self, name: str, version: str, source: str, dst: str) -> Path:
-        """The version's MLmodel; ``VersionUnreadable`` when its artifacts have none.
-
-        MLflow says "not found" for a missing file as it does for a deleted version, so a failed
-        download is told apart: the version is read again from the registry (deleted: its
-        RESOURCE_DOES_NOT_EXIST goes to ``_call``, the model or version is gone), then its
-        source is listed. A version whose source holds no MLmodel was registered from
-        something that is not an MLflow model: no retry helps, it is quarantined, and the rest
-        of its model goes on (docs/architecture.md, "The gate").
+        A ``runs:/`` download URI is resolved here, so the location checked is the location
+        read and the one serving is told to download, not a pointer resolved again later.
         """
-        from mlflow.artifacts import list_artifacts
+        from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+
+        location = str(self._client.get_model_version_download_uri(name, version))
+        if RunsArtifactRepository.is_runs_uri(location):  # type: ignore[no-untyped-call]
+            location = RunsArtifactRepository.get_underlying_uri(location, self.tracking_uri)
+        self._allowed().check(location)
+        return location
+
+    def _allowed(self) -> ArtifactSources:
+        if self._sources is None:
+            self._sources = ArtifactSources.default(self.tracking_uri, self._default_root())
+            log.info("artifact sources allowed: %s", ", ".join(self._sources.prefixes) or "none")
+        return self._sources
+
+    def _default_root(self) -> str | None:
+        """The server's default artifact root (``default_root``), None when it cannot tell."""
         from mlflow.exceptions import MlflowException
 
         try:
-            return self._download(source, "MLmodel", dst)
-        except MlflowException:
-            self._client.get_model_version(name, version)
-            listed = [
-                posixpath.basename(f.path)
-                for f in list_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
-            ]
-            if "MLmodel" in listed:
-                raise  # it is there: this download failed for another reason
-        holds = ", ".join(sorted(listed)[:8]) + (", ..." if len(listed) > 8 else "")
-        raise VersionUnreadable(
-            f"no MLmodel file at {source}: this is not an MLflow model; log it with "
+            return default_root(str(self._client.get_experiment("0").artifact_location))
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST" and exc.error_code not in (
+                PERMANENT_ERRORS
+            ):
+                raise  # temporary: _call says so, and the next read learns it
+            log.warning("the default artifact root cannot be read (%s); only "
+                        "SIGSERVE_ARTIFACT_SOURCES can allow it", exc.error_code)
+            return None
+
+    def _not_a_model(self, name: str, version: str, location: str, listing: Listing) -> None:
+        """Raise for a location without an MLmodel: gone if the version was deleted meanwhile
+        (MLflow lists a deleted location as empty), else ``ReadFailure``.
+
+        A version whose location holds no MLmodel was registered from something that is not
+        an MLflow model: no retry helps, it is quarantined, and the rest of its model goes on
+        (docs/architecture.md, "The gate").
+        """
+        self._client.get_model_version(name, version)  # RESOURCE_DOES_NOT_EXIST: gone
+        listed = listing.names
+        holds = ", ".join(listed[:8]) + (", ..." if len(listed) > 8 else "")
+        raise ReadFailure(
+            f"no MLmodel file at {location}: this is not an MLflow model; log it with "
             "mlflow.<flavor>.log_model (mlflow.pyfunc.log_model, mlflow.sklearn.log_model, ...) "
             "and register what that logged"
             + (f" (the source holds: {holds})" if listed else " (the source is empty)")
         )
-
-    def _download_optional(self, source: str, filename: str, dst: str) -> Path | None:
-        """The file, or None when the version's artifacts do not have it.
-
-        A missing file is RESOURCE_DOES_NOT_EXIST from a local artifact store but
-        INTERNAL_ERROR with a "404" in the text from an HTTP one (S3 and others differ again),
-        so "not found" is decided by listing the directory instead: absent only when the
-        listing shows MLmodel (the directory is there) and not this file. Any other failure
-        goes to ``_call``.
-        """
-        from mlflow.artifacts import list_artifacts
-        from mlflow.exceptions import MlflowException
-
-        try:
-            return self._download(source, filename, dst)
-        except MlflowException:
-            listed = {
-                posixpath.basename(f.path)
-                for f in list_artifacts(artifact_uri=source, tracking_uri=self.tracking_uri)
-                if not f.is_dir
-            }
-            if "MLmodel" in listed and filename not in listed:
-                return None
-            raise
 
     def ensure_webhook(self, name: str, url: str, secret: str) -> str:
         """Create or update the controller's webhook; returns its id. Safe to repeat."""

@@ -1,6 +1,6 @@
 """Registry.artifact against a real MLflow registry, with no server: a sqlite store and a local
-artifact root under tmp. The HTTP store's way of saying "not found" is imitated by rewriting the
-local one's error (see test_a_missing_file_reported_as_an_http_store_does_is_absent)."""
+artifact root under tmp, the one allowed artifact source. Whether a file is there is decided by
+the location's listing, whatever way a store words "not found"."""
 
 from __future__ import annotations
 
@@ -18,12 +18,15 @@ from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from controller.artifact_sources import SourceNotAllowed
 from controller.environment import EnvironmentPolicy, ServingEnvironment, check_environment
 from controller.exceptions import RegisteredModelGone, RegistryUnavailable, VersionUnreadable
+from controller.read_reasons import NOT_ALLOWED, ReadFailure, public_reason
 from controller.registry import Registry, _python_version
 
 NAME = "artifact_facts"
 REQUIREMENT = "definitely-not-installed-pkg==1.0"
+MIB = 1 << 20
 # MLflow's advice to add an input example, irrelevant here.
 pytestmark = pytest.mark.filterwarnings("ignore:.*input example:UserWarning")
 
@@ -43,6 +46,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
         patch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         patch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # The store's default artifact root is ./mlruns: under tmp, not the working tree.
+        patch.chdir(tmp)
         # set_tracking_uri exports MLFLOW_TRACKING_URI; the registry follows MLFLOW_REGISTRY_URI.
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.setenv("MLFLOW_REGISTRY_URI", uri)
@@ -59,7 +64,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                         pip_requirements=[REQUIREMENT],
                         registered_model_name=NAME,
                     )
-            yield {"uri": uri, "tmp": tmp, "client": client, "registry": Registry(uri)}
+            registry = Registry(uri, artifact_sources=[str(tmp / "artifacts")])
+            yield {"uri": uri, "tmp": tmp, "client": client, "registry": registry}
         finally:
             mlflow.set_tracking_uri(previous)
 
@@ -90,10 +96,11 @@ def test_artifact_reads_the_versions_facts(store: dict[str, Any]) -> None:
     assert env.pickled is True
 
     verdict = check_environment(env, ServingEnvironment.current(), EnvironmentPolicy.STRICT)
-    assert verdict.blocking == [
+    assert len(verdict.blocking) == 1
+    assert verdict.blocking[0].startswith(
         f"requirement {REQUIREMENT!r}: package 'definitely-not-installed-pkg' is not installed "
         "in the serving environment"
-    ]
+    )
 
 
 def test_missing_environment_files_are_absent_not_errors(store: dict[str, Any]) -> None:
@@ -105,35 +112,19 @@ def test_missing_environment_files_are_absent_not_errors(store: dict[str, Any]) 
     assert facts.environment.pickled is True
 
 
-def test_a_missing_file_reported_as_an_http_store_does_is_absent(
-    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # An HTTP artifact store reports a missing file as INTERNAL_ERROR ("404 Client Error").
-    real = mlflow.artifacts.download_artifacts
-
-    def as_http(**kwargs: Any) -> Any:
-        try:
-            return real(**kwargs)
-        except MlflowException as exc:
-            raise MlflowException(f"404 Client Error: {exc.message}") from None
-
-    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", as_http)
-    _without_environment_files(store, "2")
-    facts = store["registry"].artifact(NAME, "2")
-    assert facts.environment.requirements is None
-
-
 def test_a_failed_download_of_a_file_that_exists_is_an_error(
     store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = mlflow.artifacts.download_artifacts
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
-    def flaky(**kwargs: Any) -> Any:
-        if kwargs["artifact_uri"].endswith("/requirements.txt"):
+    real = LocalArtifactRepository.download_artifacts
+
+    def flaky(self: Any, artifact_path: str, dst_path: str | None = None) -> Any:
+        if artifact_path == "requirements.txt":
             raise MlflowException("503 Server Error: Service Unavailable")
-        return real(**kwargs)
+        return real(self, artifact_path, dst_path)
 
-    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", flaky)
+    monkeypatch.setattr(LocalArtifactRepository, "download_artifacts", flaky)
     with pytest.raises(RegistryUnavailable, match="503"):
         store["registry"].artifact(NAME, "1")
 
@@ -161,23 +152,6 @@ def test_a_version_without_an_mlmodel_is_not_an_mlflow_model_not_a_deleted_one(
         store["registry"].artifact(NAME, "3")
 
 
-def test_a_missing_mlmodel_reported_as_an_http_store_does_is_not_an_mlflow_model(
-    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    real = mlflow.artifacts.download_artifacts
-
-    def as_http(**kwargs: Any) -> Any:
-        try:
-            return real(**kwargs)
-        except MlflowException as exc:
-            raise MlflowException(f"404 Client Error: {exc.message}") from None
-
-    monkeypatch.setattr(mlflow.artifacts, "download_artifacts", as_http)
-    _no_mlmodel(store, "3")
-    with pytest.raises(VersionUnreadable, match="no MLmodel file at"):
-        store["registry"].artifact(NAME, "3")
-
-
 def test_a_version_deleted_while_its_mlmodel_is_read_is_gone(
     store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,7 +159,7 @@ def test_a_version_deleted_while_its_mlmodel_is_read_is_gone(
     client = registry._client
     # The download URI was given, then the version was deleted before its MLmodel was read.
     monkeypatch.setattr(client, "get_model_version_download_uri",
-                        lambda name, version: str(store["tmp"] / "deleted"))
+                        lambda name, version: str(store["tmp"] / "artifacts" / "deleted"))
     with pytest.raises(RegisteredModelGone):
         registry.artifact(NAME, "99")
 
@@ -231,11 +205,9 @@ def test_the_model_read_tells_a_recreated_model_and_carries_aliases_and_tags(
         ("build_dependencies: []\n", "3.9.1"),
     ],
 )
-def test_python_version_reading(tmp_path: Path, python_env: str, expected: str) -> None:
-    path = tmp_path / "python_env.yaml"
-    path.write_text(python_env, encoding="utf-8")
+def test_python_version_reading(python_env: str, expected: str) -> None:
     mlmodel = {"flavors": {"python_function": {"python_version": "3.9.1"}}}
-    assert _python_version(path, mlmodel) == expected
+    assert _python_version(python_env, mlmodel) == expected
     assert _python_version(None, {"flavors": {}}) is None
 
 
@@ -246,8 +218,97 @@ def test_an_mlmodel_mlflow_cannot_read_is_a_permanent_error_of_that_version(
     good = mlmodel.read_bytes()
     try:
         mlmodel.write_text("flavors: [unclosed\n  signature: {\n")
-        with pytest.raises(VersionUnreadable, match="its MLmodel cannot be read"):
+        with pytest.raises(VersionUnreadable, match="its MLmodel cannot be read") as exc:
             store["registry"].artifact(NAME, "1")
+        # The parser's words (with the controller's temporary path) stay in the log.
+        assert public_reason(exc.value) == "its MLmodel cannot be read by MLflow (ParserError)"
     finally:
         mlmodel.write_bytes(good)
     assert store["registry"].artifact(NAME, "1").signature is not None
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        # Schemes MLflow 3.17's server lets through at registration: it checks http(s) hosts and
+        # local paths, not s3/gs/wasbs (this store has no boto3: a fetch would raise its own
+        # ImportError, so the refusal is seen to come before any fetch).
+        "s3://someone-elses-bucket/model",
+        "wasbs://models@else.blob.core.windows.net/model",
+        # A copy of a real model's files, outside the allowed root: readable, and not read.
+        "{tmp}/elsewhere",
+        "{tmp}/artifacts/../elsewhere",
+        "{tmp}/artifacts-elsewhere",
+    ],
+)
+def test_a_location_outside_the_allowed_sources_is_refused_before_it_is_read(
+    store: dict[str, Any], source: str
+) -> None:
+    client: MlflowClient = store["client"]
+    copy = store["tmp"] / "elsewhere"
+    if not copy.exists():
+        shutil.copytree(_local_dir(store, "1"), copy)
+        shutil.copytree(_local_dir(store, "1"), store["tmp"] / "artifacts-elsewhere")
+    if not client.search_registered_models("name='elsewhere'"):
+        client.create_registered_model("elsewhere")
+    version = client.create_model_version("elsewhere", source.format(tmp=store["tmp"])).version
+    with pytest.raises(SourceNotAllowed) as exc:
+        store["registry"].artifact("elsewhere", str(version))
+    assert public_reason(exc.value) == NOT_ALLOWED
+    assert exc.value.location in str(exc.value)  # the log's detail says which
+
+
+def test_by_default_only_the_servers_own_artifact_root_is_allowed(store: dict[str, Any]) -> None:
+    # Experiment 0 says where the store's default root is (<root>/0); the fixture's
+    # experiment put its artifacts under a root of its own, which the default does not allow.
+    client: MlflowClient = store["client"]
+    root = Path(client.get_experiment("0").artifact_location).parent
+    default = Registry(store["uri"])
+    with pytest.raises(SourceNotAllowed, match="under none of the allowed prefixes"):
+        default.artifact(NAME, "1")
+    with mlflow.start_run(experiment_id="0"):
+        info = mlflow.pyfunc.log_model(name="model", python_model=Echo(),
+                                       registered_model_name="in_default_root")
+    assert Path(client.get_model_version_download_uri(
+        "in_default_root", str(info.registered_model_version))).is_relative_to(root)
+    facts = default.artifact("in_default_root", str(info.registered_model_version))
+    assert facts.signature is not None
+
+
+@pytest.mark.parametrize("filename", ["MLmodel", "requirements.txt", "python_env.yaml"])
+def test_a_file_past_the_cap_is_refused_by_its_listed_size(
+    store: dict[str, Any], filename: str
+) -> None:
+    path = _local_dir(store, "1") / filename
+    good = path.read_bytes()
+    try:
+        # Still a valid file of its kind: a comment makes it 2 MiB.
+        path.write_bytes(good + b"\n#" + b"x" * (2 * MIB))
+        with pytest.raises(ReadFailure) as exc:
+            store["registry"].artifact(NAME, "1")
+    finally:
+        path.write_bytes(good)
+    assert public_reason(exc.value) == f"its {filename} is larger than 1 MiB (2.0 MiB)"
+
+
+def test_a_listing_that_understates_a_size_does_not_get_the_file_read_whole(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.entities import FileInfo
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    real = LocalArtifactRepository.list_artifacts
+
+    def understated(self: Any, path: str | None = None) -> list[FileInfo]:
+        return [FileInfo(f.path, f.is_dir, None if f.is_dir else 10) for f in real(self, path)]
+
+    monkeypatch.setattr(LocalArtifactRepository, "list_artifacts", understated)
+    path = _local_dir(store, "1") / "MLmodel"
+    good = path.read_bytes()
+    try:
+        path.write_bytes(good + b"\n#" + b"x" * (3 * MIB))
+        with pytest.raises(ReadFailure) as exc:
+            store["registry"].artifact(NAME, "1")
+    finally:
+        path.write_bytes(good)
+    assert public_reason(exc.value) == "its MLmodel is larger than 1 MiB (3.0 MiB)"
