@@ -28,12 +28,8 @@ from controller.artifacts import ArtifactFacts
 from controller.compatibility import Policy
 from controller.decisions import NOT_READ, decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
-from controller.exceptions import (
-    RegisteredModelGone,
-    RegistryRefused,
-    RegistryUnavailable,
-    VersionUnreadable,
-)
+from controller.exceptions import RegisteredModelGone, RegistryError, RegistryUnavailable
+from controller.read_reasons import public_reason
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, RegistryPort
 from controller.registry_sync import (
@@ -206,19 +202,26 @@ class Reconciler:
         facts: dict[str, ArtifactFacts] = {}
         failures: dict[str, str] = {}
         broken: dict[str, str] = {}
+        details: dict[str, str] = {}
         for version in to_read:
             try:
                 facts[version] = self._registry.artifact(name, version)
-            except RegisteredModelGone:
-                failures[version] = "the version was deleted while being read"
-            except RegistryUnavailable as exc:
-                failures[version] = str(exc)
-            except (RegistryRefused, VersionUnreadable) as exc:
-                broken[version] = str(exc)
             except Exception as exc:
-                # One version must never stop its model: what cannot be read is decided.
-                log.exception("reading %s v%s failed", name, version)
-                broken[version] = f"{type(exc).__name__}: {exc}"[:500]
+                # One version must never stop its model: what cannot be read is decided, and
+                # only a temporary failure (an outage, a version deleted meanwhile) is retried.
+                temporary = isinstance(exc, RegisteredModelGone | RegistryUnavailable)
+                if not isinstance(exc, RegistryError):
+                    log.exception("reading %s v%s failed", name, version)
+                # The table is public, so its reason is from a fixed vocabulary; what the store
+                # or the network said is for the log alone (controller.read_reasons).
+                (failures if temporary else broken)[version] = public_reason(exc)
+                details[version] = f"{type(exc).__name__}: {exc}"[:1000]
+                log.warning(
+                    "reading the artifacts of %s v%s failed (%s): %s", name, version,
+                    "temporary" if temporary else "permanent", details[version],
+                    extra={"event": "artifact_read_failed", "model": name, "version": version,
+                           "reason": public_reason(exc), "detail": details[version]},
+                )  # fmt: skip
 
         def decide(current: ModelRecord | None) -> ModelRecord:
             fence()
@@ -245,7 +248,8 @@ class Reconciler:
         decided = self._store.update_model(name, decide, actor)
         assert decided is not None
         changed = before is None or decided != before
-        retry = "; ".join(f"v{k}: {v}" for k, v in failures.items()) or None
+        # For the worker's log line: there the store's own words are fine.
+        retry = "; ".join(f"v{k}: {details[k]}" for k in failures) or None
         return Outcome(
             changed=changed,
             retry_reason=retry,

@@ -18,11 +18,13 @@ from controller.artifacts import ArtifactFacts
 from controller.database import make_engine, migrate
 from controller.environment import ArtifactEnvironment, ServingEnvironment
 from controller.exceptions import RegisteredModelGone
+from controller.read_reasons import NOT_ALLOWED, REFUSED, UNAVAILABLE, UNEXPECTED, UNREADABLE
 from controller.reconciler import Outcome, Reconciler
 from controller.registry import ObservedModel, ObservedVersion
 from controller.store import Store
 from wire.routing_table import VersionState
 
+UNREADABLE_VERSION = "its artifact cannot be read, so it cannot be checked: "
 ENV = ServingEnvironment(python_version="3.11.9", distributions={"mlflow-skinny": "3.17.2"})
 
 
@@ -267,7 +269,7 @@ def test_a_registry_that_refuses_the_writes_is_a_recorded_warning_not_a_lost_dec
     assert store.load_model("m").registry_warning is None  # type: ignore[union-attr]
 
 
-def test_one_unreadable_version_is_quarantined_with_its_cause_and_the_rest_goes_on(
+def test_one_unreadable_version_is_quarantined_and_the_rest_goes_on(
     store: Store,
 ) -> None:
     from controller.exceptions import RegistryRefused, VersionUnreadable
@@ -288,10 +290,52 @@ def test_one_unreadable_version_is_quarantined_with_its_cause_and_the_rest_goes_
     assert record is not None
     states = {k: (v.state.value, v.reasons[:1]) for k, v in record.versions.items()}
     assert states["1"] == ("live", []) and states["5"] == ("live", [])
-    assert states["2"][0] == "quarantined" and "YAMLError: bad indent" in states["2"][1][0]
-    assert states["3"][0] == "quarantined" and "PERMISSION_DENIED" in states["3"][1][0]
-    assert states["4"][0] == "quarantined" and "KeyError" in states["4"][1][0]
+    assert states["2"] == ("quarantined", [f"{UNREADABLE_VERSION}{UNREADABLE}"])
+    assert states["3"] == ("quarantined", [f"{UNREADABLE_VERSION}{REFUSED} (PERMISSION_DENIED)"])
+    assert states["4"] == ("quarantined", [f"{UNREADABLE_VERSION}{UNEXPECTED}"])
     assert outcome.retry_reason is None  # permanent: no backoff retries
+
+
+def test_the_public_reasons_say_nothing_of_the_network_and_the_log_keeps_the_cause(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    from controller.artifact_sources import SourceNotAllowed
+    from controller.exceptions import RegistryRefused, RegistryUnavailable
+    from controller.table_builder import build_table
+
+    # What a failed fetch says (a port scan's answer, a bucket, a temporary path) and where.
+    causes = {
+        "2": RegistryUnavailable("ConnectionError: HTTPConnectionPool(host='10.0.0.5', "
+                                 "port=22): Max retries exceeded (Connection refused)"),
+        "3": RegistryRefused("PERMISSION_DENIED: bob may not read s3://secret-bucket/x"),
+        "4": KeyError("flavors in /tmp/tmpab12cd/MLmodel"),
+        "5": SourceNotAllowed("s3://secret-bucket/model", "under none of the allowed prefixes"),
+    }
+    leaks = ("10.0.0.5", "secret-bucket", "/tmp/tmpab12cd")
+
+    class Failing(FakeRegistry):
+        def artifact(self, name: str, version: str) -> ArtifactFacts:
+            if version in causes:
+                raise causes[version]
+            return super().artifact(name, version)
+
+    registry = Failing(versions_={v: (f"models:/m-{v}", sig("prompt")) for v in "12345"})
+    with caplog.at_level("WARNING", logger="controller.reconciler"):
+        outcome = reconciler(store, registry).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None
+    reasons = {k: (v.state.value, v.reasons) for k, v in record.versions.items()}
+    assert reasons["2"] == ("pending", [f"its artifact could not be read yet ({UNAVAILABLE}); "
+                                        "retrying"])
+    assert reasons["3"] == ("quarantined", [f"{UNREADABLE_VERSION}{REFUSED} (PERMISSION_DENIED)"])
+    assert reasons["4"] == ("quarantined", [f"{UNREADABLE_VERSION}{UNEXPECTED}"])
+    assert reasons["5"] == ("quarantined", [f"{UNREADABLE_VERSION}{NOT_ALLOWED}"])
+    # The routing table (every serving client reads its reasons in a 409) says none of it.
+    public = build_table([record], 1, "e").model_dump_json()
+    assert not [s for s in leaks if s in public]
+    # The controller's log and the worker's retry line keep every cause.
+    assert all(s in caplog.text for s in leaks)
+    assert outcome.retry_reason is not None and "10.0.0.5" in outcome.retry_reason
 
 
 def test_an_alias_on_a_version_released_by_hand_is_refused_and_one_not_decided_waits(
