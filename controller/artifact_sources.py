@@ -76,7 +76,8 @@ def _location(uri: str) -> _Location:
 
 
 def parse_sources(value: object) -> tuple[str, ...] | None:
-    """``SIGSERVE_ARTIFACT_SOURCES`` read: prefixes separated by commas or whitespace.
+    """``SIGSERVE_ARTIFACT_SOURCES`` read: prefixes separated by commas or whitespace (None
+    when unset or empty: the default).
 
     For ``ControllerSettings`` (a ``BeforeValidator``): a prefix no location could match, or
     one that is not absolute, is refused at start (ValueError), not found out per version.
@@ -87,6 +88,8 @@ def parse_sources(value: object) -> tuple[str, ...] | None:
         value if isinstance(value, list | tuple) else [value]
     )
     prefixes = tuple(str(item).strip() for item in items if str(item).strip())
+    if not prefixes:
+        return None  # set but empty: the default, not "allow nothing" by a typo
     for prefix in prefixes:
         try:
             _location(prefix)

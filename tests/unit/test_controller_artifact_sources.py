@@ -85,7 +85,7 @@ def test_the_default_is_the_tracking_servers_own_store() -> None:
         ("mlflow-artifacts:, s3://models/prod", ("mlflow-artifacts:", "s3://models/prod")),
         ("s3://a/x gs://b/y", ("s3://a/x", "gs://b/y")),
         (["s3://a/x"], ("s3://a/x",)),
-        ("", ()),
+        (" , ", None),
         (None, None),
     ],
 )
