@@ -15,7 +15,7 @@ def main() -> None:
     # JSON lines to a file or pipe (the local stack's log file, a container's stdout), text on
     # a terminal; SIGSERVE_LOG_FORMAT=json|text decides otherwise (wire.logs).
     logs.configure("controller")
-    settings = ControllerSettings()  # type: ignore[call-arg]
+    settings = ControllerSettings.from_environment()
     logging.getLogger("uvicorn").setLevel(logging.WARNING)
     uvicorn.run(
         create_app(settings),

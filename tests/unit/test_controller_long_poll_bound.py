@@ -33,9 +33,9 @@ MAX_JUMP = 1_000_000  # how far one catch-up may move the revision (docs/securit
 CEILING = 2**62  # no catch-up goes past it: 2**62 publishes still fit in the BIGINT column
 COLUMN_MAX = 2**63 - 1  # the largest revision the table_revision column holds
 OLD_COLUMN_MAX = 2**31 - 1  # what one unauthenticated poll pushed an INTEGER column to
-TOKEN = "admin-token"
+TOKEN = "admin-token-of-the-tests"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}
-SERVING_TOKEN = "serving-token"
+SERVING_TOKEN = "serving-token-of-the-tests"
 SERVING = {"Authorization": f"Bearer {SERVING_TOKEN}"}
 SIG = {"inputs": json.dumps([{"type": "string", "name": "p", "required": True}]),
        "outputs": None, "params": None}
@@ -55,7 +55,7 @@ def controller(
         database_url=database_url,
         admin_token=SecretStr(TOKEN),
         serving_token=SecretStr(SERVING_TOKEN),
-        webhook_secret=SecretStr("hook-secret"),
+        webhook_secret=SecretStr("hook-secret-of-the-tests"),
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         resync_interval_s=3600,
     )

@@ -77,11 +77,6 @@ def test_a_missing_admin_token_is_named_too(environment: pytest.MonkeyPatch) -> 
         ControllerSettings.from_environment()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs controller/__main__.py to build its settings with "
-    "ControllerSettings.from_environment() (an edit for the merge: s1's report)",
-)
 def test_python_m_controller_with_an_empty_token_exits_with_one_line(
     environment: pytest.MonkeyPatch,
 ) -> None:
