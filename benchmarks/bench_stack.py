@@ -66,6 +66,7 @@ def running_stack(
         port=ctl_port,
         tracking_uri=tracking_uri,
         admin_token=secrets.admin_token,
+        serving_token=secrets.serving_token,
         webhook_secret=secrets.webhook_secret,
         resync_interval_s=resync_interval_s,
         register_webhook=register_webhook,
@@ -89,6 +90,7 @@ def running_stack(
                 port=serve_port,
                 tracking_uri=tracking_uri,
                 controller_url=controller_url,
+                serving_token=secrets.serving_token,
                 num_cpus=2,
                 **serving_options,
             )

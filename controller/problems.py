@@ -4,7 +4,8 @@ The dialect is ``wire.problems`` (the serving app's too). Slugs, after
 ``urn:sigserve:problem:``: ``invalid-request`` (422, with ``errors``), ``not-found`` (404),
 ``payload-too-large`` (413), ``pin-refused`` and ``stale-report`` (409; a pin's ``reasons``),
 ``unauthorized`` and ``webhook-rejected`` (401), ``registry-refused`` (502),
-``registry-unavailable`` and ``database-unavailable`` (503, ``Retry-After``), ``internal-error``
+``registry-unavailable``, ``database-unavailable`` and ``too-many-polls`` (503, ``Retry-After``),
+``internal-error``
 (500, never a stack trace). Starlette's own (an unknown route, a wrong method) stay
 ``about:blank``.
 """

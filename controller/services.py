@@ -25,9 +25,6 @@ log = logging.getLogger(__name__)
 # Models whose last webhook time is remembered (oldest forgotten first): signed deliveries
 # could otherwise name any number of models.
 LAST_WEBHOOK_MEMORY = 10_000
-# Routing-table polls held open at once, unless ``long_poll_max_concurrent`` says: well above
-# two per replica (a poll and its reconnect) for any cluster one controller serves.
-LONG_POLL_MAX_CONCURRENT = 256
 
 
 @dataclass
@@ -60,9 +57,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.registry_probe = RegistryProbe(lambda: self.registry.ping())
-        self.long_poll_slots_max = int(
-            getattr(self.settings, "long_poll_max_concurrent", LONG_POLL_MAX_CONCURRENT)
-        )
+        self.long_poll_slots_max = self.settings.long_poll_max_concurrent
         self.long_poll_slots = asyncio.Semaphore(self.long_poll_slots_max)
 
     async def publish_change(self, name: str, why: str) -> bool:

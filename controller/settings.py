@@ -66,10 +66,13 @@ class ControllerSettings(BaseSettings):
     # the admin token, which can pin and release. Unset, reports are refused (401).
     serving_token: Secret | None = None
     # Whether ``GET /routing-table`` answers only callers with the serving token (401 for the
-    # rest): the table names every artifact's ``source``. Off until every replica sends the
-    # token on its polls (docs/security.md, "The routing-table long-poll"). Either way, only a
-    # caller with it can make the controller catch up to a revision it claims to have seen.
-    routing_table_needs_token: bool = False
+    # rest): the table names every artifact's ``source``, and only then can anonymous callers
+    # not fill the long-poll cap (docs/security.md, "The routing-table long-poll"). Either way,
+    # only a caller with it can make the controller catch up to a revision it claims to have seen.
+    routing_table_needs_token: bool = True
+    # Routing-table polls held open at once; past it a poll is 503 + Retry-After at once, so
+    # slow pollers cannot take every connection from /healthz and the admin API.
+    long_poll_max_concurrent: int = Field(default=256, ge=1)
     # Shared with MLflow's webhook so deliveries can be verified. Without it, webhooks are refused.
     webhook_secret: Secret | None = None
     # Where MLflow should deliver; when set, the controller registers its own webhook at start.

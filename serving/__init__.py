@@ -18,8 +18,11 @@ that cannot be loaded the other) and ``wire.routing_table``.
 Modules, one concept each: ``settings`` (SIGSERVE_* env), ``exceptions`` (the error
 hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydantic models),
 ``frames`` (records <-> DataFrames and predictions), ``resolve`` (version selection),
-``table_source`` and ``gcs_store`` (the table and its copy in Ray), ``openapi`` (per-model
-docs), ``api`` (the FastAPI app; no Ray), ``batching`` (per-version batches; no Ray),
+``table_source``, ``signed_table`` and ``gcs_store`` (the table, its signature checked, and its
+copy in Ray), ``default_switch`` (what a replica answers while a new default warms),
+``scoring_protocol`` and ``bodies`` (MLflow's ``/invocations`` protocol; bodies within
+limits), ``openapi`` (per-model docs), ``api`` (the FastAPI app; no Ray), ``batching``
+(per-version batches; no Ray),
 ``batch_inputs`` (which requests may share a predict call, and their input; no Ray),
 ``deadlines`` (a predict call's deadline and the versions a hung one wedges; no Ray),
 ``model_host`` (batches, warm-up, the API's backend; no Ray), ``loader`` (MLflow loading; no

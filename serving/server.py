@@ -19,6 +19,7 @@ would freeze it at import time, so the wrapper is made per replica in ``__init__
 
 from __future__ import annotations
 
+import os
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +42,7 @@ from serving.resolve import Target
 from serving.settings import ServingSettings
 from serving.table_source import TableSource
 from wire import logs
+from wire.private_dirs import private_dir
 
 UNPROTECTED = (
     "SIGSERVE_SERVING_TOKEN is not set: a serving replica takes only routing tables signed with "
@@ -142,6 +144,7 @@ class Server:
             max_body_bytes=settings.max_body_mb * 1024 * 1024,
             max_records=settings.max_records,
             recorder=self._metrics,
+            default_model=settings.default_model,
         )
 
     async def check_health(self) -> None:
@@ -187,7 +190,9 @@ def replica_log_path(app_name: str, replica: str) -> Path:
 
         directory = Path(get_serve_logs_dir())
     except Exception:  # not in a Ray session, or Ray moved it: a file is still better than none
-        directory = Path(tempfile.gettempdir()) / "sigserve-logs"
+        # Per user and checked (wire.private_dirs): a shared, predictable name could be
+        # another user's directory, or a symlink to somewhere the replica should not write.
+        directory = private_dir(Path(tempfile.gettempdir()) / f"sigserve-logs-{os.getuid()}")
     return directory / f"sigserve_{app_name}_{replica}.log"
 
 

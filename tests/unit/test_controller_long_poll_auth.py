@@ -93,11 +93,6 @@ def test_turned_off_the_table_is_open_to_a_caller_without_the_token(controller: 
         assert r.status_code == 200 and r.json()["revision"] == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the default of routing_table_needs_token flips to True in controller/settings.py at "
-    "merge (issue 16); take this marker out with it",
-)
 def test_by_default_a_poll_without_the_serving_token_is_refused(
     controller: Start, monkeypatch: pytest.MonkeyPatch
 ) -> None:

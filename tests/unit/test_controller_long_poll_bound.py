@@ -55,6 +55,7 @@ def controller(
         database_url=database_url,
         admin_token=SecretStr(TOKEN),
         serving_token=SecretStr(SERVING_TOKEN),
+        routing_table_needs_token=False,  # an anonymous claim is what some tests send
         webhook_secret=SecretStr("hook-secret-of-the-tests"),
         mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
         resync_interval_s=3600,
