@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from controller.read_reasons import NOT_ALLOWED, ReadFailure
@@ -29,6 +30,14 @@ log = logging.getLogger(__name__)
 # Schemes whose URI names no location of its own (a run, a registered model): the controller
 # resolves ``runs:/`` before the check; anything still in one of these is refused.
 _POINTERS = frozenset({"runs", "models"})
+
+
+@runtime_checkable
+class LocationPolicy(Protocol):
+    """A registry that tells whether a location is allowed now (``Registry`` is one): the
+    reconciler reads again a version read from a location the allowlist no longer has."""
+
+    def allows(self, location: str) -> bool: ...
 
 
 class SourceNotAllowed(ReadFailure):

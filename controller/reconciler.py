@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 
+from controller.artifact_sources import LocationPolicy
 from controller.artifacts import ArtifactFacts
 from controller.compatibility import Policy
 from controller.decisions import NOT_READ, decide_all, is_read
@@ -102,12 +103,21 @@ def merge_observed(
         elif ov.version in facts:
             known = _with_facts(known, facts[ov.version])
         elif broken and ov.version in broken:
+            # What an earlier read found no longer stands (a version read again because its
+            # location is no longer allowed): nothing of it is published or decided on.
             known = replace(
                 known,
                 state=VersionState.QUARANTINED,
                 reasons=[
                     f"its artifact cannot be read, so it cannot be checked: {broken[ov.version]}"
                 ],
+                signature=None,
+                signature_read=False,
+                artifact_uri=None,
+                mlmodel_digest=None,
+                environment=None,
+                warnings=[],
+                decided_against=None,
             )
         elif not is_read(known):
             why = failures.get(ov.version, NOT_READ)
@@ -147,6 +157,17 @@ class Reconciler:
         self._default_policy = default_policy
         self._default_environment_policy = default_environment_policy
         self._clock = clock
+
+    def _allowed(self, record: ModelRecord | None, ov: ObservedVersion) -> bool:
+        """Whether a version read before was read from a location still allowed: one the
+        allowlist no longer has (narrowed, or read before there was one) is read again, and
+        the read says whether it is quarantined (docs/security.md, "Artifact sources and
+        sizes")."""
+        known = record.versions.get(ov.version) if record else None
+        uri = known.artifact_uri if known else None
+        return uri is None or not isinstance(self._registry, LocationPolicy) or (
+            self._registry.allows(uri)
+        )
 
     def _new_model(self, name: str, created_at: int | None) -> ModelRecord:
         return ModelRecord(
@@ -198,7 +219,8 @@ class Reconciler:
                 name,
             )
             before = _forget_versions(before, created_at)
-        to_read = [ov.version for ov in observed if ov.ready and not _known_and_read(before, ov)]
+        to_read = [ov.version for ov in observed
+                   if ov.ready and not (_known_and_read(before, ov) and self._allowed(before, ov))]
         facts: dict[str, ArtifactFacts] = {}
         failures: dict[str, str] = {}
         broken: dict[str, str] = {}

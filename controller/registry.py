@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import yaml
 
 from controller.artifact_files import MAX_FILE_BYTES, Listing, list_files, read_file
-from controller.artifact_sources import ArtifactSources, default_root
+from controller.artifact_sources import ArtifactSources, SourceNotAllowed, default_root
 from controller.artifacts import ArtifactFacts
 from controller.environment import ArtifactEnvironment, is_pickled
 from controller.exceptions import (
@@ -296,6 +296,14 @@ class Registry:
             location = RunsArtifactRepository.get_underlying_uri(location, self.tracking_uri)
         self._allowed().check(location)
         return location
+
+    def allows(self, location: str) -> bool:
+        """Whether ``location`` is an allowed artifact source now (``LocationPolicy``)."""
+        try:
+            self._call(self._allowed).check(location)
+        except SourceNotAllowed:
+            return False
+        return True
 
     def _allowed(self) -> ArtifactSources:
         if self._sources is None:

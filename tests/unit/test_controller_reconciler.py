@@ -410,3 +410,54 @@ def test_a_recreated_model_does_not_keep_the_old_pin_on_a_breaking_version(store
     reconciler(store, registry).reconcile("m")
     buried = [e for e in store.events("m", limit=10) if e.kind == "model"]
     assert buried and buried[0].after == {"deleted": True} and "model" in kinds
+
+
+def test_a_version_read_from_a_location_no_longer_allowed_is_read_again_and_quarantined(
+    store: Store,
+) -> None:
+    from controller.artifact_sources import ArtifactSources
+    from controller.table_builder import build_table
+
+    class Allowlisted(FakeRegistry):
+        """The real allowlist in front of the fake's artifacts (``Registry`` does the same)."""
+
+        sources = ArtifactSources(["s3://old-bucket", "s3://models"])
+
+        def allows(self, location: str) -> bool:
+            try:
+                self.sources.check(location)
+            except SourceNotAllowed:
+                return False
+            return True
+
+        def artifact(self, name: str, version: str) -> ArtifactFacts:
+            facts = super().artifact(name, version)
+            self.sources.check(facts.source)
+            return facts
+
+    from controller.artifact_sources import SourceNotAllowed
+
+    registry = Allowlisted(versions_={"1": ("s3://old-bucket/m-1", sig("prompt")),
+                                      "2": ("s3://models/m-2", sig("prompt"))})
+    reconciler(store, registry).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None and record.versions["2"].state is VersionState.LIVE
+    assert record.versions["1"].state is VersionState.LIVE
+    registry.reads.clear()
+    # The operator narrows the allowlist (or upgrades from a controller that had none).
+    registry.sources = ArtifactSources(["s3://models"])
+    reconciler(store, registry).reconcile("m")
+    assert registry.reads == ["1"]  # v2's location is still allowed: not read again
+    record = store.load_model("m")
+    assert record is not None
+    v1 = record.versions["1"]
+    assert (v1.state, v1.reasons) == (VersionState.QUARANTINED, [f"{UNREADABLE_VERSION}"
+                                                                  f"{NOT_ALLOWED}"])
+    assert v1.artifact_uri is None and v1.mlmodel_digest is None
+    # Serving is told of no artifact for it; the pinned default stays pinned (moving it is a
+    # person's act), so its clients get the 409 with this reason, not the old artifact.
+    entry = build_table([record], 1, "e").models["m"]
+    assert entry.default_version == "1" and entry.versions["1"].source is None
+    assert entry.versions["1"].state is VersionState.QUARANTINED
+    reconciler(store, registry).reconcile("m")  # a repeat changes nothing
+    assert store.load_model("m") == record

@@ -256,6 +256,9 @@ def test_a_location_outside_the_allowed_sources_is_refused_before_it_is_read(
         store["registry"].artifact("elsewhere", str(version))
     assert public_reason(exc.value) == NOT_ALLOWED
     assert exc.value.location in str(exc.value)  # the log's detail says which
+    # What the reconciler asks of a version read before (LocationPolicy): the same answer.
+    assert not store["registry"].allows(exc.value.location)
+    assert store["registry"].allows(str(_local_dir(store, "1")))
 
 
 def test_by_default_only_the_servers_own_artifact_root_is_allowed(store: dict[str, Any]) -> None:
