@@ -79,6 +79,7 @@ def build_services(settings: ControllerSettings) -> Services:
     store = ObservedStore(engine, decisions=DecisionLog(metrics))
     registry = Registry(
         settings.mlflow_tracking_uri,
+        artifact_sources=settings.artifact_sources,
         on_error=lambda kind: metrics.registry_errors.labels(kind).inc(),
     )
     # The table gauges follow whatever table the long-poll answers with.

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError
+from pydantic import AfterValidator, BeforeValidator, Field, SecretStr, ValidationError
 from pydantic_core import PydanticCustomError
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from controller.artifact_sources import parse_sources
 from controller.compatibility import Policy
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 
@@ -61,6 +62,12 @@ class ControllerSettings(BaseSettings):
     # Retry-After, and nothing of it is written.
     database_busy_timeout_s: float = Field(default=30.0, gt=0)
     mlflow_tracking_uri: str = "http://127.0.0.1:5000"
+    # Where a version's artifacts may be read from: URI prefixes, comma- or space-separated
+    # (mlflow-artifacts:,s3://models/prod). Unset: the tracking server's own store. Elsewhere:
+    # quarantined before anything is fetched (docs/security.md, "Artifact sources and sizes").
+    artifact_sources: Annotated[
+        tuple[str, ...] | None, NoDecode, BeforeValidator(parse_sources)
+    ] = None
     admin_token: Secret
     # Serving replicas' own token, for their reports (``POST /serving/load-failures``): not
     # the admin token, which can pin and release. Unset, reports are refused (401).

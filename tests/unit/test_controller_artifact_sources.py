@@ -156,3 +156,20 @@ def test_a_listed_size_past_the_cap_is_refused_before_any_request(tmp_path: Path
         read_file(repo, "requirements.txt", 5 * MAX_FILE_BYTES + 1, MAX_FILE_BYTES, str(tmp_path))
     assert exc.value.public == "its requirements.txt is larger than 1 MiB (5.0 MiB)"
     assert size_text(1536) == "1.5 KiB" and size_text(10) == "10 bytes"
+
+
+def test_the_controller_reads_its_allowlist_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from controller.settings import ControllerSettings
+
+    monkeypatch.setenv("SIGSERVE_ADMIN_TOKEN", "admin-token-of-the-tests")
+    monkeypatch.setenv("SIGSERVE_ARTIFACT_SOURCES", "mlflow-artifacts:, s3://models/prod")
+    assert ControllerSettings.from_environment().artifact_sources == (
+        "mlflow-artifacts:", "s3://models/prod",
+    )
+    monkeypatch.setenv("SIGSERVE_ARTIFACT_SOURCES", "")
+    assert ControllerSettings.from_environment().artifact_sources is None
+    monkeypatch.setenv("SIGSERVE_ARTIFACT_SOURCES", "relative/path")
+    with pytest.raises(SystemExit, match="SIGSERVE_ARTIFACT_SOURCES"):
+        ControllerSettings.from_environment()
