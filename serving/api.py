@@ -13,9 +13,11 @@ client. Routes:
     GET  /models/{name}/version                        MLflow's version, as MLflow answers it
     POST /invocations, GET /ping|/health|/version      the same, for ``default_model`` if set
     GET  /-/healthz                                    liveness
+    /v2/...                                            the Open Inference Protocol
 
 Bodies for ``/serve`` are described in ``serving.contract``, the scoring protocol's in
-``serving.scoring_protocol``; errors in ``serving.problems``. Every request that runs a model
+``serving.scoring_protocol``, the Open Inference Protocol's (its routes too) in
+``serving.open_inference``; errors in ``serving.problems``. Every request that runs a model
 goes through ``_answer``: one resolve, one re-check after the load, one metric.
 """
 
@@ -32,7 +34,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from mlflow.models import ModelSignature
 
-from serving import scoring_protocol
+from serving import open_inference, scoring_protocol
 from serving.bodies import check_count, read_body, read_json
 from serving.contract import contract_for
 from serving.exceptions import ProblemError
@@ -168,25 +170,28 @@ def create_app(
 
     async def _serve(name: str, version: str | None, request: Request) -> Response:
         async def respond(target: Target, table: RoutingTable | None) -> Response:
-            # The model's contract (docs/architecture.md, "The contract") shapes what clients
-            # send; the chosen version's own signature shapes what its model reads and writes.
-            contract = contract_for(name, target.model.contract or target.version.signature)
-            version_signature = (
-                contract_for(name, target.version.signature).signature or contract.signature
-            )
-            body = await read_json(request, max_body_bytes)
-            check_count(body, max_records)
-            parsed = contract.parse(body)
-            served = await backend.serve(
-                target,
-                parsed.records,
-                parsed.params,
-                version_signature,
-                after_load=still_served(target, table),
-            )
-            return JSONResponse(served)
+            return JSONResponse(await _run(target, table, await read_json(request, max_body_bytes)))
 
         return await _answer(name, version, request, respond)
+
+    async def _run(target: Target, table: RoutingTable | None, body: Any) -> list[Any]:
+        """Output records for a body in /serve's shapes: validated and batched as /serve's."""
+        name = target.model.name
+        # The model's contract (docs/architecture.md, "The contract") shapes what clients
+        # send; the chosen version's own signature shapes what its model reads and writes.
+        contract = contract_for(name, target.model.contract or target.version.signature)
+        version_signature = (
+            contract_for(name, target.version.signature).signature or contract.signature
+        )
+        check_count(body, max_records)
+        parsed = contract.parse(body)
+        return await backend.serve(
+            target,
+            parsed.records,
+            parsed.params,
+            version_signature,
+            after_load=still_served(target, table),
+        )
 
     async def _invoke(name: str, version: str | None, request: Request) -> Response:
         async def respond(target: Target, table: RoutingTable | None) -> Response:
@@ -262,6 +267,7 @@ def create_app(
         model, named = _labels(source.table, name, version)
         metrics.request(model, named, status, time.perf_counter() - started)
 
+    open_inference.install(app, source, answer=_answer, run=_run, max_body_bytes=max_body_bytes)
     return app
 
 
