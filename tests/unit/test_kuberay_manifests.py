@@ -1,7 +1,9 @@
 """deploy/kuberay/ checked without a Kubernetes (there is none here): every object against its
 schema, strictly (an unknown field is an error, as with ``kubectl apply --validate=strict``),
-the Serve config inside the RayService against Ray Serve's own schema and ``build_app``, and the
-names that tie the parts together. Broken copies prove each check refuses what it should.
+the Serve config inside the RayService against Ray Serve's own schema and ``build_app``, the
+names that tie the parts together, and who may reach Ray: its token authentication on every
+node, and NetworkPolicies that admit Ray's ports only from Ray's pods (evaluated here for the
+pods of the manifests). Broken copies prove each check refuses what it should.
 
 Schemas: Kubernetes' own (Deployment, Service, and the pod templates inside the RayService)
 from the ``kubernetes-validate`` package; the RayService's from KubeRay's types, trimmed and
@@ -32,7 +34,7 @@ SECRET_KEYS = {"database-url", "admin-token", "webhook-secret", "serving-token"}
 
 def _objects() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
-    for name in ("controller.yaml", "rayservice.yaml"):
+    for name in ("controller.yaml", "rayservice.yaml", "networkpolicy.yaml"):
         docs += [d for d in yaml.safe_load_all((KUBERAY / name).read_text()) if d]
     return docs
 
@@ -79,7 +81,13 @@ def check_serve_config(rayservice: dict[str, Any]) -> None:
 
 def test_every_object_is_valid() -> None:
     docs = _objects()
-    assert sorted(d["kind"] for d in docs) == ["Deployment", "RayService", "Service"]
+    assert sorted(d["kind"] for d in docs) == [
+        "Deployment", "NetworkPolicy", "NetworkPolicy", "RayService", "Service",
+    ]
+    kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
+    assert sorted(kustomization["resources"]) == sorted(
+        p.name for p in KUBERAY.glob("*.yaml") if p.name != "kustomization.yaml"
+    )
     for doc in docs:
         validate(doc)
     check_serve_config(_kind(docs, "RayService"))
@@ -180,10 +188,13 @@ _HEAD = "spec.rayClusterConfig.headGroupSpec"
         ("Deployment", _set("spec.template.spec.containers.0.ports.0.containerPort", "8080")),
         ("Deployment", _set("spec.selector", _DELETE)),
         ("Service", _set("spec.ports.0.port", "http")),
+        ("RayService", _set("spec.rayClusterConfig.authOptions.mode", "tokens")),
+        ("NetworkPolicy", _set("spec.ingress.0.form", [])),
+        ("NetworkPolicy", _set("spec.ingress.2.ports.0.port", [8000])),
     ],
 )
 def test_a_broken_copy_is_refused(kind: str, edit: Callable[[dict[str, Any]], None]) -> None:
-    original = _kind(_objects(), kind)
+    original = _kind(_objects(), kind) if kind != "NetworkPolicy" else _policies()["ray-head"]
     validate(original)
     broken = copy.deepcopy(original)
     edit(broken)
@@ -209,3 +220,140 @@ def test_a_broken_serve_config_is_refused(edit: Callable[[dict[str, Any]], None]
     validate(broken)  # still a string: only Serve's own schema sees inside it
     with pytest.raises(ValidationError):
         check_serve_config(broken)
+
+
+# --- Who may reach Ray -------------------------------------------------------------------------
+
+# Ray's ports on the head (the GCS, the dashboard, the Ray Client server) and the serving port.
+RAY_HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
+SERVE_PORT = 8000
+OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
+ANY_POD = {"app": "something-else"}
+
+
+def _policies() -> dict[str, dict[str, Any]]:
+    """Component (ray-head, ray-worker) -> the NetworkPolicy selecting its pods."""
+    found = {}
+    for doc in _objects():
+        if doc["kind"] == "NetworkPolicy":
+            found[doc["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"]] = doc
+    return found
+
+
+def _pod_labels() -> dict[str, dict[str, str]]:
+    docs = _objects()
+    cluster = _kind(docs, "RayService")["spec"]["rayClusterConfig"]
+    labels: dict[str, dict[str, str]] = {
+        "controller": _kind(docs, "Deployment")["spec"]["template"]["metadata"]["labels"],
+        "ray-head": cluster["headGroupSpec"]["template"]["metadata"]["labels"],
+    }
+    for group in cluster["workerGroupSpecs"]:
+        labels["ray-worker"] = group["template"]["metadata"]["labels"]
+    return labels
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """A Kubernetes label selector (matchLabels, matchExpressions In/NotIn/Exists)."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for e in selector.get("matchExpressions", []):
+        value, present = labels.get(e["key"]), e["key"] in labels
+        ok = {
+            "In": present and value in e.get("values", []),
+            "NotIn": not present or value not in e.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[e["operator"]]
+        if not ok:
+            return False
+    return True
+
+
+def admits(policy: dict[str, Any], source: dict[str, str], port: int) -> bool:
+    """Whether ``policy`` admits TCP to ``port`` from a pod labelled ``source`` (in any
+    namespace: a peer with a podSelector alone means the policy's namespace, which a pod of
+    the manifests is in; a namespaceSelector of {} means every namespace)."""
+    for rule in policy["spec"].get("ingress", []):
+        ports = rule.get("ports")
+        if ports is not None and not any(
+            p.get("protocol", "TCP") == "TCP" and p["port"] == port for p in ports
+        ):
+            continue
+        peers = rule.get("from")
+        if peers is None or any(
+            "ipBlock" not in peer and _selects(peer.get("podSelector", {}), source)
+            for peer in peers
+        ):
+            return True
+    return False
+
+
+def test_ray_runs_with_its_token_on_every_node() -> None:
+    cluster = _kind(_objects(), "RayService")["spec"]["rayClusterConfig"]
+    # KubeRay then sets RAY_AUTH_MODE=token and RAY_AUTH_TOKEN on every Ray container (head,
+    # every worker group) and uses the token for the dashboard it submits the Serve config to.
+    assert cluster["authOptions"] == {"mode": "token"}
+    major, minor, _ = (int(x) for x in cluster["rayVersion"].split("."))
+    assert (major, minor) >= (2, 52)  # Ray's token authentication
+    # Nobody turns it off for one group by hand.
+    pods = [cluster["headGroupSpec"]["template"],
+            *(g["template"] for g in cluster["workerGroupSpecs"])]
+    for pod in pods:
+        for container in pod["spec"]["containers"]:
+            names = {e["name"] for e in container.get("env", [])}
+            assert not names & {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"}
+    readme = (KUBERAY / "README.md").read_text()
+    assert "RAY_AUTH_MODE=token" in readme and "RAY_AUTH_TOKEN" in readme
+
+
+def test_rays_ports_admit_only_rays_pods() -> None:
+    policies, labels = _policies(), _pod_labels()
+    assert set(policies) == {"ray-head", "ray-worker"}
+    for component, policy in policies.items():
+        assert _selects(policy["spec"]["podSelector"], labels[component])
+        assert not _selects(policy["spec"]["podSelector"], labels["controller"])
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+    head = policies["ray-head"]
+    # Every port the head pod declares is checked, and nothing else is declared.
+    [container] = _kind(_objects(), "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"][
+        "template"]["spec"]["containers"]
+    declared = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert declared == {**RAY_HEAD_PORTS, "serve": SERVE_PORT}
+    for port in RAY_HEAD_PORTS.values():
+        assert admits(head, labels["ray-worker"], port)
+        assert admits(head, labels["ray-head"], port)
+        # The controller holds the admin token but is no Ray pod; anything else neither.
+        assert not admits(head, labels["controller"], port), port
+        assert not admits(head, ANY_POD, port), port
+    # The operator: the dashboard, where it submits the Serve config, and nothing else of Ray's.
+    assert admits(head, OPERATOR, RAY_HEAD_PORTS["dashboard"])
+    assert not admits(head, OPERATOR, RAY_HEAD_PORTS["gcs-server"])
+    assert not admits(head, OPERATOR, RAY_HEAD_PORTS["client"])
+    # Clients reach serving on every Ray pod (the serve Service selects them all).
+    for policy in policies.values():
+        assert admits(policy, ANY_POD, SERVE_PORT)
+    worker = policies["ray-worker"]
+    for port in (6379, 10001, 8265, 52365, 12345):  # a raylet's or worker's port, say
+        assert admits(worker, labels["ray-head"], port)
+        assert not admits(worker, labels["controller"], port)
+        assert not admits(worker, OPERATOR, port)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # A rule that opens Ray's ports to every pod (the mistake the policy exists against).
+        lambda p: p["spec"]["ingress"].append({"from": [{"podSelector": {}}]}),
+        # The serving port's rule without its port: everything to everyone.
+        lambda p: p["spec"]["ingress"][2].pop("ports"),
+        # The Ray pods' rule selecting by name alone: the controller is `sigserve` too.
+        lambda p: p["spec"]["ingress"][0]["from"][0]["podSelector"].update(
+            matchExpressions=[{"key": "app.kubernetes.io/name", "operator": "In",
+                               "values": ["sigserve"]}]),
+    ],
+)
+def test_an_opened_policy_is_caught(edit: Callable[[dict[str, Any]], None]) -> None:
+    head = copy.deepcopy(_policies()["ray-head"])
+    edit(head)
+    validate(head)  # still a valid NetworkPolicy: only the evaluation sees the hole
+    assert admits(head, _pod_labels()["controller"], RAY_HEAD_PORTS["gcs-server"])
