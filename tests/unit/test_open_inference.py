@@ -355,3 +355,18 @@ def test_the_version_header_chooses_as_for_serve(served: tuple[TestClient, Any, 
         headers={"serve_multiplexed_model_id": "cols/2"},
     )
     assert response.status_code == 409
+
+
+def test_malformed_parameters_are_a_422_not_a_500(served: tuple[TestClient, Any, Any]) -> None:
+    client, backend, _ = served
+    tensor = {"name": "x", "datatype": "FP64", "shape": [1], "data": [1.0], "parameters": [1]}
+    cases = {
+        "inputs[0].parameters": {"inputs": [tensor]},
+        "outputs[0].parameters": column_request(outputs=[{"name": "y", "parameters": "binary"}]),
+        "parameters": column_request(parameters=["scale"]),
+    }
+    for field, body in cases.items():
+        response = client.post("/v2/models/cols/infer", json=body)
+        assert response.status_code == 422, (field, response.text)
+        assert response.json()["errors"][0]["field"] == field
+    assert backend.calls == []
