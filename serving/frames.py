@@ -111,6 +111,20 @@ def to_records(prediction: Any, outputs: Schema | None) -> list[Any]:
     return [jsonable(r) for r in rows]
 
 
+def undeclared_columns(prediction: Any, outputs: Schema | None) -> list[str]:
+    """Columns of a DataFrame ``prediction`` that its named ``outputs`` do not declare.
+
+    Only a DataFrame is read: its columns are output columns by construction, whereas a list of
+    dicts may be the values of one object column (``_wrap``). Why an undeclared column is a
+    failure: docs/architecture.md, "Answers within the declared outputs".
+    """
+    names = _output_names(outputs)
+    if not names or not isinstance(prediction, pd.DataFrame):
+        return []
+    declared = set(names)
+    return [str(c) for c in prediction.columns if str(c) not in declared]
+
+
 def _frame_rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
     # Column by column: ``to_dict(orient="records")`` costs ~10% of a small request's CPU.
     if not frame.columns.is_unique:

@@ -26,12 +26,14 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mlflow.models import ModelSignature
+from mlflow.types.schema import Schema
 
 from serving.batch_inputs import model_input, work_for
 from serving.batching import DEFAULT_TIMEOUT_S, INLINE_MAX_ROWS, Batcher, BatchStats
+from serving.contract import contract_for
 from serving.deadlines import Deadlines
-from serving.exceptions import SigserveError
-from serving.frames import to_records
+from serving.exceptions import ModelFailed, SigserveError
+from serving.frames import to_records, undeclared_columns
 from serving.loader import LoadedModel, call, predict
 from serving.resolve import Target, resolve
 from wire.routing_table import RoutingTable
@@ -98,6 +100,7 @@ class ModelHost:
 
         def run(parts: list[Any], batch_params: dict[str, Any] | None) -> list[Any]:
             prediction = call(loaded, model_input(parts, signature), batch_params)
+            _check_outputs(prediction, outputs)
             return to_records(prediction, outputs)
 
         model = target.model
@@ -124,9 +127,12 @@ class ModelHost:
         """The raw prediction for ``data``, alone, under the same deadline as ``serve`` (and
         with the same ``after_load``)."""
         loaded = await self._load(target, after_load)
-        return await self._deadlines.run(
+        prediction = await self._deadlines.run(
             target.model_id, self._timeout_s(target), call, loaded, data, params
         )
+        signature = contract_for(target.model.name, target.version.signature).signature
+        _check_outputs(prediction, signature.outputs if signature is not None else None)
+        return prediction
 
     def check_health(self) -> None:
         """Raise when more predict calls hang past their deadline than a replica should keep."""
@@ -187,6 +193,19 @@ class ModelHost:
             except Exception as exc:
                 # A failed warm-up is the first request's problem, not the table's.
                 logger.warning("warming %s failed: %s", target.model_id, str(exc)[:_DETAIL_LIMIT])
+
+
+def _check_outputs(prediction: Any, outputs: Schema | None) -> None:
+    """Refuse a prediction with columns its version's outputs do not declare (a 500: MLflow
+    never checks outputs; docs/architecture.md, "Answers within the declared outputs")."""
+    extra = undeclared_columns(prediction, outputs)
+    if extra:
+        declared = ", ".join(repr(n) for n in (outputs.input_names() if outputs else []))
+        listed = ", ".join(repr(c) for c in extra[:5]) + (" ..." if len(extra) > 5 else "")
+        raise ModelFailed(
+            f"the model answered column(s) {listed} that its output schema lacks "
+            f"(it declares {declared})"[:_DETAIL_LIMIT]
+        )
 
 
 def _new_defaults(table: RoutingTable, previous: RoutingTable | None) -> list[Target]:

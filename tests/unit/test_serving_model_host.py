@@ -20,7 +20,7 @@ from mlflow.types.schema import ColSpec, Schema, TensorSpec
 from serving.api import create_app
 from serving.contract import contract_for
 from serving.deadlines import WedgedReplica
-from serving.exceptions import PredictTimeout, VersionWedged
+from serving.exceptions import ModelFailed, PredictTimeout, VersionWedged
 from serving.loader import LoadedModel
 from serving.model_host import ModelHost
 from serving.resolve import Target, resolve
@@ -531,3 +531,42 @@ def test_a_request_whose_load_ends_after_its_version_wedged_is_refused_not_predi
             assert hung.calls == 1
 
     released(run(), hung)
+
+
+# A prediction outside the version's declared outputs is the model's failure, not an answer
+# (issue 17: MLflow never checks outputs; a client must not get a 200 beyond the contract).
+
+DECLARED = ModelSignature(Schema([ColSpec("string", "prompt")]), Schema([ColSpec("string", "out")]))
+
+
+class Chatty:
+    """Answers its declared ``out`` and a ``debug`` column nobody declared."""
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        return pd.DataFrame({"out": list(data["prompt"]), "debug": ["x"] * len(data)})
+
+
+def test_an_answer_with_a_column_the_output_schema_lacks_is_a_model_failure() -> None:
+    host, target = host_for(Chatty(), DECLARED)
+    with pytest.raises(ModelFailed, match=r"'debug'.*output schema"):
+        serve_together(host, target, DECLARED, [{"prompt": "a"}])
+
+
+def test_invoke_holds_a_prediction_to_the_output_schema_too() -> None:
+    """``/invocations`` hands the raw prediction on: the version's signature, as the routing
+    table carries it, is what it is held to."""
+    host, _ = host_for(Chatty(), DECLARED)
+    entry = VersionEntry(version="1", state=LIVE, source="models:/m-1", mlmodel_digest="1" * 64,
+                         signature=DECLARED.to_dict())
+    routing = RoutingTable(
+        revision=1, models={"a": ModelEntry(name="a", default_version="1", versions={"1": entry})}
+    )
+    target = resolve(routing, "a", None)
+    with pytest.raises(ModelFailed, match=r"'debug'.*output schema"):
+        asyncio.run(host.invoke(target, pd.DataFrame({"prompt": ["a"]}), None))
+
+
+def test_an_answer_of_exactly_the_declared_columns_is_served() -> None:
+    host, target = host_for(Echo(), ModelSignature(Schema([ColSpec("string", "prompt")]),
+                                                   Schema([ColSpec("string", "row")])))
+    assert serve_together(host, target, None, [{"prompt": "a"}]) == [[{"row": "prompt:str:'a'"}]]
