@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from controller.environment import ArtifactEnvironment
+from wire.artifact_manifest import ManifestFile
 
 
 @dataclass(frozen=True)
@@ -24,3 +25,6 @@ class ArtifactFacts:
     # ModelSignature.to_dict(), None when the version has no signature.
     signature: dict[str, Any] | None
     environment: ArtifactEnvironment
+    # Every file of the artifact with its size, and its SHA-256 up to the hash limit
+    # (``wire.artifact_manifest``); None only where a fake registry gives none.
+    manifest: tuple[ManifestFile, ...] | None = None

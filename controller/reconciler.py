@@ -64,6 +64,7 @@ def _with_facts(known: VersionRecord, facts: ArtifactFacts) -> VersionRecord:
         signature_read=True,
         artifact_uri=facts.source,
         mlmodel_digest=facts.mlmodel_digest,
+        manifest=[f.model_dump() for f in facts.manifest] if facts.manifest is not None else None,
         environment=asdict(facts.environment),
         # What was decided about other contents does not hold for these, nor a failure to
         # load them.
@@ -115,6 +116,7 @@ def merge_observed(
                 signature_read=False,
                 artifact_uri=None,
                 mlmodel_digest=None,
+                manifest=None,
                 environment=None,
                 warnings=[],
                 decided_against=None,

@@ -32,6 +32,9 @@ class VersionRecord:
     # (``ArtifactEnvironment`` as a dict). Serving loads only that URI and refuses another digest.
     artifact_uri: str | None = None
     mlmodel_digest: str | None = None
+    # Every file of the checked artifact: ``wire.artifact_manifest.ManifestFile`` dicts, in
+    # path order. None for a version read before manifests (serving then checks MLmodel only).
+    manifest: list[dict[str, Any]] | None = None
     environment: dict[str, Any] | None = None
     warnings: list[str] = field(default_factory=list)
     # A decision made by hand, kept through every re-check until removed:

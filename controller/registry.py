@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 import yaml
 
 from controller.artifact_files import MAX_FILE_BYTES, Listing, list_files, read_file
+from controller.artifact_manifest import build_manifest
 from controller.artifact_sources import ArtifactSources, SourceNotAllowed, default_root
 from controller.artifacts import ArtifactFacts
 from controller.environment import ArtifactEnvironment, is_pickled
@@ -30,6 +31,7 @@ from controller.exceptions import (
     RegistryUnavailable,
 )
 from controller.read_reasons import REFUSAL_CODES, ReadFailure
+from wire.artifact_manifest import HASH_LIMIT
 
 T = TypeVar("T")
 # MLflow error codes that the same call will meet again: retrying cannot help.
@@ -120,12 +122,15 @@ class Registry:
         on_error: Callable[[str], None] | None = None,
         artifact_sources: Sequence[str] | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
+        hash_limit: int = HASH_LIMIT,
     ) -> None:
         # Told the kind of every failed call: "temporary", "permanent" or "gone" (a metric).
         self._on_error = on_error
         # None: the tracking server's own store, learned at the first read (ArtifactSources).
         self._sources = ArtifactSources(artifact_sources) if artifact_sources is not None else None
         self._max_file_bytes = max_file_bytes
+        # Files up to this size are hashed into the version's manifest, larger ones sized only.
+        self._hash_limit = hash_limit
         # MLflow's own retries back off for minutes; the worker retries with its own backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
@@ -235,8 +240,10 @@ class Registry:
 
         Only MLmodel, requirements.txt and python_env.yaml are read, each alone and each within
         ``max_file_bytes`` (``controller.artifact_files``): the model directory can hold
-        gigabytes of weights. The location is checked against the allowed artifact sources
-        (``controller.artifact_sources``) before anything of it is read. The two environment
+        gigabytes of weights. Every file is listed, and those up to ``hash_limit`` hashed, into
+        the manifest the version is bound to (``controller.artifact_manifest``). The location
+        is checked against the allowed artifact sources (``controller.artifact_sources``)
+        before anything of it is read. The two environment
         files are optional.
         """
 
@@ -263,16 +270,19 @@ class Registry:
                         f"its MLmodel cannot be read by MLflow ({type(exc).__name__})",
                         f"its MLmodel cannot be read ({type(exc).__name__}: {exc})"[:500],
                     ) from None
-                texts = {
-                    f: read_file(repo, f, listing.files[f], cap, tmp).decode("utf-8", "replace")
+                read = {"MLmodel": raw} | {
+                    f: read_file(repo, f, listing.files[f], cap, tmp)
                     for f in ("requirements.txt", "python_env.yaml")
                     if f in listing.files
                 }
+            texts = {f: data.decode("utf-8", "replace") for f, data in read.items()}
+            manifest = build_manifest(repo, read=read, hash_limit=self._hash_limit)
             mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
             requirements = texts.get("requirements.txt")
             return ArtifactFacts(
                 source=location,
                 mlmodel_digest=hashlib.sha256(raw).hexdigest(),
+                manifest=tuple(manifest),
                 signature=dict(signature.to_dict()) if signature is not None else None,
                 environment=ArtifactEnvironment(
                     requirements=requirements.splitlines() if requirements is not None else None,

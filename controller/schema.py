@@ -70,6 +70,8 @@ class ModelVersionRow(Base):
     # The checked artifact: where serving loads it and the SHA-256 of its MLmodel file.
     artifact_uri: Mapped[str | None] = mapped_column(Text)
     mlmodel_digest: Mapped[str | None] = mapped_column(String(64))
+    # Every file of the checked artifact, its size and (up to a limit) its SHA-256.
+    manifest: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
     # What the artifact needs: requirements, Python version, whether it is pickled.
     environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     warnings: Mapped[list[str]] = mapped_column(JSON, default=list)

@@ -6,6 +6,7 @@ import hashlib
 import json
 
 from controller.records import ModelRecord
+from wire.artifact_manifest import ManifestFile
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry
 
 
@@ -29,6 +30,9 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                         signature=v.signature,
                         source=v.artifact_uri,
                         mlmodel_digest=v.mlmodel_digest,
+                        manifest=[ManifestFile.model_validate(f) for f in v.manifest]
+                        if v.manifest is not None
+                        else None,
                         warnings=list(v.warnings),
                     )
                     for v in m.sorted_versions()

@@ -1,14 +1,18 @@
 """Loading the exact artifact the controller checked, and calling it; no Ray in here.
 
 A decision in the routing table is bound to an artifact: its ``source`` (an artifact URI MLflow
-can download) and the SHA-256 of its ``MLmodel`` file as the controller read it. The loader
-downloads ``source`` into a fresh directory, hashes the ``MLmodel`` it got and loads that same
-directory only if the digest is the decided one; anything else is refused (503) and recorded.
+can download), the SHA-256 of its ``MLmodel`` file as the controller read it, and the manifest
+of all its files (``wire.artifact_manifest``: path, size, SHA-256 up to a limit). The loader
+downloads ``source`` into a fresh directory, hashes the ``MLmodel`` it got, compares the whole
+tree with the manifest (no file more, none missing, sizes and hashes equal) and loads that same
+directory only if all of it is what was decided; anything else is refused (503) and recorded.
+A version decided before manifests has none, and only its ``MLmodel`` is checked.
 Loading by ``models:/{name}/{version}`` would follow whatever the name points at today, and a
 model deleted and registered again reuses its version numbers.
 
 The multiplexed model id names the artifact as well as the version,
-``{name}/{version}@{key}`` with ``key`` a short digest of source and ``MLmodel`` digest, so a
+``{name}/{version}@{key}`` with ``key`` a short digest of source, ``MLmodel`` digest and
+manifest, so a
 replica still holding an older artifact of the same name/version loads the new one under a new
 id and the old one ages out of its LRU.
 
@@ -67,6 +71,7 @@ from mlflow.exceptions import MlflowException
 from serving.exceptions import ModelFailed, ModelRejectedInput, ModelUnavailable
 from serving.failed_loads import FailedLoads
 from serving.load_faults import is_replicas_fault
+from wire.artifact_manifest import ManifestFile, differences, manifest_digest
 
 logger = logging.getLogger(__name__)
 # How many load attempts and refusals a replica remembers.
@@ -85,17 +90,21 @@ FAILED_LOAD_MEMORY_MAX_S = 60.0
 
 @dataclass(frozen=True)
 class Artifact:
-    """What the controller checked: where the artifact is, and its ``MLmodel`` digest."""
+    """What the controller checked: where the artifact is, its ``MLmodel`` digest and the
+    manifest of its files (None for a version decided before manifests)."""
 
     source: str
     mlmodel_digest: str
+    manifest: tuple[ManifestFile, ...] | None = None
 
     @property
     def key(self) -> str:
-        # Both parts: the same MLmodel bytes under another source are still another artifact
-        # (the other files may differ), and the runner must load exactly the decided source.
-        both = f"{self.source}\n{self.mlmodel_digest.lower()}".encode()
-        return hashlib.sha256(both).hexdigest()[:_KEY_CHARS]
+        # Every part: the same MLmodel bytes under another source are still another artifact
+        # (the other files may differ), and the runner must load exactly the decided files.
+        parts = [self.source, self.mlmodel_digest.lower()]
+        if self.manifest is not None:
+            parts.append(manifest_digest(self.manifest))
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:_KEY_CHARS]
 
 
 @dataclass(frozen=True)
@@ -182,10 +191,12 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-class _DigestMismatch(Exception):
-    def __init__(self, found: str) -> None:
-        super().__init__(found)
-        self.found = found
+class _NotChecked(Exception):
+    """The download is not the artifact the controller checked; ``reason`` says how."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 class _LoadFailed(Exception):
@@ -208,7 +219,8 @@ class LoadFailure:
     model: str
     version: str
     mlmodel_digest: str
-    # ``load-failed`` (downloaded, could not load) or ``artifact-mismatch`` (another MLmodel).
+    # ``load-failed`` (downloaded, could not load) or ``artifact-mismatch`` (another MLmodel,
+    # or files other than the manifest's).
     kind: str
     cause: str
 
@@ -284,11 +296,8 @@ class PyfuncLoader:
         self._attempts.append(str(target))
         try:
             return await asyncio.to_thread(_download_and_load, artifact)
-        except _DigestMismatch as mismatch:
-            reason = (
-                f"the MLmodel of {artifact.source} has digest {mismatch.found[:_SHORT_DIGEST]}, "
-                f"not {artifact.mlmodel_digest[:_SHORT_DIGEST]} the controller checked"
-            )
+        except _NotChecked as mismatch:
+            reason = mismatch.reason
             self._refusals.append(
                 Refusal(model_id=str(target), source=artifact.source, reason=reason)
             )
@@ -361,18 +370,34 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
             raise _LoadFailed(
                 _cause(exc, artifact.source, local, directory), permanent=False
             ) from exc
-        found = hashlib.sha256((local / "MLmodel").read_bytes()).hexdigest()
-        if found != artifact.mlmodel_digest.lower():
-            raise _DigestMismatch(found)
+        _check(local, artifact)
         return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory)
     except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
-        if isinstance(exc, Exception) and not isinstance(exc, _DigestMismatch | _LoadFailed):
+        if isinstance(exc, Exception) and not isinstance(exc, _NotChecked | _LoadFailed):
             raise _LoadFailed(
                 _cause(exc, artifact.source, local, directory),
                 permanent=not is_replicas_fault(exc),
             ) from exc
         raise
+
+
+def _check(local: Path, artifact: Artifact) -> None:
+    """Raise ``_NotChecked`` unless the tree at ``local`` is the artifact that was checked."""
+    found = hashlib.sha256((local / "MLmodel").read_bytes()).hexdigest()
+    if found != artifact.mlmodel_digest.lower():
+        raise _NotChecked(
+            f"the MLmodel of {artifact.source} has digest {found[:_SHORT_DIGEST]}, "
+            f"not {artifact.mlmodel_digest[:_SHORT_DIGEST]} the controller checked"
+        )
+    if artifact.manifest is None:
+        return  # decided before manifests: the MLmodel is all that was bound
+    differ = differences(local, artifact.manifest)
+    if differ:
+        raise _NotChecked(
+            f"the files of {artifact.source} are not the ones the controller checked "
+            f"({'; '.join(differ)})"
+        )
 
 
 def _cause(exc: Exception, source: str, *copies: Path) -> str:

@@ -12,13 +12,16 @@ A decision is bound to an artifact, not to a label: each version carries the imm
 location of the artifact that was checked (``source``) and the SHA-256 of its ``MLmodel`` file
 (``mlmodel_digest``). The serving app loads exactly that source and refuses an artifact whose
 ``MLmodel`` has another digest, so a version number reused by a model deleted and registered
-again can never serve what nobody checked.
+again can never serve what nobody checked. A version read since manifests also carries
+``manifest``: every file of the artifact with its size and, up to a limit, its SHA-256
+(``wire.artifact_manifest``); the serving app refuses a download that differs from it in any
+file, so a pickle or ``code/`` replaced after the check is refused as a changed ``MLmodel`` is.
 
 Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
 table of another schema version (and backs off) rather than guess at its meaning. A new optional
 field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``,
-``predict_timeout_s``) does not change the schema version: a replica that does not know it
-ignores it and serves as before.
+``predict_timeout_s``, ``manifest``) does not change the schema version: a replica that does
+not know it ignores it and serves as before.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from wire.artifact_manifest import ManifestFile
 
 SCHEMA_VERSION = 2
 
@@ -48,6 +53,9 @@ class VersionEntry(BaseModel):
     # hex digest of its MLmodel file. Both are set for every live version.
     source: str | None = None
     mlmodel_digest: str | None = None
+    # Every file of that artifact (path, size, SHA-256 up to a limit). None for a version
+    # decided before manifests: serving then checks the MLmodel digest alone.
+    manifest: list[ManifestFile] | None = None
     # Things a person should know that did not block the version (say, a minor version
     # difference of a package it requires).
     warnings: list[str] = Field(default_factory=list)

@@ -315,3 +315,42 @@ def test_a_listing_that_understates_a_size_does_not_get_the_file_read_whole(
     finally:
         path.write_bytes(good)
     assert public_reason(exc.value) == "its MLmodel is larger than 1 MiB (3.0 MiB)"
+
+
+def test_the_facts_carry_every_file_of_the_artifact_with_its_size_and_hash(
+    store: dict[str, Any],
+) -> None:
+    facts = store["registry"].artifact(NAME, "1")
+    directory = _local_dir(store, "1")
+    on_disk = sorted(p.relative_to(directory).as_posix() for p in directory.rglob("*")
+                     if p.is_file())
+    assert facts.manifest is not None
+    assert [f.path for f in facts.manifest] == on_disk
+    assert "python_model.pkl" in on_disk  # the pickle is bound, not only the MLmodel
+    for file in facts.manifest:
+        data = (directory / file.path).read_bytes()
+        assert (file.size, file.sha256) == (len(data), hashlib.sha256(data).hexdigest())
+    mlmodel = next(f for f in facts.manifest if f.path == "MLmodel")
+    assert mlmodel.sha256 == facts.mlmodel_digest
+
+
+def test_files_past_the_hash_limit_are_bound_by_size_without_being_read(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    fetched: list[str] = []
+    real = LocalArtifactRepository.download_artifacts
+
+    def recording(self: Any, artifact_path: str, dst_path: str | None = None) -> Any:
+        fetched.append(artifact_path)
+        return real(self, artifact_path, dst_path)
+
+    monkeypatch.setattr(LocalArtifactRepository, "download_artifacts", recording)
+    registry = Registry(store["uri"], artifact_sources=[str(store["tmp"] / "artifacts")],
+                        hash_limit=100)
+    facts = registry.artifact(NAME, "1")
+    assert facts.manifest is not None
+    pickle = next(f for f in facts.manifest if f.path == "python_model.pkl")
+    assert pickle.size > 100 and pickle.sha256 is None
+    assert "python_model.pkl" not in fetched
