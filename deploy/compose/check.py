@@ -17,6 +17,11 @@ Steps, each timed:
    webhook delivery); the controller container restarted: serving answers meanwhile, and
    afterwards every decision is the one made before (same states, reasons and decision times,
    no new audit events) and a version registered after the restart goes live too.
+   Who reads and reaches what, from inside the containers (``compose_isolation``): each
+   service's secrets are only those granted to it, the serving replicas' processes hold no
+   secret of MLflow's, PostgreSQL's or the admin's, the MLflow container cannot open a TCP
+   connection to Ray's GCS or client port (the controller, on Ray's network, can), and Ray
+   refuses a Ray Client without its token (and takes it with the token).
 5. Figures: build time, time to healthy, where the serving replicas run, memory of each
    container (``docker stats --no-stream``), image sizes.
 6. ``compose down -v``: containers, network and volumes.
@@ -27,7 +32,8 @@ The parts are sibling modules, imported as plain modules (Python puts this scrip
 first on ``sys.path``): ``compose_output`` (progress lines, ``CheckFailed``), ``compose_docker``
 (docker and compose processes), ``compose_stack`` (the compose project: settings, ``up``,
 tear-down), ``compose_images`` (base image, wheelhouse, build), ``compose_scenario`` (the checks
-from the host) and ``compose_figures`` (the figures at the end).
+from the host), ``compose_isolation`` (the checks from inside the containers) and
+``compose_figures`` (the figures at the end).
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ from compose_images import (
     ensure_base_image,
     ensure_wheelhouse,
 )
+from compose_isolation import isolation
 from compose_output import CheckFailed, ok, say, step
 from compose_scenario import (
     controller_restart,
@@ -131,6 +138,8 @@ def main(argv: list[str] | None = None) -> int:
             replica_placement(stack)
         with step("The notebook's scenario, from the host"):
             scenario_notebook(stack)
+        with step("Who reads and reaches what, from inside the containers"):
+            isolation(stack)
         with step("A version registered after start goes live through the webhook"):
             new_version_goes_live(stack, work, "webhook")
         with step("The controller container restarted keeps its decisions"):

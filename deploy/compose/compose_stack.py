@@ -17,7 +17,7 @@ import httpx
 from compose_docker import REPO, project_filter, run
 from compose_output import CheckFailed, ok, say
 
-LONG_RUNNING = ("postgres", "mlflow", "controller", "ray-head", "ray-worker")
+LONG_RUNNING = ("postgres", "mlflow", "mlflow-gateway", "controller", "ray-head", "ray-worker")
 ONE_SHOT = ("init-secrets", "serve", "register")
 SERVICES = (*LONG_RUNNING, *ONE_SHOT)
 PORTS = ("serving", "controller", "mlflow")

@@ -1,7 +1,9 @@
 #!/bin/sh
-# Entrypoint of the sigserve image in the compose demo: the stack's secrets, generated once by
-# the `secrets` service into a volume mounted read-only at /run/sigserve-secrets, become the
-# environment variables the parts read, unless the variable is already set. Then the command.
+# Entrypoint of the sigserve image in the compose demo: the secrets granted to this service
+# (init-secrets.sh copies into each service's own volume, mounted read-only at
+# /run/sigserve-secrets, only the files that service needs) become the environment variables
+# the parts read, unless the variable is already set. Then the command. Ray's token is not
+# exported: Ray reads it by path (RAY_AUTH_TOKEN_PATH), so Ray's processes do not inherit it.
 set -eu
 dir=/run/sigserve-secrets
 from_file() {  # VARIABLE FILE
@@ -14,6 +16,7 @@ from_file SIGSERVE_ADMIN_TOKEN admin_token
 from_file SIGSERVE_SERVING_TOKEN serving_token
 from_file SIGSERVE_WEBHOOK_SECRET webhook_secret
 from_file MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY mlflow_encryption_key
-# libpq (psycopg) reads the password from here, so database URLs carry none.
+# libpq (psycopg) reads the password from here, so database URLs carry none: the password of
+# this service's own PostgreSQL role (MLflow's or the controller's).
 from_file PGPASSWORD postgres_password
 exec "$@"
