@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +90,13 @@ class Model:
 
 
 class Backend(ModelHost):
-    def __init__(self) -> None:
+    def __init__(self, **batching: Any) -> None:
         self.calls: list[Any] = []
 
         async def get_model(target: Target) -> LoadedModel:
             return LoadedModel(Model(target, self.calls), Path("/nonexistent/sigserve-test"))
 
-        super().__init__(get_model)
+        super().__init__(get_model, **batching)
 
 
 class Counted(NoRecorder):
@@ -105,7 +107,7 @@ class Counted(NoRecorder):
         self.requests.append((model, version, status))
 
 
-def start(table: RoutingTable | None) -> tuple[TestClient, Backend, Counted]:
+def start(table: RoutingTable | None, **batching: Any) -> tuple[TestClient, Backend, Counted]:
     async def controller(request: httpx.Request) -> httpx.Response:
         if table is not None and table.revision > int(request.url.params["after"]):
             return httpx.Response(200, content=table.model_dump_json())
@@ -113,7 +115,7 @@ def start(table: RoutingTable | None) -> tuple[TestClient, Backend, Counted]:
         return httpx.Response(204)
 
     source = TableSource("http://controller", transport=httpx.MockTransport(controller))
-    backend, recorder = Backend(), Counted()
+    backend, recorder = Backend(**batching), Counted()
     app = create_app(
         source, backend, startup_wait_s=2 if table else 0, recorder=recorder, max_records=100
     )
@@ -370,3 +372,19 @@ def test_malformed_parameters_are_a_422_not_a_500(served: tuple[TestClient, Any,
         assert response.status_code == 422, (field, response.text)
         assert response.json()["errors"][0]["field"] == field
     assert backend.calls == []
+
+
+def test_infer_and_serve_requests_share_a_predict_call() -> None:
+    """Batched as /serve's own requests are: a V2 request and a /serve request of two records
+    each fill one batch of four (a batch not full waits up to 5 s for more, so apart they would
+    take that long, and be two calls)."""
+    client, backend, _ = start(TABLE, max_batch_size=4, batch_wait_s=5.0)
+    with client, ThreadPoolExecutor(2) as pool:
+        started = time.monotonic()
+        infer = pool.submit(client.post, "/v2/models/cols/infer", json=column_request())
+        serve = pool.submit(client.post, "/models/cols/serve", json=RECORDS)
+        answers = infer.result(), serve.result()
+        assert time.monotonic() - started < 4
+    assert [a.status_code for a in answers] == [200, 200]
+    assert [len(call) for call in backend.calls] == [4]
+    assert by_name(answers[0].json())["out"]["data"] == [r["out"] for r in answers[1].json()]
