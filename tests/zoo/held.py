@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import pandas as pd
 
-from tests.integration.conftest import ControllerHandle, wait_for
+from tests.integration.conftest import ControllerHandle, server_call, wait_for
 from tests.zoo.conftest import Figures
 
 LIVE_TIMEOUT_S = 90.0
@@ -90,6 +90,13 @@ def frame_diff(served: list[dict[str, Any]], expected: pd.DataFrame) -> float:
         else:
             assert mine.tolist() == theirs.tolist(), column
     return worst
+
+
+def predict_calls(name: str, version: str) -> int:
+    """Predict calls the (single) replica's batcher has made for ``name`` version ``version``
+    (``/serve`` only: ``/invocations`` is not batched)."""
+    stats: dict[str, dict[str, Any]] = server_call("batch_stats")
+    return sum(s["calls"] for key, s in stats.items() if key.startswith(f"{name}/{version}@"))
 
 
 def concurrently(url: str, bodies: list[Any]) -> list[httpx.Response]:

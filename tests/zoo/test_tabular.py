@@ -28,6 +28,7 @@ from tests.zoo.held import (
     in_process,
     max_abs_diff,
     post_json,
+    predict_calls,
 )
 
 REQUESTS = 8
@@ -64,8 +65,12 @@ def _bodies(frame: pd.DataFrame, seed: int) -> list[list[dict[str, Any]]]:
     return bodies
 
 
-def _held_concurrently(url: str, model: Any, bodies: list[Any], figures: Figures) -> None:
+def _held_concurrently(url: str, model: Any, bodies: list[Any], figures: Figures,
+                       name: str, version: str) -> None:
+    calls = predict_calls(name, version)
     answers = concurrently(url, bodies)
+    figures(f"predict calls for {REQUESTS} concurrent requests",
+            predict_calls(name, version) - calls, "")
     worst = 0.0
     for body, answer in zip(bodies, answers, strict=True):
         assert answer.status_code == 200, answer.text
@@ -104,7 +109,8 @@ def test_a_sklearn_pipeline_answers_what_it_predicts_in_process(
     read_back = pd.read_csv(__import__("io").StringIO(rows.to_csv(index=False)))
     assert max_abs_diff(csv.json()["predictions"], model.predict(read_back)) <= TOLERANCE
 
-    _held_concurrently(f"{serving_url}/models/{name}/serve", model, _bodies(iris, 3), figures)
+    _held_concurrently(f"{serving_url}/models/{name}/serve", model, _bodies(iris, 3), figures,
+                       name, version)
 
 
 def test_a_lightgbm_model_answers_what_it_predicts_in_process(
@@ -140,7 +146,10 @@ def test_a_lightgbm_model_answers_what_it_predicts_in_process(
     assert max_abs_diff(_values(scored.json()["predictions"]), model.predict(rows)) <= TOLERANCE
 
     bodies = _bodies(train, 9)
+    calls = predict_calls(name, version)
     answers = concurrently(f"{serving_url}/models/{name}/serve", bodies)
+    figures(f"predict calls for {REQUESTS} concurrent requests",
+            predict_calls(name, version) - calls, "")
     worst = 0.0
     for b, answer in zip(bodies, answers, strict=True):
         assert answer.status_code == 200, answer.text

@@ -27,6 +27,7 @@ from tests.zoo.held import (
     in_process,
     max_abs_diff,
     post_json,
+    predict_calls,
 )
 
 REQUESTS = 8
@@ -79,7 +80,10 @@ def test_a_pytorch_module_on_a_tensor_signature_answers_what_it_predicts_in_proc
     draw = random.Random(4)
     bodies = [{"inputs": [[round(draw.uniform(-3, 3), 4) for _ in range(4)]
                           for _ in range(draw.randint(1, 3))]} for _ in range(REQUESTS)]
+    calls = predict_calls(name, version)
     answers = concurrently(f"{serving_url}/models/{name}/serve", bodies)
+    figures(f"predict calls for {REQUESTS} concurrent requests",
+            predict_calls(name, version) - calls, "")
     worst = 0.0
     for body, answer in zip(bodies, answers, strict=True):
         assert answer.status_code == 200, answer.text
