@@ -80,8 +80,8 @@ def _walk(repo: Any, max_files: int) -> list[tuple[str, int | None]]:
 
 def _hash(repo: Any, path: str, limit: int, tmp: str) -> tuple[int, str]:
     """The size and SHA-256 of ``path``, read as a stream; a file that turns out larger than
-    ``limit`` (its size was not listed) is refused: its size cannot be bound without reading
-    all of it."""
+    ``limit`` (its listing gave no size, or a smaller one) is refused: reading all of it to
+    learn its size is what the limit is there to avoid."""
     from mlflow.store.artifact.http_artifact_repo import HttpArtifactRepository
 
     digest = hashlib.sha256()
@@ -94,8 +94,9 @@ def _hash(repo: Any, path: str, limit: int, tmp: str) -> tuple[int, str]:
         length += len(chunk)
         if length > limit:
             raise ReadFailure(
-                f"its artifact's store gives no size for a file larger than {size_text(limit)}",
-                f"{path} has no listed size and is larger than {size_text(limit)}",
+                "a file of its artifact is larger than its listing says "
+                f"(past {size_text(limit)})",
+                f"{path} is larger than {size_text(limit)} and was not listed so",
             )
     return length, digest.hexdigest()
 

@@ -141,3 +141,22 @@ def test_the_manifest_read_goes_into_the_signed_table_entry(tree: Path) -> None:
     document["models"]["m"]["versions"]["1"]["manifest"][0]["size"] += 1
     with pytest.raises(ForgedTable):
         verify(canonical_json(document), signature, key)
+
+
+def test_a_file_listed_without_its_size_is_read_no_further_than_the_threshold(
+    tree: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.entities import FileInfo
+
+    real = LocalArtifactRepository.list_artifacts
+
+    def unsized(self: Any, path: str | None = None) -> list[FileInfo]:
+        return [FileInfo(f.path, f.is_dir, None) for f in real(self, path)]
+
+    monkeypatch.setattr(LocalArtifactRepository, "list_artifacts", unsized)
+    with pytest.raises(ReadFailure) as caught:
+        manifest_of(tree)  # weights.bin is past the threshold, and nothing said so
+    assert caught.value.public == "a file of its artifact is larger than its listing says " \
+                                  "(past 1000 bytes)"
+    (tree / "weights.bin").unlink()
+    assert {f.path: f.size for f in manifest_of(tree)}["python_model.pkl"] == 140
