@@ -158,7 +158,7 @@ def fast_path_env(ray_dir: Path) -> dict[str, str]:
     base = random.randrange(20000, 60000, 200)  # noqa: S311 - a port window, not a secret
     # HAProxy refuses a socket path over 97 bytes and Ray adds a 56-character directory to it.
     # Its config and admin socket go here, so it is this user's alone (wire.private_dirs).
-    haproxy = private_dir(Path(tempfile.gettempdir()) / f"shp-{ray_dir.name[-10:]}")
+    haproxy = private_dir(Path(tempfile.gettempdir()) / f"shp-{ray_dir.parent.name[-10:]}")
     return {
         "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1",
         "RAY_SERVE_ENABLE_HA_PROXY": "1",
@@ -257,7 +257,12 @@ def ray_temp_dir(home: Path) -> Path:
     random.
     """
     digest = hashlib.sha256(str(home.resolve()).encode()).hexdigest()[:10]
-    return private_dir(Path(tempfile.gettempdir()) / f"sigserve-ray-{digest}")
+    # Ray makes its temp dir writable by everyone (0777, so other users' sessions can share
+    # it), so the dir checked is its parent: a 0777 dir inside a 0700 one is still ours alone.
+    # (``sigserve-ray-<digest>``, Ray's own dir before, is left alone: Ray made it 0777.)
+    path = private_dir(Path(tempfile.gettempdir()) / f"sigserve-{digest}") / "ray"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 def stop_serving() -> None:

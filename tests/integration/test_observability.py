@@ -141,8 +141,20 @@ def scenario(serving_url: str, controller_handle: ControllerHandle) -> dict[str,
     # Its decisions, read while the admin API still has them (a deleted model's are not shown).
     decisions = decision_events(ctl, GONE)
     from mlflow import MlflowClient
+    from mlflow.exceptions import RestException
 
-    MlflowClient().delete_registered_model(GONE)
+    def deleted() -> bool:
+        # MLflow's SQLite store can fail a delete with a foreign-key error while the
+        # controller writes the version's verdict tags or alias: asked again, it deletes.
+        try:
+            MlflowClient().delete_registered_model(GONE)
+        except RestException as exc:
+            if "FOREIGN KEY" not in str(exc):
+                raise
+            return False
+        return True
+
+    wait_for(deleted, 30, 0.5)
     wait_for(lambda: GONE not in {m["name"] for m in listing(serving_url)["models"]}, 30)
     # Requests to models no table holds (GONE's included, now): 404, and counted under "".
     unknown_before = unknown.settled()
@@ -183,8 +195,11 @@ def test_the_controllers_metrics_count_the_scenario(
     for state in ("live", "quarantined", "pending"):
         listed = sum(v["state"] == state for m in table["models"] for v in m["versions"])
         assert total(after, "sigserve_model_versions", state=state) == listed, state
-    # Publishes timed; four versions went live, each once, within a minute of registering.
-    assert delta("sigserve_publish_seconds_count") >= 5
+    # Publishes timed: every revision the scenario made was a publish (a publish may carry
+    # several decisions, so there can be fewer than decisions); four versions went live, each
+    # once, within a minute of registering.
+    revisions = delta("sigserve_routing_table_revision")
+    assert delta("sigserve_publish_seconds_count") >= revisions >= 3
     assert delta("sigserve_registration_to_live_seconds_count") == 4
     assert 0 < delta("sigserve_registration_to_live_seconds_sum") < 4 * 60
     # The registry's "gone" for the deleted model; every kind is exported.
