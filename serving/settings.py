@@ -3,15 +3,16 @@
 They are read by whoever builds the application (``serving.app.build_app``) and travel to the
 replicas inside the bound deployment, so a replica never depends on its own environment for
 them. MLflow's own settings (``MLFLOW_TRACKING_URI``...) are not here: MLflow reads them itself,
-and ``build_app`` forwards them to the model replicas.
+and ``build_app`` forwards the ones it names (``serving.app.FORWARDED_ENV``, plus
+``forward_env``) to the model replicas.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServingSettings(BaseSettings):
@@ -23,6 +24,17 @@ class ServingSettings(BaseSettings):
     # nothing is reported and such a version answers 503 with its cause until released.
     serving_token: SecretStr | None = None
     app_name: str = "sigserve"
+    # More variables of the building process for the replicas, by name, comma-separated
+    # (``AWS_PROFILE,MLFLOW_S3_UPLOAD_EXTRA_ARGS``): beyond ``serving.app.FORWARDED_ENV``.
+    forward_env: Annotated[tuple[str, ...], NoDecode] = ()
+
+    @field_validator("forward_env", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(name.strip() for name in value.split(",") if name.strip())
+        return value
+
     max_num_models_per_replica: int = Field(default=2, ge=1)
     # Replicas of the one serving deployment; each holds the table and its own models.
     replicas: int = Field(default=1, ge=1)

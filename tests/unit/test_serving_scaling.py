@@ -51,6 +51,25 @@ def test_mlflow_and_hugging_face_variables_travel_to_the_replicas(
     assert "SIGSERVE_ADMIN_TOKEN" not in env
 
 
+def test_mlflows_server_secrets_do_not_reach_the_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Compose's serve container once handed MLflow's webhook-encryption key to model code.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow-gateway:5000")
+    monkeypatch.setenv("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "k" * 44)
+    monkeypatch.setenv("MLFLOW_FLASK_SERVER_SECRET_KEY", "f" * 32)
+    monkeypatch.setenv("MLFLOW_BACKEND_STORE_URI", "postgresql://mlflow:pw@db/mlflow")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("AWS_PROFILE", "models")
+    env = forwarded_env()
+    assert env["MLFLOW_TRACKING_URI"] == "http://mlflow-gateway:5000"
+    assert env["HF_HUB_OFFLINE"] == "1"
+    for secret in ("MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY", "MLFLOW_FLASK_SERVER_SECRET_KEY",
+                   "MLFLOW_BACKEND_STORE_URI", "AWS_PROFILE"):
+        assert secret not in env, secret
+    # An operator names what else the replicas need.
+    monkeypatch.setenv("SIGSERVE_FORWARD_ENV", "AWS_PROFILE, MLFLOW_S3_UPLOAD_EXTRA_ARGS")
+    assert forwarded_env(ServingSettings().forward_env)["AWS_PROFILE"] == "models"
+
+
 def test_replicas_give_up_on_a_store_that_is_down_in_seconds_unless_told_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
