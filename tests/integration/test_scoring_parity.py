@@ -67,6 +67,10 @@ DIFFERENCES: dict[str, str] = {
         "MLflow writes NaN and infinities as bare NaN/Infinity tokens, which are not JSON; "
         "sigserve writes null"
     ),
+    "undeclared output columns": (
+        "a prediction with a column the version's output schema lacks is a 500 model-failed "
+        "naming it; MLflow never checks outputs and answers the column to every client"
+    ),
 }
 
 
