@@ -21,7 +21,8 @@ hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydant
 ``table_source``, ``signed_table`` and ``gcs_store`` (the table, its signature checked, and its
 copy in Ray), ``default_switch`` (what a replica answers while a new default warms),
 ``scoring_protocol`` and ``bodies`` (MLflow's ``/invocations`` protocol; bodies within
-limits), ``openapi`` (per-model docs), ``api`` (the FastAPI app; no Ray), ``batching``
+limits), ``open_inference`` and ``inference_tensors`` (the Open Inference Protocol's routes and
+its tensors), ``openapi`` (per-model docs), ``api`` (the FastAPI app; no Ray), ``batching``
 (per-version batches; no Ray),
 ``batch_inputs`` (which requests may share a predict call, and their input; no Ray),
 ``deadlines`` (a predict call's deadline and the versions a hung one wedges; no Ray),

@@ -10,6 +10,7 @@ title, so adding an error means adding a class here and nothing else.
      |    +-- NotReady                    503 + Retry-After: no routing table held yet
      |    +-- UnknownModel                404: the table has no such model
      |    +-- UnknownVersion              404: the model has no such version
+     |    +-- UnknownRoute                404: a path under /v2 the protocol does not have
      |    +-- NoDefaultVersion            503 + Retry-After: nothing pinned yet, no version named
      |    +-- VersionPending              503 + Retry-After: the controller has not decided yet
      |    +-- VersionQuarantined          409 + reasons: blocked, never loaded
@@ -80,6 +81,12 @@ class UnknownVersion(ProblemError):
     status = 404
     slug = "unknown-version"
     title = "Unknown model version"
+
+
+class UnknownRoute(ProblemError):
+    status = 404
+    slug = "unknown-route"
+    title = "No such route"
 
 
 class NoDefaultVersion(ProblemError):

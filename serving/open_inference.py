@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, Response
 
 from serving.bodies import read_body
 from serving.contract import Contract, contract_for
-from serving.exceptions import ProblemError
+from serving.exceptions import ProblemError, UnknownRoute
 from serving.inference_tensors import (
     HEADER_LENGTH,
     infer_answer,
@@ -72,13 +72,6 @@ def error_response(request: Request, exc: ProblemError) -> JSONResponse:
     headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
-
-class UnknownRoute(ProblemError):
-    """404: a path under /v2 the protocol does not have (to move to ``serving.exceptions``)."""
-
-    status = 404
-    slug = "unknown-route"
-    title = "No such route"
 
 
 # Routes
