@@ -109,11 +109,14 @@ def recheck(table: RoutingTable | None, target: Target) -> None:
     name, version = target.model.name, target.version.version
     model = table.models.get(name) if table is not None else None
     entry = model.versions.get(version) if model is not None else None
-    if (
-        entry is not None
-        and entry.state == VersionState.LIVE
-        and entry.source == target.version.source
-        and entry.mlmodel_digest == target.version.mlmodel_digest
+    if entry is not None and (
+        entry is target.version  # the table did not change: the common case, one comparison
+        or (
+            entry.state == VersionState.LIVE
+            and entry.source == target.version.source
+            and entry.mlmodel_digest == target.version.mlmodel_digest
+            and entry.manifest == target.version.manifest
+        )
     ):
         return
     resolve(table, name, version)  # raises the table's answer, but for another artifact:
@@ -133,4 +136,5 @@ def checked_artifact(name: str, entry: VersionEntry) -> Artifact:
             model=name,
             version=entry.version,
         )
-    return Artifact(entry.source, entry.mlmodel_digest)
+    manifest = tuple(entry.manifest) if entry.manifest is not None else None
+    return Artifact(entry.source, entry.mlmodel_digest, manifest)
