@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 from tests.integration.conftest import (
     ControllerHandle,
@@ -38,9 +37,6 @@ def another_pickle() -> bytes:
         return (Path(tmp) / "m" / "python_model.pkl").read_bytes()
 
 
-# Remove with the change to serving/resolve.py (checked_artifact passes entry.manifest to
-# Artifact, recheck compares it): until then serving never sees the manifest, and this fails.
-@pytest.mark.xfail(strict=True, reason="serving/resolve.py does not pass the manifest yet")
 def test_a_pickle_replaced_after_the_decision_is_refused_reported_and_quarantined(
     home: Path, serving_url: str, ctl: ControllerHandle
 ) -> None:
