@@ -21,13 +21,12 @@ import httpx
 import pytest
 
 from serving.loader import FAILED_LOAD_MEMORY_S
+from tests.integration.broken_artifacts import log_echo, register_broken, register_broken_pickle
 from tests.integration.conftest import (
     ControllerHandle,
-    artifact_dir,
     loads_of,
     problem,
     register_echo,
-    register_pickled,
     runner_loads,
     serve_status,
     server_call,
@@ -298,13 +297,13 @@ def broken_model(home: Path, serving_url: str, controller_handle: ControllerHand
     ctl = controller_handle
     name = "broken_artifacts"
     assert register_echo(name, tag="one") == "1"
-    assert register_pickled(name) == "2"
-    pickle = artifact_dir(home, name, "2") / "python_model.pkl"
-    pickle.write_bytes(pickle.read_bytes()[: pickle.stat().st_size // 2])
-    assert register_echo(name, tag="three") == "3"
-    (artifact_dir(home, name, "3") / ECHO_MODEL.name).unlink()
+    # Broken before they are registered: a file changed after the decision is another
+    # artifact than the one checked (a manifest mismatch), not an artifact that cannot load.
+    assert register_broken_pickle(home, name, keep=lambda size: size // 2) == "2"
+    assert register_broken(home, name, log_echo("three"),
+                           lambda d: (d / ECHO_MODEL.name).unlink()) == "3"
     assert register_echo(name, tag="four") == "4"
-    # Only the MLmodel is checked by the controller: every version is decided live.
+    # The controller checks what it reads, not whether it loads: every version is decided live.
     wait_for(lambda: all(ctl.state_of(name, v) == "live" for v in "1234"), 60)
     wait_for(lambda: serve_status(serving_url, name, "4").status_code == 200, 60)
     return name
@@ -365,18 +364,15 @@ def serving_state(url: str, name: str, version: str) -> str | None:
     return next((v["state"] for v in answer.json()["versions"] if v["version"] == version), None)
 
 
-def register_broken(home: Path, name: str) -> str:
-    version = register_pickled(name)
-    pickle = artifact_dir(home, name, version) / "python_model.pkl"
-    pickle.write_bytes(pickle.read_bytes()[:10])
-    return version
+def register_truncated(home: Path, name: str) -> str:
+    return register_broken_pickle(home, name, keep=lambda size: 10)
 
 
 def test_requests_to_a_broken_version_do_not_storm_the_replica(
     home: Path, serving_url: str, ctl: ControllerHandle, broken_model: str, figures: Figure
 ) -> None:
     name = broken_model
-    version = register_broken(home, name)
+    version = register_truncated(home, name)
     # Wait for serving to hold it live without asking it to serve (that would load it).
     wait_for(lambda: serving_state(serving_url, name, version) == "live", 60, 0.05)
     tries_before = len(loads_of(name, version))
@@ -411,7 +407,7 @@ def test_a_broken_default_is_reported_by_its_warm_up_and_the_table_is_still_take
     home: Path, serving_url: str, ctl: ControllerHandle, broken_model: str
 ) -> None:
     name = broken_model
-    version = register_broken(home, name)
+    version = register_truncated(home, name)
     wait_for(lambda: ctl.state_of(name, version) == "live", 60)
 
     def pin(version: str) -> None:

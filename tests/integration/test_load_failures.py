@@ -9,13 +9,12 @@ from pathlib import Path
 
 import httpx
 
+from tests.integration.broken_artifacts import register_broken_pickle
 from tests.integration.conftest import (
     ControllerHandle,
-    artifact_dir,
     loads_of,
     problem,
     register_echo,
-    register_pickled,
     serve_status,
     wait_for,
 )
@@ -31,10 +30,8 @@ def test_a_version_that_cannot_load_is_reported_and_quarantined_with_its_cause(
     home: Path, serving_url: str, ctl: ControllerHandle
 ) -> None:
     assert register_echo(NAME, tag="one") == "1"
-    assert register_pickled(NAME) == "2"
-    pickle = artifact_dir(home, NAME, "2") / "python_model.pkl"
-    pickle.write_bytes(pickle.read_bytes()[: pickle.stat().st_size // 2])
-    # The controller checks the MLmodel, not the pickle: both are live at first.
+    assert register_broken_pickle(home, NAME, keep=lambda size: size // 2) == "2"
+    # The controller checks what it can read, not whether the pickle loads: both are live.
     wait_for(lambda: ctl.state_of(NAME, "1") == "live" and ctl.state_of(NAME, "2") == "live", 60)
     wait_for(lambda: serve_status(serving_url, NAME, "2").status_code != 404, 60)
 
