@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test lint property fault storm load zoo cluster-check compose-check clean
+.PHONY: up test lint property fault storm load zoo audit cluster-check compose-check clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -50,6 +50,17 @@ load: $(VENV)/.dev
 # its venv built from PyPI once (~40 s) and cached in ~/.cache/sigserve-test-envs.
 zoo: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest tests/zoo -m zoo -ra -s
+
+# The locked dependencies against a vulnerability database (pip-audit, in a venv of its own so
+# its dependencies stay out of the lock; AUDIT_SERVICE=osv for OSV). It fails when the database
+# cannot be reached, rather than pass with nothing checked (scripts/audit_dependencies.py).
+AUDIT_VENV ?= .audit-venv
+$(AUDIT_VENV)/bin/pip-audit:
+	$(PYTHON) -m venv $(AUDIT_VENV)
+	$(AUDIT_VENV)/bin/pip install --quiet pip-audit==2.10.1
+
+audit: $(VENV)/bin/python $(AUDIT_VENV)/bin/pip-audit
+	$(VENV)/bin/python scripts/audit_dependencies.py $(AUDIT_VENV)/bin/pip-audit requirements.lock
 
 # The serving app on a two-node Ray cluster of its own (`ray start` twice on this machine),
 # deployed by `sigserve serve`: a replica on the second node answers, also with the controller
