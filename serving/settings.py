@@ -19,9 +19,9 @@ class ServingSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SIGSERVE_", extra="ignore")
 
     controller_url: str = "http://127.0.0.1:8080"
-    # The controller's token for serving replicas: with it, a replica reports artifacts it
-    # could not load (``serving.load_reports``) and the controller quarantines them. Unset,
-    # nothing is reported and such a version answers 503 with its cause until released.
+    # The controller's token for serving replicas: a replica polls the routing table with it,
+    # checks each table's signature with a key derived from it, and reports artifacts it could
+    # not load (``serving.load_reports``). Unset, a replica refuses to start (docs/security.md).
     serving_token: SecretStr | None = None
     app_name: str = "sigserve"
     # More variables of the building process for the replicas, by name, comma-separated
