@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from tests.figures import FigureBook, Figures
 from tests.integration.conftest import (  # noqa: F401  (fixtures, used by name)
     controller_handle,
     ctl,
@@ -25,7 +26,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures, used by name)
 )
 
 _HERE = Path(__file__).parent
-_FIGURES: list[tuple[str, str, str]] = []
+_BOOK = FigureBook("zoo figures", ".3g")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -44,25 +45,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not _FIGURES:
-        return
-    terminalreporter.section("zoo figures")
-    for test, what, value in _FIGURES:
-        terminalreporter.write_line(f"{test}: {what} = {value}")
-
-
-class Figures:
-    """Figures of one test: printed at once (``-s``) and in the run's closing summary."""
-
-    def __init__(self, test: str) -> None:
-        self.test = test
-
-    def __call__(self, what: str, value: float | int | str, unit: str = "s") -> None:
-        text = f"{value:.3g} {unit}" if isinstance(value, float) else f"{value} {unit}"
-        _FIGURES.append((self.test, what, text.strip()))
-        print(f"[figure] {self.test}: {what} = {text.strip()}", flush=True)
+    _BOOK.summary(terminalreporter)
 
 
 @pytest.fixture()
 def figures(request: pytest.FixtureRequest) -> Figures:
-    return Figures(request.node.name)
+    return _BOOK.figures(request.node.name)
