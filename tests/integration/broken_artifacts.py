@@ -58,22 +58,9 @@ def log_echo(tag: str) -> Any:
 def register_broken_pickle(home: Path, name: str, *, keep: Callable[[int], int]) -> str:
     """A pickled pyfunc of the echo's signature whose ``python_model.pkl`` keeps ``keep(size)``
     of its bytes, registered under ``name`` once broken; returns the version number."""
-    import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
+    from tests.integration.conftest import log_pickled
 
-    class Pickled(mlflow.pyfunc.PythonModel):
-        def predict(self, context: Any, model_input: Any, params: Any = None) -> Any:
-            return pd.DataFrame({"answer": [f"pickled:{p}" for p in model_input["prompt"]]})
-
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=Pickled(),
-            signature=infer_signature(pd.DataFrame({"prompt": ["x"]}),
-                                      pd.DataFrame({"answer": ["x"]})),
-            pip_requirements=[],
-        )
+    info = log_pickled()
 
     def truncate(directory: Path) -> None:
         pickle = directory / "python_model.pkl"

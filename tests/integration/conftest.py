@@ -209,8 +209,9 @@ def artifact_dir(home: Path, name: str, version: str) -> Path:
     return path
 
 
-def register_pickled(name: str) -> str:
-    """Log and register a pickled pyfunc (``python_model.pkl``) of the echo's signature."""
+def log_pickled() -> Any:
+    """Log, without registering, a pickled pyfunc (``python_model.pkl``) of the echo's
+    signature; its ``ModelInfo``."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
@@ -220,15 +221,20 @@ def register_pickled(name: str) -> str:
             return pd.DataFrame({"answer": [f"pickled:{p}" for p in model_input["prompt"]]})
 
     with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
+        return mlflow.pyfunc.log_model(
             name="model",
             python_model=Pickled(),
             signature=infer_signature(pd.DataFrame({"prompt": ["x"]}),
                                       pd.DataFrame({"answer": ["x"]})),
             pip_requirements=[],
-            registered_model_name=name,
         )
-    return str(info.registered_model_version)
+
+
+def register_pickled(name: str) -> str:
+    """Log and register a pickled pyfunc (``python_model.pkl``) of the echo's signature."""
+    import mlflow
+
+    return str(mlflow.register_model(log_pickled().model_uri, name).version)
 
 
 def problem(response: httpx.Response) -> dict[str, Any]:
