@@ -16,6 +16,7 @@ import pytest
 from serving import table_source
 from serving.signed_table import read_stored
 from serving.table_source import TableSource
+from tests.unit.test_serving_table_source import wait_for as polled
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 from wire.table_signature import SIGNATURE_HEADER, canonical_json, sign, table_key
 
@@ -55,12 +56,7 @@ class TokenCheckingController:
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"not reached within {timeout}s")
-        await asyncio.sleep(0.01)
+    await polled(predicate, timeout)
 
 
 def test_every_poll_carries_the_serving_token() -> None:
