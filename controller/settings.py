@@ -93,6 +93,10 @@ class ControllerSettings(BaseSettings):
     default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT
     # The registry alias that mirrors each model's pinned default version.
     default_alias: str = "serving"
+    # Whether registry writers steer serving: the policy tags (``sigserve.*``) and moving the
+    # ``serving`` alias by hand. Off, only the admin API does, for teams whose registry
+    # writers are not operators (docs/security.md, "The registry is a trust boundary").
+    registry_controls: bool = True
     # What the serving environment has, for the environment check: a pip-freeze style lock
     # file of the serving image, and its Python version. Unset, the controller's own
     # interpreter stands for it (the local stack and the compose image share one environment).
