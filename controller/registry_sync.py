@@ -19,6 +19,11 @@
   registry holds are written, so the webhooks these writes cause come back to a reconcile that
   finds nothing to write: no loop.
 
+**Registry controls off** (``SIGSERVE_REGISTRY_CONTROLS=false``, ``controls=False`` below): for
+teams whose registry writers are not operators, the policy tags are ignored (the admin API's
+policy stands) and an alias moved by hand is no pin: the controller puts its own default back
+on it at once. Batching tags still apply: they tune how a model is served, not what or whether.
+
 Writes happen after the decision is committed; a registry that refuses them (permissions, an
 outage) costs a logged warning and a retry at the next pass, never a decision.
 """
@@ -52,7 +57,11 @@ DECIDED_AT_TAG = "sigserve.decided_at"
 REASONS_MAX = 480
 
 
-def policies_from_tags(record: ModelRecord, tags: dict[str, str]) -> ModelRecord:
+def policies_from_tags(
+    record: ModelRecord, tags: dict[str, str], *, controls: bool = True
+) -> ModelRecord:
+    if not controls:
+        return record
     changes: dict[str, str] = {}
     for tag, field, allowed in (
         (POLICY_TAG, "policy", {p.value for p in Policy}),
@@ -106,14 +115,23 @@ def _number_tag(
 
 
 def follow_alias(
-    record: ModelRecord, target: str | None, now: datetime, env: ServingEnvironment
+    record: ModelRecord,
+    target: str | None,
+    now: datetime,
+    env: ServingEnvironment,
+    *,
+    controls: bool = True,
 ) -> ModelRecord:
     """Take an alias a person moved as a pin, or record why not. Pure; safe to repeat.
 
     The same test as an admin pin without force: the version must keep the contract (a version
     released by hand is live but may not), and must run here. Like that pin, it moves the
     default and keeps the contract: an alias never changes the API (docs/architecture.md).
+    With ``controls`` off no move is a pin, so nothing is refused either (write_back puts the
+    alias back).
     """
+    if not controls:
+        return record if record.alias_refusal is None else replace(record, alias_refusal=None)
     if target is None or target in (record.alias_seen, record.default_version):
         return record
     version = record.versions.get(target)
@@ -145,10 +163,12 @@ def version_tags(version: VersionRecord) -> dict[str, str]:
     return {STATE_TAG: version.state.value, REASONS_TAG: reasons, DECIDED_AT_TAG: decided}
 
 
-def _alias_should_move(record: ModelRecord, alias_now: str | None) -> bool:
+def _alias_should_move(record: ModelRecord, alias_now: str | None, controls: bool) -> bool:
     default = record.versions.get(record.default_version or "")
     if default is None or default.state is not VersionState.LIVE or alias_now == default.version:
         return False  # the alias never names what the gate refused
+    if not controls:
+        return True  # no decision could make it a pin: nothing to wait for
     waiting = record.versions.get(alias_now or "")
     # An alias on a version not decided yet waits for its decision (follow_alias).
     return waiting is None or (is_read(waiting) and waiting.state is not VersionState.PENDING)
@@ -160,6 +180,8 @@ def write_back(
     observed: list[ObservedVersion],
     alias: str,
     alias_now: str | None,
+    *,
+    controls: bool = True,
 ) -> tuple[str | None, str | None]:
     """Write the verdict tags and the alias that differ.
 
@@ -174,7 +196,7 @@ def write_back(
             for key, value in version_tags(version).items():
                 if seen[version.version].get(key) != value:
                     registry.set_version_tag(record.name, version.version, key, value)
-        if _alias_should_move(record, alias_now):
+        if _alias_should_move(record, alias_now, controls):
             assert record.default_version is not None
             registry.set_alias(record.name, alias, record.default_version)
             return record.default_version, None
