@@ -8,6 +8,8 @@ client. Routes:
     GET  /models/{name}                                contract, default version, versions/states
     POST /models/{name}/serve                          records in, output records out
     POST /models/{name}/versions/{version}/serve       same, version from the path
+         ... with Accept: text/event-stream             predict_stream's chunks as Server-Sent
+                                                       Events (``serving.streaming``)
     POST /models/{name}[/versions/{version}]/invocations   MLflow's scoring protocol
     GET  /models/{name}[/versions/{version}]/ping|health   MLflow's probes: 200 when servable
     GET  /models/{name}/version                        MLflow's version, as MLflow answers it
@@ -34,9 +36,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from mlflow.models import ModelSignature
 
-from serving import open_inference, scoring_protocol
+from serving import open_inference, scoring_protocol, streaming
 from serving.bodies import check_count, read_body, read_json
-from serving.contract import contract_for
+from serving.contract import Contract, contract_for
 from serving.exceptions import ProblemError
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
@@ -82,6 +84,19 @@ class ModelBackend(Protocol):
     ) -> Any:
         """The raw prediction for ``data`` as MLflow's scoring server parsed it; ``after_load``
         as in ``serve``."""
+        ...
+
+    async def stream(
+        self,
+        target: Target,
+        records: list[Any],
+        params: dict[str, Any] | None,
+        signature: ModelSignature | None,
+        *,
+        after_load: Callable[[], None] | None = None,
+    ) -> streaming.ChunkStream:
+        """The chunks of the model's ``predict_stream`` for one validated record (nothing
+        pulled yet); ``after_load`` as in ``serve``."""
         ...
 
 
@@ -169,20 +184,50 @@ def create_app(
             return await mlflow_version(model)
 
     async def _serve(name: str, version: str | None, request: Request) -> Response:
+        if streaming.wants_stream(request.headers.get("accept")):
+            return await _stream(name, version, request)
+
         async def respond(target: Target, table: RoutingTable | None) -> Response:
             return JSONResponse(await _run(target, table, await read_json(request, max_body_bytes)))
 
         return await _answer(name, version, request, respond)
 
-    async def _run(target: Target, table: RoutingTable | None, body: Any) -> list[Any]:
-        """Output records for a body in /serve's shapes: validated and batched as /serve's."""
+    async def _stream(name: str, version: str | None, request: Request) -> Response:
+        """/serve's body, gate and contract; the answer is the model's ``predict_stream`` as
+        Server-Sent Events, its first chunk pulled before the status is sent."""
+
+        async def respond(target: Target, table: RoutingTable | None) -> Response:
+            body = await read_json(request, max_body_bytes)
+            check_count(body, max_records)
+            contract, version_signature = _signatures(target)
+            parsed = contract.parse(body)
+            streaming.one_input(body, parsed.records)
+            chunks = await backend.stream(
+                target,
+                parsed.records,
+                parsed.params,
+                version_signature,
+                after_load=still_served(target, table),
+            )
+            first = await streaming.first_events(chunks)
+            return streaming.ChunkEvents(chunks, first, request.url.path)
+
+        return await _answer(name, version, request, respond)
+
+    def _signatures(target: Target) -> tuple[Contract, ModelSignature | None]:
+        """The model's contract (docs/architecture.md, "The contract"), which shapes what
+        clients send, and the chosen version's own signature, which shapes what its model reads
+        and writes."""
         name = target.model.name
-        # The model's contract (docs/architecture.md, "The contract") shapes what clients
-        # send; the chosen version's own signature shapes what its model reads and writes.
         contract = contract_for(name, target.model.contract or target.version.signature)
         version_signature = (
             contract_for(name, target.version.signature).signature or contract.signature
         )
+        return contract, version_signature
+
+    async def _run(target: Target, table: RoutingTable | None, body: Any) -> list[Any]:
+        """Output records for a body in /serve's shapes: validated and batched as /serve's."""
+        contract, version_signature = _signatures(target)
         check_count(body, max_records)
         parsed = contract.parse(body)
         return await backend.serve(
@@ -226,7 +271,14 @@ def create_app(
         except BaseException as exc:
             _failed(name, version, exc, started)
             raise
-        metrics.request(name, target.version.version, 200, time.perf_counter() - started)
+        served = target.version.version
+        if isinstance(response, streaming.ChunkEvents):
+            # Counted when its last event is sent, with how it ended.
+            response.on_end = lambda status: metrics.request(
+                name, served, status, time.perf_counter() - started
+            )
+        else:
+            metrics.request(name, served, 200, time.perf_counter() - started)
         return response
 
     async def _ping_default(name: str, request: Request) -> Response:

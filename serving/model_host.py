@@ -9,8 +9,11 @@ around ``PyfuncLoader``; in tests, anything with the same shape), so there is no
   ``serving.batching`` queues them) -> output records, each request its own share.
 - ``invoke``: the MLflow scoring protocol's already parsed input, predicted alone (its inputs
   come in several shapes that do not concatenate safely).
-- Both under a per-call deadline (``serving.deadlines``): a call that outlives it is a 504, its
+- ``stream``: one validated record -> the model's ``predict_stream``, pulled chunk by chunk
+  (``serving.streaming``); never batched, each stream is a generator of its own.
+- All under a per-call deadline (``serving.deadlines``): a call that outlives it is a 504, its
   version answers 503 until the call returns, and ``check_health`` fails when too many hang.
+  A stream's deadline is per chunk: each pull of the generator, the first included.
 - ``warm``: the versions a routing table makes defaults are loaded (and run once on their input
   example, where the artifact has one) before their model's default switches to them, so the
   first request to a new default finds its model loaded; the rest of the table applies at once.
@@ -36,6 +39,7 @@ from serving.exceptions import ModelFailed, SigserveError
 from serving.frames import to_records, undeclared_columns
 from serving.loader import LoadedModel, call, predict
 from serving.resolve import Target, resolve
+from serving.streaming import ChunkStream, StreamUnsupported, cannot_stream
 from wire.routing_table import RoutingTable
 
 logger = logging.getLogger(__name__)
@@ -133,6 +137,40 @@ class ModelHost:
         signature = contract_for(target.model.name, target.version.signature).signature
         _check_outputs(prediction, signature.outputs if signature is not None else None)
         return prediction
+
+    async def stream(
+        self,
+        target: Target,
+        records: list[Any],
+        params: dict[str, Any] | None,
+        signature: ModelSignature | None,
+        *,
+        after_load: AfterLoad | None = None,
+    ) -> ChunkStream:
+        """The chunks of ``predict_stream`` for one validated record, as the version's own
+        input (what ``serve`` would predict alone); nothing is pulled yet. ``StreamUnsupported``
+        for a model that cannot stream. Each pull has the version's predict deadline, and a
+        pull past it wedges the version as a predict call does (``serving.deadlines``)."""
+        loaded = await self._load(target, after_load)
+        reason = cannot_stream(loaded.model)
+        if reason is not None:
+            name, version = target.model.name, target.version.version
+            raise StreamUnsupported(
+                f"version {version} of {name!r} cannot stream: {reason}; ask without "
+                "'Accept: text/event-stream' for one answer",
+                model=name,
+                version=version,
+            )
+        model_id, timeout_s = target.model_id, self._timeout_s(target)
+
+        def start() -> Any:
+            data = model_input([records], signature)
+            return loaded.model.predict_stream(data, params=params or None)
+
+        async def pull(step: Callable[[], Any]) -> Any:
+            return await self._deadlines.run(model_id, timeout_s, step)
+
+        return ChunkStream(start, pull)
 
     def check_health(self) -> None:
         """Raise when more predict calls hang past their deadline than a replica should keep."""
