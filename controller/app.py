@@ -28,7 +28,15 @@ from tenacity import (
     wait_exponential,
 )
 
-from controller import admin, health, load_failures, long_poll, problems, webhooks
+from controller import (
+    admin,
+    health,
+    load_failures,
+    long_poll,
+    problems,
+    proof_reports,
+    webhooks,
+)
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
 from controller.decision_log import DecisionLog, ObservedStore
@@ -194,6 +202,7 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     app.include_router(webhooks.router)
     app.include_router(admin.router)
     app.include_router(load_failures.router)
+    app.include_router(proof_reports.router)
     app.include_router(health.router)
     app.include_router(long_poll.router)
     return app

@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from controller.compatibility import Policy, check
 from controller.decisions import decide_all, is_read, load_failure_of
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import InvalidRequest, NotFound, PinRefused, StaleReport
+from controller.proofs import FAILED, proof_of
 from controller.records import ModelRecord, VersionRecord
 from controller.store import Store
 from wire.routing_table import VersionState
@@ -121,6 +123,13 @@ def pin_default(
             env,
         )
         decided = pinned.versions[version]
+        if decided.state is VersionState.PENDING:
+            # Not proven yet: a default that has not answered its own example is not served.
+            raise InvalidRequest(
+                "version",
+                f"version {version} is being proven (loaded and called on its input example "
+                "before its first request); pin it once it is live",
+            )
         if decided.state is VersionState.QUARANTINED:
             # It keeps the contract: only the environment check, a failed load on serving or
             # a quarantine by hand can still block it.
@@ -202,6 +211,11 @@ def release(store: Store, name: str, version: str, reason: str, env: ServingEnvi
             versions = dict(record.versions)
             versions[version] = replace(target, load_failure=None)
             return replace(record, versions=versions)
+        if (proof_of(target) or {}).get("outcome") == FAILED:
+            # "Prove it again": replicas load it and call it on its example once more.
+            versions = dict(record.versions)
+            versions[version] = replace(target, proof=None)
+            return replace(record, versions=versions)
         if target.state is not VersionState.QUARANTINED:
             raise InvalidRequest(
                 "version", f"version {version} is {target.state.value}; there is nothing to release"
@@ -249,6 +263,39 @@ def record_load_failure(
 
     updated = store.update_model(
         name, _decided_if_known(name, env, change), f"serving:{failure['replica']}"
+    )
+    assert updated is not None
+    return updated
+
+
+def record_proof(
+    store: Store, name: str, version: str, proof: dict[str, Any], env: ServingEnvironment
+) -> ModelRecord:
+    """Record what a serving replica's proof of the version's artifact found, and decide.
+
+    As ``record_load_failure``: a report about another artifact than the version has now is
+    refused as stale, and the first proof of an artifact is kept (replicas race to prove the
+    same version; a repeat, or a later replica's report, changes nothing). A version that no
+    longer awaits its proof (an operator quarantined it meanwhile, say) still records it: the
+    proof is a fact about the artifact, kept for when the version is decided again.
+    """
+
+    def change(record: ModelRecord) -> ModelRecord:
+        target = _version(record, version)
+        if target.mlmodel_digest != proof["mlmodel_digest"]:
+            raise StaleReport(
+                f"version {version} of '{name}' is no longer the artifact proven (its MLmodel "
+                f"digest is {(target.mlmodel_digest or 'unread')[:12]}, not "
+                f"{proof['mlmodel_digest'][:12]})"
+            )
+        if proof_of(target) is not None:
+            return record
+        versions = dict(record.versions)
+        versions[version] = replace(target, proof=dict(proof))
+        return replace(record, versions=versions)
+
+    updated = store.update_model(
+        name, _decided_if_known(name, env, change), f"serving:{proof['replica']}"
     )
     assert updated is not None
     return updated

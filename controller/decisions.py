@@ -25,6 +25,18 @@ from controller.environment import (
     ServingEnvironment,
     check_environment,
 )
+from controller.proofs import (
+    BEFORE_PROOFS,
+    BEING_PROVEN,
+    FAILED,
+    GRANDFATHERED,
+    NOT_EXERCISED,
+    ProofPolicy,
+    failed_proof_reason,
+    policy,
+    proof_basis,
+    proof_of,
+)
 from controller.records import ModelRecord, Signature, VersionRecord
 from wire.routing_table import VersionState
 
@@ -90,17 +102,34 @@ def decide_version(
     if not is_read(version):
         return version  # stays pending; its reasons say why
     failure = load_failure_of(version)
-    if version.override is not None or failure is not None:
-        # An override or a load failure is part of what the decision was made against: adding
-        # or removing one decides the version again. (A version with neither keeps the plain
-        # basis, so decisions stored before load failures existed do not change.)
+    proving = proof_basis(model, version, env)
+    if version.override is not None or failure is not None or proving is not None:
+        # An override, a load failure or a proof is part of what the decision was made
+        # against: adding or removing one decides the version again. (A version with none
+        # keeps the plain basis, so decisions stored before load failures and proofs existed
+        # do not change.)
         parts: list[Any] = [basis, version.override]
         if failure is not None:
             parts.append(failure)
+        if proving is not None:
+            parts.append({"proof": proving})
         blob = json.dumps(parts, sort_keys=True)
         basis = hashlib.sha256(blob.encode()).hexdigest()
     if version.decided_against == basis and version.state is not VersionState.PENDING:
         return version
+    decided = _decide(model, version, env)
+    if (
+        version.decided_against == basis
+        and (decided.state, decided.reasons, decided.warnings)
+        == (version.state, version.reasons, version.warnings)
+    ):
+        return version  # still pending for its proof: not decided again at every pass
+    return replace(decided, decided_against=basis, decided_at=now)
+
+
+def _decide(model: ModelRecord, version: VersionRecord, env: ServingEnvironment
+            ) -> VersionRecord:
+    failure = load_failure_of(version)
     verdict = check(model.contract, version.signature, Policy(model.policy))
     environment = _environment_verdict(model, version, env)
     reasons = verdict.reasons + environment.blocking
@@ -108,6 +137,11 @@ def decide_version(
         reasons = [_could_not_load(failure), *reasons]
     warnings = verdict.warnings + environment.warnings
     action = (version.override or {}).get("action")
+    # Asked for unless an operator decided by hand (a release serves the version as it is).
+    proved = policy(model, env) is ProofPolicy.ON and action is None
+    proof = proof_of(version) if proved else None
+    if proof is not None and proof.get("outcome") == FAILED:
+        reasons = [failed_proof_reason(proof), *reasons]
     if action == "quarantine":
         reasons = [f"quarantined by hand by {_by_hand(version.override or {})}", *reasons]
     elif action == "release" and reasons:
@@ -117,13 +151,21 @@ def decide_version(
             *warnings,
         ]
         reasons = []
+    if proved and not reasons:
+        if proof is None:
+            # Everything else passed: live once a replica has called it on its example.
+            return replace(
+                version, state=VersionState.PENDING, reasons=[BEING_PROVEN], warnings=warnings
+            )
+        if proof.get("outcome") == GRANDFATHERED:
+            warnings = [*warnings, BEFORE_PROOFS]
+        elif not proof.get("exercised", True):
+            warnings = [*warnings, NOT_EXERCISED]
     return replace(
         version,
         state=VersionState.QUARANTINED if reasons else VersionState.LIVE,
         reasons=reasons,
         warnings=warnings,
-        decided_against=basis,
-        decided_at=now,
     )
 
 

@@ -44,6 +44,10 @@ class VersionRecord:
     # {"kind", "cause", "mlmodel_digest", "replica", "at"}. It quarantines the version while
     # the digest is the version's own; a release by hand or another artifact clears it.
     load_failure: dict[str, Any] | None = None
+    # The proof a serving replica made of this artifact before its first request
+    # (``controller.proofs``): {"outcome": "passed" | "failed" | "before-proofs", "exercised",
+    # "cause", "mlmodel_digest", "replica", "at"}. It counts while the digest is the version's.
+    proof: dict[str, Any] | None = None
 
     @property
     def number(self) -> int:
@@ -76,6 +80,9 @@ class ModelRecord:
     # How long one predict call may take when served (the model tag
     # ``sigserve.predict_timeout_s``); None: the serving app's default.
     predict_timeout_s: float | None = None
+    # The model tag ``sigserve.proof`` (``on|off``); None: the controller's default
+    # (``controller.proofs``).
+    proof_policy: str | None = None
     versions: dict[str, VersionRecord] = field(default_factory=dict)
     # The stored row's generation when this record was read (0: not stored), or None for a
     # record made from scratch. A record written with a generation is written only if the row

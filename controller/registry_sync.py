@@ -53,6 +53,7 @@ ENVIRONMENT_TAG = "sigserve.environment"
 STATE_TAG = "sigserve.state"
 REASONS_TAG = "sigserve.reasons"
 DECIDED_AT_TAG = "sigserve.decided_at"
+PROOF_TAG = "sigserve.proof"
 # Well within MLflow's tag value limit; the admin API has every reason in full.
 REASONS_MAX = 480
 
@@ -112,6 +113,19 @@ def _number_tag(
         log.warning("%s: ignoring tag %s=%r (a number >= %g)", name, tag, raw, minimum)
         return None
     return value
+
+
+def proof_from_tags(
+    record: ModelRecord, tags: dict[str, str], *, controls: bool = True
+) -> ModelRecord:
+    """The model tag ``sigserve.proof`` (``on|off``; controller/proofs.py): whether its versions
+    are proven on their input example before they go live. Absent (or ignored: an invalid
+    value, or registry controls off, since off loosens the gate): the controller's default."""
+    wanted = tags.get(PROOF_TAG) if controls else None
+    if wanted is not None and wanted not in ("on", "off"):
+        log.warning("%s: ignoring tag %s=%r (on|off)", record.name, PROOF_TAG, wanted)
+        wanted = None
+    return record if wanted == record.proof_policy else replace(record, proof_policy=wanted)
 
 
 def follow_alias(

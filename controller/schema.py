@@ -40,6 +40,8 @@ class RegisteredModelRow(Base):
     batch_wait_ms: Mapped[float | None] = mapped_column(Float)
     # A predict call's deadline when served, from the model's tag; None: serving's own.
     predict_timeout_s: Mapped[float | None] = mapped_column(Float)
+    # The model's ``sigserve.proof`` tag (on|off); NULL: the controller's default.
+    proof_policy: Mapped[str | None] = mapped_column(String(8))
     # One more with every write: a write from an older read is refused (controller/store.py).
     generation: Mapped[int] = mapped_column(Integer, server_default="1")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
@@ -79,6 +81,8 @@ class ModelVersionRow(Base):
     override: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # A load of this artifact that failed on a serving replica, as it reported it.
     load_failure: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The proof a serving replica reported for this artifact (controller/proofs.py).
+    proof: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     model: Mapped[RegisteredModelRow] = relationship(back_populates="versions")
 

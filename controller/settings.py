@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from controller.artifact_sources import parse_sources
 from controller.compatibility import Policy
 from controller.environment import EnvironmentPolicy, ServingEnvironment
+from controller.proofs import ProofPolicy, ProvingEnvironment
 
 # The shortest secret taken (admin and serving tokens, the webhook secret): an empty one would
 # let an empty "Bearer" in and key the webhook HMAC with nothing, and a typed word is guessed.
@@ -91,6 +92,10 @@ class ControllerSettings(BaseSettings):
     retry_max_s: float = 30.0
     default_policy: Policy = Policy.BACKWARD
     default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT
+    # Whether a version is proven on its own input example by a serving replica before it goes
+    # live, for models without a ``sigserve.proof`` tag (controller/proofs.py). Off: a version
+    # is live as soon as it passes the checks, as before proofs.
+    default_proof: ProofPolicy = ProofPolicy.OFF  # ON once serving proves (this issue)
     # The registry alias that mirrors each model's pinned default version.
     default_alias: str = "serving"
     # Whether registry writers steer serving: the policy tags (``sigserve.*``) and moving the
@@ -124,10 +129,14 @@ class ControllerSettings(BaseSettings):
 
     def serving_environment(self) -> ServingEnvironment:
         if self.serving_lock_file is not None:
-            return ServingEnvironment.from_lock_file(
+            found = ServingEnvironment.from_lock_file(
                 self.serving_lock_file, self.serving_python_version
             )
-        return ServingEnvironment.current()
+        else:
+            found = ServingEnvironment.current()
+        return ProvingEnvironment(
+            found.python_version, found.distributions, default_proof=self.default_proof
+        )
 
     def resolved_database_url(self) -> str:
         if self.database_url:

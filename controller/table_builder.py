@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+from controller.proofs import awaits_proof
 from controller.records import ModelRecord
 from wire.artifact_manifest import ManifestFile
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry
@@ -34,6 +35,7 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                         if v.manifest is not None
                         else None,
                         warnings=list(v.warnings),
+                        awaiting_proof=awaits_proof(v),
                     )
                     for v in m.sorted_versions()
                 },

@@ -20,8 +20,10 @@ file, so a pickle or ``code/`` replaced after the check is refused as a changed 
 Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
 table of another schema version (and backs off) rather than guess at its meaning. A new optional
 field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``,
-``predict_timeout_s``, ``manifest``) does not change the schema version: a replica that does
-not know it ignores it and serves as before.
+``predict_timeout_s``, ``manifest``, ``awaiting_proof``) does not change the schema version: a
+replica that does not know it ignores it and serves as before (one that does not know
+``awaiting_proof`` proves nothing, so a version waiting for a proof waits until one that
+does takes the table).
 """
 
 from __future__ import annotations
@@ -59,6 +61,11 @@ class VersionEntry(BaseModel):
     # Things a person should know that did not block the version (say, a minor version
     # difference of a package it requires).
     warnings: list[str] = Field(default_factory=list)
+    # A pending version that passed every check and waits for its proof: a replica may load
+    # it (the bound artifact, as for a live one), call it on its own input example and report
+    # the outcome (``serving.proofs``). Clients still get its 503. False: pending as before,
+    # never loaded.
+    awaiting_proof: bool = False
 
 
 class ModelEntry(BaseModel):

@@ -121,11 +121,15 @@ def test_a_database_left_at_the_top_of_an_integer_revision_publishes_on(
     top of PostgreSQL's INTEGER: no later table could be published. The upgrade makes room."""
     engine = make_engine(database_url)
     migrate(engine, "0010")
-    store = Store(engine)
-    store.publish()
+    # The row as that release wrote it, in SQL: this release's ORM maps columns 0010 lacks.
     with engine.begin() as connection:
-        connection.execute(sa.text("UPDATE table_revision SET revision = 2147483647"))
+        connection.execute(
+            sa.text("INSERT INTO table_revision (id, revision, digest, epoch, published_at) "
+                    "VALUES (1, 2147483647, :digest, :epoch, :at)"),
+            {"digest": "0" * 64, "epoch": "e" * 32, "at": datetime.now(UTC)},
+        )
     migrate(engine)
+    store = Store(engine)
     store.update_model("m", lambda _: ModelRecord(name="m", policy="backward"))
     table = store.publish()
     assert table.revision == 2**31
