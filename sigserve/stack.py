@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ import secrets
 import socket
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -223,15 +224,16 @@ def start_serving(
         added = {k: v for k, v in fast_path_env(ray_dir).items() if k not in os.environ}
     os.environ.update(added)
     try:
-        ray.init(
-            address="local",
-            num_cpus=num_cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            _temp_dir=str(ray_dir),
-            _metrics_export_port=metrics_export_port,
-            runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, **hf_env}},
-        )
+        with loopback_ray():
+            ray.init(
+                address="local",
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                log_to_driver=False,
+                _temp_dir=str(ray_dir),
+                _metrics_export_port=metrics_export_port,
+                runtime_env={"env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, **hf_env}},
+            )
     finally:
         for key in added:
             os.environ.pop(key, None)
@@ -246,6 +248,38 @@ def start_serving(
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
     # Servable means the ingress holds a routing table: /models answers 200 from then on.
     wait_for_http(f"http://{host}:{port}/models", ready_timeout_s)
+
+
+# Ray's switch for a cluster-capable node address; off, the node's address is 127.0.0.1.
+_RAY_CLUSTER_SWITCH = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_ray() -> Iterator[None]:
+    """While in it, a Ray that ``ray.init`` starts in this process is a 127.0.0.1 node.
+
+    The local stack is one node, so nothing outside the machine needs Ray's ports. Ray 2.60
+    takes the machine's routable address as a new node's (``_node_ip_address="127.0.0.1"``
+    is turned back into it), and its GCS, raylet and workers bind to every interface unless
+    the node's address is 127.0.0.1. The one way in is the switch Ray uses on macOS and
+    Windows, read once when Ray is imported: set in the environment the node's processes
+    inherit, and on the module of this process that read it. Both are undone after, or a
+    ``ray start --address`` this process runs later would refuse to join a cluster. What Ray
+    Serve binds to every interface whatever the node's address: docs/security.md.
+    """
+    from ray._private import ray_constants
+
+    before = (os.environ.get(_RAY_CLUSTER_SWITCH), ray_constants.ENABLE_RAY_CLUSTER)
+    os.environ[_RAY_CLUSTER_SWITCH] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before[0] is None:
+            os.environ.pop(_RAY_CLUSTER_SWITCH, None)
+        else:
+            os.environ[_RAY_CLUSTER_SWITCH] = before[0]
+        ray_constants.ENABLE_RAY_CLUSTER = before[1]
 
 
 def ray_temp_dir(home: Path) -> Path:

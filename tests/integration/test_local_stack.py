@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from sigserve.stack import free_port
@@ -37,6 +38,24 @@ def processes_with_home(home: Path) -> list[int]:
         if marker in environ.split(b"\0"):
             found.append(int(entry.name))
     return found
+
+
+LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def listeners(pids: list[int]) -> list[tuple[int, str, str, int]]:
+    """(pid, process name, address, port) of every TCP socket these processes listen on."""
+    found = []
+    for pid in pids:
+        try:
+            process = psutil.Process(pid)
+            name = " ".join(process.cmdline()[:1]) or process.name()
+            sockets = process.net_connections(kind="tcp")
+        except psutil.Error:
+            continue  # gone meanwhile
+        found += [(pid, name, c.laddr.ip, c.laddr.port) for c in sockets
+                  if c.status == psutil.CONN_LISTEN]
+    return sorted(set(found))
 
 
 USER_WEBHOOK_SECRET = "a-secret-the-user-chose-for-mlflow"
@@ -90,6 +109,21 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
             body, headers = delivery(EVENT, delivery_id=f"d-{status}", secret=secret)
             assert httpx.post(controller, content=body, headers=headers).status_code == status
         assert processes_with_home(stack_home)
+
+        # Ray's GCS, raylet, workers and agents, MLflow, the controller, the serving port: on
+        # 127.0.0.1 only. Ray Serve binds two things to every interface whatever the node's
+        # address (docs/security.md): HAProxy's stats and Prometheus frontends, and each
+        # replica's inter-deployment gRPC server.
+        listening = listeners(processes_with_home(stack_home))
+        exposed = [entry for entry in listening if entry[2] not in LOOPBACK]
+        print(f"local stack: {len(listening)} listening sockets, {len(exposed)} not on "
+              f"loopback: {exposed}")
+        haproxy = [e for e in exposed if e[1].endswith("/haproxy")]
+        replicas = [e for e in exposed if e[1].startswith("ray::ServeReplica")]
+        assert len(haproxy) <= 2 and ports["SERVING"] not in {e[3] for e in haproxy}, exposed
+        assert len(replicas) == len({e[0] for e in replicas}), exposed  # one a replica
+        assert sorted(haproxy + replicas) == exposed, exposed
+        assert any(e[2] in LOOPBACK and e[1].endswith("gcs_server") for e in listening)
     finally:
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
         started = time.monotonic()
