@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
+import functools
 import json
 import logging
 import threading
@@ -125,12 +127,19 @@ class ChunkStream:
     A generator cannot be closed while another thread runs it ("generator already executing"),
     so ``close`` during a pull (the client left, the deadline passed) leaves the closing to that
     pull, which closes the generator in its thread when it returns.
+
+    Every pull and the close run in one ``contextvars.Context`` of the stream's own: MLflow's
+    ``PyFuncModel.predict_stream`` sets its prediction context in a ``with`` around the model's
+    generator, entered at the first chunk and left after the last, and a context variable set
+    in one context cannot be reset in another (each pull in a fresh copy, as
+    ``asyncio.to_thread`` makes them, failed every real pyfunc's stream at its end).
     """
 
     def __init__(self, start: Callable[[], Iterator[Any]], pull: Pull) -> None:
         self._start = start
         self._pull = pull
         self._iterator: Iterator[Any] | None = None
+        self._context = contextvars.copy_context()
         self._lock = threading.Lock()
         self._pulling = False
         self._closed = False
@@ -142,7 +151,7 @@ class ChunkStream:
             if self._closed:
                 return _END
             self._pulling = True
-        chunk = await self._pull(self._step)
+        chunk = await self._pull(functools.partial(self._context.run, self._step))
         if chunk is not _END:
             self.count += 1
         return chunk
@@ -156,7 +165,8 @@ class ChunkStream:
             pulling = self._pulling
         if not pulling:
             # Its ``finally`` is model code, which may block: not on the event loop.
-            asyncio.get_running_loop().run_in_executor(None, self._close_generator)
+            loop = asyncio.get_running_loop()
+            loop.run_in_executor(None, self._context.run, self._close_generator)
 
     def _step(self) -> Any:
         try:

@@ -16,10 +16,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import mlflow
 import pytest
 import uvicorn
 from fastapi.testclient import TestClient
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import PythonModel
+from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from serving.api import create_app
 from serving.loader import LoadedModel
@@ -29,6 +33,7 @@ from serving.resolve import Target
 from serving.table_source import TableSource
 from sigserve.stack import free_port
 from tests.unit.test_serving_api import REASON, TABLE, Controller, EchoModel
+from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 SSE = {"Accept": "text/event-stream"}
 WAIT_S = 10.0  # bounds a wait that should end at once; only reached when a test fails
@@ -422,3 +427,60 @@ def test_events_arrive_while_the_model_still_runs_and_a_client_that_leaves_stops
         go_on.set()
         assert model.closed.wait(WAIT_S)
         assert model.pulls == 2  # chunk 1 was made, then the generator closed at its yield
+
+
+class Words(PythonModel):
+    """A real pyfunc that streams: MLflow's ``PyFuncModel.predict_stream`` wraps it in a
+    prediction context that it enters at the first chunk and leaves after the last."""
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> Any:
+        return model_input
+
+    def predict_stream(
+        self, context: Any, model_input: Any, params: dict[str, Any] | None = None
+    ) -> Iterator[Any]:
+        for word in str(model_input["prompt"]).split():
+            yield {"token": word * int((params or {}).get("repeat", 1))}
+
+
+def test_a_real_pyfunc_streams_what_it_streams_in_process(tmp_path: Path) -> None:
+    signature = ModelSignature(
+        Schema([ColSpec("string", "prompt")]),
+        Schema([ColSpec("string", "answer")]),
+        ParamSchema([ParamSpec("repeat", "long", 1)]),
+    )
+    mlflow.pyfunc.save_model(tmp_path / "words", python_model=Words(), signature=signature)
+    model = mlflow.pyfunc.load_model(str(tmp_path / "words"))
+    own = list(model.predict_stream({"prompt": "one two three"}, params={"repeat": 2}))
+
+    async def get_model(target: Target) -> LoadedModel:
+        return LoadedModel(model, tmp_path / "words")
+
+    table = RoutingTable(
+        revision=1,
+        models={
+            "words": ModelEntry(
+                name="words",
+                default_version="1",
+                contract=signature.to_dict(),
+                versions={
+                    "1": VersionEntry(
+                        version="1",
+                        state=VersionState.LIVE,
+                        signature=signature.to_dict(),
+                        source="models:/m-words",
+                        mlmodel_digest="a" * 64,
+                    )
+                },
+            )
+        },
+    )
+    source = TableSource("http://controller", transport=httpx.MockTransport(Controller()))
+    source.offer(table)
+    with TestClient(create_app(source, ModelHost(get_model))) as client:
+        body = {"inputs": {"prompt": "one two three"}, "params": {"repeat": 2}}
+        response = client.post("/models/words/serve", json=body, headers=SSE)
+    streamed = parse_events(response.text)
+    assert streamed[-1] == ("message", "[DONE]"), streamed
+    assert [json.loads(data) for _, data in streamed[:-1]] == own
+    assert own == [{"token": "oneone"}, {"token": "twotwo"}, {"token": "threethree"}]
