@@ -7,6 +7,7 @@ published before the answer, so a 200 means the serving app is being told.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import asdict
@@ -16,11 +17,13 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query
 from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
-from controller import commands
+from controller import commands, dry_run
+from controller.artifacts import ArtifactFacts
 from controller.compatibility import Policy
 from controller.decisions import load_failure_of
+from controller.dry_run_source import CandidateRegistry, LocalFiles
 from controller.environment import EnvironmentPolicy
-from controller.exceptions import NotFound
+from controller.exceptions import InvalidRequest, NotFound
 from controller.guard import Gate
 from controller.records import ModelRecord, Signature
 from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
@@ -59,6 +62,24 @@ class SetPolicy(BaseModel):
                 "set 'policy' (backward|exact|none), 'environment' (strict|warn|off) or both"
             )
         return self
+
+
+class LocalModel(BaseModel):
+    """A model directory's small files, read by the CLI where the controller cannot."""
+
+    model_config = ConfigDict(extra="forbid")
+    mlmodel: Annotated[str, StringConstraints(min_length=1)]
+    requirements: str | None = None
+    python_env: str | None = None
+
+
+class CheckArtifact(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    # runs:/..., models:/..., an artifact location (controller.dry_run_source).
+    source: Annotated[
+        str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
+    ] | None = None
+    local: LocalModel | None = None
 
 
 def _summary(m: ModelRecord) -> dict[str, Any]:
@@ -247,6 +268,50 @@ async def model_events(
             for e in events
         ],
         "next": events[-1].id if len(events) == limit else None,
+    }
+
+
+@router.post("/models/{name}/check")
+async def check_artifact(
+    name: str, body: CheckArtifact, svc: Annotated[Services, Depends(services)]
+) -> dict[str, Any]:
+    """The gate's verdict on an artifact as the model's next version, with nothing written
+    (``controller.dry_run``; docs/architecture.md, "Before registering: a dry run")."""
+    if (body.source is None) == (body.local is None):
+        raise InvalidRequest("source", "give 'source' (a URI) or 'local' (a model's files), "
+                             "one of them")  # fmt: skip
+    settings, source, local = svc.settings, body.source, body.local
+    reader = CandidateRegistry(
+        settings.mlflow_tracking_uri, artifact_sources=settings.artifact_sources
+    )
+
+    def read() -> ArtifactFacts:
+        if source is not None:
+            return reader.candidate(name, source)
+        assert local is not None
+        files = LocalFiles(local.mlmodel, local.requirements, local.python_env)
+        return reader.local_candidate(name, files)
+
+    result = await asyncio.to_thread(
+        functools.partial(
+            dry_run.check, name, read, store=svc.store, registry=svc.registry,
+            settings=settings, env=svc.serving_environment,
+        )
+    )  # fmt: skip
+    return {
+        "model": result.model,
+        "source": source,
+        "location": result.location if source is not None else None,
+        "verdict": result.verdict.value,
+        "would_be_version": result.version,
+        "reasons": result.reasons,
+        "warnings": result.warnings,
+        "first_version": result.first_version,
+        "contract": structured(result.contract),
+        "policy": result.policy,
+        "environment_policy": result.environment_policy,
+        "notes": result.notes,
+        "written": False,
     }
 
 

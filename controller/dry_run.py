@@ -1,0 +1,178 @@
+"""A dry run of the gate: one artifact decided as the next version of a model, nothing written.
+
+The verdict is the gate's own: the model as the next reconcile would see it (the stored record,
+the registry's versions and policy tags, the settings' default policies for a model not known
+yet) gets the artifact as one more version, and ``controller.decisions.decide_all`` decides it
+against the contract, the compatibility and environment policies and the serving environment.
+The result is read and dropped: no decision, audit event, tag or table is written (the store is
+only read, the registry only asked). docs/architecture.md, "Before registering: a dry run".
+
+A model the registry does not have (and that left no contract behind) would get the artifact as
+its first version: its signature becomes the contract, so only the environment can block it.
+The proof on the input example (issue 17) is not part of the dry run yet.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Protocol
+
+from controller.artifacts import ArtifactFacts
+from controller.decisions import WAITING_FOR_CONTRACT, decide_all
+from controller.environment import ServingEnvironment
+from controller.exceptions import (
+    RegisteredModelGone,
+    RegistryError,
+    RegistryUnavailable,
+)
+from controller.read_reasons import public_reason
+from controller.reconciler import merge_observed
+from controller.records import ModelRecord, Signature
+from controller.registry import ObservedModel, ObservedVersion
+from controller.registry_sync import policies_from_tags
+from controller.settings import ControllerSettings
+from controller.store import Store
+from wire.routing_table import VersionState
+
+log = logging.getLogger(__name__)
+
+FIRST_VERSION = "would be the model's first version: its signature becomes the contract"
+NO_PROOF = "the proof on the input example is not part of the dry run yet"
+
+
+class CheckRegistry(Protocol):
+    """What a dry run asks the registry (``controller.registry.Registry`` answers it)."""
+
+    def model(self, name: str) -> ObservedModel: ...
+
+    def versions(self, name: str) -> list[ObservedVersion]: ...
+
+
+@dataclass(frozen=True)
+class DryRun:
+    model: str
+    # The version number the artifact was decided as (the registry may give another).
+    version: str
+    verdict: VersionState
+    reasons: list[str]
+    warnings: list[str]
+    # What it was checked against: the model's contract, or its own signature when first.
+    contract: Signature | None
+    first_version: bool
+    policy: str
+    environment_policy: str
+    # Where the artifact was read from (None: files the client sent, or not read).
+    location: str | None
+    notes: list[str] = field(default_factory=list)
+
+
+def as_the_gate_sees_it(
+    name: str,
+    stored: ModelRecord | None,
+    info: ObservedModel | None,
+    observed: list[ObservedVersion],
+    settings: ControllerSettings,
+) -> ModelRecord:
+    """The model as the next reconcile would hold it before deciding (``Reconciler``).
+
+    The contract and policies belong to the name: a model deleted from the registry, or
+    created again, keeps them and loses its versions, as the reconciler's tombstone does.
+    """
+    model = stored or ModelRecord(
+        name=name,
+        policy=settings.default_policy.value,
+        environment_policy=settings.default_environment_policy.value,
+    )
+    created_at = info.created_at if info is not None else None
+    known = model.registry_created_at
+    if info is None or model.deleted_at is not None or (
+        known is not None and known != created_at
+    ):
+        model = replace(model, versions={}, default_version=None, deleted_at=None)
+    if info is not None and settings.registry_controls:
+        model = policies_from_tags(model, info.tags)
+    return model
+
+
+def decide(
+    model: ModelRecord,
+    observed: list[ObservedVersion],
+    read: ArtifactFacts | BaseException,
+    now: datetime,
+    env: ServingEnvironment,
+) -> DryRun:
+    """``read`` (the artifact's facts, or why it could not be read) decided as the version
+    after every one the model has, with ``decide_all``."""
+    numbers = [int(v.version) for v in observed if v.version.isdigit()]
+    numbers += [v.number for v in model.versions.values()]
+    version = str(max(numbers, default=0) + 1)
+    candidate = ObservedVersion(version=version, status="READY", source=None)
+    facts: dict[str, ArtifactFacts] = {}
+    failures: dict[str, str] = {}
+    broken: dict[str, str] = {}
+    if isinstance(read, ArtifactFacts):
+        facts[version] = read
+    else:
+        # The reconciler's split: what is temporary leaves the version pending, the rest
+        # quarantines it; the reason is the public one (controller.read_reasons).
+        temporary = isinstance(read, RegisteredModelGone | RegistryUnavailable)
+        (failures if temporary else broken)[version] = public_reason(read)
+    merged = merge_observed(model, [*observed, candidate], facts, failures, broken)
+    decided = decide_all(merged, now, env)
+    verdict = decided.versions[version]
+    state, reasons = verdict.state, list(verdict.reasons)
+    if state is VersionState.PENDING and version in facts and reasons != [WAITING_FOR_CONTRACT]:
+        # Read, and neither blocked nor waiting for a contract: every check a dry run makes
+        # passed, and the gate waits for what it does not make (the proof on the example).
+        state, reasons = VersionState.LIVE, []
+    first = model.contract is None and decided.default_version == version
+    notes = [FIRST_VERSION] if first else []
+    if state is VersionState.LIVE:
+        notes.append(NO_PROOF)
+    return DryRun(
+        model=model.name,
+        version=version,
+        verdict=state,
+        reasons=reasons,
+        warnings=list(verdict.warnings),
+        contract=decided.contract,
+        first_version=first,
+        policy=decided.policy,
+        environment_policy=decided.environment_policy,
+        location=verdict.artifact_uri,
+        notes=notes,
+    )
+
+
+def check(
+    name: str,
+    read: Callable[[], ArtifactFacts],
+    *,
+    store: Store,
+    registry: CheckRegistry,
+    settings: ControllerSettings,
+    env: ServingEnvironment,
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> DryRun:
+    """Decide what ``read`` returns as the next version of ``name``; reads only.
+
+    The registry's answers about the model come first, as in a reconcile; a registry that
+    cannot answer them is ``RegistryUnavailable`` (a 503: nothing can be told).
+    """
+    stored = store.load_model(name)
+    try:
+        info: ObservedModel | None = registry.model(name)
+        observed = registry.versions(name)
+    except RegisteredModelGone:
+        info, observed = None, []
+    model = as_the_gate_sees_it(name, stored, info, observed, settings)
+    try:
+        facts: ArtifactFacts | BaseException = read()
+    except RegistryError as exc:
+        facts = exc
+        log.info("dry run of %s: the artifact could not be read: %s: %s", name,
+                 type(exc).__name__, exc)  # fmt: skip
+    return decide(model, observed, facts, clock(), env)
