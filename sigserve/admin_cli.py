@@ -1,6 +1,6 @@
 """The admin commands of ``sigserve``: ``status``, ``pin``, ``adopt``, ``quarantine``,
-``release``, ``events`` and ``policy``, on the controller's admin API
-(``sigserve.admin_client``).
+``release``, ``events``, ``policy`` and ``check`` (the gate's dry run), on the controller's
+admin API (``sigserve.admin_client``).
 
 ``sigserve.cli`` registers them (``register``) and hands their parsed arguments to ``run``,
 which returns the exit code (``EXIT_CODES``). Tables come from ``sigserve.admin_render``;
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -49,7 +50,34 @@ _EXIT: list[tuple[type[AdminError], int]] = [
     (Refused, REFUSED), (NotFound, NOT_FOUND), (Unavailable, UNAVAILABLE),
     (Unauthorized, UNAUTHORIZED),
 ]  # fmt: skip
-COMMANDS = ("status", "pin", "adopt", "quarantine", "release", "events", "policy")
+COMMANDS = ("status", "pin", "adopt", "quarantine", "release", "events", "policy", "check")
+# ``check`` has exit codes of its own, for CI: whether registering would be refused.
+LIVE, WOULD_QUARANTINE, CANNOT_TELL = 0, 1, 2
+CHECK_EXIT_CODES = """\
+MODEL_URI: runs:/<run id>/<path> (what register_model is given),
+models:/<name>/<version>, models:/<name>@<alias>, models:/<model id>, an
+artifact location the controller may read (s3://..., file:///...,
+mlflow-artifacts:/...), or a model directory on this machine (a path without
+a scheme): its MLmodel, requirements.txt and python_env.yaml are read here
+and sent, since the controller cannot read this disk (the three together must
+fit the admin API's 16 KiB body bound).
+
+exit codes (check):
+  0  the version would go live (the proof on its input example is not part of
+     the dry run yet)
+  1  the version would be quarantined; the reasons are printed as the 409
+     gives them
+  2  cannot tell: the controller cannot be reached or refused the call, the
+     URI names nothing, or the artifact cannot be read yet (it would stay
+     pending)
+"""
+# The files of a local model directory the gate reads, and the most of each read here (the
+# controller's own cap, controller.artifact_files.MAX_FILE_BYTES).
+LOCAL_FILES = {"mlmodel": "MLmodel", "requirements": "requirements.txt",
+               "python_env": "python_env.yaml"}  # fmt: skip
+LOCAL_FILE_MAX = 1 << 20
+CHECKED_URIS = "runs:/<run id>/<path>, models:/<name>/<version>, ..."
+NO_PROOF = "the proof on the input example is not part of the dry run yet"
 POLICIES = ("backward", "exact", "none")
 ENVIRONMENT_POLICIES = ("strict", "warn", "off")
 
@@ -104,6 +132,22 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     events.add_argument("--limit", type=_limit, default=50, help="events to show (1-500, 50)")
     events.add_argument("--before", type=int, default=None, metavar="ID",
                         help="older events than this id (the next page)")
+    check = sub.add_parser(
+        "check", parents=[common],
+        help="what the gate would say if MODEL_URI were registered as a new version of "
+        "--model; nothing is registered or written",
+        description="Ask the controller to decide MODEL_URI as the next version of --model "
+        "(its contract, compatibility and environment policies, the serving environment), "
+        "exactly as the gate would once it is registered. Nothing is registered or written.",
+        epilog=CHECK_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    check.add_argument("model_uri", metavar="MODEL_URI")
+    check.add_argument("--model", required=True, metavar="NAME",
+                       help="the registered model it would become a version of (one that does "
+                       "not exist yet: the artifact would be its first version)")
+    check.add_argument("--prove", action="store_true",
+                       help="also load it and call it on its input example (not part of the "
+                       "dry run yet)")
     policy = add("policy", "set the model's compatibility policy, environment policy or both")
     policy.add_argument("model")
     policy.add_argument("policy", nargs="?", choices=POLICIES,
@@ -120,6 +164,8 @@ def open_client(url: str, token: AdminToken, timeout_s: float) -> AdminClient:
 def run(args: argparse.Namespace) -> int:
     """Run one admin command; its exit code."""
     out, err = Console(), Console(stderr=True)
+    if args.command == "check":
+        return _check(args, out, err)
     if args.command == "policy" and not (args.policy or args.environment):
         err.print("sigserve policy: give a policy (backward|exact|none), --environment "
                   "(strict|warn|off) or both", markup=False)  # fmt: skip
@@ -223,6 +269,70 @@ def _events(client: AdminClient, args: argparse.Namespace, out: Console) -> int:
         out.print(f"Older: sigserve events {args.model} --before {page['next']}", markup=False,
                   highlight=False)  # fmt: skip
     return OK
+
+
+class _CannotTell(Exception):
+    """A local model directory that cannot be sent: the message says why."""
+
+
+def _local_model(directory: Path) -> dict[str, str | None]:
+    """The gate's files of a model directory on this machine (absent ones None)."""
+    files: dict[str, str | None] = {}
+    for key, filename in LOCAL_FILES.items():
+        path = directory / filename
+        if not path.is_file():
+            files[key] = None
+            continue
+        with path.open("rb") as f:
+            data = f.read(LOCAL_FILE_MAX + 1)
+        if len(data) > LOCAL_FILE_MAX:
+            raise _CannotTell(f"{path} is larger than 1 MiB, the most the gate reads of it")
+        files[key] = data.decode("utf-8", "replace")
+    if files["mlmodel"] is None:
+        raise _CannotTell(f"{directory} has no MLmodel file: it is not an MLflow model "
+                          "directory")  # fmt: skip
+    return files
+
+
+def _local_directory(uri: str) -> Path | None:
+    """The directory MODEL_URI names on this machine: a path without a scheme. A URI with one
+    (``file://`` included) names a location the controller reads, under its allowlist."""
+    if ":/" in uri:
+        return None
+    path = Path(uri)
+    if not path.is_dir():
+        raise _CannotTell(f"{uri} is not a directory here, nor a URI ({CHECKED_URIS})")
+    return path
+
+
+def _check(args: argparse.Namespace, out: Console, err: Console) -> int:
+    said = Text("sigserve check: ", style="bold")
+    if args.prove:
+        err.print(said.append(f"--prove: {NO_PROOF}", style="red"))
+        return CANNOT_TELL
+    try:
+        directory = _local_directory(args.model_uri)
+        local = _local_model(directory) if directory is not None else None
+        token = find_token()
+        with open_client(args.controller or controller_url(), token, args.timeout) as client:
+            if local is not None:
+                result = client.check(args.model, local=local)
+            else:
+                result = client.check(args.model, source=args.model_uri)
+    except _CannotTell as exc:
+        err.print(said.append(str(exc), style="red"))
+        return CANNOT_TELL
+    except AdminError as exc:
+        if exc.status == 413:
+            exc = Refused(f"{exc}; log the model (mlflow.<flavor>.log_model) and check the "
+                          "runs:/ URI instead", status=413, problem=exc.problem)  # fmt: skip
+        _failed(args, exc, out, err)
+        return CANNOT_TELL
+    if args.json:
+        render.print_json(out, result)
+    else:
+        out.print(render.check_view(result))
+    return {"live": LIVE, "quarantined": WOULD_QUARANTINE}.get(result["verdict"], CANNOT_TELL)
 
 
 _HANDLERS: dict[str, Callable[[AdminClient, argparse.Namespace, Console], int]] = {

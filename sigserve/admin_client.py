@@ -111,6 +111,24 @@ class EventPage(TypedDict):
     next: int | None
 
 
+class Checked(TypedDict):
+    """The gate's verdict on an artifact as the model's next version; nothing was written."""
+
+    model: str
+    source: str | None
+    location: str | None
+    verdict: str  # live | quarantined | pending
+    would_be_version: str
+    reasons: list[str]
+    warnings: list[str]
+    first_version: bool
+    contract: dict[str, Any] | None
+    policy: str
+    environment_policy: str
+    notes: list[str]
+    written: bool
+
+
 class AdminError(Exception):
     """A call that did not succeed; ``problem`` is the controller's problem+json, if any."""
 
@@ -252,6 +270,14 @@ class AdminClient:
             params["before"] = before
         path = f"/admin/models/{_seg(name)}/events"
         return cast(EventPage, self._call("GET", path, params=params))
+
+    def check(
+        self, name: str, *, source: str | None = None, local: dict[str, str | None] | None = None
+    ) -> Checked:
+        """A dry run of the gate on ``source`` (a URI) or ``local`` (a model directory's files:
+        ``mlmodel``, ``requirements``, ``python_env``)."""
+        body: dict[str, Any] = {"source": source} if source is not None else {"local": local}
+        return cast(Checked, self._call("POST", f"/admin/models/{_seg(name)}/check", body))
 
     def _call(
         self,

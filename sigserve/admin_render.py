@@ -13,7 +13,14 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
-from sigserve.admin_client import Event, ModelDetail, ModelList, Redecided, VersionDetail
+from sigserve.admin_client import (
+    Checked,
+    Event,
+    ModelDetail,
+    ModelList,
+    Redecided,
+    VersionDetail,
+)
 
 STATE_STYLES = {"live": "green", "quarantined": "bold red", "pending": "yellow"}
 
@@ -188,6 +195,66 @@ def events_table(name: str, events: list[Event]) -> Table:
             str(e["id"]), _when(e["at"]), e["kind"], e["version"] or "", e["actor"], change
         )
     return table
+
+
+VERDICT_WORDS = {
+    "live": "would go live",
+    "quarantined": "would be quarantined",
+    "pending": "cannot be decided yet (it would stay pending)",
+}
+
+
+def _columns(schema: Any) -> str:
+    """A signature's inputs or outputs in one line: ``a: double, b: string (optional)``."""
+    if not schema:
+        return "none"
+    parts = []
+    for c in schema:
+        if not isinstance(c, dict):
+            continue
+        kind = c.get("type")
+        if kind == "tensor":
+            info = c.get("tensor-spec") or {}
+            kind = f"tensor {info.get('dtype', '?')} {info.get('shape', '')}".rstrip()
+        optional = "" if c.get("required", True) else " (optional)"
+        parts.append(f"{c['name']}: {kind}{optional}" if c.get("name") else f"{kind}{optional}")
+    return ", ".join(parts)
+
+
+def check_view(result: Checked) -> Group:
+    """A dry run's verdict as the 409 words it: the reasons, then the warnings, then what the
+    artifact was checked against."""
+    what = result["source"] or "the local model"
+    head = Text(f"{result['model']}: {what} ")
+    head.append(VERDICT_WORDS.get(result["verdict"], result["verdict"]),
+                style=STATE_STYLES.get(result["verdict"], ""))  # fmt: skip
+    head.append(f" (as version {result['would_be_version']})")
+    grid = Table.grid(padding=(0, 1))  # a hanging indent: wrapped lines stay right of •
+    grid.add_column(no_wrap=True)
+    grid.add_column(ratio=1)
+    for reason in result["reasons"]:
+        grid.add_row("  •", Text(reason))
+    for warning in result["warnings"]:
+        grid.add_row("  warning:", Text(warning, style="yellow"))
+    contract = result["contract"]
+    against = Text("Checked against ", style="dim")
+    if result["first_version"]:
+        against.append("its own signature (the model's first version)", style="dim")
+    else:
+        against.append(f"the contract of {result['model']}", style="dim")
+    against.append(f", policy {result['policy']}, environment {result['environment_policy']}",
+                   style="dim")  # fmt: skip
+    parts: list[Any] = [head, grid, against]
+    if contract is not None:
+        parts.append(Text(f"  inputs: {_columns(contract.get('inputs'))}", style="dim"))
+        parts.append(Text(f"  outputs: {_columns(contract.get('outputs'))}", style="dim"))
+        if contract.get("params"):
+            params = ", ".join(f"{p.get('name')}: {p.get('type')}" for p in contract["params"]
+                               if isinstance(p, dict))  # fmt: skip
+            parts.append(Text(f"  params: {params}", style="dim"))
+    parts += [Text(note, style="dim") for note in result["notes"]]
+    parts.append(Text("Nothing was registered or written.", style="dim"))
+    return Group(*parts)
 
 
 def print_json(console: Console, body: Any) -> None:

@@ -265,3 +265,116 @@ def test_adopt_asks_for_the_contract_and_lists_the_versions_it_broke(
     assert "version 1: live -> quarantined • input 'lang' (string, optional) is missing" in out
     assert main(["adopt", "m", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["redecided"] == [broke]
+
+
+CHECKED: dict[str, Any] = {
+    "model": "churn", "source": "runs:/r1/model", "location": "mlflow-artifacts:/1/m/artifacts",
+    "verdict": "quarantined", "would_be_version": "4",
+    "reasons": ["input 'b' (double, required) is missing; this version reads 'c'"],
+    "warnings": ["requirement 'pandas==2.2.3': 3.1.1 here"], "first_version": False,
+    "contract": {"inputs": [{"type": "double", "name": "a", "required": True},
+                            {"type": "double", "name": "b", "required": True}],
+                 "outputs": [{"type": "double", "name": "score", "required": True}],
+                 "params": None},
+    "policy": "backward", "environment_policy": "strict", "notes": [], "written": False,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(("verdict", "code"), [("live", 0), ("quarantined", 1), ("pending", 2)])
+def test_check_exits_with_what_the_gate_would_do(
+    verdict: str, code: int, seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    answer = {**CHECKED, "verdict": verdict}
+    serve(monkeypatch, seen, lambda _: httpx.Response(200, json=answer))
+    assert main(["check", "runs:/r1/model", "--model", "churn"]) == code
+    assert seen[0].url.raw_path == b"/admin/models/churn/check"
+    assert json.loads(seen[0].content) == {"source": "runs:/r1/model"}
+    out = " ".join(capsys.readouterr().out.split())
+    said = {"live": "would go live", "quarantined": "would be quarantined",
+            "pending": "cannot be decided yet"}[verdict]
+    assert f"churn: runs:/r1/model {said}" in out
+    for text in ("• input 'b' (double, required) is missing; this version reads 'c'",
+                 "warning: requirement 'pandas==2.2.3'", "as version 4",
+                 "inputs: a: double, b: double", "outputs: score: double",
+                 "Nothing was registered or written."):  # fmt: skip
+        assert text in out, text
+    assert main(["check", "runs:/r1/model", "--model", "churn", "--json"]) == code
+    assert json.loads(capsys.readouterr().out) == answer
+
+
+@pytest.mark.parametrize("answer", [
+    problem(422, "source: not a URI", errors=[{"field": "source", "reason": "not a URI"}]),
+    problem(503, "registry unavailable"),
+    problem(401, "a valid admin bearer token is required"),
+    problem(404, "no"),
+])  # fmt: skip
+def test_check_cannot_tell_is_2_with_the_controllers_words(
+    answer: httpx.Response, seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    serve(monkeypatch, seen, lambda _: answer)
+    assert main(["check", "runs:/r1/model", "--model", "churn"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigserve check: ") and TOKEN not in err
+
+
+def test_check_of_an_unreachable_controller_is_2(
+    monkeypatch: pytest.MonkeyPatch, seen: list[httpx.Request],
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Connection refused", request=request)
+
+    serve(monkeypatch, seen, refuse)
+    assert main(["check", "models:/churn/3", "--model", "churn"]) == 2
+    assert "cannot reach the controller" in capsys.readouterr().err
+
+
+def test_check_of_a_local_directory_sends_its_files(
+    tmp_path: Path, seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    (tmp_path / "MLmodel").write_text("flavors: {}\n")
+    (tmp_path / "requirements.txt").write_text("pandas==2.2.3\n")
+    (tmp_path / "model.pkl").write_bytes(b"\0" * 100)  # never read
+    first = {**CHECKED, "model": "new", "source": None, "verdict": "live", "reasons": [],
+             "first_version": True,
+             "notes": ["would be the model's first version: its signature becomes the contract"]}
+    serve(monkeypatch, seen, lambda _: httpx.Response(200, json=first))
+    assert main(["check", str(tmp_path), "--model", "new"]) == 0
+    assert json.loads(seen[0].content) == {"local": {
+        "mlmodel": "flavors: {}\n", "requirements": "pandas==2.2.3\n", "python_env": None}}
+    out = " ".join(capsys.readouterr().out.split())
+    assert "new: the local model would go live" in out
+    assert "its own signature (the model's first version)" in out
+    assert "its signature becomes the contract" in out
+
+
+def test_check_refuses_what_it_cannot_send_before_asking(
+    tmp_path: Path, seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    serve(monkeypatch, seen, lambda _: httpx.Response(200, json=CHECKED))
+    assert main(["check", str(tmp_path), "--model", "m"]) == 2  # no MLmodel
+    assert "has no MLmodel file" in capsys.readouterr().err
+    assert main(["check", str(tmp_path / "nowhere"), "--model", "m"]) == 2
+    assert "is not a directory here, nor a URI" in capsys.readouterr().err
+    assert main(["check", "runs:/r1/model", "--model", "m", "--prove"]) == 2
+    assert "not part of the dry run yet" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["check", "runs:/r1/model"])  # --model is required
+    assert exc.value.code == 2
+    assert seen == []
+
+
+def test_check_of_local_files_too_large_for_one_call_says_what_to_do_instead(
+    tmp_path: Path, seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    (tmp_path / "MLmodel").write_text("signature: " + "x" * 20_000)
+    serve(monkeypatch, seen, lambda _: problem(413, "the request body is too large: this "
+                                                    "route takes at most 16384 bytes"))
+    assert main(["check", str(tmp_path), "--model", "m"]) == 2
+    err = " ".join(capsys.readouterr().err.split())
+    assert "at most 16384 bytes" in err and "check the runs:/ URI instead" in err
