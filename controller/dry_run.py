@@ -40,6 +40,10 @@ from wire.routing_table import VersionState
 log = logging.getLogger(__name__)
 
 FIRST_VERSION = "would be the model's first version: its signature becomes the contract"
+KEPT_CONTRACT = (
+    "the registry has no model of this name now, but the name keeps the contract it had: a "
+    "model registered again under it is held to it (a forced pin gives it another)"
+)
 NO_PROOF = "the proof on the input example is not part of the dry run yet"
 
 
@@ -169,10 +173,12 @@ def check(
     except RegisteredModelGone:
         info, observed = None, []
     model = as_the_gate_sees_it(name, stored, info, observed, settings)
+    kept = info is None and model.contract is not None
     try:
         facts: ArtifactFacts | BaseException = read()
     except RegistryError as exc:
         facts = exc
         log.info("dry run of %s: the artifact could not be read: %s: %s", name,
                  type(exc).__name__, exc)  # fmt: skip
-    return decide(model, observed, facts, clock(), env)
+    result = decide(model, observed, facts, clock(), env)
+    return replace(result, notes=[KEPT_CONTRACT, *result.notes]) if kept else result

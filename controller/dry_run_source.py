@@ -5,7 +5,8 @@ a ``models:/<name>/<version>`` or ``models:/<name>@<alias>``, a ``models:/<model
 MLflow 3 logged model), an artifact location, or a model directory on the user's disk, whose
 small files the CLI sends (``LocalFiles``). Each is read exactly as the gate reads a version
 (``Registry.artifact``: the artifact-source allowlist, the size caps, the same parse), so the
-verdict is the one registering it would get. docs/architecture.md, "Before registering".
+verdict is the one registering it would get. docs/architecture.md, "Before registering: a dry
+run".
 
 ``runs:/`` is resolved as MLflow 3.17's ``register_model`` resolves it: the run's own artifacts
 at the path when they hold an MLmodel, else the model that run logged under that name, so the

@@ -199,6 +199,20 @@ def test_a_model_not_registered_yet_takes_the_signature_as_its_contract(
     assert any("definitely-not-installed-pkg" in r for r in needs.reasons), needs.reasons
 
 
+def test_a_name_deleted_from_the_registry_keeps_its_contract_for_the_next_model(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    name = "deleted-model"
+    mlflow.register_model(world["runs"]["breaking"], name)  # contract: a, c
+    gate["reconciler"].reconcile(name)
+    world["client"].delete_registered_model(name)
+    gate["reconciler"].reconcile(name)  # the tombstone holds the contract
+    result = _check(world, gate, name, world["runs"]["compatible"])  # reads a, b
+    assert result.verdict is VersionState.QUARANTINED
+    assert any("'c'" in r for r in result.reasons), result.reasons
+    assert not result.first_version and result.notes[0] == dry_run.KEPT_CONTRACT
+
+
 def test_a_source_outside_the_allowlist_is_refused_as_the_gate_refuses_it(
     world: dict[str, Any], gate: dict[str, Any], tmp_path: Path
 ) -> None:
