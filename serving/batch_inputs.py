@@ -13,6 +13,9 @@ per version"):
 - one tensor whose shape is ``(-1, ...)`` sent as a list of rows: concatenated along axis 0,
   grouped by the shape of the first row; each request's array is still made alone first and
   merged only when dtypes and trailing shapes agree (else each goes alone, ``Unmergeable``).
+- records of MLflow's scoring protocol (``serving.mlflow_frames.MlflowRecords``): their frame is
+  MLflow's, not /serve's, and every dtype in it follows from the column's type alone, so they
+  share a call with each other (never with /serve's records) when they send the same columns.
 - anything else: a dict of tensors, a scalar or fixed-shape tensor, and free-form input (no
   signature: a list of records there may well be one input, a conversation, not rows) is never
   merged.
@@ -31,8 +34,10 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, TensorSpec
 
+from serving import mlflow_frames
 from serving.batching import Unmergeable, Work
 from serving.frames import to_model_input
+from serving.mlflow_frames import MlflowRecords
 
 _MISSING = object()
 # A column's state in a request: in no record, in every record and never null, or else.
@@ -43,6 +48,9 @@ def work_for(records: list[Any], signature: ModelSignature | None, max_rows: int
     """``records`` (one validated request) as its share of a call, with the group it may share
     one with."""
     schema = signature.inputs if signature is not None else None
+    if isinstance(records, MlflowRecords):
+        fits = 0 < len(records) <= max_rows
+        return Work(records, len(records), ("mlflow", tuple(records[0])) if fits else None)
     if schema is None:
         return Work(records, len(records), None)
     if schema.is_tensor_spec():
@@ -60,6 +68,11 @@ def work_for(records: list[Any], signature: ModelSignature | None, max_rows: int
 def model_input(parts: list[Any], signature: ModelSignature | None) -> Any:
     """The one input for the ``parts`` of a call (``Work.part`` of each request sharing it)."""
     schema = signature.inputs if signature is not None else None
+    if isinstance(parts[0], MlflowRecords):
+        columns = mlflow_frames.plain_columns(signature)
+        if columns is None:  # not a signature these records were read under
+            raise Unmergeable("records of MLflow's protocol for another signature")
+        return mlflow_frames.frame([row for part in parts for row in part], columns)
     if len(parts) == 1:
         return to_model_input(parts[0], signature)
     if schema is not None and schema.is_tensor_spec():

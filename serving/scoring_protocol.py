@@ -5,8 +5,10 @@ What a client of ``mlflow models serve`` sends to ``/invocations`` works unchang
 
 - ``application/json``: exactly one of ``dataframe_split``, ``dataframe_records``,
   ``instances``, ``inputs``, with optional ``params``; other top-level keys are ignored, as MLflow
-  ignores them. Parsed with MLflow's own parser against the version's signature. Answered
-  ``{"predictions": ...}``.
+  ignores them. Parsed with MLflow's own parser against the version's signature, except the
+  records and split tables ``serving.mlflow_frames`` makes into the very frame that parser
+  would (a fraction of its CPU); those also come as ``records`` for a path that batches them.
+  Answered ``{"predictions": ...}``.
 - The unwrapped LLM input: a JSON object with ``messages``, ``prompt`` or ``input`` goes to the
   model as sent, less the keys the signature names as params (those become params), and its
   answer comes back without the ``predictions`` wrapper.
@@ -26,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO, StringIO
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import pandas as pd
@@ -38,11 +40,14 @@ from mlflow.pyfunc.scoring_server import (
     parse_csv_input,
     parse_parquet_input,
 )
+from mlflow.types.schema import DataType
 from mlflow.version import VERSION
 
+from serving import mlflow_frames
 from serving.bodies import bad_body, check_count, check_rows, parse_json
 from serving.exceptions import InvalidInput, UnsupportedMediaType
 from serving.frames import jsonable
+from serving.mlflow_frames import MlflowRecords
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -59,9 +64,20 @@ TYPE_HINT_KEY = "is_signature_from_type_hint"
 class ScoringInput:
     """What the model is called with, and whether its answer goes back unwrapped."""
 
-    data: Any
+    parsed: Any
     params: dict[str, Any] | None
     unwrapped: bool
+    # The body's records when the model's input is their ``mlflow_frames.frame``: what a path
+    # that batches them takes (the frame is then made once per call, not per request).
+    records: MlflowRecords | None = None
+    columns: Mapping[str, DataType] | None = None
+
+    @property
+    def data(self) -> Any:
+        """The model's input, as MLflow's scoring server would call it with."""
+        if self.records is not None and self.columns is not None:
+            return mlflow_frames.frame(self.records, self.columns)
+        return self.parsed
 
 
 def parse(
@@ -148,6 +164,11 @@ def _parse_json(
             raise InvalidInput(f"{field} {reason}", errors=[{"field": field, "reason": reason}])
         # MLflow checks them against the type hints itself, in predict.
         return ScoringInput(data[field], params, unwrapped=False)
+    columns = mlflow_frames.plain_columns(signature)
+    if columns is not None:
+        rows = mlflow_frames.records(field, data[field], columns)
+        if rows is not None:
+            return ScoringInput(None, params, unwrapped=False, records=rows, columns=columns)
     schema: Any = signature.inputs if signature is not None else None
     try:
         parsed = infer_and_parse_data(data, schema)
@@ -171,15 +192,52 @@ def _table(reader: Any, source: Any, *, kind: str, **options: Any) -> pd.DataFra
 def answer(prediction: Any, unwrapped: bool) -> Any:
     """The JSON answer MLflow's server gives for ``prediction``, NaN and infinities as null
     (which MLflow writes as bare ``NaN``, not JSON)."""
+    predictions = _predictions(prediction)
+    return predictions if unwrapped else {"predictions": predictions}
+
+
+@dataclass(frozen=True)
+class Whole:
+    """A prediction MLflow answers as one value (a dict, a scalar), not as a list of rows."""
+
+    value: Any
+
+
+def answer_rows(prediction: Any, outputs: Any = None) -> list[Any]:
+    """MLflow's answer for ``prediction`` as rows, one per input row of a model that answers
+    row by row (what a batched call is cut into); a prediction MLflow does not answer as a list
+    is one ``Whole``, which a call of several requests cannot be cut into (the batcher then
+    predicts each alone). ``outputs`` is unused: MLflow's answer does not depend on them."""
+    predictions = _predictions(prediction)
+    return predictions if isinstance(predictions, list) else [Whole(predictions)]
+
+
+def rows_answer(rows: list[Any]) -> dict[str, Any]:
+    """The answer of a request whose share of a call is ``rows`` (from ``answer_rows``)."""
+    if len(rows) == 1 and isinstance(rows[0], Whole):
+        return {"predictions": rows[0].value}
+    return {"predictions": rows}
+
+
+def _predictions(prediction: Any) -> Any:
     if isinstance(prediction, np.ndarray):
         prediction = prediction.tolist()
     elif isinstance(prediction, pd.DataFrame):
-        prediction = prediction.to_dict(orient="records")
+        prediction = _records(prediction)
     elif isinstance(prediction, pd.Series):
         # MLflow makes a one-column frame of it: records keyed by the series' name, or 0.
-        prediction = pd.DataFrame(prediction).to_dict(orient="records")
-    predictions = jsonable(prediction)
-    return predictions if unwrapped else {"predictions": predictions}
+        prediction = _records(pd.DataFrame(prediction))
+    return jsonable(prediction)
+
+
+def _records(frame: pd.DataFrame) -> list[Any]:
+    """``frame.to_dict(orient="records")``, as MLflow answers a frame, column by column: the
+    same values once made JSON (``jsonable``), at a fraction of the CPU."""
+    if not frame.columns.is_unique:
+        return cast(list[Any], frame.to_dict(orient="records"))
+    names = list(frame.columns)
+    columns = [frame[name].tolist() for name in names]
+    return [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
 
 
 def ping() -> Response:

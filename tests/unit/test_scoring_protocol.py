@@ -19,14 +19,19 @@ import numpy as np
 import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
-from mlflow.pyfunc.scoring_server import predictions_to_json, unwrapped_predictions_to_json
+from mlflow.models import ModelSignature
+from mlflow.pyfunc.scoring_server import (
+    infer_and_parse_data,
+    predictions_to_json,
+    unwrapped_predictions_to_json,
+)
 from mlflow.version import VERSION
 
 from serving.api import create_app
 from serving.loader import LoadedModel
 from serving.model_host import ModelHost
 from serving.resolve import Target
-from serving.scoring_protocol import answer
+from serving.scoring_protocol import answer, answer_rows, rows_answer
 from serving.table_source import TableSource
 from tests.unit.test_serving_api import TABLE, Controller, EchoModel
 from wire.routing_table import RoutingTable
@@ -282,3 +287,53 @@ def test_answers_are_mlflows_for_every_kind_of_prediction(prediction: Any) -> No
         written = io.StringIO()
         write(prediction, written)
         assert answer(prediction, unwrapped) == json.loads(written.getvalue())
+
+
+FRAMES = {
+    "numbers": pd.DataFrame({"i": np.array([1, 2], dtype=np.int32), "f": np.float32([0.1, 2])}),
+    "nullable ints": pd.DataFrame({"n": pd.array([1, None], dtype="Int64")}),
+    "strings and nulls": pd.DataFrame({"s": ["a", None], "b": [True, False]}),
+    "times": pd.DataFrame({"t": pd.to_datetime(["2024-01-02T03:04:05", None])}),
+    "objects": pd.DataFrame({"o": [np.int64(3), {"k": [1.5]}], "l": [[1, 2], np.array([3])]}),
+    "numbered columns": pd.DataFrame([[1.5, "x"], [float("nan"), "y"]]),
+    "repeated columns": pd.DataFrame([[1, 2]], columns=["a", "a"]),
+    "no rows": pd.DataFrame({"a": pd.Series([], dtype=float)}),
+}
+
+
+@pytest.mark.parametrize("frame", list(FRAMES.values()), ids=list(FRAMES))
+def test_frames_are_answered_as_mlflow_answers_them(frame: pd.DataFrame) -> None:
+    """Frames are cut into records column by column, not by ``to_dict``: the same JSON (less
+    MLflow's bare NaN, and its "NaT" for a missing time, both null here)."""
+    written = io.StringIO()
+    predictions_to_json(frame, written)
+    expected = json.loads(written.getvalue().replace("NaN", "null").replace('"NaT"', "null"))
+    assert answer(frame, False) == expected
+
+
+@pytest.mark.parametrize(
+    "prediction",
+    [*FRAMES.values(), pd.Series([1.0, 2.5]), np.arange(4).reshape(2, 2), [1, 2], {"a": 1}, "x"],
+    ids=lambda p: type(p).__name__,
+)
+def test_an_answer_cut_into_rows_is_the_same_answer(prediction: Any) -> None:
+    """What a request gets from a call of its own through the batched path (its rows, or one
+    ``Whole``) is MLflow's answer to that prediction."""
+    assert rows_answer(answer_rows(prediction)) == answer(prediction, False)
+
+
+def test_records_and_split_tables_reach_the_model_as_mlflows_parser_makes_them(
+    served: tuple[TestClient, Backend],
+) -> None:
+    client, backend = served
+    records = [{"prompt": "a"}, {"prompt": "b"}]
+    bodies = [
+        {"dataframe_records": records},
+        {"dataframe_split": {"columns": ["prompt"], "data": [["a"], ["b"]]}},
+    ]
+    for body in bodies:
+        response = client.post("/models/echo/invocations", json=body)
+        assert response.json() == {"predictions": [{"out": "echo/1:a"}, {"out": "echo/1:b"}]}
+        sent = backend.calls[-1][1]
+        schema = ModelSignature.from_dict(TABLE.models["echo"].versions["1"].signature).inputs
+        pd.testing.assert_frame_equal(sent, infer_and_parse_data(body, schema), check_exact=True)
