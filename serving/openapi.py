@@ -4,8 +4,9 @@ FastAPI's routes are fixed when a replica starts, so the real routes take the mo
 path parameter and their generated schema says nothing about any model. ``/openapi.json`` (and
 ``/docs``, which reads it) is therefore rebuilt from the routing table: for every model with a
 contract it gains ``POST /models/{that name}/serve`` with the request schema (one record, a
-list, or the params envelope) and the response schema (a list of output records). The document
-is cached per table revision.
+list, or the params envelope) and the response schema (a list of output records, or, asked with
+``Accept: text/event-stream``, the model's ``predict_stream`` chunks: ``serving.streaming``).
+The document is cached per table revision.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 from pydantic import ConfigDict, TypeAdapter, create_model
 
 from serving.contract import Contract, contract_for, list_of
+from serving.streaming import EVENT_STREAM
 from wire.problems import MEDIA_TYPE as PROBLEM_MEDIA_TYPE
 from wire.routing_table import ModelEntry, RoutingTable
 
@@ -37,8 +39,18 @@ _PROBLEM = {
     },
     "required": ["type", "title", "status"],
 }
+# Server-Sent Events, asked with Accept: text/event-stream (serving.streaming).
+_STREAM = {
+    "type": "string",
+    "description": (
+        "With `Accept: text/event-stream`, one record in: a `data:` event per chunk of the "
+        "model's predict_stream (JSON), then `data: [DONE]`; a failure after the first chunk "
+        "is an `event: error` whose data is the problem+json, the status being already 200"
+    ),
+}
 _ERRORS = {
     "404": "Unknown model or version",
+    "406": "A stream was asked for and the version's model has no predict_stream",
     "409": "The version is quarantined (see `reasons`)",
     "422": "The body does not fit the contract (see `errors`)",
     "503": "Not ready: no table, no default, or version pending (see Retry-After)",
@@ -106,7 +118,8 @@ def _operation(model: ModelEntry, components: dict[str, Any]) -> dict[str, Any]:
         "200": {
             "description": "One output record per input record",
             "content": {
-                "application/json": {"schema": json_schema(list_of(contract.output), components)}
+                "application/json": {"schema": json_schema(list_of(contract.output), components)},
+                EVENT_STREAM: {"schema": _STREAM},
             },
         },
     }

@@ -22,7 +22,20 @@ import uvicorn
 from fastapi.testclient import TestClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature
-from mlflow.pyfunc import PythonModel
+from mlflow.pyfunc import ChatModel, PythonModel, ResponsesAgent
+from mlflow.types.llm import (
+    ChatChoice,
+    ChatChoiceDelta,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionResponse,
+    ChatMessage,
+)
+from mlflow.types.responses import (
+    ResponsesAgentRequest,
+    ResponsesAgentResponse,
+    ResponsesAgentStreamEvent,
+)
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from serving.api import create_app
@@ -281,9 +294,7 @@ def test_a_chunk_that_is_not_json_ends_the_stream_with_an_error_event() -> None:
         assert "not JSON" in json.loads(events[1][1])["detail"]
 
 
-def test_a_stream_that_stalls_past_the_deadline_ends_with_504_and_wedges_until_it_returns() -> (
-    None
-):
+def test_a_stream_that_stalls_past_the_deadline_ends_with_504_and_wedges_until_it_returns() -> None:
     release = threading.Event()
 
     def stalls(ran: str, data: Any, params: dict[str, Any] | None) -> Iterator[Any]:
@@ -443,44 +454,109 @@ class Words(PythonModel):
             yield {"token": word * int((params or {}).get("repeat", 1))}
 
 
-def test_a_real_pyfunc_streams_what_it_streams_in_process(tmp_path: Path) -> None:
-    signature = ModelSignature(
-        Schema([ColSpec("string", "prompt")]),
-        Schema([ColSpec("string", "answer")]),
-        ParamSchema([ParamSpec("repeat", "long", 1)]),
-    )
-    mlflow.pyfunc.save_model(tmp_path / "words", python_model=Words(), signature=signature)
-    model = mlflow.pyfunc.load_model(str(tmp_path / "words"))
-    own = list(model.predict_stream({"prompt": "one two three"}, params={"repeat": 2}))
+def stream_served(model: Any, directory: Path, body: Any) -> list[tuple[str, str]]:
+    """The events ``/serve`` answers for ``body`` with a loaded pyfunc ``model`` as the
+    default version of a model "m" whose contract is its signature."""
+    signature = model.metadata.signature.to_dict()
 
     async def get_model(target: Target) -> LoadedModel:
-        return LoadedModel(model, tmp_path / "words")
+        return LoadedModel(model, directory)
 
+    entry = VersionEntry(
+        version="1",
+        state=VersionState.LIVE,
+        signature=signature,
+        source="models:/m-1",
+        mlmodel_digest="a" * 64,
+    )
     table = RoutingTable(
         revision=1,
         models={
-            "words": ModelEntry(
-                name="words",
-                default_version="1",
-                contract=signature.to_dict(),
-                versions={
-                    "1": VersionEntry(
-                        version="1",
-                        state=VersionState.LIVE,
-                        signature=signature.to_dict(),
-                        source="models:/m-words",
-                        mlmodel_digest="a" * 64,
-                    )
-                },
+            "m": ModelEntry(
+                name="m", default_version="1", contract=signature, versions={"1": entry}
             )
         },
     )
     source = TableSource("http://controller", transport=httpx.MockTransport(Controller()))
     source.offer(table)
     with TestClient(create_app(source, ModelHost(get_model))) as client:
-        body = {"inputs": {"prompt": "one two three"}, "params": {"repeat": 2}}
-        response = client.post("/models/words/serve", json=body, headers=SSE)
-    streamed = parse_events(response.text)
+        response = client.post("/models/m/serve", json=body, headers=SSE)
+    assert response.status_code == 200, response.text
+    return parse_events(response.text)
+
+
+def test_a_real_pyfunc_streams_what_it_streams_in_process(tmp_path: Path) -> None:
+    signature = ModelSignature(
+        Schema([ColSpec("string", "prompt")]),
+        Schema([ColSpec("string", "answer")]),
+        ParamSchema([ParamSpec("repeat", "long", 1)]),
+    )
+    mlflow.pyfunc.save_model(
+        tmp_path / "words", python_model=Words(), signature=signature, pip_requirements=[]
+    )
+    model = mlflow.pyfunc.load_model(str(tmp_path / "words"))
+    own = list(model.predict_stream({"prompt": "one two three"}, params={"repeat": 2}))
+
+    body = {"inputs": {"prompt": "one two three"}, "params": {"repeat": 2}}
+    streamed = stream_served(model, tmp_path / "words", body)
     assert streamed[-1] == ("message", "[DONE]"), streamed
     assert [json.loads(data) for _, data in streamed[:-1]] == own
     assert own == [{"token": "oneone"}, {"token": "twotwo"}, {"token": "threethree"}]
+
+
+class Chat(ChatModel):
+    def predict(self, context: Any, messages: Any, params: Any) -> ChatCompletionResponse:
+        reply = ChatMessage(role="assistant", content=messages[-1].content)
+        return ChatCompletionResponse(choices=[ChatChoice(index=0, message=reply)])
+
+    def predict_stream(self, context: Any, messages: Any, params: Any) -> Iterator[Any]:
+        for word in messages[-1].content.split():
+            delta = ChatChoiceDelta(role="assistant", content=word)
+            yield ChatCompletionChunk(choices=[ChatChunkChoice(index=0, delta=delta)])
+
+
+class Agent(ResponsesAgent):
+    def predict(self, request: ResponsesAgentRequest) -> ResponsesAgentResponse:
+        return ResponsesAgentResponse(output=[self.create_text_output_item("hi", "1")])
+
+    def predict_stream(self, request: ResponsesAgentRequest) -> Iterator[Any]:
+        text = str(request.input[-1].content)
+        for word in text.split():
+            yield ResponsesAgentStreamEvent(**self.create_text_delta(word, "1"))
+        item = self.create_text_output_item(text, "1")
+        yield ResponsesAgentStreamEvent(type="response.output_item.done", item=item)
+
+
+@pytest.mark.parametrize(
+    ("python_model", "body"),
+    [
+        (Chat(), {"messages": [{"role": "user", "content": "one two"}]}),
+        (Agent(), {"input": [{"role": "user", "content": "one two"}]}),
+    ],
+    ids=["ChatModel", "ResponsesAgent"],
+)
+def test_mlflows_chat_and_agent_interfaces_stream_as_in_process(
+    python_model: Any, body: Any, tmp_path: Path
+) -> None:
+    """Their signatures are MLflow's own (messages, input...), taken as the contract."""
+    mlflow.pyfunc.save_model(tmp_path / "m", python_model=python_model, pip_requirements=[])
+    model = mlflow.pyfunc.load_model(str(tmp_path / "m"))
+    own = [_timeless(c) for c in model.predict_stream(body)]
+    streamed = stream_served(model, tmp_path / "m", body)
+    assert streamed[-1] == ("message", "[DONE]"), streamed
+    assert [_timeless(json.loads(data)) for _, data in streamed[:-1]] == own
+    assert len(own) >= 2
+
+
+def _timeless(chunk: dict[str, Any]) -> dict[str, Any]:
+    """A chunk without its ``created`` time (a chat chunk is stamped when it is made)."""
+    return {k: v for k, v in chunk.items() if k != "created"}
+
+
+def test_openapi_shows_the_stream_beside_the_json_answer() -> None:
+    with client_for(Backend()) as client:
+        operation = client.get("/openapi.json").json()["paths"]["/models/echo/serve"]["post"]
+    answers = operation["responses"]["200"]["content"]
+    assert set(answers) == {"application/json", "text/event-stream"}
+    assert "data: [DONE]" in answers["text/event-stream"]["schema"]["description"]
+    assert "406" in operation["responses"]
