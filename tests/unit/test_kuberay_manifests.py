@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,7 +83,7 @@ def check_serve_config(rayservice: dict[str, Any]) -> None:
 def test_every_object_is_valid() -> None:
     docs = _objects()
     assert sorted(d["kind"] for d in docs) == [
-        "Deployment", "NetworkPolicy", "NetworkPolicy", "RayService", "Service",
+        "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "RayService", "Service",
     ]
     kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(
@@ -121,9 +122,11 @@ def test_the_parts_refer_to_each_other() -> None:
     # One writer per database: a rollout must not run two controllers at once.
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"]["type"] == "Recreate"
-    [container] = pod["spec"]["containers"]
+    container, proxy = pod["spec"]["containers"]
     port = service["spec"]["ports"][0]
-    assert port["targetPort"] in [p["name"] for p in container["ports"]]
+    # The Service reaches the proxy, never the controller itself (on 127.0.0.1).
+    assert port["targetPort"] in [p["name"] for p in proxy["ports"]]
+    assert "ports" not in container
     [app] = serve_config(rayservice)["applications"]
     assert app["args"]["controller_url"] == (
         f"http://{service['metadata']['name']}:{port['port']}"
@@ -134,6 +137,7 @@ def test_the_parts_refer_to_each_other() -> None:
     routes = {getattr(r, "path", None) for r in router.routes}
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz" in routes
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz" in routes
+    assert container["readinessProbe"]["httpGet"]["port"] == proxy["ports"][0]["containerPort"]
     env = {e["name"]: e for e in container["env"]}
     assert env["SIGSERVE_DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "database-url"
     # Every secret comes from the one Secret, under a key the README tells users to create.
@@ -185,7 +189,7 @@ _HEAD = "spec.rayClusterConfig.headGroupSpec"
         ("RayService", _set(f"{_WORKER}.template.spec.containers.0.resource", {})),
         ("RayService", _set("spec.serveConfigV2", {"applications": []})),
         ("Deployment", _set("spec.template.spec.containers.0.readinessProb", {})),
-        ("Deployment", _set("spec.template.spec.containers.0.ports.0.containerPort", "8080")),
+        ("Deployment", _set("spec.template.spec.containers.1.ports.0.containerPort", "8080")),
         ("Deployment", _set("spec.selector", _DELETE)),
         ("Service", _set("spec.ports.0.port", "http")),
         ("RayService", _set("spec.rayClusterConfig.authOptions.mode", "tokens")),
@@ -357,3 +361,23 @@ def test_an_opened_policy_is_caught(edit: Callable[[dict[str, Any]], None]) -> N
     edit(head)
     validate(head)  # still a valid NetworkPolicy: only the evaluation sees the hole
     assert admits(head, _pod_labels()["controller"], RAY_HEAD_PORTS["gcs-server"])
+
+
+def test_the_controller_listens_on_loopback_behind_a_proxy_with_timeouts() -> None:
+    docs = _objects()
+    pod = _kind(docs, "Deployment")["spec"]["template"]["spec"]
+    container, proxy = pod["containers"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["SIGSERVE_CONTROLLER_HOST"] == "127.0.0.1"
+    [volume] = pod["volumes"]
+    config_map = _kind(docs, "ConfigMap")
+    assert volume["configMap"]["name"] == config_map["metadata"]["name"]
+    [mount] = proxy["volumeMounts"]
+    assert proxy["command"][-1] == f"{mount['mountPath']}/haproxy.cfg"
+    config = config_map["data"]["haproxy.cfg"]
+    assert f"server controller 127.0.0.1:{env['SIGSERVE_CONTROLLER_PORT']} " in config
+    assert f"bind :{proxy['ports'][0]['containerPort']}" in config
+    header_timeout = re.search(r"^\s*timeout http-request (\d+)s$", config, re.M)
+    assert header_timeout and int(header_timeout.group(1)) <= 30
+    client = re.search(r"^\s*timeout client (\d+)s$", config, re.M)
+    assert client and int(client.group(1)) > 60  # held long-polls are not cut
