@@ -9,6 +9,7 @@ body, gate, contract and metric as a JSON call; what it gets is in ``docs/archit
 
     data: <chunk as JSON>          one event per chunk the model yields, in order
     data: [DONE]                   the stream ended (OpenAI's and Databricks' end marker)
+    : ping                         a comment, every 15 s while the model works on a chunk
     event: error                   the model failed or stalled after the first chunk was sent:
     data: <problem+json>           the status line (200) is already gone, so the problem is here
 
@@ -49,6 +50,9 @@ logger = logging.getLogger(__name__)
 
 EVENT_STREAM = "text/event-stream"
 DONE = b"data: [DONE]\n\n"
+# A comment line (clients skip it), sent while the model works on a chunk; FastAPI's interval.
+KEEPALIVE = b": ping\n\n"
+KEEPALIVE_S = 15.0
 # The metric's status for a stream whose client went away (nginx's code, as ``serving.api``).
 CLIENT_GONE = 499
 
@@ -276,13 +280,25 @@ class ChunkEvents(EventSourceResponse):
         while event is not DONE:
             await send({"type": "http.response.body", "body": event, "more_body": True})
             try:
-                chunk = await self._chunks.next()
+                chunk = await self._next(send)
                 event = DONE if chunk is _END else encode(chunk)
             except ProblemError as exc:
                 event, status = error_event(exc, self._instance), exc.status
                 break
         await send({"type": "http.response.body", "body": event, "more_body": False})
         return status
+
+    async def _next(self, send: Send) -> Any:
+        """The next chunk; while the model works on it, a comment line every
+        ``KEEPALIVE_S``, so that a proxy's idle timeout (nginx's is 60 s, the default predict
+        deadline too) does not cut a stream whose model is slow between chunks."""
+        pull = asyncio.ensure_future(self._chunks.next())
+        try:
+            while not (await asyncio.wait((pull,), timeout=KEEPALIVE_S))[0]:
+                await send({"type": "http.response.body", "body": KEEPALIVE, "more_body": True})
+            return pull.result()
+        finally:
+            pull.cancel()  # a no-op once it is done; else the client left or the app stops
 
 
 def _plain(value: Any) -> Any:

@@ -560,3 +560,26 @@ def test_openapi_shows_the_stream_beside_the_json_answer() -> None:
     assert set(answers) == {"application/json", "text/event-stream"}
     assert "data: [DONE]" in answers["text/event-stream"]["schema"]["description"]
     assert "406" in operation["responses"]
+
+
+def test_a_slow_chunk_is_waited_for_with_comment_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy's idle timeout must not cut a stream whose model is slow between chunks."""
+    monkeypatch.setattr("serving.streaming.KEEPALIVE_S", 0.05, raising=False)
+    go_on = threading.Event()
+
+    def slow(ran: str, data: Any, params: dict[str, Any] | None) -> Iterator[Any]:
+        yield {"i": 0}
+        go_on.wait(WAIT_S)
+        yield {"i": 1}
+
+    with (
+        Served(Backend(slow), Requests()) as url,
+        httpx.Client(base_url=url, timeout=WAIT_S) as client,
+        client.stream("POST", "/models/echo/serve", json={"prompt": "a"}, headers=SSE) as r,
+    ):
+        lines = r.iter_lines()
+        assert next(lines) == 'data: {"i":0}'
+        assert [next(lines), next(lines)] == ["", ": ping"]  # while the model waits
+        go_on.set()
+        rest = [line for line in lines if line and line != ": ping"]
+    assert rest == ['data: {"i":1}', "data: [DONE]"]
