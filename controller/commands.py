@@ -123,8 +123,10 @@ def pin_default(
             env,
         )
         decided = pinned.versions[version]
-        if decided.state is VersionState.PENDING:
-            # Not proven yet: a default that has not answered its own example is not served.
+        if decided.state is VersionState.PENDING and not adopt:
+            # Not proven yet: it goes live by itself once proven, and can be pinned then. A pin
+            # that gives the model this version's contract is taken: the version could not be
+            # proven under the old one, and is now (it is the default, pending, meanwhile).
             raise InvalidRequest(
                 "version",
                 f"version {version} is being proven (loaded and called on its input example "

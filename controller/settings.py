@@ -95,7 +95,7 @@ class ControllerSettings(BaseSettings):
     # Whether a version is proven on its own input example by a serving replica before it goes
     # live, for models without a ``sigserve.proof`` tag (controller/proofs.py). Off: a version
     # is live as soon as it passes the checks, as before proofs.
-    default_proof: ProofPolicy = ProofPolicy.OFF  # ON once serving proves (this issue)
+    default_proof: ProofPolicy = ProofPolicy.ON
     # The registry alias that mirrors each model's pinned default version.
     default_alias: str = "serving"
     # Whether registry writers steer serving: the policy tags (``sigserve.*``) and moving the

@@ -17,6 +17,10 @@ failed load of that artifact reports it again. After a release by hand, the next
 reported again and quarantines the version again. A report the controller cannot take now
 (down, 5xx) is retried a few times with backoff, then dropped: the next failed load reports
 again. A refusal (401, 404, 409, 422) is not retried; it is logged.
+
+Proofs (``serving.proofs``) go the same way, ``POST {controller_url}/serving/proofs``, under the
+same budget; the prover awaits each one (``send_proof``) and keeps a proof it could not deliver
+to send it again later.
 """
 
 from __future__ import annotations
@@ -36,10 +40,12 @@ from tenacity import (
 )
 
 from serving.loader import LoadFailure
+from serving.proofs import Proof
 
 logger = logging.getLogger(__name__)
 
 PATH = "/serving/load-failures"
+PROOF_PATH = "/serving/proofs"
 # Reports in flight at once; past it a report is dropped (the next failed load reports again).
 _IN_FLIGHT = 100
 # Reports a replica may send at once, and how many a minute after that.
@@ -166,6 +172,42 @@ class LoadFailureReporter:
                 if answer.get("recorded")
                 else "already known",
             )
+
+    async def send_proof(self, proof: Proof) -> bool:
+        """Report ``proof``; whether the controller has it now (taken, or refused for good:
+        stale, unknown). False when over budget or the controller could not be reached: the
+        prover sends it again later."""
+        name = f"{proof.model}/{proof.version}"
+        if not self._budget.take():
+            logger.warning("not reporting the proof of %s yet: over the replica's budget", name)
+            return False
+        body = {**asdict(proof), "replica": self._replica}
+        if body["cause"] is None:
+            del body["cause"]
+        url = self._url.removesuffix(PATH) + PROOF_PATH
+        retrying = AsyncRetrying(
+            retry=retry_if_exception(_temporary),
+            stop=stop_after_attempt(self._attempts),
+            wait=wait_exponential(multiplier=self._backoff_s, max=10.0),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    response = await self._http().post(url, json=body, headers=self._headers)
+                    response.raise_for_status()
+        except httpx.HTTPStatusError as exc:
+            logger.warning("the controller refused the proof of %s: %s %s", name,
+                           exc.response.status_code, exc.response.text[:300])  # fmt: skip
+            return not _temporary(exc)
+        except httpx.HTTPError as exc:
+            logger.warning("could not report the proof of %s: %s", name, exc)
+            return False
+        answer = response.json()
+        logger.info("reported the proof of %s (%s): %s", name, proof.outcome,
+                    "recorded, now " + str(answer.get("state", "?")) if answer.get("recorded")
+                    else "already known")  # fmt: skip
+        return True
 
     def _http(self) -> httpx.AsyncClient:
         # Made on first use, on the replica's loop: most replicas never report anything.

@@ -171,9 +171,12 @@ class LoadedModel:
     the old artifact leaves the disk with its eviction.
     """
 
-    def __init__(self, model: Any, directory: Path) -> None:
+    def __init__(self, model: Any, directory: Path, path: Path | None = None) -> None:
         self.model = model
         self.directory = directory
+        # The model's own directory inside ``directory`` (where its MLmodel is): what MLflow's
+        # helpers read its input examples from (``serving.proofs``).
+        self.path = path if path is not None else directory
         self._remove = weakref.finalize(self, _forget, directory)
 
     def close(self) -> None:
@@ -371,7 +374,7 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
                 _cause(exc, artifact.source, local, directory), permanent=False
             ) from exc
         _check(local, artifact)
-        return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory)
+        return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory, local)
     except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, _NotChecked | _LoadFailed):

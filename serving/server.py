@@ -38,6 +38,7 @@ from serving.load_reports import LoadFailureReporter
 from serving.loader import Artifact, LoadedModel, PyfuncLoader, Refusal, bind
 from serving.metrics import ReplicaMetrics
 from serving.model_host import ModelHost
+from serving.proofs import Prover
 from serving.resolve import Target
 from serving.settings import ServingSettings
 from serving.table_source import TableSource
@@ -100,6 +101,13 @@ class Server:
             max_wedged_predicts=settings.max_wedged_predicts,
             on_batch=self._metrics.batch,
         )
+        # Versions the table says await their proof are proven here, one at a time, in the
+        # background (``serving.proofs``).
+        self._prover = Prover(
+            self._load_to_prove,
+            self._reporter.send_proof,
+            timeout_s=lambda t: t.model.predict_timeout_s or settings.predict_timeout_s,
+        )
 
     async def _model(self, target: Target) -> LoadedModel:
         model_id = target.model_id
@@ -110,6 +118,15 @@ class Server:
         # quarantine would take the whole endpoint out (``PyfuncLoader.load``).
         is_default = target.model.default_version == target.version.version
         return await self._ahead.model(model_id, target.artifact, confirm=is_default)
+
+    async def _load_to_prove(self, target: Target, default: bool) -> LoadedModel:
+        """A version to prove, loaded. One that will be its model's default goes through the
+        multiplexer as a request's would (confirmed, and warm once it is live); any other is
+        loaded beside it and let go after its proof, so proving costs no loaded model."""
+        if default:
+            return await self._model(target)
+        self._loader.check(target.model_id)
+        return await self._timed_load(target.model_id, target.artifact, False)
 
     async def _timed_load(self, model_id: str, artifact: Artifact, confirm: bool) -> LoadedModel:
         started = time.perf_counter()
@@ -135,6 +152,7 @@ class Server:
             # Signs the tables taken; a restored database is believed only from a replica with
             # it, and the controller refuses the table itself without it (docs/security.md).
             token=token.get_secret_value() if (token := settings.serving_token) else None,
+            watch=self._prover.offer,
         )
         self._metrics.watch(source)
         return create_app(
@@ -168,6 +186,10 @@ class Server:
     def resident(self) -> list[str]:
         """Model ids the multiplexer holds loaded on this replica, sorted."""
         return sorted(self._ahead.resident)
+
+    def proven(self) -> list[str]:
+        """Model ids this replica proved and reported, sorted."""
+        return sorted(self._prover.done)
 
     def warmed(self) -> list[str]:
         """Model ids loaded ahead of the table that made them defaults."""

@@ -17,6 +17,9 @@ Static stability: each accepted table is also written to a ``TableStore`` (the R
 ``serving.gcs_store``) and a starting replica reads that store first, so a replica started
 while the controller is down serves the last decisions instead of 503s.
 
+Each table accepted is also shown to a watcher, if any (the replica's prover,
+``serving.proofs``, which loads and proves the versions the table says await a proof).
+
 A table can be prepared for: ``prepare(new, answered)`` loads the versions ``new`` makes defaults
 (``serving.model_host``). Only a default's switch waits for it; everything else in ``new`` is
 answered at once, so a quarantine or a removal never waits behind a load. Until its new default
@@ -116,6 +119,7 @@ class TableSource:
         transport: httpx.AsyncBaseTransport | None = None,
         prepare: Prepare | None = None,
         token: str | None = None,
+        watch: Callable[[RoutingTable], None] | None = None,
     ) -> None:
         self._url = controller_url.rstrip("/") + "/routing-table"
         # The serving token (``SIGSERVE_SERVING_TOKEN``): the controller believes a replica's
@@ -128,6 +132,8 @@ class TableSource:
         self._store = store
         self._transport = transport
         self._prepare = prepare
+        # Told of each table accepted, on the loop, before any warm-up (``serving.proofs``).
+        self._watch = watch
         # What requests are answered from: ``_latest``, or while some of its new defaults warm,
         # ``_latest`` with those models' old defaults (``held_back``).
         self._table: RoutingTable | None = None
@@ -155,6 +161,7 @@ class TableSource:
         if not self._accepts(table):
             return False
         self._latest = table
+        self._watched(table)
         self._answer(table, table)
         return True
 
@@ -165,11 +172,21 @@ class TableSource:
             return self.offer(table)
         previous = self._table
         self._latest = table
+        self._watched(table)
         self._settle()
         task = asyncio.create_task(self._warm(table, previous), name="sigserve-table-warm")
         self._warming.add(task)
         task.add_done_callback(self._warming.discard)
         return True
+
+    def _watched(self, table: RoutingTable) -> None:
+        if self._watch is None:
+            return
+        try:
+            self._watch(table)
+        except Exception:
+            # Whatever watches must never cost the replica its table.
+            logger.exception("a watcher of routing table %d failed", table.revision)
 
     def _accepts(self, table: RoutingTable) -> bool:
         if table.schema_version != SCHEMA_VERSION:

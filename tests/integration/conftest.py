@@ -126,8 +126,10 @@ def ctl(controller_handle: ControllerHandle) -> Iterator[ControllerHandle]:
 
 
 def register_echo(name: str, *, tag: str, input_label: str = "prompt",
-                  output_label: str = "answer", pip_requirements: list[str] | None = None) -> str:
-    """Log and register a TaggedEcho version; returns its version number."""
+                  output_label: str = "answer", pip_requirements: list[str] | None = None,
+                  input_example: bool = False) -> str:
+    """Log and register a TaggedEcho version; returns its version number. Without an input
+    example by default: its proof then only loads it (controller/proofs.py)."""
     import mlflow
     import pandas as pd
     from mlflow.models import infer_signature
@@ -141,6 +143,7 @@ def register_echo(name: str, *, tag: str, input_label: str = "prompt",
             signature=infer_signature(example_in, example_out),
             model_config={"tag": tag, "input_label": input_label, "output_label": output_label},
             pip_requirements=pip_requirements or [],
+            input_example=example_in if input_example else None,
             registered_model_name=name,
         )
     return str(info.registered_model_version)

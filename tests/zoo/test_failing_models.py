@@ -1,28 +1,27 @@
-"""Versions that fail on their own terms, as they are served today (issue 17, "Real models in
-the tests"): one whose ``predict`` raises on its own input example, one that answers a column
-its output schema lacks. Both are logged from code with an input example and an explicit
-signature, and both pass the gate, so today they go live: the proof on the input example that
-would quarantine them before any client calls them is not built yet.
+"""Versions that fail on their own terms (issue 17, "Real models in the tests"): one whose
+``predict`` raises on its own input example, one that answers a column its output schema lacks.
+Both are logged from code with an input example and an explicit signature, and both pass the
+gate; the proof before the first request (a serving replica calls each on its own example and
+checks the answer against its outputs) quarantines them with the cause before any client can
+call them.
 
-What holds today, asserted here: a client of either gets a 500 ``model-failed`` problem naming
-the cause (no traceback), on ``/serve`` and on ``/invocations``, never a 200 with an answer
-outside the version's contract.
-
-Next slice (the proof, issue 17 "Proof before the first request"): both are quarantined with the
-cause before their first request, their state ``quarantined`` and a client's answer a 409; these
-assertions of ``live`` and 500 then change to that.
+Asserted: the version's state is ``quarantined`` with the cause as its reason (exception type
+and first line, or the undeclared column; no traceback); every request a client made from the
+registration on was answered 404 or 503 (not in the table yet, pending), never 200; from the
+decision on, ``/serve`` and ``/invocations`` answer 409 with that reason.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
 import pandas as pd
 
-from tests.integration.conftest import ControllerHandle, problem
+from tests.integration.conftest import ControllerHandle, problem, wait_for
 from tests.zoo.conftest import Figures
-from tests.zoo.held import first_answer, go_live, in_process, post_json
+from tests.zoo.held import LIVE_TIMEOUT_S, in_process, post_json, registered_at
 
 MODELS = Path(__file__).parent / "models"
 
@@ -41,48 +40,70 @@ def _register(name: str, code: Path) -> str:
     return str(info.registered_model_version)
 
 
-def _model_failed(response: httpx.Response, *reasons: str) -> None:
-    assert response.status_code == 500, response.text
-    body = problem(response)
-    assert body["type"] == "urn:sigserve:problem:model-failed", body
-    for reason in reasons:
-        assert reason in body["detail"], body
+def _quarantined(serving_url: str, ctl: ControllerHandle, name: str, version: str,
+                 figures: Figures) -> list[str]:
+    """Poll a client until the controller decides; the reasons, once quarantined. Every answer
+    on the way is 404 or 503."""
+    born = registered_at(name, version)
+    send = post_json([{"prompt": "hello"}])
+    statuses: list[int] = []
+
+    def decided() -> str | None:
+        statuses.append(send(f"{serving_url}/models/{name}/serve").status_code)
+        state = ctl.state_of(name, version)
+        return state if state in ("live", "quarantined") else None
+
+    state = wait_for(decided, LIVE_TIMEOUT_S, 0.05)
+    figures("registration -> quarantined", time.time() - born)
+    record = next(v for v in ctl.model(name)["versions"] if v["version"] == version)
+    assert state == "quarantined", record
+    assert set(statuses) <= {404, 503}, statuses  # never 200, never 500
+    reasons: list[str] = record["reasons"]
+    return reasons
 
 
-def test_a_version_whose_predict_raises_on_its_own_example_answers_500_model_failed(
+def _refused(serving_url: str, name: str, *causes: str) -> None:
+    """From the decision on, both protocols answer 409 with the cause (the replica may take a
+    moment to get the table that says so)."""
+    records = [{"prompt": "hello"}]
+    for path, body in ((f"/models/{name}/serve", records),
+                       (f"/models/{name}/invocations", {"dataframe_records": records})):
+        answer: httpx.Response = wait_for(
+            lambda p=path, b=body: r
+            if (r := httpx.post(f"{serving_url}{p}", json=b, timeout=30)).status_code != 503
+            else None, 30, 0.05)  # fmt: skip
+        assert answer.status_code == 409, answer.text
+        detail = problem(answer)["detail"]
+        assert "failed its proof" in detail, detail
+        for cause in causes:
+            assert cause in detail, detail
+
+
+def test_a_version_whose_predict_raises_on_its_own_example_is_quarantined_by_its_proof(
     serving_url: str, ctl: ControllerHandle, figures: Figures
 ) -> None:
     name = "zoo_raises"
     version = _register(name, MODELS / "raises.py")
-    born = go_live(ctl, name, version, figures)  # today: live (no proof yet)
-    example = [{"prompt": "hello"}]
     try:
-        in_process(name, version).predict(pd.DataFrame(example))
+        in_process(name, version).predict(pd.DataFrame([{"prompt": "hello"}]))
     except ValueError as exc:
-        assert "never fitted" in str(exc)  # MLflow's own load fails on it the same way
+        assert "never fitted" in str(exc)  # MLflow's own predict fails on it the same way
     else:
         raise AssertionError("the model was meant to raise on its own example")
-
-    first = first_answer(serving_url, f"/models/{name}/serve", born, figures, post_json(example))
-    _model_failed(first, "ValueError", "never fitted")
-    scored = httpx.post(f"{serving_url}/models/{name}/invocations",
-                        json={"dataframe_records": example}, timeout=30)
-    _model_failed(scored, "ValueError", "never fitted")
+    reasons = _quarantined(serving_url, ctl, name, version, figures)
+    assert "ValueError: cannot score 1 rows: the model was never fitted" in reasons[0], reasons
+    assert "Traceback" not in " ".join(reasons)
+    _refused(serving_url, name, "ValueError", "never fitted")
 
 
-def test_a_version_answering_a_column_its_output_schema_lacks_answers_500_model_failed(
+def test_a_version_answering_a_column_its_output_schema_lacks_is_quarantined_by_its_proof(
     serving_url: str, ctl: ControllerHandle, figures: Figures
 ) -> None:
     name = "zoo_extra_column"
     version = _register(name, MODELS / "extra_column.py")
-    born = go_live(ctl, name, version, figures)  # today: live (no proof yet)
-    example = [{"prompt": "hello"}]
     # In-process MLflow hands the extra column on: it never checks a prediction's outputs.
-    assert list(in_process(name, version).predict(pd.DataFrame(example)).columns) == [
-        "answer", "debug"]
-
-    first = first_answer(serving_url, f"/models/{name}/serve", born, figures, post_json(example))
-    _model_failed(first, "'debug'", "output schema")
-    scored = httpx.post(f"{serving_url}/models/{name}/invocations",
-                        json={"dataframe_records": example}, timeout=30)
-    _model_failed(scored, "'debug'", "output schema")
+    assert list(in_process(name, version).predict(pd.DataFrame([{"prompt": "hello"}])).columns
+                ) == ["answer", "debug"]
+    reasons = _quarantined(serving_url, ctl, name, version, figures)
+    assert "'debug'" in reasons[0] and "output schema lacks" in reasons[0], reasons
+    _refused(serving_url, name, "'debug'")
