@@ -1,27 +1,20 @@
 """A model's ``predict_stream`` over Server-Sent Events: sigserve's own extension of ``/serve``.
 
-MLflow's scoring server does not stream; MLflow's pyfunc does (``PythonModel.predict_stream``,
-which ``ChatModel``, ``ChatAgent`` and ``ResponsesAgent`` implement; LangChain and DSPy models
-too; the MLmodel's ``python_function`` flavor then says ``streamable: true``). A client asks for
-a stream with ``Accept: text/event-stream`` on ``/models/{name}[/versions/{v}]/serve``, the same
-body, gate, contract and metric as a JSON call; what it gets is in ``docs/architecture.md``
-("Streaming"), in short:
+A client asks with ``Accept: text/event-stream`` on ``/models/{name}[/versions/{v}]/serve``
+(``wants_stream``); the body, gate, contract and metric are the JSON call's. The answer:
 
     data: <chunk as JSON>          one event per chunk the model yields, in order
+    : ping                         a comment, every ``KEEPALIVE_S`` while the model works
     data: [DONE]                   the stream ended (OpenAI's and Databricks' end marker)
-    : ping                         a comment, every 15 s while the model works on a chunk
-    event: error                   the model failed or stalled after the first chunk was sent:
-    data: <problem+json>           the status line (200) is already gone, so the problem is here
+    event: error                   the model failed or stalled after the first chunk was sent
+    data: <problem+json>           (the status line, 200, is gone by then)
 
-The first chunk is pulled *before* the status line is sent, so everything that can go wrong up
-to it (the gate, the contract, a model that does not stream: 406, MLflow refusing the input,
-the model raising at once, a first chunk past the deadline) is a plain problem+json answer.
-
-The generator is synchronous model code: it is pulled one chunk at a time in a worker thread
-(``ChunkStream``), the next pull only once the previous chunk was handed to the server, so a
-slow reader slows the model instead of filling memory. Each pull has the version's predict
-deadline (``serving.deadlines``). A client that goes away closes the generator (its
-``finally`` runs, ``GeneratorExit`` at its ``yield``), in its thread and once no pull runs.
+The first chunk is pulled before the status is sent (``first_events``), so what fails until
+then is a plain problem answer (406 ``StreamUnsupported`` for a model that cannot stream). The
+generator is pulled one chunk at a time in a worker thread, under the version's predict deadline
+per chunk, the next pull only once the previous event was handed over (``ChunkStream``); a
+client that leaves closes it (``ChunkEvents``). Why each of these: ``docs/architecture.md``,
+"Streaming".
 """
 
 from __future__ import annotations
