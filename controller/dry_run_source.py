@@ -67,7 +67,7 @@ class CandidateRegistry(Registry):
         an MLflow model can be read from; the read's own errors as the gate's read raises them.
         """
         if source.startswith("models:/"):
-            return self._model_uri(source)
+            return self._model_uri(name, source)
         if source.startswith("runs:/"):
             return self._at_location(name, self._run_location(source))
         if "://" not in source and not source.startswith(("/", "mlflow-artifacts:")):
@@ -108,7 +108,7 @@ class CandidateRegistry(Registry):
             "mlflow.<flavor>.log_model and check what that logged"
         )
 
-    def _model_uri(self, source: str) -> ArtifactFacts:
+    def _model_uri(self, checked: str, source: str) -> ArtifactFacts:
         # models:/<name>/<version>, models:/<name>@<alias>, models:/<model id>: MLflow's own
         # forms (stages and "latest" are not what a version is registered from).
         rest = source.removeprefix("models:/")
@@ -118,7 +118,7 @@ class CandidateRegistry(Registry):
             raise InvalidRequest("source", f"{source!r} is not a models:/ URI: {SOURCES}")
         if not slash and not at:
             logged = self._lookup(source, lambda: self._client.get_logged_model(name))
-            return self._at_location(source, str(logged.artifact_location))
+            return self._at_location(checked, str(logged.artifact_location))
         if at:
             found = self._lookup(
                 source, lambda: self._client.get_model_version_by_alias(registered, alias)

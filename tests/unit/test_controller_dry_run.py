@@ -174,6 +174,22 @@ def test_a_compatible_artifact_would_be_live_and_says_the_proof_is_not_run(
     assert Path(result.location).is_relative_to(world["artifacts"])
 
 
+def test_a_registered_version_its_alias_and_its_logged_model_read_the_same_artifact(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    client = world["client"]
+    registered = client.get_model_version(NAME, "1")
+    client.set_registered_model_alias(NAME, "champion", "1")
+    try:
+        results = [_check(world, gate, "other", source) for source in (
+            f"models:/{NAME}/1", f"models:/{NAME}@champion", registered.source)]  # fmt: skip
+    finally:
+        client.delete_registered_model_alias(NAME, "champion")
+    assert registered.source.startswith("models:/m-")
+    where = client.get_model_version_download_uri(NAME, "1")
+    assert [(r.verdict, r.location) for r in results] == [(VersionState.LIVE, where)] * 3
+
+
 def test_a_check_writes_nothing_to_the_database_or_the_registry(
     world: dict[str, Any], gate: dict[str, Any]
 ) -> None:
