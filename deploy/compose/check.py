@@ -22,6 +22,11 @@ Steps, each timed:
    secret of MLflow's, PostgreSQL's or the admin's, the MLflow container cannot open a TCP
    connection to Ray's GCS or client port (the controller, on Ray's network, can), and Ray
    refuses a Ray Client without its token (and takes it with the token).
+   The guards (``compose_guards``): MLflow refuses an anonymous registration (401) and the
+   replicas' user's (403), and a version whose source its validation regex does not match
+   (``file:///etc``, an http URL, a foreign bucket); slow clients (headers a byte a second, up
+   to 500 or the fd limit) on the controller's published port leave ``/healthz`` answering
+   and are cut by HAProxy.
 5. Figures: build time, time to healthy, where the serving replicas run, memory of each
    container (``docker stats --no-stream``), image sizes.
 6. ``compose down -v``: containers, network and volumes.
@@ -32,7 +37,8 @@ The parts are sibling modules, imported as plain modules (Python puts this scrip
 first on ``sys.path``): ``compose_output`` (progress lines, ``CheckFailed``), ``compose_docker``
 (docker and compose processes), ``compose_stack`` (the compose project: settings, ``up``,
 tear-down), ``compose_images`` (base image, wheelhouse, build), ``compose_scenario`` (the checks
-from the host), ``compose_isolation`` (the checks from inside the containers) and
+from the host), ``compose_isolation`` (the checks from inside the containers),
+``compose_guards`` (MLflow's authentication and source validation, slow clients) and
 ``compose_figures`` (the figures at the end).
 """
 
@@ -48,6 +54,7 @@ from types import FrameType
 
 from compose_docker import REPO, compose_command, ensure_docker, run
 from compose_figures import memory_table, print_figures
+from compose_guards import mlflow_authentication, slow_clients, source_validation
 from compose_images import (
     APP_IMAGE,
     LOCAL_BASE,
@@ -140,6 +147,10 @@ def main(argv: list[str] | None = None) -> int:
             scenario_notebook(stack)
         with step("Who reads and reaches what, from inside the containers"):
             isolation(stack)
+        with step("MLflow's authentication and source validation; slow clients"):
+            mlflow_authentication(stack)
+            source_validation(stack)
+            slow_clients(stack)
         with step("A version registered after start goes live through the webhook"):
             new_version_goes_live(stack, work, "webhook")
         with step("The controller container restarted keeps its decisions"):

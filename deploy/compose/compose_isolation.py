@@ -1,9 +1,10 @@
 """Who can read and reach what in the running stack, checked from inside its containers
 (docs/security.md, "What each container can read"): each service's secrets are the files granted
 to it and no others, the serving replicas' processes hold none of MLflow's, PostgreSQL's or the
-admin's secrets, MLflow has no route to Ray's ports (the controller, on Ray's network, has one:
-the control that the port listens), and Ray refuses a client without its token (and takes the
-same client with it: the control that the token is what differs)."""
+admin's secrets, MLflow and the controller have no route to Ray's ports (the controller's proxy,
+on Ray's network, has one: the control that the port listens), and Ray refuses a client
+without its token (and takes the same client with it: the control that the token is what
+differs)."""
 
 from __future__ import annotations
 
@@ -19,15 +20,24 @@ SECRETS_DIR = "/run/sigserve-secrets"
 # Service -> the files it may read in SECRETS_DIR (deploy/compose/init-secrets.sh grants them).
 GRANTS: dict[str, set[str]] = {
     "postgres": {"mlflow_password", "sigserve_password"},
-    "mlflow": {"mlflow_encryption_key", "postgres_password"},
-    "controller": {"admin_token", "serving_token", "webhook_secret", "postgres_password"},
+    "mlflow": {
+        "mlflow_encryption_key", "postgres_password", "mlflow_controller_password",
+        "mlflow_serving_password", "mlflow_registrar_password", "mlflow_flask_secret_key",
+    },
+    "controller": {
+        "admin_token", "serving_token", "webhook_secret", "postgres_password",
+        "mlflow_tracking_password",
+    },
     "ray-head": {"ray_token"},
     "ray-worker": {"ray_token"},
     "mlflow-gateway": set(),
+    "controller-proxy": set(),
 }
 # Variables a serving replica's process must not hold (it holds model code: one trust domain).
 NOT_FOR_REPLICAS = (
     "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY",
+    "MLFLOW_AUTH_ADMIN_PASSWORD",
+    "MLFLOW_FLASK_SERVER_SECRET_KEY",
     "SIGSERVE_ADMIN_TOKEN",
     "SIGSERVE_WEBHOOK_SECRET",
     "PGPASSWORD",
@@ -98,25 +108,32 @@ def head_address(stack: Stack) -> str:
     return str(network["IPAddress"])
 
 
+# On Ray's network with no Ray token, and Ray installed (the app image): the control for the
+# checks of MLflow's and the controller's route to Ray, and a Ray Client without the token.
+ON_RAYS_NETWORK = "controller-proxy"
+
+
 def ray_reachability(stack: Stack) -> dict[str, dict[int, bool]]:
-    """Whether a TCP connection to each Ray port of the head is accepted, from MLflow (must not
-    be) and from the controller (must be: the port listens on that address)."""
+    """Whether a TCP connection to each Ray port of the head is accepted, from MLflow and the
+    controller (must not be) and from the controller's proxy (must be: the port listens on
+    that address)."""
     address = head_address(stack)
     reach: dict[str, dict[int, bool]] = {}
-    for service in ("mlflow", "controller"):
+    for service in ("mlflow", "controller", ON_RAYS_NETWORK):
         reach[service] = {}
         for port in RAY_PORTS:
             code, _ = _exec(stack, service, "python3", PROBE, "tcp", address, str(port))
             reach[service][port] = code == 0
     expect(
-        all(reach["controller"].values()),
-        f"the controller cannot reach Ray's ports at {address}: {reach['controller']} "
-        "(the control for the check from MLflow)",
+        all(reach[ON_RAYS_NETWORK].values()),
+        f"{ON_RAYS_NETWORK} cannot reach Ray's ports at {address}: {reach[ON_RAYS_NETWORK]} "
+        "(the control for the checks from MLflow and the controller)",
     )
-    expect(
-        not any(reach["mlflow"].values()),
-        f"the MLflow container reaches Ray's ports at {address}: {reach['mlflow']}",
-    )
+    for service in ("mlflow", "controller"):
+        expect(
+            not any(reach[service].values()),
+            f"the {service} container reaches Ray's ports at {address}: {reach[service]}",
+        )
     return reach
 
 
@@ -127,11 +144,11 @@ CONNECT = (
 
 
 def ray_needs_its_token(stack: Stack) -> tuple[str, float]:
-    """A Ray Client from the controller's container (Ray installed, a route to the head, no
-    token of its own): refused without the token, and connected with it (so the token is what
+    """A Ray Client from the controller proxy's container (Ray installed, a route to the head,
+    no token of its own): refused without the token, and connected with it (so the token is what
     differs). The refusal, and how long the client took to give up."""
     started = time.monotonic()
-    code, out = _exec(stack, "controller", "python3", "-c", CONNECT, timeout=240)
+    code, out = _exec(stack, ON_RAYS_NETWORK, "python3", "-c", CONNECT, timeout=240)
     refused_after = time.monotonic() - started
     expect(
         code != 0 and "CONNECTED" not in out,
@@ -139,7 +156,7 @@ def ray_needs_its_token(stack: Stack) -> tuple[str, float]:
     )
     _, token = _exec(stack, "ray-head", "cat", f"{SECRETS_DIR}/ray_token")
     env = ["env", "RAY_AUTH_MODE=token", f"RAY_AUTH_TOKEN={token.strip()}"]
-    code, with_token = _exec(stack, "controller", *env, "python3", "-c", CONNECT, timeout=240)
+    code, with_token = _exec(stack, ON_RAYS_NETWORK, *env, "python3", "-c", CONNECT, timeout=240)
     expect(
         code == 0 and "CONNECTED" in with_token,
         f"a Ray Client with the cluster's token, from the same container, was refused too, so "
@@ -163,8 +180,8 @@ def isolation(stack: Stack) -> None:
     reach = ray_reachability(stack)
     ports = ", ".join(str(p) for p in RAY_PORTS)
     ok(
-        f"Ray's ports ({ports}) on the head's address: refused from MLflow, open from the "
-        f"controller ({reach})"
+        f"Ray's ports ({ports}) on the head's address: refused from MLflow and the controller, "
+        f"open from {ON_RAYS_NETWORK} ({reach})"
     )
     last, after_s = ray_needs_its_token(stack)
     ok(

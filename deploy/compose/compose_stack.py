@@ -17,10 +17,15 @@ import httpx
 from compose_docker import REPO, project_filter, run
 from compose_output import CheckFailed, ok, say
 
-LONG_RUNNING = ("postgres", "mlflow", "mlflow-gateway", "controller", "ray-head", "ray-worker")
+LONG_RUNNING = (
+    "postgres", "mlflow", "mlflow-gateway", "controller", "controller-proxy", "ray-head",
+    "ray-worker",
+)
 ONE_SHOT = ("init-secrets", "serve", "register")
 SERVICES = (*LONG_RUNNING, *ONE_SHOT)
 PORTS = ("serving", "controller", "mlflow")
+# docker-compose.yml's name for the `register` job's MLflow user.
+REGISTRAR = "sigserve-registrar"
 
 
 @dataclass
@@ -54,6 +59,11 @@ class Stack:
     @property
     def token(self) -> str:
         return self.env["SIGSERVE_ADMIN_TOKEN"]
+
+    @property
+    def registrar(self) -> tuple[str, str]:
+        """The MLflow user that registers (the demo's `register` job's), and its password."""
+        return REGISTRAR, self.env["SIGSERVE_MLFLOW_REGISTRAR_PASSWORD"]
 
     def compose_argv(self, *args: str) -> list[str]:
         return [*self.compose, "-p", self.project, *args]
@@ -138,6 +148,8 @@ def new_stack(
         # Generated here, so the check can call the admin API; the others are
         # generated inside the stack. Never written to the repository.
         "SIGSERVE_ADMIN_TOKEN": secrets.token_urlsafe(24),
+        # The same for the MLflow user that registers: the check registers from the host.
+        "SIGSERVE_MLFLOW_REGISTRAR_PASSWORD": secrets.token_urlsafe(24),
         # New versions must reach the controller by webhook within the check; its
         # periodic resync would also find them, so it is pushed out of the way.
         "SIGSERVE_RESYNC_INTERVAL_S": "600",

@@ -19,4 +19,10 @@ from_file MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY mlflow_encryption_key
 # libpq (psycopg) reads the password from here, so database URLs carry none: the password of
 # this service's own PostgreSQL role (MLflow's or the controller's).
 from_file PGPASSWORD postgres_password
+# The MLflow user this service acts as (its name is set in docker-compose.yml); MLflow's client
+# sends it with every request, artifact downloads included.
+from_file MLFLOW_TRACKING_PASSWORD mlflow_tracking_password
+# The MLflow server's admin, made by its basic-auth app on first start: the controller's user.
+from_file MLFLOW_AUTH_ADMIN_PASSWORD mlflow_controller_password
+from_file MLFLOW_FLASK_SERVER_SECRET_KEY mlflow_flask_secret_key
 exec "$@"

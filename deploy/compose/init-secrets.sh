@@ -38,6 +38,16 @@ put postgres_mlflow_password "${SIGSERVE_POSTGRES_MLFLOW_PASSWORD:-}" "$(random 
 put postgres_sigserve_password "${SIGSERVE_POSTGRES_SIGSERVE_PASSWORD:-}" "$(random 24)"
 # Ray's token authentication (RAY_AUTH_MODE=token): every Ray node and every Ray client.
 put ray_token "${SIGSERVE_RAY_TOKEN:-}" "$(random 32)"
+# MLflow's own users (its basic-auth app, docs/security.md "MLflow's own authentication"): the
+# controller's (an MLflow admin: webhooks are admin-only), the serving replicas' (reads) and the
+# demo registration's (creates its experiment and models). mlflow_users.py makes or updates them
+# on every start of `mlflow`, so a new value takes effect with a restart.
+put mlflow_controller_password "${SIGSERVE_MLFLOW_CONTROLLER_PASSWORD:-}" "$(random 24)"
+put mlflow_serving_password "${SIGSERVE_MLFLOW_SERVING_PASSWORD:-}" "$(random 24)"
+put mlflow_registrar_password "${SIGSERVE_MLFLOW_REGISTRAR_PASSWORD:-}" "$(random 24)"
+# The basic-auth app's CSRF key (MLFLOW_FLASK_SERVER_SECRET_KEY): MLflow refuses to start
+# without a fixed one.
+put mlflow_flask_secret_key "${MLFLOW_FLASK_SERVER_SECRET_KEY:-}" "$(random 32)"
 # The one password of stacks made before the roles had one each: nothing reads it any more.
 rm -f "$dir/postgres_password"
 
@@ -60,10 +70,17 @@ grant() {  # GRANT FILE [NAME-IN-THE-GRANT] ...: copy secrets into one service's
 }
 # NAME=FILE: the service reads it as NAME (the entrypoint's PGPASSWORD comes from postgres_password).
 grant postgres mlflow_password=postgres_mlflow_password sigserve_password=postgres_sigserve_password
-grant mlflow mlflow_encryption_key postgres_password=postgres_mlflow_password
-grant controller admin_token serving_token webhook_secret postgres_password=postgres_sigserve_password
-# The Ray nodes need Ray's token alone: the replicas get the serving token with the
-# deployment (the `serve` job's settings), not from the node.
+# MLflow makes its users, so it holds their passwords (it keeps only their hashes in its store).
+grant mlflow mlflow_encryption_key postgres_password=postgres_mlflow_password \
+  mlflow_controller_password mlflow_serving_password mlflow_registrar_password \
+  mlflow_flask_secret_key
+# mlflow_tracking_password: the password of the MLflow user the service acts as (the entrypoint
+# exports it as MLFLOW_TRACKING_PASSWORD; the user name is in docker-compose.yml).
+grant controller admin_token serving_token webhook_secret postgres_password=postgres_sigserve_password \
+  mlflow_tracking_password=mlflow_controller_password
+# The Ray nodes need Ray's token alone: the replicas get the serving token and their MLflow
+# user with the deployment (the `serve` job's settings), not from the node.
 grant ray ray_token
-grant serving serving_token ray_token
-echo "secrets: ready in $dir; granted: postgres, mlflow, controller, ray, serving"
+grant serving serving_token ray_token mlflow_tracking_password=mlflow_serving_password
+grant register mlflow_tracking_password=mlflow_registrar_password
+echo "secrets: ready in $dir; granted: postgres, mlflow, controller, ray, serving, register"

@@ -6,6 +6,7 @@ checked the same way from inside its containers by ``make compose-check``
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -23,12 +24,21 @@ SECRETS_DIR = "/run/sigserve-secrets"
 # database role's password; the controller its tokens, the webhook secret and its role's password;
 # the Ray nodes Ray's token alone (the replicas get the serving token with the deployment), and
 # the `serve` job, which deploys the app through the Ray Client, the serving token and Ray's token.
+# MLflow makes its users, so it holds their passwords; each MLflow client holds its own user's
+# (mlflow_tracking_password): the controller, the replicas (through `serve`), the registration.
 GRANTS = {
     "postgres": {"mlflow_password", "sigserve_password"},
-    "mlflow": {"mlflow_encryption_key", "postgres_password"},
-    "controller": {"admin_token", "serving_token", "webhook_secret", "postgres_password"},
+    "mlflow": {
+        "mlflow_encryption_key", "postgres_password", "mlflow_controller_password",
+        "mlflow_serving_password", "mlflow_registrar_password", "mlflow_flask_secret_key",
+    },
+    "controller": {
+        "admin_token", "serving_token", "webhook_secret", "postgres_password",
+        "mlflow_tracking_password",
+    },
     "ray": {"ray_token"},
-    "serving": {"serving_token", "ray_token"},
+    "serving": {"serving_token", "ray_token", "mlflow_tracking_password"},
+    "register": {"mlflow_tracking_password"},
 }
 # Service -> the grant mounted at SECRETS_DIR (None: no secret at all).
 MOUNTS = {
@@ -39,9 +49,19 @@ MOUNTS = {
     "ray-worker": "secrets-ray",
     "serve": "secrets-serving",
     "mlflow-gateway": None,
-    "register": None,
+    "controller-proxy": None,
+    "register": "secrets-register",
+}
+# Service -> the MLflow user it acts as (docker-compose.yml) and the grant's file of its password.
+MLFLOW_USERS = {
+    "controller": ("sigserve-controller", "mlflow_controller_password"),
+    "serve": ("sigserve-serving", "mlflow_serving_password"),
+    "register": ("sigserve-registrar", "mlflow_registrar_password"),
 }
 RAY_SIDE = ("ray-head", "ray-worker", "serve")
+
+
+MLFLOW_USERS_GRANTS = ("controller", "serving", "register")
 
 
 def _init_secrets(tmp_path: Path, **env: str) -> tuple[Path, Path]:
@@ -79,6 +99,12 @@ def test_each_grant_holds_only_what_its_service_needs(tmp_path: Path) -> None:
     assert granted["mlflow"]["postgres_password"] == granted["postgres"]["mlflow_password"]
     assert granted["controller"]["postgres_password"] == granted["postgres"]["sigserve_password"]
     assert granted["postgres"]["mlflow_password"] != granted["postgres"]["sigserve_password"]
+    # Each MLflow client holds its own user's password, the one MLflow makes that user with.
+    for grant, file in (("controller", "mlflow_controller_password"),
+                        ("serving", "mlflow_serving_password"),
+                        ("register", "mlflow_registrar_password")):
+        assert granted[grant]["mlflow_tracking_password"] == granted["mlflow"][file], grant
+    assert len({granted[g]["mlflow_tracking_password"] for g in MLFLOW_USERS_GRANTS}) == 3
     assert all(len(value) >= 32 for value in kept.values())
 
 
@@ -149,3 +175,55 @@ def test_ray_has_a_network_of_its_own_and_its_token() -> None:
     # Only the head's serving port is published from the Ray side.
     assert [p.rsplit(":", 1)[1] for p in services["ray-head"]["ports"]] == ["8000"]
     assert "ports" not in services["ray-worker"]
+
+
+def test_mlflow_runs_with_its_authentication_and_each_client_as_its_own_user() -> None:
+    services = _compose()["services"]
+    mlflow = services["mlflow"]
+    assert "--app-name=basic-auth" in mlflow["command"]
+    # The users are made before the server starts, then the server is exec'd.
+    assert mlflow["command"][:2] == ["python3", "/opt/sigserve-compose/mlflow_users.py"]
+    assert mlflow["environment"]["MLFLOW_AUTH_ADMIN_USERNAME"] == "sigserve-controller"
+    users = {name: services[name]["environment"].get("MLFLOW_TRACKING_USERNAME")
+             for name in MLFLOW_USERS}
+    assert users == {name: user for name, (user, _) in MLFLOW_USERS.items()}
+    # A user's password never sits in the compose file's environment: it comes from the grant.
+    for service in services.values():
+        assert "MLFLOW_TRACKING_PASSWORD" not in service.get("environment", {})
+    # Anonymous requests are 401: whoever is signed in reads, no more, unless granted.
+    ini = (ROOT / "deploy" / "compose" / "mlflow-auth.ini").read_text()
+    assert "default_permission = READ" in ini
+
+
+def test_mlflow_refuses_version_sources_outside_its_own_stores() -> None:
+    regex = _compose()["services"]["mlflow"]["environment"][
+        "MLFLOW_CREATE_MODEL_VERSION_SOURCE_VALIDATION_REGEX"
+    ]
+    # MLflow applies it with re.search (mlflow/server/handlers.py, _create_model_version).
+    allowed = ["models:/m-0123abcd", "runs:/0123abcd/model", "mlflow-artifacts:/1/abc/artifacts"]
+    refused = ["file:///etc", "/etc", "http://198.51.100.7/model", "s3://foreign/x",
+               "mlflow-artifacts://evil.example/x", "x models:/m-1"]
+    assert [s for s in allowed if not re.search(regex, s)] == []
+    assert [s for s in refused if re.search(regex, s)] == []
+
+
+def test_the_controller_is_reached_through_a_proxy_with_timeouts_except_by_mlflow() -> None:
+    services = _compose()["services"]
+    networks = {name: set(s.get("networks", [])) for name, s in services.items()}
+    # Nothing on Ray's network (model code runs there) reaches the controller's own socket.
+    assert networks["controller"] == {"registry"}
+    assert "ports" not in services["controller"]
+    proxy = services["controller-proxy"]
+    assert networks["controller-proxy"] == {"registry", "ray"}
+    assert [p.rsplit(":", 1)[1] for p in proxy["ports"]] == ["8080"]
+    assert services["serve"]["environment"]["SIGSERVE_CONTROLLER_URL"] == (
+        "http://controller-proxy:8080"
+    )
+    config = (ROOT / "deploy" / "compose" / "controller-proxy.cfg").read_text()
+    # Headers and body within seconds (slowloris is cut there); a cap on connections held.
+    header_timeout = re.search(r"^\s*timeout http-request (\d+)s$", config, re.M)
+    assert header_timeout and int(header_timeout.group(1)) <= 30
+    assert re.search(r"^\s*maxconn \d+$", config, re.M)
+    # Held long-polls (up to SIGSERVE_LONG_POLL_MAX_S, 60 s) are not cut by the proxy.
+    client = re.search(r"^\s*timeout client (\d+)s$", config, re.M)
+    assert client and int(client.group(1)) > 60
