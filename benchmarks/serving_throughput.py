@@ -58,7 +58,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
@@ -105,6 +105,8 @@ class Run:
     p99_ms: float
     non2xx: int
     socket_errors: int
+    # CPU microseconds per request, by process (label), over the run.
+    cpu_us: dict[str, float] = field(default_factory=dict)
 
     @property
     def suspicious(self) -> bool:
@@ -208,6 +210,8 @@ def ray_label(pid: int) -> str:
     if not cmd.startswith(label):
         return label
     words = cmd.split()
+    if any(Path(w).name == "mlserver" for w in words[:3]):
+        return "mlserver"
     scripts = [w for w in words[1:4] if w.endswith(".py")]
     return Path(scripts[0] if scripts else words[0]).name if words else label
 
@@ -230,6 +234,41 @@ def memory_report(groups: dict[str, Iterable[int]]) -> list[tuple[str, float]]:
     return rows
 
 
+# --- CPU ----------------------------------------------------------------------------------------
+
+_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks() -> dict[int, tuple[str, int]]:
+    """Every process under this one: its label and the CPU ticks it has used (user + system)."""
+    found = {}
+    for pid in _descendants(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        found[pid] = (ray_label(pid), int(fields[11]) + int(fields[12]))
+    return found
+
+
+def cpu_per_request(
+    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], requests: float
+) -> dict[str, float]:
+    """CPU microseconds per request by label, busiest first (wrk's own is not counted: it is
+    not a child yet when sampled, and gone after)."""
+    used: dict[str, float] = {}
+    for pid, (label, ticks) in after.items():
+        spent = ticks - before.get(pid, (label, 0))[1]
+        if spent > 0 and pid != os.getpid():
+            used[label] = used.get(label, 0.0) + spent * _TICK_US / max(requests, 1.0)
+    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
+
+
+def cpu_text(cpu: dict[str, float], top: int = 3) -> str:
+    parts = [f"{label} {us:.0f}" for label, us in list(cpu.items())[:top] if us >= 10]
+    return f"  CPU us/req: {sum(cpu.values()):.0f} ({', '.join(parts)})" if cpu else ""
+
+
 # --- results -------------------------------------------------------------------------------------
 
 
@@ -249,7 +288,7 @@ def print_table(
     targets: list[str],
 ) -> None:
     bases = [t for t in targets if t.startswith(("mlflow", "mlserver"))]
-    header = ["model", "target", "conns", "req/s", "p50 ms", "p99 ms"]
+    header = ["model", "target", "conns", "req/s", "p50 ms", "p99 ms", "CPU us/req"]
     header += [f"vs {b}" for b in bases] + ["suspicious"]
     rows: list[list[str]] = []
     for model in models:
@@ -265,6 +304,7 @@ def print_table(
                     f"{_median([r.rps for r in runs]):.1f}",
                     f"{_median([r.p50_ms for r in runs]):.2f}",
                     f"{_median([r.p99_ms for r in runs]):.2f}",
+                    f"{_median([sum(r.cpu_us.values()) for r in runs]):.0f}",
                 ]
                 for b in bases:
                     row.append(
@@ -278,6 +318,13 @@ def print_table(
     print("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
     for row in rows:
         print("  ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)))
+    print()
+    print("where the CPU goes (us per request, medians over rounds, processes over 20 us):")
+    for (model, target, conns), runs in results.items():
+        labels = {label for r in runs for label in r.cpu_us}
+        by_label = {label: _median([r.cpu_us.get(label, 0.0) for r in runs]) for label in labels}
+        busy = sorted(((us, label) for label, us in by_label.items() if us >= 20), reverse=True)
+        print(f"  {model} {target} c={conns}: " + ", ".join(f"{lb} {us:.0f}" for us, lb in busy))
 
 
 # --- main ----------------------------------------------------------------------------------------
@@ -479,17 +526,21 @@ def main() -> None:
                                 continue
                             endpoint = endpoints[(model, target)]
                             try:
+                                before = cpu_ticks()
                                 output = run_wrk(endpoint, threads, conns, args.seconds)
+                                after = cpu_ticks()
                                 run = Run(rnd, *parse_wrk(output))
                             except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
                                 print(f"round {rnd} {model} c={conns} {target}: FAILED: {exc}")
                                 continue
+                            run.cpu_us = cpu_per_request(before, after, run.rps * args.seconds)
                             results.setdefault((model, target, conns), []).append(run)
                             line = (
                                 f"round {rnd} {model:7s} c={conns:<2d} {target:10s} "
                                 f"{run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms  "
                                 f"p99 {run.p99_ms:8.2f} ms"
                             )
+                            line += cpu_text(run.cpu_us)
                             if run.suspicious:
                                 line += (
                                     f"  SUSPICIOUS: {run.non2xx} non-2xx, "

@@ -13,6 +13,7 @@ batcher and the merge the model host uses (its ``serve`` with the scoring protoc
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import numpy as np
@@ -100,8 +101,6 @@ def cases(draw: st.DrawFn) -> tuple[list[dict[str, Any]], str, int]:
 
 
 def read(body: dict[str, Any]) -> ScoringInput:
-    import json
-
     return parse(json.dumps(body).encode(), "application/json", SIGNATURE, None)
 
 
