@@ -69,9 +69,11 @@ class ModelBackend(Protocol):
         signature: ModelSignature | None,
         *,
         after_load: Callable[[], None] | None = None,
+        rows: Callable[[Any, Any], list[Any]] = ...,
     ) -> list[Any]:
-        """Output records for validated ``records``, shaped by the version's ``signature``;
-        ``after_load`` runs between the model's load and its predict, and may refuse."""
+        """Output records for validated ``records``, shaped by the version's ``signature``
+        (``rows`` turns a prediction into them, /serve's records by default); ``after_load``
+        runs between the model's load and its predict, and may refuse."""
         ...
 
     async def invoke(
@@ -247,6 +249,17 @@ def create_app(
             scoring = scoring_protocol.parse(
                 raw, request.headers.get("content-type"), signature, max_records, typed=typed
             )
+            if scoring.records is not None:
+                # Records MLflow's parser would make a plain frame of: batched as /serve's are.
+                rows = await backend.serve(
+                    target,
+                    scoring.records,
+                    scoring.params,
+                    signature,
+                    after_load=still_served(target, table),
+                    rows=scoring_protocol.answer_rows,
+                )
+                return JSONResponse(scoring_protocol.rows_answer(rows))
             prediction = await backend.invoke(
                 target, scoring.data, scoring.params, after_load=still_served(target, table)
             )

@@ -92,8 +92,10 @@ class ModelHost:
         signature: ModelSignature | None,
         *,
         after_load: AfterLoad | None = None,
+        rows: Callable[[Any, Schema | None], list[Any]] = to_records,
     ) -> list[Any]:
-        """Output records for ``records``, shaped by the running version's ``signature``.
+        """Output records for ``records``, shaped by the running version's ``signature``
+        (``rows`` turns a prediction into them: /serve's records unless told).
 
         ``after_load`` runs between the model's load and its predict; what it raises refuses
         the request (the API's re-check, ``serving.resolve.recheck``). The model is looked up
@@ -105,7 +107,7 @@ class ModelHost:
         def run(parts: list[Any], batch_params: dict[str, Any] | None) -> list[Any]:
             prediction = call(loaded, model_input(parts, signature), batch_params)
             _check_outputs(prediction, outputs)
-            return to_records(prediction, outputs)
+            return rows(prediction, outputs)
 
         model = target.model
         wait_ms = model.batch_wait_ms
