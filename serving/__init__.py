@@ -26,7 +26,8 @@ its tensors), ``openapi`` (per-model docs), ``api`` (the FastAPI app; no Ray), `
 (per-version batches; no Ray),
 ``batch_inputs`` (which requests may share a predict call, and their input; no Ray),
 ``deadlines`` (a predict call's deadline and the versions a hung one wedges; no Ray),
-``model_host`` (batches, warm-up, the API's backend; no Ray), ``loader`` (MLflow loading; no
+``model_host`` (batches, warm-up, the API's backend; no Ray), ``streaming``
+(``predict_stream`` over Server-Sent Events on ``/serve``; no Ray), ``loader`` (MLflow loading; no
 Ray), ``load_ahead`` (a model loaded before Ray's multiplexer is asked, so a failed load evicts
 nothing), ``load_faults`` (whose fault a failed load is: the artifact's or the replica's),
 ``failed_loads`` (a failed load remembered, with its backoff, for the 503's ``Retry-After``),

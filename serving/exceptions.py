@@ -15,6 +15,8 @@ title, so adding an error means adding a class here and nothing else.
      |    +-- VersionPending              503 + Retry-After: the controller has not decided yet
      |    +-- VersionQuarantined          409 + reasons: blocked, never loaded
      |    +-- BadModelId                  400: the model-id header names another model
+     |    +-- StreamUnsupported           406: a stream was asked for, and the version's
+     |    |                               model does not implement ``predict_stream``
      |    +-- BodyTooLarge                413 + errors: more bytes than a request may send
      |    +-- UnsupportedMediaType        415 + errors: a content type the scoring protocol
      |    |                               does not take (MLflow refuses it too)
@@ -113,6 +115,14 @@ class BadModelId(ProblemError):
     status = 400
     slug = "bad-model-id"
     title = "The model id header does not match the path"
+
+
+class StreamUnsupported(ProblemError):
+    """406: a stream was asked for, and the version's model does not implement one."""
+
+    status = 406
+    slug = "stream-unsupported"
+    title = "The model version cannot stream"
 
 
 class BodyTooLarge(ProblemError):

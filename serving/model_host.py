@@ -35,11 +35,11 @@ from serving.batch_inputs import model_input, work_for
 from serving.batching import DEFAULT_TIMEOUT_S, INLINE_MAX_ROWS, Batcher, BatchStats
 from serving.contract import contract_for
 from serving.deadlines import Deadlines
-from serving.exceptions import ModelFailed, SigserveError
+from serving.exceptions import ModelFailed, SigserveError, StreamUnsupported
 from serving.frames import to_records, undeclared_columns
 from serving.loader import LoadedModel, call, predict
 from serving.resolve import Target, resolve
-from serving.streaming import ChunkStream, StreamUnsupported, cannot_stream
+from serving.streaming import ChunkStream, cannot_stream
 from wire.routing_table import RoutingTable
 
 logger = logging.getLogger(__name__)

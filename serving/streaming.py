@@ -35,7 +35,12 @@ from fastapi.sse import EventSourceResponse, format_sse_event
 from mlflow.exceptions import MlflowException
 from starlette.types import Receive, Scope, Send
 
-from serving.exceptions import InvalidInput, ModelFailed, ModelRejectedInput, ProblemError
+from serving.exceptions import (
+    InvalidInput,
+    ModelFailed,
+    ModelRejectedInput,
+    ProblemError,
+)
 from serving.problems import error_code
 from wire.problems import problem_response
 
@@ -54,14 +59,6 @@ _END = object()
 
 # Runs one pull of the generator in a worker thread, under the version's deadline.
 Pull = Callable[[Callable[[], Any]], Awaitable[Any]]
-
-
-class StreamUnsupported(ProblemError):
-    """406: a stream was asked for, and the version's model does not implement one."""
-
-    status = 406
-    slug = "stream-unsupported"
-    title = "The model version cannot stream"
 
 
 def wants_stream(accept: str | None) -> bool:
