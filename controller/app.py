@@ -100,6 +100,7 @@ def build_services(settings: ControllerSettings) -> Services:
         default_policy=settings.default_policy,
         default_environment_policy=settings.default_environment_policy,
         alias=settings.default_alias,
+        registry_controls=settings.registry_controls,
     )
     worker = Worker(
         reconciler,

@@ -37,6 +37,7 @@ from controller.registry_sync import (
     batching_from_tags,
     follow_alias,
     policies_from_tags,
+    proof_from_tags,
     write_back,
 )
 from controller.store import Store
@@ -148,9 +149,13 @@ class Reconciler:
         default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT,
         alias: str = "serving",
         write_back: bool = True,
+        registry_controls: bool = True,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._alias = alias
+        # Off: the registry's policy tags and hand-moved aliases steer nothing
+        # (ControllerSettings.registry_controls; docs/security.md).
+        self._controls = registry_controls
         # Off only where the registry is a seam that records nothing (unit tests of decisions).
         self._write_back = write_back
         self._store = store
@@ -258,12 +263,15 @@ class Reconciler:
             if before is None or _policies(current) == _policies(before):
                 # Tags read before an admin change committed are stale: the reconcile that
                 # change queued reads them again.
-                current = policies_from_tags(current, info.tags)
+                current = policies_from_tags(current, info.tags, controls=self._controls)
             current = batching_from_tags(current, info.tags)
+            current = proof_from_tags(current, info.tags, controls=self._controls)
             merged = merge_observed(current, observed, facts, failures, broken)
             now = self._clock()
             decided = decide_all(merged, now, self._environment)
-            followed = follow_alias(decided, alias_now, now, self._environment)
+            followed = follow_alias(
+                decided, alias_now, now, self._environment, controls=self._controls
+            )
             return replace(followed, generation=read_at)
 
         # Decided from a fresh read inside the write transaction, written only if nobody wrote
@@ -286,7 +294,9 @@ class Reconciler:
     ) -> None:
         if not self._write_back:
             return
-        alias, warning = write_back(self._registry, decided, observed, self._alias, alias_now)
+        alias, warning = write_back(
+            self._registry, decided, observed, self._alias, alias_now, controls=self._controls
+        )
         if (alias, warning) != (decided.alias_seen, decided.registry_warning):
 
             def seen(current: ModelRecord | None) -> ModelRecord | None:
