@@ -147,10 +147,13 @@ def test_a_refused_pin_names_the_reasons_and_a_forced_pin_changes_the_contract(
     assert body["default_version"] == renamed
     assert body["contract"]["inputs"][0]["name"] == "text"
     states = {v["version"]: (v["state"], v["reasons"]) for v in body["versions"]}
-    assert states[renamed] == ("live", [])
+    # Quarantined until now, it was never proven: it is, as the default, before it answers.
+    assert states[renamed] == ("pending", [
+        "being proven: loaded and called on its input example before its first request"])
     assert states["1"][0] == "quarantined"
     assert states["1"][1][0].startswith("input 'text' (string, required) is missing")
-    # Published before the answer: serving follows within the long-poll's milliseconds.
-    wait_for(lambda: serve_status(serving_url, name, body={"text": "hi"}).status_code == 200, 5)
+    # Published before the answer: serving proves it and follows within a second or so.
+    wait_for(lambda: serve_status(serving_url, name, body={"text": "hi"}).status_code == 200, 10)
+    assert ctl.state_of(name, renamed) == "live"
     assert serve_status(serving_url, name, body={"text": "hi"}).json() == [{"answer": "v2:hi"}]
     assert serve_status(serving_url, name, "1", body={"text": "hi"}).status_code == 409

@@ -225,13 +225,14 @@ def test_the_serving_replicas_metrics_count_the_scenario(
         # Latency of every request to the model, by version (the 422s ran on the default).
         ("ray_sigserve_request_seconds_count", v1): 6,
         ("ray_sigserve_request_seconds_count", v3): 3,
-        # Loads: v1 warmed as the default, v2 and v4 on demand; v3 never (quarantined).
+        # Loads: v1 proven as the default (which warms it), v2 and v4 each once for its proof
+        # (beside the LRU, let go after) and once on demand; v3 never (quarantined).
         ("ray_sigserve_model_loads_total", v1, "ok"): 1,
-        ("ray_sigserve_model_loads_total", v2, "ok"): 1,
-        ("ray_sigserve_model_loads_total", v4, "ok"): 1,
+        ("ray_sigserve_model_loads_total", v2, "ok"): 2,
+        ("ray_sigserve_model_loads_total", v4, "ok"): 2,
         ("ray_sigserve_model_loads_total", v3, "ok"): 0,
         ("ray_sigserve_model_load_seconds_count", v1): 1,
-        ("ray_sigserve_model_load_seconds_count", v4): 1,
+        ("ray_sigserve_model_load_seconds_count", v4): 2,
         # Predict calls (one per request, sent one after another) and their records:
         # v1's four single records, v2's 1 + 1 + 3.
         ("ray_sigserve_batch_size_count", v1): 4,
@@ -310,21 +311,26 @@ def test_one_registration_is_followed_from_its_delivery_id_to_the_replica(
     delivery = webhook["delivery_id"]
     assert delivery in webhook["message"]
     ours = [r for r in controller if delivery in r.get("delivery_ids", [])]
-    # 2. The decision it led to. The resync runs every few seconds, so a resync pass may have
-    # read v4 and decided it before the webhook's own pass ran; that pass then found nothing to
-    # change and says so under the delivery id, and the decision is the one just before it.
+    # 2. The decision it led to: pending, being proven. The resync runs every few seconds, so a
+    # resync pass may have read v4 and decided it before the webhook's own pass ran; that pass
+    # then found nothing to change and says so under the delivery id, and the decision is the
+    # one just before it.
     [decision] = [r for r in controller if r.get("event") == "decision" and r.get("version") == v4
-                  and r.get("state") == "live"]
+                  and r.get("state") == "pending"]
     if decision not in ours:
         passes = [r for r in ours if r.get("event") == "reconcile" and r.get("model") == NAME]
         assert passes and not passes[0]["changed"], ours
         assert controller.index(decision) < controller.index(passes[0])
-        ours = [r for r in controller if r.get("delivery_ids") == decision.get("delivery_ids")
-                and r.get("actor") == decision.get("actor")]
     assert (decision["model"], decision["policy"]) == (NAME, "backward")
-    # 3. The revision that carried it.
-    [published] = [r for r in ours if r.get("event") == "publish"
-                   and f"{NAME}/{v4}=live" in r["changes"]]
+    # 3. The replica's proof made it live: that decision is the replica's, and the revision
+    # that carried it is published after it.
+    [live] = [r for r in controller if r.get("event") == "decision" and r.get("version") == v4
+              and r.get("state") == "live"]
+    assert live["actor"].startswith("serving:") and controller.index(live) > controller.index(
+        decision)
+    prover = live["actor"].removeprefix("serving:")
+    [published] = [r for r in controller[controller.index(live):] if r.get("event") == "publish"
+                   and f"{NAME}/{v4}=live" in r["changes"]][:1]
     revision = published["revision"]
     assert f"published revision {revision}" in published["message"]
     # 4. The replica that took that revision (or a later one that brought the change to it).
@@ -337,6 +343,9 @@ def test_one_registration_is_followed_from_its_delivery_id_to_the_replica(
     assert took["revision"] >= revision and took["service"] == "serving"
     assert took["message"].startswith(f"took revision {took['revision']} ")
     replica = took["replica"]
+    proofs = [r for path in replica_logs for r in json_lines(path)
+              if r.get("event") == "proof" and r.get("model") == NAME and r.get("version") == v4]
+    assert [(r["replica"], r["outcome"]) for r in proofs] == [(prover, "passed")], proofs
     serve_logs = ray_temp_dir(home) / "session_latest" / "logs" / "serve"
     assert (serve_logs / f"replica_sigserve_Server_{replica}.log").is_file()  # Ray's own
     # ... and the revision that replica serves from carries the decision.

@@ -134,9 +134,11 @@ def test_under_exact_another_signature_takes_force_both_ways(
     assert ctl.model(name)["default_version"] == "1"
     r = httpx.put(url, json={"version": "2", "force": True}, headers=ctl.admin)
     assert r.status_code == 200, r.text
+    # v2 was never proven (quarantined until now): it is, as the default, then answers.
     assert [(c["version"], c["after"]) for c in r.json()["redecided"]] == [
-        ("1", "quarantined"), ("2", "live")]
+        ("1", "quarantined"), ("2", "pending")]
     wait_for(lambda: serve_status(serving_url, name, body=hi).json() == [{"answer": "two:hi"}])
+    assert ctl.state_of(name, "2") == "live"
     # v1 was live under the old contract, not under this one: back takes force too.
     assert httpx.put(url, json={"version": "1"}, headers=ctl.admin).status_code == 409
     r = httpx.put(url, json={"version": "1", "force": True}, headers=ctl.admin)

@@ -157,6 +157,20 @@ def test_a_version_being_proven_cannot_be_pinned(store: Store) -> None:
     assert commands.pin_default(store, "m", "2", PROVING).model.default_version == "2"
 
 
+def test_a_forced_pin_of_a_version_never_proven_makes_it_the_default_while_it_is_proven(
+    store: Store,
+) -> None:
+    # 3 breaks the contract, so it was never proven: only a pin that makes its signature the
+    # contract lets it be, and it is taken (refusing it would leave it unprovable for good).
+    pinned = commands.pin_default(store, "m", "3", PROVING, force=True).model
+    v3 = pinned.versions["3"]
+    assert (pinned.default_version, pinned.contract) == ("3", sig("text"))
+    assert (v3.state, v3.reasons) == (VersionState.PENDING, [BEING_PROVEN])
+    assert store.publish().models["m"].versions["3"].awaiting_proof
+    proven = commands.record_proof(store, "m", "3", proof("3"), PROVING)
+    assert proven.versions["3"].state is VersionState.LIVE
+
+
 def test_a_release_of_a_failed_proof_proves_it_again(store: Store) -> None:
     commands.record_proof(store, "m", "2", failed(), PROVING)
     released = commands.release(store, "m", "2", "the example was fixed upstream", PROVING)
