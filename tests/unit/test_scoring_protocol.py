@@ -8,6 +8,7 @@ what comes back.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Iterator
@@ -337,3 +338,23 @@ def test_records_and_split_tables_reach_the_model_as_mlflows_parser_makes_them(
         sent = backend.calls[-1][1]
         schema = ModelSignature.from_dict(TABLE.models["echo"].versions["1"].signature).inputs
         pd.testing.assert_frame_equal(sent, infer_and_parse_data(body, schema), check_exact=True)
+
+
+def test_concurrent_invocations_of_plain_records_share_predict_calls() -> None:
+    """/invocations bodies of plain records are batched as /serve's are (api.py runs them through
+    ``backend.serve`` with the protocol's rows), and each still gets its own answer."""
+    client, backend = started()
+
+    async def send_all() -> list[Any]:
+        transport = httpx.ASGITransport(app=client.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://sigserve") as http:
+            bodies = [{"dataframe_records": [{"prompt": f"p{i}"}]} for i in range(16)]
+            answers = await asyncio.gather(
+                *(http.post("/models/echo/invocations", json=body) for body in bodies)
+            )
+        return [a.json() for a in answers]
+
+    with client:
+        answers = client.portal.call(send_all)
+    assert answers == [{"predictions": [{"out": f"echo/1:p{i}"}]} for i in range(16)]
+    assert len(backend.calls) < 16
