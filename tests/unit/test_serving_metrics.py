@@ -93,8 +93,9 @@ def test_each_request_is_recorded_with_the_tables_model_version_and_status() -> 
         ("echo", "4", 503), ("echo", "", 404), ("", "", 404), ("echo", "1", 422),
         ("echo", "", 400), ("echo", "1", 200),
     ]
-    # One predict call per /serve request here (sent one after another), with its records.
-    assert sorted(r for _, r in recorder.batches) == [1, 1, 2]
+    # One predict call per request here (sent one after another), with its records: /serve's
+    # and /invocations' alike, since plain records on /invocations are batched as /serve's are.
+    assert sorted(r for _, r in recorder.batches) == [1, 1, 1, 2]
     assert {m.rsplit("@", 1)[0] for m, _ in recorder.batches} == {"echo/1", "echo/2"}
 
 
