@@ -98,6 +98,14 @@ def states(serving_url: str, name: str) -> dict[str, str]:
     return {v["version"]: v["state"] for v in r.json().get("versions", [])} if r.is_success else {}
 
 
+def awaiting_proof(ctl: ControllerHandle) -> list[str]:
+    """Versions the controller's table says are waiting for a replica's proof."""
+    token = {"Authorization": f"Bearer {ctl.secrets.serving_token}"}
+    table = httpx.get(f"{ctl.url}/routing-table", headers=token, timeout=10).json()
+    return [f"{name}/{v}" for name, model in table["models"].items()
+            for v, entry in model["versions"].items() if entry.get("awaiting_proof")]
+
+
 def decision_events(ctl: ControllerHandle, name: str) -> list[dict[str, Any]]:
     r = httpx.get(f"{ctl.url}/admin/models/{name}/events", params={"limit": 500},
                   headers=ctl.admin, timeout=10)
@@ -108,6 +116,9 @@ def decision_events(ctl: ControllerHandle, name: str) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def scenario(serving_url: str, controller_handle: ControllerHandle) -> dict[str, Any]:
     ctl = controller_handle
+    # Versions earlier tests registered are decided again when a replica reports their proof:
+    # those decisions settle first, so every one counted below is this scenario's.
+    wait_for(lambda: not awaiting_proof(ctl), 60, 0.2)
     before = scrape(f"{ctl.url}/metrics")
     # None of the scenario's requests below names a model the table lacks: this count settles
     # while the scenario runs, and the requests sent at its end are then all it grows by.

@@ -73,8 +73,8 @@ def _answer(serving_url: str, name: str, version: str | None, status: int) -> ht
 
 
 def _never_answered(serving_url: str, name: str, version: str, statuses: list[int]) -> None:
-    assert 200 not in statuses, statuses
-    assert set(statuses) <= {404, 409, 503}, statuses
+    # Never 200; 409 only on the poll made once the controller had decided.
+    assert set(statuses[:-1]) <= {404, 503} and statuses[-1] in (404, 409, 503), statuses
     # Once quarantined, its 409 carries the cause, by version and by default alike.
     for asked in (version, None):
         refused = _answer(serving_url, name, asked, 409)
