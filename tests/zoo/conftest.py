@@ -51,3 +51,8 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
 @pytest.fixture()
 def figures(request: pytest.FixtureRequest) -> Figures:
     return _BOOK.figures(request.node.name)
+
+
+def figures_for(test: str) -> Figures:
+    """Figures under a name of one's own (a module-scoped fixture's)."""
+    return _BOOK.figures(test)

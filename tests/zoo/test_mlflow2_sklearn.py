@@ -21,7 +21,7 @@ import pytest
 
 from tests.integration.conftest import ControllerHandle, serve_status, wait_for
 from tests.zoo import foreign_env
-from tests.zoo.conftest import Figures
+from tests.zoo.conftest import Figures, figures_for
 
 NAME = "zoo_mlflow2_sklearn"
 PINS = ["mlflow==2.22.0", "scikit-learn==1.5.2"]
@@ -43,7 +43,7 @@ def mlflow2(figures_module: Figures) -> foreign_env.ForeignEnv:
 
 @pytest.fixture(scope="module")
 def figures_module() -> Figures:
-    return Figures("test_mlflow2_sklearn")
+    return figures_for("test_mlflow2_sklearn")
 
 
 def requirements_of(ctl: ControllerHandle, version: str) -> dict[str, Any]:

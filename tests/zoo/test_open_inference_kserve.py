@@ -18,7 +18,7 @@ import pytest
 from tests.integration.conftest import ControllerHandle
 from tests.integration.test_open_inference import PROMPTS, ROWS, XS, register_models
 from tests.zoo import foreign_env
-from tests.zoo.conftest import Figures
+from tests.zoo.conftest import figures_for
 
 PINS = ["kserve==0.21.0"]
 CLIENT = Path(__file__).parent / "clients" / "kserve_v2.py"
@@ -27,7 +27,7 @@ CLIENT = Path(__file__).parent / "clients" / "kserve_v2.py"
 @pytest.fixture(scope="module")
 def kserve() -> foreign_env.ForeignEnv:
     env = foreign_env.ensure(PINS)
-    Figures("test_open_inference_kserve")(
+    figures_for("test_open_inference_kserve")(
         "kserve venv " + ("built (cold)" if env.built else "from cache (warm)"), env.seconds
     )
     return env
