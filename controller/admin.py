@@ -25,6 +25,7 @@ from controller.dry_run_source import CandidateRegistry, LocalFiles
 from controller.environment import EnvironmentPolicy
 from controller.exceptions import InvalidRequest, NotFound
 from controller.guard import Gate
+from controller.proofs import proof_of
 from controller.records import ModelRecord, Signature
 from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
 from controller.services import Services, services
@@ -134,6 +135,8 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
                 "environment": v.environment,
                 "override": v.override,
                 "load_failure": load_failure_of(v),
+                # The proof on its input example, when one is recorded for this artifact.
+                "proof": proof_of(v),
             }
             for v in m.sorted_versions()
         ],

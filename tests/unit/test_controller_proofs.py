@@ -295,6 +295,17 @@ def test_a_proof_report_decides_the_version_and_publishes(client: TestClient) ->
     assert no.json()["state"] == "quarantined" and cause in no.json()["reasons"][0]
 
 
+def test_the_admin_api_shows_a_versions_proof(client: TestClient) -> None:
+    admin = {"Authorization": "Bearer admin-token-0123456789"}
+    before = client.get("/admin/models/m", headers=admin).json()
+    assert [v["proof"] for v in before["versions"]] == [None, None]
+    cause = "ValueError: never fitted"
+    client.post("/serving/proofs", json=report(outcome="failed", cause=cause), headers=AUTH)
+    after = client.get("/admin/models/m", headers=admin).json()
+    shown = after["versions"][1]["proof"]
+    assert (shown["outcome"], shown["cause"], shown["replica"]) == ("failed", cause, "r1")
+
+
 @pytest.mark.parametrize(
     "headers",
     [{}, {"Authorization": "Bearer admin-token-0123456789"}],
