@@ -151,11 +151,10 @@ def test_a_second_version_is_pending_while_proven_and_the_default_keeps_answerin
     assert pin.status_code == 200, pin.text
 
 
-MEASURE = pytest.mark.skipif(
-    not os.environ.get("SIGSERVE_MEASURE_PROOFS"),
-    reason="a measurement: run with SIGSERVE_MEASURE_PROOFS=1 (and SIGSERVE_DEFAULT_PROOF=off "
-    "in the environment to compare)",
-)
+# Measurements, run on purpose and never counted in `make test` (the `load` marker deselects
+# them there): pytest -m load tests/integration/test_proofs.py -s, with
+# SIGSERVE_DEFAULT_PROOF=off in the environment to compare (docs/benchmarks.md).
+MEASURE = pytest.mark.load
 
 
 def _to_first_200(serving_url: str, register: Callable[[str], str], names: list[str],
