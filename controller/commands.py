@@ -238,6 +238,42 @@ def remove_override(store: Store, name: str, version: str, env: ServingEnvironme
     return _apply(store, name, env, change)
 
 
+def _record_report(
+    store: Store,
+    name: str,
+    version: str,
+    report: dict[str, Any],
+    env: ServingEnvironment,
+    *,
+    kept: Callable[[VersionRecord], dict[str, Any] | None],
+    keep: Callable[[VersionRecord, dict[str, Any]], VersionRecord],
+    what: str,
+) -> ModelRecord:
+    """Keep a replica's report about one artifact on its version, and decide (shared by load
+    failures and proofs). A report about another artifact than the version has now is refused
+    as stale; the first report about an artifact is kept, so a repeat changes nothing."""
+
+    def change(record: ModelRecord) -> ModelRecord:
+        target = _version(record, version)
+        if target.mlmodel_digest != report["mlmodel_digest"]:
+            raise StaleReport(
+                f"version {version} of '{name}' is no longer the artifact {what} (its MLmodel "
+                f"digest is {(target.mlmodel_digest or 'unread')[:12]}, not "
+                f"{report['mlmodel_digest'][:12]})"
+            )
+        if kept(target) is not None:
+            return record
+        versions = dict(record.versions)
+        versions[version] = keep(target, dict(report))
+        return replace(record, versions=versions)
+
+    updated = store.update_model(
+        name, _decided_if_known(name, env, change), f"serving:{report['replica']}"
+    )
+    assert updated is not None
+    return updated
+
+
 def record_load_failure(
     store: Store, name: str, version: str, failure: dict[str, str], env: ServingEnvironment
 ) -> ModelRecord:
@@ -248,26 +284,10 @@ def record_load_failure(
     report about an artifact is kept; the same failure reported again changes nothing, so
     replicas may repeat a report safely.
     """
-
-    def change(record: ModelRecord) -> ModelRecord:
-        target = _version(record, version)
-        if target.mlmodel_digest != failure["mlmodel_digest"]:
-            raise StaleReport(
-                f"version {version} of '{name}' is no longer the artifact reported (its MLmodel "
-                f"digest is {(target.mlmodel_digest or 'unread')[:12]}, not "
-                f"{failure['mlmodel_digest'][:12]})"
-            )
-        if load_failure_of(target) is not None:
-            return record
-        versions = dict(record.versions)
-        versions[version] = replace(target, load_failure=dict(failure))
-        return replace(record, versions=versions)
-
-    updated = store.update_model(
-        name, _decided_if_known(name, env, change), f"serving:{failure['replica']}"
-    )
-    assert updated is not None
-    return updated
+    return _record_report(
+        store, name, version, failure, env,
+        kept=load_failure_of, keep=lambda v, r: replace(v, load_failure=r), what="reported",
+    )  # fmt: skip
 
 
 def record_proof(
@@ -281,26 +301,10 @@ def record_proof(
     longer awaits its proof (an operator quarantined it meanwhile, say) still records it: the
     proof is a fact about the artifact, kept for when the version is decided again.
     """
-
-    def change(record: ModelRecord) -> ModelRecord:
-        target = _version(record, version)
-        if target.mlmodel_digest != proof["mlmodel_digest"]:
-            raise StaleReport(
-                f"version {version} of '{name}' is no longer the artifact proven (its MLmodel "
-                f"digest is {(target.mlmodel_digest or 'unread')[:12]}, not "
-                f"{proof['mlmodel_digest'][:12]})"
-            )
-        if proof_of(target) is not None:
-            return record
-        versions = dict(record.versions)
-        versions[version] = replace(target, proof=dict(proof))
-        return replace(record, versions=versions)
-
-    updated = store.update_model(
-        name, _decided_if_known(name, env, change), f"serving:{proof['replica']}"
-    )
-    assert updated is not None
-    return updated
+    return _record_report(
+        store, name, version, proof, env,
+        kept=proof_of, keep=lambda v, r: replace(v, proof=r), what="proven",
+    )  # fmt: skip
 
 
 def load(store: Store, name: str) -> ModelRecord:

@@ -40,19 +40,27 @@ GATE = Gate(
 )
 router = APIRouter(prefix=GATE.prefix, max_body_size=GATE.max_body)
 
-_TEXT = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
+REPORT_TEXT = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)
+]
 
 
-class LoadFailureReport(BaseModel):
+class ArtifactReport(BaseModel):
+    """What every replica report names: one artifact of one version, and who saw it (load
+    failures here, proofs in ``controller.proof_reports``)."""
+
     model_config = ConfigDict(extra="forbid")
     model: Annotated[str, StringConstraints(min_length=1, max_length=256)]
     version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
     mlmodel_digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    replica: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:#-]{1,128}$")]
+
+
+class LoadFailureReport(ArtifactReport):
     # ``load-failed``: downloaded, could not be loaded; ``artifact-mismatch``: the MLmodel
     # downloaded is not the one the controller checked.
     kind: Literal["load-failed", "artifact-mismatch"]
-    cause: _TEXT
-    replica: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:#-]{1,128}$")]
+    cause: REPORT_TEXT
 
 
 @router.post("/load-failures")

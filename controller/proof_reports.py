@@ -15,29 +15,21 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
+from pydantic import model_validator
 
 from controller import commands
-from controller.load_failures import GATE
+from controller.load_failures import GATE, REPORT_TEXT, ArtifactReport
 from controller.proofs import FAILED, proof_of
 from controller.services import Services, services
 
 router = APIRouter(prefix=GATE.prefix, max_body_size=GATE.max_body)
 
-_TEXT = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=1000)]
-
-
-class ProofReport(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: Annotated[str, StringConstraints(min_length=1, max_length=256)]
-    version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
-    mlmodel_digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+class ProofReport(ArtifactReport):
     outcome: Literal["passed", "failed"]
     # False: the artifact has no input example, so it was loaded and not called.
     exercised: bool
     # Why it failed: the exception's type and first line, or the undeclared column.
-    cause: _TEXT | None = None
-    replica: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:#-]{1,128}$")]
+    cause: REPORT_TEXT | None = None
 
     @model_validator(mode="after")
     def _failure_has_cause(self) -> ProofReport:

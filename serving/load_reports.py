@@ -137,19 +137,25 @@ class LoadFailureReporter:
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _send(self, failure: LoadFailure) -> None:
-        body = {**asdict(failure), "replica": self._replica}
+    async def _post(self, url: str, body: dict[str, object]) -> httpx.Response:
+        """POST ``body`` with the serving token, retried with backoff while the controller is
+        down or answers 5xx; a refusal (4xx) raises at once."""
         retrying = AsyncRetrying(
             retry=retry_if_exception(_temporary),
             stop=stop_after_attempt(self._attempts),
             wait=wait_exponential(multiplier=self._backoff_s, max=10.0),
             reraise=True,
         )
+        async for attempt in retrying:
+            with attempt:
+                response = await self._http().post(url, json=body, headers=self._headers)
+                response.raise_for_status()
+        return response
+
+    async def _send(self, failure: LoadFailure) -> None:
+        body = {**asdict(failure), "replica": self._replica}
         try:
-            async for attempt in retrying:
-                with attempt:
-                    response = await self._http().post(self._url, json=body, headers=self._headers)
-                    response.raise_for_status()
+            response = await self._post(self._url, body)
         except httpx.HTTPStatusError as exc:
             logger.warning(
                 "the controller refused the report of %s/%s: %s %s",
@@ -185,17 +191,8 @@ class LoadFailureReporter:
         if body["cause"] is None:
             del body["cause"]
         url = self._url.removesuffix(PATH) + PROOF_PATH
-        retrying = AsyncRetrying(
-            retry=retry_if_exception(_temporary),
-            stop=stop_after_attempt(self._attempts),
-            wait=wait_exponential(multiplier=self._backoff_s, max=10.0),
-            reraise=True,
-        )
         try:
-            async for attempt in retrying:
-                with attempt:
-                    response = await self._http().post(url, json=body, headers=self._headers)
-                    response.raise_for_status()
+            response = await self._post(url, body)
         except httpx.HTTPStatusError as exc:
             logger.warning("the controller refused the proof of %s: %s %s", name,
                            exc.response.status_code, exc.response.text[:300])  # fmt: skip
