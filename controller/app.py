@@ -109,6 +109,8 @@ def build_services(settings: ControllerSettings) -> Services:
         broadcaster,
         metrics,
         resync_interval_s=settings.resync_interval_s,
+        full_resync_interval_s=settings.full_resync_interval_s,
+        concurrency=settings.reconcile_concurrency,
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
         audit_retention=timedelta(days=settings.audit_retention_days),

@@ -32,7 +32,9 @@ class Resync:
         *,
         interval_s: float,
         audit_retention: timedelta,
+        full_interval_s: float = 600.0,
     ) -> None:
+        self._full_interval_s = full_interval_s
         self._registry = registry
         self._store = store
         self._enqueue = enqueue

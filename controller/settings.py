@@ -88,6 +88,11 @@ class ControllerSettings(BaseSettings):
     webhook_name: str = "sigserve-controller"
     webhook_max_age_s: float = 300.0
     resync_interval_s: float = Field(default=30.0, gt=0)
+    # How often the resync reconciles every model whatever its listing says, the safety net
+    # under the resync that reconciles only what changed (controller/resync.py).
+    full_resync_interval_s: float = Field(default=600.0, gt=0)
+    # Models reconciled at once, each model by one pass at a time (controller/worker.py).
+    reconcile_concurrency: int = Field(default=8, ge=1)
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     default_policy: Policy = Policy.BACKWARD

@@ -69,6 +69,8 @@ class Worker:
         metrics: Metrics,
         *,
         resync_interval_s: float,
+        full_resync_interval_s: float = 600.0,
+        concurrency: int = 1,
         retry_initial_s: float,
         retry_max_s: float,
         audit_retention: timedelta = timedelta(days=90),
@@ -85,8 +87,10 @@ class Worker:
             store,
             self.enqueue,
             interval_s=resync_interval_s,
+            full_interval_s=full_resync_interval_s,
             audit_retention=audit_retention,
         )
+        self._concurrency = concurrency
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._queue: asyncio.Queue[str] = asyncio.Queue()
