@@ -41,6 +41,13 @@ class Resync:
         self._interval_s = interval_s
         self._audit_retention = audit_retention
 
+    def passed(self, name: str) -> None:
+        """The worker committed a pass over ``name`` (what it read is decided)."""
+
+    def failed(self, name: str) -> None:
+        """A pass over ``name`` failed or left something to retry: the next resync must
+        enqueue it whatever the registry's listing says."""
+
     async def once(self) -> list[str] | None:
         """Enqueue every model the registry or the database knows; prune old records.
 
