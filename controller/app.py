@@ -44,6 +44,7 @@ from controller.exceptions import RegistryUnavailable
 from controller.guard import Gates
 from controller.leadership import AdvisoryLock, Leadership
 from controller.metrics import Metrics
+from controller.own_writes import OwnWrites
 from controller.publisher import table_gauges
 from controller.reconciler import Reconciler
 from controller.registry import Registry
@@ -93,6 +94,7 @@ def build_services(settings: ControllerSettings) -> Services:
     # The table gauges follow whatever table the long-poll answers with.
     broadcaster = TableBroadcaster(on_new=table_gauges(metrics))
     environment = settings.serving_environment()
+    own_writes = OwnWrites()
     reconciler = Reconciler(
         store,
         registry,
@@ -101,6 +103,7 @@ def build_services(settings: ControllerSettings) -> Services:
         default_environment_policy=settings.default_environment_policy,
         alias=settings.default_alias,
         registry_controls=settings.registry_controls,
+        own_writes=own_writes,
     )
     worker = Worker(
         reconciler,
@@ -125,7 +128,7 @@ def build_services(settings: ControllerSettings) -> Services:
     table_sync = TableSync(store, broadcaster, poll_s=settings.follower_poll_s) if elected else None
     return Services(
         settings, engine, store, registry, broadcaster, metrics, worker, environment,
-        leadership=leadership, table_sync=table_sync,
+        leadership=leadership, table_sync=table_sync, own_writes=own_writes,
     )  # fmt: skip
 
 

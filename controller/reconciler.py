@@ -30,9 +30,10 @@ from controller.compatibility import Policy
 from controller.decisions import NOT_READ, decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import RegisteredModelGone, RegistryError, RegistryUnavailable
+from controller.own_writes import OwnWrites, RememberingWriter
 from controller.read_reasons import public_reason
 from controller.records import ModelRecord, VersionRecord
-from controller.registry import ObservedVersion, RegistryPort
+from controller.registry import ObservedVersion, RegistryPort, RegistryWriter
 from controller.registry_sync import (
     batching_from_tags,
     follow_alias,
@@ -150,6 +151,7 @@ class Reconciler:
         alias: str = "serving",
         write_back: bool = True,
         registry_controls: bool = True,
+        own_writes: OwnWrites | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._alias = alias
@@ -160,6 +162,11 @@ class Reconciler:
         self._write_back = write_back
         self._store = store
         self._registry = registry
+        # The write-back's tags and alias are remembered before they are written, so that the
+        # webhooks they cause are not reconciled again (``controller.own_writes``).
+        self._writer: RegistryWriter = (
+            RememberingWriter(registry, own_writes) if own_writes is not None else registry
+        )
         self._environment = environment
         self._default_policy = default_policy
         self._default_environment_policy = default_environment_policy
@@ -295,7 +302,7 @@ class Reconciler:
         if not self._write_back:
             return
         alias, warning = write_back(
-            self._registry, decided, observed, self._alias, alias_now, controls=self._controls
+            self._writer, decided, observed, self._alias, alias_now, controls=self._controls
         )
         if (alias, warning) != (decided.alias_seen, decided.registry_warning):
 

@@ -16,8 +16,10 @@
   alias; a new model's first version gets it.
 - **The verdict as version tags**: ``sigserve.state``, ``sigserve.reasons`` (short; the whole
   list stays in the admin API), ``sigserve.decided_at``. Only tags that differ from what the
-  registry holds are written, so the webhooks these writes cause come back to a reconcile that
-  finds nothing to write: no loop.
+  registry holds are written. The webhooks these writes and the alias's cause are recognised as
+  the controller's own and reconcile nothing (``controller.own_writes``); one that is not (on a
+  follower, or after the memory forgot it) comes back to a reconcile that finds nothing to
+  write: no loop either way.
 
 **Registry controls off** (``SIGSERVE_REGISTRY_CONTROLS=false``, ``controls=False`` below): for
 teams whose registry writers are not operators, the policy tags are ignored (the admin API's
@@ -173,6 +175,9 @@ def version_tags(version: VersionRecord) -> dict[str, str]:
     reasons = "; ".join(version.reasons)
     if len(reasons) > REASONS_MAX:
         reasons = reasons[: REASONS_MAX - 40].rstrip() + " ... (all reasons: sigserve admin API)"
+    # Written whenever the version is decided again, even to the same state and reasons: the
+    # tag says when the verdict was made (docs/architecture.md), and a verdict unchanged in
+    # state is rare (a new basis: rules, environment, contract), so skipping it saves no storm.
     decided = version.decided_at.isoformat(timespec="seconds") if version.decided_at else ""
     return {STATE_TAG: version.state.value, REASONS_TAG: reasons, DECIDED_AT_TAG: decided}
 

@@ -13,6 +13,7 @@ from controller.broadcaster import TableBroadcaster
 from controller.environment import ServingEnvironment
 from controller.leadership import Leadership
 from controller.metrics import Metrics
+from controller.own_writes import OwnWrites
 from controller.probe import RegistryProbe
 from controller.registry import Registry
 from controller.settings import ControllerSettings
@@ -40,6 +41,9 @@ class Services:
     leadership: Leadership
     # Loads tables other controllers published (PostgreSQL only; None on SQLite).
     table_sync: TableSync | None = None
+    # The leader's registry writes whose webhooks are not work (the reconciler's write-back
+    # remembers them, the webhook route consumes them).
+    own_writes: OwnWrites = field(default_factory=OwnWrites)
     webhook_id: str | None = None
     # Per model, when its last verified webhook arrived (epoch seconds): for operators and the
     # latency benchmark.

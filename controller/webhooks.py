@@ -5,6 +5,9 @@ so the decision is never made inside the request: the name goes to the worker's 
 controller that follows another (two on one PostgreSQL) it goes to the leader instead, as a row
 of ``reconcile_requests`` written in the transaction that records the delivery id: once the
 delivery is recorded (and a retry of it would be dropped as a duplicate), so is the request.
+
+A delivery that only reports one of the leader's own registry writes (a verdict tag, the alias:
+``controller.own_writes``) is recorded and acknowledged like any other, but not enqueued.
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, BeforeValidator, StringConstraints, ValidationError
 
 from controller.exceptions import InvalidRequest, PayloadTooLarge, WebhookRejected
+from controller.own_writes import ALIAS_CREATED, TAG_SET, Write, alias_set, tag_set
 from controller.services import Services, services
 from controller.webhook_signature import verify
 
@@ -27,6 +32,8 @@ router = APIRouter()
 MAX_BODY = 1024 * 1024
 _NAME = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 _WORD = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+# The controller's own tag values are under 500 characters; a longer one is someone else's.
+_MAX_VALUE = 1024
 
 
 def _version_or_none(value: Any) -> str | None:
@@ -34,10 +41,23 @@ def _version_or_none(value: Any) -> str | None:
     return str(value)[:64] if isinstance(value, str | int) and not isinstance(value, bool) else None
 
 
+def _bounded(limit: int) -> Callable[[Any], str | None]:
+    def text_or_none(value: Any) -> str | None:
+        # Only to recognise the controller's own writes: a delivery is never refused over it,
+        # and one that does not fit is simply not one of them.
+        return value if isinstance(value, str) and len(value) <= limit else None
+
+    return text_or_none
+
+
 class PayloadData(BaseModel):
     name: _NAME
     # Version events name the version (``model_version.created``, tags, aliases).
     version: Annotated[str | None, BeforeValidator(_version_or_none)] = None
+    # ``model_version_tag.set``: the tag; ``model_version_alias.created``: the alias.
+    key: Annotated[str | None, BeforeValidator(_bounded(256))] = None
+    value: Annotated[str | None, BeforeValidator(_bounded(_MAX_VALUE))] = None
+    alias: Annotated[str | None, BeforeValidator(_bounded(256))] = None
 
 
 class Payload(BaseModel):
@@ -46,6 +66,17 @@ class Payload(BaseModel):
     entity: _WORD
     action: _WORD
     data: PayloadData
+
+    def write(self) -> Write | None:
+        """The registry write this delivery reports, if it is one the controller makes."""
+        event, d = f"{self.entity}.{self.action}", self.data
+        if d.version is None:
+            return None
+        if event == TAG_SET and d.key is not None and d.value is not None:
+            return tag_set(d.name, d.version, d.key, d.value)
+        if event == ALIAS_CREATED and d.alias is not None:
+            return alias_set(d.name, d.alias, d.version)
+        return None
 
 
 @router.post("/webhooks/mlflow")
@@ -107,8 +138,17 @@ async def receive(request: Request, svc: Annotated[Services, Depends(services)])
         log.info("webhook %s for %s: a duplicate of delivery %s", event, name, delivery_id,
                  extra={**fields, "result": "duplicate"})
         return {"status": "duplicate", "delivery_id": delivery_id}
-    svc.metrics.webhooks.labels("accepted").inc()
     svc.heard_from(name, received_at, event)
+    # After the record: a duplicate must not use up the write its first delivery explained.
+    # Only the leader writes, so only its memory holds writes (a follower hands over as ever).
+    write = payload.write() if wanted and hand_off is None else None
+    if write is not None and svc.own_writes.consume(write):
+        svc.metrics.webhooks.labels("own_write").inc()
+        log.info("webhook %s for %s v%s: the controller's own write, nothing to reconcile "
+                 "(delivery %s)", event, name, payload.data.version, delivery_id,
+                 extra={**fields, "result": "own_write"})
+        return {"status": "own_write", "delivery_id": delivery_id}
+    svc.metrics.webhooks.labels("accepted").inc()
     if wanted and hand_off is None:
         svc.worker.enqueue(name, actor)
     version = f" v{payload.data.version}" if payload.data.version else ""
