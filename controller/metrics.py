@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.compatibility import Policy
+from controller.work_queue import LANES
 from wire.routing_table import VersionState
 
 WEBHOOK_RESULTS = (
@@ -39,6 +40,8 @@ class Metrics:
     webhooks: Counter
     reconciles: Counter
     reconcile_seconds: Histogram
+    reconcile_queue_depth: Gauge
+    reconcile_in_flight: Gauge
     table_revision: Gauge
     versions: Gauge
     load_failure_reports: Counter
@@ -61,6 +64,18 @@ class Metrics:
             ),
             reconcile_seconds=Histogram(
                 "sigserve_reconcile_seconds", "Time for one reconcile pass", registry=r
+            ),
+            reconcile_queue_depth=Gauge(
+                "sigserve_reconcile_queue_depth",
+                "Model names waiting for a reconcile pass, by lane (events: webhooks, retries, "
+                "admin and followers' requests, taken first; resync)",
+                ["lane"],
+                registry=r,
+            ),
+            reconcile_in_flight=Gauge(
+                "sigserve_reconcile_in_flight",
+                "Reconcile passes running now (at most SIGSERVE_RECONCILE_CONCURRENCY)",
+                registry=r,
             ),
             table_revision=Gauge(
                 "sigserve_routing_table_revision",
@@ -120,6 +135,8 @@ class Metrics:
             self.webhooks.labels(result)
         for result in RECONCILE_RESULTS:
             self.reconciles.labels(result)
+        for lane in LANES:
+            self.reconcile_queue_depth.labels(lane)
         for result in LOAD_REPORT_RESULTS:
             self.load_failure_reports.labels(result)
         for kind in REGISTRY_ERROR_KINDS:

@@ -1,30 +1,41 @@
-"""The work queue: de-duplicated names, one worker, retries with backoff.
+"""The worker: passes over model names from a two-lane queue, several models at once.
 
-Webhooks and the resync loop only enqueue a registered model's name. A name already waiting is
-not added twice; a name that arrives while it is being reconciled is reconciled again after, so
-no event is lost. Temporary failures come back after a capped exponential backoff; the resync
-(``controller/resync.py``) is the safety net for everything else, and publishing is the
-``controller/publisher.py``'s.
+Webhooks, retries, admin commands and followers' requests enqueue a registered model's name in
+the events lane, the resync in the resync lane (``controller/work_queue.py``: de-duplicated,
+events first, one pass per name at a time, a name asked for during its pass reconciled again
+after). Up to ``concurrency`` passes run at once, each in a thread of the worker's own pool, so
+a slow registry read holds one model, not the queue, and never the threads the HTTP layer uses.
+Temporary failures come back after a capped exponential backoff per name; the resync
+(``controller/resync.py``) is the safety net for everything else and is told how each pass ended
+(``Resync.passed``/``failed``). A pass that changed something waits for a publish that began
+after its commit (``controller/coalescer.py``: one table for all the passes that finish
+together) before writing its verdict back to the registry. The guarantees, stated once:
+docs/architecture.md, "The worker".
 
 With several controllers on one PostgreSQL only the leader runs the worker
 (``controller/leadership.py``); what followers are asked to reconcile reaches it through the
 ``reconcile_requests`` table, which the leader takes (``Resync.take_requests_loop``). A controller
-that steps down forgets its queue (``reset``): the next leader starts with a full resync. A pass
-still in flight when it steps down runs on in its thread but cannot commit: its write checks, in
-its transaction, that the worker did not step down since the pass began (``SteppedDown``), and a
-new leader's worker first makes every earlier read stale (``Store.fence_in_flight``), which also
-stops a leader that was frozen and does not know yet. A pass whose model was written since it
-read it (``GenerationConflict``) is requeued at once and reads again.
+that steps down forgets its queue (``reset``): the next leader starts with a full resync. Passes
+still in flight when it steps down run on in their threads but cannot commit: each write checks,
+in its transaction, that the worker did not step down since the pass began (``SteppedDown``),
+and a new leader's worker first makes every earlier read stale (``Store.fence_in_flight``),
+which also stops a leader that was frozen and does not know yet. A pass whose model was written
+since it read it (``GenerationConflict``) is requeued at once and reads again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any, TypeVar
 
 from sqlalchemy.exc import OperationalError
 from tenacity import (
@@ -38,6 +49,7 @@ from tenacity import (
 
 from controller import faults
 from controller.broadcaster import TableBroadcaster
+from controller.coalescer import PublishCoalescer
 from controller.exceptions import (
     GenerationConflict,
     RegistryRefused,
@@ -51,10 +63,13 @@ from controller.reconciler import Reconciler
 from controller.registry import RegistryPort
 from controller.resync import Resync
 from controller.store import Store
+from controller.work_queue import LANES, Lane, WorkQueue
 from wire.logs import trail
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 WEBHOOK_ACTOR = "webhook:"
+RESYNC_ACTOR = "resync"
 # Webhook deliveries remembered per waiting name (for its log lines), the latest kept.
 _DELIVERIES_PER_NAME = 20
 
@@ -81,6 +96,8 @@ class Worker:
         self._broadcaster = broadcaster
         self._metrics = metrics
         self.publisher = Publisher(store, broadcaster, metrics)
+        # At most one publish at a time, each serving every pass that asked before it began.
+        self._publishes = PublishCoalescer(self.publisher.publish)
         # What fills the queue besides webhooks: the periodic resync, followers' requests.
         self.resync = Resync(
             registry,
@@ -90,21 +107,18 @@ class Worker:
             full_interval_s=full_resync_interval_s,
             audit_retention=audit_retention,
         )
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         self._concurrency = concurrency
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
-        self._queue: asyncio.Queue[str] = asyncio.Queue()
-        self._waiting: set[str] = set()
-        # Who asked for each waiting name (the latest ask): the audit log's actor.
-        self._actors: dict[str, str] = {}
-        # The webhook deliveries that asked for each waiting name: its pass's log lines name
-        # them all (``wire.logs.trail``), so any one delivery id leads to the decision.
-        self._deliveries: dict[str, list[str]] = {}
+        self._queue = WorkQueue()
+        # Who asked for each waiting name, and the webhook deliveries that did: its pass's
+        # audit events and log lines name them (``wire.logs.trail``), so any one delivery id
+        # leads to the decision.
+        self._asks: dict[str, _Ask] = {}
         self._attempts: Counter[str] = Counter()
         self._retries: set[asyncio.TimerHandle] = set()
-        # Set when a publish failed after decisions were written: the next pass must publish
-        # even if it changes nothing, or the table would lag the database until another change.
-        self._publish_owed = False
         # False until the table may be shown to serving: at once for a database that has
         # published before, once every model the registry listed was reconciled for a fresh one.
         self._primed = False
@@ -112,50 +126,88 @@ class Worker:
         self._clock = clock
         # One more at every step-down: a pass begun under an older term cannot commit.
         self._term = 0
+        # Read at each scrape, from whichever queue the worker has then.
+        for lane in LANES:
+            metrics.reconcile_queue_depth.labels(lane).set_function(
+                functools.partial(self._queue_depth, lane)
+            )
+        metrics.reconcile_in_flight.set_function(lambda: self._queue.in_flight)
 
     @property
     def primed(self) -> bool:
         return self._primed
 
-    def enqueue(self, name: str, actor: str = "resync", deliveries: list[str] | None = None
+    def _queue_depth(self, lane: Lane) -> int:
+        return self._queue.depth(lane)
+
+    def enqueue(self, name: str, actor: str = RESYNC_ACTOR, deliveries: list[str] | None = None
                 ) -> None:
-        self._actors[name] = actor
-        asked = self._deliveries.setdefault(name, [])
+        ask = self._asks.get(name)
+        if ask is None:
+            ask = self._asks[name] = _Ask(actor)
+        elif actor != RESYNC_ACTOR or ask.actor == RESYNC_ACTOR:
+            # The latest ask names the pass, but a resync's never replaces an event's: the
+            # name is in the events lane for it.
+            ask.actor = actor
+        asked = ask.deliveries
         asked += deliveries or []
         if actor.startswith(WEBHOOK_ACTOR):
             asked.append(actor.removeprefix(WEBHOOK_ACTOR))
         del asked[:-_DELIVERIES_PER_NAME]
-        if name not in self._waiting:
-            self._waiting.add(name)
-            self._queue.put_nowait(name)
+        self._queue.add(name, "resync" if actor == RESYNC_ACTOR else "events")
 
-    async def publish(self) -> bool:
-        """Publish the decisions; False while not primed (prime() publishes them then)."""
+    async def publish(self, deliveries: list[str] | None = None) -> bool:
+        """Publish the decisions committed before this call; False while not primed (prime()
+        publishes them then). Returns once a publish that began after the call completed."""
         if not self._primed:
             return False  # a fresh database's half-built table must not reach serving
-        self._publish_owed = True
-        await self.publisher.publish()
-        self._publish_owed = False
+        await self._publishes.publish(deliveries)
         return True
 
     async def run(self) -> None:
         await self._fence_predecessors()
-        while True:
-            name = await self._queue.get()
-            self._waiting.discard(name)
-            actor = self._actors.pop(name, "resync")
-            deliveries = self._deliveries.pop(name, [])
-            try:
-                with trail(model=name, actor=actor, delivery_ids=deliveries):
-                    await self._process(name, actor, deliveries)
-            except Exception:
-                # Publishing failed (say, the database was locked for too long): the worker
-                # must go on; the name comes back with the backoff and the resync.
-                self._metrics.reconciles.labels("error").inc()
-                log.exception("publishing after reconciling %s failed", name)
-                self._retry_later(name, "publishing failed", deliveries)
-            finally:
-                self._queue.task_done()
+        # The passes' threads: a pool of the worker's own, so passes blocked on the registry
+        # never hold the default pool the HTTP layer's ``to_thread`` calls need.
+        pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="sigserve-reconcile")
+        slots = asyncio.Semaphore(self._concurrency)
+        passes: set[asyncio.Task[None]] = set()
+
+        def ended(task: asyncio.Task[None]) -> None:
+            passes.discard(task)
+            slots.release()
+
+        try:
+            while True:
+                await slots.acquire()
+                queue = self._queue
+                try:
+                    name = await queue.get()
+                except BaseException:
+                    slots.release()
+                    raise
+                ask = self._asks.pop(name, None) or _Ask(RESYNC_ACTOR)
+                task = asyncio.create_task(self._pass(queue, name, ask, pool))
+                passes.add(task)
+                task.add_done_callback(ended)
+        finally:
+            # Cancelled (stepped down, shut down): the passes' threads run on, but cannot
+            # commit once ``reset`` moved the term on.
+            for task in passes:
+                task.cancel()
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _pass(self, queue: WorkQueue, name: str, ask: _Ask, pool: Executor) -> None:
+        try:
+            with trail(model=name, actor=ask.actor, delivery_ids=ask.deliveries):
+                await self._process(name, ask.actor, ask.deliveries, pool)
+        except Exception:
+            # Publishing failed (say, the database was locked for too long): the worker
+            # must go on; the name comes back with the backoff and the resync.
+            self._metrics.reconciles.labels("error").inc()
+            log.exception("publishing after reconciling %s failed", name)
+            self._retry_later(name, "publishing failed", ask.deliveries)
+        finally:
+            queue.done(name)
 
     async def _fence_predecessors(self) -> None:
         """Before the first pass: what a controller that led before still has in flight must
@@ -167,7 +219,9 @@ class Worker:
             with attempt:
                 await asyncio.to_thread(self._store.fence_in_flight)
 
-    async def _process(self, name: str, actor: str, deliveries: list[str]) -> None:
+    async def _process(
+        self, name: str, actor: str, deliveries: list[str], pool: Executor
+    ) -> None:
         started = time.perf_counter()
         term = self._term
 
@@ -178,7 +232,7 @@ class Worker:
                 raise SteppedDown(f"stopped leading while reconciling {name}")
 
         try:
-            outcome = await asyncio.to_thread(self._reconciler.reconcile, name, actor, fence=fence)
+            outcome = await _in_thread(pool, self._reconciler.reconcile, name, actor, fence=fence)
         except (RegistryUnavailable, GenerationConflict) as exc:
             self._metrics.reconciles.labels("temporary_error").inc()
             # A conflict: the model was written since this pass read it; reading again now
@@ -199,18 +253,21 @@ class Worker:
                 "written (the next leader reconciles it)",
                 name,
             )
+            self.resync.failed(name)
             return
         except RegistryRefused as exc:
             # Retrying soon cannot help; the resync comes back to it.
             self._metrics.reconciles.labels("permanent_error").inc()
             log.warning("%s: the registry refused (%s); next look at the resync", name, exc)
             self._reconciled(name)
+            self.resync.failed(name)
             return
         except Exception:
             # A bug must not stop the worker; the resync loop brings the name back.
             self._metrics.reconciles.labels("error").inc()
             log.exception("reconciling %s failed", name)
             self._reconciled(name)
+            self.resync.failed(name)
             return
         finally:
             self._metrics.reconcile_seconds.observe(time.perf_counter() - started)
@@ -224,16 +281,20 @@ class Worker:
                 "changed" if outcome.changed else "no change",
                 extra={"event": "reconcile", "changed": outcome.changed})
         self.publisher.expect(name, outcome.registered_at)
-        if outcome.changed or self._publish_owed:
+        if outcome.changed or self._publishes.owed:
             # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
             faults.kill_at("committed", name)
-            await self.publish()
+            # Serving has the table before the registry is told (the write-back below).
+            await self.publish(deliveries)
         if outcome.write_back is not None and term == self._term:
-            await asyncio.to_thread(outcome.write_back)
+            await _in_thread(pool, outcome.write_back)
         if outcome.retry_reason:
             self._retry_later(name, outcome.retry_reason, deliveries)
+        elif term != self._term:
+            self.resync.failed(name)  # committed, but stepped down before the write-back
         else:
             self._attempts.pop(name, None)
+            self.resync.passed(name)
 
     def _reconciled(self, name: str) -> None:
         if self._priming is not None:
@@ -245,6 +306,7 @@ class Worker:
         # A rate-limited requeue per name (client-go's per-item exponential failure limiter),
         # not a retry of a call: the name goes back on the queue, where a webhook or a resync
         # may bring it sooner, and the worker serves other names meanwhile.
+        self.resync.failed(name)
         self._attempts[name] += 1
         delay = min(self._retry_max_s, self._retry_initial_s * 2 ** (self._attempts[name] - 1))
         if at_once and self._attempts[name] == 1:
@@ -266,13 +328,11 @@ class Worker:
         for handle in self._retries:
             handle.cancel()
         self._retries.clear()
-        self._queue = asyncio.Queue()
-        self._waiting.clear()
-        self._actors.clear()
-        self._deliveries.clear()
+        self._queue = WorkQueue()  # passes in flight end on the old one
+        self._asks.clear()
         self.publisher.reset()
         self._attempts.clear()
-        self._publish_owed = False
+        self._publishes.owed = False
         self._primed = False
         self._priming = None
         self._term += 1  # what is in flight cannot commit
@@ -307,6 +367,21 @@ class Worker:
             self._priming = None
         self._primed = True
         await self.publish()
+
+
+@dataclass
+class _Ask:
+    """Who asked for a waiting name (the audit log's actor) and the deliveries that did."""
+
+    actor: str
+    deliveries: list[str] = field(default_factory=list)
+
+
+async def _in_thread(pool: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in ``pool``, with this task's context (its log trail), as
+    ``asyncio.to_thread`` does in the default pool."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(pool, call)
 
 
 def _log_priming_failure(state: RetryCallState) -> None:
