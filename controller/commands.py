@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from controller.compatibility import Policy, check
-from controller.decisions import decide_all, is_read, load_failure_of
+from controller.decisions import decide_all, held, is_read, load_failure_of
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.exceptions import InvalidRequest, NotFound, PinRefused, StaleReport
 from controller.proofs import FAILED, proof_of
@@ -248,10 +248,18 @@ def _record_report(
     kept: Callable[[VersionRecord], dict[str, Any] | None],
     keep: Callable[[VersionRecord, dict[str, Any]], VersionRecord],
     what: str,
+    takes_out: bool,
 ) -> ModelRecord:
     """Keep a replica's report about one artifact on its version, and decide (shared by load
     failures and proofs). A report about another artifact than the version has now is refused
-    as stale; the first report about an artifact is kept, so a repeat changes nothing."""
+    as stale; the first report about an artifact is kept, so a repeat changes nothing.
+
+    A report that ``takes_out`` the version (a load failure, a failed proof) about the model's
+    live default is kept marked ``"quarantines": false``: the version stays live with the report
+    as a warning, since the serving token that sent it is readable by model code
+    (docs/architecture.md, "A load that cannot pass goes back to the controller"). Such a report
+    gives way to the next one once the version is no longer the live default.
+    """
 
     def change(record: ModelRecord) -> ModelRecord:
         target = _version(record, version)
@@ -261,10 +269,13 @@ def _record_report(
                 f"digest is {(target.mlmodel_digest or 'unread')[:12]}, not "
                 f"{report['mlmodel_digest'][:12]})"
             )
-        if kept(target) is not None:
+        live_default = record.default_version == version and target.state is VersionState.LIVE
+        hold = takes_out and live_default
+        before = kept(target)
+        if before is not None and (hold or not held(before)):
             return record
         versions = dict(record.versions)
-        versions[version] = keep(target, dict(report))
+        versions[version] = keep(target, {**report, "quarantines": False} if hold else report)
         return replace(record, versions=versions)
 
     updated = store.update_model(
@@ -277,7 +288,9 @@ def _record_report(
 def record_load_failure(
     store: Store, name: str, version: str, failure: dict[str, str], env: ServingEnvironment
 ) -> ModelRecord:
-    """Record that a serving replica could not load the version's artifact; it is quarantined.
+    """Record that a serving replica could not load the version's artifact; it is quarantined,
+    unless it is the model's live default, which stays live with the failure as a warning
+    until an operator pins another version or quarantines it by hand (``_record_report``).
 
     ``failure`` names the artifact by its MLmodel digest: a report about another artifact than
     the version has now (an older one, still cached on a replica) is refused as stale. The first
@@ -286,7 +299,8 @@ def record_load_failure(
     """
     return _record_report(
         store, name, version, failure, env,
-        kept=load_failure_of, keep=lambda v, r: replace(v, load_failure=r), what="reported",
+        kept=load_failure_of, keep=lambda v, r: replace(v, load_failure=dict(r)),
+        what="reported", takes_out=True,
     )  # fmt: skip
 
 
@@ -299,11 +313,14 @@ def record_proof(
     refused as stale, and the first proof of an artifact is kept (replicas race to prove the
     same version; a repeat, or a later replica's report, changes nothing). A version that no
     longer awaits its proof (an operator quarantined it meanwhile, say) still records it: the
-    proof is a fact about the artifact, kept for when the version is decided again.
+    proof is a fact about the artifact, kept for when the version is decided again. A failed
+    proof of the live default (a replica proves only versions awaiting their proof, so only a
+    forged report sends one) leaves it live, as a load failure does.
     """
     return _record_report(
         store, name, version, proof, env,
-        kept=proof_of, keep=lambda v, r: replace(v, proof=r), what="proven",
+        kept=proof_of, keep=lambda v, r: replace(v, proof=dict(r)), what="proven",
+        takes_out=proof.get("outcome") == FAILED,
     )  # fmt: skip
 
 

@@ -92,6 +92,22 @@ def _could_not_load(failure: dict[str, Any]) -> str:
     )
 
 
+def held(report: dict[str, Any]) -> bool:
+    """Whether a replica's report was about the model's live default, and so is kept without
+    taking it out (``commands.record_load_failure``; docs/architecture.md, "A load that cannot
+    pass goes back to the controller")."""
+    return report.get("quarantines") is False
+
+
+def _held_warning(what: str, report: dict[str, Any]) -> str:
+    return (
+        f"{what} (replica {report.get('replica', '?')} at {report.get('at', '?')}): "
+        f"{report.get('cause', '?')}; reported while it was the live default, so it stays live "
+        "(a replica's report never takes a default out): pin another version or quarantine it "
+        "by hand; release it to clear the report"
+    )
+
+
 def decide_version(
     model: ModelRecord,
     version: VersionRecord,
@@ -133,14 +149,18 @@ def _decide(model: ModelRecord, version: VersionRecord, env: ServingEnvironment
     verdict = check(model.contract, version.signature, Policy(model.policy))
     environment = _environment_verdict(model, version, env)
     reasons = verdict.reasons + environment.blocking
-    if failure is not None:
-        reasons = [_could_not_load(failure), *reasons]
     warnings = verdict.warnings + environment.warnings
+    if failure is not None and held(failure):
+        warnings = [_held_warning("serving could not load its artifact", failure), *warnings]
+    elif failure is not None:
+        reasons = [_could_not_load(failure), *reasons]
     action = (version.override or {}).get("action")
     # Asked for unless an operator decided by hand (a release serves the version as it is).
     proved = policy(model, env) is ProofPolicy.ON and action is None
     proof = proof_of(version) if proved else None
-    if proof is not None and proof.get("outcome") == FAILED:
+    if proof is not None and proof.get("outcome") == FAILED and held(proof):
+        warnings = [_held_warning("failed its proof on serving", proof), *warnings]
+    elif proof is not None and proof.get("outcome") == FAILED:
         reasons = [failed_proof_reason(proof), *reasons]
     if action == "quarantine":
         reasons = [f"quarantined by hand by {_by_hand(version.override or {})}", *reasons]
@@ -159,7 +179,7 @@ def _decide(model: ModelRecord, version: VersionRecord, env: ServingEnvironment
             )
         if proof.get("outcome") == GRANDFATHERED:
             warnings = [*warnings, BEFORE_PROOFS]
-        elif not proof.get("exercised", True):
+        elif proof.get("outcome") != FAILED and not proof.get("exercised", True):
             warnings = [*warnings, NOT_EXERCISED]
     return replace(
         version,

@@ -3,30 +3,40 @@
 Serving checks nothing a second time and decides nothing: it reports what it saw, and the
 controller decides, as it does for everything else. A report is about one artifact (named by its
 MLmodel digest) and quarantines the version with the cause as its reason until an operator
-releases it ("try again") or the version's artifact changes. Only failures that cannot pass by
-themselves are reported (the replica downloaded the artifact and could not load it, or got
-another MLmodel than the one checked); a download that failed (MLflow down) is not.
+releases it ("try again") or the version's artifact changes, except for the model's live
+default: a report about it is kept and shown (a warning on the version, the admin API, an audit
+event, the ``default_live`` count, a log line) and the version stays live, since a report alone
+never takes a whole endpoint out (docs/architecture.md, "A load that cannot pass goes back to
+the controller"). Only failures that cannot pass by themselves are reported (the replica
+downloaded the artifact and could not load it, or got another MLmodel than the one checked); a
+download that failed (MLflow down) is not.
 
 Replicas authenticate with a token of their own (``SIGSERVE_SERVING_TOKEN``), not the admin
 token: a replica holds it in its settings, and it can do this and nothing else. Reports are
-safe to repeat (the first report about an artifact is kept, a repeat changes nothing) and
-replicas send at most one per model id every half minute (``serving.load_reports``).
+safe to repeat (the first report about an artifact is kept, a repeat changes nothing);
+replicas keep their own to a budget (``serving.load_reports``) and the controller its own per
+replica and in all (``controller.report_limits``: 429 past it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints
 
 from controller import commands
-from controller.decisions import load_failure_of
+from controller.decisions import held, load_failure_of
 from controller.exceptions import NotFound, StaleReport
 from controller.guard import Gate
+from controller.report_limits import ReportLimits, report_limits
 from controller.services import Services, services
+
+log = logging.getLogger(__name__)
 
 
 def _count_refused(svc: Services) -> None:
@@ -63,10 +73,22 @@ class LoadFailureReport(ArtifactReport):
     cause: REPORT_TEXT
 
 
-@router.post("/load-failures")
+def kept(recorded: dict[str, Any] | None, report: dict[str, Any]) -> bool:
+    """Whether ``recorded`` is ``report`` (to the second), and not an earlier one's."""
+    return recorded is not None and all(recorded.get(k) == v for k, v in report.items())
+
+
+@router.post("/load-failures", response_model=None)
 async def report_load_failure(
-    report: LoadFailureReport, svc: Annotated[Services, Depends(services)]
-) -> dict[str, Any]:
+    report: LoadFailureReport,
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    limits: Annotated[ReportLimits, Depends(report_limits)],
+) -> dict[str, Any] | JSONResponse:
+    refused = limits.refuse(report.replica, request.url.path)
+    if refused is not None:
+        svc.metrics.load_failure_reports.labels("limited").inc()
+        return refused
     failure = {
         "kind": report.kind,
         "cause": report.cause,
@@ -90,9 +112,18 @@ async def report_load_failure(
         svc.metrics.load_failure_reports.labels("unknown").inc()
         raise
     version = decided.versions[report.version]
-    # The failure kept is this report's (to the second) unless an earlier one was kept.
-    recorded = version.load_failure == failure
-    svc.metrics.load_failure_reports.labels("recorded" if recorded else "repeated").inc()
+    recorded = kept(version.load_failure, failure)
+    if recorded and version.load_failure is not None and held(version.load_failure):
+        # The live default stays live: an operator's alert, not a decision.
+        result = "default_live"
+        log.warning(
+            "replica %s reports that %s v%s, the live default, cannot load (%s); it stays "
+            "live until an operator pins another version or quarantines it",
+            report.replica, decided.name, report.version, report.cause,
+        )  # fmt: skip
+    else:
+        result = "recorded" if recorded else "repeated"
+    svc.metrics.load_failure_reports.labels(result).inc()
     published = await svc.publish_change(decided.name, "serving") if recorded else True
     return {
         "model": decided.name,
@@ -100,6 +131,7 @@ async def report_load_failure(
         "recorded": recorded,
         "state": version.state.value,
         "reasons": version.reasons,
+        "warnings": version.warnings,
         "load_failure": load_failure_of(version),
         "published": published,
     }

@@ -3,24 +3,32 @@
 The replica loaded the artifact the table binds, called it on its own input example and checked
 the answer against its output schema (``serving.proofs``); it reports what it found, and the
 controller decides in its own transaction (``commands.record_proof``): passed -> live, failed ->
-quarantined with the cause. Same credential, bounds and manners as load reports
-(``controller.load_failures``): the serving token, keyed by the MLmodel digest, safe to repeat
-(the first report about an artifact is kept), rate-limited by the replicas.
+quarantined with the cause (a failed proof of the live default, which only a forged report
+sends, is kept as a warning and it stays live). Same credential, bounds and manners as load
+reports (``controller.load_failures``): the serving token, keyed by the MLmodel digest, safe to
+repeat (the first report about an artifact is kept), rate-limited by the replicas and by the
+controller, on the same budgets (``controller.report_limits``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
 from pydantic import model_validator
 
 from controller import commands
-from controller.load_failures import GATE, REPORT_TEXT, ArtifactReport
+from controller.decisions import held
+from controller.load_failures import GATE, REPORT_TEXT, ArtifactReport, kept
 from controller.proofs import FAILED, proof_of
+from controller.report_limits import ReportLimits, report_limits
 from controller.services import Services, services
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix=GATE.prefix, max_body_size=GATE.max_body)
 
@@ -38,10 +46,17 @@ class ProofReport(ArtifactReport):
         return self
 
 
-@router.post("/proofs")
+@router.post("/proofs", response_model=None)
 async def report_proof(
-    report: ProofReport, svc: Annotated[Services, Depends(services)]
-) -> dict[str, Any]:
+    report: ProofReport,
+    request: Request,
+    svc: Annotated[Services, Depends(services)],
+    limits: Annotated[ReportLimits, Depends(report_limits)],
+) -> dict[str, Any] | JSONResponse:
+    refused = limits.refuse(report.replica, request.url.path)
+    if refused is not None:
+        svc.metrics.load_failure_reports.labels("limited").inc()
+        return refused
     proof: dict[str, Any] = {
         "outcome": report.outcome,
         "exercised": report.exercised,
@@ -60,8 +75,14 @@ async def report_proof(
         svc.serving_environment,
     )
     version = decided.versions[report.version]
-    # The proof kept is this report's (to the second) unless an earlier one was kept.
-    recorded = version.proof == proof
+    recorded = kept(version.proof, proof)
+    if recorded and version.proof is not None and held(version.proof):
+        # Only a forged report proves a live version: counted with load failures of defaults.
+        svc.metrics.load_failure_reports.labels("default_live").inc()
+        log.warning(
+            "replica %s reports a failed proof of %s v%s, the live default (%s); it stays live",
+            report.replica, decided.name, report.version, report.cause,
+        )  # fmt: skip
     published = await svc.publish_change(decided.name, "serving") if recorded else True
     return {
         "model": decided.name,

@@ -18,6 +18,7 @@ from controller.database import make_engine, migrate
 from controller.decisions import decide_all
 from controller.exceptions import StaleReport
 from controller.reconciler import Reconciler
+from controller.report_limits import PER_REPLICA_BURST, PER_REPLICA_PER_MINUTE, ReportLimits
 from controller.store import Store
 from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
 from tests.unit.test_controller_http import _settings
@@ -109,13 +110,47 @@ def test_a_failure_about_an_older_artifact_does_not_hold_against_a_new_one(store
     assert redecided.versions["2"].state is VersionState.LIVE
 
 
-def test_a_reported_default_answers_409_with_the_cause_instead_of_loading_again(
-    store: Store,
-) -> None:
+def test_a_report_about_the_live_default_is_recorded_and_it_stays_live(store: Store) -> None:
+    # The serving token is readable by model code (docs/security.md, "One replica is one trust
+    # domain"): a report alone must not take a model's whole endpoint out.
     record = commands.record_load_failure(store, "m", "1", failure("1"), ENV)
-    # The default stays the default: its clients read why in the 409, and no pin moved.
-    assert record.default_version == "1"
+    v1 = record.versions["1"]
+    assert (record.default_version, v1.state, v1.reasons) == ("1", VersionState.LIVE, [])
+    assert v1.load_failure == {**failure("1"), "quarantines": False}
+    assert v1.warnings[0].startswith("serving could not load its artifact (replica r1 at 2026-")
+    assert "truncated" in v1.warnings[0] and "stays live" in v1.warnings[0]
+    entry = store.publish().models["m"].versions["1"]
+    assert entry.state is VersionState.LIVE and entry.warnings == v1.warnings
+    # Kept and audited as a load event, and no decision changed.
+    kinds = [(e.kind, e.version, e.actor) for e in store.events("m", limit=10)]
+    assert ("load", "1", "serving:r1") in kinds
+    assert ("decision", "1", "serving:r1") not in kinds
+    events = len(store.events("m", limit=100))
+    again = commands.record_load_failure(store, "m", "1", failure("1", replica="r2"), ENV)
+    assert again.versions["1"] == v1 and len(store.events("m", limit=100)) == events
+
+
+def test_the_operator_takes_a_reported_default_out_by_a_pin_or_by_hand(store: Store) -> None:
+    commands.record_load_failure(store, "m", "1", failure("1"), ENV)
+    # Pinned away, it stays live with its warning; a replica's next report about it (it is
+    # not the default now) quarantines it as any other version's would.
+    pinned = commands.pin_default(store, "m", "2", ENV).model
+    assert (pinned.default_version, pinned.versions["1"].state) == ("2", VersionState.LIVE)
+    later = failure("1", replica="r2", at="2026-11-28T22:05:00+00:00")
+    record = commands.record_load_failure(store, "m", "1", later, ENV)
     assert record.versions["1"].state is VersionState.QUARANTINED
+    assert record.versions["1"].load_failure == later
+    assert "replica r2" in record.versions["1"].reasons[0]
+    # A default quarantined by hand answers the 409, its report still shown.
+    commands.record_load_failure(store, "m", "2", failure("2"), ENV)
+    taken = commands.quarantine(store, "m", "2", "v2 cannot load on the new image", ENV)
+    assert taken.versions["2"].state is VersionState.QUARANTINED
+    assert taken.versions["2"].reasons[0].startswith("quarantined by hand")
+    # Released twice (the hand quarantine, then the report): serving tries it again.
+    commands.release(store, "m", "2", "the image was fixed", ENV)
+    back = commands.release(store, "m", "2", "the image was fixed", ENV)
+    assert (back.versions["2"].state, back.versions["2"].load_failure) == (VersionState.LIVE, None)
+    assert back.versions["2"].warnings == []
 
 
 @pytest.fixture()
@@ -160,6 +195,73 @@ def test_a_report_is_recorded_published_and_counted(client: TestClient) -> None:
     detail = client.get("/admin/models/m", headers=admin).json()
     v2 = next(v for v in detail["versions"] if v["version"] == "2")
     assert v2["load_failure"]["replica"] == "r1"
+
+
+def test_a_report_about_the_live_default_leaves_it_live_and_is_counted_apart(
+    client: TestClient,
+) -> None:
+    r = client.post("/serving/load-failures",
+                    json=report(version="1", mlmodel_digest=digest("1")), headers=AUTH)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["recorded"], body["state"], body["reasons"]) == (True, "live", [])
+    assert "stays live" in body["warnings"][0] and body["load_failure"]["quarantines"] is False
+    table = client.get("/routing-table", headers=AUTH).json()["models"]["m"]
+    assert table["default_version"] == "1" and table["versions"]["1"]["state"] == "live"
+    metrics = client.get("/metrics").text
+    assert 'sigserve_load_failure_reports_total{result="default_live"} 1.0' in metrics
+    assert 'sigserve_load_failure_reports_total{result="recorded"} 0.0' in metrics
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_reports_past_a_replicas_budget_are_429_until_it_refills(client: TestClient) -> None:
+    clock = Clock()
+    client.app.state.report_limits = ReportLimits(clock=clock)  # type: ignore[attr-defined]
+    answers = [
+        client.post("/serving/load-failures", json=report(replica="forged"), headers=AUTH)
+        for _ in range(PER_REPLICA_BURST + 5)
+    ]
+    assert [a.status_code for a in answers] == [200] * PER_REPLICA_BURST + [429] * 5
+    refused = answers[-1]
+    assert refused.headers["content-type"].startswith("application/problem+json")
+    assert refused.json()["type"] == "urn:sigserve:problem:too-many-reports"
+    assert "forged" in refused.json()["detail"]
+    wait = int(refused.headers["retry-after"])
+    assert 1 <= wait <= 60 / PER_REPLICA_PER_MINUTE + 1
+    # Proofs spend the same budget; another replica has its own.
+    proof = {**report(replica="forged"), "outcome": "passed", "exercised": True}
+    for name in ("kind", "cause"):
+        proof.pop(name)
+    assert client.post("/serving/proofs", json=proof, headers=AUTH).status_code == 429
+    other = client.post("/serving/load-failures", json=report(replica="r2"), headers=AUTH)
+    assert other.status_code == 200
+    clock.now += wait
+    again = client.post("/serving/load-failures", json=report(replica="forged"), headers=AUTH)
+    assert again.status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'sigserve_load_failure_reports_total{result="limited"} 6.0' in metrics
+
+
+def test_reports_from_every_replica_together_are_bounded(client: TestClient) -> None:
+    clock = Clock()
+    limits = ReportLimits(clock=clock, per_replica=(2, 1.0), overall=(5, 60.0))
+    client.app.state.report_limits = limits  # type: ignore[attr-defined]
+    statuses = [
+        client.post("/serving/load-failures", json=report(replica=f"r{i}"), headers=AUTH)
+        .status_code
+        for i in range(8)
+    ]
+    assert statuses == [200] * 5 + [429] * 3
+    clock.now += 1.0  # one report a second in all
+    assert client.post("/serving/load-failures", json=report(replica="r99"),
+                       headers=AUTH).status_code == 200
 
 
 @pytest.mark.parametrize(

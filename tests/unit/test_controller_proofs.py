@@ -184,6 +184,31 @@ def test_a_release_of_a_failed_proof_proves_it_again(store: Store) -> None:
     )
 
 
+def test_a_failed_proof_about_the_live_default_is_recorded_and_it_stays_live(
+    tmp_path: Path,
+) -> None:
+    # A replica proves only versions its table marks awaiting their proof, never a live one;
+    # but a live default can lack a proof (decided while proofs were off for it, as here), and
+    # the serving token can send any report (docs/security.md, "One replica is one trust
+    # domain"). A failed proof of it is kept as a warning, like a load failure of it.
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    s = Store(engine)
+    Reconciler(s, Registry({"1": sig("prompt"), "2": sig("prompt")}), PLAIN,
+               write_back=False).reconcile("m", "resync")  # fmt: skip
+    assert states(s) == {"1": "live", "2": "live"}
+    record = commands.record_proof(s, "m", "1", failed("1"), PROVING)
+    v1 = record.versions["1"]
+    assert (record.default_version, v1.state, v1.reasons) == ("1", VersionState.LIVE, [])
+    assert v1.proof == {**failed("1"), "quarantines": False}
+    assert v1.warnings[0].startswith("failed its proof on serving (replica r1 at 2026-12-05")
+    assert "stays live" in v1.warnings[0]
+    # Of any other version, as before: quarantined.
+    two = commands.record_proof(s, "m", "2", failed("2"), PROVING).versions["2"]
+    assert two.state is VersionState.QUARANTINED
+    engine.dispose()
+
+
 @pytest.mark.parametrize(
     ("env", "tag", "state"),
     [
