@@ -50,7 +50,9 @@ class Priming:
 
     def failed(self, name: str) -> None:
         """A pass over ``name`` failed for now: say what the first table waits for."""
-        if name not in self.waiting_for:
+        # Asked at every failed pass: a membership test, not the set of all still waited for
+        # (a registry of 10,000 models failing at once would make that quadratic).
+        if self._listed is None or name not in self._listed or name in self._done:
             return
         now = self._clock()
         if self._reported_at is not None and now - self._reported_at < self._report_every_s:

@@ -317,3 +317,32 @@ def test_the_resync_is_told_how_each_pass_ended(tmp_path: Path) -> None:
     asyncio.run(go())
     assert ("passed", "a") in told and ("failed", "a") not in told
     assert ("failed", "b") in told and ("passed", "b") not in told
+
+
+def test_priming_tells_of_failures_in_time_proportional_to_the_registry() -> None:
+    """A fresh database priming 20,000 models while the registry fails each of them: every failed
+    pass is told to priming on the event loop, and must not cost a pass over all 20,000."""
+    import logging
+
+    from controller.priming import Priming
+
+    names = [f"m{i:05}" for i in range(20_000)]
+
+    async def go() -> float:
+        priming = Priming(time.monotonic, report_every_s=3600)
+        priming.listed(names)
+        started = time.perf_counter()
+        for name in names:
+            priming.failed(name)
+        for name in names:
+            priming.reconciled(name)
+        took = time.perf_counter() - started
+        await asyncio.wait_for(priming.wait(), WAIT_S)
+        return took
+
+    logging.getLogger("controller.priming").disabled = True
+    try:
+        took = asyncio.run(go())
+    finally:
+        logging.getLogger("controller.priming").disabled = False
+    assert took < 1.0, f"{took:.2f} s on the event loop for 20,000 failures"
