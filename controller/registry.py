@@ -31,9 +31,12 @@ from controller.exceptions import (
     RegistryUnavailable,
 )
 from controller.read_reasons import REFUSAL_CODES, ReadFailure
+from controller.registry_listing import ModelFingerprint, fingerprint
 from wire.artifact_manifest import HASH_LIMIT
 
 T = TypeVar("T")
+# Models per page of the listing: the most MLflow's REST API answers (max_results <= 1000).
+LISTING_PAGE = 1000
 # MLflow error codes that the same call will meet again: retrying cannot help.
 PERMANENT_ERRORS = REFUSAL_CODES
 log = logging.getLogger(__name__)
@@ -107,6 +110,8 @@ class RegistryPort(RegistryWriter, Protocol):
 
     def model_names(self) -> list[str]: ...
 
+    def listing(self) -> dict[str, ModelFingerprint]: ...
+
     def model(self, name: str) -> ObservedModel: ...
 
     def versions(self, name: str) -> list[ObservedVersion]: ...
@@ -166,15 +171,29 @@ class Registry:
         self._call(lambda: self._client.search_registered_models(max_results=1))
 
     def model_names(self) -> list[str]:
-        def fetch() -> list[str]:
-            names: list[str] = []
+        return list(self.listing())
+
+    def listing(self) -> dict[str, ModelFingerprint]:
+        """Every registered model's name and fingerprint (``controller.registry_listing``).
+
+        Paged by offset (MLflow's page token), so a model created or deleted while the pages
+        are read can shift one name past a page boundary: it is missed by this listing (the
+        resync treats it as unlisted or unseen, which costs a pass, never a decision) and
+        seen by the next.
+        """
+
+        def fetch() -> dict[str, ModelFingerprint]:
+            found: dict[str, ModelFingerprint] = {}
             token: str | None = None
             while True:
-                page = self._client.search_registered_models(max_results=500, page_token=token)
-                names.extend(m.name for m in page)
+                page = self._client.search_registered_models(
+                    max_results=LISTING_PAGE, page_token=token
+                )
+                for m in page:
+                    found[str(m.name)] = fingerprint(m)
                 token = page.token
                 if not token:
-                    return names
+                    return found
 
         return self._call(fetch)
 

@@ -1,22 +1,33 @@
 """What fills the worker's queue besides webhooks: the periodic resync and followers' requests.
 
-The resync is the controller pattern's safety net: every so often every model the registry or
-the database knows is enqueued, so whatever a lost webhook (or a deletion, which fires none)
-left undone is done within one interval. It also prunes what is kept for a while only: the
-webhook delivery ids (a day: MLflow retries a delivery for seconds) and the audit log (its
-retention). With several controllers on one PostgreSQL, the leader also takes what followers
-were asked to reconcile (``reconcile_requests``) into its queue.
+The resync is the controller pattern's safety net for what a lost webhook (or a deletion,
+which fires none) left undone. It costs one paged listing of the registry, not a pass over
+every model: each model's fingerprint in the listing (``controller/registry_listing.py``) is
+compared with the one the listing showed before that model's last pass that ended well, and
+only a model whose fingerprint moved, that was never seen, or whose last pass failed is
+enqueued; a stored model the listing lacks is enqueued until its pass makes it a tombstone,
+and a tombstone the listing lacks is not enqueued again. What the listing cannot show waits
+for the full pass, every ``full_interval_s`` and first whenever the loop starts (at start and
+on taking the lead), which enqueues every model the registry or the database knows. The
+guarantees and what the listing shows: docs/architecture.md, "What the resync sees".
+
+It also prunes what is kept for a while only: the webhook delivery ids (a day: MLflow retries
+a delivery for seconds) and the audit log (its retention). With several controllers on one
+PostgreSQL, the leader also takes what followers were asked to reconcile
+(``reconcile_requests``) into its queue.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from datetime import timedelta
 
 from controller.exceptions import RegistryUnavailable
 from controller.registry import RegistryPort
+from controller.registry_listing import ModelFingerprint
 from controller.store import Store
 
 log = logging.getLogger(__name__)
@@ -33,6 +44,7 @@ class Resync:
         interval_s: float,
         audit_retention: timedelta,
         full_interval_s: float = 600.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._full_interval_s = full_interval_s
         self._registry = registry
@@ -40,37 +52,93 @@ class Resync:
         self._enqueue = enqueue
         self._interval_s = interval_s
         self._audit_retention = audit_retention
+        self._clock = clock
+        # The fingerprint each listed model had before its last pass that ended well.
+        self._seen: dict[str, ModelFingerprint] = {}
+        # What the latest listing that enqueued a model showed: what its pass will have read
+        # at least (the pass begins after the listing), so what ``passed`` may record.
+        self._listed: dict[str, ModelFingerprint] = {}
+        self._last_full: float | None = None
 
     def passed(self, name: str) -> None:
-        """The worker committed a pass over ``name`` (what it read is decided)."""
+        """The worker committed a pass over ``name`` (what it read is decided).
+
+        Records the fingerprint the listing showed before the pass was asked for, never a
+        later one: a model that changed meanwhile was read as it is now and is merely enqueued
+        once more by the next resync. A pass that began before that listing (the name was
+        enqueued again while it ran) is followed by one the worker runs after it, whose end
+        is reported too.
+        """
+        listed = self._listed.pop(name, None)
+        if listed is not None:
+            self._seen[name] = listed
 
     def failed(self, name: str) -> None:
         """A pass over ``name`` failed or left something to retry: the next resync must
         enqueue it whatever the registry's listing says."""
+        self._seen.pop(name, None)
 
-    async def once(self) -> list[str] | None:
-        """Enqueue every model the registry or the database knows; prune old records.
+    async def once(self, *, full: bool | None = True) -> list[str] | None:
+        """Enqueue what the registry or the database holds that needs a pass; prune old records.
 
-        The names enqueued (what priming waits for, ``Worker.prime``); None when the registry
-        could not be listed.
+        ``full``: every model the registry or the database knows (what priming and an
+        operator's resync ask for); False: only what changed since its last pass (the module's
+        docstring); None: full when one is due (``full_due``, asked once listed). The names
+        enqueued, sorted (what priming waits for, ``Worker.prime``); None
+        when the registry could not be listed.
         """
         try:
-            names = await asyncio.to_thread(self._registry.model_names)
+            listing = await asyncio.to_thread(self._list)
         except RegistryUnavailable as exc:
             log.warning("resync: registry unavailable (%s)", exc)
             return None
-        known = await asyncio.to_thread(self._store.model_names)
+        if full is None:
+            full = self.full_due()
+        if full:
+            self._last_full = self._clock()
+        stored = await asyncio.to_thread(self._store.stored_names)
         await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
         await asyncio.to_thread(self._store.prune_events, self._audit_retention)
-        listed = sorted(set(names) | set(known))
-        for name in listed:
+        seen = self._seen
+        # What is no longer listed is forgotten: a model created again under its name is new.
+        for gone in seen.keys() - listing.keys():
+            del seen[gone]
+        for gone in self._listed.keys() - listing.keys():
+            del self._listed[gone]
+        due: list[str] = []
+        for name, print_ in listing.items():
+            if full or print_ is None or seen.get(name) != print_:
+                if print_ is not None:
+                    self._listed[name] = print_
+                due.append(name)
+        # Stored but not listed: deleted from the registry (no webhook says so); its pass
+        # makes it a tombstone, which is not read again but at the full pass.
+        due += [n for n, buried in stored.items() if n not in listing and (full or not buried)]
+        due.sort()
+        for name in due:
             self._enqueue(name, "resync")
-        return listed
+        return due
+
+    def _list(self) -> dict[str, ModelFingerprint | None]:
+        listing = getattr(self._registry, "listing", None)
+        if listing is None:
+            # A registry port that lists names only (the worker tests' fakes): nothing to
+            # compare, so every listed model is enqueued at every resync.
+            return dict.fromkeys(self._registry.model_names())
+        prints: dict[str, ModelFingerprint | None] = listing()
+        return prints
+
+    def full_due(self) -> bool:
+        """Whether a full pass is due: none yet, or ``full_interval_s`` since the last one."""
+        return self._last_full is None or self._clock() - self._last_full >= self._full_interval_s
 
     async def run(self) -> None:
+        # Full first: a controller that starts, or takes the lead, cannot tell what was left
+        # undone before it (a predecessor's queue, changes the listing does not show).
+        self._last_full = None
         while True:
             try:
-                await self.once()
+                await self.once(full=None)
             except Exception:
                 log.exception("resync failed; trying again in %.0fs", self._interval_s)
             await asyncio.sleep(self._interval_s)

@@ -106,6 +106,13 @@ class Store:
         with self._transaction() as session:
             return list(session.scalars(select(RegisteredModelRow.name)).all())
 
+    def stored_names(self) -> dict[str, bool]:
+        """Every stored model's name, and whether it is a tombstone (deleted from the registry)."""
+        r = RegisteredModelRow
+        with self._transaction() as session:
+            rows = session.execute(select(r.name, r.deleted_at.is_not(None))).all()
+            return {name: bool(buried) for name, buried in rows}
+
     def update_model(
         self,
         name: str,

@@ -1,0 +1,291 @@
+"""The resync loop on a fake registry (the seam) and a real store and reconciler.
+
+The resync reconciles only what the registry's listing shows moved since each model's last
+pass that ended well, what failed, and what the listing lacks; a full pass every
+``full_interval_s`` and first at every start (docs/architecture.md, "What the resync sees").
+Each listing the loop makes waits for the test's ``resync_pass``, so every pass is observed
+whole; passes of the worker are the test's ``work`` (the reconciler, then ``passed``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from controller.database import make_engine, migrate
+from controller.exceptions import RegisteredModelGone
+from controller.reconciler import Reconciler
+from controller.registry import ObservedModel, ObservedVersion
+from controller.registry_listing import ModelFingerprint
+from controller.resync import Resync
+from controller.store import Store
+from tests.unit.test_controller_reconciler import ENV
+
+FULL_INTERVAL_S = 600.0
+
+
+@dataclass
+class Model:
+    created_at: int = 1
+    updated_at: int = 1
+    tags: dict[str, str] = field(default_factory=dict)
+    aliases: dict[str, str] = field(default_factory=dict)
+
+
+class Registry:
+    """Registered models without versions; each listing waits for the test's step."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.models = {n: Model() for n in names}
+        self.reads: Counter[str] = Counter()  # the reconciler's reads, per model
+        self.listings = 0
+        self._go = threading.Semaphore(0)
+
+    def step(self) -> None:
+        self._go.release()
+
+    def listing(self) -> dict[str, ModelFingerprint]:
+        self.listings += 1
+        assert self._go.acquire(timeout=30), "the test never let the listing go"
+        return {
+            n: ModelFingerprint(m.created_at, m.updated_at, tuple(sorted(m.tags.items())),
+                                tuple(sorted(m.aliases.items())), ())
+            for n, m in list(self.models.items())
+        }  # fmt: skip
+
+    def model_names(self) -> list[str]:
+        return list(self.listing())
+
+    def model(self, name: str) -> ObservedModel:
+        self.reads[name] += 1
+        m = self.models.get(name)
+        if m is None:
+            raise RegisteredModelGone(name)
+        return ObservedModel(m.created_at, dict(m.aliases), dict(m.tags))
+
+    def versions(self, name: str) -> list[ObservedVersion]:
+        return []
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        raise AssertionError("no versions, no verdict tags")
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        raise AssertionError("no versions, no alias")
+
+    def artifact(self, name: str, version: str) -> Any:
+        raise AssertionError("no versions, no artifacts")
+
+
+async def until(condition: Callable[[], bool], seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never held"
+        await asyncio.sleep(0.005)
+
+
+class Loop:
+    """``Resync.run`` with a recording queue, one observed pass at a time."""
+
+    def __init__(self, tmp_path: Path, names: list[str], **kw: Any) -> None:
+        engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+        migrate(engine)
+        self.store = Store(engine)
+        self.registry = Registry(names)
+        self.reconciler = Reconciler(self.store, self.registry, ENV)  # type: ignore[arg-type]
+        self.enqueued: list[str] = []
+        self.resync = Resync(self.registry, self.store,  # type: ignore[arg-type]
+                             lambda name, actor: self.enqueued.append(name), interval_s=0,
+                             audit_retention=timedelta(days=90), full_interval_s=FULL_INTERVAL_S,
+                             **kw)  # fmt: skip
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        calls = self.registry.listings
+        self._task = asyncio.create_task(self.resync.run())
+        await until(lambda: self.registry.listings == calls + 1)
+
+    def stop(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.registry.step()  # the listing in its thread returns, into a cancelled task
+
+    async def resync_pass(self) -> list[str]:
+        """Let one listing go; what that pass enqueued, once it ended (the next one began)."""
+        mark, calls = len(self.enqueued), self.registry.listings
+        self.registry.step()
+        await until(lambda: self.registry.listings == calls + 1)
+        return self.enqueued[mark:]
+
+    def work(self, names: list[str]) -> None:
+        """The worker: a pass over each name, then ``passed`` (it committed)."""
+        for name in names:
+            self.reconciler.reconcile(name)
+            self.resync.passed(name)
+
+
+def test_a_resync_with_nothing_changed_enqueues_nothing_and_reads_nothing(tmp_path: Path) -> None:
+    loop = Loop(tmp_path, ["a", "b", "c"])
+
+    async def go() -> None:
+        await loop.start()
+        first = await loop.resync_pass()
+        assert first == ["a", "b", "c"]  # the first pass after start is full
+        loop.work(first)
+        reads = dict(loop.registry.reads)
+        for _ in range(3):
+            assert await loop.resync_pass() == []
+        assert loop.registry.reads == reads  # no MLflow read beyond the listing
+        loop.stop()
+
+    asyncio.run(go())
+
+
+def test_a_moved_fingerprint_enqueues_that_model_only(tmp_path: Path) -> None:
+    loop = Loop(tmp_path, ["a", "b", "c"])
+    models = loop.registry.models
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        models["a"].tags["sigserve.policy"] = "exact"  # a model tag: no updated_at move
+        assert await loop.resync_pass() == ["a"]
+        loop.work(["a"])
+        models["b"].aliases["serving"] = "1"
+        models["c"].updated_at = 2  # a version created or deleted
+        assert await loop.resync_pass() == ["b", "c"]
+        loop.work(["b", "c"])
+        assert await loop.resync_pass() == []
+        loop.stop()
+
+    asyncio.run(go())
+
+
+def test_a_failed_pass_is_enqueued_at_the_next_resync_whatever_the_listing_says(
+    tmp_path: Path,
+) -> None:
+    loop = Loop(tmp_path, ["a", "b"])
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        loop.resync.failed("a")  # say, a version's artifact could not be read for now
+        assert await loop.resync_pass() == ["a"]
+        assert await loop.resync_pass() == ["a"]  # until a pass over it ends well
+        loop.work(["a"])
+        assert await loop.resync_pass() == []
+        loop.stop()
+
+    asyncio.run(go())
+
+
+def test_a_pass_records_what_the_listing_showed_never_what_came_after(tmp_path: Path) -> None:
+    """Listed, enqueued, then changed before its pass read it: the pass read the newer state,
+    but only the listed one is recorded, so the next resync enqueues it once more (safe)."""
+    loop = Loop(tmp_path, ["a", "b"])
+    models = loop.registry.models
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        models["a"].aliases["serving"] = "1"
+        assert await loop.resync_pass() == ["a"]
+        models["a"].aliases["serving"] = "2"  # after the listing, before the pass
+        loop.work(["a"])
+        assert await loop.resync_pass() == ["a"]
+        loop.work(["a"])
+        assert await loop.resync_pass() == []
+        loop.stop()
+
+    asyncio.run(go())
+
+
+def test_a_model_gone_from_the_registry_is_enqueued_once_and_its_tombstone_not_again(
+    tmp_path: Path,
+) -> None:
+    loop = Loop(tmp_path, ["a", "b"])
+    models = loop.registry.models
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        del models["b"]  # deleted from the registry: no webhook says so
+        assert await loop.resync_pass() == ["b"]
+        loop.work(["b"])
+        assert loop.store.stored_names() == {"a": False, "b": True}  # a tombstone now
+        reads = loop.registry.reads["b"]
+        for _ in range(3):
+            assert await loop.resync_pass() == []
+        assert loop.registry.reads["b"] == reads  # the tombstone is not read again
+        models["b"] = Model(created_at=2)  # registered again under its name
+        assert await loop.resync_pass() == ["b"]
+        loop.work(["b"])
+        assert loop.store.stored_names() == {"a": False, "b": False}
+        assert await loop.resync_pass() == []
+        loop.stop()
+
+    asyncio.run(go())
+
+
+def test_a_stored_model_the_listing_lacks_is_enqueued_until_its_pass_ends(tmp_path: Path) -> None:
+    loop = Loop(tmp_path, ["a", "b"])
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        del loop.registry.models["b"]
+        assert await loop.resync_pass() == ["b"]
+        loop.resync.failed("b")  # the pass failed: nothing written, still stored as it was
+        assert await loop.resync_pass() == ["b"]
+        loop.stop()
+
+    asyncio.run(go())
+
+
+def test_the_full_pass_enqueues_every_model_and_tombstone_every_full_interval(
+    tmp_path: Path,
+) -> None:
+    now = [1000.0]
+    loop = Loop(tmp_path, ["a", "b", "c"], clock=lambda: now[0])
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        del loop.registry.models["c"]
+        loop.work(await loop.resync_pass())  # c is a tombstone now
+        now[0] += FULL_INTERVAL_S - 1
+        assert await loop.resync_pass() == []
+        now[0] += 1
+        # What the listing cannot show (a version tag whose webhook was lost) is read here.
+        assert await loop.resync_pass() == ["a", "b", "c"]
+        loop.work(["a", "b", "c"])
+        assert await loop.resync_pass() == []
+        loop.stop()
+        # A loop started again (the controller took the lead again) begins with a full pass.
+        await loop.start()
+        assert await loop.resync_pass() == ["a", "b", "c"]
+        loop.stop()
+
+    asyncio.run(go())
+
+
+def test_priming_gets_every_listed_name_whatever_the_resync_saw_before(tmp_path: Path) -> None:
+    """A fresh database's first table waits for every listed model (``Worker.prime``), even
+    when the resync's memory says nothing changed (a leader that led before, priming again)."""
+    loop = Loop(tmp_path, ["a", "b", "c"])
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        assert await loop.resync_pass() == []
+        loop.stop()
+        loop.registry.step()  # for the listing of ``once`` below
+        assert await loop.resync.once() == ["a", "b", "c"]
+
+    asyncio.run(go())
