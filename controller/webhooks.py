@@ -133,6 +133,9 @@ async def receive(request: Request, svc: Annotated[Services, Depends(services)])
     hand_off = (name, actor) if wanted and not svc.leadership.is_leader else None
     fields = {"event": "webhook", "delivery_id": delivery_id, "mlflow_event": event,
               "model": name, "version": payload.data.version}
+    # Which tag or alias (never a tag's value: a person's may be anything, of any length).
+    fields.update({k: v for k, v in (("tag", payload.data.key), ("alias", payload.data.alias))
+                   if v is not None})
     if not await asyncio.to_thread(svc.store.record_delivery, delivery_id, event, hand_off):
         svc.metrics.webhooks.labels("duplicate").inc()
         log.info("webhook %s for %s: a duplicate of delivery %s", event, name, delivery_id,
