@@ -354,3 +354,24 @@ def test_files_past_the_hash_limit_are_bound_by_size_without_being_read(
     pickle = next(f for f in facts.manifest if f.path == "python_model.pkl")
     assert pickle.size > 100 and pickle.sha256 is None
     assert "python_model.pkl" not in fetched
+
+
+def test_the_listing_pages_through_every_model_with_its_fingerprint(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import controller.registry
+
+    client: MlflowClient = store["client"]
+    others = [f"listed-{i}" for i in range(5)]
+    for name in others:
+        client.create_registered_model(name, tags={"i": name})
+    monkeypatch.setattr(controller.registry, "LISTING_PAGE", 2)  # three pages and more
+    try:
+        listing = store["registry"].listing()
+        assert set(listing) == {NAME, *others}
+        assert [v.version for v in listing[NAME].latest] == ["3"]
+        assert listing["listed-4"].tags == (("i", "listed-4"),)
+        assert store["registry"].model_names() == sorted(listing)
+    finally:
+        for name in others:
+            client.delete_registered_model(name)
