@@ -19,11 +19,13 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from controller.database import make_engine, migrate
 from controller.exceptions import RegisteredModelGone
 from controller.reconciler import Reconciler
 from controller.registry import ObservedModel, ObservedVersion
-from controller.registry_listing import ModelFingerprint
+from controller.registry_listing import LatestVersion, ModelFingerprint
 from controller.resync import Resync
 from controller.store import Store
 from tests.unit.test_controller_reconciler import ENV
@@ -289,3 +291,120 @@ def test_priming_gets_every_listed_name_whatever_the_resync_saw_before(tmp_path:
         assert await loop.resync.once() == ["a", "b", "c"]
 
     asyncio.run(go())
+
+
+MODELS = 10_000
+
+
+class Listed:
+    """A registry of ``MODELS`` models whose listing is built once (the controller's side only:
+    MLflow's own answer and the client's parse of it are measured apart, below)."""
+
+    def __init__(self) -> None:
+        self.prints = {
+            f"model-{i:05d}": ModelFingerprint(
+                1_700_000_000_000 + i, 1_700_000_000_000 + i,
+                (("sigserve.policy", "backward"), ("team", "t")), (("serving", "3"),),
+                (LatestVersion("3", "None", "READY", 1_700_000_000_000 + i,
+                               (("sigserve.reasons", "ok"), ("sigserve.state", "live"))),),
+            )
+            for i in range(MODELS)
+        }  # fmt: skip
+
+    def listing(self) -> dict[str, ModelFingerprint]:
+        return dict(self.prints)
+
+    def model_names(self) -> list[str]:
+        return list(self.prints)
+
+
+def _stored(tmp_path: Path, names: list[str]) -> Store:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert
+
+    from controller.schema import RegisteredModelRow
+
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    now = datetime.now(UTC)
+    with engine.begin() as connection:
+        connection.execute(insert(RegisteredModelRow), [
+            {"name": n, "policy": "backward", "created_at": now, "updated_at": now}
+            for n in names
+        ])  # fmt: skip
+    return Store(engine)
+
+
+@pytest.mark.load
+def test_what_a_resync_of_10000_unchanged_models_costs_the_controller(tmp_path: Path) -> None:
+    """Time and CPU of one resync with nothing changed: the comparison, the stored names and
+    the pruning (its listing's parse is measured below). Printed for docs/benchmarks.md."""
+    registry = Listed()
+    store = _stored(tmp_path, sorted(registry.prints))
+    enqueued: list[str] = []
+    resync = Resync(registry, store, lambda n, a: enqueued.append(n),  # type: ignore[arg-type]
+                    interval_s=30, audit_retention=timedelta(days=90))  # fmt: skip
+
+    async def go() -> None:
+        assert len(await resync.once()) == MODELS  # type: ignore[arg-type]
+        for name in enqueued:
+            resync.passed(name)
+        walls, cpus = [], []
+        for _ in range(20):
+            wall, cpu = time.perf_counter(), time.process_time()
+            assert await resync.once(full=False) == []
+            walls.append(time.perf_counter() - wall)
+            cpus.append(time.process_time() - cpu)
+        walls.sort()
+        cpus.sort()
+        print(f"\nresync of {MODELS} unchanged models: wall p50 {walls[10] * 1000:.1f} ms, "
+              f"max {walls[-1] * 1000:.1f} ms; CPU p50 {cpus[10] * 1000:.1f} ms "
+              f"({cpus[10] / 30 * 100:.2f}% of a core at a 30 s interval)")
+        assert walls[10] < 1.0
+
+    asyncio.run(go())
+
+
+@pytest.mark.load
+def test_what_parsing_a_listing_of_10000_models_costs_the_controller() -> None:
+    """The client's side of the listing: ten REST pages of 1,000 models as MLflow 3.17 answers
+    them (JSON), parsed as its client parses them, and fingerprinted."""
+    from google.protobuf.json_format import MessageToJson, Parse
+    from mlflow.entities.model_registry import (
+        ModelVersion,
+        ModelVersionTag,
+        RegisteredModel,
+        RegisteredModelAlias,
+        RegisteredModelTag,
+    )
+    from mlflow.protos.model_registry_pb2 import SearchRegisteredModels
+
+    from controller.registry_listing import fingerprint
+
+    pages = []
+    for p in range(MODELS // 1000):
+        response = SearchRegisteredModels.Response()
+        for i in range(p * 1000, (p + 1) * 1000):
+            t = 1_700_000_000_000 + i
+            latest = ModelVersion(f"model-{i:05d}", "3", t, t, current_stage="None",
+                                  source=f"models:/m-{i:032x}", status="READY",
+                                  tags=[ModelVersionTag("sigserve.state", "live"),
+                                        ModelVersionTag("sigserve.reasons", "ok")])
+            model = RegisteredModel(f"model-{i:05d}", t, t, latest_versions=[latest],
+                                    tags=[RegisteredModelTag("team", "t")],
+                                    aliases=[RegisteredModelAlias("serving", "3")])
+            response.registered_models.append(model.to_proto())
+        pages.append(MessageToJson(response))
+    print(f"\na page of 1,000 models: {len(pages[0]) / 1e6:.2f} MB of JSON")
+    wall, cpu = time.perf_counter(), time.process_time()
+    prints = {}
+    for page in pages:
+        parsed = Parse(page, SearchRegisteredModels.Response())
+        for proto in parsed.registered_models:
+            model = RegisteredModel.from_proto(proto)
+            prints[model.name] = fingerprint(model)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    assert len(prints) == MODELS
+    print(f"parsing and fingerprinting {MODELS} listed models: wall {wall * 1000:.0f} ms, "
+          f"CPU {cpu * 1000:.0f} ms ({cpu / 30 * 100:.2f}% of a core at a 30 s interval)")
