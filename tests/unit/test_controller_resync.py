@@ -48,6 +48,7 @@ class Registry:
         self.models = {n: Model() for n in names}
         self.reads: Counter[str] = Counter()  # the reconciler's reads, per model
         self.listings = 0
+        self.answered = 0  # listings that returned
         self._go = threading.Semaphore(0)
 
     def step(self) -> None:
@@ -56,6 +57,7 @@ class Registry:
     def listing(self) -> dict[str, ModelFingerprint]:
         self.listings += 1
         assert self._go.acquire(timeout=30), "the test never let the listing go"
+        self.answered += 1
         return {
             n: ModelFingerprint(m.created_at, m.updated_at, tuple(sorted(m.tags.items())),
                                 tuple(sorted(m.aliases.items())), ())
@@ -113,10 +115,11 @@ class Loop:
         self._task = asyncio.create_task(self.resync.run())
         await until(lambda: self.registry.listings == calls + 1)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         assert self._task is not None
         self._task.cancel()
         self.registry.step()  # the listing in its thread returns, into a cancelled task
+        await until(lambda: self.registry.answered == self.registry.listings)
 
     async def resync_pass(self) -> list[str]:
         """Let one listing go; what that pass enqueued, once it ended (the next one began)."""
@@ -144,7 +147,7 @@ def test_a_resync_with_nothing_changed_enqueues_nothing_and_reads_nothing(tmp_pa
         for _ in range(3):
             assert await loop.resync_pass() == []
         assert loop.registry.reads == reads  # no MLflow read beyond the listing
-        loop.stop()
+        await loop.stop()
 
     asyncio.run(go())
 
@@ -164,7 +167,7 @@ def test_a_moved_fingerprint_enqueues_that_model_only(tmp_path: Path) -> None:
         assert await loop.resync_pass() == ["b", "c"]
         loop.work(["b", "c"])
         assert await loop.resync_pass() == []
-        loop.stop()
+        await loop.stop()
 
     asyncio.run(go())
 
@@ -182,7 +185,7 @@ def test_a_failed_pass_is_enqueued_at_the_next_resync_whatever_the_listing_says(
         assert await loop.resync_pass() == ["a"]  # until a pass over it ends well
         loop.work(["a"])
         assert await loop.resync_pass() == []
-        loop.stop()
+        await loop.stop()
 
     asyncio.run(go())
 
@@ -203,7 +206,7 @@ def test_a_pass_records_what_the_listing_showed_never_what_came_after(tmp_path: 
         assert await loop.resync_pass() == ["a"]
         loop.work(["a"])
         assert await loop.resync_pass() == []
-        loop.stop()
+        await loop.stop()
 
     asyncio.run(go())
 
@@ -230,7 +233,7 @@ def test_a_model_gone_from_the_registry_is_enqueued_once_and_its_tombstone_not_a
         loop.work(["b"])
         assert loop.store.stored_names() == {"a": False, "b": False}
         assert await loop.resync_pass() == []
-        loop.stop()
+        await loop.stop()
 
     asyncio.run(go())
 
@@ -245,7 +248,7 @@ def test_a_stored_model_the_listing_lacks_is_enqueued_until_its_pass_ends(tmp_pa
         assert await loop.resync_pass() == ["b"]
         loop.resync.failed("b")  # the pass failed: nothing written, still stored as it was
         assert await loop.resync_pass() == ["b"]
-        loop.stop()
+        await loop.stop()
 
     asyncio.run(go())
 
@@ -268,11 +271,11 @@ def test_the_full_pass_enqueues_every_model_and_tombstone_every_full_interval(
         assert await loop.resync_pass() == ["a", "b", "c"]
         loop.work(["a", "b", "c"])
         assert await loop.resync_pass() == []
-        loop.stop()
+        await loop.stop()
         # A loop started again (the controller took the lead again) begins with a full pass.
         await loop.start()
         assert await loop.resync_pass() == ["a", "b", "c"]
-        loop.stop()
+        await loop.stop()
 
     asyncio.run(go())
 
@@ -286,7 +289,7 @@ def test_priming_gets_every_listed_name_whatever_the_resync_saw_before(tmp_path:
         await loop.start()
         loop.work(await loop.resync_pass())
         assert await loop.resync_pass() == []
-        loop.stop()
+        await loop.stop()
         loop.registry.step()  # for the listing of ``once`` below
         assert await loop.resync.once() == ["a", "b", "c"]
 
