@@ -1,12 +1,14 @@
 """Publishing the routing table: build it from the decisions, hand it to the long-poll, say so.
 
-``Publisher.publish`` is the one way this controller publishes (the worker after a reconcile,
-the admin API through ``Services.publish``). Around ``Store.publish`` it
+``Publisher.publish`` is the one way this controller publishes (the worker after reconciles,
+the admin API through ``Services.publish``; on the leader both through the worker's
+``controller/coalescer.py``, so one publish may carry the decisions of several passes). Around
+``Store.publish`` it
 
 - times the publish (``sigserve_publish_seconds``);
 - logs ``published revision N`` with what the revision changes for serving
   (``wire.routing_table.changes``: ``name/version=state``...) and, through ``wire.logs.trail``,
-  the delivery ids of the reconcile pass that caused it: the link from a webhook to the
+  the delivery ids of the reconcile passes that asked for it: the link from a webhook to the
   revision that carried its decision;
 - observes ``sigserve_registration_to_live_seconds`` for each version that this revision makes
   live for the first time, from the version's creation in the registry (its

@@ -9,12 +9,15 @@ events, never sleeps). The worker is the thing under test.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
@@ -25,6 +28,7 @@ from controller.registry import ObservedModel
 from controller.store import Store
 from controller.worker import Worker
 from tests.unit.test_controller_reconciler import ENV, FakeRegistry, sig
+from wire import logs
 from wire.routing_table import RoutingTable, VersionState
 
 WAIT_S = 10.0
@@ -229,11 +233,14 @@ def test_n_passes_run_at_once_and_no_more(tmp_path: Path) -> None:
 
 
 def test_passes_that_finish_together_share_one_publish_and_write_back_after_it(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """a commits and its publish begins; b, c and d commit while it runs: that publish was
-    built before their decisions, so they wait for the next one, which carries all three. No
-    verdict reaches the registry before serving's table has it live."""
+    built before their decisions, so they wait for the next one, which carries all three (its
+    log line names their three deliveries). No verdict reaches the registry before serving's
+    table has it live."""
+    caplog.handler.addFilter(logs.TrailFilter())
+    caplog.set_level(logging.INFO, logger="controller.publisher")
     worker, passes, registry, store, broadcaster, metrics = stack(tmp_path, concurrency=4)
     for name in "abcd":
         passes.holds[name] = threading.Event()
@@ -268,6 +275,11 @@ def test_passes_that_finish_together_share_one_publish_and_write_back_after_it(
     assert published() == 3  # priming, a's, then one for b, c and d
     assert registry.live_when_written == {n: True for n in "abcd"}
     assert all(_live(broadcaster.current, n) for n in "abcd")
+    lines = [r for r in caplog.records
+             if getattr(r, "event", None) == "publish" and getattr(r, "changes", None)]
+    carried = [(sorted({c.split("/")[0].split("@")[0] for c in r.changes}),  # type: ignore[attr-defined]
+                sorted(getattr(r, "delivery_ids", []))) for r in lines]
+    assert carried == [(["a"], ["d-a"]), (["b", "c", "d"], ["d-b", "d-c", "d-d"])]
 
 
 def test_a_step_down_during_concurrent_passes_commits_none_of_them(tmp_path: Path) -> None:
