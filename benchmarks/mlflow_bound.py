@@ -1,0 +1,160 @@
+"""The bound on decisions per second that MLflow itself sets: the reads one decision needs.
+
+    .venv/bin/python benchmarks/mlflow_bound.py [--workers 1] [--threads 8] [--models 100]
+        [--versions 10] [--writes]
+
+Starts an ``mlflow server`` alone, as the stack starts it (``sigserve.stack.mlflow_server``:
+SQLite, local artifacts) but with ``--workers`` uvicorn workers, logs one small model from code
+(``benchmarks/models/upper.py``) and registers it ``--models`` x ``--versions`` times, with no
+webhook (nothing else loads the server). Then, from ``--threads`` threads, each (model, version)
+gets exactly the reads a reconcile pass makes to decide one new version
+(``controller/reconciler.py``), through the controller's own ``controller.registry.Registry``:
+
+- ``model``: ``get_registered_model`` (creation time, aliases, tags);
+- ``versions``: ``search_model_versions`` for the model's name (paged);
+- ``artifact``: the download URI, the listing, MLmodel, requirements.txt and python_env.yaml,
+  and the manifest's hashes of the small files (``controller/artifact_files.py``,
+  ``artifact_manifest.py``).
+
+``--writes`` adds what the controller writes back per decided version (three ``sigserve.*``
+tags and the default alias: ``controller/registry_sync.py``), for the bound with its writes.
+Prints decisions/s, the time per kind of call (mean and p95), and the server's CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from sigserve.stack import Secrets, free_port, mlflow_server
+
+HOST = "127.0.0.1"
+UPPER_MODEL = Path(__file__).resolve().parent / "models" / "upper.py"
+
+
+def log_and_register(tracking_uri: str, models: int, versions: int, threads: int) -> list[str]:
+    import mlflow
+    import pandas as pd
+    from mlflow import MlflowClient
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracking_uri)
+    example = pd.DataFrame({"prompt": ["hi"]})
+    with mlflow.start_run():
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(UPPER_MODEL),
+            pip_requirements=["mlflow", "pandas", "numpy"],
+            signature=infer_signature(example, pd.DataFrame({"output": ["HI"]})),
+        )
+    client = MlflowClient(tracking_uri)
+    names = [f"bound_{m:04d}" for m in range(models)]
+
+    def register(name: str) -> None:
+        client.create_registered_model(name)
+        for _ in range(versions):
+            client.create_model_version(name, info.model_uri, model_id=info.model_id)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(register, names))
+    return names
+
+
+def server_cpu_s(root: int) -> float:
+    procs = [psutil.Process(root), *psutil.Process(root).children(recursive=True)]
+    return float(sum(p.cpu_times().user + p.cpu_times().system for p in procs))
+
+
+def measure(tracking_uri: str, root: int, names: list[str], versions: int, threads: int,
+            writes: bool) -> None:
+    from controller.registry import Registry
+
+    local = threading.local()
+    took: dict[str, list[float]] = defaultdict(list)
+    lock = threading.Lock()
+
+    def registry() -> Registry:
+        if not hasattr(local, "registry"):
+            local.registry = Registry(tracking_uri)
+        reg: Registry = local.registry
+        return reg
+
+    def timed(kind: str, call: Callable[[], Any]) -> None:
+        started = time.perf_counter()
+        call()
+        spent = time.perf_counter() - started
+        with lock:
+            took[kind].append(spent)
+
+    def decide(work: tuple[str, str]) -> None:
+        name, version = work
+        reg = registry()
+        timed("model", lambda: reg.model(name))
+        timed("versions", lambda: reg.versions(name))
+        timed("artifact", lambda: reg.artifact(name, version))
+        if writes:
+            for key in ("sigserve.state", "sigserve.reasons", "sigserve.decided_at"):
+                timed("write tag", partial(reg.set_version_tag, name, version, key, "x"))
+            timed("write alias", lambda: reg.set_alias(name, "serving", version))
+
+    work = [(name, str(v)) for name in names for v in range(1, versions + 1)]
+    # A few decisions first, so each thread's client and MLflow's caches are warm.
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(decide, work[: threads * 2]))
+    took.clear()
+    cpu_before, started = server_cpu_s(root), time.monotonic()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(decide, work))
+    wall = time.monotonic() - started
+    cpu = server_cpu_s(root) - cpu_before
+    print(f"{len(work)} decisions' reads{' and writes' if writes else ''} from {threads} threads "
+          f"in {wall:.1f} s: {len(work) / wall:.1f} decisions/s; MLflow server CPU "
+          f"{100 * cpu / wall:.0f}% of one core")  # fmt: skip
+    for kind, spent in took.items():
+        ordered = sorted(spent)
+        print(f"  {kind:12s} {len(spent) / len(work):.0f} per decision, mean "
+              f"{1000 * statistics.fmean(spent):.1f} ms, p95 "
+              f"{1000 * ordered[int(0.95 * (len(ordered) - 1))]:.1f} ms")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workers", type=int, default=1, help="the MLflow server's workers")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--models", type=int, default=100)
+    parser.add_argument("--versions", type=int, default=10)
+    parser.add_argument("--writes", action="store_true", help="add the write-back per version")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="bound-", dir="/tmp"))
+    port = free_port()
+    server = mlflow_server(home, host=HOST, port=port,
+                           encryption_key=Secrets.load_or_create(home).mlflow_encryption_key)
+    server.argv[server.argv.index("--workers") + 1] = str(args.workers)
+    tracking_uri = f"http://{HOST}:{port}"
+    try:
+        server.start().wait_healthy(180)
+        assert server.pid is not None
+        started = time.monotonic()
+        names = log_and_register(tracking_uri, args.models, args.versions, args.threads)
+        print(f"MLflow server, {args.workers} worker(s): registered {args.models} x "
+              f"{args.versions} versions in {time.monotonic() - started:.1f} s", flush=True)
+        measure(tracking_uri, server.pid, names, args.versions, args.threads, args.writes)
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
