@@ -84,8 +84,8 @@ class Resync:
         ``full``: every model the registry or the database knows (what priming and an
         operator's resync ask for); False: only what changed since its last pass (the module's
         docstring); None: full when one is due (``full_due``, asked once listed). The names
-        enqueued, sorted (what priming waits for, ``Worker.prime``); None
-        when the registry could not be listed.
+        enqueued, sorted (what priming waits for, ``Worker.prime``); None when the registry
+        could not be listed.
         """
         try:
             listing = await asyncio.to_thread(self._list)
@@ -94,8 +94,7 @@ class Resync:
             return None
         if full is None:
             full = self.full_due()
-        if full:
-            self._last_full = self._clock()
+        listed_at = self._clock()
         stored = await asyncio.to_thread(self._store.stored_names)
         await asyncio.to_thread(self._store.prune_deliveries, DELIVERY_MEMORY)
         await asyncio.to_thread(self._store.prune_events, self._audit_retention)
@@ -117,6 +116,8 @@ class Resync:
         due.sort()
         for name in due:
             self._enqueue(name, "resync")
+        if full:
+            self._last_full = listed_at
         return due
 
     def _list(self) -> dict[str, ModelFingerprint | None]:

@@ -280,6 +280,31 @@ def test_the_full_pass_enqueues_every_model_and_tombstone_every_full_interval(
     asyncio.run(go())
 
 
+def test_a_full_pass_that_failed_is_the_next_pass(tmp_path: Path) -> None:
+    from sqlalchemy.exc import OperationalError
+
+    now = [1000.0]
+    loop = Loop(tmp_path, ["a", "b"], clock=lambda: now[0])
+    stored_names = loop.store.stored_names
+    down = [True]
+
+    def locked() -> dict[str, bool]:
+        if down.pop() if down else False:
+            raise OperationalError("SELECT", {}, Exception("database is locked"))
+        return stored_names()
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        now[0] += FULL_INTERVAL_S
+        loop.store.stored_names = locked  # type: ignore[method-assign]
+        assert await loop.resync_pass() == []  # the full pass due failed after its listing
+        assert await loop.resync_pass() == ["a", "b"]
+        await loop.stop()
+
+    asyncio.run(go())
+
+
 def test_priming_gets_every_listed_name_whatever_the_resync_saw_before(tmp_path: Path) -> None:
     """A fresh database's first table waits for every listed model (``Worker.prime``), even
     when the resync's memory says nothing changed (a leader that led before, priming again)."""
