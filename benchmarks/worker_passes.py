@@ -1,14 +1,16 @@
 """Passes per second and publishes of the controller's worker, by concurrency, MLflow left out.
 
     .venv/bin/python benchmarks/worker_passes.py [--models 200] [--call-ms 20]
-        [--concurrency 1 8] [--database-url URL]
+        [--concurrency 1 8] [--database-url URL] [--publish-ms 0]
 
 The real worker, reconciler and store (SQLite in a temporary directory unless
 ``--database-url``), with a registry seam whose every call takes ``--call-ms`` (an artifact read
 three times that, as it is three files and a listing): what the worker and the store cost around
 MLflow's answers, and how much running passes side by side gains. Each of ``--models`` models
 has one new version, so every pass is a decision, a publish and a write-back (three tags, the
-alias). Prints, per concurrency, passes per second and how many publishes carried them.
+alias). ``--publish-ms`` makes every publish that much longer, as reading every decision does in
+a registry of thousands of models. Prints, per concurrency, passes per second and how many
+publishes carried them.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from controller.reconciler import Reconciler
 from controller.registry import ObservedModel, ObservedVersion, RegistryPort
 from controller.store import Store
 from controller.worker import Worker
+from wire.routing_table import RoutingTable
 
 ENV = ServingEnvironment(python_version="3.11.9", distributions={"mlflow-skinny": "3.17.2"})
 SIGNATURE = {"inputs": json.dumps([{"type": "string", "name": "prompt", "required": True}]),
@@ -67,12 +70,25 @@ class SlowRegistry:
         time.sleep(self.delay_s)
 
 
-def measure(concurrency: int, models: int, call_s: float, url: str | None) -> tuple[float, int]:
+class SlowPublish(Store):
+    """A publish that takes ``extra_s`` more: what reading every decision costs at scale."""
+
+    extra_s = 0.0
+
+    def publish(self) -> RoutingTable:
+        time.sleep(self.extra_s)
+        return super().publish()
+
+
+def measure(
+    concurrency: int, models: int, call_s: float, url: str | None, publish_s: float = 0.0
+) -> tuple[float, int]:
     """(passes per second, publishes) for ``models`` passes at ``concurrency``."""
     home = tempfile.mkdtemp(prefix="sigserve-worker-bench-")
     engine = make_engine(url or f"sqlite:///{home}/c.db")
     migrate(engine)
-    store, metrics = Store(engine), Metrics.create()
+    store, metrics = SlowPublish(engine), Metrics.create()
+    store.extra_s = publish_s
     registry = cast(RegistryPort, SlowRegistry(call_s))
     worker = Worker(Reconciler(store, registry, ENV), store, registry, TableBroadcaster(),
                     metrics, resync_interval_s=3600, retry_initial_s=0.05, retry_max_s=1.0,
@@ -115,11 +131,13 @@ def main() -> None:
     parser.add_argument("--call-ms", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--database-url")
+    parser.add_argument("--publish-ms", type=float, default=0.0,
+                        help="added to every publish (a registry of thousands of models)")
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     for concurrency in args.concurrency:
         rate, publishes = measure(concurrency, args.models, args.call_ms / 1000,
-                                  args.database_url)
+                                  args.database_url, args.publish_ms / 1000)
         print(f"concurrency {concurrency}: {rate:.1f} passes/s, {publishes} publishes "
               f"for {args.models} decisions")
 

@@ -167,28 +167,44 @@ class Worker:
     async def run(self) -> None:
         await self._fence_predecessors()
         # The passes' threads: a pool of the worker's own, so passes blocked on the registry
-        # never hold the default pool the HTTP layer's ``to_thread`` calls need.
+        # never hold the default pool the HTTP layer's ``to_thread`` calls need, and no more
+        # than ``concurrency`` registry or database calls of passes run at once.
         pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="sigserve-reconcile")
+        # A slot is held from a pass's start until it asks for its publish: a pass waiting for
+        # the publish (which reads every decision: seconds at registry scale) leaves its slot
+        # to the next model, and that publish's successor carries them all.
         slots = asyncio.Semaphore(self._concurrency)
         passes: set[asyncio.Task[None]] = set()
 
-        def ended(task: asyncio.Task[None]) -> None:
+        def slot() -> Callable[[], None]:
+            held = True
+
+            def free() -> None:
+                nonlocal held
+                if held:
+                    held = False
+                    slots.release()
+
+            return free
+
+        def ended(free: Callable[[], None], task: asyncio.Task[None]) -> None:
             passes.discard(task)
-            slots.release()
+            free()
 
         try:
             while True:
                 await slots.acquire()
+                free = slot()
                 queue = self._queue
                 try:
                     name = await queue.get()
                 except BaseException:
-                    slots.release()
+                    free()
                     raise
                 ask = self._asks.pop(name, None) or _Ask(RESYNC_ACTOR)
-                task = asyncio.create_task(self._pass(queue, name, ask, pool))
+                task = asyncio.create_task(self._pass(queue, name, ask, pool, free))
                 passes.add(task)
-                task.add_done_callback(ended)
+                task.add_done_callback(functools.partial(ended, free))
         finally:
             # Cancelled (stepped down, shut down): the passes' threads run on, but cannot
             # commit once ``reset`` moved the term on.
@@ -196,10 +212,12 @@ class Worker:
                 task.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
 
-    async def _pass(self, queue: WorkQueue, name: str, ask: _Ask, pool: Executor) -> None:
+    async def _pass(
+        self, queue: WorkQueue, name: str, ask: _Ask, pool: Executor, free: Callable[[], None]
+    ) -> None:
         try:
             with trail(model=name, actor=ask.actor, delivery_ids=ask.deliveries):
-                await self._process(name, ask.actor, ask.deliveries, pool)
+                await self._process(name, ask.actor, ask.deliveries, pool, free)
         except Exception:
             # Publishing failed (say, the database was locked for too long): the worker
             # must go on; the name comes back with the backoff and the resync.
@@ -220,7 +238,12 @@ class Worker:
                 await asyncio.to_thread(self._store.fence_in_flight)
 
     async def _process(
-        self, name: str, actor: str, deliveries: list[str], pool: Executor
+        self,
+        name: str,
+        actor: str,
+        deliveries: list[str],
+        pool: Executor,
+        free: Callable[[], None],
     ) -> None:
         started = time.perf_counter()
         term = self._term
@@ -284,7 +307,9 @@ class Worker:
         if outcome.changed or self._publishes.owed:
             # Inert unless a fault test sets SIGSERVE_FAULT_KILL_AT (controller.faults).
             faults.kill_at("committed", name)
-            # Serving has the table before the registry is told (the write-back below).
+            # Serving has the table before the registry is told (the write-back below). The
+            # model stays this pass's (no other pass of it starts) but its slot is free.
+            free()
             await self.publish(deliveries)
         if outcome.write_back is not None and term == self._term:
             await _in_thread(pool, outcome.write_back)

@@ -358,3 +358,33 @@ def test_priming_tells_of_failures_in_time_proportional_to_the_registry() -> Non
     finally:
         logging.getLogger("controller.priming").disabled = False
     assert took < 1.0, f"{took:.2f} s on the event loop for 20,000 failures"
+
+
+def test_passes_waiting_for_a_publish_leave_their_slot_to_other_models(tmp_path: Path) -> None:
+    """A publish that takes long (it reads every decision: seconds at registry scale) must not
+    stop the worker: with two slots, a and b wait for the held publish, and c and d are still
+    read and decided meanwhile; the publish after it carries them all."""
+    worker, _, registry, store, broadcaster, metrics = stack(tmp_path, concurrency=2)
+
+    async def go() -> None:
+        await worker.prime(already_published=True)
+        run = asyncio.create_task(worker.run())
+        store.hold = True
+        worker.enqueue("a", "webhook:d-a")
+        assert await asyncio.to_thread(store.held.wait, WAIT_S), "a's publish never began"
+        for name in "bcd":
+            worker.enqueue(name, f"webhook:d-{name}")
+        # Decided, and asking for a publish (a pass counts itself ok and asks in one step).
+        await until(lambda: sample(metrics, "sigserve_reconciles_total", result="ok") == 4,
+                    "b, c and d decided while a's publish is held")
+        assert registry.live_when_written == {}
+        store.hold = False
+        store.release.set()
+        await until(lambda: len(registry.live_when_written) == 4, "every write-back")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
+    assert registry.live_when_written == {n: True for n in "abcd"}
+    assert store.publishes == 3  # priming, a's, then one for b, c and d
+    assert all(_live(broadcaster.current, n) for n in "abcd")
