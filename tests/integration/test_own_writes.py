@@ -73,6 +73,8 @@ def test_own_tag_and_alias_writes_are_not_reconciled_and_a_persons_tag_is_put_ba
     for r in ours:
         assert reconciled_for(ctl, r["delivery_id"]) == [], r
     assert own_write_count(ctl) - counted_before >= len(ours)
+    print(f"one registration: {len(ours)} own-write deliveries, none reconciled: "
+          f"{sorted((r.get('tag') or r.get('alias'), r['delivery_id']) for r in ours)}")
 
     # A person sets the verdict tag to another value: reconciled, and put back.
     def state_writes(result: str) -> list[dict[str, Any]]:
