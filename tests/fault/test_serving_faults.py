@@ -24,9 +24,11 @@ from serving.loader import FAILED_LOAD_MEMORY_S
 from tests.integration.broken_artifacts import log_echo, register_broken, register_broken_pickle
 from tests.integration.conftest import (
     ControllerHandle,
+    artifact_dir,
     loads_of,
     problem,
     register_echo,
+    register_pickled,
     runner_loads,
     serve_status,
     server_call,
@@ -403,12 +405,17 @@ def test_requests_to_a_broken_version_do_not_storm_the_replica(
     assert len(loads_of(name, version)) - tries_before == 1
 
 
-def test_a_broken_default_is_reported_by_its_warm_up_and_the_table_is_still_taken(
-    home: Path, serving_url: str, ctl: ControllerHandle, broken_model: str
+def test_a_broken_default_is_reported_by_its_warm_up_and_stays_the_default_answering_503(
+    home: Path, serving_url: str, ctl: ControllerHandle
 ) -> None:
-    name = broken_model
-    version = register_truncated(home, name)
-    wait_for(lambda: ctl.state_of(name, version) == "live", 60)
+    name = "broken_default"
+    assert register_echo(name, tag="one") == "1"
+    assert register_pickled(name) == "2"
+    wait_for(lambda: ctl.state_of(name, "2") == "live", 60)  # proven on a replica
+    # Its pickle changes in the artifact store after the decision: every download of it is
+    # refused from now on (not the files checked), as a store that lost or damaged it would.
+    pickle = artifact_dir(home, name, "2") / "python_model.pkl"
+    pickle.write_bytes(pickle.read_bytes()[:10])
 
     def pin(version: str) -> None:
         r = httpx.put(f"{ctl.url}/admin/models/{name}/default", json={"version": version},
@@ -421,20 +428,32 @@ def test_a_broken_default_is_reported_by_its_warm_up_and_the_table_is_still_take
 
         wait_for(serving_default, 60, 0.1)
 
-    pin(version)
+    def v2() -> dict[str, Any]:
+        return next(v for v in ctl.model(name)["versions"] if v["version"] == "2")
+
+    pin("2")
     try:
-        # The replica warmed the new default before taking the table, failed, and reported
-        # it: the default is quarantined before a client asked, and answers why.
-        wait_for(lambda: ctl.state_of(name, version) == "quarantined", 60)
-        wait_for(lambda: serve_status(serving_url, name).status_code == 409, 30)
+        # The replica warmed the new default before taking the table, failed twice (a fresh
+        # download confirms a default's failure) and reported it. A report never takes a
+        # default out (a stolen serving token could send one): the controller keeps it on
+        # the version, which stays the live default, and the operator decides.
+        failure = wait_for(lambda: v2()["load_failure"], 60)
+        assert (failure["kind"], failure["quarantines"]) == ("artifact-mismatch", False)
+        assert v2()["state"] == "live" and "stays live" in v2()["warnings"][0]
+        # Meanwhile its clients get the replica's 503 naming the cause, never a 200.
         r = serve_status(serving_url, name)
-        assert "UnpicklingError" in problem(r)["reasons"][0]
-        r = serve_status(serving_url, name, "4")
-        assert r.status_code == 200 and r.json() == [{"answer": "four:hi"}]
+        assert r.status_code == 503 and r.headers.get("retry-after"), r.text
+        assert "python_model.pkl" in problem(r)["detail"]
+        r = serve_status(serving_url, name, "1")
+        assert r.status_code == 200 and r.json() == [{"answer": "one:hi"}]
     finally:
-        pin("1")
+        pin("1")  # what the operator does: the old default back
     r = serve_status(serving_url, name)
     assert r.status_code == 200 and r.json() == [{"answer": "one:hi"}]
+    # No longer the default, the next report about it quarantines it as any version's does.
+    assert v2()["state"] == "live"
+    wait_for(lambda: serve_status(serving_url, name, "2").status_code == 409, 30, 0.5)
+    assert v2()["state"] == "quarantined" and "quarantines" not in v2()["load_failure"]
 
 
 # 4. The artifact store down while a version that is not loaded is asked for -------------------
