@@ -12,7 +12,8 @@ controller, for a before and after (``docs/benchmarks.md``, "Decisions at regist
 - webhook -> servable: the ``model_version.created`` delivery's receipt (its log line) to the
   first published revision that carries the version live;
 - webhooks per version, and how many were the controller's own writes coming back (tag and
-  alias events: nothing else in the storm writes tags or aliases);
+  alias events: nothing else in the storm writes tags or aliases), and how the controller took
+  them (``accepted``: enqueued; ``own_write``: recognised as its own, not enqueued);
 - decided twice: a version with two decision events for the same outcome (state and reasons).
 """
 
@@ -75,6 +76,7 @@ class StormFigures:
     registered: dict[Key, float] = field(default_factory=dict)
     decisions: dict[Key, list[Decision]] = field(default_factory=dict)
     webhooks: Counter[str] = field(default_factory=Counter)
+    results: Counter[str] = field(default_factory=Counter)
     created_webhook_at: dict[Key, float] = field(default_factory=dict)
     live_published_at: dict[Key, float] = field(default_factory=dict)
     publishes: list[float] = field(default_factory=list)
@@ -113,15 +115,16 @@ class StormFigures:
         own = sum(n for event, n in self.webhooks.items() if event in OWN_WRITES)
         total = sum(self.webhooks.values())
         by_event = ", ".join(f"{e} {n}" for e, n in sorted(self.webhooks.items()))
+        by_result = ", ".join(f"{r} {n}" for r, n in sorted(self.results.items()))
         return "\n".join([
             f"storm: registration -> checked (first decision event): {spread(self.checked_s())}",
             f"storm: registration -> decided (live/quarantined): {spread(self.decided_s())}",
             f"storm: webhook receipt -> servable (published live): {spread(self.servable_s())}",
             f"storm: decisions per second (first registration -> last verdict): "
             f"{self.decisions_per_s():.1f}",
-            f"storm: webhooks accepted {total} ({total / versions:.2f} per version; "
+            f"storm: webhooks received {total} ({total / versions:.2f} per version; "
             f"{own} = {own / versions:.2f} per version were the controller's own tag/alias "
-            f"writes): {by_event}",
+            f"writes): {by_event}; taken as: {by_result}",
             f"storm: revisions published {len(self.publishes)}; versions decided twice "
             f"{len(self.decided_twice())}",
         ])  # fmt: skip
@@ -179,10 +182,11 @@ def read_log(figures: StormFigures, path: Path, names: set[str], since: float) -
         at = _epoch(line["time"]) if "time" in line else 0.0
         if at < since:
             continue
-        if line.get("event") == "webhook" and line.get("result") == "accepted":
+        if line.get("event") == "webhook" and line.get("result") != "duplicate":
             if line.get("model") not in names:
                 continue
             figures.webhooks[line.get("mlflow_event", "?")] += 1
+            figures.results[line.get("result", "?")] += 1
             if line.get("mlflow_event") == "model_version.created" and line.get("version"):
                 figures.created_webhook_at.setdefault((line["model"], line["version"]), at)
         elif line.get("event") == "publish":

@@ -13,6 +13,11 @@ registration -> decided and webhook -> servable per version, decisions per secon
 version and how many were the controller's own writes, the CPU of the controller and of the
 MLflow server. ``SIGSERVE_STORM_PROFILE=<dir>`` also records both with py-spy
 (``SIGSERVE_PYSPY``: its path), for ``benchmarks/storm_profile.py`` to summarise.
+
+The storm's models are tagged ``sigserve.proof=off``: it measures deciding. With proofs on
+(``SIGSERVE_STORM_PROOF=on``), a live version waits for a replica to prove it, one at a time
+per replica (``serving/proofs.py``): ~0.25 a second here, so 700 live versions take ~45 minutes
+and the storm's timeout with them (``docs/benchmarks.md``, "Decisions at registry scale").
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ MODELS = int(os.environ.get("SIGSERVE_STORM_MODELS", "100"))
 VERSIONS = int(os.environ.get("SIGSERVE_STORM_VERSIONS", "10"))
 CONVERGE_TIMEOUT_S = float(os.environ.get("SIGSERVE_STORM_TIMEOUT_S", "1200"))
 PROFILE = os.environ.get("SIGSERVE_STORM_PROFILE")
+PROOF = os.environ.get("SIGSERVE_STORM_PROOF", "off")
 
 
 def kind_of(model: int, version: int) -> str:
@@ -55,7 +61,7 @@ def test_a_storm_of_registrations_is_decided_right_and_nothing_is_lost(
 
     names = [f"storm_{m:03d}" for m in range(MODELS)]
     for name in names:
-        client.create_registered_model(name)
+        client.create_registered_model(name, tags={"sigserve.proof": PROOF})
 
     def register(model: int) -> list[float]:
         took = []
