@@ -15,7 +15,8 @@ Layers, outermost first:
 - ``worker`` (the de-duplicating queue, retries), ``priming`` (what a new epoch's first table
   waits for: every listed model reconciled), ``resync`` (the periodic resync, pruning and
   followers' requests, all feeding the queue), ``reconciler`` (one model, one pass, safe to
-  repeat) and ``registry_sync`` (the alias and tags, read and written back).
+  repeat), ``registry_sync`` (the alias and tags, read and written back) and ``own_writes``
+  (those writes remembered, so that the webhooks they cause are not work again).
 - ``leadership`` (which controller runs the worker when several share one PostgreSQL: a session
   advisory lock) and ``table_sync`` (a controller's long-poll fed with the tables others
   published); on SQLite the one controller always leads.

@@ -18,7 +18,7 @@ from controller.work_queue import LANES
 from wire.routing_table import VersionState
 
 WEBHOOK_RESULTS = (
-    "accepted", "duplicate", "rejected", "malformed", "too_large", "no_length",
+    "accepted", "duplicate", "rejected", "malformed", "too_large", "no_length", "own_write",
 )  # fmt: skip
 RECONCILE_RESULTS = ("ok", "temporary_error", "permanent_error", "error")
 # What a failed registry call was: worth a retry (network, 5xx), refused for good (permissions,
