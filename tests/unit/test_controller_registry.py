@@ -368,7 +368,7 @@ def test_the_listing_pages_through_every_model_with_its_fingerprint(
     monkeypatch.setattr(controller.registry, "LISTING_PAGE", 2)  # three pages and more
     try:
         listing = store["registry"].listing()
-        assert set(listing) == {NAME, *others}
+        assert {NAME, *others} <= set(listing)  # with what other tests registered
         assert [v.version for v in listing[NAME].latest] == ["3"]
         assert listing["listed-4"].tags == (("i", "listed-4"),)
         assert store["registry"].model_names() == sorted(listing)
