@@ -17,7 +17,9 @@ gets exactly the reads a reconcile pass makes to decide one new version
   ``artifact_manifest.py``).
 
 ``--writes`` adds what the controller writes back per decided version (three ``sigserve.*``
-tags and the default alias: ``controller/registry_sync.py``), for the bound with its writes.
+tags per version, the default alias once per model: ``controller/registry_sync.py``), for the
+bound with its writes. Each thread takes one model at a time, its versions in order, as the
+controller's passes do.
 Prints decisions/s, the time per kind of call (mean and p95), and the server's CPU.
 """
 
@@ -98,33 +100,37 @@ def measure(tracking_uri: str, root: int, names: list[str], versions: int, threa
         with lock:
             took[kind].append(spent)
 
-    def decide(work: tuple[str, str]) -> None:
-        name, version = work
+    def decide(name: str) -> None:
+        # One model at a time per thread, its versions in order, as the controller's passes go
+        # (two alias writes on one model at once can fail in MLflow: a unique-key race).
         reg = registry()
-        timed("model", lambda: reg.model(name))
-        timed("versions", lambda: reg.versions(name))
-        timed("artifact", lambda: reg.artifact(name, version))
+        for version in (str(v) for v in range(1, versions + 1)):
+            timed("model", lambda: reg.model(name))
+            timed("versions", lambda: reg.versions(name))
+            timed("artifact", partial(reg.artifact, name, version))
+            if writes:
+                for key in ("sigserve.state", "sigserve.reasons", "sigserve.decided_at"):
+                    timed("write tag", partial(reg.set_version_tag, name, version, key, "x"))
         if writes:
-            for key in ("sigserve.state", "sigserve.reasons", "sigserve.decided_at"):
-                timed("write tag", partial(reg.set_version_tag, name, version, key, "x"))
-            timed("write alias", lambda: reg.set_alias(name, "serving", version))
+            timed("write alias", lambda: reg.set_alias(name, "serving", str(versions)))
 
-    work = [(name, str(v)) for name in names for v in range(1, versions + 1)]
-    # A few decisions first, so each thread's client and MLflow's caches are warm.
+    # A few models first, so each thread's client and MLflow's caches are warm.
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decide, work[: threads * 2]))
+        list(pool.map(decide, names[:threads]))
     took.clear()
+    measured = names[threads:]
     cpu_before, started = server_cpu_s(root), time.monotonic()
     with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(decide, work))
+        list(pool.map(decide, measured))
     wall = time.monotonic() - started
     cpu = server_cpu_s(root) - cpu_before
-    print(f"{len(work)} decisions' reads{' and writes' if writes else ''} from {threads} threads "
-          f"in {wall:.1f} s: {len(work) / wall:.1f} decisions/s; MLflow server CPU "
+    decided = len(measured) * versions
+    print(f"{decided} decisions' reads{' and writes' if writes else ''} from {threads} threads "
+          f"in {wall:.1f} s: {decided / wall:.1f} decisions/s; MLflow server CPU "
           f"{100 * cpu / wall:.0f}% of one core")  # fmt: skip
     for kind, spent in took.items():
         ordered = sorted(spent)
-        print(f"  {kind:12s} {len(spent) / len(work):.0f} per decision, mean "
+        print(f"  {kind:12s} {len(spent) / decided:.1f} per decision, mean "
               f"{1000 * statistics.fmean(spent):.1f} ms, p95 "
               f"{1000 * ordered[int(0.95 * (len(ordered) - 1))]:.1f} ms")  # fmt: skip
 

@@ -130,6 +130,16 @@ def registry(models: int, versions: int, rebuild: bool) -> tuple[Path, str]:
     return cached, model_id
 
 
+def cpu_s(pid: int, tree: bool) -> float:
+    """CPU seconds of ``pid`` (and, with ``tree``, everything it started)."""
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *(root.children(recursive=True) if tree else [])]
+        return float(sum(p.cpu_times().user + p.cpu_times().system for p in procs))
+    except psutil.Error:
+        return 0.0
+
+
 @dataclass
 class Sample:
     at: float
@@ -148,14 +158,6 @@ class Sampler:
     samples: list[Sample] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
 
-    def _cpu(self, pid: int, tree: bool) -> float:
-        try:
-            root = psutil.Process(pid)
-            procs = [root, *(root.children(recursive=True) if tree else [])]
-            return float(sum(p.cpu_times().user + p.cpu_times().system for p in procs))
-        except psutil.Error:
-            return 0.0
-
     def _reconciles(self, http: httpx.Client) -> float:
         try:
             text = http.get(self.metrics_url).text
@@ -168,8 +170,8 @@ class Sampler:
         with httpx.Client(timeout=5) as http:
             while not self._stop.wait(SAMPLE_S):
                 self.samples.append(Sample(
-                    time.time(), self._cpu(self.controller_pid, False),
-                    self._cpu(self.mlflow_pid, True), self._reconciles(http),
+                    time.time(), cpu_s(self.controller_pid, False),
+                    cpu_s(self.mlflow_pid, True), self._reconciles(http),
                 ))  # fmt: skip
 
     def start(self) -> Sampler:
@@ -299,6 +301,38 @@ def during_resyncs(sampler: Sampler, client: Any, model_id: str, models: int, wi
     return done
 
 
+def listing(cached: Path, runs: int = 3) -> None:
+    """What the resync's listing costs at this size, without a controller: the controller's own
+    ``Registry`` lists the registry (``listing()`` where it exists, else ``model_names()``)."""
+    from controller.registry import Registry
+
+    home = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
+    shutil.copytree(cached, home, dirs_exist_ok=True)
+    secrets = Secrets.load_or_create(home)
+    port = free_port()
+    server = mlflow_server(home, host=HOST, port=port,
+                           encryption_key=secrets.mlflow_encryption_key)  # fmt: skip
+    try:
+        server.start().wait_healthy(180)
+        assert server.pid is not None
+        reg = Registry(f"http://{HOST}:{port}")
+        lister = getattr(reg, "listing", reg.model_names)
+        me = psutil.Process()
+        for _ in range(runs):
+            mlflow_before = cpu_s(server.pid, True)
+            mine = me.cpu_times()
+            started = time.monotonic()
+            listed = lister()
+            wall = time.monotonic() - started
+            client_cpu = sum(me.cpu_times()[:2]) - sum(mine[:2])
+            mlflow_cpu = cpu_s(server.pid, True) - mlflow_before
+            print(f"listing ({lister.__name__}): {len(listed)} models in {wall:.2f} s; CPU: the "
+                  f"client {client_cpu:.2f} s, MLflow {mlflow_cpu:.2f} s", flush=True)
+    finally:
+        server.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 def seconds(value: float | None) -> str:
     return f"{value:.2f} s" if value is not None else "not seen"
 
@@ -316,9 +350,14 @@ def main() -> None:
     parser.add_argument("--prime-timeout", type=float, default=3600.0)
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--build-only", action="store_true", help="build (or find) and stop")
+    parser.add_argument("--listing-only", action="store_true",
+                        help="time the resync's listing of the registry alone (no controller)")
     args = parser.parse_args()
     cached, model_id = registry(args.models, args.versions, args.rebuild)
     if args.build_only:
+        return
+    if args.listing_only:
+        listing(cached)
         return
     home = Path(tempfile.mkdtemp(prefix="rs-", dir="/tmp"))
     shutil.copytree(cached, home, dirs_exist_ok=True)
