@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PIP = $(VENV)/bin/pip
 
-.PHONY: up test lint property fault storm load zoo audit cluster-check compose-check clean
+.PHONY: up test lint property fault storm registry-scale load zoo audit cluster-check compose-check clean
 
 $(VENV)/bin/python:
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed ($(PYTHON) not found)"; exit 1; }
@@ -42,6 +42,14 @@ fault: $(VENV)/.dev
 # and pins move (tests/load; minutes, not in `make test`). They print their figures (-s).
 storm: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest tests/load/test_storm.py -m load -ra -s
+
+# A registry of 10,000 models (built once in ~25 s, cached in ~/.cache/sigserve-registry-scale):
+# a fresh controller primes it, then a resync with nothing changed, webhooks during resyncs,
+# CPU and memory (benchmarks/registry_scale.py; priming ~200 ms per model here: ~35 min at
+# 10,000; not in make test). REGISTRY_SCALE="--models 2000" for a quicker run.
+REGISTRY_SCALE ?=
+registry-scale: $(VENV)/.dev
+	$(VENV)/bin/python benchmarks/registry_scale.py $(REGISTRY_SCALE)
 
 load: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest tests/load/test_inference_load.py -m load -ra -s

@@ -2,8 +2,9 @@
 
 It watches the MLflow registry two ways: webhooks (fast, but deliveries can be lost and deletions
 fire no event) and a periodic resync (slow, but it is what makes the state right). Either way it
-only enqueues a registered model's name; a single worker then reconciles that model: it reads the
-model's versions from the registry, fetches each new version's signature, decides ``live`` or
+only enqueues a registered model's name (webhooks before the resync's); the worker then reconciles
+that model, several models at once and one pass per model at a time: it reads the model's
+versions from the registry, fetches each new version's signature, decides ``live`` or
 ``quarantined`` against the model's contract, records the decision with its reasons and publishes
 a new revision of the routing table that the serving app long-polls.
 
@@ -12,7 +13,8 @@ Layers, outermost first:
 - ``app`` (FastAPI wiring, lifespan), ``webhooks``, ``admin``, ``health``, ``long_poll`` (the
   routing table, as serving replicas wait for it), ``load_failures`` (serving replicas' reports
   of artifacts they could not load): HTTP.
-- ``worker`` (the de-duplicating queue, retries), ``priming`` (what a new epoch's first table
+- ``worker`` (passes, retries), ``work_queue`` (the two-lane de-duplicating queue), ``coalescer``
+  (one publish for the passes that finish together), ``priming`` (what a new epoch's first table
   waits for: every listed model reconciled), ``resync`` (the periodic resync, pruning and
   followers' requests, all feeding the queue), ``reconciler`` (one model, one pass, safe to
   repeat), ``registry_sync`` (the alias and tags, read and written back) and ``own_writes``

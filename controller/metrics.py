@@ -24,7 +24,9 @@ RECONCILE_RESULTS = ("ok", "temporary_error", "permanent_error", "error")
 # What a failed registry call was: worth a retry (network, 5xx), refused for good (permissions,
 # bad request), or about a model or version that no longer exists.
 REGISTRY_ERROR_KINDS = ("temporary", "permanent", "gone")
-LOAD_REPORT_RESULTS = ("recorded", "repeated", "stale", "unknown", "unauthorized")
+LOAD_REPORT_RESULTS = (
+    "recorded", "repeated", "stale", "unknown", "unauthorized", "default_live", "limited",
+)  # fmt: skip
 STATES = tuple(s.value for s in VersionState)
 POLICIES = tuple(p.value for p in Policy)
 
@@ -90,7 +92,7 @@ class Metrics:
             ),
             load_failure_reports=Counter(
                 "sigserve_load_failure_reports",
-                "Serving replicas' reports of artifacts they could not load, by result",
+                "Serving replicas' reports (artifacts they could not load, proofs), by result",
                 ["result"],
                 registry=r,
             ),

@@ -5,7 +5,7 @@ The dialect is ``wire.problems`` (the serving app's too). Slugs, after
 ``payload-too-large`` (413), ``pin-refused`` and ``stale-report`` (409; a pin's ``reasons``),
 ``unauthorized`` and ``webhook-rejected`` (401), ``registry-refused`` (502),
 ``registry-unavailable``, ``database-unavailable`` and ``too-many-polls`` (503, ``Retry-After``),
-``internal-error``
+``too-many-reports`` (429, ``Retry-After``: ``controller.report_limits``), ``internal-error``
 (500, never a stack trace). Starlette's own (an unknown route, a wrong method) stay
 ``about:blank``.
 """
