@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from mlflow import MlflowClient
 
 from serving.loader import FAILED_LOAD_MEMORY_S
 from tests.integration.broken_artifacts import log_echo, register_broken, register_broken_pickle
@@ -298,6 +299,9 @@ def broken_model(home: Path, serving_url: str, controller_handle: ControllerHand
     """A model: 1 good (default), 2 a truncated pickle, 3 its code file gone, 4 good."""
     ctl = controller_handle
     name = "broken_artifacts"
+    # These versions are to be served and fail to load there; with their proof on, the proof
+    # would quarantine 2 and 3 before any request (that path: tests/integration/test_proofs.py).
+    MlflowClient(ctl.tracking_uri).create_registered_model(name, tags={"sigserve.proof": "off"})
     assert register_echo(name, tag="one") == "1"
     # Broken before they are registered: a file changed after the decision is another
     # artifact than the one checked (a manifest mismatch), not an artifact that cannot load.
