@@ -41,6 +41,7 @@ from tenacity import (
 
 from serving.loader import LoadFailure
 from serving.proofs import Proof
+from wire.token_bucket import TokenBucket
 
 logger = logging.getLogger(__name__)
 
@@ -51,29 +52,6 @@ _IN_FLIGHT = 100
 # Reports a replica may send at once, and how many a minute after that.
 REPORT_BURST = 10
 REPORTS_PER_MINUTE = 12
-
-
-class TokenBucket:
-    """``burst`` tokens at most, refilled at ``per_minute``; ``take`` spends one if there is."""
-
-    def __init__(
-        self, burst: int, per_minute: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self._burst = float(burst)
-        self._per_s = per_minute / 60
-        self._clock = clock
-        self._tokens = float(burst)
-        self._at = clock()
-
-    def take(self) -> bool:
-        now = self._clock()
-        self._tokens = min(self._burst, self._tokens + (now - self._at) * self._per_s)
-        self._at = now
-        # A hair under one token counts as one: refilling in float steps must not lose a report.
-        if self._tokens < 1 - 1e-9:
-            return False
-        self._tokens = max(0.0, self._tokens - 1)
-        return True
 
 
 def _temporary(exc: BaseException) -> bool:

@@ -1,8 +1,8 @@
 """A token bucket with an injected clock: ``burst`` tokens at most, refilled at ``per_minute``.
 
 No I/O and no lock: callers use one bucket from one event loop. ``serving.load_reports`` keeps
-a replica's own reports to a budget with the same arithmetic; ``controller.report_limits``
-bounds what the controller takes from replicas.
+a replica's own reports to a budget with it; ``controller.report_limits`` bounds what the
+controller takes from replicas.
 """
 
 from __future__ import annotations
