@@ -29,6 +29,25 @@ from sigserve.stack import (
 )
 
 HOST = "127.0.0.1"
+UPPER_MODEL = Path(__file__).resolve().parent / "models" / "upper.py"
+
+
+def log_upper_model(tracking_uri: str) -> Any:
+    """Log the small model from code (``models/upper.py``: a string ``prompt`` in, ``output``
+    out) in a run of its own; MLflow's ``ModelInfo`` of it."""
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    mlflow.set_tracking_uri(tracking_uri)
+    example = pd.DataFrame({"prompt": ["hi"]})
+    with mlflow.start_run():
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(UPPER_MODEL),
+            pip_requirements=["mlflow", "pandas", "numpy"],
+            signature=infer_signature(example, pd.DataFrame({"output": ["HI"]})),
+        )
 
 
 @dataclass(frozen=True)

@@ -39,28 +39,19 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+from bench_stack import log_upper_model
 
 from sigserve.stack import Secrets, free_port, mlflow_server
 
 HOST = "127.0.0.1"
-UPPER_MODEL = Path(__file__).resolve().parent / "models" / "upper.py"
 
 
 def log_and_register(tracking_uri: str, models: int, versions: int, threads: int) -> list[str]:
     import mlflow
-    import pandas as pd
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
 
     mlflow.set_tracking_uri(tracking_uri)
-    example = pd.DataFrame({"prompt": ["hi"]})
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(UPPER_MODEL),
-            pip_requirements=["mlflow", "pandas", "numpy"],
-            signature=infer_signature(example, pd.DataFrame({"output": ["HI"]})),
-        )
+    info = log_upper_model(tracking_uri)
     client = MlflowClient(tracking_uri)
     names = [f"bound_{m:04d}" for m in range(models)]
 

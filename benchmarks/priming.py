@@ -18,14 +18,11 @@ import re
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
-from bench_stack import running_stack
+from bench_stack import log_upper_model, running_stack
 
 from sigserve.stack import Secrets
-
-UPPER_MODEL = Path(__file__).resolve().parent / "models" / "upper.py"
 
 
 def main() -> None:
@@ -35,19 +32,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
     with running_stack("prime-", serving=False, resync_interval_s=3600) as stack:
-        import mlflow
-        import pandas as pd
         from mlflow import MlflowClient
-        from mlflow.models import infer_signature
 
-        example = pd.DataFrame({"prompt": ["hi"]})
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(UPPER_MODEL),
-                pip_requirements=["mlflow", "pandas", "numpy"],
-                signature=infer_signature(example, pd.DataFrame({"output": ["HI"]})),
-            )
+        info = log_upper_model(stack.tracking_uri)
         client = MlflowClient(stack.tracking_uri)
         names = [f"prime_{m:03d}" for m in range(args.models)]
         started = time.monotonic()

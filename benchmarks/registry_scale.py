@@ -46,11 +46,11 @@ from typing import Any
 
 import httpx
 import psutil
+from bench_stack import log_upper_model
 
 from sigserve.stack import Secrets, controller, free_port, mlflow_server
 
 HOST = "127.0.0.1"
-UPPER_MODEL = Path(__file__).resolve().parent / "models" / "upper.py"
 CACHE = Path.home() / ".cache" / "sigserve-registry-scale"
 # Controller and MLflow together above this share of a core (per 0.25 s sample): busy.
 BUSY_SHARE = 0.15
@@ -65,9 +65,7 @@ def build(models: int, versions: int, into: Path) -> str:
     """The registry, in ``into``: ``mlflow.db`` and ``mlflow-artifacts``; the logged model's
     id (what a version registered through MLflow's REST API names as its source)."""
     import mlflow
-    import pandas as pd
     from mlflow import MlflowClient
-    from mlflow.models import infer_signature
     from mlflow.store.model_registry.dbmodels.models import SqlModelVersion, SqlRegisteredModel
     from mlflow.store.model_registry.sqlalchemy_store import SqlAlchemyStore
 
@@ -78,14 +76,7 @@ def build(models: int, versions: int, into: Path) -> str:
     try:
         server.wait_healthy(180)
         mlflow.set_tracking_uri(f"http://{HOST}:{port}")
-        example = pd.DataFrame({"prompt": ["hi"]})
-        with mlflow.start_run():
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(UPPER_MODEL),
-                pip_requirements=["mlflow", "pandas", "numpy"],
-                signature=infer_signature(example, pd.DataFrame({"output": ["HI"]})),
-            )
+        info = log_upper_model(f"http://{HOST}:{port}")
         location = str(MlflowClient().get_logged_model(info.model_id).artifact_location)
     finally:
         server.stop()
