@@ -20,15 +20,20 @@ file, so a pickle or ``code/`` replaced after the check is refused as a changed 
 Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
 table of another schema version (and backs off) rather than guess at its meaning. A new optional
 field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``,
-``predict_timeout_s``, ``manifest``, ``awaiting_proof``) does not change the schema version: a
-replica that does not know it ignores it and serves as before (one that does not know
-``awaiting_proof`` proves nothing, so a version waiting for a proof waits until one that
-does takes the table).
+``predict_timeout_s``, ``manifest``, ``awaiting_proof``, ``environment``, ``rollout``) does not
+change the schema version: a replica that does not know it ignores it and serves as before (one
+that does not know ``awaiting_proof`` proves nothing, so a version waiting for a proof waits
+until one that does takes the table; one that does not know ``environment`` proves a version in
+the shared environment, and the controller takes no proof from the shared environment for a
+version the table gives an environment of its own; one that does not know ``rollout`` sends
+every request that names no version to the default, which is where a rollout that ends leaves
+them).
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,6 +46,49 @@ class VersionState(StrEnum):
     LIVE = "live"
     QUARANTINED = "quarantined"
     PENDING = "pending"
+
+
+class EnvironmentSpec(BaseModel):
+    """An environment of a version's own: where a version the shared serving environment cannot
+    serve is proven and served (docs/architecture.md, "Environments of their own")."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # SHA-256 hex of what the environment is built from (kind, the canonical requirement lines,
+    # the Python minor): every version with the same needs shares one environment.
+    digest: str
+    # "layered": ``requirements`` installed with uv on top of the serving environment (Ray,
+    # Serve, sigserve, its pandas and MLflow stay visible): for "one more package".
+    # "isolated": a venv that inherits nothing, built from ``requirements`` alone, with the model
+    # in a host process of its own: for another MLflow or pandas major.
+    kind: Literal["layered", "isolated"]
+    # The requirement lines the environment is built from, as pip reads them.
+    requirements: list[str] = Field(default_factory=list)
+    # Why the shared environment does not serve this version, for a person.
+    reason: str = ""
+
+
+class Rollout(BaseModel):
+    """A candidate version taking a share of a model's traffic (docs/architecture.md,
+    "Rollouts"). Requests that name a version are never rerouted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    # This rollout: replicas report their counts per id, so an earlier rollout's counts are
+    # never summed into this one's.
+    id: str
+    candidate: str
+    # The share of the requests that name no version the candidate answers (0 during a shadow).
+    weight: float = Field(ge=0, le=1)
+    # The share of the default's requests also sent to the candidate, off the client's path, the
+    # two answers compared.
+    shadow: float = Field(default=0, ge=0, le=1)
+    step: int = Field(default=0, ge=0)
+    # How a shadow compares answers: floats equal within rel_tol or abs_tol, embeddings (lists
+    # of floats) by cosine similarity at least min_cosine, everything else exactly.
+    rel_tol: float = Field(default=1e-6, ge=0)
+    abs_tol: float = Field(default=1e-9, ge=0)
+    min_cosine: float = Field(default=0.999, ge=-1, le=1)
 
 
 class VersionEntry(BaseModel):
@@ -66,6 +114,8 @@ class VersionEntry(BaseModel):
     # the outcome (``serving.proofs``). Clients still get its 503. False: pending as before,
     # never loaded.
     awaiting_proof: bool = False
+    # Where the version is proven and served: None, the shared serving environment.
+    environment: EnvironmentSpec | None = None
 
 
 class ModelEntry(BaseModel):
@@ -85,6 +135,8 @@ class ModelEntry(BaseModel):
     # How long one predict call may take (the model tag ``sigserve.predict_timeout_s``); None:
     # the serving app's default.
     predict_timeout_s: float | None = Field(default=None, gt=0)
+    # A rollout under way: None, every request naming no version goes to the default.
+    rollout: Rollout | None = None
 
 
 class RoutingTable(BaseModel):
