@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 
 from controller.proofs import awaits_proof
 from controller.records import ModelRecord
 from wire.artifact_manifest import ManifestFile
-from wire.routing_table import ModelEntry, RoutingTable, VersionEntry
+from wire.routing_table import ModelEntry, Rollout, RoutingTable, VersionEntry
 
 
-def build_table(models: list[ModelRecord], revision: int, epoch: str) -> RoutingTable:
+def build_table(
+    models: list[ModelRecord],
+    revision: int,
+    epoch: str,
+    rollouts: Mapping[str, Rollout] | None = None,
+) -> RoutingTable:
+    """The table for ``models``; ``rollouts``: the rollout under way per model name."""
+    rollouts = rollouts or {}
     return RoutingTable(
         revision=revision,
         epoch=epoch,
@@ -23,6 +31,7 @@ def build_table(models: list[ModelRecord], revision: int, epoch: str) -> Routing
                 max_batch_size=m.max_batch_size,
                 batch_wait_ms=m.batch_wait_ms,
                 predict_timeout_s=m.predict_timeout_s,
+                rollout=rollouts.get(m.name),
                 versions={
                     v.version: VersionEntry(
                         version=v.version,
