@@ -72,6 +72,7 @@ from serving.exceptions import ModelFailed, ModelRejectedInput, ModelUnavailable
 from serving.failed_loads import FailedLoads
 from serving.load_faults import is_replicas_fault
 from wire.artifact_manifest import ManifestFile, differences, manifest_digest
+from wire.routing_table import EnvironmentSpec
 
 logger = logging.getLogger(__name__)
 # How many load attempts and refusals a replica remembers.
@@ -90,12 +91,14 @@ FAILED_LOAD_MEMORY_MAX_S = 60.0
 
 @dataclass(frozen=True)
 class Artifact:
-    """What the controller checked: where the artifact is, its ``MLmodel`` digest and the
-    manifest of its files (None for a version decided before manifests)."""
+    """What the controller checked: where the artifact is, its ``MLmodel`` digest, the
+    manifest of its files (None for a version decided before manifests) and the environment it
+    is served in (None: the shared serving environment)."""
 
     source: str
     mlmodel_digest: str
     manifest: tuple[ManifestFile, ...] | None = None
+    environment: EnvironmentSpec | None = None
 
     @property
     def key(self) -> str:
@@ -104,6 +107,9 @@ class Artifact:
         parts = [self.source, self.mlmodel_digest.lower()]
         if self.manifest is not None:
             parts.append(manifest_digest(self.manifest))
+        if self.environment is not None:
+            # Moved to an environment of its own, a version is another model to load.
+            parts.append(f"environment:{self.environment.digest}")
         return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:_KEY_CHARS]
 
 

@@ -137,4 +137,4 @@ def checked_artifact(name: str, entry: VersionEntry) -> Artifact:
             version=entry.version,
         )
     manifest = tuple(entry.manifest) if entry.manifest is not None else None
-    return Artifact(entry.source, entry.mlmodel_digest, manifest)
+    return Artifact(entry.source, entry.mlmodel_digest, manifest, entry.environment)
