@@ -1,0 +1,89 @@
+"""The gates on counts alone: what passes, what fails, what is not judged for lack of requests,
+and when a candidate fails before its step's end."""
+
+from __future__ import annotations
+
+from controller.rollout_gates import (
+    BASELINE_REQUESTS,
+    Side,
+    Thresholds,
+    Totals,
+    failed,
+    fails_early,
+    judge,
+    summed,
+)
+from wire.rollout_report import LATENCY_BUCKETS_MS
+
+T = Thresholds()
+
+
+def side(requests: int, errors: int = 0, bucket: int = 2) -> Side:
+    latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+    latency[bucket] = requests
+    return Side(requests, errors, tuple(latency))
+
+
+def outcomes(
+    window: Totals, *, shadow: bool = False, whole: Totals | None = None
+) -> dict[str, str]:
+    return {g.name: g.outcome for g in judge(window, whole or window, T, shadow=shadow)}
+
+
+def test_a_candidate_like_the_default_passes_every_gate() -> None:
+    window = Totals(side(200, 1), side(800, 4), compared=300, agreed=300)
+    assert outcomes(window, shadow=True) == {
+        "errors": "passed", "latency": "passed", "agreement": "passed"}  # fmt: skip
+
+
+def test_errors_past_the_default_by_more_than_a_point_fail() -> None:
+    assert outcomes(Totals(side(200, 3), side(800, 8)))["errors"] == "passed"  # 1.5% vs 1%+1
+    assert outcomes(Totals(side(200, 5), side(800, 8)))["errors"] == "failed"  # 2.5% vs 1%+1
+
+
+def test_the_default_without_traffic_in_the_step_is_judged_by_the_whole_rollout() -> None:
+    # A step at 100%: the default answered nothing in it; its 10% over the rollout stands.
+    window = Totals(side(200, 20), side(0))
+    whole = Totals(side(300, 30), side(1000, 100))
+    assert outcomes(window, whole=whole)["errors"] == "passed"
+    assert outcomes(window)["errors"] == "failed"  # no baseline at all: 0%
+
+
+def test_p99_is_read_off_the_buckets_and_judged_against_one_and_a_half_times_the_default() -> None:
+    assert side(100, bucket=3).p99_ms() == LATENCY_BUCKETS_MS[3]
+    assert side(100, bucket=len(LATENCY_BUCKETS_MS)).p99_ms() == 2 * LATENCY_BUCKETS_MS[-1]
+    slow = Totals(side(200, bucket=6), side(200, bucket=5))  # 100 ms against 50 x 1.5 + 5
+    assert outcomes(slow)["latency"] == "failed"
+    same = Totals(side(200, bucket=6), side(200, bucket=6))
+    assert outcomes(same)["latency"] == "passed"
+
+
+def test_too_few_requests_are_not_judged_rather_than_passed_or_failed() -> None:
+    few = Totals(side(BASELINE_REQUESTS - 1, bucket=9), side(500), compared=0)
+    assert outcomes(few, shadow=True) == {
+        "errors": "passed", "latency": "not-judged", "agreement": "not-judged"}  # fmt: skip
+    assert outcomes(Totals())["errors"] == "not-judged"
+
+
+def test_agreement_below_ninety_nine_percent_fails() -> None:
+    assert outcomes(Totals(compared=1000, agreed=989), shadow=True)["agreement"] == "failed"
+    assert outcomes(Totals(compared=1000, agreed=990), shadow=True)["agreement"] == "passed"
+
+
+def test_a_candidate_failing_far_past_the_default_fails_early_with_enough_requests() -> None:
+    assert fails_early(Totals(side(49, 15), side(500)), Totals(), T) is None  # too few
+    early = fails_early(Totals(side(50, 15), side(500)), Totals(), T)
+    assert early is not None and early.outcome == "failed"
+    assert fails_early(Totals(side(50, 2), side(500)), Totals(), T) is None  # 4%: not far
+    assert failed(judge(Totals(side(50, 15), side(500)), Totals(), T, shadow=False))
+
+
+def test_a_window_is_now_minus_the_step_start_and_totals_sum_over_replicas() -> None:
+    replica = ({"2": side(10, 1).to_json(), "1": side(90).to_json()},
+               {"compared": 5, "agreed": 4, "dropped": 1, "failed": 0, "samples": []})  # fmt: skip
+    total = summed([replica, replica], candidate="2", default="1")
+    assert (total.candidate.requests, total.default.requests, total.agreed) == (20, 180, 8)
+    window = total - Totals(side(5), side(100))
+    assert (window.candidate.requests, window.default.requests) == (15, 80)
+    assert window.step_requests == 15 + 10
+    assert Totals.of(total.to_json()) == total
