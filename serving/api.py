@@ -51,6 +51,8 @@ from serving.resolve import (
     resolve,
     table_or_not_ready,
 )
+from serving.rollout_path import VERSION_HEADER, RolloutPath
+from serving.rollout_routing import Routed
 from serving.table_source import TableSource
 from wire.routing_table import ModelEntry, RoutingTable
 
@@ -111,16 +113,21 @@ def create_app(
     max_records: int | None = None,
     recorder: Recorder | None = None,
     default_model: str | None = None,
+    rollouts: RolloutPath | None = None,
 ) -> FastAPI:
     """The app; ``default_model`` also answers MLflow's root routes (``/invocations``,
-    ``/ping``...) for that model, as a one-model ``mlflow models serve`` would."""
+    ``/ping``...) for that model, as a one-model ``mlflow models serve`` would; ``rollouts``
+    routes, counts and shadows the requests of models under a rollout (its own if not given)."""
     metrics = recorder if recorder is not None else NoRecorder()
+    rollout = rollouts if rollouts is not None else RolloutPath()
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await source.start(wait_s=startup_wait_s)
         await metrics.start()
+        await rollout.start()
         yield
+        await rollout.stop()
         await metrics.stop()
         await source.stop()
 
@@ -270,28 +277,46 @@ def create_app(
     async def _answer(
         name: str, version: str | None, request: Request, respond: Respond
     ) -> Response:
-        """Resolve the version (path, else header, else default) before reading the body, so
-        a quarantined version answers 409 whatever is sent; then ``respond``, timed and counted
-        here, not in a middleware: one call on the request path."""
+        """Resolve the version (path, else header, else a rollout's choice or the default)
+        before reading the body, so a quarantined version answers 409 whatever is sent; then
+        ``respond``, timed and counted here, not in a middleware: one call on the request path.
+        The answer names the version that produced it (``VERSION_HEADER``)."""
         started = time.perf_counter()
+        routed: Routed | None = None
         try:
             if version is None:
                 version = ""  # labels no version if the header names another model (400)
                 version = header_version(name, request.headers)
             table = source.table
+            if version is None and (routed := rollout.route(table, name, request.headers)):
+                version = routed.version
             target = resolve(table, name, version)
+            shadowed = await rollout.keep_for_shadow(routed, request, max_body_bytes)
             response = await respond(target, table)
         except BaseException as exc:
-            _failed(name, version, exc, started)
+            _failed(name, version, exc, started, routed)
             raise
         served = target.version.version
+        response.headers[VERSION_HEADER] = served
         if isinstance(response, streaming.ChunkEvents):
             # Counted when its last event is sent, with how it ended.
-            response.on_end = lambda status: metrics.request(
-                name, served, status, time.perf_counter() - started
-            )
-        else:
-            metrics.request(name, served, 200, time.perf_counter() - started)
+            def ended(status: int) -> None:
+                seconds = time.perf_counter() - started
+                metrics.request(name, served, status, seconds)
+                rollout.answered(name, routed, status, seconds)
+
+            response.on_end = ended
+            return response
+        seconds = time.perf_counter() - started
+        metrics.request(name, served, 200, seconds)
+        if routed is not None:
+            rollout.answered(name, routed, 200, seconds)
+            if shadowed:
+                candidate = routed.rollout.candidate
+                rollout.shadow(
+                    response, name, routed, request,
+                    lambda: respond(resolve(source.table, name, candidate), source.table),
+                )  # fmt: skip
         return response
 
     async def _ping_default(name: str, request: Request) -> Response:
@@ -321,7 +346,9 @@ def create_app(
 
         return check
 
-    def _failed(name: str, version: str | None, exc: BaseException, started: float) -> None:
+    def _failed(
+        name: str, version: str | None, exc: BaseException, started: float, routed: Routed | None
+    ) -> None:
         """Record a request that raised (the problem handlers answer it)."""
         if isinstance(exc, ProblemError):
             status = exc.status
@@ -330,7 +357,9 @@ def create_app(
         else:
             status = 500
         model, named = _labels(source.table, name, version)
-        metrics.request(model, named, status, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        metrics.request(model, named, status, seconds)
+        rollout.answered(name, routed, status, seconds)
 
     open_inference.install(app, source, answer=_answer, run=_run, max_body_bytes=max_body_bytes)
     return app
