@@ -35,6 +35,8 @@ from controller import (
     long_poll,
     problems,
     proof_reports,
+    rollout_admin,
+    rollout_reports,
     webhooks,
 )
 from controller.broadcaster import TableBroadcaster
@@ -133,9 +135,10 @@ def build_services(settings: ControllerSettings) -> Services:
 
 
 class LeaderDuties:
-    """What only the leader runs: the worker, the resync and the drain of followers' requests."""
+    """What only the leader runs: the worker, the resync, the drain of followers' requests and
+    the rollouts' stepper."""
 
-    LOOPS = ("worker", "resync", "requests")
+    LOOPS = ("worker", "resync", "requests", "rollouts")
 
     def __init__(self, svc: Services) -> None:
         self._svc = svc
@@ -147,6 +150,7 @@ class LeaderDuties:
         svc.loops["worker"] = asyncio.create_task(svc.worker.run())
         # A resync at once: a new leader learns what its predecessor left undone.
         svc.loops["resync"] = asyncio.create_task(svc.worker.resync.run())
+        svc.loops["rollouts"] = asyncio.create_task(svc.rollout_stepper.run())
         if svc.leadership.elected:
             svc.loops["requests"] = asyncio.create_task(
                 svc.worker.resync.take_requests_loop(svc.settings.follower_poll_s)
@@ -204,9 +208,12 @@ def create_app(settings: ControllerSettings | None = None) -> FastAPI:
     app = FastAPI(title="sigserve controller", lifespan=lifespan)
     problems.install(app)
     # Credentials and body bounds before any body is read (controller/guard.py).
-    app.add_middleware(Gates, gates=[admin.GATE, load_failures.GATE])
+    # The first gate covering a path is checked: rollout reports' own bound before /serving's.
+    app.add_middleware(Gates, gates=[admin.GATE, rollout_reports.GATE, load_failures.GATE])
     app.include_router(webhooks.router)
     app.include_router(admin.router)
+    app.include_router(rollout_admin.router)
+    app.include_router(rollout_reports.router)
     app.include_router(load_failures.router)
     app.include_router(proof_reports.router)
     app.include_router(health.router)

@@ -16,6 +16,9 @@ from controller.metrics import Metrics
 from controller.own_writes import OwnWrites
 from controller.probe import RegistryProbe
 from controller.registry import Registry
+from controller.rollout_metrics import RolloutMetrics
+from controller.rollout_stepper import RolloutStepper
+from controller.rollout_store import RolloutStore
 from controller.settings import ControllerSettings
 from controller.store import Store
 from controller.table_sync import TableSync
@@ -58,8 +61,22 @@ class Services:
     # One per routing-table poll held open (``controller.long_poll``).
     long_poll_slots: asyncio.Semaphore = field(init=False)
     long_poll_slots_max: int = field(init=False)
+    # Rollouts (issue 19): their state, their metrics, and the leader's stepper.
+    rollouts: RolloutStore = field(init=False)
+    rollout_metrics: RolloutMetrics = field(init=False)
+    rollout_stepper: RolloutStepper = field(init=False)
 
     def __post_init__(self) -> None:
+        self.rollouts = RolloutStore(self.engine)
+        self.rollout_metrics = RolloutMetrics.create(self.metrics.registry)
+        self.rollout_stepper = RolloutStepper(
+            self.rollouts,
+            self.store,
+            self.serving_environment,
+            self.rollout_metrics,
+            publish=self.publish_change,
+            interval_s=self.settings.rollout_interval_s,
+        )
         self.registry_probe = RegistryProbe(lambda: self.registry.ping())
         self.long_poll_slots_max = self.settings.long_poll_max_concurrent
         self.long_poll_slots = asyncio.Semaphore(self.long_poll_slots_max)

@@ -122,6 +122,8 @@ class ControllerSettings(BaseSettings):
     follower_poll_s: float = Field(default=0.25, gt=0)
     # How long the audit log keeps events (days).
     audit_retention_days: float = Field(default=90.0, gt=0)
+    # How often the leader's stepper looks at the running rollouts (controller/rollout_stepper.py).
+    rollout_interval_s: float = Field(default=1.0, gt=0)
 
     @classmethod
     def from_environment(cls, **values: Any) -> Self:

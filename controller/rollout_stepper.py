@@ -1,0 +1,226 @@
+"""The stepper: the leader's periodic look at every running rollout (docs/architecture.md,
+"Rollouts").
+
+Reconcile-style: each tick reads the rollouts and the models afresh and does what they call
+for, and every action is a conditional write on what was read (``controller.rollout_store``), so
+a tick repeated, or run by two controllers during a takeover, takes each step once. For each
+running rollout, in order:
+
+1. It ends (``ended``) when what it was started against is gone: the model, the candidate's
+   live state (quarantined, deleted), the default (someone pinned another version, a forced pin
+   included) or the contract. A default that is now the candidate is a promotion made.
+2. It rolls back at once when the candidate fails early (``rollout_gates.fails_early``).
+3. When the step's hold time has passed and its window holds ``min_requests``, the gates are
+   judged: one failure rolls back; all passing take the next step, or after the last one
+   promote: the default moves to the candidate by the actor ``rollout``, audited, as a pin.
+
+A replica that stops reporting adds no requests, so a step without enough requests waits; the
+stepper never promotes on silence. Each change is published before the tick moves on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+from controller.compatibility import Policy, check
+from controller.decisions import decide_all
+from controller.environment import ServingEnvironment
+from controller.exceptions import ControllerError, NotFound, PinRefused
+from controller.records import ModelRecord
+from controller.rollout_gates import Gate, Totals, failed, fails_early, judge
+from controller.rollout_metrics import RolloutMetrics
+from controller.rollout_rows import ABORTED, ENDED, PROMOTED, ROLLED_BACK, RolloutRecord
+from controller.rollout_store import RolloutStore, contract_digest
+from controller.store import Store
+from wire.routing_table import VersionState
+
+log = logging.getLogger(__name__)
+ACTOR = "rollout"
+
+# Told of each change after it is stored (the MLflow alias and tags): (rollout, what happened).
+Effects = Callable[[RolloutRecord, str], None]
+
+
+def pin_candidate(store: Store, r: RolloutRecord, env: ServingEnvironment, actor: str
+                  ) -> ModelRecord:  # fmt: skip
+    """Make the candidate the default, keeping the contract: the pin an operator makes
+    (``commands.pin_default`` without adopting), by ``actor``. ``PinRefused`` when it is not
+    live or no longer meets the contract."""
+
+    def pin(current: ModelRecord | None) -> ModelRecord:
+        if current is None or current.deleted_at is not None:
+            raise NotFound(f"registered model '{r.model}' is not known to sigserve")
+        target = current.versions.get(r.candidate)
+        if target is None or target.state is not VersionState.LIVE:
+            raise PinRefused(f"version {r.candidate} is not live", [])
+        if current.contract is not None:
+            verdict = check(current.contract, target.signature, Policy(current.policy))
+            if not verdict.compatible:
+                raise PinRefused(f"version {r.candidate} breaks the contract", verdict.reasons)
+        pinned = decide_all(replace(current, default_version=r.candidate), datetime.now(UTC), env)
+        if pinned.versions[r.candidate].state is not VersionState.LIVE:
+            raise PinRefused(f"version {r.candidate} would not be live as the default", [])
+        return pinned
+
+    pinned = store.update_model(r.model, pin, actor)
+    assert pinned is not None
+    return pinned
+
+
+def why_it_ends(r: RolloutRecord, model: ModelRecord | None) -> tuple[str, str, str] | None:
+    """(state, reason code, detail) when the rollout's ground is gone; None while it holds."""
+    if model is None or model.deleted_at is not None:
+        return ENDED, "model-gone", "the model was deleted from the registry"
+    if model.default_version == r.candidate:
+        return PROMOTED, "by-hand", f"version {r.candidate} is the default now"
+    if model.default_version != r.default_version:
+        return (
+            ENDED,
+            "default-changed",
+            (f"the default moved from {r.default_version} to {model.default_version}"),
+        )
+    if contract_digest(model.contract) != r.contract_digest:
+        return ENDED, "contract-changed", "the model's contract changed"
+    candidate = model.versions.get(r.candidate)
+    if candidate is None or candidate.state is not VersionState.LIVE:
+        state = candidate.state.value if candidate is not None else "gone"
+        return ENDED, "candidate-not-live", f"version {r.candidate} is {state}"
+    return None
+
+
+def step_summary(r: RolloutRecord, window: Totals, gates: list[Gate]) -> dict[str, Any]:
+    return {
+        "step": r.step,
+        "weight": r.steps[r.step],
+        "started_at": r.step_started_at.isoformat(timespec="seconds"),
+        "ended_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "window": window.to_json(),
+        "gates": [g.to_json() for g in gates],
+    }
+
+
+class RolloutStepper:
+    def __init__(
+        self,
+        rollouts: RolloutStore,
+        store: Store,
+        env: ServingEnvironment,
+        metrics: RolloutMetrics,
+        *,
+        publish: Callable[[str, str], Awaitable[bool]],
+        effects: Effects | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        interval_s: float = 1.0,
+    ) -> None:
+        self._rollouts = rollouts
+        self._store = store
+        self._env = env
+        self._metrics = metrics
+        self._publish = publish
+        self._effects = effects
+        self.clock = clock
+        self._interval_s = interval_s
+        self._weighted: set[str] = set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.tick()
+            except Exception:
+                log.exception("a rollout tick failed; the next one tries again")
+            await asyncio.sleep(self._interval_s)
+
+    async def tick(self) -> list[str]:
+        """One look at every running rollout; what it did (``model: action``)."""
+        done = []
+        running = await asyncio.to_thread(self._rollouts.running)
+        for r in running:
+            action = await asyncio.to_thread(self._step, r)
+            if action is not None:
+                done.append(f"{r.model}: {action}")
+                await self._publish(r.model, ACTOR)
+        self._gauge(await asyncio.to_thread(self._rollouts.running))
+        return done
+
+    def _gauge(self, running: list[RolloutRecord]) -> None:
+        now = {r.model: r.weight for r in running}
+        for model in self._weighted - set(now):
+            self._metrics.weight.remove(model)
+        for model, weight in now.items():
+            self._metrics.weight.labels(model).set(weight)
+        self._weighted = set(now)
+
+    def _step(self, r: RolloutRecord) -> str | None:
+        ending = why_it_ends(r, self._store.load_model(r.model))
+        if ending is not None:
+            return self.end(r, *ending, actor=ACTOR)
+        totals = self._rollouts.totals(r)
+        window = totals - r.step_start
+        early = fails_early(window, totals, r.thresholds)
+        if early is not None:
+            return self._roll_back(r, window, [early])
+        elapsed = (self.clock() - r.step_started_at).total_seconds()
+        if elapsed < r.hold_s or window.step_requests < r.min_requests:
+            return None
+        gates = judge(window, totals, r.thresholds, shadow=r.shadow > 0)
+        if failed(gates):
+            return self._roll_back(r, window, gates)
+        summary = step_summary(r, window, gates)
+        if not r.last_step:
+            if not self._rollouts.advance(r, totals, summary, ACTOR):
+                return None
+            self._metrics.steps.inc()
+            log.info("rollout of %s v%s: step %d passed, weight %g", r.model, r.candidate,
+                     r.step, r.steps[r.step + 1])  # fmt: skip
+            self.effect(replace(r, step=r.step + 1), "step")
+            return f"step {r.step + 1}"
+        return self.promote(r, "gates", "every step passed its gates", ACTOR, summary)
+
+    def _roll_back(self, r: RolloutRecord, window: Totals, gates: list[Gate]) -> str | None:
+        reasons = failed(gates)
+        detail = "; ".join(f"{g.name}: {g.detail}" for g in reasons)
+        summary = step_summary(r, window, gates)
+        return self.end(r, ROLLED_BACK, reasons[0].name, detail, actor=ACTOR, summary=summary)
+
+    def promote(
+        self, r: RolloutRecord, code: str, detail: str, actor: str,
+        summary: dict[str, Any] | None = None,
+    ) -> str | None:  # fmt: skip
+        """Pin the candidate, then end the rollout as promoted (a tick after a crash between
+        the two finds the candidate the default, and ends it so)."""
+        try:
+            pin_candidate(self._store, r, self._env, actor)
+        except (PinRefused, NotFound) as exc:
+            return self.end(r, ENDED, "pin-refused", str(exc), actor=actor, summary=summary)
+        return self.end(r, PROMOTED, code, detail, actor=actor, summary=summary)
+
+    def end(
+        self, r: RolloutRecord, state: str, code: str, detail: str, *, actor: str,
+        summary: dict[str, Any] | None = None,
+    ) -> str | None:  # fmt: skip
+        """End ``r``; the action taken, None when it had ended already."""
+        if not self._rollouts.end(r, state, f"{code}: {detail}", actor, summary):
+            return None
+        self._metrics.ended.labels(state, code).inc()
+        level = logging.WARNING if state in (ROLLED_BACK, ENDED) else logging.INFO
+        log.log(level, "rollout of %s v%s %s (%s: %s)", r.model, r.candidate, state, code, detail)
+        self.effect(replace(r, state=state, reason=f"{code}: {detail}"), state)
+        return state
+
+    def effect(self, r: RolloutRecord, what: str) -> None:
+        if self._effects is None:
+            return
+        try:
+            self._effects(r, what)
+        except ControllerError as exc:
+            # For people reading MLflow; the state and the table are what serve.
+            log.warning("rollout of %s v%s: the registry was not told (%s)", r.model,
+                        r.candidate, exc)  # fmt: skip
+
+
+__all__ = ["ABORTED", "ACTOR", "RolloutStepper", "pin_candidate", "why_it_ends"]

@@ -1,0 +1,177 @@
+"""The stepper on a real store (SQLite and PostgreSQL) and an injected clock: steps wait for
+their hold time *and* their requests, gates that pass step and then promote (the pin moves, by
+the actor ``rollout``), a gate that fails rolls back at once, and a rollout whose ground moves
+(a pin by hand, a quarantine) ends. Counts arrive as replicas send them: totals per replica."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from controller import commands
+from controller.database import make_engine, migrate
+from controller.reconciler import Reconciler
+from controller.rollout_gates import Thresholds
+from controller.rollout_metrics import RolloutMetrics
+from controller.rollout_rows import ENDED, PROMOTED, ROLLED_BACK
+from controller.rollout_stepper import RolloutStepper
+from controller.rollout_store import RolloutSpec, RolloutStore
+from controller.store import Store
+from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
+from wire.rollout_report import LATENCY_BUCKETS_MS, RolloutReport, VersionCounts
+
+HOLD = 600.0
+
+
+class Clock:
+    """The real time moved on by hand (steps start at the store's own time)."""
+
+    def __init__(self) -> None:
+        self.ahead = timedelta()
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.ahead
+
+    def pass_(self, seconds: float) -> None:
+        self.ahead += timedelta(seconds=seconds)
+
+
+class Harness:
+    def __init__(self, database_url: str) -> None:
+        engine = make_engine(database_url)
+        migrate(engine)
+        self.store = Store(engine)
+        registry = Registry({"1": sig("p"), "2": sig("p")})
+        Reconciler(self.store, registry, ENV, write_back=False).reconcile("m", "resync")
+        self.rollouts = RolloutStore(engine)
+        self.clock = Clock()
+        self.metrics = RolloutMetrics.create(CollectorRegistry())
+        self.published: list[str] = []
+        self.effects: list[str] = []
+
+        async def publish(name: str, why: str) -> bool:
+            self.published.append(f"{name}:{why}")
+            return True
+
+        self.stepper = RolloutStepper(
+            self.rollouts, self.store, ENV, self.metrics, publish=publish, clock=self.clock,
+            effects=lambda r, what: self.effects.append(what),
+        )  # fmt: skip
+        # Each replica's totals so far: (candidate requests, errors, default requests).
+        self.sent: dict[str, tuple[int, int, int]] = {}
+
+    def start(self, steps: list[float], **thresholds: float) -> str:
+        spec = RolloutSpec("2", steps, HOLD, 100, 0.0, Thresholds(**thresholds))
+        return self.rollouts.start("m", spec, "admin").id
+
+    def serve(self, replica: str, candidate: int, errors: int = 0, default: int = 0) -> None:
+        """``replica`` answers more requests: its totals grow, and it reports them."""
+        c, e, d = self.sent.get(replica, (0, 0, 0))
+        self.sent[replica] = (c + candidate, e + errors, d + default)
+        c, e, d = self.sent[replica]
+        r = self.rollouts.latest("m")
+        assert r is not None
+
+        def counts(n: int, errs: int) -> VersionCounts:
+            latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+            latency[3] = n
+            return VersionCounts(requests=n, errors=errs, latency_ms=latency)
+
+        versions = {"2": counts(c, e), "1": counts(d, 0)}
+        report = RolloutReport(model="m", rollout_id=r.id, versions=versions)
+        self.rollouts.record_counts(replica, [report])
+
+    def tick(self) -> list[str]:
+        return asyncio.run(self.stepper.tick())
+
+    def default(self) -> str | None:
+        m = self.store.load_model("m")
+        assert m is not None
+        return m.default_version
+
+
+@pytest.fixture()
+def h(database_url: str) -> Harness:
+    return Harness(database_url)
+
+
+def test_a_step_waits_for_its_hold_time_and_its_requests(h: Harness) -> None:
+    h.start([0.1, 1.0])
+    h.serve("a", 150, default=1350)
+    assert h.tick() == []  # requests enough, time not
+    h.clock.pass_(HOLD)
+    assert h.tick() == ["m: step 1"]
+    r = h.rollouts.latest("m")
+    assert r is not None and (r.step, r.weight) == (1, 1.0)
+    assert [g["outcome"] for g in r.history[0]["gates"]] == ["passed", "passed"]
+    h.clock.pass_(HOLD)
+    h.serve("a", 99)  # the new step's window starts at the totals it began with
+    assert h.tick() == []
+    assert h.default() == "1" and h.published == ["m:rollout"]
+
+
+def test_a_candidate_like_the_default_is_promoted_through_every_step(h: Harness) -> None:
+    h.start([0.05, 0.5, 1.0])
+    for expected in ("step 1", "step 2", "promoted"):
+        h.serve("a", 60, default=500)
+        h.serve("b", 60, default=500)  # two replicas, summed
+        h.clock.pass_(HOLD)
+        assert h.tick() == [f"m: {expected}"]
+    assert h.default() == "2"
+    r = h.rollouts.latest("m")
+    assert r is not None and r.state == PROMOTED and len(r.history) == 3
+    pins = [e for e in h.store.events("m", limit=50) if e.kind == "pin"]
+    assert pins[0].actor == "rollout" and pins[0].after is not None
+    assert pins[0].after["default_version"] == "2"
+    assert h.effects == ["step", "step", PROMOTED]
+    assert h.tick() == []  # nothing runs; safe to repeat
+
+
+def test_a_failing_candidate_rolls_back_early_and_the_default_never_changes(h: Harness) -> None:
+    h.start([0.05, 1.0])
+    h.serve("a", 30, errors=9, default=600)
+    assert h.tick() == []  # 30% of 30: too few to say before the step's end
+    h.serve("a", 20, errors=6, default=400)
+    assert h.tick() == ["m: rolled-back"]  # 30% of 50, no waiting for the hold time
+    r = h.rollouts.latest("m")
+    assert r is not None and r.state == ROLLED_BACK and r.weight == 0
+    assert r.reason is not None and r.reason.startswith("errors:")
+    assert h.default() == "1"
+    m = h.store.load_model("m")
+    assert m is not None and m.versions["2"].state.value == "live"  # live by header still
+    assert h.metrics.ended.labels(ROLLED_BACK, "errors")._value.get() == 1
+
+
+def test_a_gate_failing_at_the_steps_end_rolls_back(h: Harness) -> None:
+    h.start([0.5, 1.0])
+    h.serve("a", 200, errors=5, default=200)  # 2.5% against 0% + 1 point: not early (+5)
+    h.clock.pass_(HOLD)
+    assert h.tick() == ["m: rolled-back"]
+    assert h.default() == "1"
+
+
+def test_a_pin_by_hand_or_a_quarantine_ends_the_rollout(h: Harness) -> None:
+    h.start([0.5, 1.0])
+    commands.quarantine(h.store, "m", "2", "bad answers", ENV)
+    assert h.tick() == ["m: ended"]
+    r = h.rollouts.latest("m")
+    assert r is not None and r.state == ENDED and r.reason is not None
+    assert r.reason.startswith("candidate-not-live")
+    commands.remove_override(h.store, "m", "2", ENV)
+    h.start([0.5, 1.0])
+    Reconciler(h.store, Registry({"1": sig("p"), "2": sig("p"), "3": sig("p")}), ENV,
+               write_back=False).reconcile("m", "resync")  # fmt: skip
+    commands.pin_default(h.store, "m", "3", ENV)
+    assert h.tick() == ["m: ended"]
+    r = h.rollouts.latest("m")
+    assert r is not None and r.reason is not None and r.reason.startswith("default-changed")
+
+
+def test_a_silent_replica_set_never_promotes(h: Harness) -> None:
+    h.start([1.0])
+    h.clock.pass_(HOLD * 100)
+    assert h.tick() == []
+    assert h.default() == "1"
