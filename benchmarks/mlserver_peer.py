@@ -31,13 +31,17 @@ from sigserve.stack import free_port
 HOST = "127.0.0.1"
 VERSION = "1.7.1"
 # MLServer and its runtime; MLflow and pandas as sigserve's lock has them, so both servers load
-# the same artifact with the same libraries; sentence-transformers and the CPU torch wheel for
-# MiniLM (the plain PyPI torch brings CUDA's gigabytes).
-REQUIREMENTS = (
+# the same artifact with the same libraries.
+CORE = (
     f"mlserver=={VERSION}",
     f"mlserver-mlflow=={VERSION}",
     "mlflow==3.17.2",
     "pandas==3.1.1",
+)
+# What MiniLM needs besides: sentence-transformers and the CPU torch wheel (the plain PyPI torch
+# brings CUDA's gigabytes). A benchmark of numeric models does without (``CORE`` alone).
+REQUIREMENTS = (
+    *CORE,
     "sentence-transformers==6.2.0",
     "transformers==5.24.0",
     "torch==2.13.0+cpu",
@@ -45,9 +49,9 @@ REQUIREMENTS = (
 CACHE = Path.home() / ".cache" / "sigserve-bench-envs"
 
 
-def ensure_env() -> Path:
+def ensure_env(requirements: tuple[str, ...] = REQUIREMENTS) -> Path:
     """The venv's directory, built (once per set of requirements) if it is not there yet."""
-    env = CACHE / f"mlserver-{VERSION}-{_digest(REQUIREMENTS)}"
+    env = CACHE / f"mlserver-{VERSION}-{_digest(requirements)}"
     done = env / ".complete"
     if done.is_file():
         return env
@@ -55,8 +59,8 @@ def ensure_env() -> Path:
     print(f"building MLServer's venv in {env} (once)", flush=True)
     subprocess.run([sys.executable, "-m", "venv", "--clear", str(env)], check=True)
     pip = [str(env / "bin" / "python"), "-m", "pip", "install", "--quiet"]
-    subprocess.run([*pip, *REQUIREMENTS], check=True)
-    done.write_text("\n".join(REQUIREMENTS) + "\n")
+    subprocess.run([*pip, *requirements], check=True)
+    done.write_text("\n".join(requirements) + "\n")
     return env
 
 
@@ -82,9 +86,17 @@ class Peer:
 
 
 @contextmanager
-def running_mlserver(name: str, uri: str, home: Path, tracking_uri: str) -> Iterator[Peer]:
-    """MLServer serving the MLflow model ``uri`` as ``name``, until the block ends."""
-    env_dir = ensure_env()
+def running_mlserver(
+    name: str,
+    uri: str,
+    home: Path,
+    tracking_uri: str,
+    *,
+    requirements: tuple[str, ...] = REQUIREMENTS,
+) -> Iterator[Peer]:
+    """MLServer serving the MLflow model ``uri`` as ``name``, until the block ends, from the
+    venv of ``requirements`` (``CORE`` is enough for a model without torch)."""
+    env_dir = ensure_env(requirements)
     root = home / f"mlserver-{name}"
     (root / name).mkdir(parents=True, exist_ok=True)
     local = _download(env_dir, uri, root / "artifacts" / name, tracking_uri)
@@ -144,4 +156,4 @@ def _download(env_dir: Path, uri: str, dest: Path, tracking_uri: str) -> Path:
 
 
 if __name__ == "__main__":
-    print(ensure_env())
+    print(ensure_env(CORE if sys.argv[1:] == ["--core"] else REQUIREMENTS))
