@@ -13,6 +13,10 @@ per version"):
 - one tensor whose shape is ``(-1, ...)`` sent as a list of rows: concatenated along axis 0,
   grouped by the shape of the first row; each request's array is still made alone first and
   merged only when dtypes and trailing shapes agree (else each goes alone, ``Unmergeable``).
+- a tensor of MLflow's scoring protocol (``serving.tensor_inputs.MlflowTensor``): the array
+  MLflow's parser makes, concatenated along axis 0 with others of its name, dtype and trailing
+  shape, when the signature's first dimension is variable and the array is of the signature's
+  rank and fixed dimensions (else alone: MLflow's enforcement refuses it, for it alone).
 - records of MLflow's scoring protocol (``serving.mlflow_frames.MlflowRecords``): their frame is
   MLflow's, not /serve's, and every dtype in it follows from the column's type alone, so they
   share a call with each other (never with /serve's records) when they send the same columns.
@@ -34,10 +38,11 @@ import numpy as np
 from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, DataType, TensorSpec
 
-from serving import mlflow_frames
+from serving import mlflow_frames, tensor_inputs
 from serving.batching import Unmergeable, Work
 from serving.frames import to_model_input
 from serving.mlflow_frames import MlflowRecords
+from serving.tensor_inputs import MlflowTensor
 
 _MISSING = object()
 # A column's state in a request: in no record, in every record and never null, or else.
@@ -48,6 +53,11 @@ def work_for(records: list[Any], signature: ModelSignature | None, max_rows: int
     """``records`` (one validated request) as its share of a call, with the group it may share
     one with."""
     schema = signature.inputs if signature is not None else None
+    if isinstance(records, MlflowTensor):
+        spec = tensor_inputs.single_spec(signature)
+        return Work(
+            records, tensor_inputs.rows(records), tensor_inputs.group(records, spec, max_rows)
+        )
     if isinstance(records, MlflowRecords):
         fits = 0 < len(records) <= max_rows
         return Work(records, len(records), ("mlflow", tuple(records[0])) if fits else None)
@@ -68,6 +78,8 @@ def work_for(records: list[Any], signature: ModelSignature | None, max_rows: int
 def model_input(parts: list[Any], signature: ModelSignature | None) -> Any:
     """The one input for the ``parts`` of a call (``Work.part`` of each request sharing it)."""
     schema = signature.inputs if signature is not None else None
+    if isinstance(parts[0], MlflowTensor):
+        return tensor_inputs.merged(parts)
     if isinstance(parts[0], MlflowRecords):
         columns = mlflow_frames.plain_columns(signature)
         if columns is None:  # not a signature these records were read under

@@ -7,7 +7,8 @@ What a client of ``mlflow models serve`` sends to ``/invocations`` works unchang
   ``instances``, ``inputs``, with optional ``params``; other top-level keys are ignored, as MLflow
   ignores them. Parsed with MLflow's own parser against the version's signature, except the
   records and split tables ``serving.mlflow_frames`` makes into the very frame that parser
-  would (a fraction of its CPU); those also come as ``records`` for a path that batches them.
+  would (a fraction of its CPU), and the numeric tensors ``serving.tensor_inputs`` makes into
+  the very array it would; those also come as ``records`` for a path that batches them.
   Answered ``{"predictions": ...}``.
 - The unwrapped LLM input: a JSON object with ``messages``, ``prompt`` or ``input`` goes to the
   model as sent, less the keys the signature names as params (those become params), and its
@@ -43,11 +44,12 @@ from mlflow.pyfunc.scoring_server import (
 from mlflow.types.schema import DataType
 from mlflow.version import VERSION
 
-from serving import mlflow_frames
+from serving import mlflow_frames, tensor_inputs
 from serving.bodies import bad_body, check_count, check_rows, parse_json
 from serving.exceptions import InvalidInput, UnsupportedMediaType
 from serving.frames import jsonable
 from serving.mlflow_frames import MlflowRecords
+from serving.tensor_inputs import MlflowTensor
 
 JSON = "application/json"
 CSV = "text/csv"
@@ -67,9 +69,10 @@ class ScoringInput:
     parsed: Any
     params: dict[str, Any] | None
     unwrapped: bool
-    # The body's records when the model's input is their ``mlflow_frames.frame``: what a path
-    # that batches them takes (the frame is then made once per call, not per request).
-    records: MlflowRecords | None = None
+    # The body's records when the model's input is their ``mlflow_frames.frame``, or its tensor
+    # as MLflow's parser makes it (``tensor_inputs``): what a path that batches them takes (the
+    # frame is then made once per call, not per request; tensors are concatenated).
+    records: MlflowRecords | MlflowTensor | None = None
     columns: Mapping[str, DataType] | None = None
 
     @property
@@ -169,6 +172,11 @@ def _parse_json(
         rows = mlflow_frames.records(field, data[field], columns)
         if rows is not None:
             return ScoringInput(None, params, unwrapped=False, records=rows, columns=columns)
+    spec = tensor_inputs.single_spec(signature)
+    if spec is not None:
+        tensor = tensor_inputs.read(field, data[field], spec)
+        if tensor is not None:
+            return ScoringInput(tensor.model_input(), params, unwrapped=False, records=tensor)
     schema: Any = signature.inputs if signature is not None else None
     try:
         parsed = infer_and_parse_data(data, schema)

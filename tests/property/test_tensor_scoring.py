@@ -1,0 +1,189 @@
+"""The scoring protocol's own tensor is MLflow's: whenever ``serving.tensor_inputs`` reads an
+``inputs`` or ``instances`` body instead of MLflow's parser, it is the very array (dtype, shape,
+values, and the name it is keyed by) that ``infer_and_parse_data`` makes, and ``predict`` then
+hands the model the same thing after MLflow's schema enforcement (or refuses both alike).
+
+Signatures of one tensor (numeric or boolean dtype, named or not, ranks 1-3, dimensions variable
+or fixed) and bodies that fit them and bodies that do not: other ranks and widths, ragged lists,
+numbers as strings, bools, nulls, huge ints, objects, empty lists, scalars, the column form
+``{name: list}`` under the right name and a wrong one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import numpy as np
+from hypothesis import event, given
+from hypothesis import strategies as st
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.pyfunc import _validate_prediction_input
+from mlflow.pyfunc.scoring_server import infer_and_parse_data
+from mlflow.types.schema import Schema, TensorSpec
+
+from serving import tensor_inputs
+
+DTYPES = ["float32", "float64", "int32", "int64", "uint8", "int8", "bool", "float16"]
+
+odd_value = st.one_of(
+    st.sampled_from(["1", "1.5", "x", "", "nan", True, False, None]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.just({"a": 1}),
+    st.just([]),
+)
+any_number = st.one_of(
+    st.integers(-300, 300),
+    st.floats(-1e6, 1e6, allow_nan=False),
+    st.floats(width=32, allow_nan=False, allow_infinity=False),
+    st.booleans(),
+)
+
+
+def fitting(dtype: np.dtype[Any]) -> st.SearchStrategy[Any]:
+    """JSON values numpy makes an element of ``dtype`` of (mostly exactly)."""
+    if dtype.kind == "b":
+        return st.booleans()
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return st.integers(int(info.min), int(info.max))
+    return st.one_of(st.floats(width=min(64, 8 * dtype.itemsize)), st.integers(-1000, 1000))
+
+
+@st.composite
+def signatures(draw: st.DrawFn) -> ModelSignature:
+    rank = draw(st.integers(1, 3))
+    shape = tuple(draw(st.sampled_from([-1, 1, 2, 3])) for _ in range(rank))
+    if draw(st.booleans()):
+        shape = (-1, *shape[1:])
+    name = draw(st.sampled_from([None, "x"]))
+    spec = TensorSpec(np.dtype(draw(st.sampled_from(DTYPES))), shape, name)
+    return ModelSignature(Schema([spec]))
+
+
+@st.composite
+def tensors(draw: st.DrawFn, shape: tuple[int, ...], leaf: st.SearchStrategy[Any]) -> Any:
+    """Nested lists of the given shape (-1: 1-3), sometimes ragged or with an odd value."""
+    if not shape:
+        odd = draw(st.integers(0, 29))
+        return draw(odd_value if odd == 0 else any_number if odd == 1 else leaf)
+    width = shape[0] if shape[0] != -1 else draw(st.integers(1, 3))
+    if draw(st.integers(0, 19)) == 0:
+        width = max(0, width + draw(st.sampled_from([-1, 1])))
+    items = [draw(tensors(shape[1:], leaf)) for _ in range(width)]
+    if items and draw(st.integers(0, 24)) == 0:
+        items[0] = draw(odd_value)  # ragged, or an object where a row goes
+    return items
+
+
+@st.composite
+def bodies(draw: st.DrawFn, signature: ModelSignature) -> tuple[str, Any]:
+    spec = signature.inputs.inputs[0]
+    shape = tuple(spec.shape)
+    if draw(st.integers(0, 9)) == 0:  # another rank
+        shape = shape[:-1] if len(shape) > 1 and draw(st.booleans()) else (*shape, 2)
+    value: Any = draw(tensors(shape, fitting(spec.type)))
+    if draw(st.integers(0, 29)) == 0:
+        value = draw(st.one_of(any_number, st.just([]), st.just([{"x": [1.0]}])))
+    form = draw(st.integers(0, 9))
+    if form == 0:
+        value = {"x": value}
+    elif form == 1:
+        value = {draw(st.sampled_from(["y", "x"])): value, "z": [1]}
+    return draw(st.sampled_from(["inputs", "instances"])), value
+
+
+def mlflows(field: str, value: Any, signature: ModelSignature) -> Any:
+    """What MLflow's server parses, or None where it refuses the body."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return infer_and_parse_data({field: value}, signature.inputs)
+    except (MlflowException, ValueError, TypeError, OverflowError):
+        return None
+
+
+def enforced(data: Any, signature: ModelSignature) -> Any:
+    """What ``predict`` hands the model for ``data``, or the kind of error MLflow raises."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return _validate_prediction_input(data, None, signature.inputs, None)[0]
+    except Exception as exc:
+        return type(exc).__name__
+
+
+def assert_same(ours: Any, theirs: Any) -> None:
+    assert type(ours) is type(theirs)
+    if isinstance(theirs, dict):
+        assert list(ours) == list(theirs)
+        for key in theirs:
+            assert_same(ours[key], theirs[key])
+    elif isinstance(theirs, np.ndarray):
+        assert ours.dtype == theirs.dtype
+        assert ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs, strict=True)
+    else:
+        assert ours == theirs
+
+
+@given(st.data())
+def test_the_tensor_read_without_mlflows_parser_is_mlflows(data: st.DataObject) -> None:
+    signature = data.draw(signatures())
+    field, value = data.draw(bodies(signature))
+    spec = tensor_inputs.single_spec(signature)
+    assert spec is not None
+    tensor = tensor_inputs.read(field, value, spec)
+    event("read without MLflow's parser" if tensor is not None else "left to MLflow's parser")
+    if tensor is None:
+        return
+    theirs = mlflows(field, value, signature)
+    assert theirs is not None, "MLflow refuses a body read as valid"
+    ours = tensor.model_input()
+    assert_same(ours, theirs)
+    seen, expected = enforced(ours, signature), enforced(theirs, signature)
+    event(f"enforcement: {expected if isinstance(expected, str) else 'accepted'}")
+    if isinstance(expected, str):
+        assert seen == expected
+    else:
+        assert_same(seen, expected)
+        # What is batched (a group) is only ever what the enforcement takes as it is.
+        if tensor_inputs.group(tensor, spec, 64) is not None:
+            assert tensor_inputs.conforms(tensor.array, spec)
+
+
+def test_the_common_bodies_are_read_without_mlflows_parser() -> None:
+    unnamed = TensorSpec(np.dtype(np.float32), (-1, 3))
+    named = TensorSpec(np.dtype(np.float32), (-1, 3), "x")
+    rows = [[1.0, 2.0, 3.0], [4, 5, 6.5]]
+    for field in ("inputs", "instances"):
+        tensor = tensor_inputs.read(field, rows, unnamed)
+        assert tensor is not None and tensor.name is None
+        assert tensor.array.dtype == np.float32 and tensor.array.shape == (2, 3)
+        for value in (rows, {"x": rows}):
+            tensor = tensor_inputs.read(field, value, named)
+            assert tensor is not None and tensor.name == "x"
+
+
+def test_what_mlflows_parser_reads_otherwise_is_left_to_it() -> None:
+    """An empty list is no records to MLflow (a list, not an array); strings, several tensors
+    and values numpy refuses are its parser's to read or refuse."""
+    spec = TensorSpec(np.dtype(np.float32), (-1, 3))
+    assert mlflows("inputs", [], ModelSignature(Schema([spec]))) == []
+    assert tensor_inputs.read("inputs", [], spec) is None
+    assert tensor_inputs.read("inputs", [[1.0], [1.0, 2.0]], spec) is None
+    assert tensor_inputs.read("inputs", {"x": [[1.0, 2.0, 3.0]]}, spec) is None
+    assert tensor_inputs.read("dataframe_records", [[1.0, 2.0, 3.0]], spec) is None
+    strings = ModelSignature(Schema([TensorSpec(np.dtype(str), (-1,))]))
+    several = ModelSignature(
+        Schema(
+            [
+                TensorSpec(np.dtype(np.float32), (-1,), "a"),
+                TensorSpec(np.dtype(np.int64), (-1,), "b"),
+            ]
+        )
+    )
+    assert tensor_inputs.single_spec(strings) is None
+    assert tensor_inputs.single_spec(several) is None

@@ -1,0 +1,155 @@
+"""Tensor bodies on ``/invocations`` answer what MLflow's own scoring server answers, and share
+predict calls.
+
+Both servers run here in one process on the same loaded model: MLflow's scoring server is the
+FastAPI app ``mlflow.pyfunc.scoring_server.init`` makes of it (what ``mlflow models serve``
+runs), sigserve's the real API and model host. Each body goes to both: the status class and
+every 2xx answer (parsed JSON) must be the same. Concurrent requests to sigserve share predict
+calls, each answered what MLflow answers it alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import mlflow
+import numpy as np
+import pytest
+from mlflow.models import ModelSignature
+from mlflow.pyfunc.scoring_server import init
+from mlflow.types.schema import Schema, TensorSpec
+
+from serving.api import create_app
+from serving.loader import LoadedModel
+from serving.model_host import ModelHost
+from serving.resolve import Target
+from serving.table_source import TableSource
+from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
+
+MODEL_CODE = """
+import mlflow
+import numpy as np
+
+
+class RowStats(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        array = model_input["x"] if isinstance(model_input, dict) else model_input
+        flat = np.asarray(array).reshape(len(array), -1)
+        return np.stack([flat.sum(axis=1), flat.max(axis=1)], axis=1)
+
+
+mlflow.models.set_model(RowStats())
+"""
+
+UNNAMED = TensorSpec(np.dtype(np.float32), (-1, 3))
+NAMED = TensorSpec(np.dtype(np.int64), (-1, 2), "x")
+BODIES: dict[str, list[Any]] = {
+    "unnamed": [
+        {"inputs": [[1.0, 2.0, 3.0]]},
+        {"instances": [[1.5, -2, 3e10], [0.1, 0.2, 0.3]]},
+        {"inputs": [[1, 2, 3], [4, 5, 6]], "params": None},
+        {"inputs": [["1.5", "2", "3"]]},  # numbers as strings: numpy reads them
+        {"inputs": [[True, False, None]]},  # bools and a null: numpy reads them too
+        {"inputs": [[1.0, 2.0]]},  # another width: refused by the enforcement
+        {"inputs": [[1.0, 2.0, 3.0], [1.0]]},  # ragged: refused by the parser
+        {"inputs": [[1.0, "x", 3.0]]},
+        {"inputs": []},
+        {"inputs": {"x": [[1.0, 2.0, 3.0]]}},
+        {"inputs": 5},
+    ],
+    "named": [
+        {"inputs": [[1, 2], [3, 4]]},
+        {"inputs": {"x": [[1, 2]]}},
+        {"instances": [[5, 6]]},
+        {"inputs": {"x": [[1, 2]], "y": [1]}},
+        {"inputs": [[1.5, 2]]},  # a float in an int64 tensor: numpy truncates, as in MLflow
+        {"inputs": [[2**63, 2]]},
+    ],
+}
+
+
+def _apps(tmp_path: Path, spec: TensorSpec) -> tuple[Any, Any, ModelHost]:
+    code = tmp_path / "row_stats.py"
+    code.write_text(MODEL_CODE)
+    signature = ModelSignature(Schema([spec]), Schema([TensorSpec(spec.type, (-1, 2))]))
+    path = tmp_path / "model"
+    mlflow.pyfunc.save_model(path, python_model=str(code), signature=signature)
+    model = mlflow.pyfunc.load_model(str(path))
+    wire = signature.to_dict()
+    entry = VersionEntry(
+        version="1", state=VersionState.LIVE, signature=wire, source="models:/m-1",
+        mlmodel_digest="1" * 64,
+    )  # fmt: skip
+    table = RoutingTable(
+        revision=1,
+        models={
+            "m": ModelEntry(name="m", default_version="1", contract=wire, versions={"1": entry})
+        },
+    )
+
+    async def get_model(target: Target) -> LoadedModel:
+        return LoadedModel(model, path)
+
+    def controller(request: httpx.Request) -> httpx.Response:
+        if int(request.url.params["after"]) < table.revision:
+            return httpx.Response(200, content=table.model_dump_json())
+        return httpx.Response(204)
+
+    source = TableSource("http://controller", transport=httpx.MockTransport(controller))
+    host = ModelHost(get_model)
+    return create_app(source, host, startup_wait_s=5), init(model), host
+
+
+def _nulls(answer: Any) -> Any:
+    """MLflow's answer with NaN as null: MLflow writes a bare ``NaN`` (not JSON), sigserve null
+    (a listed difference, docs/architecture.md)."""
+    if isinstance(answer, float) and answer != answer:
+        return None
+    if isinstance(answer, list):
+        return [_nulls(v) for v in answer]
+    if isinstance(answer, dict):
+        return {k: _nulls(v) for k, v in answer.items()}
+    return answer
+
+
+async def _send(app: Any, path: str, bodies: list[Any]) -> list[tuple[int, Any]]:
+    """Every body at once; (status, parsed answer) of each."""
+    transport = httpx.ASGITransport(app=app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+    ):
+        headers = {"content-type": "application/json"}
+        answers = await asyncio.gather(
+            *(client.post(path, content=json.dumps(b), headers=headers) for b in bodies)
+        )
+    return [(a.status_code, a.json()) for a in answers]
+
+
+@pytest.mark.parametrize("kind", ["unnamed", "named"])
+def test_tensor_bodies_are_answered_as_mlflows_scoring_server_answers_them(
+    tmp_path: Path, kind: str
+) -> None:
+    sigserve, mlflows, _ = _apps(tmp_path, UNNAMED if kind == "unnamed" else NAMED)
+    for body in BODIES[kind]:
+        ((ours, our_answer),) = asyncio.run(_send(sigserve, "/models/m/invocations", [body]))
+        ((theirs, their_answer),) = asyncio.run(_send(mlflows, "/invocations", [body]))
+        assert ours // 100 == theirs // 100, (body, our_answer, their_answer)
+        if theirs == 200:
+            assert our_answer == _nulls(their_answer), body
+
+
+def test_concurrent_tensor_invocations_share_predict_calls(tmp_path: Path) -> None:
+    sigserve, mlflows, host = _apps(tmp_path, UNNAMED)
+    bodies = [{"inputs": [[float(i), 1.0, -1.0]] * (1 + i % 3)} for i in range(12)]
+    bodies.append({"inputs": [[1.0, 2.0]]})  # refused alone, not with the others
+    ours = asyncio.run(_send(sigserve, "/models/m/invocations", bodies))
+    theirs = [asyncio.run(_send(mlflows, "/invocations", [body]))[0] for body in bodies]
+    assert [status // 100 for status, _ in ours] == [status // 100 for status, _ in theirs]
+    assert [a for s, a in ours if s == 200] == [_nulls(a) for s, a in theirs if s == 200]
+    (stats,) = host.batch_stats().values()
+    assert stats.calls < 12
