@@ -6,6 +6,7 @@
   (``sigserve.cluster``).
 - ``sigserve status|pin|adopt|quarantine|release|events|policy``: the controller's admin API
   (``sigserve.admin_cli``).
+- ``sigserve rollout``: a version rolled out step by step (``sigserve.rollout_cli``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sigserve import admin_cli
+from sigserve import admin_cli, rollout_cli
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,9 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("controller", help="run the controller (settings from SIGSERVE_*)")
     _add_serve(sub)
     admin_cli.register(sub)
+    rollout_cli.register(sub)
     args = parser.parse_args(argv)
     if args.command in admin_cli.COMMANDS:
         return admin_cli.run(args)
+    if args.command == "rollout":
+        return rollout_cli.run(args)
     if args.command == "up":
         from sigserve.local_stack import run_local_stack
 
