@@ -145,7 +145,7 @@ async def start_rollout(
     except RolloutRefused as exc:
         return _refused(request, exc)
     svc.rollout_metrics.started.inc()
-    svc.rollout_stepper.effect(r, "started")
+    await asyncio.to_thread(svc.rollout_stepper.effect, r, "started")
     return await _answer(svc, name, True)
 
 

@@ -30,7 +30,7 @@ from typing import Any
 from controller.compatibility import Policy, check
 from controller.decisions import decide_all
 from controller.environment import ServingEnvironment
-from controller.exceptions import ControllerError, NotFound, PinRefused
+from controller.exceptions import NotFound, PinRefused
 from controller.records import ModelRecord
 from controller.rollout_gates import Gate, Totals, failed, fails_early, judge
 from controller.rollout_metrics import RolloutMetrics
@@ -217,8 +217,9 @@ class RolloutStepper:
             return
         try:
             self._effects(r, what)
-        except ControllerError as exc:
-            # For people reading MLflow; the state and the table are what serve.
+        except Exception as exc:
+            # For people reading MLflow; the state and the table are what serve, and the
+            # change is stored already: it must still be published.
             log.warning("rollout of %s v%s: the registry was not told (%s)", r.model,
                         r.candidate, exc)  # fmt: skip
 

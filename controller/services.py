@@ -17,6 +17,7 @@ from controller.own_writes import OwnWrites
 from controller.probe import RegistryProbe
 from controller.registry import Registry
 from controller.rollout_metrics import RolloutMetrics
+from controller.rollout_registry import registry_effects
 from controller.rollout_stepper import RolloutStepper
 from controller.rollout_store import RolloutStore
 from controller.settings import ControllerSettings
@@ -75,6 +76,7 @@ class Services:
             self.serving_environment,
             self.rollout_metrics,
             publish=self.publish_change,
+            effects=registry_effects(self.registry, self.own_writes),
             interval_s=self.settings.rollout_interval_s,
         )
         self.registry_probe = RegistryProbe(lambda: self.registry.ping())
