@@ -16,6 +16,7 @@ from controller.app import create_app
 from controller.database import make_engine, migrate
 from controller.reconciler import Reconciler
 from controller.report_limits import ReportLimits
+from controller.rollout_reports import MAX_BODY
 from controller.services import Services
 from controller.store import Store
 from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
@@ -159,3 +160,13 @@ def test_the_stepper_runs_in_the_leader_and_publishes(client: TestClient) -> Non
     assert done == ["m: step 1"]
     status = client.get("/admin/models/m/rollout", headers=ADMIN).json()
     assert (status["step"], status["weight"]) == (1, 1.0)
+
+
+def test_a_report_past_its_bound_is_refused_before_it_is_read(client: TestClient) -> None:
+    body = b" " * (MAX_BODY + 1)
+    r = client.post("/serving/rollout-reports", content=body,
+                    headers={**SERVING, "content-type": "application/json"})  # fmt: skip
+    assert r.status_code == 413
+    # The load-failure route keeps its own, smaller bound.
+    assert client.post("/serving/load-failures", content=b" " * (64 * 1024),
+                       headers=SERVING).status_code == 413  # fmt: skip
