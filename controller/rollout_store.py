@@ -58,6 +58,12 @@ def contract_digest(contract: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()
 
 
+def _gates(step: dict[str, Any]) -> list[str]:
+    """A step's gates as the audit log keeps them: one line each (the window stays in the
+    rollout's history)."""
+    return [f"{g['gate']} {g['outcome']}: {g['detail']}" for g in step.get("gates", [])]
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -218,7 +224,7 @@ class RolloutStore:
                     "state": RUNNING,
                     "step": r.step + 1,
                     "weight": r.steps[r.step + 1],
-                    "passed": ended_step,
+                    "gates": _gates(ended_step),
                 },
             )
             return True
@@ -252,7 +258,7 @@ class RolloutStore:
                     "state": state,
                     "reason": reason,
                     "step": r.step,
-                    **({"failed": ended_step} if ended_step else {}),
+                    **({"gates": _gates(ended_step)} if ended_step else {}),
                 },
             )
             return True

@@ -127,6 +127,9 @@ def test_a_candidate_like_the_default_is_promoted_through_every_step(h: Harness)
     assert pins[0].actor == "rollout" and pins[0].after is not None
     assert pins[0].after["default_version"] == "2"
     assert h.effects == ["step", "step", PROMOTED]
+    log = [e.after for e in h.store.events("m", limit=50) if e.kind == "rollout"]
+    assert [a["state"] for a in log if a] == [PROMOTED, "running", "running", "running"]
+    assert log[0] is not None and log[0]["gates"][0].startswith("errors passed: candidate 0.00%")
     assert h.tick() == []  # nothing runs; safe to repeat
 
 
