@@ -10,7 +10,7 @@ docs/architecture.md, "Rollouts".
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
@@ -19,7 +19,7 @@ from starlette.background import BackgroundTask
 from serving.rollout_counts import RolloutCounts, RolloutReporter
 from serving.rollout_routing import Routed, choose
 from serving.rollout_shadow import RunCandidate, Shadows, body_of, keep_body
-from wire.routing_table import RoutingTable
+from wire.routing_table import ModelEntry, RoutingTable
 
 # The version that produced an answer, on every answer of a request that ran a model.
 VERSION_HEADER = "sigserve-model-version"
@@ -31,10 +31,14 @@ class RolloutPath:
         counts: RolloutCounts | None = None,
         shadows: Shadows | None = None,
         reporter: RolloutReporter | None = None,
+        ready: Callable[[ModelEntry], bool] | None = None,
     ) -> None:
+        """``ready``: whether this replica holds a model's candidate loaded (in a replica,
+        ``serving.rollout_warm``); None: always, as in tests that load on demand."""
         self.counts = counts if counts is not None else RolloutCounts()
         self.shadows = shadows if shadows is not None else Shadows(self.counts)
         self._reporter = reporter
+        self._ready = ready
 
     async def start(self) -> None:
         if self._reporter is not None:
@@ -48,13 +52,13 @@ class RolloutPath:
     def route(
         self, table: RoutingTable | None, name: str, headers: Mapping[str, str]
     ) -> Routed | None:
-        return choose(table, name, headers)
+        return choose(table, name, headers, ready=self._ready)
 
     async def keep_for_shadow(
         self, routed: Routed | None, request: Request, max_bytes: int | None
     ) -> bool:
         """Whether this request will be shadowed; if so its body is read now and kept."""
-        if routed is None or routed.candidate or not self.shadows.wants(routed.rollout):
+        if routed is None or not routed.shadowable or not self.shadows.wants(routed.rollout):
             return False
         await keep_body(request, max_bytes)
         return True

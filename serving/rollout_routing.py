@@ -39,6 +39,8 @@ class Routed:
     rollout: Rollout
     # True when the candidate answers, False when the default does.
     candidate: bool
+    # Whether the candidate could take a shadow of this request (servable, and ready here).
+    shadowable: bool = False
 
 
 def key_point(rollout_id: str, key: str) -> float:
@@ -64,21 +66,28 @@ def choose(
     name: str,
     headers: Mapping[str, str],
     draw: Callable[[], float] = random.random,
+    ready: Callable[[ModelEntry], bool] | None = None,
 ) -> Routed | None:
     """The version a rollout gives a request naming no version, or None when the model has no
     rollout (or no default, or its table no such model): the caller then resolves the default
-    as it always did, so unknown models still answer their 404 there."""
+    as it always did, so unknown models still answer their 404 there. ``ready``: whether this
+    replica holds the candidate loaded (``serving.rollout_warm``); until it does, the default
+    answers."""
     model = table.models.get(name) if table is not None else None
     if model is None or model.rollout is None or model.default_version is None:
         return None
     rollout = model.rollout
     default = model.default_version
-    if rollout.candidate == default:
+    if (
+        rollout.candidate == default
+        or not candidate_servable(model, rollout)
+        or (ready is not None and not ready(model))
+    ):
         return Routed(default, rollout, False)
-    if rollout.weight <= 0 or not candidate_servable(model, rollout):
-        return Routed(default, rollout, False)
+    if rollout.weight <= 0:
+        return Routed(default, rollout, False, True)
     key = headers.get(ROUTING_KEY_HEADER)
     point = key_point(rollout.id, key) if key else draw()
     if point < rollout.weight:
         return Routed(rollout.candidate, rollout, True)
-    return Routed(default, rollout, False)
+    return Routed(default, rollout, False, True)

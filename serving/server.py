@@ -40,10 +40,15 @@ from serving.metrics import ReplicaMetrics
 from serving.model_host import ModelHost
 from serving.proofs import Prover
 from serving.resolve import Target
+from serving.rollout_counts import RolloutCounts, RolloutReporter
+from serving.rollout_path import RolloutPath
+from serving.rollout_shadow import Shadows
+from serving.rollout_warm import CandidateWarmer
 from serving.settings import ServingSettings
 from serving.table_source import TableSource
 from wire import logs
 from wire.private_dirs import private_dir
+from wire.routing_table import RoutingTable
 
 UNPROTECTED = (
     "SIGSERVE_SERVING_TOKEN is not set: a serving replica takes only routing tables signed with "
@@ -62,6 +67,7 @@ class Server:
             raise RuntimeError(UNPROTECTED)
         self._settings = settings
         replica = serve.get_replica_context().replica_id.unique_id
+        self._replica = replica
         _log_to_file(settings, replica)
         # Ray's metrics exist only inside a replica: made here, never at import.
         self._metrics = ReplicaMetrics()
@@ -76,6 +82,7 @@ class Server:
             # Ray's multiplexer has already evicted to make room when it calls this, so nothing
             # that can fail happens here: the model was loaded ahead (``serving.load_ahead``).
             loaded = await self._ahead.take(model_id)
+
             # Ray's multiplexer calls a model's ``__del__`` when it evicts it (and only then:
             # on an instance, Python itself never calls it), which is how evictions are known.
             # A coroutine, so the multiplexer awaits it on the loop instead of needing a free
@@ -108,6 +115,9 @@ class Server:
             self._reporter.send_proof,
             timeout_s=lambda t: t.model.predict_timeout_s or settings.predict_timeout_s,
         )
+        # A rollout's candidate is loaded through the multiplexer, as a request would load it,
+        # before the rollout routes any request to it here (``serving.rollout_warm``).
+        self._warmer = CandidateWarmer(self._model)
 
     async def _model(self, target: Target) -> LoadedModel:
         model_id = target.model_id
@@ -152,9 +162,22 @@ class Server:
             # Signs the tables taken; a restored database is believed only from a replica with
             # it, and the controller refuses the table itself without it (docs/security.md).
             token=token.get_secret_value() if (token := settings.serving_token) else None,
-            watch=self._prover.offer,
+            watch=self._watch,
         )
         self._metrics.watch(source)
+        counts = RolloutCounts()
+        rollouts = RolloutPath(
+            counts,
+            Shadows(counts),
+            RolloutReporter(
+                settings.controller_url,
+                token.get_secret_value() if (token := settings.serving_token) else "",
+                self._replica,
+                counts,
+                lambda: source.table,
+            ),
+            ready=self._warmer.ready,
+        )
         return create_app(
             source,
             self._host,
@@ -163,7 +186,12 @@ class Server:
             max_records=settings.max_records,
             recorder=self._metrics,
             default_model=settings.default_model,
+            rollouts=rollouts,
         )
+
+    def _watch(self, table: RoutingTable) -> None:
+        self._prover.offer(table)
+        self._warmer.offer(table)
 
     async def check_health(self) -> None:
         """Ray Serve's health check, every few seconds: raising makes Ray replace the replica.
