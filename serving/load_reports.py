@@ -166,8 +166,10 @@ class LoadFailureReporter:
             logger.warning("not reporting the proof of %s yet: over the replica's budget", name)
             return False
         body = {**asdict(proof), "replica": self._replica}
-        if body["cause"] is None:
-            del body["cause"]
+        # Absent rather than null: a controller from before environments refuses no field.
+        for optional in ("cause", "environment_digest"):
+            if body[optional] is None:
+                del body[optional]
         url = self._url.removesuffix(PATH) + PROOF_PATH
         try:
             response = await self._post(url, body)

@@ -62,7 +62,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import mlflow.artifacts
 import mlflow.pyfunc
@@ -177,21 +177,34 @@ class LoadedModel:
     the old artifact leaves the disk with its eviction.
     """
 
-    def __init__(self, model: Any, directory: Path, path: Path | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        directory: Path,
+        path: Path | None = None,
+        release: Callable[[], None] | None = None,
+    ) -> None:
         self.model = model
         self.directory = directory
         # The model's own directory inside ``directory`` (where its MLmodel is): what MLflow's
         # helpers read its input examples from (``serving.proofs``).
         self.path = path if path is not None else directory
-        self._remove = weakref.finalize(self, _forget, directory)
+        # ``release``: what else goes with it (a model held for it in an environment of its
+        # own, ``serving.environments``).
+        self._remove = weakref.finalize(self, _forget, directory, release)
 
     def close(self) -> None:
         """Remove the directory now; safe to call again, and done anyway when freed."""
         self._remove()
 
 
-def _forget(directory: Path) -> None:
+def _forget(directory: Path, release: Callable[[], None] | None = None) -> None:
     shutil.rmtree(directory, ignore_errors=True)
+    if release is not None:
+        try:
+            release()
+        except Exception:  # a finalizer must not raise; the environment lets go of it anyway
+            logger.exception("could not release a model held in its environment")
     # The evicted model's objects were frozen with everything else; let the collector see them.
     gc.unfreeze()
 
@@ -200,7 +213,16 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-class _NotChecked(Exception):
+class Environments(Protocol):
+    """Where versions with an environment of their own are loaded (``serving.environments``)."""
+
+    async def load(self, artifact: Artifact) -> LoadedModel:
+        """``artifact`` loaded in its environment, the loader's checks made there; raises
+        ``NotChecked`` or ``LoadFailed`` as a load here would."""
+        ...
+
+
+class NotChecked(Exception):
     """The download is not the artifact the controller checked; ``reason`` says how."""
 
     def __init__(self, reason: str) -> None:
@@ -208,7 +230,7 @@ class _NotChecked(Exception):
         self.reason = reason
 
 
-class _LoadFailed(Exception):
+class LoadFailed(Exception):
     """A download or load that raised, told in terms of the artifact (see ``_cause``).
 
     ``permanent``: the artifact was downloaded and is what cannot be loaded (the artifact's
@@ -252,6 +274,7 @@ class PyfuncLoader:
         max_remember_failures_s: float = FAILED_LOAD_MEMORY_MAX_S,
         clock: Callable[[], float] = time.monotonic,
         on_permanent_failure: Callable[[LoadFailure], None] | None = None,
+        environments: Environments | None = None,
     ) -> None:
         # Bounded: a long-running replica keeps the latest, which is what anyone reads.
         self._attempts: deque[str] = deque(maxlen=_MEMORY)
@@ -261,6 +284,7 @@ class PyfuncLoader:
         )
         # Told of each failure that trying again would not mend (the controller hears of it).
         self._on_permanent_failure = on_permanent_failure
+        self._environments = environments
 
     @property
     def attempts(self) -> list[str]:
@@ -304,8 +328,14 @@ class PyfuncLoader:
     async def _attempt(self, target: ModelId, artifact: Artifact) -> LoadedModel | _Failure:
         self._attempts.append(str(target))
         try:
-            return await asyncio.to_thread(_download_and_load, artifact)
-        except _NotChecked as mismatch:
+            if artifact.environment is None:
+                return await asyncio.to_thread(download_and_load, artifact)
+            if self._environments is None:
+                raise LoadFailed(
+                    "this replica serves no environments of a version's own", permanent=False
+                )
+            return await self._environments.load(artifact)
+        except NotChecked as mismatch:
             reason = mismatch.reason
             self._refusals.append(
                 Refusal(model_id=str(target), source=artifact.source, reason=reason)
@@ -316,7 +346,7 @@ class PyfuncLoader:
                 target,
                 _failure(target, artifact, "artifact-mismatch", reason),
             )
-        except _LoadFailed as exc:
+        except LoadFailed as exc:
             logger.exception("loading %s from %s failed", target, artifact.source)
             return _Failure(
                 _detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
@@ -363,7 +393,7 @@ def _failure(target: ModelId, artifact: Artifact, kind: str, cause: str) -> Load
     )
 
 
-def _download_and_load(artifact: Artifact) -> LoadedModel:
+def download_and_load(artifact: Artifact) -> LoadedModel:
     # A fresh directory per load: the bytes hashed are the bytes loaded, and nothing left by
     # another load (of an older artifact of the same version, say) can be mixed in.
     directory = Path(tempfile.mkdtemp(prefix="sigserve-model-"))
@@ -376,15 +406,15 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
                 )
             )
         except Exception as exc:
-            raise _LoadFailed(
+            raise LoadFailed(
                 _cause(exc, artifact.source, local, directory), permanent=False
             ) from exc
         _check(local, artifact)
         return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory, local)
     except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
-        if isinstance(exc, Exception) and not isinstance(exc, _NotChecked | _LoadFailed):
-            raise _LoadFailed(
+        if isinstance(exc, Exception) and not isinstance(exc, NotChecked | LoadFailed):
+            raise LoadFailed(
                 _cause(exc, artifact.source, local, directory),
                 permanent=not is_replicas_fault(exc),
             ) from exc
@@ -392,10 +422,10 @@ def _download_and_load(artifact: Artifact) -> LoadedModel:
 
 
 def _check(local: Path, artifact: Artifact) -> None:
-    """Raise ``_NotChecked`` unless the tree at ``local`` is the artifact that was checked."""
+    """Raise ``NotChecked`` unless the tree at ``local`` is the artifact that was checked."""
     found = hashlib.sha256((local / "MLmodel").read_bytes()).hexdigest()
     if found != artifact.mlmodel_digest.lower():
-        raise _NotChecked(
+        raise NotChecked(
             f"the MLmodel of {artifact.source} has digest {found[:_SHORT_DIGEST]}, "
             f"not {artifact.mlmodel_digest[:_SHORT_DIGEST]} the controller checked"
         )
@@ -403,7 +433,7 @@ def _check(local: Path, artifact: Artifact) -> None:
         return  # decided before manifests: the MLmodel is all that was bound
     differ = differences(local, artifact.manifest)
     if differ:
-        raise _NotChecked(
+        raise NotChecked(
             f"the files of {artifact.source} are not the ones the controller checked "
             f"({'; '.join(differ)})"
         )

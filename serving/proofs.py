@@ -34,17 +34,18 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from mlflow.models import ModelSignature
 
 from serving.contract import parse_signature
+from serving.environment_builds import EnvironmentBuildFailed
 from serving.frames import to_records, undeclared_columns
 from serving.load_faults import is_replicas_fault
 from serving.loader import LoadedModel
 from serving.resolve import Target, checked_artifact
 from serving.scoring_protocol import JSON, parse, typed_inputs
-from wire.routing_table import RoutingTable, VersionState
+from wire.routing_table import EnvironmentSpec, RoutingTable, VersionState
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +69,9 @@ class Proof:
     # False: no input example, so the version was loaded and not called.
     exercised: bool
     cause: str | None = None
+    # The environment of its own it was proven in (``EnvironmentSpec.digest``); None: the
+    # shared serving environment.
+    environment_digest: str | None = None
 
 
 class ReplicasFault(Exception):
@@ -102,8 +106,7 @@ def first_line(exc: BaseException) -> str:
     return text[:_CAUSE_LIMIT]
 
 
-def exercise(loaded: LoadedModel, example: Example, signature: ModelSignature | None
-             ) -> str | None:
+def exercise(loaded: LoadedModel, example: Example, signature: ModelSignature | None) -> str | None:
     """Call the model on ``example`` (it blocks); the cause of its failure, or None."""
     try:
         prediction = loaded.model.predict(example.data, params=example.params or None)
@@ -143,8 +146,10 @@ def prove(loaded: LoadedModel, target: Target) -> Proof:
 
 
 def _proof(target: Target, outcome: str, exercised: bool, cause: str | None) -> Proof:
+    environment = target.artifact.environment
     return Proof(target.model.name, target.version.version,
-                 target.artifact.mlmodel_digest.lower(), outcome, exercised, cause)  # fmt: skip
+                 target.artifact.mlmodel_digest.lower(), outcome, exercised, cause,
+                 environment.digest if environment is not None else None)  # fmt: skip
 
 
 def awaiting(table: RoutingTable) -> list[tuple[Target, bool]]:
@@ -165,6 +170,14 @@ def awaiting(table: RoutingTable) -> list[tuple[Target, bool]]:
 Report = Callable[[Proof], Awaitable[bool]]
 
 
+class Builds(Protocol):
+    """Builds environments of a version's own (``serving.environments``)."""
+
+    async def build(self, spec: EnvironmentSpec) -> None:
+        """Return once built; raise ``EnvironmentBuildFailed`` with the cause otherwise."""
+        ...
+
+
 class Prover:
     """Proves, one at a time, the versions the latest table offered awaits proof of."""
 
@@ -177,8 +190,10 @@ class Prover:
         clock: Callable[[], float] = time.monotonic,
         retry_first_s: float = RETRY_FIRST_S,
         retry_max_s: float = RETRY_MAX_S,
+        environments: Builds | None = None,
     ) -> None:
         self._load = load
+        self._environments = environments
         self._report = report
         self._timeout_s = timeout_s
         self._clock = clock
@@ -263,6 +278,20 @@ class Prover:
     async def _make(self, target: Target, default: bool) -> Proof | None:
         key = target.model_id
         started = self._clock()
+        environment = target.artifact.environment
+        if environment is not None:
+            # Built first, here in the background: the load below (through the multiplexer
+            # for a default) then never waits for a build (``serving.environments``).
+            if self._environments is None:
+                logger.warning("cannot prove %s: this replica builds no environments", key)
+                return None
+            try:
+                await self._environments.build(environment)
+            except EnvironmentBuildFailed as exc:
+                return _proof(target, "failed", False, exc.cause)
+            except Exception as exc:
+                logger.warning("could not build the environment of %s: %s", key, str(exc)[:300])
+                return None
         try:
             loaded = await self._load(target, default)
         except Exception as exc:

@@ -1,0 +1,216 @@
+"""How an environment of a version's own is built, without Ray: the package index, the
+``runtime_env`` asked for, and a failed build told as a person needs it.
+
+An environment of kind ``layered`` is a Ray ``runtime_env`` with ``uv`` (``serving.environments``):
+Ray clones the serving venv (so Ray, Serve, sigserve, its pandas and MLflow stay importable) and
+runs ``uv pip install`` of the version's requirement lines in the clone. The install runs in
+Ray's runtime-env agent on the node, with the agent's environment: uv reads its own ``UV_*``
+variables there, but not pip's settings. So the replica that asks for the environment reads the
+package index settings the machine has for pip and passes them to uv as options:
+
+1. ``UV_INDEX_URL``, ``UV_DEFAULT_INDEX``, ``UV_EXTRA_INDEX_URL``, ``UV_INDEX``,
+   ``UV_FIND_LINKS`` (and ``SSL_CERT_FILE``, ``UV_NATIVE_TLS``), when the replica has them, are
+   passed on as variables: uv reads them itself, and they win over pip's;
+2. otherwise pip's: ``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``PIP_FIND_LINKS`` (a variable
+   wins over a file, as in pip), else ``index-url``, ``extra-index-url`` and ``find-links`` of the
+   ``[global]`` section (or ``[install]``) of pip's configuration files, read in pip's order
+   (``/etc/xdg/pip/pip.conf``, ``/etc/pip.conf``, ``~/.pip/pip.conf``,
+   ``~/.config/pip/pip.conf``, the venv's ``pip.conf``, then ``PIP_CONFIG_FILE``; later wins);
+   pip's ``cert`` becomes ``SSL_CERT_FILE``.
+
+A build that fails is the version's failed proof; its cause is uv's own reason cut to the lines a
+person needs (``resolver_reason``): "No solution found ... Because there is no version of
+roman==99.0 ...", never Ray's traceback around it.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from wire.routing_table import EnvironmentSpec
+
+# Named actors live in a namespace per serving app, so two apps on one cluster never let go of
+# each other's environments.
+NAMESPACE_PREFIX = "sigserve-"
+ACTOR_PREFIX = "sigserve-env-"
+# 64 bits of the digest: names stay short and distinct.
+_NAME_DIGEST_CHARS = 16
+_REASON_LIMIT = 400
+
+ISOLATED_NOT_BUILT = (
+    "environments that inherit nothing (kind 'isolated': another MLflow or pandas major) are not "
+    "built by this serving version yet"
+)
+
+_UV_VARIABLES = (
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "UV_FIND_LINKS",
+    "UV_NATIVE_TLS",
+    "SSL_CERT_FILE",
+)
+
+
+class EnvironmentBuildFailed(Exception):
+    """The environment could not be built; ``cause`` is what a person needs to know."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+def actor_name(digest: str) -> str:
+    return ACTOR_PREFIX + digest[:_NAME_DIGEST_CHARS]
+
+
+def namespace(app_name: str) -> str:
+    return NAMESPACE_PREFIX + app_name
+
+
+def pip_config_files(environ: Mapping[str, str], home: Path, prefix: Path) -> list[Path]:
+    """pip's configuration files, in the order pip reads them (a later one wins)."""
+    files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf")]
+    files += [home / ".pip" / "pip.conf", home / ".config" / "pip" / "pip.conf"]
+    files.append(prefix / "pip.conf")
+    if environ.get("PIP_CONFIG_FILE"):
+        files.append(Path(environ["PIP_CONFIG_FILE"]))
+    return files
+
+
+def pip_settings(files: Sequence[Path]) -> dict[str, str]:
+    """``index-url``, ``extra-index-url``, ``find-links`` and ``cert`` from pip's files."""
+    found: dict[str, str] = {}
+    for path in files:
+        parser = configparser.ConfigParser(interpolation=None)
+        try:
+            parser.read(path)
+        except (OSError, configparser.Error):
+            continue  # pip would complain; a build is better than none
+        for section in ("global", "install"):
+            if parser.has_section(section):
+                for key in ("index-url", "extra-index-url", "find-links", "cert"):
+                    if parser.has_option(section, key):
+                        found[key] = parser.get(section, key)
+    return found
+
+
+def index_settings(
+    environ: Mapping[str, str], pip_files: Sequence[Path]
+) -> tuple[list[str], dict[str, str]]:
+    """uv's options and variables for the machine's package index settings (module docstring)."""
+    variables = {name: environ[name] for name in _UV_VARIABLES if environ.get(name)}
+    options: list[str] = []
+    if any(name.startswith("UV_") and "INDEX" in name for name in variables):
+        return options, variables
+    conf = pip_settings(pip_files)
+    index = environ.get("PIP_INDEX_URL") or conf.get("index-url")
+    extra = environ.get("PIP_EXTRA_INDEX_URL") or conf.get("extra-index-url", "")
+    links = environ.get("PIP_FIND_LINKS") or conf.get("find-links", "")
+    if index:
+        options += ["--index-url", index.strip()]
+    for url in extra.split():
+        options += ["--extra-index-url", url]
+    for link in links.split():
+        options += ["--find-links", link]
+    cert = environ.get("PIP_CERT") or conf.get("cert")
+    if cert and "SSL_CERT_FILE" not in variables:
+        variables["SSL_CERT_FILE"] = cert.strip()
+    return options, variables
+
+
+def machine_index_settings() -> tuple[list[str], dict[str, str]]:
+    """``index_settings`` of this process's environment and pip's files on this machine."""
+    files = pip_config_files(os.environ, Path.home(), Path(sys.prefix))
+    return index_settings(os.environ, files)
+
+
+def runtime_env(
+    spec: EnvironmentSpec,
+    *,
+    timeout_s: float,
+    index: tuple[list[str], dict[str, str]],
+    env_vars: Mapping[str, str],
+) -> dict[str, Any]:
+    """The Ray ``runtime_env`` of a ``layered`` environment."""
+    options, variables = index
+    return {
+        # Ray's uv plugin: a clone of the serving venv, then `uv pip install -r` these lines.
+        # Options replace Ray's default `--no-cache`: uv's cache makes a second node's build of
+        # the same lines, or a rebuild after a restart, cheaper.
+        "uv": {"packages": list(spec.requirements), "uv_pip_install_options": options},
+        "env_vars": {**env_vars, **variables},
+        "config": {"setup_timeout_seconds": max(1, int(timeout_s))},
+    }
+
+
+# uv's own lines: "error: No solution found when resolving dependencies",
+# "  cause: Because there is no version of roman==99.0 ..." (on a terminal the marks are
+# U+00D7 and U+2570 U+2500 U+25B6).
+_UV_LINE = re.compile(
+    "^\\s*(?:\u00d7|\u2570\u2500\u25b6|error:|cause:|hint:|Caused by:|help:)\\s*(.*)$"
+)
+_NOISE = re.compile(r"^(Traceback|\s+File |ray\.|RuntimeError|subprocess|\s*raise |\s*\^)")
+
+
+def resolve(
+    spec: EnvironmentSpec, index: tuple[list[str], dict[str, str]], timeout_s: float
+) -> None:
+    """Resolve ``spec``'s lines against the serving environment without installing anything
+    (``uv pip install --dry-run``, ~1 s); ``EnvironmentBuildFailed`` with uv's reason.
+
+    Before Ray is asked: Ray's runtime-env agent clones the venv before it runs uv and tries a
+    failed setup three times, so a requirement that does not resolve took 193 s to fail there
+    (measured), against about a second here.
+    """
+    options, variables = index
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", prefix="sigserve-env-") as lines:
+        lines.write("\n".join(spec.requirements) + "\n")
+        lines.flush()
+        command = [sys.executable, "-m", "uv", "pip", "install", "--dry-run", "--quiet",
+                   "--python", sys.executable, *options, "-r", lines.name]  # fmt: skip
+        try:
+            done = subprocess.run(
+                command, capture_output=True, text=True, timeout=timeout_s, check=False,
+                env={**os.environ, **variables, "NO_COLOR": "1"},
+            )  # fmt: skip
+        except subprocess.TimeoutExpired:
+            raise EnvironmentBuildFailed(
+                f"its environment ({', '.join(spec.requirements)}) could not be resolved within "
+                f"{timeout_s:g} s (SIGSERVE_ENVIRONMENT_BUILD_TIMEOUT_S)"
+            ) from None
+    if done.returncode != 0:
+        raise EnvironmentBuildFailed(resolver_reason(done.stderr + done.stdout, spec.requirements))
+
+
+def resolver_reason(text: str, requirements: Sequence[str]) -> str:
+    """What a person needs of a failed build's output: uv's reason, in one or two lines."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    found: list[str] = []
+    for index, line in enumerate(lines):
+        match = _UV_LINE.match(line)
+        if not match or not match.group(1).strip():
+            continue
+        part = match.group(1).strip()
+        # uv wraps a long reason onto indented lines that follow it.
+        for more in lines[index + 1 :]:
+            if not more.startswith("      ") or _UV_LINE.match(more):
+                break
+            part += " " + more.strip()
+        if part not in found:
+            found.append(part)
+    named = ", ".join(requirements) or "no requirements"
+    if not found:
+        last = [line.strip() for line in lines if line.strip() and not _NOISE.match(line)]
+        found = last[-1:] or ["the build failed without a reason"]
+    reason = ": ".join(found[:2]).replace("::", ":")
+    return f"its environment ({named}) could not be built: {reason}"[:_REASON_LIMIT]

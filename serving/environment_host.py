@@ -1,0 +1,238 @@
+"""Both ends of a version served from an environment of its own; no Ray in here.
+
+``EnvironmentHost`` runs inside the environment (the body of its Ray actor,
+``serving.environments``): it loads artifacts with the loader's own download and checks
+(``serving.loader.download_and_load``: source, ``MLmodel`` digest, manifest) and predicts.
+``EnvironmentModel`` is what a replica holds instead of a pyfunc model: ``predict`` sends the
+input to the host and returns its answer, and ``metadata`` and ``input_example`` are read from
+the copies of the artifact's ``MLmodel`` and example files the host sent back, so ``ModelHost``,
+batching, the warm-up and the proof use it as they use a model loaded here.
+
+Everything crosses as data (``serving.environment_codec``), errors too: a failure is returned
+as its kind, type name and message, never as a pickled exception, and raised again on the
+replica as an exception of that name (a builtin one when it is one), so a proof's cause reads
+``ValueError: ...`` as it would in the shared environment and the loader tells the artifact's
+fault from the replica's as it does for its own loads.
+
+One model per artifact is held in the host, however many replicas hold it: each replica's
+``LoadedModel`` is a holder, and the model goes when its last holder lets go (or with the
+environment). A replica that dies without letting go leaves its hold until the environment goes.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.models import Model
+
+from serving.environment_codec import Encoded, decode, encode
+from serving.loader import (
+    Artifact,
+    LoadedModel,
+    LoadFailed,
+    NotChecked,
+    download_and_load,
+)
+from wire.artifact_manifest import ManifestFile
+from wire.routing_table import EnvironmentSpec
+
+_MESSAGE_LIMIT = 2000
+# The input example files MLflow names in ``saved_input_example_info``.
+_EXAMPLE_KEYS = ("artifact_path", "serving_input_path")
+
+# A request to the host: (model key, encoded input, params) -> encoded answer or error.
+Send = Callable[[Encoded, dict[str, Any] | None], Encoded]
+
+
+def artifact_record(artifact: Artifact) -> dict[str, Any]:
+    """``artifact`` as JSON values, for the host."""
+    return {
+        "source": artifact.source,
+        "mlmodel_digest": artifact.mlmodel_digest,
+        "manifest": None
+        if artifact.manifest is None
+        else [f.model_dump(mode="json") for f in artifact.manifest],
+        "environment": None
+        if artifact.environment is None
+        else artifact.environment.model_dump(mode="json"),
+    }
+
+
+def artifact_from(record: dict[str, Any]) -> Artifact:
+    manifest = record["manifest"]
+    environment = record["environment"]
+    return Artifact(
+        record["source"],
+        record["mlmodel_digest"],
+        None if manifest is None else tuple(ManifestFile.model_validate(f) for f in manifest),
+        None if environment is None else EnvironmentSpec.model_validate(environment),
+    )
+
+
+def error_record(exc: BaseException, kind: str = "raised") -> Encoded:
+    message = str(exc)
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        message = exc.args[0]  # str() of a KeyError is its repr: raised again, it quotes again
+    record: Encoded = {
+        "kind": kind,
+        "type": type(exc).__name__,
+        "message": message[:_MESSAGE_LIMIT],
+    }
+    if isinstance(exc, MlflowException):
+        record["error_code"] = exc.error_code
+    if isinstance(exc, LoadFailed):
+        record["permanent"] = exc.permanent
+    return {"error": record}
+
+
+def raise_error(record: Encoded) -> None:
+    """Raise again, on this side, the error ``error_record`` made there."""
+    kind, message = record["kind"], record["message"]
+    if kind == "not-checked":
+        raise NotChecked(message)
+    if kind == "load-failed":
+        raise LoadFailed(message, permanent=bool(record.get("permanent")))
+    if "error_code" in record:
+        raise MlflowException(message, error_code=record["error_code"])
+    raise remote_exception(record["type"], message)
+
+
+_TYPES: dict[str, type[Exception]] = {}
+
+
+def remote_exception(name: str, message: str) -> Exception:
+    """An exception named as the one raised in the environment: the builtin of that name (so
+    ``MemoryError`` stays the replica's fault), else a class of that name made once."""
+    found = getattr(builtins, name, None)
+    if isinstance(found, type) and issubclass(found, Exception):
+        # A builtin that wants other arguments (UnicodeDecodeError) gets a class of its name.
+        with contextlib.suppress(Exception):
+            return found(message)
+    if name not in _TYPES:
+        _TYPES[name] = type(name if name.isidentifier() else "RemoteError", (Exception,), {})
+    return _TYPES[name](message)
+
+
+@dataclass
+class _Held:
+    loaded: LoadedModel
+    holders: set[str] = field(default_factory=set)
+
+
+class EnvironmentHost:
+    """The models of one environment, in its own process (the actor's body)."""
+
+    def __init__(self, digest: str) -> None:
+        self._digest = digest
+        self._started = time.time()
+        self._loads = 0
+        self._lock = threading.Lock()
+        self._held: dict[str, _Held] = {}
+        # One load of an artifact at a time: a second holder waits and shares it.
+        self._loading: dict[str, threading.Lock] = {}
+
+    def info(self) -> dict[str, Any]:
+        """Which environment this is and what it holds: also how a replica waits for its
+        build (the first call returns once the environment is built and this process runs)."""
+        with self._lock:
+            held = {key: sorted(h.holders) for key, h in self._held.items()}
+        return {"digest": self._digest, "pid": os.getpid(), "started": self._started,
+                "loads": self._loads, "held": held}  # fmt: skip
+
+    def load(self, key: str, holder: str, record: dict[str, Any]) -> Encoded:
+        """Load the artifact (or share the one held) for ``holder``; the metadata files."""
+        with self._lock:
+            gate = self._loading.setdefault(key, threading.Lock())
+        with gate:
+            with self._lock:
+                held = self._held.get(key)
+            if held is None:
+                try:
+                    loaded = download_and_load(artifact_from(record))
+                except NotChecked as exc:
+                    return error_record(exc, "not-checked")
+                except LoadFailed as exc:
+                    return error_record(exc, "load-failed")
+                except Exception as exc:  # the loader's own code failing: not the artifact's
+                    return error_record(LoadFailed(str(exc), permanent=False), "load-failed")
+                held = _Held(loaded)
+                with self._lock:
+                    self._held[key] = held
+                    self._loads += 1
+            with self._lock:
+                held.holders.add(holder)
+            return {"files": metadata_files(held.loaded.path)}
+
+    def predict(self, key: str, data: Encoded, params: dict[str, Any] | None) -> Encoded:
+        with self._lock:
+            held = self._held.get(key)
+        if held is None:
+            error = LoadFailed("the model is no longer held in its environment", permanent=False)
+            return error_record(error, "load-failed")
+        try:
+            answer = held.loaded.model.predict(decode(data), params=params or None)
+            return {"answer": encode(answer)}
+        except Exception as exc:
+            return error_record(exc)
+
+    def unload(self, key: str, holder: str) -> None:
+        with self._lock:
+            held = self._held.get(key)
+            if held is None:
+                return
+            held.holders.discard(holder)
+            if not held.holders:
+                del self._held[key]
+        if not held.holders:
+            held.loaded.close()
+
+
+def metadata_files(path: Path) -> dict[str, bytes]:
+    """The files a replica needs to read the model's metadata and examples with MLflow."""
+    files = {"MLmodel": (path / "MLmodel").read_bytes()}
+    info = Model.load(str(path / "MLmodel")).saved_input_example_info or {}
+    for key in _EXAMPLE_KEYS:
+        name = info.get(key)
+        if isinstance(name, str) and (path / name).is_file() and ".." not in Path(name).parts:
+            files[name] = (path / name).read_bytes()
+    return files
+
+
+class EnvironmentModel:
+    """A model served from its environment, as the replica sees it (see the module's doc)."""
+
+    def __init__(self, metadata: Model, path: Path, send: Send) -> None:
+        self.metadata = metadata
+        self._send = send
+        try:
+            self.input_example: Any = metadata.load_input_example(str(path))
+        except Exception:
+            self.input_example = None  # as pyfunc's own load does when the file is unreadable
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        answer = self._send(encode(data), params)
+        if "error" in answer:
+            raise_error(answer["error"])
+        return decode(answer["answer"])
+
+
+def loaded_from(files: dict[str, bytes], send: Send, release: Callable[[], None]) -> LoadedModel:
+    """The replica's ``LoadedModel`` for a model its environment holds: the metadata files in a
+    directory of its own (removed with it), ``release`` called when it goes."""
+    directory = Path(tempfile.mkdtemp(prefix="sigserve-environment-model-"))
+    for name, data in files.items():
+        target = directory / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    metadata = Model.load(str(directory / "MLmodel"))
+    return LoadedModel(EnvironmentModel(metadata, directory, send), directory, directory, release)

@@ -1,0 +1,220 @@
+"""Environments of a version's own on Ray: one named actor per environment, shared by replicas.
+
+A version the table gives an ``environment`` (``wire.routing_table.EnvironmentSpec``) is proven
+and served in it, never in the replica's interpreter (docs/architecture.md, "Environments of
+their own"). Per environment digest there is one Ray actor, ``sigserve-env-<digest[:16]>`` in
+the namespace ``sigserve-<app>``, whose body is ``serving.environment_host.EnvironmentHost``:
+
+- **Built by Ray**, from a ``runtime_env`` with ``uv`` for kind ``layered``
+  (``serving.environment_builds.runtime_env``): Ray clones the serving venv and installs the
+  version's requirement lines in the clone with uv, once per node and Ray session (the clone is
+  cached by the hash of the spec). Kind ``isolated`` is not built yet: its proof fails, saying so.
+- **Get-or-create**, detached: every replica asks for the actor by name and the first one's
+  request creates it, so all replicas (and a replica that restarts) share one environment and
+  one build. Detached because no replica owns it: a replica that restarts or scales away must
+  not take the environment (and every model in it) down with it.
+- **Built as scheduled work:** ``build`` is what the prover calls before loading a version to
+  prove it (``serving.proofs``), at most ``concurrency`` builds at once per replica, each within
+  ``timeout_s`` (the actor is killed past it). A load on a request's path never waits for a build:
+  an environment not built yet starts its build in the background and the load answers 503 with
+  Retry-After meanwhile (``load``).
+- **Let go** when no table names it any more: a replica that saw an environment named in a
+  table and then takes one that names it nowhere kills its actor (Ray then frees its process;
+  the venv on disk stays in Ray's runtime-env cache until Ray's own URI cache evicts it).
+  Only what the replica saw go: a replica holding an older table never kills an environment a
+  newer table brought. An environment dropped while no replica was running stays until the
+  cluster restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RuntimeEnvSetupError
+
+from serving.environment_builds import (
+    ISOLATED_NOT_BUILT,
+    EnvironmentBuildFailed,
+    actor_name,
+    machine_index_settings,
+    namespace,
+    resolver_reason,
+    runtime_env,
+)
+from serving.environment_codec import Encoded
+from serving.environment_host import (
+    EnvironmentHost,
+    artifact_record,
+    loaded_from,
+    raise_error,
+)
+from serving.loader import Artifact, LoadedModel, LoadFailed
+from wire.routing_table import EnvironmentSpec, RoutingTable
+
+logger = logging.getLogger(__name__)
+
+# Threads of one environment's actor: predict calls of its models at once, loads beside them.
+ACTOR_MAX_CONCURRENCY = 8
+# Variables the environment's process needs to download artifacts as the replica does.
+_FORWARDED_PREFIXES = ("MLFLOW_", "AWS_", "GOOGLE_", "AZURE_", "HF_")
+
+RemoteHost = ray.remote(EnvironmentHost)
+
+
+class EnvironmentManager:
+    """This replica's view of the environments: builds, loads, lets go (see the module doc)."""
+
+    def __init__(
+        self,
+        app_name: str,
+        *,
+        timeout_s: float,
+        concurrency: int,
+        num_cpus: float = 0.0,
+        index: Callable[[], tuple[list[str], dict[str, str]]] = machine_index_settings,
+    ) -> None:
+        self._namespace = namespace(app_name)
+        self._timeout_s = timeout_s
+        self._slots = asyncio.Semaphore(concurrency)
+        self._num_cpus = num_cpus
+        self._index = index
+        # Digest -> the actor, once it answered (its environment is built).
+        self._ready: dict[str, Any] = {}
+        # Digest -> the build under way (callers share it).
+        self._building: dict[str, asyncio.Task[Any]] = {}
+        self._named: set[str] = set()
+        self._holder = uuid.uuid4().hex[:12]
+        self.builds_started = 0
+
+    async def build(self, spec: EnvironmentSpec) -> None:
+        """Return once ``spec``'s environment runs; ``EnvironmentBuildFailed`` with the cause
+        when it cannot be built (a requirement that does not resolve, past the timeout)."""
+        if spec.kind == "isolated":
+            raise EnvironmentBuildFailed(ISOLATED_NOT_BUILT)
+        if spec.digest in self._ready:
+            return
+        task = self._building.get(spec.digest)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._build(spec))
+            self._building[spec.digest] = task
+            task.add_done_callback(lambda _: self._building.pop(spec.digest, None))
+        # Shielded: a caller that gives up (a cancelled proof) leaves the build to finish.
+        self._ready[spec.digest] = await asyncio.shield(task)
+
+    async def _build(self, spec: EnvironmentSpec) -> Any:
+        name = actor_name(spec.digest)
+        async with self._slots:
+            actor = await asyncio.to_thread(self._actor, spec, name)
+            try:
+                info = await asyncio.wait_for(_awaited(actor.info.remote()), self._timeout_s)
+            except TimeoutError:
+                await asyncio.to_thread(_kill, actor)
+                raise EnvironmentBuildFailed(
+                    f"its environment ({', '.join(spec.requirements)}) was not built within "
+                    f"{self._timeout_s:g} s (SIGSERVE_ENVIRONMENT_BUILD_TIMEOUT_S)"
+                ) from None
+            except RuntimeEnvSetupError as exc:
+                raise EnvironmentBuildFailed(resolver_reason(str(exc), spec.requirements)) from None
+            except RayActorError as exc:
+                raise EnvironmentBuildFailed(resolver_reason(str(exc), spec.requirements)) from None
+        logger.info("environment %s runs (pid %s, %s)", name, info["pid"],
+                    ", ".join(spec.requirements))  # fmt: skip
+        return actor
+
+    def _actor(self, spec: EnvironmentSpec, name: str) -> Any:
+        try:
+            actor = ray.get_actor(name, namespace=self._namespace)
+            logger.info("environment %s exists: reusing it", name)
+            return actor
+        except ValueError:
+            pass  # none yet: this replica creates it (or another one just did: get_if_exists)
+        self.builds_started += 1
+        logger.info("building environment %s: %s", name, ", ".join(spec.requirements))
+        env_vars = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
+        return RemoteHost.options(
+            name=name,
+            namespace=self._namespace,
+            lifetime="detached",
+            get_if_exists=True,
+            num_cpus=self._num_cpus,
+            max_concurrency=ACTOR_MAX_CONCURRENCY,
+            runtime_env=runtime_env(
+                spec, timeout_s=self._timeout_s, index=self._index(), env_vars=env_vars
+            ),
+        ).remote(spec.digest)
+
+    async def load(self, artifact: Artifact) -> LoadedModel:
+        """``artifact`` loaded in its environment (``serving.loader.Environments``). Never
+        waits for a build: one not done yet is started, and this raises the 503 meanwhile."""
+        spec = artifact.environment
+        if spec is None:
+            raise LoadFailed("the artifact names no environment", permanent=False)
+        actor = self._ready.get(spec.digest)
+        if actor is None:
+            if spec.digest not in self._building and spec.kind == "layered":
+                asyncio.get_running_loop().create_task(self._build_quietly(spec))
+            raise LoadFailed("its environment is being built", permanent=False)
+        key, holder = artifact.key, f"{self._holder}-{uuid.uuid4().hex[:8]}"
+        try:
+            answer = await _awaited(actor.load.remote(key, holder, artifact_record(artifact)))
+        except RayActorError as exc:
+            self._ready.pop(spec.digest, None)  # gone (let go, its node lost): built again
+            raise LoadFailed(f"its environment stopped: {str(exc)[:200]}", permanent=False) from exc
+        if "error" in answer:
+            raise_error(answer["error"])
+
+        def send(data: Encoded, params: dict[str, Any] | None) -> Encoded:
+            # Called in a worker thread (ModelHost's), so blocking on Ray here blocks nothing.
+            result: Encoded = ray.get(actor.predict.remote(key, data, params))
+            return result
+
+        def release() -> None:
+            actor.unload.remote(key, holder)
+
+        return await asyncio.to_thread(loaded_from, answer["files"], send, release)
+
+    async def _build_quietly(self, spec: EnvironmentSpec) -> None:
+        try:
+            await self.build(spec)
+        except EnvironmentBuildFailed as exc:
+            logger.warning("environment %s was not built: %s", actor_name(spec.digest), exc.cause)
+        except Exception:
+            logger.exception("building environment %s failed", actor_name(spec.digest))
+
+    def offer(self, table: RoutingTable) -> None:
+        """The latest table: environments this replica saw named and no table names now go."""
+        named = {
+            entry.environment.digest
+            for model in table.models.values()
+            for entry in model.versions.values()
+            if entry.environment is not None
+        }
+        gone, self._named = self._named - named, named
+        for digest in gone:
+            self._ready.pop(digest, None)
+            asyncio.get_running_loop().create_task(asyncio.to_thread(self._let_go, digest))
+
+    def _let_go(self, digest: str) -> None:
+        name = actor_name(digest)
+        try:
+            actor = ray.get_actor(name, namespace=self._namespace)
+        except ValueError:
+            return  # already gone
+        _kill(actor)
+        logger.info("let go of environment %s: no version in the table names it", name)
+
+
+async def _awaited(ref: Any) -> Any:
+    return await ref
+
+
+def _kill(actor: Any) -> None:
+    with contextlib.suppress(RayActorError, GetTimeoutError, ValueError):
+        ray.kill(actor, no_restart=True)
