@@ -50,10 +50,12 @@ from controller.own_writes import OwnWrites
 from controller.publisher import table_gauges
 from controller.reconciler import Reconciler
 from controller.registry import Registry
+from controller.rollout_auto import NewVersions
 from controller.services import Services
 from controller.settings import ControllerSettings
 from controller.table_sync import TableSync
 from controller.worker import Worker
+from wire.routing_table import RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,15 @@ def build_services(settings: ControllerSettings) -> Services:
         artifact_sources=settings.artifact_sources,
         on_error=lambda kind: metrics.registry_errors.labels(kind).inc(),
     )
-    # The table gauges follow whatever table the long-poll answers with.
-    broadcaster = TableBroadcaster(on_new=table_gauges(metrics))
+    # The table gauges follow whatever table the long-poll answers with, and the versions it
+    # makes live are offered to the rollouts by tag (controller/rollout_auto.py).
+    gauges, new_versions = table_gauges(metrics), NewVersions()
+
+    def taken(table: RoutingTable) -> None:
+        gauges(table)
+        new_versions.observe(table)
+
+    broadcaster = TableBroadcaster(on_new=taken)
     environment = settings.serving_environment()
     own_writes = OwnWrites()
     reconciler = Reconciler(
@@ -131,6 +140,7 @@ def build_services(settings: ControllerSettings) -> Services:
     return Services(
         settings, engine, store, registry, broadcaster, metrics, worker, environment,
         leadership=leadership, table_sync=table_sync, own_writes=own_writes,
+        new_versions=new_versions,
     )  # fmt: skip
 
 

@@ -14,56 +14,23 @@ or is the default, a rollout is already running, none is running), 422 for a bad
 from __future__ import annotations
 
 import asyncio
-import itertools
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from controller import commands
 from controller.admin import GATE
-from controller.rollout_gates import Thresholds
+from controller.rollout_request import StartRollout
 from controller.rollout_rows import ABORTED, RolloutRecord
 from controller.rollout_schema import RUNNING
-from controller.rollout_store import RolloutRefused, RolloutSpec
+from controller.rollout_store import RolloutRefused
 from controller.services import Services, services
 from wire.problems import problem_response
 
 router = APIRouter(prefix=GATE.prefix, max_body_size=GATE.max_body)
 ADMIN = "admin"
-
-
-class StartRollout(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    candidate: Annotated[str, Field(pattern=r"^[0-9]{1,32}$")]
-    # The candidate's share of the requests that name no version at each step, in percent,
-    # increasing; the last step's end promotes. A first step of 0 is a shadow alone.
-    steps: Annotated[list[float], Field(min_length=1, max_length=20)] = [5, 25, 50, 100]
-    # How long each step lasts at least (seconds), and the requests it must see at least.
-    step_s: Annotated[float, Field(gt=0, le=30 * 86_400)] = 600.0
-    min_requests: Annotated[int, Field(ge=0, le=10**9)] = 100
-    # The share of the default's requests also sent to the candidate, in percent.
-    shadow: Annotated[float, Field(ge=0, le=100)] = 0.0
-    thresholds: Thresholds = Thresholds()
-
-    @field_validator("steps")
-    @classmethod
-    def _increasing(cls, steps: list[float]) -> list[float]:
-        if any(not 0 <= s <= 100 for s in steps):
-            raise ValueError("each step is a percentage from 0 to 100")
-        if any(b <= a for a, b in itertools.pairwise(steps)):
-            raise ValueError("steps must increase")
-        if steps[-1] <= 0:
-            raise ValueError("the last step must give the candidate some traffic")
-        return steps
-
-    @model_validator(mode="after")
-    def _shadow_first(self) -> StartRollout:
-        if self.steps[0] == 0 and self.shadow == 0:
-            raise ValueError("steps: a first step of 0 is a shadow alone; set 'shadow'")
-        return self
 
 
 def _refused(request: Request, exc: RolloutRefused) -> JSONResponse:
@@ -132,14 +99,7 @@ async def _answer(svc: Services, name: str, changed: bool) -> dict[str, Any]:
 async def start_rollout(
     name: str, body: StartRollout, request: Request, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any] | JSONResponse:
-    spec = RolloutSpec(
-        candidate=body.candidate,
-        steps=[s / 100 for s in body.steps],
-        hold_s=body.step_s,
-        min_requests=body.min_requests,
-        shadow=body.shadow / 100,
-        thresholds=body.thresholds,
-    )
+    spec = body.spec()
     try:
         r = await asyncio.to_thread(svc.rollouts.start, name, spec, ADMIN)
     except RolloutRefused as exc:

@@ -16,6 +16,9 @@ running rollout, in order:
 
 A replica that stops reporting adds no requests, so a step without enough requests waits; the
 stepper never promotes on silence. Each change is published before the tick moves on.
+
+Each tick also starts the rollouts the model tag ``sigserve.rollout`` asks for, of versions the
+last tables made live (``controller.rollout_auto``).
 """
 
 from __future__ import annotations
@@ -30,12 +33,14 @@ from typing import Any
 from controller.compatibility import Policy, check
 from controller.decisions import decide_all
 from controller.environment import ServingEnvironment
-from controller.exceptions import NotFound, PinRefused
+from controller.exceptions import ControllerError, NotFound, PinRefused
 from controller.records import ModelRecord
+from controller.rollout_auto import ACTOR as TAG_ACTOR
+from controller.rollout_auto import TAG, NewVersions, PolicyError, parse_policy
 from controller.rollout_gates import Gate, Totals, failed, fails_early, judge
 from controller.rollout_metrics import RolloutMetrics
 from controller.rollout_rows import ABORTED, ENDED, PROMOTED, ROLLED_BACK, RolloutRecord
-from controller.rollout_store import RolloutStore, contract_digest
+from controller.rollout_store import RolloutRefused, RolloutStore, contract_digest
 from controller.store import Store
 from wire.routing_table import VersionState
 
@@ -114,6 +119,8 @@ class RolloutStepper:
         *,
         publish: Callable[[str, str], Awaitable[bool]],
         effects: Effects | None = None,
+        new_versions: NewVersions | None = None,
+        read_tags: Callable[[str], dict[str, str]] | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         interval_s: float = 1.0,
     ) -> None:
@@ -123,6 +130,8 @@ class RolloutStepper:
         self._metrics = metrics
         self._publish = publish
         self._effects = effects
+        self.new_versions = new_versions
+        self._read_tags = read_tags
         self.clock = clock
         self._interval_s = interval_s
         self._weighted: set[str] = set()
@@ -144,6 +153,10 @@ class RolloutStepper:
             if action is not None:
                 done.append(f"{r.model}: {action}")
                 await self._publish(r.model, ACTOR)
+        for name, version in self.new_versions.take() if self.new_versions else []:
+            if await asyncio.to_thread(self._by_tag, name, version) is not None:
+                done.append(f"{name}: started {version} by tag")
+                await self._publish(name, TAG_ACTOR)
         self._gauge(await asyncio.to_thread(self._rollouts.running))
         return done
 
@@ -180,6 +193,33 @@ class RolloutStepper:
             self.effect(replace(r, step=r.step + 1), "step")
             return f"step {r.step + 1}"
         return self.promote(r, "gates", "every step passed its gates", ACTOR, summary)
+
+    def _by_tag(self, name: str, version: str) -> RolloutRecord | None:
+        """Start the rollout the model's ``sigserve.rollout`` tag asks for, if it does, of a
+        version never rolled out before (``controller.rollout_auto``)."""
+        if self._read_tags is None or self._rollouts.has_rollout(name, version):
+            return None
+        try:
+            policy = parse_policy(self._read_tags(name).get(TAG, ""))
+        except PolicyError as exc:
+            log.warning("%s: the %s tag is not a rollout (%s); v%s is not rolled out",
+                        name, TAG, exc, version)  # fmt: skip
+            return None
+        except ControllerError as exc:
+            log.warning("%s: its tags could not be read (%s); v%s is not rolled out by tag "
+                        "(sigserve rollout starts it)", name, exc, version)  # fmt: skip
+            return None
+        if policy is None:
+            return None
+        try:
+            r = self._rollouts.start(name, replace(policy, candidate=version), TAG_ACTOR)
+        except (RolloutRefused, NotFound) as exc:
+            log.info("%s: v%s is not rolled out by tag: %s", name, version, exc)
+            return None
+        self._metrics.started.inc()
+        log.info("rollout of %s v%s started by its %s tag", name, version, TAG)
+        self.effect(r, "started")
+        return r
 
     def _roll_back(self, r: RolloutRecord, window: Totals, gates: list[Gate]) -> str | None:
         reasons = failed(gates)

@@ -196,6 +196,14 @@ class RolloutStore:
             )
             return to_record(row) if row is not None else None
 
+    def has_rollout(self, name: str, candidate: str) -> bool:
+        """Whether ``candidate`` was ever rolled out on ``name`` (running or ended)."""
+        with self._transaction() as session:
+            query = select(RolloutRow.id).where(
+                RolloutRow.model_name == name, RolloutRow.candidate == candidate
+            )
+            return session.execute(query.limit(1)).first() is not None
+
     def advance(
         self, r: RolloutRecord, now_totals: Totals, ended_step: dict[str, Any], actor: str
     ) -> bool:

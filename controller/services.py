@@ -16,6 +16,7 @@ from controller.metrics import Metrics
 from controller.own_writes import OwnWrites
 from controller.probe import RegistryProbe
 from controller.registry import Registry
+from controller.rollout_auto import NewVersions
 from controller.rollout_metrics import RolloutMetrics
 from controller.rollout_registry import registry_effects
 from controller.rollout_stepper import RolloutStepper
@@ -49,6 +50,9 @@ class Services:
     # remembers them, the webhook route consumes them).
     own_writes: OwnWrites = field(default_factory=OwnWrites)
     webhook_id: str | None = None
+    # Versions the tables this controller takes make live: what the sigserve.rollout tag
+    # rolls out (controller/rollout_auto.py; the broadcaster feeds it).
+    new_versions: NewVersions = field(default_factory=NewVersions)
     # Per model, when its last verified webhook arrived (epoch seconds): for operators and the
     # latency benchmark.
     last_webhook_at: dict[str, float] = field(default_factory=dict)
@@ -77,6 +81,8 @@ class Services:
             self.rollout_metrics,
             publish=self.publish_change,
             effects=registry_effects(self.registry, self.own_writes),
+            new_versions=self.new_versions,
+            read_tags=lambda name: self.registry.model(name).tags,
             interval_s=self.settings.rollout_interval_s,
         )
         self.registry_probe = RegistryProbe(lambda: self.registry.ping())
