@@ -136,6 +136,11 @@ class RolloutStepper:
         self._interval_s = interval_s
         self._weighted: set[str] = set()
 
+    @property
+    def reads_tags(self) -> bool:
+        """Whether the ``sigserve.rollout`` tag starts rollouts here."""
+        return self._read_tags is not None and self.new_versions is not None
+
     async def run(self) -> None:
         while True:
             try:

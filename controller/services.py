@@ -82,7 +82,10 @@ class Services:
             publish=self.publish_change,
             effects=registry_effects(self.registry, self.own_writes),
             new_versions=self.new_versions,
-            read_tags=lambda name: self.registry.model(name).tags,
+            # The tag steers serving: with registry controls off, only the admin API does.
+            read_tags=(lambda name: self.registry.model(name).tags)
+            if self.settings.registry_controls
+            else None,
             interval_s=self.settings.rollout_interval_s,
         )
         self.registry_probe = RegistryProbe(lambda: self.registry.ping())

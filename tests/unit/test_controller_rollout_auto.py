@@ -4,14 +4,17 @@ table count as new, and the stepper starting a rollout of each once (on a real s
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import pytest
 
+from controller.app import build_services
 from controller.reconciler import Reconciler
 from controller.rollout_auto import NewVersions, PolicyError, parse_policy
 from controller.rollout_rows import ABORTED
 from controller.rollout_stepper import RolloutStepper
 from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
+from tests.unit.test_controller_http import _settings
 from tests.unit.test_controller_rollout_stepper import Harness
 from wire.routing_table import ModelEntry, Rollout, RoutingTable, VersionEntry, VersionState
 
@@ -90,3 +93,13 @@ def test_no_tag_or_a_bad_one_rolls_out_nothing(database_url: str) -> None:
     for tag in ("off", "canary=100,5"):
         assert offer(stepper_with_tag(h, tag), "2") == []
     assert h.rollouts.latest("m") is None
+
+
+@pytest.mark.parametrize("controls", [True, False])
+def test_with_registry_controls_off_the_tag_steers_nothing(tmp_path: Path, controls: bool) -> None:
+    settings = _settings(tmp_path, registry_controls=controls)
+    svc = build_services(settings)
+    try:
+        assert svc.rollout_stepper.reads_tags is controls
+    finally:
+        svc.engine.dispose()
