@@ -45,6 +45,7 @@ from serving.environment_builds import (
     actor_name,
     machine_index_settings,
     namespace,
+    resolve,
     resolver_reason,
     runtime_env,
 )
@@ -111,7 +112,13 @@ class EnvironmentManager:
     async def _build(self, spec: EnvironmentSpec) -> Any:
         name = actor_name(spec.digest)
         async with self._slots:
-            actor = await asyncio.to_thread(self._actor, spec, name)
+            actor = await asyncio.to_thread(self._existing, name)
+            if actor is None:
+                index = self._index()
+                # Fails in about a second with uv's reason, where Ray takes minutes (see
+                # ``serving.environment_builds.resolve``).
+                await asyncio.to_thread(resolve, spec, index, self._timeout_s)
+                actor = await asyncio.to_thread(self._create, spec, name, index)
             try:
                 info = await asyncio.wait_for(_awaited(actor.info.remote()), self._timeout_s)
             except TimeoutError:
@@ -128,13 +135,17 @@ class EnvironmentManager:
                     ", ".join(spec.requirements))  # fmt: skip
         return actor
 
-    def _actor(self, spec: EnvironmentSpec, name: str) -> Any:
+    def _existing(self, name: str) -> Any:
         try:
             actor = ray.get_actor(name, namespace=self._namespace)
-            logger.info("environment %s exists: reusing it", name)
-            return actor
         except ValueError:
-            pass  # none yet: this replica creates it (or another one just did: get_if_exists)
+            return None  # none yet
+        logger.info("environment %s exists: reusing it", name)
+        return actor
+
+    def _create(self, spec: EnvironmentSpec, name: str, index: tuple[list[str], dict[str, str]]
+                ) -> Any:  # fmt: skip
+        # get_if_exists: another replica may have created it since ``_existing``.
         self.builds_started += 1
         logger.info("building environment %s: %s", name, ", ".join(spec.requirements))
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
@@ -146,7 +157,7 @@ class EnvironmentManager:
             num_cpus=self._num_cpus,
             max_concurrency=ACTOR_MAX_CONCURRENCY,
             runtime_env=runtime_env(
-                spec, timeout_s=self._timeout_s, index=self._index(), env_vars=env_vars
+                spec, timeout_s=self._timeout_s, index=index, env_vars=env_vars
             ),
         ).remote(spec.digest)
 

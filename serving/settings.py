@@ -85,6 +85,15 @@ class ServingSettings(BaseSettings):
     # or the controller) before it reports ready anyway and answers 503 until one arrives.
     table_startup_wait_s: float = Field(default=5.0, ge=0)
 
+    # Environments of a version's own (``serving.environments``): how long one build may take
+    # (resolving its requirements, Ray cloning the serving venv, uv installing them; the first
+    # build measured ~21 s here) before its version's proof fails, how many builds one replica
+    # runs at once (each clones the serving venv: disk and CPU), and the CPUs each environment's
+    # actor reserves (0: it shares the node's, as the replicas' threads do).
+    environment_build_timeout_s: float = Field(default=600.0, gt=0)
+    environment_build_concurrency: int = Field(default=1, ge=1)
+    environment_num_cpus: float = Field(default=0.0, ge=0)
+
     # The model MLflow's root routes answer for (``/invocations``, ``/ping``, ``/health``,
     # ``/version``), as a one-model ``mlflow models serve`` does: what SageMaker- and
     # Databricks-style clients call. Unset, those routes do not exist (404).
