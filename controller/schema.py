@@ -128,3 +128,7 @@ class ReconcileRequestRow(Base):
     # The audit log's actor of the reconcile (``webhook:<delivery id>``, ``admin``...).
     actor: Mapped[str] = mapped_column(String(128))
     requested_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+# The rollout tables (migration 0014) live in their own module, mapped on this Base.
+from controller import rollout_schema as _rollout_schema  # noqa: E402, F401
