@@ -13,10 +13,11 @@ per version"):
 - one tensor whose shape is ``(-1, ...)`` sent as a list of rows: concatenated along axis 0,
   grouped by the shape of the first row; each request's array is still made alone first and
   merged only when dtypes and trailing shapes agree (else each goes alone, ``Unmergeable``).
-- a tensor of MLflow's scoring protocol (``serving.tensor_inputs.MlflowTensor``): the array
-  MLflow's parser makes, concatenated along axis 0 with others of its name, dtype and trailing
-  shape, when the signature's first dimension is variable and the array is of the signature's
-  rank and fixed dimensions (else alone: MLflow's enforcement refuses it, for it alone).
+- tensors of MLflow's scoring protocol (``serving.tensor_inputs.MlflowTensor``): the arrays
+  MLflow's parser makes, each concatenated along axis 0 with others of its name, dtype and
+  trailing shape, when the signature's first dimensions are variable and the arrays are of the
+  signature's ranks and fixed dimensions, as many rows in each (else alone: MLflow's enforcement
+  refuses it, for it alone).
 - records of MLflow's scoring protocol (``serving.mlflow_frames.MlflowRecords``): their frame is
   MLflow's, not /serve's, and every dtype in it follows from the column's type alone, so they
   share a call with each other (never with /serve's records) when they send the same columns.
@@ -54,9 +55,9 @@ def work_for(records: list[Any], signature: ModelSignature | None, max_rows: int
     one with."""
     schema = signature.inputs if signature is not None else None
     if isinstance(records, MlflowTensor):
-        spec = tensor_inputs.single_spec(signature)
+        tensors = tensor_inputs.specs(signature)
         return Work(
-            records, tensor_inputs.rows(records), tensor_inputs.group(records, spec, max_rows)
+            records, tensor_inputs.rows(records), tensor_inputs.group(records, tensors, max_rows)
         )
     if isinstance(records, MlflowRecords):
         fits = 0 < len(records) <= max_rows

@@ -73,7 +73,6 @@ def error_response(request: Request, exc: ProblemError) -> JSONResponse:
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
-
 # Routes
 
 

@@ -172,9 +172,9 @@ def _parse_json(
         rows = mlflow_frames.records(field, data[field], columns)
         if rows is not None:
             return ScoringInput(None, params, unwrapped=False, records=rows, columns=columns)
-    spec = tensor_inputs.single_spec(signature)
-    if spec is not None:
-        tensor = tensor_inputs.read(field, data[field], spec)
+    tensors = tensor_inputs.specs(signature)
+    if tensors is not None:
+        tensor = tensor_inputs.read(field, data[field], tensors)
         if tensor is not None:
             return ScoringInput(tensor.model_input(), params, unwrapped=False, records=tensor)
     schema: Any = signature.inputs if signature is not None else None

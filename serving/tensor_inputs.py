@@ -5,18 +5,20 @@ and batched along axis 0.
 signature with ``mlflow.utils.proto_json_utils``: a deep copy of the JSON, then
 ``np.array(value, dtype=spec.type)`` (``convert_data_type``), keyed by the tensor's name when the
 signature names it. For the bodies where that outcome is plain, this module makes the same call
-directly, without the copy or the parser's detours: a signature of ONE tensor of a numeric or
-boolean dtype, and a body whose value is a non-empty list none of whose items is a JSON object
-(for a named tensor, also ``{name: list}``). Anything else (several tensors, strings, a scalar,
-a list of objects, extra names) is ``None`` and MLflow's own parser reads it, with every quirk;
+directly, without the copy or the parser's detours: a signature of tensors of numeric or boolean
+dtypes (several ones all named), and a body whose value is, for one tensor, a non-empty list none
+of whose items is a JSON object, or, for named tensors, ``{name: list}`` with exactly their names
+(of equal lengths when several). Anything else (strings, a scalar, a list of objects, missing or
+extra names) is ``None`` and MLflow's own parser reads it, with every quirk it has;
 so does a value ``np.array`` refuses (ragged lists, a string where a number goes), so that its
 refusal is the one it always was.
 
-``MlflowTensor`` carries the array as a request's records (one item, as /serve's tensor records
-are one tensor), so that it takes the batched path of ``ModelHost.serve``: requests whose arrays
-MLflow's enforcement will take as they are (``conforms``: the signature's rank and fixed
-dimensions) and whose first dimension is variable (``-1``) share a predict call, concatenated
-along axis 0, each getting back exactly its own rows (``serving.batch_inputs``). The property
+``MlflowTensor`` carries the model's input as a request's records (one item, as /serve's tensor
+records are one tensor), so that it takes the batched path of ``ModelHost.serve``: requests
+whose arrays MLflow's enforcement will take as they are (``conforms``: the signature's rank and
+fixed dimensions), as many rows in each tensor, and whose first dimensions are variable (``-1``)
+share a predict call, each tensor concatenated along axis 0, each request getting back exactly
+its own rows (``serving.batch_inputs``). The property
 tests ``tests/property/test_tensor_scoring.py`` (this parse against MLflow's, on generated
 signatures and bodies) and ``tests/property/test_tensor_batching.py`` (every merged request
 against its answer alone) hold it to that.
@@ -39,52 +41,60 @@ _NUMERIC_KINDS = frozenset("biuf")
 
 
 class MlflowTensor(list[Any]):
-    """One request's tensor, as MLflow's parser makes it: ``[array]``, with the name the model
-    gets it under (``{name: array}``) or None (the bare array)."""
+    """One request's tensors, as MLflow's parser makes them: ``[model input]``, the input being
+    the bare array of an unnamed tensor or the arrays by name (``arrays``, keyed None for the
+    bare one)."""
 
-    def __init__(self, array: np.ndarray[Any, Any], name: str | None) -> None:
-        super().__init__([array])
-        self.name = name
-
-    @property
-    def array(self) -> np.ndarray[Any, Any]:
-        return cast("np.ndarray[Any, Any]", self[0])
+    def __init__(self, arrays: dict[str | None, np.ndarray[Any, Any]]) -> None:
+        bare = None in arrays
+        super().__init__([arrays[None] if bare else dict(arrays)])
+        self.arrays = arrays
 
     def model_input(self) -> Any:
         """What MLflow's scoring server calls ``predict`` with for this request."""
-        return self.array if self.name is None else {self.name: self.array}
+        return self[0]
 
 
-def single_spec(signature: ModelSignature | None) -> TensorSpec | None:
-    """The signature's one input tensor, when it is of a numeric or boolean dtype."""
+def specs(signature: ModelSignature | None) -> dict[str | None, TensorSpec] | None:
+    """The signature's input tensors by name (None: the one unnamed), when every one is of a
+    numeric or boolean dtype and several are all named."""
     schema = signature.inputs if signature is not None else None
-    if schema is None or not schema.is_tensor_spec() or len(schema.inputs) != 1:
+    if schema is None or not schema.is_tensor_spec():
         return None
-    spec = cast(TensorSpec, schema.inputs[0])
-    return spec if spec.type.kind in _NUMERIC_KINDS else None
+    found = {s.name: s for s in cast(list[TensorSpec], schema.inputs)}
+    if len(found) != len(schema.inputs) or (len(found) > 1 and None in found):
+        return None
+    return found if all(s.type.kind in _NUMERIC_KINDS for s in found.values()) else None
 
 
-def read(field: str, value: Any, spec: TensorSpec) -> MlflowTensor | None:
-    """``value`` of the body's ``field`` (``inputs`` or ``instances``) as the array MLflow's
-    parser makes of it under ``spec``, or None when that parser must read it."""
+def read(field: str, value: Any, tensors: dict[str | None, TensorSpec]) -> MlflowTensor | None:
+    """``value`` of the body's ``field`` (``inputs`` or ``instances``) as the arrays MLflow's
+    parser makes of it for the signature's ``tensors`` (``specs``), or None when that parser
+    must read it."""
     if field not in ("inputs", "instances"):
         return None
-    name = spec.name
     if isinstance(value, dict):
-        # {name: list}: the parser's column form, one column, the tensor's own name.
-        if name is None or len(value) != 1 or name not in value:
+        # The parser's column form: every tensor by its own name, and nothing else.
+        if None in tensors or value.keys() != tensors.keys():
             return None
-        value = value[name]
-        if not isinstance(value, list):
-            return None
-    if not isinstance(value, list) or not value or any(isinstance(item, dict) for item in value):
-        # An empty list is a list of no records to MLflow's parser, not an empty array.
+        columns = dict(value)
+    elif len(tensors) == 1:
+        (name,) = tensors  # a list is the one tensor's, named or not
+        columns = {name: value}
+    else:
         return None
-    try:
-        array = np.array(value, dtype=spec.type)
-    except (ValueError, TypeError, OverflowError):
-        return None  # MLflow's parser refuses it, in its own words
-    return MlflowTensor(array, name)
+    arrays: dict[str | None, np.ndarray[Any, Any]] = {}
+    for name, column in columns.items():
+        if not isinstance(column, list) or not column or any(isinstance(i, dict) for i in column):
+            # An empty list is a list of no records to MLflow's parser, not an empty array.
+            return None
+        try:
+            arrays[name] = np.array(column, dtype=tensors[name].type)
+        except (ValueError, TypeError, OverflowError):
+            return None  # MLflow's parser refuses it, in its own words
+    if len({len(a) for a in arrays.values()}) != 1:
+        return None  # ``instances`` of unequal lengths: the parser's own refusal
+    return MlflowTensor(arrays)
 
 
 def conforms(array: np.ndarray[Any, Any], spec: TensorSpec) -> bool:
@@ -96,37 +106,47 @@ def conforms(array: np.ndarray[Any, Any], spec: TensorSpec) -> bool:
     return all(want in (-1, got) for want, got in zip(shape, array.shape, strict=True))
 
 
-def group(tensor: MlflowTensor, spec: TensorSpec | None, max_rows: int) -> Hashable | None:
+def group(
+    tensor: MlflowTensor, tensors: dict[str | None, TensorSpec] | None, max_rows: int
+) -> Hashable | None:
     """The group of requests ``tensor`` may share a call with, or None (alone): requests whose
-    arrays conform to a spec whose first dimension is variable, of one dtype and trailing shape,
-    under one name."""
-    array = tensor.array
-    if spec is None or not spec.shape or spec.shape[0] != -1 or array.dtype != spec.type:
+    arrays, as many rows each, conform to specs whose first dimension is variable, with the same
+    names, dtypes and trailing shapes."""
+    if tensors is None or tensor.arrays.keys() != tensors.keys():
         return None
-    if not conforms(array, spec) or not 0 < len(array) <= max_rows:
+    key: list[Hashable] = ["mlflow-tensor"]
+    for name, array in tensor.arrays.items():
+        spec = tensors[name]
+        if not spec.shape or spec.shape[0] != -1 or array.dtype != spec.type:
+            return None
+        if not conforms(array, spec) or not 0 < len(array) <= max_rows:
+            return None
+        key.append((name, array.dtype.str, array.shape[1:]))
+    if len({len(a) for a in tensor.arrays.values()}) != 1:
         return None
-    return ("mlflow-tensor", tensor.name, array.dtype.str, array.shape[1:])
+    return tuple(key)
 
 
 def rows(tensor: MlflowTensor) -> int:
     """The rows a request's answer has, for a model that answers row by row."""
-    return len(tensor.array) if tensor.array.ndim else 1
+    first = next(iter(tensor.arrays.values()))
+    return len(first) if first.ndim else 1
 
 
 def merged(parts: list[MlflowTensor]) -> Any:
-    """The model's input for several requests' tensors: one array along axis 0 (under their
-    name); ``Unmergeable`` when they differ in anything but their rows."""
+    """The model's input for several requests' tensors: each tensor's arrays joined along axis
+    0; ``Unmergeable`` when they differ in anything but their rows."""
     first = parts[0]
     if len(parts) == 1:
         return first.model_input()
+    names = list(first.arrays)
     for part in parts[1:]:
-        array = part.array
-        if (
-            part.name != first.name
-            or array.dtype != first.array.dtype
-            or array.ndim == 0
-            or array.shape[1:] != first.array.shape[1:]
+        if list(part.arrays) != names or any(
+            part.arrays[n].dtype != first.arrays[n].dtype
+            or part.arrays[n].ndim == 0
+            or part.arrays[n].shape[1:] != first.arrays[n].shape[1:]
+            for n in names
         ):
             raise Unmergeable("tensors of other names, dtypes or trailing shapes")
-    joined = np.concatenate([part.array for part in parts], axis=0)
-    return joined if first.name is None else {first.name: joined}
+    joined = {n: np.concatenate([part.arrays[n] for part in parts], axis=0) for n in names}
+    return MlflowTensor(joined).model_input()

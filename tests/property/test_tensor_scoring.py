@@ -53,14 +53,20 @@ def fitting(dtype: np.dtype[Any]) -> st.SearchStrategy[Any]:
 
 
 @st.composite
-def signatures(draw: st.DrawFn) -> ModelSignature:
+def tensor_specs(draw: st.DrawFn, name: str | None) -> TensorSpec:
     rank = draw(st.integers(1, 3))
     shape = tuple(draw(st.sampled_from([-1, 1, 2, 3])) for _ in range(rank))
     if draw(st.booleans()):
         shape = (-1, *shape[1:])
-    name = draw(st.sampled_from([None, "x"]))
-    spec = TensorSpec(np.dtype(draw(st.sampled_from(DTYPES))), shape, name)
-    return ModelSignature(Schema([spec]))
+    return TensorSpec(np.dtype(draw(st.sampled_from(DTYPES))), shape, name)
+
+
+@st.composite
+def signatures(draw: st.DrawFn) -> ModelSignature:
+    """One tensor, named or not, or two or three named ones."""
+    count = draw(st.sampled_from([1, 1, 2, 3]))
+    names = [draw(st.sampled_from([None, "x"]))] if count == 1 else ["x", "y", "w"][:count]
+    return ModelSignature(Schema([draw(tensor_specs(name)) for name in names]))
 
 
 @st.composite
@@ -78,21 +84,38 @@ def tensors(draw: st.DrawFn, shape: tuple[int, ...], leaf: st.SearchStrategy[Any
     return items
 
 
-@st.composite
-def bodies(draw: st.DrawFn, signature: ModelSignature) -> tuple[str, Any]:
-    spec = signature.inputs.inputs[0]
+def column(draw: st.DrawFn, spec: TensorSpec, rows: int | None) -> Any:
+    """A value for one tensor: mostly of its shape (``rows`` of them, when told), its dtype."""
     shape = tuple(spec.shape)
+    if rows is not None and shape[0] == -1:
+        shape = (rows, *shape[1:])
     if draw(st.integers(0, 9)) == 0:  # another rank
         shape = shape[:-1] if len(shape) > 1 and draw(st.booleans()) else (*shape, 2)
     value: Any = draw(tensors(shape, fitting(spec.type)))
     if draw(st.integers(0, 29)) == 0:
         value = draw(st.one_of(any_number, st.just([]), st.just([{"x": [1.0]}])))
+    return value
+
+
+@st.composite
+def bodies(draw: st.DrawFn, signature: ModelSignature) -> tuple[str, Any]:
+    specs = signature.inputs.inputs
+    field = draw(st.sampled_from(["inputs", "instances"]))
+    if len(specs) > 1:
+        rows = draw(st.integers(1, 3)) if draw(st.integers(0, 4)) else None
+        value = {s.name: column(draw, s, rows) for s in specs}
+        if draw(st.integers(0, 9)) == 0:
+            value.pop("x")
+        if draw(st.integers(0, 9)) == 0:
+            value["z"] = [1]
+        return field, value
+    value = column(draw, specs[0], None)
     form = draw(st.integers(0, 9))
     if form == 0:
         value = {"x": value}
     elif form == 1:
         value = {draw(st.sampled_from(["y", "x"])): value, "z": [1]}
-    return draw(st.sampled_from(["inputs", "instances"])), value
+    return field, value
 
 
 def mlflows(field: str, value: Any, signature: ModelSignature) -> Any:
@@ -133,9 +156,9 @@ def assert_same(ours: Any, theirs: Any) -> None:
 def test_the_tensor_read_without_mlflows_parser_is_mlflows(data: st.DataObject) -> None:
     signature = data.draw(signatures())
     field, value = data.draw(bodies(signature))
-    spec = tensor_inputs.single_spec(signature)
-    assert spec is not None
-    tensor = tensor_inputs.read(field, value, spec)
+    specs = tensor_inputs.specs(signature)
+    assert specs is not None
+    tensor = tensor_inputs.read(field, value, specs)
     event("read without MLflow's parser" if tensor is not None else "left to MLflow's parser")
     if tensor is None:
         return
@@ -150,21 +173,24 @@ def test_the_tensor_read_without_mlflows_parser_is_mlflows(data: st.DataObject) 
     else:
         assert_same(seen, expected)
         # What is batched (a group) is only ever what the enforcement takes as it is.
-        if tensor_inputs.group(tensor, spec, 64) is not None:
-            assert tensor_inputs.conforms(tensor.array, spec)
+        if tensor_inputs.group(tensor, specs, 64) is not None:
+            assert all(tensor_inputs.conforms(a, specs[n]) for n, a in tensor.arrays.items())
 
 
 def test_the_common_bodies_are_read_without_mlflows_parser() -> None:
-    unnamed = TensorSpec(np.dtype(np.float32), (-1, 3))
-    named = TensorSpec(np.dtype(np.float32), (-1, 3), "x")
+    unnamed = {None: TensorSpec(np.dtype(np.float32), (-1, 3))}
+    named = {"x": TensorSpec(np.dtype(np.float32), (-1, 3), "x")}
+    several = {**named, "mask": TensorSpec(np.dtype(np.int64), (-1,), "mask")}
     rows = [[1.0, 2.0, 3.0], [4, 5, 6.5]]
     for field in ("inputs", "instances"):
         tensor = tensor_inputs.read(field, rows, unnamed)
-        assert tensor is not None and tensor.name is None
-        assert tensor.array.dtype == np.float32 and tensor.array.shape == (2, 3)
+        assert tensor is not None and isinstance(tensor.model_input(), np.ndarray)
+        assert tensor.arrays[None].dtype == np.float32 and tensor.arrays[None].shape == (2, 3)
         for value in (rows, {"x": rows}):
             tensor = tensor_inputs.read(field, value, named)
-            assert tensor is not None and tensor.name == "x"
+            assert tensor is not None and list(tensor.model_input()) == ["x"]
+        tensor = tensor_inputs.read(field, {"x": rows, "mask": [1, 0]}, several)
+        assert tensor is not None and tensor.arrays["mask"].dtype == np.int64
 
 
 def test_what_mlflows_parser_reads_otherwise_is_left_to_it() -> None:
@@ -172,18 +198,18 @@ def test_what_mlflows_parser_reads_otherwise_is_left_to_it() -> None:
     and values numpy refuses are its parser's to read or refuse."""
     spec = TensorSpec(np.dtype(np.float32), (-1, 3))
     assert mlflows("inputs", [], ModelSignature(Schema([spec]))) == []
-    assert tensor_inputs.read("inputs", [], spec) is None
-    assert tensor_inputs.read("inputs", [[1.0], [1.0, 2.0]], spec) is None
-    assert tensor_inputs.read("inputs", {"x": [[1.0, 2.0, 3.0]]}, spec) is None
-    assert tensor_inputs.read("dataframe_records", [[1.0, 2.0, 3.0]], spec) is None
+    unnamed = {None: spec}
+    assert tensor_inputs.read("inputs", [], unnamed) is None
+    assert tensor_inputs.read("inputs", [[1.0], [1.0, 2.0]], unnamed) is None
+    assert tensor_inputs.read("inputs", {"x": [[1.0, 2.0, 3.0]]}, unnamed) is None
+    assert tensor_inputs.read("dataframe_records", [[1.0, 2.0, 3.0]], unnamed) is None
+    a = TensorSpec(np.dtype(np.float32), (-1,), "a")
+    b = TensorSpec(np.dtype(np.int64), (-1,), "b")
+    assert tensor_inputs.read("inputs", [1.0, 2.0], {"a": a, "b": b}) is None
+    assert tensor_inputs.read("inputs", {"a": [1.0]}, {"a": a, "b": b}) is None
+    # Unequal lengths: MLflow's parser refuses them as ``instances``.
+    assert mlflows("instances", {"a": [1.0], "b": [1, 2]}, ModelSignature(Schema([a, b]))) is None
+    assert tensor_inputs.read("instances", {"a": [1.0], "b": [1, 2]}, {"a": a, "b": b}) is None
     strings = ModelSignature(Schema([TensorSpec(np.dtype(str), (-1,))]))
-    several = ModelSignature(
-        Schema(
-            [
-                TensorSpec(np.dtype(np.float32), (-1,), "a"),
-                TensorSpec(np.dtype(np.int64), (-1,), "b"),
-            ]
-        )
-    )
-    assert tensor_inputs.single_spec(strings) is None
-    assert tensor_inputs.single_spec(several) is None
+    assert tensor_inputs.specs(strings) is None
+    assert tensor_inputs.specs(ModelSignature(Schema([a, b]))) == {"a": a, "b": b}

@@ -47,6 +47,10 @@ mlflow.models.set_model(RowStats())
 
 UNNAMED = TensorSpec(np.dtype(np.float32), (-1, 3))
 NAMED = TensorSpec(np.dtype(np.int64), (-1, 2), "x")
+SEVERAL = [
+    TensorSpec(np.dtype(np.float32), (-1, 3), "x"),
+    TensorSpec(np.dtype(np.int64), (-1,), "m"),
+]
 BODIES: dict[str, list[Any]] = {
     "unnamed": [
         {"inputs": [[1.0, 2.0, 3.0]]},
@@ -69,13 +73,23 @@ BODIES: dict[str, list[Any]] = {
         {"inputs": [[1.5, 2]]},  # a float in an int64 tensor: numpy truncates, as in MLflow
         {"inputs": [[2**63, 2]]},
     ],
+    "several": [
+        {"inputs": {"x": [[1.0, 2.0, 3.0]], "m": [1]}},
+        {"instances": {"m": [1, 0], "x": [[1.0, 2.0, 3.0], [4, 5, 6]]}},
+        {"inputs": {"x": [[1.0, 2.0, 3.0]], "m": [1, 2]}},  # unequal: MLflow's parser reads it
+        {"instances": {"x": [[1.0, 2.0, 3.0]], "m": [1, 2]}},  # ... and refuses it here
+        {"inputs": {"x": [[1.0, 2.0, 3.0]]}},
+        {"inputs": {"x": [[1.0, 2.0, 3.0]], "m": [1], "z": [0]}},
+        {"inputs": [[1.0, 2.0, 3.0]]},
+    ],
 }
 
 
-def _apps(tmp_path: Path, spec: TensorSpec) -> tuple[Any, Any, ModelHost]:
+def _apps(tmp_path: Path, specs: list[TensorSpec]) -> tuple[Any, Any, ModelHost]:
     code = tmp_path / "row_stats.py"
     code.write_text(MODEL_CODE)
-    signature = ModelSignature(Schema([spec]), Schema([TensorSpec(spec.type, (-1, 2))]))
+    outputs = Schema([TensorSpec(specs[0].type, (-1, 2))])
+    signature = ModelSignature(Schema(specs), outputs)
     path = tmp_path / "model"
     mlflow.pyfunc.save_model(path, python_model=str(code), signature=signature)
     model = mlflow.pyfunc.load_model(str(path))
@@ -130,11 +144,12 @@ async def _send(app: Any, path: str, bodies: list[Any]) -> list[tuple[int, Any]]
     return [(a.status_code, a.json()) for a in answers]
 
 
-@pytest.mark.parametrize("kind", ["unnamed", "named"])
+@pytest.mark.parametrize("kind", ["unnamed", "named", "several"])
 def test_tensor_bodies_are_answered_as_mlflows_scoring_server_answers_them(
     tmp_path: Path, kind: str
 ) -> None:
-    sigserve, mlflows, _ = _apps(tmp_path, UNNAMED if kind == "unnamed" else NAMED)
+    specs = {"unnamed": [UNNAMED], "named": [NAMED], "several": SEVERAL}[kind]
+    sigserve, mlflows, _ = _apps(tmp_path, specs)
     for body in BODIES[kind]:
         ((ours, our_answer),) = asyncio.run(_send(sigserve, "/models/m/invocations", [body]))
         ((theirs, their_answer),) = asyncio.run(_send(mlflows, "/invocations", [body]))
@@ -143,13 +158,19 @@ def test_tensor_bodies_are_answered_as_mlflows_scoring_server_answers_them(
             assert our_answer == _nulls(their_answer), body
 
 
-def test_concurrent_tensor_invocations_share_predict_calls(tmp_path: Path) -> None:
-    sigserve, mlflows, host = _apps(tmp_path, UNNAMED)
-    bodies = [{"inputs": [[float(i), 1.0, -1.0]] * (1 + i % 3)} for i in range(12)]
-    bodies.append({"inputs": [[1.0, 2.0]]})  # refused alone, not with the others
+@pytest.mark.parametrize("several", [False, True])
+def test_concurrent_tensor_invocations_share_predict_calls(tmp_path: Path, several: bool) -> None:
+    sigserve, mlflows, host = _apps(tmp_path, SEVERAL if several else [UNNAMED])
+    bodies: list[Any] = []
+    for i in range(12):
+        rows = [[float(i), 1.0, -1.0]] * (1 + i % 3)
+        bodies.append({"inputs": {"x": rows, "m": [i] * len(rows)} if several else rows})
+    bodies.append({"inputs": {"x": [[1.0, 2.0]], "m": [1]} if several else [[1.0, 2.0]]})
     ours = asyncio.run(_send(sigserve, "/models/m/invocations", bodies))
     theirs = [asyncio.run(_send(mlflows, "/invocations", [body]))[0] for body in bodies]
-    assert [status // 100 for status, _ in ours] == [status // 100 for status, _ in theirs]
-    assert [a for s, a in ours if s == 200] == [_nulls(a) for s, a in theirs if s == 200]
+    # The last body is refused (another width), alone: the others are answered.
+    assert [status // 100 for status, _ in ours] == [2] * 12 + [4]
+    assert [status // 100 for status, _ in theirs] == [2] * 12 + [4]
+    assert [a for _, a in ours[:12]] == [_nulls(a) for _, a in theirs[:12]]
     (stats,) = host.batch_stats().values()
     assert stats.calls < 12
