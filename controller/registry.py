@@ -254,6 +254,10 @@ class Registry:
             lambda: self._client.set_registered_model_alias(name, alias, version), model=name
         )
 
+    def delete_alias(self, name: str, alias: str) -> None:
+        # A rollout's ``candidate`` alias is taken away when the rollout ends.
+        self._call(lambda: self._client.delete_registered_model_alias(name, alias), model=name)
+
     def artifact(self, name: str, version: str) -> ArtifactFacts:
         """What the version's artifacts say about it (the registry itself holds none of it).
 

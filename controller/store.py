@@ -40,6 +40,7 @@ from controller import faults
 from controller.audit import AuditEvent, diff
 from controller.exceptions import GenerationConflict
 from controller.records import ModelRecord
+from controller.rollout_rows import rollouts_under_way
 from controller.rows import to_record, utc, write_row
 from controller.schema import (
     AuditEventRow,
@@ -328,7 +329,12 @@ class Store:
             current = session.get(TableRevisionRow, 1)
             if current is None:
                 return None
-            table = build_table(self._all_records(session), current.revision, current.epoch)
+            table = build_table(
+                self._all_records(session),
+                current.revision,
+                current.epoch,
+                rollouts_under_way(session),
+            )
             return table if content_digest(table) == current.digest else None
 
     def catch_up(self, seen_revision: int, max_jump: int = MAX_CATCH_UP) -> RoutingTable:
@@ -346,7 +352,10 @@ class Store:
             current = session.get(TableRevisionRow, 1, with_for_update=True)
             assert current is not None, "catch_up after a first publish"
             models = self._all_records(session)
-            digest = content_digest(build_table(models, revision=0, epoch=current.epoch))
+            rollouts = rollouts_under_way(session)
+            digest = content_digest(
+                build_table(models, revision=0, epoch=current.epoch, rollouts=rollouts)
+            )
             wanted = min(seen_revision + 1, current.revision + max_jump, REVISION_CEILING)
             revision = max(current.revision, wanted)
             # A revision names one content: decisions committed since the last publish get a
@@ -357,7 +366,9 @@ class Store:
                 current.revision = revision
                 current.digest = digest
                 current.published_at = _now()
-            return build_table(models, revision=current.revision, epoch=current.epoch)
+            return build_table(
+                models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
+            )
 
     def publish(self) -> RoutingTable:
         """Build the table from the decisions; bump the revision only if its content changed.
@@ -379,16 +390,22 @@ class Store:
             # at least what that one did, so a higher revision never carries older decisions.
             current = session.get(TableRevisionRow, 1, with_for_update=True)
             models = self._all_records(session)
+            # Read in the same session: a rollout's step is content, and a revision names one.
+            rollouts = rollouts_under_way(session)
             if current is None:
                 current = TableRevisionRow(
                     id=1, revision=0, digest="", epoch=uuid.uuid4().hex, published_at=_now()
                 )
                 session.add(current)
-            draft = build_table(models, revision=current.revision, epoch=current.epoch)
+            draft = build_table(
+                models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
+            )
             digest = content_digest(draft)
             if current.digest == digest:
                 return draft
             current.revision += 1
             current.digest = digest
             current.published_at = _now()
-            return build_table(models, revision=current.revision, epoch=current.epoch)
+            return build_table(
+                models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
+            )
