@@ -174,11 +174,23 @@ def _change(kind: str, b: dict[str, Any], a: dict[str, Any]) -> Text:
     if kind == "registry":
         warning = a.get("warning")
         return Text(f"registry refused: {warning}" if warning else "registry writes accepted")
+    if kind == "rollout":
+        return _rollout(a)
     if kind == "model" and not b:
         return Text(f"first stored, versions {', '.join(a.get('versions') or []) or '-'}")
     if kind == "model" and not a:
         return Text("forgotten")
     return Text(f"{_compact(b)} -> {_compact(a)}")
+
+
+def _rollout(a: dict[str, Any]) -> Text:
+    said = f"rollout {a.get('state')} step {a.get('step')}"
+    if a.get("weight") is not None:
+        said += f" ({float(a['weight']) * 100:g}%)"
+    if a.get("reason"):
+        said += f": {a['reason']}"
+    gates = "; ".join(str(g) for g in a.get("gates") or [])
+    return Text(said + (f" [{gates}]" if gates else ""), style="red" if "rolled" in said else "")
 
 
 def events_table(name: str, events: list[Event]) -> Table:

@@ -239,6 +239,23 @@ def test_events_summarise_each_change_and_an_empty_log_of_an_unknown_model_is_3(
     assert main(["events", "nope"]) == 3
 
 
+def test_a_rollout_event_says_its_step_weight_gates_and_why_it_ended(
+    seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    page = {"events": [
+        {"id": 9, "at": None, "kind": "rollout", "version": "4", "actor": "rollout",
+         "before": {}, "after": {"rollout": "r1", "state": "rolled-back", "step": 0,
+                                 "weight": 0.05, "gates": ["errors failed: 30% > 1%"],
+                                 "reason": "gate-failed"}},
+    ], "next": None}  # fmt: skip
+    serve(monkeypatch, seen, lambda r: httpx.Response(200, json=page))
+    assert main(["events", "m"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("rollout rolled-back step 0 (5%): gate-failed", "errors failed: 30% > 1%"):
+        assert text in out, text
+
+
 def test_adopt_asks_for_the_contract_and_lists_the_versions_it_broke(
     seen: list[httpx.Request], monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
