@@ -2,7 +2,10 @@
 
 Every version is checked, the default included: against the contract (its signature, under the
 model's compatibility policy) and against the serving environment (its requirements and Python,
-under the model's environment policy). A version is live only when neither blocks it.
+under the model's environment policy). A version is live only when neither blocks it and, with
+proofs on, a replica proved it in the environment it is assigned: the shared serving
+environment, or under ``isolate`` one of its own when it needs a package the shared one lacks or
+failed there (``controller.own_environments``).
 
 A decision is remembered with the digest of what it was made against (the contract, both
 policies and the serving environment). It is made again only when that digest changes or the
@@ -25,6 +28,15 @@ from controller.environment import (
     ServingEnvironment,
     check_environment,
 )
+from controller.own_environments import (
+    assign,
+    building,
+    counts,
+    environment_digest,
+    failure_text,
+    served_from,
+    stored,
+)
 from controller.proofs import (
     BEFORE_PROOFS,
     BEING_PROVEN,
@@ -35,7 +47,7 @@ from controller.proofs import (
     failed_proof_reason,
     policy,
     proof_basis,
-    proof_of,
+    proof_in,
 )
 from controller.records import ModelRecord, Signature, VersionRecord
 from wire.routing_table import VersionState
@@ -77,17 +89,52 @@ def _by_hand(override: dict[str, Any]) -> str:
     return f"{override.get('actor', 'admin')} at {override.get('at', '?')}: {override['reason']}"
 
 
-def load_failure_of(version: VersionRecord) -> dict[str, Any] | None:
-    """The version's reported load failure, if it is about the artifact the version has now."""
+def load_failure_in(version: VersionRecord, digest: str | None) -> dict[str, Any] | None:
+    """The version's reported load failure, if it is about the artifact the version has now,
+    in environment ``digest`` (None: the shared one). Another MLmodel downloaded than the one
+    checked (``artifact-mismatch``) counts wherever it was seen: no environment changes it."""
     failure = version.load_failure
-    if failure is None or failure.get("mlmodel_digest") != version.mlmodel_digest:
+    if failure is not None and failure.get("kind") == "artifact-mismatch":
+        return _about_artifact(failure, version)
+    return failure if counts(failure, version, digest) else None
+
+
+def load_failure_of(version: VersionRecord) -> dict[str, Any] | None:
+    """The version's reported load failure, if it is about the artifact the version has now,
+    in the environment the version is assigned."""
+    return load_failure_in(version, environment_digest(version))
+
+
+def _about_artifact(report: dict[str, Any] | None, version: VersionRecord) -> dict[str, Any] | None:
+    if report is None or report.get("mlmodel_digest") != version.mlmodel_digest:
         return None
-    return failure
+    return report
+
+
+def shared_failure(version: VersionRecord) -> dict[str, Any] | None:
+    """What failed in the shared serving environment about the version's artifact: the report
+    kept with its environment of its own, else a failed proof or a load failure from the shared
+    environment. Neither a report held for the live default nor an artifact mismatch (another
+    MLmodel downloaded: no environment changes that) counts."""
+    kept = (version.own_environment or {}).get("shared_failure")
+    if _about_artifact(kept, version) is not None:
+        return kept
+    proof = version.proof
+    if counts(proof, version, None) and proof is not None and proof.get("outcome") == FAILED:
+        found: dict[str, Any] | None = proof
+    elif counts(version.load_failure, version, None):
+        found = version.load_failure
+    else:
+        return None
+    if found is None or held(found) or found.get("kind") == "artifact-mismatch":
+        return None
+    return found
 
 
 def _could_not_load(failure: dict[str, Any]) -> str:
+    where = " in its own environment" if failure.get("environment_digest") else ""
     return (
-        f"serving could not load its artifact (replica {failure.get('replica', '?')} at "
+        f"serving could not load its artifact{where} (replica {failure.get('replica', '?')} at "
         f"{failure.get('at', '?')}): {failure.get('cause', '?')}; release it to try again"
     )
 
@@ -117,7 +164,8 @@ def decide_version(
 ) -> VersionRecord:
     if not is_read(version):
         return version  # stays pending; its reasons say why
-    failure = load_failure_of(version)
+    # Facts about the artifact, wherever they were found: where each counts is for _decide.
+    failure = _about_artifact(version.load_failure, version)
     proving = proof_basis(model, version, env)
     if version.override is not None or failure is not None or proving is not None:
         # An override, a load failure or a proof is part of what the decision was made
@@ -134,20 +182,29 @@ def decide_version(
     if version.decided_against == basis and version.state is not VersionState.PENDING:
         return version
     decided = _decide(model, version, env)
-    if (
-        version.decided_against == basis
-        and (decided.state, decided.reasons, decided.warnings)
-        == (version.state, version.reasons, version.warnings)
-    ):
+    if version.decided_against == basis and (
+        decided.state,
+        decided.reasons,
+        decided.warnings,
+        decided.own_environment,
+    ) == (version.state, version.reasons, version.warnings, version.own_environment):
         return version  # still pending for its proof: not decided again at every pass
     return replace(decided, decided_against=basis, decided_at=now)
 
 
-def _decide(model: ModelRecord, version: VersionRecord, env: ServingEnvironment
-            ) -> VersionRecord:
-    failure = load_failure_of(version)
+def _decide(model: ModelRecord, version: VersionRecord, env: ServingEnvironment) -> VersionRecord:
     verdict = check(model.contract, version.signature, Policy(model.policy))
     environment = _environment_verdict(model, version, env)
+    # Where it is proven and served: under isolate, an environment of its own when it needs a
+    # package the shared one lacks or failed there; reports count for that environment only.
+    failed_shared = shared_failure(version)
+    spec = None
+    if EnvironmentPolicy(model.environment_policy) is EnvironmentPolicy.ISOLATE:
+        spec = assign(environment, env, failed_shared)
+    if spec is None:
+        failed_shared = None
+    where = spec.digest if spec is not None else None
+    failure = load_failure_in(version, where)
     reasons = verdict.reasons + environment.blocking
     warnings = verdict.warnings + environment.warnings
     if failure is not None and held(failure):
@@ -157,11 +214,15 @@ def _decide(model: ModelRecord, version: VersionRecord, env: ServingEnvironment
     action = (version.override or {}).get("action")
     # Asked for unless an operator decided by hand (a release serves the version as it is).
     proved = policy(model, env) is ProofPolicy.ON and action is None
-    proof = proof_of(version) if proved else None
+    proof = proof_in(version, where) if proved else None
     if proof is not None and proof.get("outcome") == FAILED and held(proof):
         warnings = [_held_warning("failed its proof on serving", proof), *warnings]
     elif proof is not None and proof.get("outcome") == FAILED:
         reasons = [failed_proof_reason(proof), *reasons]
+    if failed_shared is not None and reasons:
+        # Failed in its own environment too (or blocked): both causes.
+        reasons = [*reasons, f"before that, it {failure_text(failed_shared)}"]
+    own = stored(spec, failed_shared)
     if action == "quarantine":
         reasons = [f"quarantined by hand by {_by_hand(version.override or {})}", *reasons]
     elif action == "release" and reasons:
@@ -173,19 +234,28 @@ def _decide(model: ModelRecord, version: VersionRecord, env: ServingEnvironment
         reasons = []
     if proved and not reasons:
         if proof is None:
-            # Everything else passed: live once a replica has called it on its example.
+            # Everything else passed: live once a replica has called it on its example, in the
+            # environment it will be served from.
+            waiting = building(spec) if spec is not None else BEING_PROVEN
             return replace(
-                version, state=VersionState.PENDING, reasons=[BEING_PROVEN], warnings=warnings
+                version,
+                state=VersionState.PENDING,
+                reasons=[waiting],
+                warnings=warnings,
+                own_environment=own,
             )
         if proof.get("outcome") == GRANDFATHERED:
             warnings = [*warnings, BEFORE_PROOFS]
         elif proof.get("outcome") != FAILED and not proof.get("exercised", True):
             warnings = [*warnings, NOT_EXERCISED]
+    if spec is not None and not reasons:
+        warnings = [*warnings, served_from(spec)]
     return replace(
         version,
         state=VersionState.QUARANTINED if reasons else VersionState.LIVE,
         reasons=reasons,
         warnings=warnings,
+        own_environment=own,
     )
 
 

@@ -23,16 +23,18 @@ from typing import Protocol
 from controller.artifacts import ArtifactFacts
 from controller.decisions import WAITING_FOR_CONTRACT, decide_all
 from controller.environment import ServingEnvironment
+from controller.environment_policy import with_policy_values
 from controller.exceptions import (
     RegisteredModelGone,
     RegistryError,
     RegistryUnavailable,
 )
+from controller.own_environments import environment_of, served_from
 from controller.read_reasons import public_reason
 from controller.reconciler import merge_observed
 from controller.records import ModelRecord, Signature
 from controller.registry import ObservedModel, ObservedVersion
-from controller.registry_sync import policies_from_tags
+from controller.registry_sync import ENVIRONMENT_TAG, policies_from_tags
 from controller.settings import ControllerSettings
 from controller.store import Store
 from wire.routing_table import VersionState
@@ -92,12 +94,10 @@ def as_the_gate_sees_it(
     )
     created_at = info.created_at if info is not None else None
     known = model.registry_created_at
-    if info is None or model.deleted_at is not None or (
-        known is not None and known != created_at
-    ):
+    if info is None or model.deleted_at is not None or (known is not None and known != created_at):
         model = replace(model, versions={}, default_version=None, deleted_at=None)
     if info is not None and settings.registry_controls:
-        model = policies_from_tags(model, info.tags)
+        model = policies_from_tags(model, dict(with_policy_values(info.tags, ENVIRONMENT_TAG)))
     return model
 
 
@@ -132,6 +132,11 @@ def decide(
         # Read, and neither blocked nor waiting for a contract: every check a dry run makes
         # passed, and the gate waits for what it does not make (the proof on the example).
         state, reasons = VersionState.LIVE, []
+    warnings = list(verdict.warnings)
+    spec = environment_of(verdict)
+    if spec is not None and served_from(spec) not in warnings:
+        # Pending for its proof there: the dry run says where it would be served.
+        warnings.append(served_from(spec))
     first = model.contract is None and decided.default_version == version
     notes = [FIRST_VERSION] if first else []
     if state is VersionState.LIVE:
@@ -141,7 +146,7 @@ def decide(
         version=version,
         verdict=state,
         reasons=reasons,
-        warnings=list(verdict.warnings),
+        warnings=warnings,
         contract=decided.contract,
         first_version=first,
         policy=decided.policy,

@@ -24,9 +24,11 @@ Requirements (each line of ``requirements.txt``):
 - Names compare canonicalized (PEP 503); extras (``ray[serve]``) check the base distribution.
   ``mlflow`` is satisfied by ``mlflow-skinny``: MLflow logs ``mlflow==X`` even when only the
   skinny client logged the model, and the replicas may run either.
-- Not installed: blocking (until serving can build a version an environment of its own).
-- A URL / VCS requirement (``name @ https://...``) cannot be verified: a warning (still
-  blocking when the named distribution is not installed at all).
+- Not installed: the version needs an environment of its own (``EnvironmentVerdict.missing``;
+  ``controller.own_environments`` builds its spec) under the ``isolate`` policy, and is
+  quarantined under ``shared``.
+- A URL / VCS requirement (``name @ https://...``) cannot be verified: a warning (still a
+  missing package when the named distribution is not installed at all).
 - Installed but outside the specifier (checked with ``prereleases=True``, so ``2.13.0+cpu``
   satisfies ``==2.13.0``): a warning naming both versions (``scikit-learn==1.5.0`` vs 1.6.1),
   which says "another major version" when no release of the installed major could satisfy the
@@ -37,9 +39,9 @@ when the model is pickled (cloudpickle stores code by value, bytecode only loads
 that wrote it, and no environment serving builds can change the interpreter), a warning
 otherwise; patch differences are nothing.
 
-Policies: ``strict`` keeps blocking reasons blocking (the version is quarantined), ``warn``
-turns each into a warning saying the strict policy would have quarantined the version, ``off``
-checks nothing. Warnings are the same under ``strict`` and ``warn``.
+Policies (``controller.environment_policy``): ``isolate`` (the default), ``shared``, ``off``.
+Blocking reasons and warnings are the same under ``isolate`` and ``shared`` except for missing
+packages: a need under ``isolate``, blocking under ``shared``; ``off`` checks nothing.
 
 MLflow has a mismatch helper, ``mlflow.utils.requirements_utils._check_requirement_satisfied``
 (used by ``warn_dependency_requirement_mismatches`` when a pyfunc model loads, next to
@@ -60,8 +62,7 @@ import importlib.metadata
 import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from enum import StrEnum
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -71,16 +72,12 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from controller.environment_policy import EnvironmentPolicy as EnvironmentPolicy
+
 # Raise it with every change to what ``check_environment`` decides (see ``digest``). 2: another
-# major version became a warning (issue 17).
-RULES_REVISION = 2
-
-
-class EnvironmentPolicy(StrEnum):
-    STRICT = "strict"
-    WARN = "warn"
-    OFF = "off"
-
+# major version became a warning (issue 17). 3: a missing package gets an environment of its
+# own under ``isolate`` (issue 17).
+RULES_REVISION = 3
 
 # Either distribution provides the `mlflow` module a model's `mlflow==X` requirement is about.
 _MLFLOW_PROVIDERS = ("mlflow", "mlflow-skinny")
@@ -201,9 +198,27 @@ class ArtifactEnvironment:
 
 
 @dataclass(frozen=True)
+class Mismatch:
+    """A requirement the serving environment has another version of."""
+
+    requirement: Requirement
+    installed: str
+    # No release of the installed major could satisfy the requirement.
+    another_major: bool
+
+
+@dataclass(frozen=True)
 class EnvironmentVerdict:
     blocking: list[str]
     warnings: list[str]
+    # Requirements (markers true) naming a package the serving environment lacks: under
+    # ``isolate`` the version gets an environment of its own for them (not blocking).
+    missing: list[Requirement] = field(default_factory=list)
+    # Requirements the serving environment has another version of (each is also a warning).
+    mismatched: list[Mismatch] = field(default_factory=list)
+    # Every requirement that parses and applies here (markers true), pip options left out: what
+    # an environment that inherits nothing is built from. Not compared: it restates the input.
+    requirements: list[Requirement] = field(default_factory=list, compare=False)
 
 
 def is_pickled(mlmodel: Mapping[str, Any]) -> bool:
@@ -259,6 +274,10 @@ class _Checker:
         self.env = env
         self.blocking: list[str] = []
         self.warnings: list[str] = []
+        self.missing: list[Requirement] = []
+        self.missing_reasons: list[str] = []
+        self.mismatched: list[Mismatch] = []
+        self.requirements: list[Requirement] = []
 
     def python(self, artifact: ArtifactEnvironment) -> None:
         if artifact.python_version is None:
@@ -315,13 +334,11 @@ class _Checker:
             )
             return
 
+        self.requirements.append(req)
         installed = self.env.installed(req.name)
         if installed is None:
-            self.blocking.append(
-                f"requirement {line!r}: package {req.name!r} is not installed in the serving "
-                "environment, and serving does not yet build an environment of its own for a "
-                "version"
-            )
+            self.missing.append(req)
+            self.missing_reasons.append(missing_reason(line, req))
             return
         if req.url:
             self.warnings.append(
@@ -348,9 +365,20 @@ class _Checker:
             f"requirement {line!r}: this version was logged with {req.name} {req.specifier}; "
             f"the serving environment has {installed}"
         )
-        if not _any_release_in_major(req.specifier, installed_version):
+        another_major = not _any_release_in_major(req.specifier, installed_version)
+        if another_major:
             found += _ANOTHER_MAJOR
         self.warnings.append(found)
+        self.mismatched.append(Mismatch(req, installed, another_major))
+
+
+def missing_reason(line: str, req: Requirement) -> str:
+    """Why a missing package quarantines under ``shared``."""
+    return (
+        f"requirement {line!r}: package {req.name!r} is not installed in the serving "
+        "environment, and the environment policy 'shared' serves a version in the serving "
+        "environment only (under 'isolate' it would get an environment of its own)"
+    )
 
 
 def check_environment(
@@ -362,10 +390,13 @@ def check_environment(
     checker.python(artifact)
     for line in _logical_lines(artifact.requirements or []):
         checker.requirement(line)
-    if policy is EnvironmentPolicy.WARN:
-        would_block = [
-            f"{reason} (the strict environment policy would quarantine the version for this)"
-            for reason in checker.blocking
-        ]
-        return EnvironmentVerdict(blocking=[], warnings=would_block + checker.warnings)
-    return EnvironmentVerdict(blocking=checker.blocking, warnings=checker.warnings)
+    blocking = checker.blocking
+    if policy is EnvironmentPolicy.SHARED:
+        blocking = blocking + checker.missing_reasons
+    return EnvironmentVerdict(
+        blocking=blocking,
+        warnings=checker.warnings,
+        missing=checker.missing,
+        mismatched=checker.mismatched,
+        requirements=checker.requirements,
+    )

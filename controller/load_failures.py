@@ -64,6 +64,22 @@ class ArtifactReport(BaseModel):
     version: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
     mlmodel_digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
     replica: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:#-]{1,128}$")]
+    # The environment of its own the report was made in (``EnvironmentSpec.digest``); absent:
+    # the shared serving environment. It counts only for the environment the version is
+    # assigned (``controller.own_environments``).
+    environment_digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")] | None = None
+
+    def facts(self) -> dict[str, Any]:
+        """What is kept of the report with the version: the artifact and environment it is
+        about, who saw it and when (``environment_digest`` only when it names one)."""
+        found: dict[str, Any] = {
+            "mlmodel_digest": self.mlmodel_digest,
+            "replica": self.replica,
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        if self.environment_digest is not None:
+            found["environment_digest"] = self.environment_digest
+        return found
 
 
 class LoadFailureReport(ArtifactReport):
@@ -89,13 +105,7 @@ async def report_load_failure(
     if refused is not None:
         svc.metrics.load_failure_reports.labels("limited").inc()
         return refused
-    failure = {
-        "kind": report.kind,
-        "cause": report.cause,
-        "mlmodel_digest": report.mlmodel_digest,
-        "replica": report.replica,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
+    failure = {"kind": report.kind, "cause": report.cause, **report.facts()}
     try:
         decided = await asyncio.to_thread(
             commands.record_load_failure,

@@ -6,7 +6,9 @@ controller decides in its own transaction (``commands.record_proof``): passed ->
 quarantined with the cause (a failed proof of the live default, which only a forged report
 sends, is kept as a warning and it stays live). Same credential, bounds and manners as load
 reports (``controller.load_failures``): the serving token, keyed by the MLmodel digest, safe to
-repeat (the first report about an artifact is kept), rate-limited by the replicas and by the
+repeat (the first report about an artifact is kept), refused as stale when made in another
+environment than the version is assigned (``environment_digest``: absent, the shared one;
+``controller.own_environments``), rate-limited by the replicas and by the
 controller, on the same budgets (``controller.report_limits``).
 """
 
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
@@ -23,14 +24,17 @@ from pydantic import model_validator
 
 from controller import commands
 from controller.decisions import held
+from controller.exceptions import StaleReport
 from controller.load_failures import GATE, REPORT_TEXT, ArtifactReport, kept
-from controller.proofs import FAILED, proof_of
+from controller.proofs import FAILED, proof_of, stale_environment
+from controller.records import ModelRecord
 from controller.report_limits import ReportLimits, report_limits
 from controller.services import Services, services
 
 log = logging.getLogger(__name__)
 
 router = APIRouter(prefix=GATE.prefix, max_body_size=GATE.max_body)
+
 
 class ProofReport(ArtifactReport):
     outcome: Literal["passed", "failed"]
@@ -44,6 +48,23 @@ class ProofReport(ArtifactReport):
         if self.outcome == FAILED and self.cause is None:
             raise ValueError("a failed proof needs its cause")
         return self
+
+
+def _record(
+    svc: Services, name: str, version: str, proof: dict[str, Any], environment: str | None
+) -> ModelRecord:
+    """Refuse a proof made in another environment than the version is assigned as stale (a
+    replica proving from an older table: the shared environment, for a version since given
+    its own), then record it. Checked on a read before the write: a report that passes it
+    as the version is moved elsewhere is kept and counts for nothing, since a proof counts
+    only for the environment its version is assigned (``proofs.proof_in``)."""
+    current = svc.store.load_model(name)
+    known = current.versions.get(version) if current is not None else None
+    if known is not None and known.mlmodel_digest == proof["mlmodel_digest"]:
+        stale = stale_environment(known, environment)
+        if stale is not None:
+            raise StaleReport(stale)
+    return commands.record_proof(svc.store, name, version, proof, svc.serving_environment)
 
 
 @router.post("/proofs", response_model=None)
@@ -60,19 +81,12 @@ async def report_proof(
     proof: dict[str, Any] = {
         "outcome": report.outcome,
         "exercised": report.exercised,
-        "mlmodel_digest": report.mlmodel_digest,
-        "replica": report.replica,
-        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        **report.facts(),
     }
     if report.cause is not None:
         proof["cause"] = report.cause
     decided = await asyncio.to_thread(
-        commands.record_proof,
-        svc.store,
-        report.model,
-        report.version,
-        proof,
-        svc.serving_environment,
+        _record, svc, report.model, report.version, proof, report.environment_digest
     )
     version = decided.versions[report.version]
     recorded = kept(version.proof, proof)

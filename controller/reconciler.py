@@ -29,12 +29,14 @@ from controller.artifacts import ArtifactFacts
 from controller.compatibility import Policy
 from controller.decisions import NOT_READ, decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
+from controller.environment_policy import with_policy_values
 from controller.exceptions import RegisteredModelGone, RegistryError, RegistryUnavailable
 from controller.own_writes import OwnWrites, RememberingWriter
 from controller.read_reasons import public_reason
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, RegistryPort, RegistryWriter
 from controller.registry_sync import (
+    ENVIRONMENT_TAG,
     batching_from_tags,
     follow_alias,
     policies_from_tags,
@@ -71,9 +73,7 @@ def _with_facts(known: VersionRecord, facts: ArtifactFacts) -> VersionRecord:
         # What was decided about other contents does not hold for these, nor a failure to
         # load them.
         decided_against=None,
-        load_failure=known.load_failure
-        if known.mlmodel_digest == facts.mlmodel_digest
-        else None,
+        load_failure=known.load_failure if known.mlmodel_digest == facts.mlmodel_digest else None,
     )
 
 
@@ -147,7 +147,7 @@ class Reconciler:
         environment: ServingEnvironment,
         *,
         default_policy: Policy = Policy.BACKWARD,
-        default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT,
+        default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.ISOLATE,
         alias: str = "serving",
         write_back: bool = True,
         registry_controls: bool = True,
@@ -179,8 +179,10 @@ class Reconciler:
         sizes")."""
         known = record.versions.get(ov.version) if record else None
         uri = known.artifact_uri if known else None
-        return uri is None or not isinstance(self._registry, LocationPolicy) or (
-            self._registry.allows(uri)
+        return (
+            uri is None
+            or not isinstance(self._registry, LocationPolicy)
+            or (self._registry.allows(uri))
         )
 
     def _new_model(self, name: str, created_at: int | None) -> ModelRecord:
@@ -233,8 +235,11 @@ class Reconciler:
                 name,
             )
             before = _forget_versions(before, created_at)
-        to_read = [ov.version for ov in observed
-                   if ov.ready and not (_known_and_read(before, ov) and self._allowed(before, ov))]
+        to_read = [
+            ov.version
+            for ov in observed
+            if ov.ready and not (_known_and_read(before, ov) and self._allowed(before, ov))
+        ]
         facts: dict[str, ArtifactFacts] = {}
         failures: dict[str, str] = {}
         broken: dict[str, str] = {}
@@ -270,7 +275,8 @@ class Reconciler:
             if before is None or _policies(current) == _policies(before):
                 # Tags read before an admin change committed are stale: the reconcile that
                 # change queued reads them again.
-                current = policies_from_tags(current, info.tags, controls=self._controls)
+                tags = with_policy_values(info.tags, ENVIRONMENT_TAG)
+                current = policies_from_tags(current, dict(tags), controls=self._controls)
             current = batching_from_tags(current, info.tags)
             current = proof_from_tags(current, info.tags, controls=self._controls)
             merged = merge_observed(current, observed, facts, failures, broken)

@@ -48,6 +48,12 @@ class VersionRecord:
     # (``controller.proofs``): {"outcome": "passed" | "failed" | "before-proofs", "exercised",
     # "cause", "mlmodel_digest", "replica", "at"}. It counts while the digest is the version's.
     proof: dict[str, Any] | None = None
+    # The environment of its own the version is proven and served in, as the last decision
+    # assigned it (``controller.own_environments``): ``EnvironmentSpec`` as a dict plus
+    # ``shared_failure``, the report that sent it there (None: it needs a missing package).
+    # None: the shared serving environment. Proofs and load failures carry the digest of the
+    # environment they were made in (``environment_digest``, absent: the shared one).
+    own_environment: dict[str, Any] | None = None
 
     @property
     def number(self) -> int:
@@ -58,7 +64,7 @@ class VersionRecord:
 class ModelRecord:
     name: str
     policy: str
-    environment_policy: str = "strict"
+    environment_policy: str = "isolate"
     default_version: str | None = None
     contract: Signature | None = None
     # The registry's creation time of the registered model (ms): another value means the

@@ -25,7 +25,7 @@ class RegisteredModelRow(Base):
     # The signature dict of the default version at the time it was pinned.
     contract: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     policy: Mapped[str] = mapped_column(String(32))
-    environment_policy: Mapped[str] = mapped_column(String(16), default="strict")
+    environment_policy: Mapped[str] = mapped_column(String(16), default="isolate")
     # The registry's creation_timestamp (ms) of the model this row describes.
     registry_created_at: Mapped[int | None] = mapped_column(BigInteger)
     # Set while the model is deleted from the registry: kept (contract, pin, policies, no
@@ -83,6 +83,8 @@ class ModelVersionRow(Base):
     load_failure: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     # The proof a serving replica reported for this artifact (controller/proofs.py).
     proof: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # The environment of its own the version is assigned (controller/own_environments.py).
+    own_environment: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
     model: Mapped[RegisteredModelRow] = relationship(back_populates="versions")
 

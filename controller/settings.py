@@ -96,7 +96,9 @@ class ControllerSettings(BaseSettings):
     retry_initial_s: float = 0.5
     retry_max_s: float = 30.0
     default_policy: Policy = Policy.BACKWARD
-    default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.STRICT
+    # For models without a ``sigserve.environment`` tag: isolate|shared|off; the values before
+    # issue 17 are read as the new ones (strict: isolate, warn: off; controller/environment.py).
+    default_environment_policy: EnvironmentPolicy = EnvironmentPolicy.ISOLATE
     # Whether a version is proven on its own input example by a serving replica before it goes
     # live, for models without a ``sigserve.proof`` tag (controller/proofs.py). Off: a version
     # is live as soon as it passes the checks, as before proofs.

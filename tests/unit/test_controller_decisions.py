@@ -144,7 +144,7 @@ def test_a_version_whose_source_changed_is_read_and_decided_again() -> None:
 
 
 def test_the_default_is_checked_too_and_the_environment_can_block_it() -> None:
-    model = ModelRecord(name="m", policy="backward")
+    model = ModelRecord(name="m", policy="backward", environment_policy="shared")
     needy = facts(sig("a"), "mlflow==3.17.2", "sigserve-absent-package==1.0")
     decided = decide_all(merge_observed(model, observed("1", "2"),
                                         {"1": needy, "2": sig("a")}, {}), NOW)
@@ -153,8 +153,9 @@ def test_the_default_is_checked_too_and_the_environment_can_block_it() -> None:
     assert v1.state is VersionState.QUARANTINED
     assert v1.reasons == ["requirement 'sigserve-absent-package==1.0': package "
                           "'sigserve-absent-package' is not installed in the serving "
-                          "environment, and serving does not yet build an environment of its "
-                          "own for a version"]
+                          "environment, and the environment policy 'shared' serves a version "
+                          "in the serving environment only (under 'isolate' it would get an "
+                          "environment of its own)"]
     assert decided.versions["2"].state is VersionState.LIVE
 
 
@@ -191,14 +192,17 @@ def test_environment_warnings_stay_on_a_live_version_and_policy_warn_lets_it_thr
     assert decided.versions["1"].state is VersionState.LIVE
     assert "pandas" in decided.versions["1"].warnings[0]
     absent = facts(sig("a"), "sigserve-absent-package==1.0")
+    # ``warn``, stored before issue 17, reads as ``off``: the check quarantines nothing (the
+    # proof or the load on serving decides), and lists nothing.
     warned = ModelRecord(name="m", policy="backward", environment_policy="warn")
     decided = decide_all(merge_observed(warned, observed("1"), {"1": absent}, {}), NOW)
     assert decided.versions["1"].state is VersionState.LIVE
-    assert "sigserve-absent-package" in decided.versions["1"].warnings[0]
+    assert decided.versions["1"].warnings == []
+    assert decided.versions["1"].own_environment is None
 
 
 def test_a_changed_environment_policy_redecides() -> None:
-    model = ModelRecord(name="m", policy="backward")
+    model = ModelRecord(name="m", policy="backward", environment_policy="shared")
     absent = facts(sig("a"), "sigserve-absent-package==1.0")
     strict = decide_all(merge_observed(model, observed("1"), {"1": absent}, {}), NOW)
     assert strict.versions["1"].state is VersionState.QUARANTINED

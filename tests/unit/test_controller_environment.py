@@ -16,6 +16,7 @@ from controller.environment import (
     check_environment,
     is_pickled,
 )
+from controller.environment_policy import POLICY_VALUES, policy_value
 
 ENV = ServingEnvironment(
     python_version="3.11.9",
@@ -36,7 +37,7 @@ def check(
     *requirements: str,
     python: str | None = None,
     pickled: bool = False,
-    policy: EnvironmentPolicy = EnvironmentPolicy.STRICT,
+    policy: EnvironmentPolicy = EnvironmentPolicy.SHARED,
     env: ServingEnvironment = ENV,
 ) -> EnvironmentVerdict:
     artifact = ArtifactEnvironment(
@@ -46,8 +47,9 @@ def check(
 
 
 MISSING = (
-    " is not installed in the serving environment, and serving does not yet build an "
-    "environment of its own for a version"
+    " is not installed in the serving environment, and the environment policy 'shared' serves "
+    "a version in the serving environment only (under 'isolate' it would get an environment "
+    "of its own)"
 )
 
 
@@ -254,29 +256,56 @@ def test_python_patch_mismatch_is_nothing() -> None:
 
 def test_no_requirements_file_checks_only_python() -> None:
     artifact = ArtifactEnvironment(requirements=None, python_version="3.11.9", pickled=True)
-    assert check_environment(artifact, ENV, EnvironmentPolicy.STRICT) == EnvironmentVerdict(
+    assert check_environment(artifact, ENV, EnvironmentPolicy.ISOLATE) == EnvironmentVerdict(
         [], []
     )
 
 
-def test_warn_policy_turns_blocking_reasons_into_warnings() -> None:
-    strict = check("foo==1.0", "scikit-learn==1.5.0", "pandas==2.2.3", python="3.10.4",
+def test_isolate_policy_lists_a_missing_package_as_a_need_not_a_quarantine() -> None:
+    shared = check("foo==1.0", "scikit-learn==1.5.0", "pandas==2.2.3", python="3.10.4",
                    pickled=True)
-    assert len(strict.blocking) == 2
-    assert len(strict.warnings) == 2
-    warn = check(
+    assert len(shared.blocking) == 2  # foo, and the pickle of another Python minor
+    isolate = check(
         "foo==1.0",
         "scikit-learn==1.5.0",
         "pandas==2.2.3",
         python="3.10.4",
         pickled=True,
-        policy=EnvironmentPolicy.WARN,
+        policy=EnvironmentPolicy.ISOLATE,
     )
-    assert warn.blocking == []
-    assert warn.warnings == [
-        f"{reason} (the strict environment policy would quarantine the version for this)"
-        for reason in strict.blocking
-    ] + strict.warnings
+    # Only the interpreter still blocks: no environment changes it.
+    assert isolate.blocking == [shared.blocking[0]]
+    assert "no environment serving could build" in isolate.blocking[0]
+    assert isolate.warnings == shared.warnings
+    assert [str(r) for r in isolate.missing] == ["foo==1.0"]
+    assert [(str(m.requirement), m.installed, m.another_major) for m in isolate.mismatched] == [
+        ("scikit-learn==1.5.0", "1.6.1", False),
+        ("pandas==2.2.3", "3.1.1", True),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "meant"),
+    [("isolate", "isolate"), ("shared", "shared"), ("off", "off"), ("strict", "isolate"),
+     ("warn", "off"), ("STRICT", "isolate"), ("nonsense", "nonsense")],
+)
+def test_the_values_before_issue_17_are_read_as_the_new_ones(value: str, meant: str) -> None:
+    assert policy_value(value) == meant
+    if meant != "nonsense":
+        assert EnvironmentPolicy(value).value == meant
+        assert value.lower() in POLICY_VALUES
+
+
+def test_the_setting_and_the_default_take_the_old_values_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.unit.test_controller_http import _settings
+
+    assert _settings(tmp_path).default_environment_policy is EnvironmentPolicy.ISOLATE
+    monkeypatch.setenv("SIGSERVE_DEFAULT_ENVIRONMENT_POLICY", "warn")
+    assert _settings(tmp_path).default_environment_policy is EnvironmentPolicy.OFF
+    monkeypatch.setenv("SIGSERVE_DEFAULT_ENVIRONMENT_POLICY", "strict")
+    assert _settings(tmp_path).default_environment_policy is EnvironmentPolicy.ISOLATE
 
 
 def test_off_policy_checks_nothing() -> None:

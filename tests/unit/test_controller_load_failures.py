@@ -16,6 +16,7 @@ from controller import commands
 from controller.app import create_app
 from controller.database import make_engine, migrate
 from controller.decisions import decide_all
+from controller.environment import EnvironmentPolicy
 from controller.exceptions import StaleReport
 from controller.reconciler import Reconciler
 from controller.report_limits import PER_REPLICA_BURST, PER_REPLICA_PER_MINUTE, ReportLimits
@@ -23,6 +24,8 @@ from controller.store import Store
 from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
 from tests.unit.test_controller_http import _settings
 from wire.routing_table import VersionState
+
+SHARED = EnvironmentPolicy.SHARED
 
 SERVING_TOKEN = "serving-token-0123456789"
 
@@ -48,7 +51,10 @@ def store(tmp_path: Path) -> Store:
     migrate(engine)
     s = Store(engine)
     registry = Registry({"1": sig("prompt"), "2": sig("prompt"), "3": sig("prompt")})
-    Reconciler(s, registry, ENV, write_back=False).reconcile("m", "resync")
+    # Shared: a load failure quarantines at once (under isolate, the default, it sends the
+    # version to an environment of its own: tests/unit/test_controller_own_environments.py).
+    Reconciler(s, registry, ENV, write_back=False, default_environment_policy=SHARED
+               ).reconcile("m", "resync")  # fmt: skip
     return s
 
 
@@ -156,13 +162,13 @@ def test_the_operator_takes_a_reported_default_out_by_a_pin_or_by_hand(store: St
 @pytest.fixture()
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    settings = _settings(tmp_path, serving_token=SERVING_TOKEN)
+    settings = _settings(tmp_path, serving_token=SERVING_TOKEN,
+                         default_environment_policy="shared")
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
     s = Store(engine)
-    Reconciler(s, Registry({"1": sig("p"), "2": sig("p")}), ENV, write_back=False).reconcile(
-        "m", "resync"
-    )
+    Reconciler(s, Registry({"1": sig("p"), "2": sig("p")}), ENV, write_back=False,
+               default_environment_policy=SHARED).reconcile("m", "resync")
     s.publish()
     engine.dispose()
     with TestClient(create_app(settings)) as c:

@@ -80,7 +80,8 @@ def test_a_database_of_the_first_release_keeps_its_decisions(database_url: str) 
     store = Store(engine)
     record = store.load_model("m")
     assert record is not None
-    assert (record.policy, record.environment_policy) == ("exact", "strict")
+    # ``strict``, the default before issue 17, is stored as what it means now (0015).
+    assert (record.policy, record.environment_policy) == ("exact", "isolate")
     assert record.default_version == "1" and record.contract == SIG
     v1, v2 = record.versions["1"], record.versions["2"]
     assert v1.state is VersionState.LIVE and v1.decided_at == when and v1.warnings == []

@@ -19,6 +19,7 @@ from controller import commands
 from controller.app import create_app
 from controller.database import make_engine, migrate
 from controller.decisions import decide_all
+from controller.environment import EnvironmentPolicy
 from controller.exceptions import InvalidRequest, StaleReport
 from controller.proofs import (
     BEFORE_PROOFS,
@@ -38,6 +39,7 @@ from tests.unit.test_controller_http import _settings
 from wire.routing_table import VersionState
 
 PROVING = ProvingEnvironment(PLAIN.python_version, PLAIN.distributions)
+SHARED = EnvironmentPolicy.SHARED
 SERVING_TOKEN = "serving-token-0123456789"
 AUTH = {"Authorization": f"Bearer {SERVING_TOKEN}"}
 
@@ -62,7 +64,10 @@ def store(tmp_path: Path) -> Store:
     migrate(engine)
     s = Store(engine)
     registry = Registry({"1": sig("prompt"), "2": sig("prompt"), "3": sig("text")})
-    Reconciler(s, registry, PROVING, write_back=False).reconcile("m", "resync")
+    # Shared: a failed proof quarantines at once (under isolate, the default, it sends the
+    # version to an environment of its own: tests/unit/test_controller_own_environments.py).
+    Reconciler(s, registry, PROVING, write_back=False, default_environment_policy=SHARED
+               ).reconcile("m", "resync")  # fmt: skip
     return s
 
 
@@ -194,8 +199,9 @@ def test_a_failed_proof_about_the_live_default_is_recorded_and_it_stays_live(
     engine = make_engine(f"sqlite:///{tmp_path}/c.db")
     migrate(engine)
     s = Store(engine)
-    Reconciler(s, Registry({"1": sig("prompt"), "2": sig("prompt")}), PLAIN,
-               write_back=False).reconcile("m", "resync")  # fmt: skip
+    registry = Registry({"1": sig("prompt"), "2": sig("prompt")})
+    Reconciler(s, registry, PLAIN, write_back=False, default_environment_policy=SHARED
+               ).reconcile("m", "resync")  # fmt: skip
     assert states(s) == {"1": "live", "2": "live"}
     record = commands.record_proof(s, "m", "1", failed("1"), PROVING)
     v1 = record.versions["1"]
@@ -284,12 +290,14 @@ def test_versions_live_before_proofs_stay_live_after_the_upgrade(tmp_path: Path)
 @pytest.fixture()
 def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    settings = _settings(tmp_path, serving_token=SERVING_TOKEN, default_proof="on")
+    settings = _settings(tmp_path, serving_token=SERVING_TOKEN, default_proof="on",
+                         default_environment_policy="shared")
     engine = make_engine(settings.resolved_database_url())
     migrate(engine)
     s = Store(engine)
     registry = Registry({"1": sig("p"), "2": sig("p")})
-    Reconciler(s, registry, settings.serving_environment(), write_back=False).reconcile("m")
+    Reconciler(s, registry, settings.serving_environment(), write_back=False,
+               default_environment_policy=SHARED).reconcile("m")
     s.publish()
     engine.dispose()
     with TestClient(create_app(settings)) as c:

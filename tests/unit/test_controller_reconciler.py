@@ -223,11 +223,12 @@ def test_policy_tags_in_the_registry_win(store: Store) -> None:
     registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
                                        "2": ("models:/m-b", sig("text"))})
     reconciler(store, registry).reconcile("m")
+    # ``warn``, a value from before issue 17, is taken as what it means now.
     registry.model_tags = {"sigserve.compatibility": "none", "sigserve.environment": "warn"}
     reconciler(store, registry).reconcile("m")
     record = store.load_model("m")
     assert record is not None
-    assert (record.policy, record.environment_policy) == ("none", "warn")
+    assert (record.policy, record.environment_policy) == ("none", "off")
     assert record.versions["2"].state is VersionState.LIVE
     registry.model_tags = {"sigserve.compatibility": "sideways"}  # ignored, logged
     reconciler(store, registry).reconcile("m")

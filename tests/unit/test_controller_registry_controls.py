@@ -31,7 +31,7 @@ def test_with_controls_off_a_policy_tag_loosens_nothing(store: Store) -> None:
     reconcile(store, registry, controls=False)
     record = store.load_model("m")
     assert record is not None
-    assert (record.policy, record.environment_policy) == ("backward", "strict")
+    assert (record.policy, record.environment_policy) == ("backward", "isolate")
     assert record.versions["2"].state is VersionState.QUARANTINED
 
 
