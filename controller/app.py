@@ -148,11 +148,13 @@ class LeaderDuties:
     """What only the leader runs: the worker, the resync, the drain of followers' requests and
     the rollouts' stepper."""
 
-    LOOPS = ("worker", "resync", "requests", "rollouts")
+    LOOPS = ("worker", "resync", "requests")
 
     def __init__(self, svc: Services) -> None:
         self._svc = svc
         self._priming: asyncio.Task[None] | None = None
+        # Not among the loops readiness checks: its run() outlives any failure of a tick.
+        self._stepper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         svc = self._svc
@@ -160,7 +162,7 @@ class LeaderDuties:
         svc.loops["worker"] = asyncio.create_task(svc.worker.run())
         # A resync at once: a new leader learns what its predecessor left undone.
         svc.loops["resync"] = asyncio.create_task(svc.worker.resync.run())
-        svc.loops["rollouts"] = asyncio.create_task(svc.rollout_stepper.run())
+        self._stepper = asyncio.create_task(svc.rollout_stepper.run())
         if svc.leadership.elected:
             svc.loops["requests"] = asyncio.create_task(
                 svc.worker.resync.take_requests_loop(svc.settings.follower_poll_s)
@@ -179,6 +181,9 @@ class LeaderDuties:
         if self._priming is not None:
             tasks.append(self._priming)
             self._priming = None
+        if self._stepper is not None:
+            tasks.append(self._stepper)
+            self._stepper = None
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

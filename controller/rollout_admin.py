@@ -62,7 +62,7 @@ async def status(svc: Services, r: RolloutRecord) -> dict[str, Any]:
         "actor": r.actor,
         "started_at": _iso(r.created_at),
         "ended_at": _iso(r.ended_at),
-        "steps": [s * 100 for s in r.steps],
+        "steps": [round(s * 100, 6) for s in r.steps],
         "step": r.step,
         "weight": r.weight,
         "shadow": r.shadow,

@@ -150,10 +150,9 @@ def test_reports_need_the_serving_token_and_keep_to_a_budget(client: TestClient)
     assert stale.json() == {"recorded": 0, "unknown": 1}
 
 
-def test_the_stepper_runs_in_the_leader_and_publishes(client: TestClient) -> None:
+def test_a_tick_of_the_apps_stepper_takes_a_step(client: TestClient) -> None:
     rollout = start(client, steps=[50, 100], step_s=1, min_requests=0).json()["id"]
     client.post("/serving/rollout-reports", json=report(rollout, 10, 10), headers=SERVING)
-    assert "rollouts" in svc(client).loops
     stepper = svc(client).rollout_stepper
     stepper.clock = lambda: datetime.now(UTC) + timedelta(seconds=2)  # past the hold time
     done = client.portal.call(stepper.tick)  # type: ignore[union-attr]
@@ -170,3 +169,8 @@ def test_a_report_past_its_bound_is_refused_before_it_is_read(client: TestClient
     # The load-failure route keeps its own, smaller bound.
     assert client.post("/serving/load-failures", content=b" " * (64 * 1024),
                        headers=SERVING).status_code == 413  # fmt: skip
+
+
+def test_steps_read_back_as_the_percentages_given(client: TestClient) -> None:
+    body = start(client, steps=[7, 29, 100]).json()
+    assert body["steps"] == [7, 29, 100] and body["weight"] == 0.07
