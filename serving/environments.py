@@ -63,6 +63,9 @@ logger = logging.getLogger(__name__)
 
 # Threads of one environment's actor: predict calls of its models at once, loads beside them.
 ACTOR_MAX_CONCURRENCY = 8
+# How long a load waits for an environment that exists to answer before it leaves it to a
+# build in the background (an environment being built answers only once built).
+RUNNING_WAIT_S = 2.0
 # Variables the environment's process needs to download artifacts as the replica does.
 _FORWARDED_PREFIXES = ("MLFLOW_", "AWS_", "GOOGLE_", "AZURE_", "HF_")
 
@@ -167,7 +170,7 @@ class EnvironmentManager:
         spec = artifact.environment
         if spec is None:
             raise LoadFailed("the artifact names no environment", permanent=False)
-        actor = self._ready.get(spec.digest)
+        actor = self._ready.get(spec.digest) or await self._running(spec)
         if actor is None:
             if spec.digest not in self._building and spec.kind == "layered":
                 asyncio.get_running_loop().create_task(self._build_quietly(spec))
@@ -190,6 +193,21 @@ class EnvironmentManager:
             actor.unload.remote(key, holder)
 
         return await asyncio.to_thread(loaded_from, answer["files"], send, release)
+
+    async def _running(self, spec: EnvironmentSpec) -> Any:
+        """The environment's actor if it exists and answers at once (built before this replica
+        started, by another replica or by this one before a restart); else None."""
+        if spec.digest in self._building:
+            return None
+        actor = await asyncio.to_thread(self._existing, actor_name(spec.digest))
+        if actor is None:
+            return None
+        try:
+            await asyncio.wait_for(_awaited(actor.info.remote()), RUNNING_WAIT_S)
+        except (TimeoutError, RayActorError, RuntimeEnvSetupError):
+            return None  # still being built, or failed: a build (in the background) tells
+        self._ready[spec.digest] = actor
+        return actor
 
     async def _build_quietly(self, spec: EnvironmentSpec) -> None:
         try:

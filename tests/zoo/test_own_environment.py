@@ -31,7 +31,7 @@ import pytest
 
 from serving.environment_builds import EnvironmentBuildFailed, actor_name, namespace
 from serving.environments import EnvironmentManager
-from serving.loader import Artifact
+from serving.loader import Artifact, LoadFailed
 from serving.proofs import prove
 from serving.resolve import Target
 from tests.zoo.conftest import Figures
@@ -125,6 +125,17 @@ def test_a_version_needing_a_package_the_shared_environment_lacks_is_served_from
         again = await other.load(second.artifact)
         answer2 = await asyncio.to_thread(again.model.predict, numbers)
 
+        # A replica restarted: its first load finds the environment running, nothing built.
+        restarted = EnvironmentManager(app, timeout_s=600, concurrency=1)
+        third = await restarted.load(first.artifact)
+        answer3 = await asyncio.to_thread(third.model.predict, numbers)
+        # A load never waits for a build: an environment not built answers 503 at once.
+        started = time.perf_counter()
+        with pytest.raises(LoadFailed, match="being built"):
+            await restarted.load(Artifact(first.artifact.source, first.artifact.mlmodel_digest,
+                                          None, _spec(["roman==99.0"])))  # fmt: skip
+        unbuilt_s = time.perf_counter() - started
+
         import ray
 
         actor = ray.get_actor(actor_name(spec.digest), namespace=namespace(app))
@@ -144,11 +155,13 @@ def test_a_version_needing_a_package_the_shared_environment_lacks_is_served_from
                 break
             await asyncio.sleep(0.05)
         gone = not await asyncio.to_thread(_exists, actor_name(spec.digest), app)
-        loaded.close()
-        again.close()
+        for model in (loaded, again, third):
+            model.close()
         return {"built_s": built_s, "reused_s": reused_s, "failed_s": failed_s,
+                "unbuilt_s": unbuilt_s, "answer3": answer3,
                 "answer": answer, "answer2": answer2, "proof": proof, "info": info,
-                "builds": (replica.builds_started, other.builds_started),
+                "builds": (replica.builds_started, other.builds_started,
+                           restarted.builds_started),
                 "failure": failed.value.cause, "gone": gone}  # fmt: skip
 
     seen = asyncio.run(scenario())
@@ -158,12 +171,14 @@ def test_a_version_needing_a_package_the_shared_environment_lacks_is_served_from
     expected = pd.DataFrame({"numeral": list(EXPECTED.values())})
     pd.testing.assert_frame_equal(seen["answer"], expected)
     pd.testing.assert_frame_equal(seen["answer2"], expected)
+    pd.testing.assert_frame_equal(seen["answer3"], expected)
+    figures("a load of an environment not built, answered (s)", seen["unbuilt_s"])
     proof = seen["proof"]
     assert (proof.outcome, proof.exercised, proof.environment_digest) == (
         "passed", True, spec.digest
     ), proof  # fmt: skip
     # One build for both versions: the second manager found the environment.
-    assert seen["builds"] == (1, 0)
+    assert seen["builds"] == (1, 0, 0)
     assert seen["info"]["loads"] == 2 and seen["info"]["digest"] == spec.digest
     assert "no version of roman==99.0" in seen["failure"], seen["failure"]
     assert "Traceback" not in seen["failure"]
