@@ -176,3 +176,13 @@ def is_building(reason: str) -> bool:
 def served_from(spec: EnvironmentSpec) -> str:
     """The warning a version live in its own environment carries."""
     return f"served from an environment of its own ({spec.kind}, {spec.digest[:12]}): {spec.reason}"
+
+
+def where_served(version: VersionRecord) -> dict[str, Any]:
+    """Where the version is proven and served, for the admin API: ``shared``, or its own
+    environment (kind, digest, requirement lines, why, and what failed in the shared one)."""
+    spec = environment_of(version)
+    if spec is None:
+        return {"kind": "shared"}
+    shared = (version.own_environment or {}).get("shared_failure")
+    return {**spec.model_dump(), "shared_failure": shared}

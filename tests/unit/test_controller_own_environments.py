@@ -25,7 +25,7 @@ from controller.environment import (
     ServingEnvironment,
     check_environment,
 )
-from controller.own_environments import assign, environment_of, make_spec
+from controller.own_environments import assign, environment_of, make_spec, where_served
 from controller.proofs import BEING_PROVEN, ProvingEnvironment, awaits_proof
 from controller.reconciler import Reconciler
 from controller.registry import ObservedModel, ObservedVersion
@@ -350,3 +350,18 @@ def test_the_migration_stores_the_old_policy_values_as_the_new_ones(tmp_path: Pa
     stored = {n: s.load_model(n).environment_policy for n in "abc"}  # type: ignore[union-attr]
     assert stored == {"a": "isolate", "b": "off", "c": "off"}
     engine.dispose()
+
+
+def test_the_admin_view_says_where_a_version_is_served(store: Store) -> None:
+    assert where_served(version(store, "1")) == {"kind": "shared"}
+    shown = where_served(version(store, "2"))
+    assert (shown["kind"], shown["requirements"], shown["shared_failure"]) == (
+        "layered",
+        ["tiny-pkg==0.3.1"],
+        None,
+    )
+    assert shown["reason"] == "needs Tiny_Pkg, which the serving environment lacks"
+    moved = commands.record_proof(store, "m", "1", report("1", "failed"), PROVING)
+    assert where_served(moved.versions["1"])["shared_failure"]["cause"] == (
+        "ValueError: this model was never fitted"
+    )
