@@ -6,9 +6,9 @@ probability s, also sent to the candidate (docs/architecture.md, "Rollouts"):
 - After the client's answer is sent: the API hands the job over in the response's background
   task, which Starlette runs once the body is out, and the job only joins a queue there. A
   client's request never waits for its shadow, and a shadow that fails never fails it.
-- Through a bounded queue per model (``queue_size``), drained by at most ``workers`` tasks per
-  model: under load the shadow is what gives way, a job that finds the queue full is dropped
-  and counted (``dropped``).
+- Through a bounded queue per model (``queue_size`` jobs, ``queue_bytes`` of bodies and answers
+  held), drained by at most ``workers`` tasks per model: under load the shadow is what gives
+  way, a job that finds the queue full is dropped and counted (``dropped``).
 - The candidate runs the same body through the same path as a client's request to it would
   (contract, batching, deadline), and the two answers are compared (``agree``); agreement is
   counted, and the latest disagreements are kept (inputs and both answers, cut to
@@ -48,6 +48,9 @@ from wire.routing_table import Rollout
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 64
+# Bodies and answers a model's queue may hold: 64 bodies of the 16 MiB a request may send would
+# be a gigabyte held for shadows alone.
+QUEUE_BYTES = 32 * 1024 * 1024
 WORKERS = 2
 # Top-level keys that name the answer rather than carry it.
 _NOT_COMPARED = frozenset({"model_version"})
@@ -71,6 +74,7 @@ class _Job:
 class _Lane:
     jobs: deque[_Job] = field(default_factory=deque)
     workers: int = 0
+    held: int = 0  # bytes of the queued jobs' bodies and answers
 
 
 class Shadows:
@@ -79,12 +83,14 @@ class Shadows:
         counts: RolloutCounts,
         *,
         queue_size: int = QUEUE_SIZE,
+        queue_bytes: int = QUEUE_BYTES,
         workers: int = WORKERS,
         on_result: OnResult | None = None,
         draw: Callable[[], float] = random.random,
     ) -> None:
         self._counts = counts
         self._queue_size = queue_size
+        self._queue_bytes = queue_bytes
         self._workers = workers
         self._on_result = on_result
         self._draw = draw
@@ -103,11 +109,13 @@ class Shadows:
         lane = self._lanes.get(model)
         if lane is None:
             lane = self._lanes[model] = _Lane()
-        if len(lane.jobs) >= self._queue_size:
+        size = len(body) + len(answer)
+        if len(lane.jobs) >= self._queue_size or lane.held + size > self._queue_bytes:
             self._counts.shadow(model, rollout.id).dropped += 1
             self._result(model, rollout.candidate, "dropped")
             return
         lane.jobs.append(_Job(model, rollout, body, answer, run))
+        lane.held += size
         if lane.workers < self._workers:
             lane.workers += 1
             task = asyncio.get_running_loop().create_task(self._drain(model, lane))
@@ -126,7 +134,9 @@ class Shadows:
     async def _drain(self, model: str, lane: _Lane) -> None:
         try:
             while lane.jobs:
-                await self._run(lane.jobs.popleft())
+                job = lane.jobs.popleft()
+                lane.held -= len(job.body) + len(job.answer)
+                await self._run(job)
         finally:
             lane.workers -= 1
             if lane.workers == 0 and not lane.jobs:

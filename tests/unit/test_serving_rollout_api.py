@@ -277,3 +277,25 @@ def test_a_candidate_that_fails_its_shadow_is_counted_failed_and_the_client_neve
     assert {r.status_code for r in responses} == {200}
     shadow = report(rollouts, routing).shadow
     assert shadow is not None and (shadow.compared, shadow.failed) == (0, 3)
+
+
+def test_the_shadow_queue_is_bounded_in_bytes_too() -> None:
+    gate = threading.Event()
+    backend = Backend({"1": same, "2": same}, gates={"2": gate})
+    base = RolloutPath()
+    # Room for one queued body of ~1 KB and its answer, not two.
+    shadows = Shadows(base.counts, queue_size=64, queue_bytes=3_000, workers=1)
+    rollouts, routing = RolloutPath(base.counts, shadows), table(shadow=1.0)
+    with client(routing, backend, rollouts=rollouts) as c:
+        try:
+            assert c.post("/models/echo/serve", json={"prompt": "a"}).status_code == 200
+            assert backend.entered["2"].wait(WAIT_S)  # the worker holds the first shadow
+            for _ in range(3):
+                response = c.post("/models/echo/serve", json={"prompt": "x" * 1_000})
+                assert response.status_code == 200
+            assert rollouts.shadows.queued("echo") == 1
+        finally:
+            gate.set()
+        drain(c, rollouts)
+    shadow = report(rollouts, routing).shadow
+    assert shadow is not None and (shadow.compared, shadow.dropped) == (2, 2)
