@@ -120,6 +120,7 @@ def merge_observed(
                 mlmodel_digest=None,
                 manifest=None,
                 environment=None,
+                own_environment=None,
                 warnings=[],
                 decided_against=None,
             )

@@ -27,7 +27,7 @@ from controller.environment import (
 )
 from controller.own_environments import assign, environment_of, make_spec, where_served
 from controller.proofs import BEING_PROVEN, ProvingEnvironment, awaits_proof
-from controller.reconciler import Reconciler
+from controller.reconciler import Reconciler, merge_observed
 from controller.registry import ObservedModel, ObservedVersion
 from controller.store import Store
 from controller.table_builder import build_table
@@ -365,3 +365,12 @@ def test_the_admin_view_says_where_a_version_is_served(store: Store) -> None:
     assert where_served(moved.versions["1"])["shared_failure"]["cause"] == (
         "ValueError: this model was never fitted"
     )
+
+
+def test_an_artifact_that_can_no_longer_be_read_keeps_no_environment(store: Store) -> None:
+    record = store.load_model("m")
+    assert record is not None and record.versions["2"].own_environment is not None
+    observed = [ObservedVersion(v, "READY", f"models:/m-{v}") for v in REQUIREMENTS]
+    merged = merge_observed(record, observed, {}, {}, {"2": "its location is not allowed"})
+    assert merged.versions["2"].state is VersionState.QUARANTINED
+    assert environment_of(merged.versions["2"]) is None
