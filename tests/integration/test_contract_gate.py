@@ -111,14 +111,20 @@ def test_a_replica_holding_an_older_artifact_of_a_version_loads_the_decided_one(
 def test_a_version_needing_a_missing_package_is_409_before_any_request(
     serving_url: str, ctl: ControllerHandle
 ) -> None:
+    # Under the environment policy ``shared``: the shared environment only, so a package it
+    # lacks quarantines (under ``isolate``, the default, the version gets an environment of its
+    # own: tests/unit/test_controller_own_environments.py, and E2's tests of the build).
     name = "gate_environment"
     register_echo(name, tag="fine")
+    MlflowClient().set_registered_model_tag(name, "sigserve.environment", "shared")
     needy = register_echo(name, tag="needy", pip_requirements=["sigserve-absent-package==1.0"])
     wait_for(lambda: ctl.state_of(name, needy) == "quarantined", 30)
     reasons = next(v for v in ctl.model(name)["versions"] if v["version"] == needy)["reasons"]
     assert reasons == ["requirement 'sigserve-absent-package==1.0': package "
                        "'sigserve-absent-package' is not installed in the serving environment, "
-                       "and serving does not yet build an environment of its own for a version"]
+                       "and the environment policy 'shared' serves a version in the serving "
+                       "environment only (under 'isolate' it would get an environment of its "
+                       "own)"]
     wait_for(lambda: serve_status(serving_url, name, needy).status_code == 409, 10)
     r = serve_status(serving_url, name, needy)
     assert r.headers["content-type"].startswith("application/problem+json")
