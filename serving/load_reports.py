@@ -20,7 +20,9 @@ again. A refusal (401, 404, 409, 422) is not retried; it is logged.
 
 Proofs (``serving.proofs``) go the same way, ``POST {controller_url}/serving/proofs``, under the
 same budget; the prover awaits each one (``send_proof``) and keeps a proof it could not deliver
-to send it again later.
+to send it again later. Both name the environment of its own a version was loaded or proven in
+(``environment_digest``, absent for the shared one): the controller counts a report only for the
+environment it assigned the version.
 """
 
 from __future__ import annotations
@@ -132,6 +134,8 @@ class LoadFailureReporter:
 
     async def _send(self, failure: LoadFailure) -> None:
         body = {**asdict(failure), "replica": self._replica}
+        if body["environment_digest"] is None:
+            del body["environment_digest"]  # absent: the shared environment, as before
         try:
             response = await self._post(self._url, body)
         except httpx.HTTPStatusError as exc:

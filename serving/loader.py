@@ -42,6 +42,13 @@ Loading ahead was chosen over an LRU of our own, which would have to redo what t
 tells Ray's router; the price is one model more than the limit while one loads
 (``serving.load_ahead``; ``docs/architecture.md``, "A load never costs a loaded model").
 
+A version the table gives an environment of its own (``Artifact.environment``) is not loaded
+in this interpreter: ``PyfuncLoader`` hands it to its ``environments``
+(``serving.environments``), where the same ``download_and_load`` runs inside that environment
+and the replica gets a model whose ``predict`` goes there; its failures come back as the same
+``NotChecked`` and ``LoadFailed`` and are remembered and reported as a load here is. The
+environment is part of the key: moved to an environment of its own, a version is another model.
+
 Downloading, loading and predicting block (file and network I/O, model code), so they run in a
 worker thread and the replica keeps serving other models meanwhile. MLflow finds the registry
 and artifact store through the standard ``MLFLOW_*`` variables, which ``build_app`` forwards to
@@ -254,6 +261,9 @@ class LoadFailure:
     # or files other than the manifest's).
     kind: str
     cause: str
+    # The environment of its own it failed in (``EnvironmentSpec.digest``); None: the shared
+    # serving environment. The controller counts a report only for the environment it assigned.
+    environment_digest: str | None = None
 
 
 class PyfuncLoader:
@@ -388,9 +398,11 @@ class _Failure:
 
 
 def _failure(target: ModelId, artifact: Artifact, kind: str, cause: str) -> LoadFailure:
+    environment = artifact.environment.digest if artifact.environment is not None else None
     return LoadFailure(
-        target.name, target.version, artifact.mlmodel_digest.lower(), kind, _detail(cause)
-    )
+        target.name, target.version, artifact.mlmodel_digest.lower(), kind, _detail(cause),
+        environment,
+    )  # fmt: skip
 
 
 def download_and_load(artifact: Artifact) -> LoadedModel:

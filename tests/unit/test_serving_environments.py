@@ -313,3 +313,67 @@ def test_the_proof_report_names_the_environment_only_when_there_is_one() -> None
     assert asyncio.run(reporter.send_proof(own)) and asyncio.run(reporter.send_proof(shared))
     assert bodies[0]["environment_digest"] == LAYERED.digest
     assert "environment_digest" not in bodies[1]
+
+
+# The loader hands versions with an environment to it, and reports their failures as its own
+
+
+class OneEnvironment:
+    """``serving.loader.Environments`` with the host in this process (what ``Ray`` carries
+    between them is the same records)."""
+
+    def __init__(self) -> None:
+        self.host = EnvironmentHost(LAYERED.digest)
+
+    async def load(self, artifact: Artifact) -> LoadedModel:
+        return held(self.host, artifact, "replica")
+
+
+def test_the_loader_loads_a_version_with_an_environment_there_and_reports_its_failures(
+    tmp_path: Path,
+) -> None:
+    from serving.loader import LoadFailure, PyfuncLoader
+
+    entry = entry_for(tmp_path, "numerals", Numerals())
+    good = target_of("numerals", entry)
+    changed = target_of("numerals", entry.model_copy(update={"mlmodel_digest": "0" * 64}))
+    reported: list[LoadFailure] = []
+    environments = OneEnvironment()
+    loader = PyfuncLoader(on_permanent_failure=reported.append, environments=environments)
+
+    loaded = asyncio.run(loader.load(good.model_id, good.artifact))
+    assert environments.host.info()["loads"] == 1  # loaded there, not here
+    assert loaded.model.predict(pd.DataFrame({"n": [14]}))["answer"].tolist() == ["XIV"]
+    with pytest.raises(Exception, match="the controller checked"):
+        asyncio.run(loader.load(changed.model_id, changed.artifact))
+    assert [(f.kind, f.environment_digest) for f in reported] == [
+        ("artifact-mismatch", LAYERED.digest)
+    ]
+    # A replica that serves no environments does not load it here, and blames nobody.
+    bare = PyfuncLoader(on_permanent_failure=reported.append)
+    with pytest.raises(Exception, match="serves no environments"):
+        asyncio.run(bare.load(good.model_id, good.artifact))
+    assert len(reported) == 1
+
+
+def test_a_load_failure_report_names_the_environment_only_when_there_is_one() -> None:
+    from serving.loader import LoadFailure
+
+    bodies: list[dict[str, Any]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={"recorded": True, "state": "quarantined"})
+
+    transport = httpx.MockTransport(answer)
+    reporter = LoadFailureReporter("http://controller", "serving-token-0123456789", "r1",
+                                   backoff_s=0.0, transport=transport)  # fmt: skip
+
+    async def go() -> None:
+        reporter.report(LoadFailure("m", "1", "d" * 64, "load-failed", "x", LAYERED.digest))
+        reporter.report(LoadFailure("m", "2", "e" * 64, "load-failed", "y"))
+        await reporter.drain()
+
+    asyncio.run(go())
+    assert bodies[0]["environment_digest"] == LAYERED.digest
+    assert "environment_digest" not in bodies[1]
