@@ -10,15 +10,17 @@ published as ``VersionEntry.environment`` (``wire.routing_table.EnvironmentSpec`
    the layer: the version's other requirements are met by the serving environment or differ in
    version only, which the shared environment is trusted with as it is for any version
    (``controller.environment``); or
-2. its proof (or its load) failed in the shared environment: built from the requirements the
-   serving environment does not satisfy. *Layered* when those can be laid over the serving
-   stack; *isolated* (a venv that inherits nothing, built from all the version's requirements,
-   with the model in a host process of its own) when the version pins another major of
-   MLflow, pandas or numpy, or another version of any other package the serving stack itself
-   imports (``SERVING_STACK``): a layer would replace the replica's own copy under Ray and
-   Serve. Another minor of MLflow, pandas or numpy is left out of a layer (the serving
-   environment's copy of the same major stays); a layer left with nothing to add would fail as
-   the shared environment did, so that is isolated too.
+2. its proof (or its load) failed in the shared environment and it pins a version the serving
+   environment does not have (one whose every requirement is met there failed on its own
+   account: it is quarantined with the cause, as under ``shared``): built from the
+   requirements the serving environment does not satisfy. *Layered* when those can be laid
+   over the serving stack; *isolated* (a venv that inherits nothing, built from all the
+   version's requirements, with the model in a host process of its own) when the version pins
+   another major of MLflow, pandas or numpy, or another version of any other package the
+   serving stack itself imports (``SERVING_STACK``): a layer would replace the replica's own
+   copy under Ray and Serve. Another minor of MLflow, pandas or numpy is left out of a layer
+   (the serving environment's copy of the same major stays); a layer left with nothing to add
+   would fail as the shared environment did, so that is isolated too.
 
 The spec's digest is the SHA-256 of its kind, its sorted normalized requirement lines and the
 serving Python's minor, so every version with the same needs shares one environment. The
@@ -118,7 +120,10 @@ def assign(
         return make_spec(
             "layered", verdict.missing, env, f"needs {names}, which the serving environment lacks"
         )
-    if shared_failure is None:
+    if shared_failure is None or not verdict.mismatched:
+        # Every requirement is met by the serving environment as the version pinned it: the
+        # failure is the model's own, and an environment built to the same pins would fail as
+        # the shared one did. It quarantines, with its cause.
         return None
     reason = failure_text(shared_failure)
     conflicts = [c for c in map(_conflict, verdict.mismatched) if c is not None]

@@ -170,6 +170,12 @@ def test_the_digest_is_of_kind_lines_and_python_minor() -> None:
     assert Mismatch(Requirement("a==1"), "2", True).another_major
 
 
+def test_a_shared_failure_of_a_version_whose_needs_are_all_met_is_its_own() -> None:
+    # Built to the same pins, an environment would fail as the shared one did.
+    assert assign(verdict("mlflow==3.17.2", "scikit-learn==1.6.1"), PROVING, FAILED) is None
+    assert assign(verdict(), PROVING, FAILED) is None
+
+
 # Deciding: a version that needs a package serving lacks.
 
 
@@ -284,6 +290,22 @@ def test_a_failed_shared_proof_moves_it_to_its_own_environment_then_both_causes(
     ok = commands.record_proof(store, "m", "1", report("1", environment_digest=spec.digest),
                                PROVING)  # fmt: skip
     assert ok.versions["1"].state is VersionState.LIVE
+
+
+def test_a_failed_proof_of_a_version_whose_needs_are_met_quarantines_with_the_cause(
+    tmp_path: Path,
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path}/met.db")
+    migrate(engine)
+    s = Store(engine)
+    Reconciler(s, Registry({"1": ["mlflow==3.17.2"]}), PROVING, write_back=False
+               ).reconcile("m", "resync")  # fmt: skip
+    v1 = commands.record_proof(s, "m", "1", report("1", "failed"), PROVING).versions["1"]
+    assert (v1.state, v1.own_environment) == (VersionState.QUARANTINED, None)
+    assert v1.reasons == [
+        "failed its proof on serving (replica r1 at 2026-12-05T01:00:00+00:00): ValueError: "
+        "this model was never fitted; release it to try again"
+    ]
 
 
 def test_a_load_failure_in_the_shared_environment_moves_it_too(store: Store) -> None:
