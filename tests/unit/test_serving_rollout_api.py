@@ -299,3 +299,14 @@ def test_the_shadow_queue_is_bounded_in_bytes_too() -> None:
         drain(c, rollouts)
     shadow = report(rollouts, routing).shadow
     assert shadow is not None and (shadow.compared, shadow.dropped) == (2, 2)
+
+
+def test_a_stream_names_its_version_too() -> None:
+    from tests.unit.test_serving_streaming import SSE, client_for
+    from tests.unit.test_serving_streaming import Backend as StreamingBackend
+
+    with client_for(StreamingBackend()) as c:
+        for path, version in (("/models/echo/serve", "1"), ("/models/echo/versions/2/serve", "2")):
+            response = c.post(path, json={"prompt": "a b"}, headers=SSE)
+            assert response.status_code == 200, response.text
+            assert response.headers[VERSION_HEADER] == version
