@@ -1,5 +1,6 @@
 """How an environment of a version's own is built, without Ray: the package index, the
-``runtime_env`` asked for, and a failed build told as a person needs it.
+``runtime_env`` asked for, and a failed build told as a person needs it (an environment that
+inherits nothing is built by ``serving.environment_isolated`` with the same index settings).
 
 An environment of kind ``layered`` is a Ray ``runtime_env`` with ``uv`` (``serving.environments``):
 Ray clones the serving venv (so Ray, Serve, sigserve, its pandas and MLflow stay importable) and
@@ -44,11 +45,6 @@ ACTOR_PREFIX = "sigserve-env-"
 # 64 bits of the digest: names stay short and distinct.
 _NAME_DIGEST_CHARS = 16
 _REASON_LIMIT = 400
-
-ISOLATED_NOT_BUILT = (
-    "environments that inherit nothing (kind 'isolated': another MLflow or pandas major) are not "
-    "built by this serving version yet"
-)
 
 _UV_VARIABLES = (
     "UV_INDEX_URL",

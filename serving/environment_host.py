@@ -132,7 +132,10 @@ class _Held:
 class EnvironmentHost:
     """The models of one environment, in its own process (the actor's body)."""
 
-    def __init__(self, digest: str) -> None:
+    def __init__(self, digest: str, isolated: dict[str, Any] | None = None) -> None:
+        """``isolated``: for an environment that inherits nothing, its spec (JSON), the package
+        index (``index``: uv options and variables) and ``timeout_s``; its venv is built here,
+        and its models load in a host process of their own (``serving.environment_isolated``)."""
         self._digest = digest
         self._started = time.time()
         self._loads = 0
@@ -140,14 +143,34 @@ class EnvironmentHost:
         self._held: dict[str, _Held] = {}
         # One load of an artifact at a time: a second holder waits and shares it.
         self._loading: dict[str, threading.Lock] = {}
+        self._failed: str | None = None
+        self._process: Any = None
+        if isolated is not None:
+            self._isolate(isolated)
+
+    def _isolate(self, isolated: dict[str, Any]) -> None:
+        from serving.environment_builds import EnvironmentBuildFailed
+        from serving.environment_isolated import ModelProcess, build_venv, venv_root
+
+        spec = EnvironmentSpec.model_validate(isolated["spec"])
+        options, variables = isolated["index"]
+        venv = isolated.get("venv")  # one built beforehand (the tests give the serving venv)
+        if venv is None:
+            try:
+                venv = build_venv(spec, venv_root(), (options, variables), isolated["timeout_s"])
+            except EnvironmentBuildFailed as exc:
+                self._failed = exc.cause  # told by ``info``: a failed creation is a traceback
+                return
+        self._process = ModelProcess(Path(venv))
 
     def info(self) -> dict[str, Any]:
         """Which environment this is and what it holds: also how a replica waits for its
-        build (the first call returns once the environment is built and this process runs)."""
+        build (the first call returns once the environment is built and this process runs);
+        ``failed``: why it could not be built."""
         with self._lock:
             held = {key: sorted(h.holders) for key, h in self._held.items()}
         return {"digest": self._digest, "pid": os.getpid(), "started": self._started,
-                "loads": self._loads, "held": held}  # fmt: skip
+                "loads": self._loads, "held": held, "failed": self._failed}  # fmt: skip
 
     def load(self, key: str, holder: str, record: dict[str, Any]) -> Encoded:
         """Load the artifact (or share the one held) for ``holder``; the metadata files."""
@@ -158,7 +181,7 @@ class EnvironmentHost:
                 held = self._held.get(key)
             if held is None:
                 try:
-                    loaded = download_and_load(artifact_from(record))
+                    loaded = self._download_and_load(key, artifact_from(record))
                 except NotChecked as exc:
                     return error_record(exc, "not-checked")
                 except LoadFailed as exc:
@@ -172,6 +195,16 @@ class EnvironmentHost:
             with self._lock:
                 held.holders.add(holder)
             return {"files": metadata_files(held.loaded.path)}
+
+    def _download_and_load(self, key: str, artifact: Artifact) -> LoadedModel:
+        if self._failed is not None:
+            raise LoadFailed(self._failed, permanent=False)
+        if self._process is None:
+            return download_and_load(artifact)
+        from serving.environment_isolated import ProcessModel
+
+        process = self._process
+        return download_and_load(artifact, lambda local: ProcessModel(process, key, local))
 
     def predict(self, key: str, data: Encoded, params: dict[str, Any] | None) -> Encoded:
         with self._lock:
@@ -194,6 +227,10 @@ class EnvironmentHost:
             if not held.holders:
                 del self._held[key]
         if not held.holders:
+            unload = getattr(held.loaded.model, "unload", None)
+            if callable(unload):
+                with contextlib.suppress(Exception):
+                    unload()  # the host process lets go of it too
             held.loaded.close()
 
 

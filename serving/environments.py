@@ -8,7 +8,10 @@ the namespace ``sigserve-<app>``, whose body is ``serving.environment_host.Envir
 - **Built by Ray**, from a ``runtime_env`` with ``uv`` for kind ``layered``
   (``serving.environment_builds.runtime_env``): Ray clones the serving venv and installs the
   version's requirement lines in the clone with uv, once per node and Ray session (the clone is
-  cached by the hash of the spec). Kind ``isolated`` is not built yet: its proof fails, saying so.
+  cached by the hash of the spec). Kind ``isolated`` (another MLflow or pandas major): the
+  actor runs in the serving venv and builds a venv of the version's requirements alone with
+  uv, its models loaded and called in a host process in that venv
+  (``serving.environment_isolated``), as ``mlflow models serve --env-manager uv`` does.
 - **Get-or-create**, detached: every replica asks for the actor by name and the first one's
   request creates it, so all replicas (and a replica that restarts) share one environment and
   one build. Detached because no replica owns it: a replica that restarts or scales away must
@@ -40,7 +43,6 @@ import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RuntimeEnvSetupError
 
 from serving.environment_builds import (
-    ISOLATED_NOT_BUILT,
     EnvironmentBuildFailed,
     actor_name,
     machine_index_settings,
@@ -100,8 +102,6 @@ class EnvironmentManager:
     async def build(self, spec: EnvironmentSpec) -> None:
         """Return once ``spec``'s environment runs; ``EnvironmentBuildFailed`` with the cause
         when it cannot be built (a requirement that does not resolve, past the timeout)."""
-        if spec.kind == "isolated":
-            raise EnvironmentBuildFailed(ISOLATED_NOT_BUILT)
         if spec.digest in self._ready:
             return
         task = self._building.get(spec.digest)
@@ -124,6 +124,9 @@ class EnvironmentManager:
                 actor = await asyncio.to_thread(self._create, spec, name, index)
             try:
                 info = await asyncio.wait_for(_awaited(actor.info.remote()), self._timeout_s)
+                if info.get("failed"):
+                    await asyncio.to_thread(_kill, actor)
+                    raise EnvironmentBuildFailed(info["failed"])
             except TimeoutError:
                 await asyncio.to_thread(_kill, actor)
                 raise EnvironmentBuildFailed(
@@ -152,17 +155,25 @@ class EnvironmentManager:
         self.builds_started += 1
         logger.info("building environment %s: %s", name, ", ".join(spec.requirements))
         env_vars = {k: v for k, v in os.environ.items() if k.startswith(_FORWARDED_PREFIXES)}
-        return RemoteHost.options(
-            name=name,
-            namespace=self._namespace,
-            lifetime="detached",
-            get_if_exists=True,
-            num_cpus=self._num_cpus,
-            max_concurrency=ACTOR_MAX_CONCURRENCY,
-            runtime_env=runtime_env(
-                spec, timeout_s=self._timeout_s, index=index, env_vars=env_vars
-            ),
-        ).remote(spec.digest)
+        options: dict[str, Any] = {
+            "name": name,
+            "namespace": self._namespace,
+            "lifetime": "detached",
+            "get_if_exists": True,
+            "num_cpus": self._num_cpus,
+            "max_concurrency": ACTOR_MAX_CONCURRENCY,
+        }
+        if spec.kind == "isolated":
+            # The actor runs in the serving venv and builds the venv that inherits nothing
+            # itself (``serving.environment_isolated``).
+            isolated = {"spec": spec.model_dump(mode="json"), "index": list(index),
+                        "timeout_s": self._timeout_s}  # fmt: skip
+            options["runtime_env"] = {"env_vars": env_vars}
+            return RemoteHost.options(**options).remote(spec.digest, isolated)
+        options["runtime_env"] = runtime_env(
+            spec, timeout_s=self._timeout_s, index=index, env_vars=env_vars
+        )
+        return RemoteHost.options(**options).remote(spec.digest)
 
     async def load(self, artifact: Artifact) -> LoadedModel:
         """``artifact`` loaded in its environment (``serving.loader.Environments``). Never
@@ -172,7 +183,7 @@ class EnvironmentManager:
             raise LoadFailed("the artifact names no environment", permanent=False)
         actor = self._ready.get(spec.digest) or await self._running(spec)
         if actor is None:
-            if spec.digest not in self._building and spec.kind == "layered":
+            if spec.digest not in self._building:
                 asyncio.get_running_loop().create_task(self._build_quietly(spec))
             raise LoadFailed("its environment is being built", permanent=False)
         key, holder = artifact.key, f"{self._holder}-{uuid.uuid4().hex[:8]}"

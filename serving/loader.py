@@ -405,7 +405,13 @@ def _failure(target: ModelId, artifact: Artifact, kind: str, cause: str) -> Load
     )  # fmt: skip
 
 
-def download_and_load(artifact: Artifact) -> LoadedModel:
+def download_and_load(
+    artifact: Artifact,
+    load_model: Callable[[Path], Any] = lambda local: mlflow.pyfunc.load_model(str(local)),
+) -> LoadedModel:
+    """Download ``artifact``, check it and load it with ``load_model`` (MLflow's pyfunc here;
+    a model host of its own in an environment that inherits nothing,
+    ``serving.environment_isolated``)."""
     # A fresh directory per load: the bytes hashed are the bytes loaded, and nothing left by
     # another load (of an older artifact of the same version, say) can be mixed in.
     directory = Path(tempfile.mkdtemp(prefix="sigserve-model-"))
@@ -422,7 +428,7 @@ def download_and_load(artifact: Artifact) -> LoadedModel:
                 _cause(exc, artifact.source, local, directory), permanent=False
             ) from exc
         _check(local, artifact)
-        return LoadedModel(mlflow.pyfunc.load_model(str(local)), directory, local)
+        return LoadedModel(load_model(local), directory, local)
     except BaseException as exc:
         shutil.rmtree(directory, ignore_errors=True)
         if isinstance(exc, Exception) and not isinstance(exc, NotChecked | LoadFailed):

@@ -19,7 +19,6 @@ from mlflow.models import infer_signature
 from mlflow.pyfunc import PythonModel, save_model
 
 from serving.environment_builds import (
-    ISOLATED_NOT_BUILT,
     EnvironmentBuildFailed,
     index_settings,
     resolver_reason,
@@ -153,12 +152,27 @@ class Numerals(PythonModel):
         return pd.DataFrame({"answer": [table[int(n)] for n in model_input["n"]]})
 
 
+NUMERALS_CODE = """
+import mlflow
+import pandas as pd
+
+
+class Numerals(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        table = {3: "III", 14: "XIV", 5: "V"}
+        return pd.DataFrame({"answer": [table[int(n)] for n in model_input["n"]]})
+
+
+mlflow.models.set_model(Numerals())
+"""
+
+
 class Raises(PythonModel):
     def predict(self, context: Any, model_input: pd.DataFrame, params: Any = None) -> Any:
         raise KeyError("no numeral for 0\nsecond line")
 
 
-def entry_for(directory: Path, name: str, model: PythonModel) -> VersionEntry:
+def entry_for(directory: Path, name: str, model: PythonModel | str) -> VersionEntry:
     path = directory / name
     save_model(path=str(path), python_model=model, pip_requirements=[], signature=SIGNATURE,
                input_example=EXAMPLE)  # fmt: skip
@@ -239,8 +253,6 @@ class Builds:
 
     async def build(self, spec: EnvironmentSpec) -> None:
         self.built.append(spec.digest)
-        if spec.kind == "isolated":
-            raise EnvironmentBuildFailed(ISOLATED_NOT_BUILT)
         if self.failure:
             raise EnvironmentBuildFailed(self.failure)
 
@@ -288,15 +300,34 @@ def test_a_build_that_fails_is_a_failed_proof_with_its_reason_and_nothing_is_loa
     ]
 
 
-def test_an_isolated_environment_fails_its_proof_saying_it_is_not_built_yet(
+def test_a_model_in_an_environment_that_inherits_nothing_runs_in_a_process_of_its_own(
     tmp_path: Path,
 ) -> None:
-    entry = entry_for(tmp_path, "m", Numerals()).model_copy(update={"environment": ISOLATED})
-    proofs, loads = prove_with(Builds(), entry)
-    assert loads == []
-    assert [(p.outcome, p.cause, p.environment_digest) for p in proofs] == [
-        ("failed", ISOLATED_NOT_BUILT, ISOLATED.digest)
-    ]
+    import os
+    import sys
+
+    # From code: a pickled class of this test module would not import in another process.
+    code = tmp_path / "numerals_code.py"
+    code.write_text(NUMERALS_CODE)
+    entry = entry_for(tmp_path, "numerals", str(code))
+    target = target_of("numerals", entry.model_copy(update={"environment": ISOLATED}))
+    # A venv built beforehand: the serving venv itself (it has MLflow and pyarrow); what is
+    # tested is the host process and what crosses to it.
+    host = EnvironmentHost(ISOLATED.digest, {"spec": ISOLATED.model_dump(mode="json"),
+                                             "index": [[], {}], "timeout_s": 60,
+                                             "venv": sys.prefix})  # fmt: skip
+    loaded = held(host, target.artifact, "r")
+    child = host._process._process.pid  # the host process, not this one
+    assert child != os.getpid()
+    answer = loaded.model.predict(pd.DataFrame({"n": [14, 3]}))
+    pd.testing.assert_frame_equal(answer, pd.DataFrame({"answer": ["XIV", "III"]}))
+    proof = prove(loaded, target)
+    assert (proof.outcome, proof.environment_digest) == ("passed", ISOLATED.digest)
+    with pytest.raises(KeyError, match="0"):
+        loaded.model.predict(pd.DataFrame({"n": [0]}))  # the model's own error, by its name
+    loaded.close()
+    assert host.info()["held"] == {}
+    host._process.close()
 
 
 def test_the_proof_report_names_the_environment_only_when_there_is_one() -> None:
