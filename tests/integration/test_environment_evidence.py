@@ -3,7 +3,8 @@ quarantines (issue 17). Both versions name `mlflow==2.22.0` and `pandas==2.2.3`,
 serving environment (MLflow 3, pandas 3) does not have: the one that loads goes live and
 answers, with the mismatches as warnings; the one whose pickle needs a module that exists
 nowhere on serving is quarantined by the load-failure report of the replica that tried to prove
-it, with the cause, and keeps its warnings."""
+it, with the cause, and keeps its warnings (under the environment policy ``shared``, which the
+model is tagged with before it)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import sys
 import uuid
 from pathlib import Path
 from typing import Any
+
+from mlflow import MlflowClient
 
 from tests.integration.conftest import (
     ControllerHandle,
@@ -86,6 +89,11 @@ def test_a_major_version_mismatch_is_a_warning_and_a_failed_load_is_the_evidence
                         60)
     assert answered.json() == [{"answer": "old:hi"}]
 
+    # Under ``shared``: the shared environment's evidence is the last word. (Under ``isolate``,
+    # the default, a version that fails there and pins another MLflow major is moved to an
+    # isolated environment of its own and quarantined only if it fails there too, with both
+    # causes: tests/unit/test_controller_own_environments.py.)
+    MlflowClient().set_registered_model_tag(NAME, "sigserve.environment", "shared")
     broken = register_unimportable(tmp_path)
     # The environment check lets it through (warnings only); its proof's load is what finds
     # out, before any client could call it: it is never live.
