@@ -17,7 +17,9 @@ package index settings the machine has for pip and passes them to uv as options:
    ``[global]`` section (or ``[install]``) of pip's configuration files, read in pip's order
    (``/etc/xdg/pip/pip.conf``, ``/etc/pip.conf``, ``~/.pip/pip.conf``,
    ``~/.config/pip/pip.conf``, the venv's ``pip.conf``, then ``PIP_CONFIG_FILE``; later wins);
-   pip's ``cert`` becomes ``SSL_CERT_FILE``.
+   pip's ``cert`` becomes ``SSL_CERT_FILE``. With more than one index (or find-links), uv is told
+   pip's way of choosing among them (``--index-strategy unsafe-best-match``: the best version
+   from any index), not its own (only the first index that has a package).
 
 A build that fails is the version's failed proof; its cause is uv's own reason cut to the lines a
 person needs (``resolver_reason``): "No solution found ... Because there is no version of
@@ -118,6 +120,10 @@ def index_settings(
         options += ["--extra-index-url", url]
     for link in links.split():
         options += ["--find-links", link]
+    if extra.split() or links.split():
+        # pip takes the best version from every index; uv, by default, only from the first
+        # index that has the package (a mirror with some versions of pandas hid the rest).
+        options += ["--index-strategy", "unsafe-best-match"]
     cert = environ.get("PIP_CERT") or conf.get("cert")
     if cert and "SSL_CERT_FILE" not in variables:
         variables["SSL_CERT_FILE"] = cert.strip()

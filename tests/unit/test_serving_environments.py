@@ -94,7 +94,7 @@ def test_the_machines_pip_settings_become_uv_options(tmp_path: Path) -> None:
     assert options == [
         "--extra-index-url", "file:///opt/pypi/simple",
         "--extra-index-url", "file:///opt/more/simple",
-        "--find-links", "/opt/wheels",
+        "--find-links", "/opt/wheels", "--index-strategy", "unsafe-best-match",
     ]  # fmt: skip
     assert variables == {"SSL_CERT_FILE": "/etc/ssl/certs/ca.crt"}
     # A variable wins over a file, as in pip.
