@@ -6,6 +6,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 
+from controller.own_environments import environment_of
 from controller.proofs import awaits_proof
 from controller.records import ModelRecord
 from wire.artifact_manifest import ManifestFile
@@ -45,6 +46,7 @@ def build_table(
                         else None,
                         warnings=list(v.warnings),
                         awaiting_proof=awaits_proof(v),
+                        environment=environment_of(v),
                     )
                     for v in m.sorted_versions()
                 },
