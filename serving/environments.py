@@ -214,9 +214,11 @@ class EnvironmentManager:
         if actor is None:
             return None
         try:
-            await asyncio.wait_for(_awaited(actor.info.remote()), RUNNING_WAIT_S)
+            info = await asyncio.wait_for(_awaited(actor.info.remote()), RUNNING_WAIT_S)
         except (TimeoutError, RayActorError, RuntimeEnvSetupError):
             return None  # still being built, or failed: a build (in the background) tells
+        if info.get("failed"):
+            return None  # a build (in the background) lets it go and tells
         self._ready[spec.digest] = actor
         return actor
 

@@ -26,7 +26,7 @@ from serving.environment_builds import (
 from serving.environment_codec import decode, encode
 from serving.environment_host import EnvironmentHost, loaded_from
 from serving.load_reports import LoadFailureReporter
-from serving.loader import Artifact, LoadedModel, NotChecked
+from serving.loader import Artifact, LoadedModel, LoadFailed, NotChecked
 from serving.proofs import Proof, Prover, prove
 from serving.resolve import Target, checked_artifact
 from wire.routing_table import (
@@ -408,3 +408,22 @@ def test_a_load_failure_report_names_the_environment_only_when_there_is_one() ->
     asyncio.run(go())
     assert bodies[0]["environment_digest"] == LAYERED.digest
     assert "environment_digest" not in bodies[1]
+
+
+def test_an_environment_that_inherits_nothing_and_cannot_be_built_says_why_and_loads_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A line uv cannot parse: it fails before any index is asked.
+    spec = ISOLATED.model_copy(update={"requirements": ["not a requirement !!"]})
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    host = EnvironmentHost(spec.digest, {"spec": spec.model_dump(mode="json"),
+                                         "index": [[], {}], "timeout_s": 60})  # fmt: skip
+    failed = host.info()["failed"]
+    assert failed.startswith("its environment (not a requirement !!) could not be built: "), failed
+    assert "Traceback" not in failed
+    entry = entry_for(tmp_path, "numerals", Numerals())
+    with pytest.raises(LoadFailed):
+        held(host, target_of("numerals", entry).artifact, "r")
