@@ -1,0 +1,165 @@
+"""The numeric tensor model on every protocol, sigserve against Seldon MLServer. Run on purpose.
+
+    .venv/bin/python benchmarks/tensor_throughput.py [--seconds 5] [--rounds 2] [--rows 1]
+
+Starts its own stack (``bench_stack.running_stack``), registers the numeric tensor model of
+``v2_throughput.py`` (``row_stats.py``, float32 (-1, 3) -> (-1, 2)), starts MLServer 1.7.1 and
+its MLflow runtime on the same version (``mlserver_peer.py``, its venv without torch), and
+drives each path with ``wrk`` at 1 connection and 16, ``--rows`` rows per request, the paths
+alternating back to back each round: sigserve's ``/serve``, ``/invocations`` (``inputs``) and
+V2 ``infer``, MLServer's ``/invocations`` and V2 ``infer``. Prints req/s medians over rounds,
+p50 latency, and each path's ratio to MLServer's path of the same protocol (``/serve`` against
+MLServer's ``/invocations``), the median of the per-round ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import httpx
+from bench_stack import running_stack
+from mlserver_peer import CORE, running_mlserver
+from serving_throughput import _cmdline, cpu_per_request, cpu_text, cpu_ticks, wait_until
+from v2_throughput import register_numeric
+from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
+
+
+def bodies(rows: int) -> dict[str, tuple[str, object]]:
+    """label -> (path on its server, body)."""
+    data = [[float(i) + 1.0, 2.0, -3.5] for i in range(rows)]
+    flat = [v for row in data for v in row]
+    v2 = {"inputs": [{"name": "input-0", "datatype": "FP32", "shape": [rows, 3], "data": flat}]}
+    return {
+        "sigserve /serve": ("/models/numeric/serve", {"inputs": data}),
+        "sigserve /invocations": ("/models/numeric/invocations", {"inputs": data}),
+        "sigserve /v2 infer": ("/v2/models/numeric/infer", v2),
+        "mlserver /invocations": ("/invocations", {"inputs": data}),
+        "mlserver /v2 infer": ("/v2/models/numeric/infer", v2),
+    }
+
+
+PEERS = {
+    "sigserve /serve": "mlserver /invocations",
+    "sigserve /invocations": "mlserver /invocations",
+    "sigserve /v2 infer": "mlserver /v2 infer",
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rows", type=int, default=1)
+    parser.add_argument(
+        "--profile-s", type=float, default=0, help="py-spy the replica this long at the end"
+    )
+    args = parser.parse_args()
+    with running_stack("bench-tensor-") as stack, contextlib.ExitStack() as peers:
+        scripts = stack.home / "wrk"
+        scripts.mkdir()
+        version = register_numeric("numeric")
+        peer = peers.enter_context(
+            running_mlserver(
+                "numeric", f"models:/numeric/{version}", stack.home, stack.tracking_uri,
+                requirements=CORE,
+            )
+        )  # fmt: skip
+        endpoints: dict[str, Endpoint] = {}
+        client = httpx.Client(timeout=60)
+        for i, (label, (path, body)) in enumerate(bodies(args.rows).items()):
+            base = peer.url if label.startswith("mlserver") else stack.serving_url
+            text = json.dumps(body)
+            endpoint = Endpoint(base + path, text)
+            endpoint.script = write_wrk_script(scripts, f"e{i}", text)
+            endpoints[label] = endpoint
+            wait_until(
+                label,
+                lambda e=endpoint: client.post(e.url, content=e.body, headers={
+                    "content-type": "application/json"}).status_code == 200,
+                120,
+            )  # fmt: skip
+        rps: dict[tuple[str, int], list[float]] = {}
+        p50: dict[tuple[str, int], list[float]] = {}
+        for connections in (1, 16):
+            threads = 1 if connections == 1 else 2
+            for endpoint in endpoints.values():  # warm each path
+                run_wrk(endpoint, threads, connections, 1)
+            for round_ in range(args.rounds):
+                for label, endpoint in endpoints.items():
+                    before = cpu_ticks()
+                    out = run_wrk(endpoint, threads, connections, args.seconds)
+                    rate, median, _, bad, errors = parse_wrk(out)
+                    cpu = cpu_per_request(before, cpu_ticks(), rate * args.seconds)
+                    if bad or errors:
+                        print(f"! {label} c{connections}: {bad} non-2xx, {errors} socket errors")
+                    print(
+                        f"  round {round_ + 1} {label} c={connections}: {rate:.0f} req/s"
+                        + cpu_text(cpu, top=5)
+                    )
+                    rps.setdefault((label, connections), []).append(rate)
+                    p50.setdefault((label, connections), []).append(median)
+        if args.profile_s > 0:
+            for label in ("sigserve /serve", "sigserve /invocations"):
+                print(f"py-spy, the replica, {label} at 1 connection:")
+                print(profile_replica(endpoints[label], args.profile_s))
+        print(f"rows per request: {args.rows}")
+        print(f"{'path':24} {'c':>3} {'req/s (median)':>15} {'p50 ms':>7} {'x MLServer':>11}")
+        for (label, connections), runs in rps.items():
+            peer_runs = rps.get((PEERS.get(label, ""), connections))
+            ratio = "-"
+            if peer_runs:
+                per_round = [r / b for r, b in zip(runs, peer_runs, strict=True)]
+                ratio = f"{statistics.median(per_round):.2f}"
+            latency = statistics.median(p50[(label, connections)])
+            print(
+                f"{label:24} {connections:>3} {statistics.median(runs):>15.0f} "
+                f"{latency:>7.2f} {ratio:>11}"
+            )
+    sys.stdout.flush()
+
+
+def replica_pid() -> int:
+    """The serving replica's process (Ray's title for it: ``ray::ServeReplica:...``)."""
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and _cmdline(int(entry)).startswith("ray::ServeReplica"):
+            return int(entry)
+    raise RuntimeError("no serving replica found")
+
+
+def profile_replica(endpoint: Endpoint, seconds: float, top: int = 30) -> str:
+    """Where the replica's time goes while ``endpoint`` is driven at 1 connection: py-spy's
+    samples, the share of them each frame is on (inclusive), the busiest first."""
+    out = Path(endpoint.script).with_suffix(".pyspy")
+    spy = [
+        str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(replica_pid()),
+        "-d", f"{seconds:g}", "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking",
+    ]  # fmt: skip
+    driver = threading.Thread(target=run_wrk, args=(endpoint, 1, 1, seconds + 1))
+    driver.start()
+    subprocess.run(spy, capture_output=True, check=True, timeout=seconds + 60)
+    driver.join()
+    frames: Counter[str] = Counter()
+    total = 0
+    for line in out.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        total += int(count)
+        for frame in set(stack.split(";")):
+            frames[frame] += int(count)
+    idle = sum(c for f, c in frames.items() if "select" in f or "epoll" in f)
+    lines = [f"  {total} samples, {100 * idle / max(total, 1):.0f}% on a frame of select/epoll"]
+    for frame, count in frames.most_common(top):
+        lines.append(f"  {100 * count / total:5.1f}%  {frame[:150]}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
