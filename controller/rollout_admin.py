@@ -22,6 +22,7 @@ from fastapi.responses import JSONResponse
 
 from controller import commands
 from controller.admin import GATE
+from controller.rollout_gates import judge
 from controller.rollout_request import StartRollout
 from controller.rollout_rows import ABORTED, RolloutRecord
 from controller.rollout_schema import RUNNING
@@ -50,7 +51,15 @@ async def status(svc: Services, r: RolloutRecord) -> dict[str, Any]:
     totals = await asyncio.to_thread(svc.rollouts.totals, r) if running else None
     samples = await asyncio.to_thread(svc.rollouts.samples, r) if running else []
     replicas = await asyncio.to_thread(svc.rollouts.replicas, r) if running else 0
-    window = (totals - r.step_start).to_json() if totals is not None else None
+    counted = totals - r.step_start if totals is not None else None
+    window = counted.to_json() if counted is not None else None
+    # The gates as they would be judged on this step's counts now (the step ends when its hold
+    # time and its requests are both reached).
+    now = (
+        judge(counted, totals, r.thresholds, shadow=r.shadow > 0)
+        if counted is not None and totals is not None
+        else []
+    )
     held = (datetime.now(UTC) - r.step_started_at).total_seconds() if running else None
     return {
         "id": r.id,
@@ -73,6 +82,7 @@ async def status(svc: Services, r: RolloutRecord) -> dict[str, Any]:
         "thresholds": r.thresholds.model_dump(mode="json"),
         # This step's counts so far, the whole rollout's, and how many replicas reported.
         "window": window,
+        "gates_now": [g.to_json() for g in now],
         "totals": totals.to_json() if totals is not None else None,
         "replicas_reporting": replicas,
         "history": r.history,

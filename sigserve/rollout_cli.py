@@ -180,6 +180,9 @@ def view(r: dict[str, Any]) -> Table:
             f"{d['requests']} requests, {d['errors']} errors; shadow {s['agreed']}/"
             f"{s['compared']} agreed ({r.get('replicas_reporting', 0)} replicas reporting)"
         ))  # fmt: skip
+    now = ", ".join(f"{g['gate']} {g['outcome']}" for g in r.get("gates_now") or [])
+    if now:
+        grid.add_row("gates now", Text(now))
     for past in r.get("history") or []:
         gates = ", ".join(f"{g['gate']} {g['outcome']}" for g in past.get("gates", []))
         grid.add_row(f"step {past['step']}", Text(f"{_share(past['weight'])}: {gates}"))

@@ -81,6 +81,11 @@ def test_a_rollout_starts_and_shows_its_step_weights_and_counts(client: TestClie
     assert status["window"]["candidate"]["requests"] == 7
     assert status["totals"]["shadow"]["agreed"] == 9 and status["replicas_reporting"] == 1
     assert status["disagreements"][0]["candidate"] == '"b"'
+    assert {g["gate"]: g["outcome"] for g in status["gates_now"]} == {
+        "errors": "passed",
+        "latency": "not-judged",
+        "agreement": "failed",
+    }  # 9 of 10 agreed
     events = client.get("/admin/models/m/events", headers=ADMIN).json()["events"]
     assert events[0]["kind"] == "rollout" and events[0]["actor"] == "admin"
     metrics = client.get("/metrics").text
