@@ -396,3 +396,17 @@ def test_an_artifact_that_can_no_longer_be_read_keeps_no_environment(store: Stor
     merged = merge_observed(record, observed, {}, {}, {"2": "its location is not allowed"})
     assert merged.versions["2"].state is VersionState.QUARANTINED
     assert environment_of(merged.versions["2"]) is None
+
+
+def test_a_version_building_its_environment_is_not_decided_again_at_every_pass(
+    store: Store,
+) -> None:
+    from datetime import UTC, datetime
+
+    from controller.decisions import decide_all
+
+    commands.record_proof(store, "m", "1", report("1", "failed"), PROVING)
+    record = store.load_model("m")
+    assert record is not None
+    later = decide_all(record, datetime(2030, 1, 1, tzinfo=UTC), PROVING)
+    assert later.versions == record.versions  # decided_at too: nothing to write
