@@ -46,6 +46,8 @@ from wire.routing_table import VersionState
 
 log = logging.getLogger(__name__)
 ACTOR = "rollout"
+# Ticks between two prunes of counts left by ended rollouts (a race of a report with an end).
+PRUNE_EVERY = 60
 
 # Told of each change after it is stored (the MLflow alias and tags): (rollout, what happened).
 Effects = Callable[[RolloutRecord, str], None]
@@ -135,6 +137,7 @@ class RolloutStepper:
         self.clock = clock
         self._interval_s = interval_s
         self._weighted: set[str] = set()
+        self._ticks = 0
 
     @property
     def reads_tags(self) -> bool:
@@ -163,6 +166,9 @@ class RolloutStepper:
                 done.append(f"{name}: started {version} by tag")
                 await self._publish(name, TAG_ACTOR)
         self._gauge(await asyncio.to_thread(self._rollouts.running))
+        self._ticks += 1
+        if self._ticks % PRUNE_EVERY == 0:
+            await asyncio.to_thread(self._rollouts.prune_counts)
         return done
 
     def _gauge(self, running: list[RolloutRecord]) -> None:

@@ -323,6 +323,17 @@ class RolloutStore:
             outcome["recorded"] = len(rows)
         return outcome
 
+    def prune_counts(self) -> int:
+        """Remove counts of rollouts that are not running; how many. ``end`` removes a
+        rollout's own, but a report checked against a running rollout may commit just after
+        its end removed them (PostgreSQL's read committed): such rows are taken here."""
+        running = select(RolloutRow.id).where(RolloutRow.state == RUNNING)
+        with self._transaction() as session:
+            gone = session.execute(
+                delete(RolloutCountsRow).where(RolloutCountsRow.rollout_id.not_in(running))
+            )
+            return cast(CursorResult[Any], gone).rowcount
+
     def _reports(self, rollout_id: str) -> list[RolloutCountsRow]:
         with self._transaction() as session:
             query = select(RolloutCountsRow).where(RolloutCountsRow.rollout_id == rollout_id)

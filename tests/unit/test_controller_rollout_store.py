@@ -16,6 +16,7 @@ from controller.exceptions import NotFound
 from controller.records import ModelRecord, VersionRecord
 from controller.rollout_gates import Thresholds, Totals
 from controller.rollout_rows import PROMOTED, ROLLED_BACK
+from controller.rollout_schema import RolloutCountsRow
 from controller.rollout_store import RolloutRefused, RolloutSpec, RolloutStore
 from controller.store import Store
 from wire.rollout_report import LATENCY_BUCKETS_MS, RolloutReport, VersionCounts
@@ -117,3 +118,16 @@ def test_replica_totals_are_kept_latest_per_replica_and_summed(
     rollouts.end(r, ROLLED_BACK, "why", "admin")
     assert rollouts.record_counts("a", [report(r.id, 9, 90)]) == {"recorded": 0, "unknown": 1}
     assert rollouts.totals(r) == Totals()
+
+
+def test_counts_of_rollouts_not_running_are_pruned(stores: tuple[Store, RolloutStore]) -> None:
+    _, rollouts = stores
+    r = rollouts.start("m", SPEC, "admin")
+    rollouts.record_counts("a", [report(r.id, 5, 50)])
+    assert rollouts.prune_counts() == 0  # running: kept
+    rollouts.end(r, ROLLED_BACK, "why", "admin")
+    # A report checked against the running rollout that commits after its end: left behind.
+    with rollouts._transaction() as session:
+        session.add(RolloutCountsRow(rollout_id=r.id, replica_id="late", versions={},
+                                     shadow=None, reported_at=datetime.now(UTC)))  # fmt: skip
+    assert rollouts.prune_counts() == 1 and rollouts.replicas(r) == 0
