@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from controller.app import create_app
 from tests.unit.test_controller_rollout_api import (  # noqa: F401  (the app fixture)
     ADMIN,
     SERVING,
@@ -45,3 +46,20 @@ def test_each_step_is_published_with_its_weight_and_the_end_clears_it(
     ended = table(client)
     assert ended["models"]["m"]["rollout"] is None
     assert ended["models"]["m"]["default_version"] == "1"
+
+
+def test_a_restarted_controller_serves_the_rollout_and_goes_on_with_it(
+    client: TestClient,  # noqa: F811
+) -> None:
+    started = start(client, steps=[10, 100], step_s=1, min_requests=0).json()
+    client.post("/serving/rollout-reports", json=report(started["id"], 5, 45), headers=SERVING)
+    held = table(client)
+    settings = svc(client).settings
+    client.__exit__(None, None, None)  # the controller stops mid-rollout
+    with TestClient(create_app(settings)) as again:
+        # Before any step: the same table (revision, weights) from the database alone.
+        assert table(again) == held
+        stepper = svc(again).rollout_stepper
+        stepper.clock = lambda: datetime.now(UTC) + timedelta(seconds=2)
+        assert again.portal.call(stepper.tick) == ["m: step 1"]  # type: ignore[union-attr]
+        assert table(again)["models"]["m"]["rollout"]["weight"] == 1.0
