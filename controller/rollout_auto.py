@@ -1,8 +1,9 @@
 """Rollouts by policy: the model tag ``sigserve.rollout`` rolls out every new compatible version.
 
 A data scientist tags the registered model, e.g. ``sigserve.rollout = canary=5,25,50,100
-step=10m shadow=20% min-requests=100`` (every key optional: the admin API's defaults; ``off``
-or an empty value: no rollouts by tag). Then each version that goes live under the contract
+step=10m shadow=20% min-requests=100 max-error-increase=0.02`` (every key optional: the admin
+API's defaults; the gates' thresholds by their names, ``-`` or ``_``; ``off`` or an empty value:
+no rollouts by tag): the model's own thresholds. Then each version that goes live under the contract
 with a number above the default's is rolled out as ``sigserve rollout`` would, by the actor
 ``tag``, instead of waiting, live by header only, for someone to pin it.
 
@@ -27,6 +28,7 @@ from dataclasses import replace
 
 from pydantic import ValidationError
 
+from controller.rollout_gates import Thresholds
 from controller.rollout_request import StartRollout
 from controller.rollout_store import RolloutSpec
 from wire.routing_table import RoutingTable, VersionState
@@ -49,7 +51,8 @@ def parse_policy(value: str) -> RolloutSpec | None:
     text = value.strip()
     if text.lower() in ("", "off", "false", "none"):
         return None
-    fields: dict[str, object] = {"candidate": "0"}
+    thresholds: dict[str, float] = {}
+    fields: dict[str, object] = {"candidate": "0", "thresholds": thresholds}
     for part in text.split():
         key, sep, raw = part.partition("=")
         if not sep:
@@ -63,8 +66,11 @@ def parse_policy(value: str) -> RolloutSpec | None:
                 fields["shadow"] = float(raw.strip().removesuffix("%"))
             elif key == "min-requests":
                 fields["min_requests"] = int(raw)
+            elif key.replace("-", "_") in Thresholds.model_fields:
+                thresholds[key.replace("-", "_")] = float(raw)
             else:
-                raise PolicyError(f"unknown key {key!r} (canary, step, shadow, min-requests)")
+                raise PolicyError(f"unknown key {key!r} (canary, step, shadow, min-requests, "
+                                  "or a threshold such as max-error-increase)")  # fmt: skip
         except ValueError as exc:
             if isinstance(exc, PolicyError):
                 raise

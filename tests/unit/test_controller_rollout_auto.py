@@ -26,8 +26,12 @@ def test_the_tag_reads_as_the_cli_writes_it() -> None:
     defaults = parse_policy("step=10m")
     assert defaults is not None and defaults.steps == [0.05, 0.25, 0.5, 1.0]
     assert parse_policy("off") is None and parse_policy("  ") is None
+    strict = parse_policy("max-error-increase=0.002 min_agreement=0.999")
+    assert strict is not None and strict.thresholds.max_error_increase == 0.002
+    assert strict.thresholds.min_agreement == 0.999
     for bad, said in (("canary=50,25", "steps"), ("step=soon", "step"), ("speed=1", "unknown"),
-                      ("canary", "key=value"), ("shadow=200%", "shadow")):  # fmt: skip
+                      ("canary", "key=value"), ("shadow=200%", "shadow"),
+                      ("max-p99-ratio=0.5", "thresholds.max_p99_ratio")):  # fmt: skip
         with pytest.raises(PolicyError, match=said):
             parse_policy(bad)
 
