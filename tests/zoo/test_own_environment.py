@@ -9,7 +9,9 @@ what ``roman.toRoman`` gives (the package's documented values, computed here wit
 passes its proof there; a second version with the same requirements, asked for by another
 manager (another replica, or this one restarted), reuses the same environment: no second build,
 the same process, two models loaded in it. A requirement that does not resolve fails in about a
-second with uv's reason, and an environment no table names any more is let go.
+second with uv's reason, and an environment no table names any more is let go. An environment
+that inherits nothing (kind ``isolated``) is a venv of the version's own ``requirements.txt``
+lines, the model answering from a host process there.
 
 In the zoo (``make zoo``): the first build clones the 2.7 GB serving venv (~21 s measured), over
 what ``make test`` allows one test; ``tests/unit/test_serving_environments.py`` keeps the path
@@ -183,3 +185,48 @@ def test_a_version_needing_a_package_the_shared_environment_lacks_is_served_from
     assert "no version of roman==99.0" in seen["failure"], seen["failure"]
     assert "Traceback" not in seen["failure"]
     assert seen["gone"], "the environment no table names was not let go"
+
+
+def test_a_version_in_an_environment_that_inherits_nothing_answers_from_its_own_venv(
+    serving_url: str, figures: Figures
+) -> None:
+    """Kind ``isolated``: a venv of the version's own requirements alone (its MLflow, pandas
+    and roman, as its ``requirements.txt`` lists them), the model in a host process there. The
+    serving venv lacks roman, so a right answer is the proof it ran there."""
+    import mlflow
+
+    assert importlib.util.find_spec("roman") is None
+    logged = _logged(f"roman-iso-{uuid.uuid4().hex[:6]}", _spec(REQUIREMENTS))
+    listed = Path(mlflow.artifacts.download_artifacts(
+        f"{logged.artifact.source.rstrip('/')}/requirements.txt")).read_text()  # fmt: skip
+    lines = [line.strip() for line in listed.splitlines() if line.strip()]
+    assert "roman==5.2" in lines and any(line.startswith("mlflow") for line in lines), lines
+    blob = "\n".join(["isolated", *lines, uuid.uuid4().hex])
+    spec = EnvironmentSpec(digest=hashlib.sha256(blob.encode()).hexdigest(), kind="isolated",
+                           requirements=lines, reason="another major")  # fmt: skip
+    entry = logged.version.model_copy(update={"environment": spec})
+    model = logged.model.model_copy(update={"versions": {entry.version: entry}})
+    target = Target(model, entry, Artifact(logged.artifact.source, entry.mlmodel_digest or "",
+                                           None, spec))  # fmt: skip
+    app = f"e2-{uuid.uuid4().hex[:6]}"
+
+    async def scenario() -> dict[str, Any]:
+        replica = EnvironmentManager(app, timeout_s=900, concurrency=1)
+        started = time.perf_counter()
+        await replica.build(spec)
+        built_s = time.perf_counter() - started
+        loaded = await replica.load(target.artifact)
+        answer = await asyncio.to_thread(loaded.model.predict, pd.DataFrame({"n": list(EXPECTED)}))
+        proof = await asyncio.to_thread(prove, loaded, target)
+        loaded.close()
+        replica.offer(_table(1, target))
+        replica.offer(_table(2))
+        return {"built_s": built_s, "answer": answer, "proof": proof}
+
+    seen = asyncio.run(scenario())
+    figures("isolated: build (venv of its own requirements, s)", seen["built_s"])
+    pd.testing.assert_frame_equal(
+        seen["answer"], pd.DataFrame({"numeral": list(EXPECTED.values())})
+    )
+    proof = seen["proof"]
+    assert (proof.outcome, proof.environment_digest) == ("passed", spec.digest), proof
