@@ -157,7 +157,13 @@ class RolloutStepper:
         done = []
         running = await asyncio.to_thread(self._rollouts.running)
         for r in running:
-            action = await asyncio.to_thread(self._step, r)
+            try:
+                action = await asyncio.to_thread(self._step, r)
+            except Exception:
+                # One rollout's trouble (its model's row locked past the busy timeout, say)
+                # must not hold the others up; the next tick tries it again.
+                log.exception("rollout of %s v%s: this tick failed", r.model, r.candidate)
+                continue
             if action is not None:
                 done.append(f"{r.model}: {action}")
                 await self._publish(r.model, ACTOR)

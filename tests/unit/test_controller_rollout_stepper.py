@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -178,3 +179,22 @@ def test_a_silent_replica_set_never_promotes(h: Harness) -> None:
     h.clock.pass_(HOLD * 100)
     assert h.tick() == []
     assert h.default() == "1"
+
+
+def test_one_rollout_failing_its_tick_holds_no_other_up(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    Reconciler(h.store, Registry({"1": sig("p"), "2": sig("p")}), ENV, write_back=False
+               ).reconcile("n", "resync")  # fmt: skip
+    h.start([1.0])
+    h.rollouts.start("n", RolloutSpec("2", [1.0], HOLD, 0, 0.0, Thresholds()), "admin")
+    h.clock.pass_(HOLD)
+    load = h.store.load_model
+
+    def broken(name: str) -> Any:
+        if name == "m":
+            raise RuntimeError("the database is busy")
+        return load(name)
+
+    monkeypatch.setattr(h.store, "load_model", broken)
+    assert h.tick() == ["n: promoted"]
