@@ -75,7 +75,8 @@ def build_venv(
             )
             if done.returncode != 0:
                 shutil.rmtree(path, ignore_errors=True)
-                text = done.stderr + done.stdout
+                # The node's temp path means nothing to the person reading the reason.
+                text = (done.stderr + done.stdout).replace(str(lines), "requirements.txt")
                 raise EnvironmentBuildFailed(resolver_reason(text, spec.requirements))
     except subprocess.TimeoutExpired:
         shutil.rmtree(path, ignore_errors=True)
