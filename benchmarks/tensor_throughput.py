@@ -127,6 +127,18 @@ def main() -> None:
     sys.stdout.flush()
 
 
+SAMPLES_PER_S = 500
+# Parts of a replica's time, by a frame its samples pass through (inclusive, so they overlap:
+# sigserve's code includes MLflow's predict).
+PARTS = {
+    "sigserve's code (serving/)": "(serving/",
+    "MLflow's pyfunc predict": "(mlflow/pyfunc/__init__.py",
+    "FastAPI's request handling": "(fastapi/routing.py",
+    "uvicorn's send": "(uvicorn/protocols/http/",
+    "Ray Serve's replica (ray/serve/)": "(ray/serve/",
+}
+
+
 def replica_pid() -> int:
     """The serving replica's process (Ray's title for it: ``ray::ServeReplica:...``)."""
     for entry in os.listdir("/proc"):
@@ -135,27 +147,35 @@ def replica_pid() -> int:
     raise RuntimeError("no serving replica found")
 
 
-def profile_replica(endpoint: Endpoint, seconds: float, top: int = 30) -> str:
+def profile_replica(endpoint: Endpoint, seconds: float, top: int = 15) -> str:
     """Where the replica's time goes while ``endpoint`` is driven at 1 connection: py-spy's
     samples, the share of them each frame is on (inclusive), the busiest first."""
     out = Path(endpoint.script).with_suffix(".pyspy")
     spy = [
         str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(replica_pid()),
-        "-d", f"{seconds:g}", "-r", "500", "-f", "raw", "-o", str(out), "--nonblocking",
+        "-d", f"{seconds:g}", "-r", str(SAMPLES_PER_S), "-f", "raw", "-o", str(out),
+        "--nonblocking",
     ]  # fmt: skip
     driver = threading.Thread(target=run_wrk, args=(endpoint, 1, 1, seconds + 1))
     driver.start()
     subprocess.run(spy, capture_output=True, check=True, timeout=seconds + 60)
     driver.join()
     frames: Counter[str] = Counter()
+    parts: Counter[str] = Counter()
     total = 0
     for line in out.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         total += int(count)
         for frame in set(stack.split(";")):
             frames[frame] += int(count)
-    idle = sum(c for f, c in frames.items() if "select" in f or "epoll" in f)
-    lines = [f"  {total} samples, {100 * idle / max(total, 1):.0f}% on a frame of select/epoll"]
+        for part, marker in PARTS.items():
+            if marker in stack:
+                parts[part] += int(count)
+    busy = total / (SAMPLES_PER_S * seconds)
+    lines = [f"  {total} samples: {busy:.2f} threads busy on average (Python frames only)"]
+    for part in PARTS:
+        lines.append(f"  {100 * parts[part] / max(total, 1):5.1f}%  under {part}")
+    lines.append("  the busiest frames (inclusive):")
     for frame, count in frames.most_common(top):
         lines.append(f"  {100 * count / total:5.1f}%  {frame[:150]}")
     return "\n".join(lines)
