@@ -118,6 +118,12 @@ def test_a_version_needing_a_package_the_shared_environment_lacks_is_served_from
         numbers = pd.DataFrame({"n": list(EXPECTED)})
         answer = await asyncio.to_thread(loaded.model.predict, numbers)
         proof = await asyncio.to_thread(prove, loaded, first)
+        one_row = pd.DataFrame({"n": [14]})
+        calls = []
+        for _ in range(20):
+            began = time.perf_counter()
+            await asyncio.to_thread(loaded.model.predict, one_row)
+            calls.append(time.perf_counter() - began)
 
         # Another replica (or this one restarted): the same environment, no build.
         other = EnvironmentManager(app, timeout_s=600, concurrency=1)
@@ -160,7 +166,7 @@ def test_a_version_needing_a_package_the_shared_environment_lacks_is_served_from
         for model in (loaded, again, third):
             model.close()
         return {"built_s": built_s, "reused_s": reused_s, "failed_s": failed_s,
-                "unbuilt_s": unbuilt_s, "answer3": answer3,
+                "unbuilt_s": unbuilt_s, "answer3": answer3, "calls": sorted(calls),
                 "answer": answer, "answer2": answer2, "proof": proof, "info": info,
                 "builds": (replica.builds_started, other.builds_started,
                            restarted.builds_started),
@@ -175,6 +181,7 @@ def test_a_version_needing_a_package_the_shared_environment_lacks_is_served_from
     pd.testing.assert_frame_equal(seen["answer2"], expected)
     pd.testing.assert_frame_equal(seen["answer3"], expected)
     figures("a load of an environment not built, answered (s)", seen["unbuilt_s"])
+    figures("one-row predict through the environment, median (s)", seen["calls"][10])
     proof = seen["proof"]
     assert (proof.outcome, proof.exercised, proof.environment_digest) == (
         "passed", True, spec.digest
