@@ -248,6 +248,10 @@ def metadata_files(path: Path) -> dict[str, bytes]:
 class EnvironmentModel:
     """A model served from its environment, as the replica sees it (see the module's doc)."""
 
+    # ``predict`` blocks on another process: never to be called on the replica's event loop
+    # (a caller that can run a call inline reads this).
+    remote = True
+
     def __init__(self, metadata: Model, path: Path, send: Send) -> None:
         self.metadata = metadata
         self._send = send

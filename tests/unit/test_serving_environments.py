@@ -209,6 +209,7 @@ def test_a_model_in_its_environment_answers_and_proves_as_one_loaded_here(
     loaded = held(host, target.artifact, "replica-1")
     answer = loaded.model.predict(pd.DataFrame({"n": [5]}))
     pd.testing.assert_frame_equal(answer, pd.DataFrame({"answer": ["V"]}))
+    assert loaded.model.remote  # what a caller reads before calling it on its event loop
     pd.testing.assert_frame_equal(loaded.model.input_example, EXAMPLE)
     proof = prove(loaded, target)
     assert (proof.outcome, proof.exercised, proof.environment_digest) == (
