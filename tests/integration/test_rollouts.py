@@ -200,3 +200,47 @@ def test_a_shadow_reports_the_agreement_and_samples_and_no_client_gets_the_candi
     print(f"shadow: {compared} compared, {agreed} agreed; a sample: {samples[-1]}")
     r = httpx.post(f"{ctl.url}/admin/models/{name}/rollout/abort", headers=ctl.admin)
     assert r.status_code == 200, r.text
+
+
+def test_through_a_controller_outage_the_replica_keeps_the_weights_and_loses_no_count(
+    serving_url: str, ctl: ControllerHandle
+) -> None:
+    name = "rollout_outage"
+    register_flaky(name, tag="same")
+    register_flaky(name, tag="same")
+    wait_for(lambda: ctl.state_of(name, "2") == "live")
+    wait_for(lambda: serve_status(serving_url, name).status_code == 200)
+    # Held far longer than the test, never judged within it.
+    body = {"candidate": "2", "steps": [50, 100], "step_s": 600, "min_requests": 10**6}
+    r = httpx.post(f"{ctl.url}/admin/models/{name}/rollouts", json=body, headers=ctl.admin)
+    assert r.status_code == 201, r.text
+
+    def reported() -> int:
+        totals = rollout(ctl, name)["totals"] or {}
+        return sum(totals.get(side, {}).get("requests", 0) for side in ("candidate", "default"))
+
+    def send(count: int) -> list[str | None]:
+        with httpx.Client(timeout=30) as http:
+            answers = [http.post(f"{serving_url}/models/{name}/serve", json={"prompt": f"p{i}"})
+                       for i in range(count)]  # fmt: skip
+        assert {a.status_code for a in answers} == {200}
+        return [a.headers.get(VERSION_HEADER) for a in answers]
+
+    # The candidate is loaded on the replica before it takes its share: wait for its first.
+    wait_for(lambda: "2" in send(10))
+    wait_for(lambda: reported() >= 10)
+    before = reported()
+    ctl.stop()
+    try:
+        # No controller: the replica answers from the table it holds, weights included, and its
+        # reports fail (sent again each second).
+        during = send(100)
+        assert {"1", "2"} <= set(during)
+        time.sleep(1.5)  # a report or two fails meanwhile
+    finally:
+        ctl.start()
+    # Totals, not deltas: the first report after the outage carries the outage's requests.
+    wait_for(lambda: reported() >= before + 100, 30)
+    assert rollout(ctl, name)["state"] == "running"
+    r = httpx.post(f"{ctl.url}/admin/models/{name}/rollout/abort", headers=ctl.admin)
+    assert r.status_code == 200, r.text
