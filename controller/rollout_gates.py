@@ -12,9 +12,10 @@ The gates, each over the step's window, with their defaults (``Thresholds``):
   answered at least ``BASELINE_REQUESTS`` there, else its rate over the whole rollout (a step at
   100% leaves it no traffic), else 0.
 - latency: the candidate's p99 at most ``max_p99_ratio`` (1.5) times the default's plus
-  ``p99_slack_ms`` (5 ms). Percentiles are read off the report's fixed buckets (the bucket's
-  upper bound), so equal distributions give equal p99s. Judged only when both sides have at
-  least ``BASELINE_REQUESTS`` (a p99 of fewer is one request's latency); otherwise "not judged".
+  ``p99_slack_ms`` (5 ms). Percentiles are read off the report's fixed buckets, interpolated
+  within the bucket that holds them, so equal distributions give equal p99s. Judged only when
+  both sides have at least ``LATENCY_REQUESTS`` (1,000) timed requests (the default's over the
+  whole rollout when its window has fewer); otherwise "not judged".
 - agreement (with a shadow): compared answers that agreed at least ``min_agreement`` (0.99),
   judged when at least one answer was compared.
 
@@ -34,8 +35,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wire.rollout_report import LATENCY_BUCKETS_MS, RolloutReport
 
-# Requests a side needs before its rate stands as the baseline or its p99 is judged.
+# Requests the default needs before its error rate stands as the baseline.
 BASELINE_REQUESTS = 100
+# Requests a side needs before its p99 is judged: the 99th percentile of 1,000 is about the
+# tenth slowest; of 100 it is the slowest, which one pause of a shared machine moves by a bucket
+# (an integration run rolled back a candidate identical to its default so, at ~100 a side).
+LATENCY_REQUESTS = 1_000
 _BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 
 
@@ -84,21 +89,25 @@ class Side:
         return self.errors / self.requests if self.requests else 0.0
 
     def p99_ms(self) -> float | None:
-        """The upper bound of the bucket holding the 99th percentile; None without requests.
-        Past the last bound: twice the last bound (slower than anything the buckets name)."""
+        """The 99th percentile, interpolated within the bucket that holds it (linearly, from
+        the bound below to its own); None without requests. Past the last bound: twice the last
+        bound (slower than anything the buckets name)."""
         total = sum(self.latency)
         if total == 0:
             return None
         wanted, seen = 0.99 * total, 0
         for i, count in enumerate(self.latency):
+            if count and seen + count >= wanted:
+                if i == len(LATENCY_BUCKETS_MS):
+                    return 2 * LATENCY_BUCKETS_MS[-1]
+                low = LATENCY_BUCKETS_MS[i - 1] if i else 0.0
+                return low + (LATENCY_BUCKETS_MS[i] - low) * (wanted - seen) / count
             seen += count
-            if seen >= wanted:
-                return (
-                    LATENCY_BUCKETS_MS[i]
-                    if i < len(LATENCY_BUCKETS_MS)
-                    else 2 * LATENCY_BUCKETS_MS[-1]
-                )
         return 2 * LATENCY_BUCKETS_MS[-1]  # pragma: no cover (seen reaches total)
+
+    @property
+    def timed(self) -> int:
+        return sum(self.latency)
 
     def to_json(self) -> dict[str, Any]:
         return {"requests": self.requests, "errors": self.errors, "latency_ms": list(self.latency)}
@@ -226,11 +235,13 @@ def judge(window: Totals, whole: Totals, t: Thresholds, *, shadow: bool) -> list
                 f"default {base:.2%} + {t.max_error_increase:.2%}",
             )
         )
-    cand, dflt = window.candidate.p99_ms(), window.default.p99_ms()
-    enough = min(window.candidate.requests, window.default.requests) >= BASELINE_REQUESTS
+    # The default's p99 over the window, else over the whole rollout (no traffic at 100%).
+    default = window.default if window.default.timed >= LATENCY_REQUESTS else whole.default
+    cand, dflt = window.candidate.p99_ms(), default.p99_ms()
+    enough = min(window.candidate.timed, default.timed) >= LATENCY_REQUESTS
     if cand is None or dflt is None or not enough:
         gates.append(
-            Gate("latency", "not-judged", f"fewer than {BASELINE_REQUESTS} requests on a side")
+            Gate("latency", "not-judged", f"fewer than {LATENCY_REQUESTS} requests on a side")
         )
     else:
         bound = dflt * t.max_p99_ratio + t.p99_slack_ms
@@ -238,8 +249,8 @@ def judge(window: Totals, whole: Totals, t: Thresholds, *, shadow: bool) -> list
             Gate(
                 "latency",
                 "passed" if cand <= bound else "failed",
-                f"candidate p99 {cand:g} ms against {bound:g} ms "
-                f"(default {dflt:g} ms x {t.max_p99_ratio:g} + {t.p99_slack_ms:g})",
+                f"candidate p99 {cand:.3g} ms against {bound:.3g} ms "
+                f"(default {dflt:.3g} ms x {t.max_p99_ratio:g} + {t.p99_slack_ms:g})",
             )
         )
     if shadow:

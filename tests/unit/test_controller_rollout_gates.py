@@ -4,7 +4,7 @@ and when a candidate fails before its step's end."""
 from __future__ import annotations
 
 from controller.rollout_gates import (
-    BASELINE_REQUESTS,
+    LATENCY_REQUESTS,
     Side,
     Thresholds,
     Totals,
@@ -31,7 +31,7 @@ def outcomes(
 
 
 def test_a_candidate_like_the_default_passes_every_gate() -> None:
-    window = Totals(side(200, 1), side(800, 4), compared=300, agreed=300)
+    window = Totals(side(2000, 10), side(8000, 40), compared=300, agreed=300)
     assert outcomes(window, shadow=True) == {
         "errors": "passed", "latency": "passed", "agreement": "passed"}  # fmt: skip
 
@@ -49,17 +49,34 @@ def test_the_default_without_traffic_in_the_step_is_judged_by_the_whole_rollout(
     assert outcomes(window)["errors"] == "failed"  # no baseline at all: 0%
 
 
-def test_p99_is_read_off_the_buckets_and_judged_against_one_and_a_half_times_the_default() -> None:
-    assert side(100, bucket=3).p99_ms() == LATENCY_BUCKETS_MS[3]
+def test_p99_is_interpolated_in_its_bucket_and_judged_against_1_5_times_the_default() -> None:
+    assert side(100, bucket=3).p99_ms() == 5 + (10 - 5) * 0.99  # (5, 10] ms, 99 of 100
     assert side(100, bucket=len(LATENCY_BUCKETS_MS)).p99_ms() == 2 * LATENCY_BUCKETS_MS[-1]
-    slow = Totals(side(200, bucket=6), side(200, bucket=5))  # 100 ms against 50 x 1.5 + 5
+    n = LATENCY_REQUESTS
+    slow = Totals(side(n, bucket=6), side(n, bucket=5))  # ~100 ms against ~50 x 1.5 + 5
     assert outcomes(slow)["latency"] == "failed"
-    same = Totals(side(200, bucket=6), side(200, bucket=6))
+    same = Totals(side(n, bucket=6), side(n, bucket=6))
     assert outcomes(same)["latency"] == "passed"
 
 
+def test_a_p99_of_few_requests_is_not_judged_and_a_few_pauses_in_a_thousand_are_noise() -> None:
+    def with_outliers(n: int, slow: int) -> Side:
+        latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        latency[3], latency[6] = n - slow, slow  # 5-10 ms, and a few 50-100 ms pauses
+        return Side(n, 0, tuple(latency))
+
+    few = Totals(with_outliers(200, 3), side(200, bucket=3))
+    assert outcomes(few)["latency"] == "not-judged"  # 3 pauses in 200 would be its p99
+    n = LATENCY_REQUESTS
+    noisy = Totals(with_outliers(n, 3), side(n, bucket=3))
+    assert outcomes(noisy)["latency"] == "passed"  # 3 pauses in 1,000: below its p99
+    at_full_weight = Totals(side(n, bucket=3), side(0))
+    whole = Totals(side(2 * n, bucket=3), side(n, bucket=3))
+    assert outcomes(at_full_weight, whole=whole)["latency"] == "passed"
+
+
 def test_too_few_requests_are_not_judged_rather_than_passed_or_failed() -> None:
-    few = Totals(side(BASELINE_REQUESTS - 1, bucket=9), side(500), compared=0)
+    few = Totals(side(LATENCY_REQUESTS - 1, bucket=9), side(5000), compared=0)
     assert outcomes(few, shadow=True) == {
         "errors": "passed", "latency": "not-judged", "agreement": "not-judged"}  # fmt: skip
     assert outcomes(Totals())["errors"] == "not-judged"

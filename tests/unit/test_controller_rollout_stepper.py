@@ -107,7 +107,7 @@ def test_a_step_waits_for_its_hold_time_and_its_requests(h: Harness) -> None:
     assert h.tick() == ["m: step 1"]
     r = h.rollouts.latest("m")
     assert r is not None and (r.step, r.weight) == (1, 1.0)
-    assert [g["outcome"] for g in r.history[0]["gates"]] == ["passed", "passed"]
+    assert [g["outcome"] for g in r.history[0]["gates"]] == ["passed", "not-judged"]
     h.clock.pass_(HOLD)
     h.serve("a", 99)  # the new step's window starts at the totals it began with
     assert h.tick() == []
