@@ -25,8 +25,9 @@ def decided(ctl: ControllerHandle, name: str, states: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def gate(controller_handle: ControllerHandle) -> str:
-    """v1 and v3 read 'prompt' (live), v2 reads 'text' instead (quarantined: breaks v1's API)."""
+def gate(controller_handle: ControllerHandle, serving_url: str) -> str:
+    """v1 and v3 read 'prompt' (live), v2 reads 'text' instead (quarantined: breaks v1's API).
+    The serving app is up: a version is live once a replica has proven it."""
     name = "cli_gate"
     register_echo(name, tag="one")
     register_echo(name, tag="two", input_label="text")
@@ -65,11 +66,11 @@ def cells(out: str) -> list[list[str]]:
 def test_status_of_all_models_and_of_one(gate: str, ctl: ControllerHandle, cli: Any) -> None:
     code, out, _ = cli("status")
     assert code == 0
-    assert [gate, "1", "backward, strict", "2", "1", "0"] in cells(out)
+    assert [gate, "1", "backward, isolate", "2", "1", "0"] in cells(out)
 
     code, out, _ = cli("status", gate)
     assert code == 0
-    assert f"{gate}   default 1   policy backward   environment strict" in out
+    assert f"{gate}   default 1   policy backward   environment isolate" in out
     rows = {r[0]: r for r in cells(out) if r[0]}
     assert (rows["1"][1], rows["2"][1], rows["3"][1]) == ("live", "quarantined", "live")
     reasons = ctl.model(gate)["versions"][1]["reasons"]
@@ -187,20 +188,20 @@ def test_policy_sets_either_policy_or_both(ctl: ControllerHandle, cli: Any) -> N
     name = "cli_policy"
     register_echo(name, tag="one")
     decided(ctl, name, {"1": "live"})
-    code, out, _ = cli("policy", name, "exact", "--environment", "warn")
-    assert code == 0 and f"{name}: policy exact, environment warn" in out
+    code, out, _ = cli("policy", name, "exact", "--environment", "shared")
+    assert code == 0 and f"{name}: policy exact, environment shared" in out
     model = ctl.model(name)
-    assert (model["policy"], model["environment_policy"]) == ("exact", "warn")
+    assert (model["policy"], model["environment_policy"]) == ("exact", "shared")
     code, out, _ = cli("policy", name, "--environment", "off")
     assert code == 0 and (ctl.model(name)["policy"], ctl.model(name)["environment_policy"]) == (
         "exact", "off")  # fmt: skip
     code, out, _ = cli("events", name, "--limit", "5")
     policies = [r for r in cells(out) if r[0] and r[2] == "policy"]
-    assert code == 0 and (policies[0][4], policies[0][5]) == ("admin", "environment warn -> off")
+    assert code == 0 and (policies[0][4], policies[0][5]) == ("admin", "environment shared -> off")
     # The first change may be logged in two events: the controller writes the registry's tags
     # first, one at a time, and a resync between the two takes the first (the tag wins).
     earlier = ", ".join(r[5] for r in policies[1:])
-    assert "policy backward -> exact" in earlier and "environment strict -> warn" in earlier
+    assert "policy backward -> exact" in earlier and "environment isolate -> shared" in earlier
 
     assert cli("policy", name, "loose")[0] == 2
     assert cli("policy", name)[0] == 2
