@@ -20,7 +20,9 @@ client. Routes:
 Bodies for ``/serve`` are described in ``serving.contract``, the scoring protocol's in
 ``serving.scoring_protocol``, the Open Inference Protocol's (its routes too) in
 ``serving.open_inference``; errors in ``serving.problems``. Every request that runs a model
-goes through ``_answer``: one resolve, one re-check after the load, one metric.
+goes through ``_answer``: one resolve, one re-check after the load, one metric, and for a model
+under a rollout its routing, counting and shadow (``serving.rollout_path``); every answer names
+the version that produced it in ``sigserve-model-version``.
 """
 
 from __future__ import annotations
