@@ -32,6 +32,7 @@ from ray import serve
 
 from serving.api import create_app
 from serving.batching import BatchStats
+from serving.environments import EnvironmentManager
 from serving.gcs_store import GcsTableStore
 from serving.load_ahead import LoadAhead
 from serving.load_reports import LoadFailureReporter
@@ -74,7 +75,17 @@ class Server:
         self._reporter = LoadFailureReporter(
             settings.controller_url, settings.serving_token.get_secret_value(), replica
         )
-        self._loader = PyfuncLoader(on_permanent_failure=self._reporter.report)
+        # Versions the table gives an environment of their own are built, loaded and proven
+        # there (``serving.environments``), never in this interpreter.
+        self._environments = EnvironmentManager(
+            settings.app_name,
+            timeout_s=settings.environment_build_timeout_s,
+            concurrency=settings.environment_build_concurrency,
+            num_cpus=settings.environment_num_cpus,
+        )
+        self._loader = PyfuncLoader(
+            on_permanent_failure=self._reporter.report, environments=self._environments
+        )
 
         # A plain closure, not a bound method: the multiplex wrapper stores its LRU as an
         # attribute of the function it wraps, which a bound method cannot carry.
@@ -114,6 +125,7 @@ class Server:
             self._load_to_prove,
             self._reporter.send_proof,
             timeout_s=lambda t: t.model.predict_timeout_s or settings.predict_timeout_s,
+            environments=self._environments,
         )
         # A rollout's candidate is loaded through the multiplexer, as a request would load it,
         # before the rollout routes any request to it here (``serving.rollout_warm``).
@@ -192,6 +204,8 @@ class Server:
     def _watch(self, table: RoutingTable) -> None:
         self._prover.offer(table)
         self._warmer.offer(table)
+        # Environments no table names any more are let go (``serving.environments``).
+        self._environments.offer(table)
 
     async def check_health(self) -> None:
         """Ray Serve's health check, every few seconds: raising makes Ray replace the replica.
