@@ -193,9 +193,16 @@ TABLE_AGE = Spec(
     "gauge",
     "Seconds since this replica took the routing table it holds",
 )
+SHADOWS = Spec(
+    "sigserve_shadow_requests",
+    "counter",
+    "Shadow requests of a rollout's candidate, by model, candidate version and result (agreed, "
+    "disagreed, failed, dropped); never counted in sigserve_requests",
+    ("model", "version", "result"),
+)
 SPECS = (
     REQUESTS, REQUEST_SECONDS, LOADS, LOAD_SECONDS, EVICTIONS, BATCH_SIZE, TABLE_REVISION,
-    TABLE_AGE,
+    TABLE_AGE, SHADOWS,
 )  # fmt: skip
 
 
@@ -249,9 +256,11 @@ class ReplicaMetrics:
         self._batch_size = BATCH_SIZE.create()
         self._table_revision = TABLE_REVISION.create()
         self._table_age = TABLE_AGE.create()
+        self._shadows = SHADOWS.create()
         # Gathered on the request path, handed to Ray by ``flush``.
         self._requests_seen: dict[tuple[str, str, int], list[float]] = {}
         self._batches_seen: dict[str, list[int]] = {}
+        self._shadows_seen: dict[tuple[str, str, str], int] = {}
         # Label dictionaries, built once per key.
         self._status_tags: dict[tuple[str, str, int], dict[str, str]] = {}
         self._version_tags: dict[tuple[str, str], dict[str, str]] = {}
@@ -279,6 +288,11 @@ class ReplicaMetrics:
             self._batches_seen[model_id] = [records]
         else:
             seen.append(records)
+
+    def shadow(self, model: str, version: str, result: str) -> None:
+        """One shadow request's result (``serving.rollout_shadow``), off the client's path."""
+        key = (model, version, result)
+        self._shadows_seen[key] = self._shadows_seen.get(key, 0) + 1
 
     # Rare events, recorded at once.
 
@@ -335,6 +349,9 @@ class ReplicaMetrics:
         batches, self._batches_seen = self._batches_seen, {}
         for model_id, sizes in batches.items():
             self._batch_size.observe(sizes, self._tags(*_model_version(model_id)))
+        shadows, self._shadows_seen = self._shadows_seen, {}
+        for (model, version, result), count in shadows.items():
+            self._shadows.inc(count, {"model": model, "version": version, "result": result})
         if time.monotonic() - self._refreshed_at >= self._refresh_s:
             self._refreshed_at = time.monotonic()
             for histogram in (self._request_seconds, self._load_seconds, self._batch_size):

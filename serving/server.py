@@ -180,7 +180,7 @@ class Server:
         counts = RolloutCounts()
         rollouts = RolloutPath(
             counts,
-            Shadows(counts),
+            Shadows(counts, on_result=self._metrics.shadow),
             RolloutReporter(
                 settings.controller_url,
                 token.get_secret_value() if (token := settings.serving_token) else "",
