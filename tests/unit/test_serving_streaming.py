@@ -52,6 +52,17 @@ SSE = {"Accept": "text/event-stream"}
 WAIT_S = 10.0  # bounds a wait that should end at once; only reached when a test fails
 
 
+@pytest.fixture(autouse=True)
+def traces_in_tmp(tmp_path: Path) -> Iterator[None]:
+    """MLflow traces a ChatModel's and a ResponsesAgent's predict to the tracking store, by
+    default ``sqlite:///mlflow.db`` in the working directory: the test's own, so a run leaves
+    nothing in the checkout."""
+    before = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'traces.db'}")
+    yield
+    mlflow.set_tracking_uri(before)
+
+
 def parse_events(text: str) -> list[tuple[str, str]]:
     """(event type, data) of each event in ``text`` (the WHATWG rules this API needs)."""
     events = []
