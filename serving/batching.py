@@ -121,6 +121,9 @@ class _VersionQueue:
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.stats = BatchStats()
+        # False for a model whose predict waits on another process (an environment of its
+        # own): a call that blocks on I/O is never made on the event loop, however fast.
+        self.may_inline = True
 
     @property
     def idle(self) -> bool:
@@ -160,6 +163,7 @@ class Batcher:
         max_batch_size: int,
         wait_s: float | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        may_inline: bool = True,
     ) -> list[Any]:
         """The outputs for ``work`` (one per row), predicted with whatever is queued.
 
@@ -170,6 +174,7 @@ class Batcher:
         if queue is None:
             self._prune()
             queue = self._queues[key] = _VersionQueue(key)
+        queue.may_inline = may_inline
         future: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
         params_key = _params_key(params) if params else ""
         queue.items.append(_Item(work, params, params_key, run, timeout_s, future))
@@ -260,7 +265,8 @@ class Batcher:
         stats = queue.stats
         rows = _rows(batch)
         inline = (
-            stats.row_s is not None
+            queue.may_inline
+            and stats.row_s is not None
             and rows <= self._inline_max_rows
             and stats.row_s * rows < self._inline_below_s
         )

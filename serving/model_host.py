@@ -120,6 +120,8 @@ class ModelHost:
             max_batch_size=max_batch_size,
             wait_s=None if wait_ms is None else wait_ms / 1000,
             timeout_s=self._timeout_s(target),
+            # A model served from an environment of its own answers from another process.
+            may_inline=not getattr(loaded.model, "remote", False),
         )
 
     async def invoke(

@@ -255,6 +255,28 @@ def test_a_fast_model_is_called_on_the_event_loop_a_slow_one_in_a_thread() -> No
     assert all(t != loop_thread for name, t in threads if name == "slow")
 
 
+def test_a_model_that_answers_from_another_process_is_never_called_on_the_event_loop() -> None:
+    # A model served from an environment of its own blocks on a Ray call: however fast it
+    # was, the event loop must never wait on it.
+    threads: list[int] = []
+
+    def remote(parts: list[Any], params: dict[str, Any] | None) -> Sequence[Any]:
+        threads.append(threading.get_ident())
+        return parts[0]
+
+    async def run() -> int:
+        batcher = Batcher(inline_below_s=1.0)
+        for _ in range(3):
+            await batcher.predict(
+                "env/1@k", work(["a"]), None, remote, max_batch_size=8, may_inline=False
+            )
+        assert batcher.stats()["env/1@k"].inline == 0
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(run())
+    assert len(threads) == 3 and loop_thread not in threads
+
+
 def test_idle_queues_of_versions_long_gone_do_not_pile_up() -> None:
     async def run() -> int:
         batcher = Batcher()
