@@ -25,6 +25,7 @@ from controller.dry_run_source import CandidateRegistry, LocalFiles
 from controller.environment import EnvironmentPolicy
 from controller.exceptions import InvalidRequest, NotFound
 from controller.guard import Gate
+from controller.own_environments import where_served
 from controller.proofs import proof_of
 from controller.records import ModelRecord, Signature
 from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
@@ -60,7 +61,7 @@ class SetPolicy(BaseModel):
     def _something(self) -> SetPolicy:
         if self.policy is None and self.environment is None:
             raise ValueError(
-                "set 'policy' (backward|exact|none), 'environment' (strict|warn|off) or both"
+                "set 'policy' (backward|exact|none), 'environment' (isolate|shared|off) or both"
             )
         return self
 
@@ -133,6 +134,9 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
                 "artifact_uri": v.artifact_uri,
                 "mlmodel_digest": v.mlmodel_digest,
                 "environment": v.environment,
+                # Where it is proven and served: {"kind": "shared"}, or its own environment
+                # (kind layered|isolated, digest, requirements, reason, shared_failure).
+                "served_in": where_served(v),
                 "override": v.override,
                 "load_failure": load_failure_of(v),
                 # The proof on its input example, when one is recorded for this artifact.

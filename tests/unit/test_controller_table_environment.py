@@ -3,9 +3,24 @@ which is what a replica builds, proves and serves it in (wire.routing_table.Envi
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from controller.app import create_app
+from controller.database import make_engine, migrate
 from controller.own_environments import environment_of
+from controller.reconciler import Reconciler
 from controller.store import Store
-from tests.unit.test_controller_own_environments import store, version  # noqa: F401
+from tests.unit.test_controller_http import TOKEN, _settings
+from tests.unit.test_controller_own_environments import (  # noqa: F401
+    REQUIREMENTS,
+    SERVING_TOKEN,
+    Registry,
+    store,
+    version,
+)
 
 
 def test_the_published_table_gives_each_version_its_environment(store: Store) -> None:  # noqa: F811
@@ -16,3 +31,26 @@ def test_the_published_table_gives_each_version_its_environment(store: Store) ->
     assert two == environment_of(version(store, "2"))
     assert (two.kind, two.requirements) == ("layered", ["tiny-pkg==0.3.1"])
     assert three.digest == two.digest  # the same needs: one environment, built once
+
+
+def test_the_admin_api_shows_where_each_version_is_served(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    settings = _settings(tmp_path, serving_token=SERVING_TOKEN, default_proof="on")
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    s = Store(engine)
+    Reconciler(s, Registry(REQUIREMENTS), settings.serving_environment(), write_back=False
+               ).reconcile("m", "resync")  # fmt: skip
+    s.publish()
+    engine.dispose()
+    admin = {"Authorization": f"Bearer {TOKEN}"}
+    with TestClient(create_app(settings)) as c:
+        model = c.get("/admin/models/m", headers=admin).json()
+        served = {v["version"]: v["served_in"] for v in model["versions"]}
+        assert served["1"] == {"kind": "shared"}
+        assert served["2"]["kind"] == "layered"
+        assert served["2"]["requirements"] == ["tiny-pkg==0.3.1"]
+        assert "which the serving environment lacks" in served["2"]["reason"]
+        assert served["2"]["shared_failure"] is None
