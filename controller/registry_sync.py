@@ -1,9 +1,10 @@
 """The gate where data scientists look: the registry's alias and tags, read and written back.
 
 - **Policies from tags.** A registered-model tag ``sigserve.compatibility``
-  (``backward|exact|none``) or ``sigserve.environment`` (``strict|warn|off``) wins over the
-  stored policy; the admin API writes the tag as well as the record, so both say the same. MLflow
-  fires no webhook for registered-model tags: a tag set in the UI is seen at the next resync.
+  (``backward|exact|none``) or ``sigserve.environment`` (``isolate|shared|off``; the older
+  ``strict`` and ``warn`` read as ``isolate`` and ``off``) wins over the stored policy; the
+  admin API writes the tag as well as the record, so both say the same. MLflow fires no webhook
+  for registered-model tags: a tag set in the UI is seen at the next resync.
   An invalid value is ignored (logged).
 - **Serving's batching from tags**: ``sigserve.max_batch_size`` (records per predict call, an
   integer >= 1) and ``sigserve.batch_wait_ms`` (how long a batch that is not full may wait for

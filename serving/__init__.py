@@ -32,6 +32,18 @@ Ray), ``load_ahead`` (a model loaded before Ray's multiplexer is asked, so a fai
 nothing), ``load_faults`` (whose fault a failed load is: the artifact's or the replica's),
 ``failed_loads`` (a failed load remembered, with its backoff, for the 503's ``Retry-After``),
 ``load_reports`` (telling the controller of artifacts that cannot load; no Ray),
+``proofs`` (a version awaiting its proof loaded and called on its own example, in the background),
+``environments`` (environments of a version's own: one named Ray actor per environment, built
+by the prover, shared by every replica, let go when no table names it), ``environment_builds``
+(uv, the package index, a failed build's reason; no Ray), ``environment_host`` (both ends of a
+model served from its environment; no Ray), ``environment_isolated`` and ``environment_child``
+(a venv that inherits nothing and the model host process in it; no Ray),
+``environment_codec`` (what crosses to an environment: Arrow and JSON, never pickles; no Ray),
+``mlflow_frames`` and ``tensor_inputs`` (MLflow's scoring bodies read as MLflow's parser reads
+them, columns and numeric tensors, so they batch; no Ray), ``rollout_routing`` (which version a
+request naming none goes to during a rollout), ``rollout_counts`` and ``rollout_path`` (what a
+replica counts and reports of a rollout), ``rollout_shadow`` (the candidate's shadow requests,
+off the client's path), ``rollout_warm`` (a candidate loaded before any request is routed to it),
 ``recorder`` (what the request path tells the metrics; no Ray), ``metrics`` (the replicas'
 metrics on ``ray.serve.metrics``), ``server`` (the deployment, its own JSON log file) and
 ``app`` (``build_app``).
