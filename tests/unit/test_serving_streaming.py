@@ -53,10 +53,11 @@ WAIT_S = 10.0  # bounds a wait that should end at once; only reached when a test
 
 
 @pytest.fixture(autouse=True)
-def traces_in_tmp(tmp_path: Path) -> Iterator[None]:
+def traces_in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """MLflow traces a ChatModel's and a ResponsesAgent's predict to the tracking store, by
-    default ``sqlite:///mlflow.db`` in the working directory: the test's own, so a run leaves
-    nothing in the checkout."""
+    default ``sqlite:///mlflow.db`` and ``./mlruns`` in the working directory: the test's own,
+    so a run leaves nothing in the checkout."""
+    monkeypatch.chdir(tmp_path)
     before = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'traces.db'}")
     yield
