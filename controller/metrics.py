@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from controller.compatibility import Policy
+from controller.rollout_metrics import RolloutMetrics
 from controller.work_queue import LANES
 from wire.routing_table import VersionState
 
@@ -52,6 +53,8 @@ class Metrics:
     registry_errors: Counter
     publish_seconds: Histogram
     registration_to_live_seconds: Histogram
+    # Rollouts (issue 19): started, ended by outcome and reason, steps, weights, reports.
+    rollouts: RolloutMetrics
 
     @classmethod
     def create(cls) -> Metrics:
@@ -128,6 +131,7 @@ class Metrics:
                 buckets=REGISTRATION_BUCKETS,
                 registry=r,
             ),
+            rollouts=RolloutMetrics.create(r),
         )
         metrics._zero()
         return metrics

@@ -73,7 +73,7 @@ class Services:
 
     def __post_init__(self) -> None:
         self.rollouts = RolloutStore(self.engine)
-        self.rollout_metrics = RolloutMetrics.create(self.metrics.registry)
+        self.rollout_metrics = self.metrics.rollouts
         self.rollout_stepper = RolloutStepper(
             self.rollouts,
             self.store,
