@@ -28,8 +28,10 @@ its tensors), ``openapi`` (per-model docs), ``api`` (the FastAPI app; no Ray), `
 ``deadlines`` (a predict call's deadline and the versions a hung one wedges; no Ray),
 ``model_host`` (batches, warm-up, the API's backend; no Ray), ``streaming``
 (``predict_stream`` over Server-Sent Events on ``/serve``; no Ray), ``loader`` (MLflow loading; no
-Ray), ``load_ahead`` (a model loaded before Ray's multiplexer is asked, so a failed load evicts
-nothing), ``load_faults`` (whose fault a failed load is: the artifact's or the replica's),
+Ray), ``model_ids`` (the artifact a multiplexed model id names; no Ray), ``predict_call``
+(one predict call, its errors as the API answers them; no Ray), ``load_ahead`` (a model
+loaded before Ray's multiplexer is asked, so a failed load evicts nothing), ``load_faults``
+(whose fault a failed load is: the artifact's or the replica's),
 ``failed_loads`` (a failed load remembered, with its backoff, for the 503's ``Retry-After``),
 ``load_reports`` (telling the controller of artifacts that cannot load; no Ray),
 ``proofs`` (a version awaiting its proof loaded and called on its own example, in the background),

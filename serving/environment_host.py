@@ -36,13 +36,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
 from serving.environment_codec import Encoded, decode, encode
-from serving.loader import (
-    Artifact,
-    LoadedModel,
-    LoadFailed,
-    NotChecked,
-    download_and_load,
-)
+from serving.loader import LoadedModel, LoadFailed, NotChecked, download_and_load
+from serving.model_ids import Artifact
 from wire.artifact_manifest import ManifestFile
 from wire.routing_table import EnvironmentSpec
 

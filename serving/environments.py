@@ -58,7 +58,8 @@ from serving.environment_host import (
     loaded_from,
     raise_error,
 )
-from serving.loader import Artifact, LoadedModel, LoadFailed
+from serving.loader import LoadedModel, LoadFailed
+from serving.model_ids import Artifact
 from wire.routing_table import EnvironmentSpec, RoutingTable
 
 logger = logging.getLogger(__name__)

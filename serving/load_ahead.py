@@ -32,7 +32,8 @@ from dataclasses import dataclass
 
 from serving.exceptions import ModelUnavailable
 from serving.failed_loads import again
-from serving.loader import Artifact, LoadedModel
+from serving.loader import LoadedModel
+from serving.model_ids import Artifact
 
 logger = logging.getLogger(__name__)
 

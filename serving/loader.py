@@ -1,4 +1,5 @@
-"""Loading the exact artifact the controller checked, and calling it; no Ray in here.
+"""Loading the exact artifact the controller checked; no Ray in here (``serving.predict_call``
+calls it).
 
 A decision in the routing table is bound to an artifact: its ``source`` (an artifact URI MLflow
 can download), the SHA-256 of its ``MLmodel`` file as the controller read it, and the manifest
@@ -10,11 +11,9 @@ A version decided before manifests has none, and only its ``MLmodel`` is checked
 Loading by ``models:/{name}/{version}`` would follow whatever the name points at today, and a
 model deleted and registered again reuses its version numbers.
 
-The multiplexed model id names the artifact as well as the version,
-``{name}/{version}@{key}`` with ``key`` a short digest of source, ``MLmodel`` digest and
-manifest, so a
-replica still holding an older artifact of the same name/version loads the new one under a new
-id and the old one ages out of its LRU.
+The multiplexed model id names the artifact as well as the version (``serving.model_ids``), so
+a replica still holding an older artifact of the same name/version loads the new one under a
+new id and the old one ages out of its LRU.
 
 A loaded model is moved out of the garbage collector's sight (``gc.freeze``): a model such as
 MiniLM brings millions of objects, and every full collection of a replica that holds it would
@@ -73,21 +72,18 @@ from typing import Any, Protocol, TypedDict
 
 import mlflow.artifacts
 import mlflow.pyfunc
-from mlflow.exceptions import MlflowException
 
-from serving.exceptions import ModelFailed, ModelRejectedInput, ModelUnavailable
+from serving.exceptions import ModelUnavailable
 from serving.failed_loads import FailedLoads
 from serving.load_faults import is_replicas_fault
-from wire.artifact_manifest import ManifestFile, differences, manifest_digest
-from wire.routing_table import EnvironmentSpec
+from serving.model_ids import Artifact, ModelId, bind
+from wire.artifact_manifest import differences
 
 logger = logging.getLogger(__name__)
 # How many load attempts and refusals a replica remembers.
 _MEMORY = 1000
 
 _DETAIL_LIMIT = 500
-# 64 bits: ids only need to differ between artifacts of one name/version, and stay readable.
-_KEY_CHARS = 16
 # What a detail shows of a digest: enough for a person to tell two apart.
 _SHORT_DIGEST = 12
 # How long a failed load is answered from memory instead of tried again.
@@ -96,76 +92,8 @@ FAILED_LOAD_MEMORY_S = float(ModelUnavailable.retry_after or 5)
 FAILED_LOAD_MEMORY_MAX_S = 60.0
 
 
-@dataclass(frozen=True)
-class Artifact:
-    """What the controller checked: where the artifact is, its ``MLmodel`` digest, the
-    manifest of its files (None for a version decided before manifests) and the environment it
-    is served in (None: the shared serving environment)."""
-
-    source: str
-    mlmodel_digest: str
-    manifest: tuple[ManifestFile, ...] | None = None
-    environment: EnvironmentSpec | None = None
-
-    @property
-    def key(self) -> str:
-        # Every part: the same MLmodel bytes under another source are still another artifact
-        # (the other files may differ), and the runner must load exactly the decided files.
-        parts = [self.source, self.mlmodel_digest.lower()]
-        if self.manifest is not None:
-            parts.append(manifest_digest(self.manifest))
-        if self.environment is not None:
-            # Moved to an environment of its own, a version is another model to load.
-            parts.append(f"environment:{self.environment.digest}")
-        return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:_KEY_CHARS]
-
-
-@dataclass(frozen=True)
-class ModelId:
-    name: str
-    version: str
-    key: str
-
-    def __str__(self) -> str:
-        return f"{self.name}/{self.version}@{self.key}"
-
-
-def model_id(name: str, version: str, artifact: Artifact) -> str:
-    """The multiplexed model id: ``name/version@key``; it starts with ``name/version``."""
-    return str(ModelId(name, version, artifact.key))
-
-
-def parse_model_id(value: str) -> ModelId:
-    """Read back ``name/version@key``, from the right: a name may hold "/" and "@"."""
-    rest, at, key = value.rpartition("@")
-    name, slash, version = rest.rpartition("/")
-    if not (at and slash and name and version) or not _is_key(key):
-        raise ModelUnavailable(f"malformed model id {value!r}; expected 'name/version@key'")
-    return ModelId(name, version, key)
-
-
-def bind(value: str, artifact: Artifact) -> ModelId:
-    """Parse ``value`` and check that it names ``artifact``.
-
-    This keeps "one id, one artifact" true on the replica whatever a caller sends, so a model
-    cached under an id is always the artifact the id was made from.
-    """
-    parsed = parse_model_id(value)
-    if parsed.key != artifact.key:
-        raise ModelUnavailable(
-            f"model id {value!r} does not name the artifact at {artifact.source!r}",
-            model=parsed.name,
-            version=parsed.version,
-        )
-    return parsed
-
-
-def _detail(text: str) -> str:
+def detail(text: str) -> str:
     return text[:_DETAIL_LIMIT]
-
-
-def _is_key(key: str) -> bool:
-    return len(key) == _KEY_CHARS and all(c in "0123456789abcdef" for c in key)
 
 
 class Refusal(TypedDict):
@@ -352,14 +280,14 @@ class PyfuncLoader:
             )
             logger.error("refused to load %s: %s", target, reason)
             return _Failure(
-                _detail(f"version {target.version} of {target.name!r} was not loaded: {reason}"),
+                detail(f"version {target.version} of {target.name!r} was not loaded: {reason}"),
                 target,
                 _failure(target, artifact, "artifact-mismatch", reason),
             )
         except LoadFailed as exc:
             logger.exception("loading %s from %s failed", target, artifact.source)
             return _Failure(
-                _detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
+                detail(f"version {target.version} of {target.name!r} could not be loaded: {exc}"),
                 target,
                 _failure(target, artifact, "load-failed", str(exc)) if exc.permanent else None,
             )
@@ -400,7 +328,7 @@ class _Failure:
 def _failure(target: ModelId, artifact: Artifact, kind: str, cause: str) -> LoadFailure:
     environment = artifact.environment.digest if artifact.environment is not None else None
     return LoadFailure(
-        target.name, target.version, artifact.mlmodel_digest.lower(), kind, _detail(cause),
+        target.name, target.version, artifact.mlmodel_digest.lower(), kind, detail(cause),
         environment,
     )  # fmt: skip
 
@@ -467,25 +395,3 @@ def _cause(exc: Exception, source: str, *copies: Path) -> str:
     for copy in copies:
         text = text.replace(str(copy), source.rstrip("/"))
     return text
-
-
-def call(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
-    """Call the model's ``predict`` here (it blocks).
-
-    MLflow refusing the input or params is a 422; anything the model's own code raises is a
-    500 that names the exception, never a stack trace.
-    """
-    try:
-        return loaded.model.predict(data, params=params or None)
-    except MlflowException as exc:
-        if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
-            raise ModelRejectedInput(_detail(exc.message)) from None
-        raise ModelFailed(_detail(f"MLflow failed to predict: {exc.message}")) from None
-    except Exception as exc:
-        logger.warning("predict raised %s: %s", type(exc).__name__, _detail(str(exc)))
-        raise ModelFailed(_detail(f"the model raised {type(exc).__name__}: {exc}")) from None
-
-
-async def predict(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
-    """``call`` in a worker thread, so the replica serves other requests meanwhile."""
-    return await asyncio.to_thread(call, loaded, data, params)

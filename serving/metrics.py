@@ -42,7 +42,7 @@ from typing import Any, Literal, Protocol
 
 from ray.serve import metrics as serve_metrics
 
-from serving.loader import parse_model_id
+from serving.model_ids import parse_model_id
 from wire.routing_table import RoutingTable
 
 logger = logging.getLogger(__name__)

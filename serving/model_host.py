@@ -37,7 +37,8 @@ from serving.contract import contract_for
 from serving.deadlines import Deadlines
 from serving.exceptions import ModelFailed, SigserveError, StreamUnsupported
 from serving.frames import to_records, undeclared_columns
-from serving.loader import LoadedModel, call, predict
+from serving.loader import LoadedModel
+from serving.predict_call import call, predict
 from serving.resolve import Target, resolve
 from serving.streaming import ChunkStream, cannot_stream
 from wire.routing_table import RoutingTable

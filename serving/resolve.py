@@ -28,8 +28,8 @@ from serving.exceptions import (
     VersionQuarantined,
     VersionUnbound,
 )
-from serving.loader import Artifact
-from serving.loader import model_id as make_model_id
+from serving.model_ids import Artifact
+from serving.model_ids import model_id as make_model_id
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 MODEL_ID_HEADERS = ("serve_multiplexed_model_id", "serve-multiplexed-model-id")

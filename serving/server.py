@@ -36,9 +36,10 @@ from serving.environments import EnvironmentManager
 from serving.gcs_store import GcsTableStore
 from serving.load_ahead import LoadAhead
 from serving.load_reports import LoadFailureReporter
-from serving.loader import Artifact, LoadedModel, PyfuncLoader, Refusal, bind
+from serving.loader import LoadedModel, PyfuncLoader, Refusal
 from serving.metrics import ReplicaMetrics
 from serving.model_host import ModelHost
+from serving.model_ids import Artifact, bind
 from serving.proofs import Prover
 from serving.resolve import Target
 from serving.rollout_counts import RolloutCounts, RolloutReporter

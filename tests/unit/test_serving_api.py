@@ -16,8 +16,9 @@ from mlflow.models import ModelSignature
 from mlflow.types.schema import ColSpec, ParamSchema, ParamSpec, Schema
 
 from serving.api import create_app
-from serving.loader import Artifact, LoadedModel, parse_model_id
+from serving.loader import LoadedModel
 from serving.model_host import ModelHost
+from serving.model_ids import Artifact, parse_model_id
 from serving.resolve import Target, resolve
 from serving.table_source import TableSource
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState

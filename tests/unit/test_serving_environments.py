@@ -26,7 +26,8 @@ from serving.environment_builds import (
 from serving.environment_codec import decode, encode
 from serving.environment_host import EnvironmentHost, loaded_from
 from serving.load_reports import LoadFailureReporter
-from serving.loader import Artifact, LoadedModel, LoadFailed, NotChecked
+from serving.loader import LoadedModel, LoadFailed, NotChecked
+from serving.model_ids import Artifact
 from serving.proofs import Proof, Prover, prove
 from serving.resolve import Target, checked_artifact
 from wire.routing_table import (

@@ -12,7 +12,8 @@ import pytest
 
 from serving.exceptions import ModelUnavailable
 from serving.load_ahead import LoadAhead
-from serving.loader import Artifact, LoadedModel, PyfuncLoader, model_id
+from serving.loader import LoadedModel, PyfuncLoader
+from serving.model_ids import Artifact, model_id
 from tests.unit.test_serving_loader import broken_pickle, saved
 
 

@@ -13,16 +13,9 @@ import pytest
 from mlflow.pyfunc import PythonModel, save_model
 
 from serving.exceptions import ModelUnavailable
-from serving.loader import (
-    Artifact,
-    LoadedModel,
-    LoadFailure,
-    PyfuncLoader,
-    bind,
-    model_id,
-    parse_model_id,
-    predict,
-)
+from serving.loader import LoadedModel, LoadFailure, PyfuncLoader
+from serving.model_ids import Artifact, bind, model_id, parse_model_id
+from serving.predict_call import predict
 
 
 class Tagged(PythonModel):

@@ -16,7 +16,8 @@ from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 from controller.artifact_manifest import build_manifest
 from serving.exceptions import ModelUnavailable
-from serving.loader import Artifact, LoadedModel, LoadFailure, PyfuncLoader, model_id
+from serving.loader import LoadedModel, LoadFailure, PyfuncLoader
+from serving.model_ids import Artifact, model_id
 
 
 class Tagged(PythonModel):

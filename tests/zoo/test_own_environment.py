@@ -33,7 +33,8 @@ import pytest
 
 from serving.environment_builds import EnvironmentBuildFailed, actor_name, namespace
 from serving.environments import EnvironmentManager
-from serving.loader import Artifact, LoadFailed
+from serving.loader import LoadFailed
+from serving.model_ids import Artifact
 from serving.proofs import prove
 from serving.resolve import Target
 from tests.zoo.conftest import Figures
