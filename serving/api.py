@@ -282,9 +282,11 @@ def create_app(
         """Resolve the version (path, else header, else a rollout's choice or the default)
         before reading the body, so a quarantined version answers 409 whatever is sent; then
         ``respond``, timed and counted here, not in a middleware: one call on the request path.
-        The answer names the version that produced it (``VERSION_HEADER``)."""
+        The answer names the version that produced it (``VERSION_HEADER``), a problem too
+        once its version was chosen."""
         started = time.perf_counter()
         routed: Routed | None = None
+        target: Target | None = None
         try:
             if version is None:
                 version = ""  # labels no version if the header names another model (400)
@@ -296,6 +298,9 @@ def create_app(
             shadowed = await rollout.keep_for_shadow(routed, request, max_body_bytes)
             response = await respond(target, table)
         except BaseException as exc:
+            if target is not None and isinstance(exc, ProblemError):
+                # Refused or failed once its version was chosen: the problem names it too.
+                exc.headers[VERSION_HEADER] = target.version.version
             _failed(name, version, exc, started, routed)
             raise
         served = target.version.version

@@ -64,6 +64,8 @@ class ProblemError(SigserveError):
         # Kept as attributes, not only in args: RayTaskError copies __dict__ across processes.
         self.detail = detail
         self.extensions = extensions
+        # Response headers of the answer (the version that ran, ``serving.api``).
+        self.headers: dict[str, str] = {}
 
 
 class NotReady(ProblemError):

@@ -60,7 +60,7 @@ def error_code(status: int, slug: str | None = None) -> str:
 
 async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
-    return problem_response(
+    response = problem_response(
         exc.status,
         slug=exc.slug,
         title=exc.title,
@@ -70,6 +70,9 @@ async def _on_problem(request: Request, exc: Exception) -> JSONResponse:
         error_code=error_code(exc.status, exc.slug),
         **exc.extensions,
     )
+    # An exception that crossed from a Ray process may predate the attribute.
+    response.headers.update(getattr(exc, "headers", None) or {})
+    return response
 
 
 async def _on_http(request: Request, exc: Exception) -> JSONResponse:

@@ -82,6 +82,8 @@ class EchoModel:
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
         self.calls.append((self.target, data, params))
+        if "boom" in list(data["prompt"]):
+            raise ValueError("boom")  # the model's own failure, for the tests of 500s
         ran = f"{self.target.model.name}/{self.target.version.version}"
         suffix = (params or {}).get("suffix", "")
         return pd.DataFrame({"out": [f"{ran}:{p}{suffix}" for p in data["prompt"]]})
@@ -226,6 +228,23 @@ def test_quarantined_is_409_with_reasons_and_never_reaches_a_model(
         assert response.status_code == 409
         assert response.json()["reasons"] == [REASON]
     assert backend.calls == []
+
+
+def test_a_problem_names_the_version_it_was_answered_for_once_one_was_chosen(
+    served: tuple[TestClient, EchoBackend],
+) -> None:
+    client, _ = served
+    failed = client.post("/models/echo/serve", json={"prompt": "boom"})
+    assert failed.status_code == 500 and failed.json()["type"].endswith("model-failed")
+    assert failed.headers["sigserve-model-version"] == "1"  # the default ran, and failed
+    invalid = client.post("/models/echo/versions/2/serve", json={"nothing": "here"})
+    assert invalid.status_code == 422
+    assert invalid.headers["sigserve-model-version"] == "2"
+    # No version chosen (quarantined, unknown): nothing ran, nothing is named.
+    refused = client.post("/models/echo/versions/3/serve", json={"prompt": "a"})
+    assert refused.status_code == 409 and "sigserve-model-version" not in refused.headers
+    ok = client.post("/models/echo/serve", json={"prompt": "a"})
+    assert ok.status_code == 200 and ok.headers["sigserve-model-version"] == "1"
 
 
 def test_unknown_pending_and_invalid(served: tuple[TestClient, EchoBackend]) -> None:
