@@ -28,6 +28,10 @@ REGISTRY_ERROR_KINDS = ("temporary", "permanent", "gone")
 LOAD_REPORT_RESULTS = (
     "recorded", "repeated", "stale", "unknown", "unauthorized", "default_live", "limited",
 )  # fmt: skip
+# A proof report: what it recorded (a passed proof of a version logged without an example is
+# not_exercised), or why it recorded nothing; and where the version was proven.
+PROOF_RESULTS = ("passed", "failed", "not_exercised", "repeated", "stale")
+PROOF_ENVIRONMENTS = ("shared", "own")
 STATES = tuple(s.value for s in VersionState)
 POLICIES = tuple(p.value for p in Policy)
 
@@ -48,6 +52,7 @@ class Metrics:
     table_revision: Gauge
     versions: Gauge
     load_failure_reports: Counter
+    proof_reports: Counter
     leader: Gauge
     decisions: Counter
     registry_errors: Counter
@@ -99,6 +104,13 @@ class Metrics:
                 ["result"],
                 registry=r,
             ),
+            proof_reports=Counter(
+                "sigserve_proof_reports",
+                "Serving replicas' proofs of versions before their first request, by result and "
+                "where the version was proven (shared, or an environment of its own)",
+                ["result", "environment"],
+                registry=r,
+            ),
             leader=Gauge(
                 "sigserve_controller_leader",
                 "1 while this controller leads (runs the reconcile loop), 0 while it follows",
@@ -145,6 +157,9 @@ class Metrics:
             self.reconcile_queue_depth.labels(lane)
         for result in LOAD_REPORT_RESULTS:
             self.load_failure_reports.labels(result)
+        for result in PROOF_RESULTS:
+            for environment in PROOF_ENVIRONMENTS:
+                self.proof_reports.labels(result, environment)
         for kind in REGISTRY_ERROR_KINDS:
             self.registry_errors.labels(kind)
         for state in STATES:

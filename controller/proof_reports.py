@@ -85,11 +85,17 @@ async def report_proof(
     }
     if report.cause is not None:
         proof["cause"] = report.cause
-    decided = await asyncio.to_thread(
-        _record, svc, report.model, report.version, proof, report.environment_digest
-    )
+    where = "own" if report.environment_digest else "shared"
+    try:
+        decided = await asyncio.to_thread(
+            _record, svc, report.model, report.version, proof, report.environment_digest
+        )
+    except StaleReport:
+        svc.metrics.proof_reports.labels("stale", where).inc()
+        raise
     version = decided.versions[report.version]
     recorded = kept(version.proof, proof)
+    svc.metrics.proof_reports.labels(_result(proof) if recorded else "repeated", where).inc()
     if recorded and version.proof is not None and held(version.proof):
         # Only a forged report proves a live version: counted with load failures of defaults.
         svc.metrics.load_failure_reports.labels("default_live").inc()
@@ -108,3 +114,9 @@ async def report_proof(
         "proof": proof_of(version),
         "published": published,
     }
+
+
+def _result(proof: dict[str, Any]) -> str:
+    if proof["outcome"] != "passed":
+        return "failed"
+    return "passed" if proof.get("exercised", True) else "not_exercised"

@@ -18,6 +18,8 @@ from tests.unit.test_controller_own_environments import (  # noqa: F401
     REQUIREMENTS,
     SERVING_TOKEN,
     Registry,
+    digest,
+    report,
     store,
     version,
 )
@@ -54,3 +56,37 @@ def test_the_admin_api_shows_where_each_version_is_served(
         assert served["2"]["requirements"] == ["tiny-pkg==0.3.1"]
         assert "which the serving environment lacks" in served["2"]["reason"]
         assert served["2"]["shared_failure"] is None
+
+
+def test_proofs_are_counted_by_result_and_where_they_were_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    settings = _settings(tmp_path, serving_token=SERVING_TOKEN, default_proof="on")
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    s = Store(engine)
+    Reconciler(s, Registry(REQUIREMENTS), settings.serving_environment(), write_back=False
+               ).reconcile("m", "resync")  # fmt: skip
+    s.publish()
+    own = environment_of(version(s, "2"))
+    assert own is not None
+    engine.dispose()
+    auth = {"Authorization": f"Bearer {SERVING_TOKEN}"}
+    with TestClient(create_app(settings)) as c:
+        body = {"model": "m", "version": "2", **report("2")}
+        body.pop("at")
+        assert c.post("/serving/proofs", json=body, headers=auth).status_code == 409  # shared
+        mine = {**body, "environment_digest": own.digest}
+        assert c.post("/serving/proofs", json=mine, headers=auth).status_code == 200
+        again = {**mine, "replica": "r9"}  # another replica's proof of it: the first is kept
+        assert c.post("/serving/proofs", json=again, headers=auth).json()["recorded"] is False
+        one = {**body, "version": "1", "mlmodel_digest": digest("1"), "exercised": False}
+        assert c.post("/serving/proofs", json=one, headers=auth).status_code == 200
+        metrics = c.get("/metrics").text
+    for result, where in (
+        ("stale", "shared"), ("passed", "own"), ("repeated", "own"), ("not_exercised", "shared")
+    ):  # fmt: skip
+        line = f'sigserve_proof_reports_total{{environment="{where}",result="{result}"}} 1.0'
+        assert line in metrics, line
+    assert 'sigserve_proof_reports_total{environment="shared",result="passed"} 0.0' in metrics
