@@ -40,6 +40,7 @@ from controller.rollout_auto import TAG, NewVersions, PolicyError, parse_policy
 from controller.rollout_gates import Gate, Totals, failed, fails_early, judge
 from controller.rollout_metrics import RolloutMetrics
 from controller.rollout_rows import ABORTED, ENDED, PROMOTED, ROLLED_BACK, RolloutRecord
+from controller.rollout_schema import RUNNING
 from controller.rollout_store import RolloutRefused, RolloutStore, contract_digest
 from controller.store import Store
 from wire.routing_table import VersionState
@@ -62,6 +63,11 @@ def pin_candidate(store: Store, r: RolloutRecord, env: ServingEnvironment, actor
     def pin(current: ModelRecord | None) -> ModelRecord:
         if current is None or current.deleted_at is not None:
             raise NotFound(f"registered model '{r.model}' is not known to sigserve")
+        if current.default_version not in (r.default_version, r.candidate):
+            # Someone pinned another version meanwhile: theirs stands.
+            raise PinRefused(
+                f"the default moved to {current.default_version} during the rollout", []
+            )
         target = current.versions.get(r.candidate)
         if target is None or target.state is not VersionState.LIVE:
             raise PinRefused(f"version {r.candidate} is not live", [])
@@ -250,6 +256,9 @@ class RolloutStepper:
     ) -> str | None:  # fmt: skip
         """Pin the candidate, then end the rollout as promoted (a tick after a crash between
         the two finds the candidate the default, and ends it so)."""
+        latest = self._rollouts.latest(r.model)
+        if latest is None or latest.id != r.id or latest.state != RUNNING:
+            return None  # ended meanwhile (an abort, a rollback): nothing to promote
         try:
             pin_candidate(self._store, r, self._env, actor)
         except (PinRefused, NotFound) as exc:

@@ -300,6 +300,9 @@ def create_app(
         except BaseException as exc:
             if target is not None and isinstance(exc, ProblemError):
                 # Refused or failed once its version was chosen: the problem names it too.
+                # One raised by an older replica's code, across Ray, may lack the attribute.
+                if getattr(exc, "headers", None) is None:
+                    exc.headers = {}
                 exc.headers[VERSION_HEADER] = target.version.version
             _failed(name, version, exc, started, routed)
             raise

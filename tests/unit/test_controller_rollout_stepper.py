@@ -17,7 +17,7 @@ from controller.database import make_engine, migrate
 from controller.reconciler import Reconciler
 from controller.rollout_gates import Thresholds
 from controller.rollout_metrics import RolloutMetrics
-from controller.rollout_rows import ENDED, PROMOTED, ROLLED_BACK
+from controller.rollout_rows import ABORTED, ENDED, PROMOTED, ROLLED_BACK
 from controller.rollout_stepper import RolloutStepper
 from controller.rollout_store import RolloutSpec, RolloutStore
 from controller.store import Store
@@ -172,6 +172,24 @@ def test_a_pin_by_hand_or_a_quarantine_ends_the_rollout(h: Harness) -> None:
     assert h.tick() == ["m: ended"]
     r = h.rollouts.latest("m")
     assert r is not None and r.reason is not None and r.reason.startswith("default-changed")
+
+
+def test_a_promotion_leaves_a_pin_made_meanwhile_and_an_ended_rollout_alone(h: Harness) -> None:
+    # The promotion read the rollout before an operator pinned 3 (or aborted): theirs stands.
+    h.start([1.0])
+    r = h.rollouts.latest("m")
+    assert r is not None
+    Reconciler(h.store, Registry({"1": sig("p"), "2": sig("p"), "3": sig("p")}), ENV,
+               write_back=False).reconcile("m", "resync")  # fmt: skip
+    commands.pin_default(h.store, "m", "3", ENV)
+    assert h.stepper.promote(r, "by-hand", "promoted by admin", "admin") == ENDED
+    assert h.default() == "3"
+    h.start([1.0])
+    r = h.rollouts.latest("m")
+    assert r is not None
+    assert h.stepper.end(r, ABORTED, "by-hand", "aborted by admin", actor="admin") == ABORTED
+    assert h.stepper.promote(r, "by-hand", "promoted by admin", "admin") is None
+    assert h.default() == "3"
 
 
 def test_a_silent_replica_set_never_promotes(h: Harness) -> None:
