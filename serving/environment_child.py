@@ -12,6 +12,7 @@ model prints goes to stderr, so it cannot break the protocol.
 import base64
 import importlib.util
 import json
+import os
 import sys
 from typing import Any
 
@@ -46,7 +47,11 @@ def main() -> None:
         raise SystemExit(f"cannot read the codec at {sys.argv[1]}")
     codec = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(codec)
-    answers = sys.stdout
+    # Answers go on a copy of fd 1 that only this loop writes; fd 1 itself (what C code, a
+    # subprocess or os.system writes to) goes to stderr, so nothing a model prints can take an
+    # answer's place in the pipe and shift every later answer to the wrong request.
+    answers = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
     sys.stdout = sys.stderr
     models: dict[str, Any] = {}
     for line in sys.stdin:
@@ -70,6 +75,8 @@ def main() -> None:
                 answer = {"ok": True, "python": sys.version}
         except Exception as exc:
             answer = _error(exc)
+        # The request's id, echoed: the parent checks each answer is its request's.
+        answer["id"] = request.get("id")
         answers.write(json.dumps(answer, default=_bytes) + "\n")
         answers.flush()
 

@@ -107,6 +107,7 @@ class ModelProcess:
 
     def __init__(self, venv: Path) -> None:
         self._lock = threading.Lock()
+        self._sent = 0
         self._process = subprocess.Popen(
             [str(venv / "bin" / "python"), "-I", str(CHILD), str(CODEC)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
@@ -117,12 +118,24 @@ class ModelProcess:
             stdin, stdout = self._process.stdin, self._process.stdout
             if stdin is None or stdout is None or self._process.poll() is not None:
                 raise LoadFailed("the environment's model host has exited", permanent=False)
-            stdin.write((json.dumps(request, default=_bytes) + "\n").encode())
+            self._sent += 1
+            sent = f"{os.getpid()}-{self._sent}"
+            stdin.write((json.dumps({**request, "id": sent}, default=_bytes) + "\n").encode())
             stdin.flush()
             line = stdout.readline()
-        if not line:
-            raise LoadFailed("the environment's model host has exited", permanent=False)
-        answer: Encoded = json.loads(line, object_hook=_unbytes)
+            try:
+                answer: Encoded = json.loads(line, object_hook=_unbytes) if line else {}
+            except ValueError:
+                answer = {}
+            if answer.get("id") != sent:
+                # Not this request's answer: the pipe can no longer be trusted to pair them,
+                # so the process goes rather than answer anyone with another's result.
+                self._process.kill()
+                raise LoadFailed(
+                    "the environment's model host answered out of turn and was stopped",
+                    permanent=False,
+                )
+        answer.pop("id", None)
         return answer
 
     def close(self) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import datetime
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +330,32 @@ def test_a_model_in_an_environment_that_inherits_nothing_runs_in_a_process_of_it
         loaded.model.predict(pd.DataFrame({"n": [0]}))  # the model's own error, by its name
     loaded.close()
     assert host.info()["held"] == {}
+    host._process.close()
+
+
+CHATTY_CODE = NUMERALS_CODE.replace(
+    "    def predict(self, context, model_input, params=None):\n",
+    "    def predict(self, context, model_input, params=None):\n"
+    "        import os\n"
+    "        os.write(1, b'{\"answer\": \"not yours\"}\\n')  # as C code or a subprocess would\n",
+)
+
+
+def test_what_a_model_writes_to_its_stdout_never_takes_an_answers_place(tmp_path: Path) -> None:
+    # Answers travel on the host process's stdout, one line each: a line the model wrote there
+    # itself would be read as an answer, and every later request would get the one before it.
+    code = tmp_path / "chatty_code.py"
+    code.write_text(CHATTY_CODE)
+    entry = entry_for(tmp_path, "chatty", str(code))
+    target = target_of("chatty", entry.model_copy(update={"environment": ISOLATED}))
+    host = EnvironmentHost(ISOLATED.digest, {"spec": ISOLATED.model_dump(mode="json"),
+                                             "index": [[], {}], "timeout_s": 60,
+                                             "venv": sys.prefix})  # fmt: skip
+    loaded = held(host, target.artifact, "r")
+    for n, numeral in ((14, "XIV"), (3, "III"), (5, "V")):
+        answer = loaded.model.predict(pd.DataFrame({"n": [n]}))
+        pd.testing.assert_frame_equal(answer, pd.DataFrame({"answer": [numeral]}))
+    loaded.close()
     host._process.close()
 
 
