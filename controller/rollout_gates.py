@@ -16,14 +16,16 @@ The gates, each over the step's window, with their defaults (``Thresholds``):
   within the bucket that holds them, so equal distributions give equal p99s. Judged only when
   both sides have at least ``LATENCY_REQUESTS`` (1,000) timed requests (the default's over the
   whole rollout when its window has fewer); otherwise "not judged".
-- agreement (with a shadow): compared answers that agreed at least ``min_agreement`` (0.99),
-  judged when at least one answer was compared.
+- agreement (with a shadow): shadow runs whose answer agreed at least ``min_agreement`` (0.99)
+  of those the candidate ran, a run that failed on the candidate (raised, timed out) counting
+  as a disagreement; judged when at least one ran.
 
 A step ends when its hold time has passed *and* it saw ``min_requests`` (the candidate's
-requests plus shadow comparisons): then all gates are judged, and one failure rolls back. A
-candidate fails early, before the hold time, once it answered at least ``early_min_requests``
-(50) in the step with an error rate past the default's by ``early_error_increase`` (5 points):
-a candidate that fails 30% of its requests is out after its first ~50, not after 10 minutes.
+requests plus its shadow runs, compared or failed): then all gates are judged, and one failure
+rolls back. A candidate fails early, before the hold time, once it answered at least
+``early_min_requests`` (50) in the step with an error rate past the default's by
+``early_error_increase`` (5 points): a candidate that fails 30% of its requests is out after its
+first ~50, not after 10 minutes.
 """
 
 from __future__ import annotations
@@ -147,8 +149,9 @@ class Totals:
 
     @property
     def step_requests(self) -> int:
-        """What a step's ``min_requests`` counts: the candidate's answers and comparisons."""
-        return self.candidate.requests + self.compared
+        """What a step's ``min_requests`` counts: the candidate's answers and its shadow runs
+        (a candidate failing every shadow must still end its step, and fail it)."""
+        return self.candidate.requests + self.compared + self.failed
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -254,17 +257,18 @@ def judge(window: Totals, whole: Totals, t: Thresholds, *, shadow: bool) -> list
             )
         )
     if shadow:
-        if window.compared == 0:
-            gates.append(Gate("agreement", "not-judged", "no answer compared"))
+        ran = window.compared + window.failed
+        if ran == 0:
+            gates.append(Gate("agreement", "not-judged", "no shadow ran"))
         else:
-            agreement = window.agreed / window.compared
+            agreement = window.agreed / ran
             ok = agreement >= t.min_agreement
             gates.append(
                 Gate(
                     "agreement",
                     "passed" if ok else "failed",
-                    f"{agreement:.2%} of {window.compared} agreed, at least "
-                    f"{t.min_agreement:.2%} needed",
+                    f"{agreement:.2%} of {ran} shadow runs agreed ({window.failed} failed on "
+                    f"the candidate), at least {t.min_agreement:.2%} needed",
                 )
             )
     return gates

@@ -87,6 +87,16 @@ def test_agreement_below_ninety_nine_percent_fails() -> None:
     assert outcomes(Totals(compared=1000, agreed=990), shadow=True)["agreement"] == "passed"
 
 
+def test_shadows_that_fail_on_the_candidate_count_against_it_and_toward_the_step() -> None:
+    # 30% of the shadows raised on the candidate; every one it answered agreed.
+    flaky = Totals(compared=700, agreed=700, failed=300)
+    assert outcomes(flaky, shadow=True)["agreement"] == "failed"
+    # One that fails every shadow still reaches its step's requests, and fails there.
+    broken = Totals(failed=200)
+    assert broken.step_requests == 200
+    assert outcomes(broken, shadow=True)["agreement"] == "failed"
+
+
 def test_a_candidate_failing_far_past_the_default_fails_early_with_enough_requests() -> None:
     assert fails_early(Totals(side(49, 15), side(500)), Totals(), T) is None  # too few
     early = fails_early(Totals(side(50, 15), side(500)), Totals(), T)
