@@ -29,11 +29,12 @@ from controller.own_environments import assign, environment_of, make_spec, where
 from controller.proofs import BEING_PROVEN, ProvingEnvironment, awaits_proof
 from controller.reconciler import Reconciler, merge_observed
 from controller.registry import ObservedModel, ObservedVersion
+from controller.settings import ControllerSettings
 from controller.store import Store
 from controller.table_builder import build_table
 from tests.unit.test_controller_audit_and_overrides import sig
 from tests.unit.test_controller_http import _settings
-from wire.routing_table import VersionState
+from wire.routing_table import EnvironmentSpec, VersionState
 
 PROVING = ProvingEnvironment(
     "3.11.9",
@@ -219,9 +220,11 @@ def test_its_proof_there_makes_it_live_and_a_shared_proof_of_it_is_stale(
     assert not build_table([proven], 1, "e").models["m"].versions["2"].awaiting_proof
 
 
-def test_a_report_from_the_shared_environment_about_a_version_with_its_own_is_refused(
+def published_controller(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+) -> tuple[ControllerSettings, EnvironmentSpec]:
+    """Settings of a controller (proofs on) whose database decided and published model m, and
+    the environment of its own version 2 was given."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     settings = _settings(tmp_path, serving_token=SERVING_TOKEN, default_proof="on")
     engine = make_engine(settings.resolved_database_url())
@@ -233,6 +236,13 @@ def test_a_report_from_the_shared_environment_about_a_version_with_its_own_is_re
     spec = environment_of(version(s, "2"))
     assert spec is not None
     engine.dispose()
+    return settings, spec
+
+
+def test_a_report_from_the_shared_environment_about_a_version_with_its_own_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings, spec = published_controller(tmp_path, monkeypatch)
     with TestClient(create_app(settings)) as c:
         body = {"model": "m", "version": "2", **report("2")}
         body.pop("at")

@@ -9,16 +9,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from controller.app import create_app
-from controller.database import make_engine, migrate
 from controller.own_environments import environment_of
-from controller.reconciler import Reconciler
 from controller.store import Store
-from tests.unit.test_controller_http import TOKEN, _settings
+from tests.unit.test_controller_http import TOKEN
 from tests.unit.test_controller_own_environments import (  # noqa: F401
     REQUIREMENTS,
     SERVING_TOKEN,
-    Registry,
     digest,
+    published_controller,
     report,
     store,
     version,
@@ -38,15 +36,7 @@ def test_the_published_table_gives_each_version_its_environment(store: Store) ->
 def test_the_admin_api_shows_where_each_version_is_served(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    settings = _settings(tmp_path, serving_token=SERVING_TOKEN, default_proof="on")
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
-    s = Store(engine)
-    Reconciler(s, Registry(REQUIREMENTS), settings.serving_environment(), write_back=False
-               ).reconcile("m", "resync")  # fmt: skip
-    s.publish()
-    engine.dispose()
+    settings, _ = published_controller(tmp_path, monkeypatch)
     admin = {"Authorization": f"Bearer {TOKEN}"}
     with TestClient(create_app(settings)) as c:
         model = c.get("/admin/models/m", headers=admin).json()
@@ -61,17 +51,7 @@ def test_the_admin_api_shows_where_each_version_is_served(
 def test_proofs_are_counted_by_result_and_where_they_were_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    settings = _settings(tmp_path, serving_token=SERVING_TOKEN, default_proof="on")
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
-    s = Store(engine)
-    Reconciler(s, Registry(REQUIREMENTS), settings.serving_environment(), write_back=False
-               ).reconcile("m", "resync")  # fmt: skip
-    s.publish()
-    own = environment_of(version(s, "2"))
-    assert own is not None
-    engine.dispose()
+    settings, own = published_controller(tmp_path, monkeypatch)
     auth = {"Authorization": f"Bearer {SERVING_TOKEN}"}
     with TestClient(create_app(settings)) as c:
         body = {"model": "m", "version": "2", **report("2")}
