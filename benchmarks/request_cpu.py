@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from in_process import in_process_app
 
 HERE = Path(__file__).resolve().parent
 UPPER_MODEL = HERE / "models" / "upper.py"
@@ -46,12 +47,6 @@ def build_app(directory: Path) -> Any:
     import pandas as pd
     from mlflow.models import infer_signature
 
-    from serving.api import create_app
-    from serving.loader import LoadedModel
-    from serving.model_host import ModelHost
-    from serving.resolve import Target
-    from serving.table_source import TableSource
-    from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
     example = pd.DataFrame({"prompt": ["hello world"]})
     signature = infer_signature(example, pd.DataFrame({"output": ["HELLO WORLD"]}))
@@ -60,35 +55,7 @@ def build_app(directory: Path) -> Any:
         path, python_model=str(UPPER_MODEL), signature=signature, pip_requirements=[]
     )
     model = mlflow.pyfunc.load_model(str(path))
-    wire_signature = signature.to_dict()
-    table = RoutingTable(
-        revision=1,
-        models={
-            "upper": ModelEntry(
-                name="upper",
-                default_version="1",
-                contract=wire_signature,
-                versions={
-                    "1": VersionEntry(
-                        version="1", state=VersionState.LIVE, signature=wire_signature,
-                        source="models:/m-upper", mlmodel_digest="0" * 64,
-                    )
-                },
-            )
-        },
-    )  # fmt: skip
-
-    async def get_model(target: Target) -> LoadedModel:
-        return LoadedModel(model, path)
-
-    def controller(request: httpx.Request) -> httpx.Response:
-        if int(request.url.params["after"]) < table.revision:
-            return httpx.Response(200, content=table.model_dump_json())
-        return httpx.Response(204)
-
-    source = TableSource("http://controller", transport=httpx.MockTransport(controller))
-    host = ModelHost(get_model, inline_below_s=0.002)
-    return create_app(source, host, startup_wait_s=5)
+    return in_process_app("upper", model, path, signature.to_dict())
 
 
 def url(kind: str) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from in_process import in_process_app
 
 HERE = Path(__file__).resolve().parent
 ROW_STATS = HERE / "models" / "row_stats.py"
@@ -50,12 +51,6 @@ def build_app(directory: Path) -> tuple[Any, list[int]]:
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    from serving.api import create_app
-    from serving.loader import LoadedModel
-    from serving.model_host import ModelHost
-    from serving.resolve import Target
-    from serving.table_source import TableSource
-    from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
     signature = ModelSignature(
         Schema([TensorSpec(np.dtype(np.float32), (-1, 3))]),
@@ -75,35 +70,7 @@ def build_app(directory: Path) -> tuple[Any, list[int]]:
         return original(*args, **kwargs)
 
     inner.predict = counted
-    wire_signature = signature.to_dict()
-    table = RoutingTable(
-        revision=1,
-        models={
-            "numeric": ModelEntry(
-                name="numeric",
-                default_version="1",
-                contract=wire_signature,
-                versions={
-                    "1": VersionEntry(
-                        version="1", state=VersionState.LIVE, signature=wire_signature,
-                        source="models:/m-numeric", mlmodel_digest="0" * 64,
-                    )
-                },
-            )
-        },
-    )  # fmt: skip
-
-    async def get_model(target: Target) -> LoadedModel:
-        return LoadedModel(model, path)
-
-    def controller(request: httpx.Request) -> httpx.Response:
-        if int(request.url.params["after"]) < table.revision:
-            return httpx.Response(200, content=table.model_dump_json())
-        return httpx.Response(204)
-
-    source = TableSource("http://controller", transport=httpx.MockTransport(controller))
-    host = ModelHost(get_model, inline_below_s=0.002)
-    return create_app(source, host, startup_wait_s=5), calls
+    return in_process_app("numeric", model, path, signature.to_dict()), calls
 
 
 async def drive(
