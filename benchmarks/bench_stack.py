@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
 from sigserve.stack import (
     Secrets,
     controller,
-    free_port,
     mlflow_server,
     start_serving,
     stop_serving,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,13 +22,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from sigserve.ports import free_port
+
 RUNS = 5
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _median_s(fn: Callable[[], Any], runs: int = RUNS) -> tuple[float, Any]:
@@ -60,7 +55,7 @@ def _log_minilm(name: str) -> None:
 
 def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="ss-bench-"))
-    port = _free_port()
+    port = free_port()
     uri = f"http://127.0.0.1:{port}"
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),

@@ -41,7 +41,8 @@ from typing import Any
 import psutil
 from bench_stack import log_upper_model
 
-from sigserve.stack import Secrets, free_port, mlflow_server
+from sigserve.ports import free_port
+from sigserve.stack import Secrets, mlflow_server
 
 HOST = "127.0.0.1"
 

@@ -25,8 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import free_port
 
 HOST = "127.0.0.1"
 VERSION = "1.7.1"

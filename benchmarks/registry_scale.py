@@ -48,7 +48,8 @@ import httpx
 import psutil
 from bench_stack import log_upper_model
 
-from sigserve.stack import Secrets, controller, free_port, mlflow_server
+from sigserve.ports import free_port
+from sigserve.stack import Secrets, controller, mlflow_server
 
 HOST = "127.0.0.1"
 CACHE = Path.home() / ".cache" / "sigserve-registry-scale"

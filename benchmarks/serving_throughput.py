@@ -69,8 +69,8 @@ from mlserver_peer import running_mlserver
 from registration_latency import _descendants, _name, _pss_mb
 from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import free_port
 
 HERE = Path(__file__).resolve().parent
 UPPER_MODEL = HERE / "models" / "upper.py"

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import free_port
 
 QUOTED = "it's"
 

@@ -12,9 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
-import random
 import secrets
-import socket
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
@@ -22,14 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sigserve.ports import free_port, port_window
 from sigserve.processes import ManagedProcess, wait_for_http
 from wire.private_dirs import private_dir
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass(frozen=True)
@@ -156,7 +149,7 @@ def fast_path_env(ray_dir: Path) -> dict[str, str]:
     side. A variable already set in the environment wins. HAProxy's directory is made (or
     checked) as ``wire.private_dirs`` says.
     """
-    base = random.randrange(20000, 60000, 200)  # noqa: S311 - a port window, not a secret
+    base = port_window()
     # HAProxy refuses a socket path over 97 bytes and Ray adds a 56-character directory to it.
     # Its config and admin socket go here, so it is this user's alone (wire.private_dirs).
     haproxy = private_dir(Path(tempfile.gettempdir()) / f"shp-{ray_dir.parent.name[-10:]}")

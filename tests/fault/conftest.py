@@ -29,8 +29,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import Secrets, controller, free_port, mlflow_server
+from sigserve.stack import Secrets, controller, mlflow_server
 from tests.figures import FigureBook, Figures
 from tests.integration.conftest import (  # noqa: F401  (fixtures, used by name)
     HOST,

@@ -30,8 +30,9 @@ from mlflow import MlflowClient
 
 from controller.faults import KILL_AT_ENV
 from controller.registry import WEBHOOK_EVENTS
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import Secrets, controller, free_port, mlflow_server
+from sigserve.stack import Secrets, controller, mlflow_server
 from tests.fault.conftest import (
     HOST,
     RESYNC_INTERVAL_S,

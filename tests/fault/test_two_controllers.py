@@ -29,8 +29,9 @@ import httpx
 import pytest
 
 from controller.table_builder import content_digest
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import Secrets, controller, free_port, mlflow_server
+from sigserve.stack import Secrets, controller, mlflow_server
 from tests.fault.conftest import HOST, RESYNC_INTERVAL_S, Figures
 from tests.fault.test_controller_faults import registering_to
 from tests.integration.conftest import ECHO_MODEL, register_echo, wait_for

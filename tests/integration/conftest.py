@@ -16,8 +16,9 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import Secrets, controller, free_port, mlflow_server
+from sigserve.stack import Secrets, controller, mlflow_server
 
 pytestmark = pytest.mark.integration
 

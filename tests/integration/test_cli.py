@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from sigserve.cli import main
-from sigserve.stack import Secrets, free_port
+from sigserve.ports import free_port
+from sigserve.stack import Secrets
 from tests.integration.conftest import ControllerHandle, register_echo, wait_for
 
 SIGSERVE = Path(sys.executable).parent / "sigserve"

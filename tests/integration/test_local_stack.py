@@ -17,7 +17,7 @@ import httpx
 import psutil
 import pytest
 
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 from tests.integration.conftest import wait_for
 from tests.unit.test_controller_http import EVENT, delivery
 

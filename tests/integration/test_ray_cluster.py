@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import random
 import re
 import secrets
 import signal
@@ -39,8 +38,9 @@ from typing import Any
 import httpx
 import pytest
 
+from sigserve.ports import free_port, port_window
 from sigserve.processes import ManagedProcess
-from sigserve.stack import fast_path_env, free_port
+from sigserve.stack import fast_path_env
 from tests.integration.conftest import (
     ControllerHandle,
     register_echo,
@@ -168,8 +168,8 @@ def cluster(home: Path) -> Iterator[Cluster]:
         return [a for f in flags for a in (f, str(free_port()))]
 
     # Ray's default worker-port range is the same for every node; two nodes on one machine
-    # each get a window of their own.
-    base = random.randrange(20000, 60000, 200)
+    # each get half of a window of their own.
+    base = port_window()
 
     def worker_ports(offset: int) -> list[str]:
         low = base + offset

@@ -27,8 +27,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import free_port
 from tests.integration.conftest import HOST, ControllerHandle, wait_for
 
 pytestmark = pytest.mark.integration

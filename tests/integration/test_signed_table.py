@@ -21,7 +21,7 @@ import pytest
 from serving.gcs_store import GcsTableStore
 from serving.signed_table import read_stored
 from serving.table_source import TableSource
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 from tests.integration.conftest import HOST, ControllerHandle, wait_for
 from wire.table_signature import (
     SIGNATURE_HEADER,

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from sigserve.ports import free_port
 from sigserve.processes import ManagedProcess
-from sigserve.stack import controller, free_port
+from sigserve.stack import controller
 
 HOST = "127.0.0.1"
 ADMIN = "admin-token-of-32-characters-xyz"

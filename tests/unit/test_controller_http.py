@@ -18,7 +18,7 @@ from controller.app import create_app
 from controller.database import make_engine, migrate
 from controller.settings import ControllerSettings
 from controller.store import Store
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 
 SECRET = "hook-secret-0123456789"
 TOKEN = "admin-token-0123456789"

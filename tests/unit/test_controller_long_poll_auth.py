@@ -22,7 +22,7 @@ from controller.app import create_app
 from controller.database import make_engine, migrate
 from controller.settings import ControllerSettings
 from controller.store import Store
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 from wire.table_signature import SIGNATURE_HEADER, canonical_json, sign, table_key
 
 SERVING_TOKEN = "serving-token-0123456789"

@@ -27,7 +27,7 @@ from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
 from controller.settings import ControllerSettings
 from controller.store import Store
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 
 MAX_JUMP = 1_000_000  # how far one catch-up may move the revision (docs/security.md)
 CEILING = 2**62  # no catch-up goes past it: 2**62 publishes still fit in the BIGINT column

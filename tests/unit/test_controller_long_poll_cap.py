@@ -23,7 +23,7 @@ from controller.database import make_engine, migrate
 from controller.services import Services
 from controller.settings import ControllerSettings
 from controller.store import Store
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 
 SERVING_TOKEN = "serving-token-0123456789"
 SERVING = {"Authorization": f"Bearer {SERVING_TOKEN}"}

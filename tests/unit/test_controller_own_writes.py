@@ -24,7 +24,7 @@ from controller.own_writes import OwnWrites, RememberingWriter, Write, alias_set
 from controller.reconciler import Reconciler
 from controller.settings import ControllerSettings
 from controller.store import Store
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 from tests.unit.test_controller_reconciler import ENV, FakeRegistry, sig
 
 SECRET = "hook-secret-0123456789"

@@ -16,7 +16,7 @@ from controller.app import create_app
 from controller.exceptions import WebhookRejected
 from controller.settings import ControllerSettings
 from controller.webhook_signature import verify
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 
 SECRET = "webhook-secret-of-32-characters!"
 HUGE = "9" * 400

@@ -44,7 +44,7 @@ from serving.model_host import ModelHost
 from serving.recorder import NoRecorder
 from serving.resolve import Target
 from serving.table_source import TableSource
-from sigserve.stack import free_port
+from sigserve.ports import free_port
 from tests.unit.test_serving_api import REASON, TABLE, Controller, EchoModel
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
