@@ -101,6 +101,32 @@ class LoadAhead:
             self._resident.add(value)
         return loaded
 
+    async def keep(self, value: str, artifact: Artifact, loaded: LoadedModel, limit: int) -> bool:
+        """Hand ``loaded``, a model of ``value`` loaded beside the multiplexer (a proof's), to
+        the multiplexer if that costs no loaded model; say whether it took it.
+
+        ``limit`` is the multiplexer's: the models it holds, the ones staged for it and the
+        loads under way for it all count, and the check and the hand-over happen under the
+        one-load-at-a-time lock, so no load can fill the slot in between and have Ray evict.
+        """
+        async with self._one_at_a_time:
+            with self._resident_lock:
+                held = set(self._resident)
+            coming = set(self._staged) | set(self._loading)
+            if value in held or value in coming or len(held | coming) >= limit:
+                return False
+            wanted = self._wanted.setdefault(value, _Wanted(artifact, False))
+            wanted.requests += 1
+            self._staged[value] = loaded
+            try:
+                await self._lru(value)
+            finally:
+                wanted.requests -= 1
+                if wanted.requests == 0:
+                    del self._wanted[value]
+                    self._staged.pop(value, None)
+            return True
+
     def evicted(self, value: str) -> None:
         """The multiplexer evicted ``value`` (called from the model's ``__del__``, in a thread)."""
         with self._resident_lock:

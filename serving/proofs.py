@@ -7,8 +7,10 @@ binds a live one. A replica that sees one:
 
 1. loads that artifact through its own load path (the loader's checks of source, MLmodel
    digest and manifest; a version that will be its model's default goes into the replica's
-   multiplexer as the warm-up's loads do, so a proven default is also warm). A load that fails
-   is the loader's to report (``serving.load_reports``), and quarantines the version as before;
+   multiplexer as the warm-up's loads do, so a proven default is also warm; any other that
+   passes is handed to the multiplexer when it has a free slot, ``Keep``, so its first request
+   loads nothing again). A load that fails is the loader's to report
+   (``serving.load_reports``), and quarantines the version as before;
 2. reads its example with MLflow's own helpers: ``serving_input_example.json``
    (``Model.get_serving_input``), parsed as a client's ``/invocations`` body is
    (``serving.scoring_protocol.parse``), else the logged ``input_example`` MLflow loaded with
@@ -56,6 +58,9 @@ RETRY_MAX_S = 60.0
 
 # The model of a target, loaded: (target, whether it will be its model's default).
 Load = Callable[[Target, bool], Awaitable[LoadedModel]]
+# A version that passed, loaded beside the multiplexer (it will not be its model's default):
+# whether the replica kept it loaded for its first request. Never at a loaded model's cost.
+Keep = Callable[[Target, LoadedModel], Awaitable[bool]]
 
 
 @dataclass(frozen=True)
@@ -191,9 +196,11 @@ class Prover:
         retry_first_s: float = RETRY_FIRST_S,
         retry_max_s: float = RETRY_MAX_S,
         environments: Builds | None = None,
+        keep: Keep | None = None,
     ) -> None:
         self._load = load
         self._environments = environments
+        self._keep = keep
         self._report = report
         self._timeout_s = timeout_s
         self._clock = clock
@@ -299,9 +306,12 @@ class Prover:
             # quarantines it and the next table no longer asks. Otherwise: again, later.
             logger.warning("could not load %s to prove it: %s", key, str(exc)[:300])
             return None
+        kept = default
         try:
             timeout = self._timeout_s(target)
             proof = await asyncio.wait_for(asyncio.to_thread(prove, loaded, target), timeout)
+            if not kept and proof.outcome == "passed" and self._keep is not None:
+                kept = await self._keep(target, loaded)
         except TimeoutError:
             proof = _proof(target, "failed", True,
                            f"TimeoutError: it did not answer its own input example within "
@@ -310,7 +320,7 @@ class Prover:
             logger.warning("could not prove %s on this replica: %s", key, exc)
             return None
         finally:
-            if not default:
+            if not kept:
                 loaded.close()  # not to be served yet: its files go now (see LoadedModel)
         logger.info(
             "proved %s in %.0f ms: %s%s", key, (self._clock() - started) * 1000, proof.outcome,

@@ -19,6 +19,7 @@ would freeze it at import time, so the wrapper is made per replica in ``__init__
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 import time
@@ -51,6 +52,8 @@ from serving.table_source import TableSource
 from wire import logs
 from wire.private_dirs import private_dir
 from wire.routing_table import RoutingTable
+
+logger = logging.getLogger(__name__)
 
 UNPROTECTED = (
     "SIGSERVE_SERVING_TOKEN is not set: a serving replica takes only routing tables signed with "
@@ -127,6 +130,7 @@ class Server:
             self._reporter.send_proof,
             timeout_s=lambda t: t.model.predict_timeout_s or settings.predict_timeout_s,
             environments=self._environments,
+            keep=self._keep_proven,
         )
         # A rollout's candidate is loaded through the multiplexer, as a request would load it,
         # before the rollout routes any request to it here (``serving.rollout_warm``).
@@ -150,6 +154,20 @@ class Server:
             return await self._model(target)
         self._loader.check(target.model_id)
         return await self._timed_load(target.model_id, target.artifact, False)
+
+    async def _keep_proven(self, target: Target, loaded: LoadedModel) -> bool:
+        """A proven version that will not be its model's default, kept loaded for its first
+        request when the multiplexer has a free slot: its proof's load is then its only one.
+        Never at a loaded model's cost (``LoadAhead.keep``)."""
+        try:
+            bind(target.model_id, target.artifact)
+            return await self._ahead.keep(
+                target.model_id, target.artifact, loaded, self._settings.max_num_models_per_replica
+            )
+        except Exception:
+            # Keeping it is a saving, never a cost to its proof: its first request loads it.
+            logger.exception("could not keep %s loaded after its proof", target.model_id)
+            return False
 
     async def _timed_load(self, model_id: str, artifact: Artifact, confirm: bool) -> LoadedModel:
         started = time.perf_counter()
