@@ -40,9 +40,13 @@ def _decided_if_known(
 
 
 def _apply(
-    store: Store, name: str, env: ServingEnvironment, change: Callable[[ModelRecord], ModelRecord]
+    store: Store,
+    name: str,
+    env: ServingEnvironment,
+    change: Callable[[ModelRecord], ModelRecord],
+    actor: str = ADMIN,
 ) -> ModelRecord:
-    updated = store.update_model(name, _decided_if_known(name, env, change), ADMIN)
+    updated = store.update_model(name, _decided_if_known(name, env, change), actor)
     assert updated is not None
     return updated
 
@@ -96,10 +100,12 @@ def pin_default(
     *,
     force: bool = False,
     adopt_contract: bool = False,
+    actor: str = ADMIN,
 ) -> Pinned:
     """Make ``version`` the default; with ``adopt_contract`` or ``force``, its signature the
     contract too. Refused (``PinRefused``) when the version breaks the contract, unless forced,
-    or when it cannot be served at all (force does not change that)."""
+    or when it cannot be served at all (force does not change that). Audited by ``actor``: an
+    operator, or ``rollout`` for a rollout's promotion (``controller.rollout_stepper``)."""
     seen: list[ModelRecord] = []
 
     def pin(record: ModelRecord) -> ModelRecord:
@@ -142,7 +148,7 @@ def pin_default(
             )
         return pinned
 
-    model = _apply(store, name, env, pin)
+    model = _apply(store, name, env, pin, actor)
     before = seen[0]
     return Pinned(model, model.contract != before.contract, _redecided(before, model))
 

@@ -12,7 +12,9 @@ running rollout, in order:
 2. It rolls back at once when the candidate fails early (``rollout_gates.fails_early``).
 3. When the step's hold time has passed and its window holds ``min_requests``, the gates are
    judged: one failure rolls back; all passing take the next step, or after the last one
-   promote: the default moves to the candidate by the actor ``rollout``, audited, as a pin.
+   promote: the default moves to the candidate by the actor ``rollout``, audited, as a pin
+   (``commands.pin_default``), in the transaction that ends the rollout as promoted
+   (``controller.rollout_claim``: of an abort and a promotion racing, one wins).
 
 A replica that stops reporting adds no requests, so a step without enough requests waits; the
 stepper never promotes on silence. Each change is published before the tick moves on.
@@ -30,17 +32,16 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from controller.compatibility import Policy, check
-from controller.decisions import decide_all
+from controller import commands
 from controller.environment import ServingEnvironment
-from controller.exceptions import ControllerError, NotFound, PinRefused
+from controller.exceptions import ControllerError, InvalidRequest, NotFound, PinRefused
 from controller.records import ModelRecord
 from controller.rollout_auto import ACTOR as TAG_ACTOR
 from controller.rollout_auto import TAG, NewVersions, PolicyError, parse_policy
+from controller.rollout_claim import ClaimLost, claimed, promotion
 from controller.rollout_gates import Gate, Totals, failed, fails_early, judge
 from controller.rollout_metrics import RolloutMetrics
 from controller.rollout_rows import ABORTED, ENDED, PROMOTED, ROLLED_BACK, RolloutRecord
-from controller.rollout_schema import RUNNING
 from controller.rollout_store import RolloutRefused, RolloutStore, contract_digest
 from controller.store import Store
 from wire.routing_table import VersionState
@@ -52,37 +53,6 @@ PRUNE_EVERY = 60
 
 # Told of each change after it is stored (the MLflow alias and tags): (rollout, what happened).
 Effects = Callable[[RolloutRecord, str], None]
-
-
-def pin_candidate(store: Store, r: RolloutRecord, env: ServingEnvironment, actor: str
-                  ) -> ModelRecord:  # fmt: skip
-    """Make the candidate the default, keeping the contract: the pin an operator makes
-    (``commands.pin_default`` without adopting), by ``actor``. ``PinRefused`` when it is not
-    live or no longer meets the contract."""
-
-    def pin(current: ModelRecord | None) -> ModelRecord:
-        if current is None or current.deleted_at is not None:
-            raise NotFound(f"registered model '{r.model}' is not known to sigserve")
-        if current.default_version not in (r.default_version, r.candidate):
-            # Someone pinned another version meanwhile: theirs stands.
-            raise PinRefused(
-                f"the default moved to {current.default_version} during the rollout", []
-            )
-        target = current.versions.get(r.candidate)
-        if target is None or target.state is not VersionState.LIVE:
-            raise PinRefused(f"version {r.candidate} is not live", [])
-        if current.contract is not None:
-            verdict = check(current.contract, target.signature, Policy(current.policy))
-            if not verdict.compatible:
-                raise PinRefused(f"version {r.candidate} breaks the contract", verdict.reasons)
-        pinned = decide_all(replace(current, default_version=r.candidate), datetime.now(UTC), env)
-        if pinned.versions[r.candidate].state is not VersionState.LIVE:
-            raise PinRefused(f"version {r.candidate} would not be live as the default", [])
-        return pinned
-
-    pinned = store.update_model(r.model, pin, actor)
-    assert pinned is not None
-    return pinned
 
 
 def why_it_ends(r: RolloutRecord, model: ModelRecord | None) -> tuple[str, str, str] | None:
@@ -254,16 +224,18 @@ class RolloutStepper:
         self, r: RolloutRecord, code: str, detail: str, actor: str,
         summary: dict[str, Any] | None = None,
     ) -> str | None:  # fmt: skip
-        """Pin the candidate, then end the rollout as promoted (a tick after a crash between
-        the two finds the candidate the default, and ends it so)."""
-        latest = self._rollouts.latest(r.model)
-        if latest is None or latest.id != r.id or latest.state != RUNNING:
-            return None  # ended meanwhile (an abort, a rollback): nothing to promote
+        """Pin the candidate (``commands.pin_default``, by ``actor``) and end the rollout as
+        promoted, in one transaction; None when the rollout ended or moved on meanwhile (an
+        abort, a rollback): then nothing is pinned."""
+        reason = f"{code}: {detail}"
         try:
-            pin_candidate(self._store, r, self._env, actor)
-        except (PinRefused, NotFound) as exc:
+            with claimed(promotion(r, reason, actor, summary)):
+                commands.pin_default(self._store, r.model, r.candidate, self._env, actor=actor)
+        except ClaimLost:
+            return None
+        except (PinRefused, NotFound, InvalidRequest) as exc:
             return self.end(r, ENDED, "pin-refused", str(exc), actor=actor, summary=summary)
-        return self.end(r, PROMOTED, code, detail, actor=actor, summary=summary)
+        return self._ended(r, PROMOTED, code, detail)
 
     def end(
         self, r: RolloutRecord, state: str, code: str, detail: str, *, actor: str,
@@ -272,6 +244,9 @@ class RolloutStepper:
         """End ``r``; the action taken, None when it had ended already."""
         if not self._rollouts.end(r, state, f"{code}: {detail}", actor, summary):
             return None
+        return self._ended(r, state, code, detail)
+
+    def _ended(self, r: RolloutRecord, state: str, code: str, detail: str) -> str:
         self._metrics.ended.labels(state, code).inc()
         level = logging.WARNING if state in (ROLLED_BACK, ENDED) else logging.INFO
         log.log(level, "rollout of %s v%s %s (%s: %s)", r.model, r.candidate, state, code, detail)
@@ -290,4 +265,4 @@ class RolloutStepper:
                         r.candidate, exc)  # fmt: skip
 
 
-__all__ = ["ABORTED", "ACTOR", "RolloutStepper", "pin_candidate", "why_it_ends"]
+__all__ = ["ABORTED", "ACTOR", "RolloutStepper", "why_it_ends"]

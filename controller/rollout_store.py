@@ -58,7 +58,7 @@ def contract_digest(contract: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps(contract, sort_keys=True).encode()).hexdigest()
 
 
-def _gates(step: dict[str, Any]) -> list[str]:
+def gate_lines(step: dict[str, Any]) -> list[str]:
     """A step's gates as the audit log keeps them: one line each (the window stays in the
     rollout's history)."""
     return [f"{g['gate']} {g['outcome']}: {g['detail']}" for g in step.get("gates", [])]
@@ -232,7 +232,7 @@ class RolloutStore:
                     "state": RUNNING,
                     "step": r.step + 1,
                     "weight": r.steps[r.step + 1],
-                    "gates": _gates(ended_step),
+                    "gates": gate_lines(ended_step),
                 },
             )
             return True
@@ -266,7 +266,7 @@ class RolloutStore:
                     "state": state,
                     "reason": reason,
                     "step": r.step,
-                    **({"gates": _gates(ended_step)} if ended_step else {}),
+                    **({"gates": gate_lines(ended_step)} if ended_step else {}),
                 },
             )
             return True

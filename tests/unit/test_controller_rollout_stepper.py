@@ -6,13 +6,14 @@ the actor ``rollout``), a gate that fails rolls back at once, and a rollout whos
 from __future__ import annotations
 
 import asyncio
+import threading
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controller import commands
+from controller import commands, rollout_stepper
 from controller.database import make_engine, migrate
 from controller.reconciler import Reconciler
 from controller.rollout_gates import Thresholds
@@ -216,3 +217,52 @@ def test_one_rollout_failing_its_tick_holds_no_other_up(
 
     monkeypatch.setattr(h.store, "load_model", broken)
     assert h.tick() == ["n: promoted"]
+
+
+def test_a_promotion_is_the_pin_an_operator_makes_by_the_actor_rollout(h: Harness) -> None:
+    # commands.pin_default takes the actor; the stepper's promotion is that pin.
+    h.start([1.0])
+    commands.pin_default(h.store, "m", "2", ENV, actor="someone")
+    pins = [e for e in h.store.events("m", limit=50) if e.kind == "pin"]
+    assert pins[0].actor == "someone"
+    commands.pin_default(h.store, "m", "1", ENV)
+    assert next(e for e in h.store.events("m", limit=50) if e.kind == "pin").actor == "admin"
+
+
+def test_of_an_abort_and_a_promotion_racing_exactly_one_wins(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The abort lands while the promotion pins (after any re-read of the rollout): it either
+    finds the rollout promoted and changes nothing, or the promotion pins nothing."""
+    h.start([1.0])
+    r = h.rollouts.latest("m")
+    assert r is not None
+    check = commands.check
+    aborts: list[threading.Thread] = []
+    aborted: list[str | None] = []
+
+    def abort_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        if not aborts:
+            stepper = h.stepper
+            abort = threading.Thread(
+                target=lambda: aborted.append(
+                    stepper.end(r, ABORTED, "by-hand", "aborted by admin", actor="admin")
+                )
+            )
+            aborts.append(abort)
+            abort.start()
+            # Room for the abort to commit, unless the promotion holds the rollout's row.
+            abort.join(0.5)
+        return check(*args, **kwargs)
+
+    monkeypatch.setattr(commands, "check", abort_meanwhile)
+    # Where the promotion pinned by a copy of the pin (before it was commands.pin_default).
+    monkeypatch.setattr(rollout_stepper, "check", abort_meanwhile, raising=False)
+    promoted = h.stepper.promote(r, "by-hand", "promoted by admin", "rollout")
+    aborts[0].join()
+    latest = h.rollouts.latest("m")
+    assert latest is not None
+    if promoted == PROMOTED:
+        assert (latest.state, h.default(), aborted) == (PROMOTED, "2", [None])
+    else:
+        assert (promoted, latest.state, h.default(), aborted) == (None, ABORTED, "1", [ABORTED])
