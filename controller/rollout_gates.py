@@ -8,9 +8,10 @@ totals when the step began, so a step is judged on its own requests only.
 The gates, each over the step's window, with their defaults (``Thresholds``):
 
 - errors: the candidate's error rate (5xx, timeouts) at most the default's plus
-  ``max_error_increase`` (1 percentage point). The default's rate is its window's when it
-  answered at least ``BASELINE_REQUESTS`` there, else its rate over the whole rollout (a step at
-  100% leaves it no traffic), else 0.
+  ``max_error_increase`` (1 percentage point), and its rate of refusals (4xx: inputs it rejects
+  that the default may take) at most the default's plus the same. The default's rates are its
+  window's when it answered at least ``BASELINE_REQUESTS`` there, else its rates over the whole
+  rollout (a step at 100% leaves it no traffic), else 0.
 - latency: the candidate's p99 at most ``max_p99_ratio`` (1.5) times the default's plus
   ``p99_slack_ms`` (5 ms). Percentiles are read off the report's fixed buckets, interpolated
   within the bucket that holds them, so equal distributions give equal p99s. Judged only when
@@ -23,7 +24,7 @@ The gates, each over the step's window, with their defaults (``Thresholds``):
 A step ends when its hold time has passed *and* it saw ``min_requests`` (the candidate's
 requests plus its shadow runs, compared or failed): then all gates are judged, and one failure
 rolls back. A candidate fails early, before the hold time, once it answered at least
-``early_min_requests`` (50) in the step with an error rate past the default's by
+``early_min_requests`` (50) in the step with an error (or refusal) rate past the default's by
 ``early_error_increase`` (5 points): a candidate that fails 30% of its requests is out after its
 first ~50, not after 10 minutes.
 """
@@ -65,17 +66,19 @@ class Thresholds(BaseModel):
 
 @dataclass(frozen=True)
 class Side:
-    """One version's counts: requests, errors, latency buckets."""
+    """One version's counts: requests, errors (5xx), latency buckets, refusals (4xx)."""
 
     requests: int = 0
     errors: int = 0
     latency: tuple[int, ...] = (0,) * _BUCKETS
+    rejected: int = 0
 
     def __add__(self, other: Side) -> Side:
         return Side(
             self.requests + other.requests,
             self.errors + other.errors,
             tuple(a + b for a, b in zip(self.latency, other.latency, strict=True)),
+            self.rejected + other.rejected,
         )
 
     def __sub__(self, other: Side) -> Side:
@@ -84,11 +87,16 @@ class Side:
             max(0, self.requests - other.requests),
             max(0, self.errors - other.errors),
             tuple(max(0, a - b) for a, b in zip(self.latency, other.latency, strict=True)),
+            max(0, self.rejected - other.rejected),
         )
 
     @property
     def error_rate(self) -> float:
         return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def rejected_rate(self) -> float:
+        return self.rejected / self.requests if self.requests else 0.0
 
     def p99_ms(self) -> float | None:
         """The 99th percentile, interpolated within the bucket that holds it (linearly, from
@@ -112,7 +120,12 @@ class Side:
         return sum(self.latency)
 
     def to_json(self) -> dict[str, Any]:
-        return {"requests": self.requests, "errors": self.errors, "latency_ms": list(self.latency)}
+        return {
+            "requests": self.requests,
+            "errors": self.errors,
+            "rejected": self.rejected,
+            "latency_ms": list(self.latency),
+        }
 
     @classmethod
     def of(cls, data: dict[str, Any] | None) -> Side:
@@ -123,6 +136,7 @@ class Side:
             int(data.get("requests", 0)),
             int(data.get("errors", 0)),
             latency if len(latency) == _BUCKETS else (0,) * _BUCKETS,
+            int(data.get("rejected", 0)),  # absent before refusals were counted
         )
 
 
@@ -213,31 +227,43 @@ class Gate:
         return {"gate": self.name, "outcome": self.outcome, "detail": self.detail}
 
 
-def _baseline_rate(window: Totals, whole: Totals) -> float:
+def _baseline(window: Totals, whole: Totals) -> Side:
+    """The default's side the candidate's rates are held to."""
     if window.default.requests >= BASELINE_REQUESTS:
-        return window.default.error_rate
+        return window.default
     if whole.default.requests >= BASELINE_REQUESTS:
-        return whole.default.error_rate
-    return 0.0
+        return whole.default
+    return Side()
+
+
+def _errors(window: Totals, whole: Totals, increase: float) -> tuple[bool, str]:
+    """Whether the candidate's 5xx and 4xx rates are each within ``increase`` of the default's,
+    and how they compare."""
+    cand, base = window.candidate, _baseline(window, whole)
+    ok = (
+        cand.error_rate <= base.error_rate + increase
+        and cand.rejected_rate <= base.rejected_rate + increase
+    )
+    detail = (
+        f"candidate {cand.error_rate:.2%} of {cand.requests} against "
+        f"default {base.error_rate:.2%} + {increase:.2%}"
+    )
+    if cand.rejected or base.rejected:
+        detail += (
+            f"; refused (4xx) {cand.rejected_rate:.2%} against {base.rejected_rate:.2%} "
+            f"+ {increase:.2%}"
+        )
+    return ok, detail
 
 
 def judge(window: Totals, whole: Totals, t: Thresholds, *, shadow: bool) -> list[Gate]:
     """Every gate over a step's ``window`` (``whole``: the rollout's totals, for a baseline)."""
     gates = []
-    base = _baseline_rate(window, whole)
-    rate = window.candidate.error_rate
     if window.candidate.requests == 0:
         gates.append(Gate("errors", "not-judged", "the candidate answered no request"))
     else:
-        ok = rate <= base + t.max_error_increase
-        gates.append(
-            Gate(
-                "errors",
-                "passed" if ok else "failed",
-                f"candidate {rate:.2%} of {window.candidate.requests} against "
-                f"default {base:.2%} + {t.max_error_increase:.2%}",
-            )
-        )
+        ok, detail = _errors(window, whole, t.max_error_increase)
+        gates.append(Gate("errors", "passed" if ok else "failed", detail))
     # The default's p99 over the window, else over the whole rollout (no traffic at 100%).
     default = window.default if window.default.timed >= LATENCY_REQUESTS else whole.default
     cand, dflt = window.candidate.p99_ms(), default.p99_ms()
@@ -276,18 +302,12 @@ def judge(window: Totals, whole: Totals, t: Thresholds, *, shadow: bool) -> list
 
 def fails_early(window: Totals, whole: Totals, t: Thresholds) -> Gate | None:
     """The errors gate failed before the step's end: enough requests, far past the default."""
-    cand = window.candidate
-    if cand.requests < t.early_min_requests:
+    if window.candidate.requests < t.early_min_requests:
         return None
-    base = _baseline_rate(window, whole)
-    if cand.error_rate <= base + t.early_error_increase:
+    ok, detail = _errors(window, whole, t.early_error_increase)
+    if ok:
         return None
-    return Gate(
-        "errors",
-        "failed",
-        f"candidate {cand.error_rate:.2%} of {cand.requests} against default "
-        f"{base:.2%} + {t.early_error_increase:.2%} (before the step's end)",
-    )
+    return Gate("errors", "failed", f"{detail} (before the step's end)")
 
 
 def failed(gates: list[Gate]) -> list[Gate]:

@@ -3,10 +3,11 @@
 Counted: each request a rollout routed (it named no version, and its model had a rollout), under
 the rollout's id and the version that answered it (the candidate, or the default it is compared
 with): one request, an error when it answered 5xx (a failure, a timeout, a version that could not
-load; a client's 4xx is not the version's error, and a client that went away, 499, neither), and
-its time in the app in ``wire.rollout_report.LATENCY_BUCKETS_MS``. Requests that name a version
-are not the rollout's traffic and are not counted here (the ordinary metrics count them). The
-shadow's counts (``serving.rollout_shadow``) are kept here too, under the same id.
+load), a refusal when it answered 4xx (the contract refused the input: a candidate refusing what
+its default takes is judged on it; 429 is load shedding's, and a client that went away, 499, is
+nobody's), and its time in the app in ``wire.rollout_report.LATENCY_BUCKETS_MS``. Requests that
+name a version are not the rollout's traffic and are not counted here (the ordinary metrics count
+them). The shadow's counts (``serving.rollout_shadow``) are kept here too, under the same id.
 
 ``RolloutReporter`` posts the totals (``wire.rollout_report``: totals since this replica began
 counting for that rollout id, not deltas) to ``POST {controller_url}/serving/rollout-reports``
@@ -54,6 +55,7 @@ _BOUNDS_S = tuple(b / 1000 for b in LATENCY_BUCKETS_MS)
 class _Counts:
     requests: int = 0
     errors: int = 0
+    rejected: int = 0
     latency: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
 
 
@@ -84,6 +86,8 @@ class RolloutCounts:
         counts.requests += 1
         if status >= 500:
             counts.errors += 1
+        elif status >= 400 and status != 429:
+            counts.rejected += 1
         counts.latency[bisect.bisect_left(_BOUNDS_S, seconds)] += 1
 
     def shadow(self, model: str, rollout_id: str) -> ShadowTally:
@@ -124,7 +128,10 @@ class RolloutCounts:
         if counts is None:
             return VersionCounts()
         return VersionCounts(
-            requests=counts.requests, errors=counts.errors, latency_ms=list(counts.latency)
+            requests=counts.requests,
+            errors=counts.errors,
+            rejected=counts.rejected,
+            latency_ms=list(counts.latency),
         )
 
     def _forget(self, current: set[tuple[str, str]]) -> None:

@@ -176,9 +176,11 @@ def view(r: dict[str, Any]) -> Table:
     if window:
         c, d, s = window["candidate"], window["default"], window["shadow"]
         grid.add_row("this step", Text(
-            f"candidate {c['requests']} requests, {c['errors']} errors; default "
-            f"{d['requests']} requests, {d['errors']} errors; shadow {s['agreed']}/"
-            f"{s['compared']} agreed ({r.get('replicas_reporting', 0)} replicas reporting)"
+            f"candidate {c['requests']} requests, {c['errors']} errors, "
+            f"{c.get('rejected', 0)} refused; default {d['requests']} requests, "
+            f"{d['errors']} errors, {d.get('rejected', 0)} refused; shadow {s['agreed']}/"
+            f"{s['compared']} agreed, {s.get('dropped', 0)} dropped "
+            f"({r.get('replicas_reporting', 0)} replicas reporting)"
         ))  # fmt: skip
     now = ", ".join(f"{g['gate']} {g['outcome']}" for g in r.get("gates_now") or [])
     if now:

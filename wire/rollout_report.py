@@ -2,9 +2,10 @@
 
 A replica counts, for each rollout in its table, the requests each of the two versions answered
 (the candidate's and the default's, over the same time), the errors among them (5xx and
-timeouts; a client's 4xx is not the version's error) and their latencies in fixed buckets, and
-with a shadow the answers it compared. It posts them to ``POST /serving/rollout-reports`` with
-the serving token, about once a second.
+timeouts), the requests each refused (4xx but 429, which load shedding answers, and 499, a client
+gone: a candidate refusing inputs its default takes fails the errors gate too) and their
+latencies in fixed buckets, and with a shadow the answers it compared. It posts them to
+``POST /serving/rollout-reports`` with the serving token, about once a second.
 
 Counts are **totals since the replica began counting for that rollout id**, not deltas: a report
 lost or sent twice changes nothing, and the controller keeps the latest report per replica id and
@@ -30,6 +31,9 @@ class VersionCounts(BaseModel):
 
     requests: int = Field(default=0, ge=0)
     errors: int = Field(default=0, ge=0)
+    # Requests answered 4xx (not 429 nor 499). Absent from an older replica's report: 0, so its
+    # report still counts (its refusals do not).
+    rejected: int = Field(default=0, ge=0)
     # One count per bucket of LATENCY_BUCKETS_MS, then one for above the last bound.
     latency_ms: list[int] = Field(
         default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1),

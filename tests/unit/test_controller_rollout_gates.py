@@ -3,6 +3,8 @@ and when a candidate fails before its step's end."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from controller.rollout_gates import (
     LATENCY_REQUESTS,
     Side,
@@ -11,9 +13,10 @@ from controller.rollout_gates import (
     failed,
     fails_early,
     judge,
+    stored_report,
     summed,
 )
-from wire.rollout_report import LATENCY_BUCKETS_MS
+from wire.rollout_report import LATENCY_BUCKETS_MS, RolloutReport
 
 T = Thresholds()
 
@@ -114,3 +117,27 @@ def test_a_window_is_now_minus_the_step_start_and_totals_sum_over_replicas() -> 
     assert (window.candidate.requests, window.default.requests) == (15, 80)
     assert window.step_requests == 15 + 10
     assert Totals.of(total.to_json()) == total
+
+
+def test_a_candidate_refusing_inputs_the_default_takes_fails_the_errors_gate() -> None:
+    def refusing(requests: int, rejected: int) -> Side:
+        return replace(side(requests), rejected=rejected)
+
+    # 4xx where the default answers 200: past the default's 0% + 1 point, at the step's end...
+    assert outcomes(Totals(refusing(200, 5), side(800)))["errors"] == "failed"
+    # ... and early, past its + 5 points
+    early = fails_early(Totals(refusing(60, 6), side(800)), Totals(), T)
+    assert early is not None and "refused (4xx) 10.00%" in early.detail
+    # the default refusing as much (a client sending bad inputs to both) passes
+    assert outcomes(Totals(refusing(200, 20), refusing(800, 80)))["errors"] == "passed"
+
+
+def test_a_report_without_refusals_from_an_older_replica_still_counts() -> None:
+    old = {"requests": 10, "errors": 1, "latency_ms": [10] + [0] * len(LATENCY_BUCKETS_MS)}
+    report = RolloutReport.model_validate(
+        {"model": "m", "rollout_id": "r", "versions": {"2": old, "1": old}}
+    )
+    assert report.versions["2"].rejected == 0
+    totals = summed([stored_report(report)], "2", "1")
+    assert (totals.candidate.requests, totals.candidate.rejected) == (10, 0)
+    assert Side.of(old) == Side(10, 1, tuple(old["latency_ms"]))

@@ -29,14 +29,15 @@ def test_requests_errors_and_latency_buckets_per_version() -> None:
     counts.record("m", "r1", "2", 200, 0.0004)  # under 1 ms: the first bucket
     counts.record("m", "r1", "2", 500, 0.003)  # 2-5 ms
     counts.record("m", "r1", "2", 504, 30.0)  # a timeout, above the last bound
-    counts.record("m", "r1", "2", 422, 0.001)  # the client's error, not the version's
+    counts.record("m", "r1", "2", 422, 0.001)  # refused: not an error, a refusal
+    counts.record("m", "r1", "2", 429, 0.001)  # shed under load: neither
     counts.record("m", "r1", "1", 200, 0.0015)
     (report,) = counts.reports(routing())
     assert report.model == "m" and report.rollout_id == "r1"
     candidate, default = report.versions["2"], report.versions["1"]
-    assert (candidate.requests, candidate.errors) == (4, 2)
-    assert (default.requests, default.errors) == (1, 0)
-    assert candidate.latency_ms[0] == 2  # 0.4 ms and exactly 1 ms: "<= 1"
+    assert (candidate.requests, candidate.errors, candidate.rejected) == (5, 2, 1)
+    assert (default.requests, default.errors, default.rejected) == (1, 0, 0)
+    assert candidate.latency_ms[0] == 3  # 0.4 ms and exactly 1 ms: "<= 1"
     assert candidate.latency_ms[LATENCY_BUCKETS_MS.index(5)] == 1
     assert candidate.latency_ms[-1] == 1
     assert default.latency_ms[LATENCY_BUCKETS_MS.index(2)] == 1
