@@ -10,7 +10,9 @@ A candidate that does not load here is never routed to here (the loader reports 
 to the controller, whose quarantine ends the rollout); the next table tries again.
 
 Keyed by what was checked (model, version, MLmodel digest), so that a candidate registered again
-is loaded again. docs/architecture.md, "Rollouts".
+is loaded again. Each table prunes what it no longer names: the candidates of rollouts that ended
+and versions gone from the table (a load that ends after its rollout did is not kept), so the set
+stays as small as the rollouts under way. docs/architecture.md, "Rollouts".
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ class CandidateWarmer:
         self._load = load
         self._ready: set[Key] = set()
         self._loading: set[Key] = set()
+        # The candidates the latest table's rollouts name: what ``_ready`` may hold.
+        self._wanted: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def ready(self, model: ModelEntry) -> bool:
@@ -49,7 +53,14 @@ class CandidateWarmer:
 
     def offer(self, table: RoutingTable) -> None:
         """Load, in the background, every candidate ``table`` sends traffic to that is not
-        loaded here yet (a watcher of the table source, on the replica's event loop)."""
+        loaded here yet (a watcher of the table source, on the replica's event loop); forget
+        those it no longer names."""
+        self._wanted = {
+            _key(model, model.rollout.candidate)
+            for model in table.models.values()
+            if model.rollout is not None and model.rollout.candidate in model.versions
+        }
+        self._ready &= self._wanted
         for name, model in table.models.items():
             rollout = model.rollout
             if rollout is None or (rollout.weight <= 0 and rollout.shadow <= 0):
@@ -68,6 +79,10 @@ class CandidateWarmer:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def __len__(self) -> int:
+        """How many candidates are held ready here."""
+        return len(self._ready)
+
     async def drain(self) -> None:
         """Wait for the loads under way (tests)."""
         while self._tasks:
@@ -83,7 +98,9 @@ class CandidateWarmer:
                 str(exc)[:500],
             )
         else:
-            self._ready.add(key)
-            logger.info("the rollout candidate %s is loaded; it takes its share", target.model_id)
+            if key in self._wanted:  # its rollout may have ended while it loaded
+                self._ready.add(key)
+                logger.info("the rollout candidate %s is loaded; it takes its share",
+                            target.model_id)  # fmt: skip
         finally:
             self._loading.discard(key)

@@ -7,7 +7,7 @@ import asyncio
 from serving.resolve import Target
 from serving.rollout_routing import choose
 from serving.rollout_warm import CandidateWarmer
-from tests.unit.test_serving_rollout_routing import table
+from tests.unit.test_serving_rollout_routing import live, table
 
 
 def test_the_default_answers_until_the_candidate_is_loaded_here() -> None:
@@ -69,5 +69,30 @@ def test_a_rollout_that_sends_the_candidate_nothing_loads_nothing() -> None:
         warmer.offer(table(0.0))
         await warmer.drain()
         assert tries == []
+
+    asyncio.run(scenario())
+
+
+def test_candidates_of_rollouts_that_ended_are_forgotten() -> None:
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def load(target: Target) -> None:
+            if target.version.version == "3":
+                await release.wait()
+
+        warmer = CandidateWarmer(load)
+        warmer.offer(table(1.0))
+        await warmer.drain()
+        assert len(warmer) == 1
+        ended = table(1.0)
+        ended.models["m"] = ended.models["m"].model_copy(update={"rollout": None})
+        warmer.offer(ended)  # the rollout ended: its candidate is not held ready any more
+        assert len(warmer) == 0
+        warmer.offer(table(1.0, candidate=live("3")))  # v3 loads while its rollout ends
+        warmer.offer(ended)
+        release.set()
+        await warmer.drain()
+        assert len(warmer) == 0
 
     asyncio.run(scenario())
