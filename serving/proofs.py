@@ -133,21 +133,42 @@ def exercise(loaded: LoadedModel, example: Example, signature: ModelSignature | 
     return None
 
 
-def prove(loaded: LoadedModel, target: Target) -> Proof:
-    """The proof of a loaded ``target`` (it blocks: run it in a worker thread)."""
-    entry = target.version
-    signature = entry.signature
+@dataclass(frozen=True)
+class Outcome:
+    """Steps 2-3 on one loaded artifact: whether it passed, whether it was called at all (not
+    without an example), and the cause of a failure."""
+
+    passed: bool
+    exercised: bool
+    cause: str | None = None
+
+
+def on_example(loaded: LoadedModel, signature: dict[str, str | None] | None) -> Outcome:
+    """Steps 2-3 above: read the example of a loaded artifact whose own signature is
+    ``signature``, call it on it and check the answer (it blocks: run it in a worker thread).
+    ``ReplicasFault`` when it could not be told for a reason of the replica's own. The proof
+    before a version's first request and the dry run's (``serving.trials``) both are this."""
     try:
         example = example_of(loaded, signature)
     except Exception as exc:
         if is_replicas_fault(exc):
             raise ReplicasFault(first_line(exc)) from exc
-        cause: str | None = f"its own input example cannot be read: {first_line(exc)}"
-        return _proof(target, "failed", True, cause)
+        return Outcome(False, True, f"its own input example cannot be read: {first_line(exc)}")
     if example is None:
-        return _proof(target, "passed", False, None)
+        return Outcome(True, False)
     cause = exercise(loaded, example, parse_signature(signature))
-    return _proof(target, "failed" if cause else "passed", True, cause)
+    return Outcome(cause is None, True, cause)
+
+
+def timed_out(timeout_s: float) -> str:
+    """The cause of a proof whose call outlived its deadline."""
+    return f"TimeoutError: it did not answer its own input example within {timeout_s:g} s"
+
+
+def prove(loaded: LoadedModel, target: Target) -> Proof:
+    """The proof of a loaded ``target`` (it blocks: run it in a worker thread)."""
+    found = on_example(loaded, target.version.signature)
+    return _proof(target, "passed" if found.passed else "failed", found.exercised, found.cause)
 
 
 def _proof(target: Target, outcome: str, exercised: bool, cause: str | None) -> Proof:
@@ -313,9 +334,7 @@ class Prover:
             if not kept and proof.outcome == "passed" and self._keep is not None:
                 kept = await self._keep(target, loaded)
         except TimeoutError:
-            proof = _proof(target, "failed", True,
-                           f"TimeoutError: it did not answer its own input example within "
-                           f"{timeout:g} s")  # fmt: skip
+            proof = _proof(target, "failed", True, timed_out(timeout))
         except ReplicasFault as exc:
             logger.warning("could not prove %s on this replica: %s", key, exc)
             return None
