@@ -49,6 +49,7 @@ from serving.rollout_shadow import Shadows
 from serving.rollout_warm import CandidateWarmer
 from serving.settings import ServingSettings
 from serving.table_source import TableSource
+from serving.trials import Trials, install
 from wire import logs
 from wire.private_dirs import private_dir
 from wire.routing_table import RoutingTable
@@ -209,7 +210,7 @@ class Server:
             ),
             ready=self._warmer.ready,
         )
-        return create_app(
+        app = create_app(
             source,
             self._host,
             startup_wait_s=settings.table_startup_wait_s,
@@ -219,6 +220,16 @@ class Server:
             default_model=settings.default_model,
             rollouts=rollouts,
         )
+        # The dry run's proof (``POST /-/trials``), asked by the controller with the serving
+        # token; beside the multiplexer, never in it.
+        trials = Trials(
+            token.get_secret_value() if (token := settings.serving_token) else None,
+            predict_timeout_s=settings.predict_timeout_s,
+            replica=self._replica,
+            environments=self._environments,
+        )
+        install(app, trials)
+        return app
 
     def _watch(self, table: RoutingTable) -> None:
         self._prover.offer(table)
