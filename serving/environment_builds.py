@@ -18,8 +18,15 @@ package index settings the machine has for pip and passes them to uv as options:
    (``/etc/xdg/pip/pip.conf``, ``/etc/pip.conf``, ``~/.pip/pip.conf``,
    ``~/.config/pip/pip.conf``, the venv's ``pip.conf``, then ``PIP_CONFIG_FILE``; later wins);
    pip's ``cert`` becomes ``SSL_CERT_FILE``. With more than one index (or find-links), uv is told
-   pip's way of choosing among them (``--index-strategy unsafe-best-match``: the best version
+   pip's way of choosing among them (``UV_INDEX_STRATEGY=unsafe-best-match``: the best version
    from any index), not its own (only the first index that has a package).
+
+All of it reaches uv as variables (``UV_INDEX_URL``, ``UV_EXTRA_INDEX_URL``, ``UV_FIND_LINKS``,
+``UV_INDEX_STRATEGY``), never as options: an index URL may carry credentials
+(``https://user:token@host/simple``), and Ray's runtime-env agent logs the command lines it
+runs, which ``ps`` shows too. Nothing here logs or tells a URL, a requirement line or uv's
+output without ``redact`` (``user:pass@`` becomes ``***@``), and builds run with no credential
+variables (``tool_env``: building an sdist runs the package's own code). docs/security.md.
 
 A build that fails is the version's failed proof; its cause is uv's own reason cut to the lines a
 person needs (``resolver_reason``): "No solution found ... Because there is no version of
@@ -59,10 +66,48 @@ _UV_VARIABLES = (
 )
 
 
+# ``scheme://user:pass@`` or ``scheme://token@`` in a URL: what ``redact`` hides.
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/@'\"]+@")
+# Names of variables that hold credentials: kept from builds and host processes (``tool_env``).
+_CREDENTIAL_NAME = re.compile(
+    r"TOKEN|SECRET|PASSW|CREDENTIAL|ACCESS_KEY|CONNECTION_STRING|API_KEY|PRIVATE_KEY|_AUTH|"
+    r"^MLFLOW_TRACKING_USERNAME$"
+)
+
+
+def redact(text: str) -> str:
+    """``text`` with the credentials of every URL in it hidden: ``https://***@host/...``."""
+    return _USERINFO.sub(r"\1***@", text)
+
+
+def setting(name: str, default: float) -> float:
+    """A number from the environment (a serving setting of environments), else ``default``."""
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
+def child_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What a process running a version's model in an environment of its own inherits: not the
+    credentials (the actor downloaded the artifact; the model needs none of the registry's)."""
+    return {k: v for k, v in environ.items() if not _CREDENTIAL_NAME.search(k.upper())}
+
+
+def tool_env(environ: Mapping[str, str], variables: Mapping[str, str]) -> dict[str, str]:
+    """uv's environment for a build: ``child_env`` (building an sdist runs its ``setup.py``),
+    uv's own ``UV_*`` variables, and the index ``variables``."""
+    env = child_env(environ)
+    env.update({k: v for k, v in environ.items() if k.startswith("UV_")})
+    return {**env, **variables, "NO_COLOR": "1"}
+
+
 class EnvironmentBuildFailed(Exception):
-    """The environment could not be built; ``cause`` is what a person needs to know."""
+    """The environment could not be built; ``cause`` is what a person needs to know (never a
+    credential: it reaches the controller, and a problem answer)."""
 
     def __init__(self, cause: str) -> None:
+        cause = redact(cause)
         super().__init__(cause)
         self.cause = cause
 
@@ -107,6 +152,7 @@ def index_settings(
 ) -> tuple[list[str], dict[str, str]]:
     """uv's options and variables for the machine's package index settings (module docstring)."""
     variables = {name: environ[name] for name in _UV_VARIABLES if environ.get(name)}
+    # Options stay empty: a URL on a command line is logged (the module docstring).
     options: list[str] = []
     if any(name.startswith("UV_") and "INDEX" in name for name in variables):
         return options, variables
@@ -115,15 +161,15 @@ def index_settings(
     extra = environ.get("PIP_EXTRA_INDEX_URL") or conf.get("extra-index-url", "")
     links = environ.get("PIP_FIND_LINKS") or conf.get("find-links", "")
     if index:
-        options += ["--index-url", index.strip()]
-    for url in extra.split():
-        options += ["--extra-index-url", url]
-    for link in links.split():
-        options += ["--find-links", link]
+        variables["UV_INDEX_URL"] = index.strip()
+    if extra.split():
+        variables["UV_EXTRA_INDEX_URL"] = " ".join(extra.split())
+    if links.split():
+        variables["UV_FIND_LINKS"] = ",".join(links.split())
     if extra.split() or links.split():
         # pip takes the best version from every index; uv, by default, only from the first
         # index that has the package (a mirror with some versions of pandas hid the rest).
-        options += ["--index-strategy", "unsafe-best-match"]
+        variables["UV_INDEX_STRATEGY"] = "unsafe-best-match"
     cert = environ.get("PIP_CERT") or conf.get("cert")
     if cert and "SSL_CERT_FILE" not in variables:
         variables["SSL_CERT_FILE"] = cert.strip()
@@ -147,8 +193,8 @@ def runtime_env(
     options, variables = index
     return {
         # Ray's uv plugin: a clone of the serving venv, then `uv pip install -r` these lines.
-        # Options replace Ray's default `--no-cache`: uv's cache makes a second node's build of
-        # the same lines, or a rebuild after a restart, cheaper.
+        # Options replace Ray's default `--no-cache` (even empty): uv's cache makes a second
+        # node's build of the same lines, or a rebuild after a restart, cheaper.
         "uv": {"packages": list(spec.requirements), "uv_pip_install_options": options},
         "env_vars": {**env_vars, **variables},
         "config": {"setup_timeout_seconds": max(1, int(timeout_s))},
@@ -183,11 +229,11 @@ def resolve(
         try:
             done = subprocess.run(
                 command, capture_output=True, text=True, timeout=timeout_s, check=False,
-                env={**os.environ, **variables, "NO_COLOR": "1"},
+                env=tool_env(os.environ, variables),
             )  # fmt: skip
         except subprocess.TimeoutExpired:
             raise EnvironmentBuildFailed(
-                f"its environment ({', '.join(spec.requirements)}) could not be resolved within "
+                f"its environment ({named(spec.requirements)}) could not be resolved within "
                 f"{timeout_s:g} s (SIGSERVE_ENVIRONMENT_BUILD_TIMEOUT_S)"
             ) from None
     if done.returncode != 0:
@@ -210,9 +256,13 @@ def resolver_reason(text: str, requirements: Sequence[str]) -> str:
             part += " " + more.strip()
         if part not in found:
             found.append(part)
-    named = ", ".join(requirements) or "no requirements"
     if not found:
         last = [line.strip() for line in lines if line.strip() and not _NOISE.match(line)]
         found = last[-1:] or ["the build failed without a reason"]
-    reason = ": ".join(found[:2]).replace("::", ":")
-    return f"its environment ({named}) could not be built: {reason}"[:_REASON_LIMIT]
+    reason = redact(": ".join(found[:2]).replace("::", ":"))
+    return f"its environment ({named(requirements)}) could not be built: {reason}"[:_REASON_LIMIT]
+
+
+def named(requirements: Sequence[str]) -> str:
+    """The requirement lines as a log line or a cause names them (credentials hidden)."""
+    return redact(", ".join(requirements)) or "no requirements"

@@ -17,12 +17,19 @@ fault from the replica's as it does for its own loads.
 One model per artifact is held in the host, however many replicas hold it: each replica's
 ``LoadedModel`` is a holder, and the model goes when its last holder lets go (or with the
 environment). A replica that dies without letting go leaves its hold until the environment goes.
+
+An environment no replica has touched for ``idle_ttl_s`` goes by itself (``_reaped``): replicas
+whose table names it touch it periodically (``serving.environments``), so one that outlived
+every replica (the app deleted, ``sigserve up`` stopped with Ray kept, replicas scaled away) is
+not left running for good. A host process that is down answers ``HostUnavailable``, a 503 on
+the replica (``EnvironmentUnavailable``), never the model's own 500.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 import os
 import tempfile
 import threading
@@ -35,11 +42,15 @@ from typing import Any
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
+from serving.environment_builds import redact
 from serving.environment_codec import Encoded, decode, encode
+from serving.exceptions import ModelUnavailable
 from serving.loader import LoadedModel, LoadFailed, NotChecked, download_and_load
 from serving.model_ids import Artifact
 from wire.artifact_manifest import ManifestFile
 from wire.routing_table import EnvironmentSpec
+
+logger = logging.getLogger(__name__)
 
 _MESSAGE_LIMIT = 2000
 # The input example files MLflow names in ``saved_input_example_info``.
@@ -47,6 +58,22 @@ _EXAMPLE_KEYS = ("artifact_path", "serving_input_path")
 
 # A request to the host: (model key, encoded input, params) -> encoded answer or error.
 Send = Callable[[Encoded, dict[str, Any] | None], Encoded]
+# How often an environment with an idle TTL looks at its last touch, at most.
+_IDLE_CHECK_S = 30.0
+
+
+class HostUnavailable(LoadFailed):
+    """The environment's model host is down for now (it died and is started again, or it is
+    broken): trying later may pass, the model is not at fault."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause, permanent=False)
+
+
+class EnvironmentUnavailable(ModelUnavailable, ConnectionError):
+    """``HostUnavailable`` raised again on the replica: a 503 with Retry-After to the client,
+    and, being a ``ConnectionError``, the replica's fault to a proof (tried again, never a
+    quarantine: ``serving.load_faults``)."""
 
 
 def artifact_record(artifact: Artifact) -> dict[str, Any]:
@@ -81,7 +108,8 @@ def error_record(exc: BaseException, kind: str = "raised") -> Encoded:
     record: Encoded = {
         "kind": kind,
         "type": type(exc).__name__,
-        "message": message[:_MESSAGE_LIMIT],
+        # It reaches the controller and a problem answer: a URL's credentials never do.
+        "message": redact(message)[:_MESSAGE_LIMIT],
     }
     if isinstance(exc, MlflowException):
         record["error_code"] = exc.error_code
@@ -97,6 +125,8 @@ def raise_error(record: Encoded) -> None:
         raise NotChecked(message)
     if kind == "load-failed":
         raise LoadFailed(message, permanent=bool(record.get("permanent")))
+    if kind == "unavailable":
+        raise EnvironmentUnavailable(message)
     if "error_code" in record:
         raise MlflowException(message, error_code=record["error_code"])
     raise remote_exception(record["type"], message)
@@ -127,12 +157,25 @@ class _Held:
 class EnvironmentHost:
     """The models of one environment, in its own process (the actor's body)."""
 
-    def __init__(self, digest: str, isolated: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        digest: str,
+        isolated: dict[str, Any] | None = None,
+        *,
+        idle_ttl_s: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         """``isolated``: for an environment that inherits nothing, its spec (JSON), the package
         index (``index``: uv options and variables) and ``timeout_s``; its venv is built here,
-        and its models load in a host process of their own (``serving.environment_isolated``)."""
+        and its models load in a host process of their own (``serving.environment_isolated``).
+        ``idle_ttl_s``: go once no call has touched it for that long (the module's doc)."""
         self._digest = digest
         self._started = time.time()
+        self._clock = clock
+        self._touched = clock()
+        self._idle_ttl_s = idle_ttl_s
+        self._stopped = threading.Event()
+        self.exited: str | None = None
         self._loads = 0
         self._lock = threading.Lock()
         self._held: dict[str, _Held] = {}
@@ -142,6 +185,35 @@ class EnvironmentHost:
         self._process: Any = None
         if isolated is not None:
             self._isolate(isolated)
+        self._touched = clock()  # a build took its time: idle from here
+        if idle_ttl_s is not None:
+            threading.Thread(target=self._reaper, name="sigserve-env-idle", daemon=True).start()
+
+    def touch(self) -> None:
+        """A replica whose table names this environment still wants it."""
+        self._touched = self._clock()
+
+    def _reaper(self) -> None:
+        assert self._idle_ttl_s is not None
+        every = min(self._idle_ttl_s / 4, _IDLE_CHECK_S)
+        while not self._stopped.wait(every):
+            idle = self._clock() - self._touched
+            if idle >= self._idle_ttl_s:
+                self._reaped(idle)
+                return
+
+    def _reaped(self, idle_s: float) -> None:
+        """Untouched for the TTL: stop the host process, then ``exit`` (the actor goes)."""
+        self._stopped.set()
+        if self._process is not None:
+            with contextlib.suppress(Exception):
+                self._process.close()
+        self.exit(f"no replica touched it for {idle_s:.0f} s")
+
+    def exit(self, why: str) -> None:
+        """How this environment goes (its Ray actor kills itself: ``serving.environments``)."""
+        self.exited = why
+        logger.info("environment %s goes: %s", self._digest[:16], why)
 
     def _isolate(self, isolated: dict[str, Any]) -> None:
         from serving.environment_builds import EnvironmentBuildFailed
@@ -162,13 +234,19 @@ class EnvironmentHost:
         """Which environment this is and what it holds: also how a replica waits for its
         build (the first call returns once the environment is built and this process runs);
         ``failed``: why it could not be built."""
+        self.touch()
         with self._lock:
             held = {key: sorted(h.holders) for key, h in self._held.items()}
+        process = self._process
         return {"digest": self._digest, "pid": os.getpid(), "started": self._started,
-                "loads": self._loads, "held": held, "failed": self._failed}  # fmt: skip
+                "loads": self._loads, "held": held, "failed": self._failed,
+                # An isolated host process: restarts so far, why it answers nothing for now.
+                "restarts": process.restarts if process is not None else 0,
+                "broken": process.broken if process is not None else None}  # fmt: skip
 
     def load(self, key: str, holder: str, record: dict[str, Any]) -> Encoded:
         """Load the artifact (or share the one held) for ``holder``; the metadata files."""
+        self.touch()
         with self._lock:
             gate = self._loading.setdefault(key, threading.Lock())
         with gate:
@@ -202,6 +280,7 @@ class EnvironmentHost:
         return download_and_load(artifact, lambda local: ProcessModel(process, key, local))
 
     def predict(self, key: str, data: Encoded, params: dict[str, Any] | None) -> Encoded:
+        self.touch()
         with self._lock:
             held = self._held.get(key)
         if held is None:
@@ -210,6 +289,8 @@ class EnvironmentHost:
         try:
             answer = held.loaded.model.predict(decode(data), params=params or None)
             return {"answer": encode(answer)}
+        except HostUnavailable as exc:
+            return error_record(exc, "unavailable")
         except Exception as exc:
             return error_record(exc)
 

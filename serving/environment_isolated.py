@@ -19,19 +19,30 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from serving.environment_builds import EnvironmentBuildFailed, resolver_reason
+from serving.environment_builds import (
+    EnvironmentBuildFailed,
+    child_env,
+    named,
+    resolver_reason,
+    setting,
+    tool_env,
+)
 from serving.environment_codec import Encoded, decode, encode
-from serving.environment_host import raise_error
-from serving.loader import LoadFailed
+from serving.environment_host import HostUnavailable, raise_error
 from wire.private_dirs import private_dir
 from wire.routing_table import EnvironmentSpec
 
@@ -40,6 +51,14 @@ CODEC = Path(__file__).with_name("environment_codec.py")
 # What the host process needs beside the version's own requirements.
 HOST_REQUIREMENTS = ("pyarrow",)
 _DIGEST_CHARS = 16
+# A host process that keeps dying is started again at most this many times within the window
+# (``ModelProcess``), the second restart 1 s after the first, then 2, 4 ... up to 30 s.
+HOST_MAX_RESTARTS = int(setting("SIGSERVE_ENVIRONMENT_HOST_MAX_RESTARTS", 5))
+HOST_RESTART_WINDOW_S = setting("SIGSERVE_ENVIRONMENT_HOST_RESTART_WINDOW_S", 300.0)
+HOST_RESTART_BACKOFF_S = 1.0
+HOST_RESTART_MAX_BACKOFF_S = 30.0
+
+logger = logging.getLogger(__name__)
 
 
 def venv_root() -> Path:
@@ -58,7 +77,8 @@ def build_venv(
         return path
     shutil.rmtree(path, ignore_errors=True)
     options, variables = index
-    env = {**os.environ, **variables, "NO_COLOR": "1"}
+    # No credentials: building an sdist runs its code (``tool_env``).
+    env = tool_env(os.environ, variables)
     env.pop("VIRTUAL_ENV", None)
     lines = path.with_suffix(".txt")
     lines.write_text("\n".join([*spec.requirements, *HOST_REQUIREMENTS]) + "\n")
@@ -81,7 +101,7 @@ def build_venv(
     except subprocess.TimeoutExpired:
         shutil.rmtree(path, ignore_errors=True)
         raise EnvironmentBuildFailed(
-            f"its environment ({', '.join(spec.requirements)}) was not built within "
+            f"its environment ({named(spec.requirements)}) was not built within "
             f"{timeout_s:g} s (SIGSERVE_ENVIRONMENT_BUILD_TIMEOUT_S)"
         ) from None
     finally:
@@ -103,43 +123,163 @@ def _unbytes(record: dict[str, Any]) -> Any:
 
 
 class ModelProcess:
-    """The host process of one isolated environment: one request at a time."""
+    """The host process of one isolated environment: one request at a time.
 
-    def __init__(self, venv: Path) -> None:
+    A host process that died (killed, out of memory, crashed in C code) is started again by the
+    next call, which loads the models it held again before it is answered; the call that was
+    in flight when it died is answered ``HostUnavailable`` (a 503: trying the same input again
+    at once could kill it again). Restarts are bounded: after the first, each waits a backoff
+    that doubles up to ``max_backoff_s`` (calls meanwhile answer 503 with the wait), and after
+    ``max_restarts`` within ``window_s`` the host is broken: no restart until the oldest of
+    them leaves the window, every call and load answering 503 with why (``broken``).
+    """
+
+    def __init__(
+        self,
+        venv: Path,
+        *,
+        max_restarts: int = HOST_MAX_RESTARTS,
+        window_s: float = HOST_RESTART_WINDOW_S,
+        backoff_s: float = HOST_RESTART_BACKOFF_S,
+        max_backoff_s: float = HOST_RESTART_MAX_BACKOFF_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._venv = venv
         self._lock = threading.Lock()
         self._sent = 0
-        self._process = subprocess.Popen(
-            [str(venv / "bin" / "python"), "-I", str(CHILD), str(CODEC)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None,
+        self._max_restarts, self._window_s = max_restarts, window_s
+        self._backoff_s, self._max_backoff_s = backoff_s, max_backoff_s
+        self._clock = clock
+        # Key -> the checked directory it was loaded from: what a new process loads again.
+        self._loaded: dict[str, str] = {}
+        self._restarts: deque[float] = deque()
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self._process = self._start()
+
+    def _start(self) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [str(self._venv / "bin" / "python"), "-I", str(CHILD), str(CODEC)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=None, env=child_env(os.environ),
         )  # fmt: skip
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def broken(self) -> str | None:
+        """Why no call is answered for now (restarted too often), or None."""
+        with self._lock:
+            if self._process.poll() is None:
+                return None
+            return self._refusal(self._clock())
 
     def call(self, request: dict[str, Any]) -> Encoded:
         with self._lock:
-            stdin, stdout = self._process.stdin, self._process.stdout
-            if stdin is None or stdout is None or self._process.poll() is not None:
-                raise LoadFailed("the environment's model host has exited", permanent=False)
-            self._sent += 1
-            sent = f"{os.getpid()}-{self._sent}"
+            self._running()
+            answer = self._exchange(request)
+            op, key = request.get("op"), request.get("key")
+            if op == "load" and "error" not in answer and isinstance(key, str):
+                self._loaded[key] = str(request["path"])
+            elif op == "unload" and isinstance(key, str):
+                self._loaded.pop(key, None)
+        return answer
+
+    def _exchange(self, request: dict[str, Any]) -> Encoded:
+        stdin, stdout = self._process.stdin, self._process.stdout
+        if stdin is None or stdout is None:
+            raise HostUnavailable("the environment's model host has no pipes")
+        self._sent += 1
+        sent = f"{os.getpid()}-{self._sent}"
+        try:
             stdin.write((json.dumps({**request, "id": sent}, default=_bytes) + "\n").encode())
             stdin.flush()
             line = stdout.readline()
-            try:
-                answer: Encoded = json.loads(line, object_hook=_unbytes) if line else {}
-            except ValueError:
-                answer = {}
-            if answer.get("id") != sent:
-                # Not this request's answer: the pipe can no longer be trusted to pair them,
-                # so the process goes rather than answer anyone with another's result.
-                self._process.kill()
-                raise LoadFailed(
-                    "the environment's model host answered out of turn and was stopped",
-                    permanent=False,
-                )
+        except (BrokenPipeError, ValueError):
+            line = b""
+        if not line:
+            code = self._process.wait()
+            self.last_exit = exit_cause(code)
+            raise HostUnavailable(
+                f"the environment's model host exited while answering ({self.last_exit}); it "
+                "is started again on the next call"
+            )
+        try:
+            answer: Encoded = json.loads(line, object_hook=_unbytes)
+        except ValueError:
+            answer = {}
+        if answer.get("id") != sent:
+            # Not this request's answer: the pipe can no longer be trusted to pair them,
+            # so the process goes rather than answer anyone with another's result.
+            self._process.kill()
+            self._process.wait()
+            self.last_exit = "stopped: it answered out of turn"
+            raise HostUnavailable(
+                "the environment's model host answered out of turn and was stopped; it is "
+                "started again on the next call"
+            )
         answer.pop("id", None)
         return answer
 
+    def _running(self) -> None:
+        """Start the process again if it exited, within the bounds (the class docstring)."""
+        code = self._process.poll()
+        if code is None:
+            return
+        if self.last_exit is None:
+            self.last_exit = exit_cause(code)
+        now = self._clock()
+        refusal = self._refusal(now)
+        if refusal is not None:
+            raise HostUnavailable(refusal)
+        self._restarts.append(now)
+        self.restarts += 1
+        self._process = self._start()
+        logger.warning("the model host of %s exited (%s): started again (pid %s), loading %d "
+                       "model(s)", self._venv.name, self.last_exit, self._process.pid,
+                       len(self._loaded))  # fmt: skip
+        for key, path in list(self._loaded.items()):
+            answer = self._exchange({"op": "load", "key": key, "path": path})
+            if "error" in answer:
+                # Loaded before, so the artifact is not at fault: its predict says why.
+                self._loaded.pop(key, None)
+        self.last_exit = None
+
+    def _refusal(self, now: float) -> str | None:
+        while self._restarts and now - self._restarts[0] >= self._window_s:
+            self._restarts.popleft()
+        exited = f"the environment's model host exited ({self.last_exit})"
+        if len(self._restarts) >= self._max_restarts:
+            oldest = self._restarts[0] if self._restarts else now
+            wait = oldest + self._window_s - now
+            return (f"{exited} and was started again {len(self._restarts)} times within "
+                    f"{self._window_s:g} s: the environment is broken, not started again for "
+                    f"{wait:.0f} s")  # fmt: skip
+        if self._restarts:
+            backoff = min(self._backoff_s * 2 ** (len(self._restarts) - 1), self._max_backoff_s)
+            wait = self._restarts[-1] + backoff - now
+            if wait > 0:
+                return f"{exited}: it is started again in {wait:.1f} s"
+        return None
+
     def close(self) -> None:
-        self._process.kill()
+        with self._lock:
+            self._process.kill()
+            self._process.wait()
+
+
+def exit_cause(code: int) -> str:
+    """How a process ended, as a person reads it (a kill by the kernel's OOM killer is a
+    SIGKILL too)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        hint = ", perhaps out of memory" if -code == signal.SIGKILL else ""
+        return f"killed by {name}{hint}"
+    return f"exit code {code}"
 
 
 class ProcessModel:

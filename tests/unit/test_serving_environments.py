@@ -85,7 +85,7 @@ def test_nothing_crosses_pickled() -> None:
 # The package index
 
 
-def test_the_machines_pip_settings_become_uv_options(tmp_path: Path) -> None:
+def test_the_machines_pip_settings_become_uv_variables_never_options(tmp_path: Path) -> None:
     conf = tmp_path / "pip.conf"
     conf.write_text(
         "[global]\nfind-links = /opt/wheels\n"
@@ -93,15 +93,17 @@ def test_the_machines_pip_settings_become_uv_options(tmp_path: Path) -> None:
         "cert = /etc/ssl/certs/ca.crt\n"
     )
     options, variables = index_settings({}, [tmp_path / "absent.conf", conf])
-    assert options == [
-        "--extra-index-url", "file:///opt/pypi/simple",
-        "--extra-index-url", "file:///opt/more/simple",
-        "--find-links", "/opt/wheels", "--index-strategy", "unsafe-best-match",
-    ]  # fmt: skip
-    assert variables == {"SSL_CERT_FILE": "/etc/ssl/certs/ca.crt"}
+    # Never options: Ray's runtime-env agent logs the command lines it runs, and an index URL
+    # may carry credentials.
+    assert options == []
+    assert variables == {
+        "UV_EXTRA_INDEX_URL": "file:///opt/pypi/simple file:///opt/more/simple",
+        "UV_FIND_LINKS": "/opt/wheels", "UV_INDEX_STRATEGY": "unsafe-best-match",
+        "SSL_CERT_FILE": "/etc/ssl/certs/ca.crt",
+    }  # fmt: skip
     # A variable wins over a file, as in pip.
-    options, _ = index_settings({"PIP_INDEX_URL": "https://private/simple"}, [conf])
-    assert options[:2] == ["--index-url", "https://private/simple"]
+    options, variables = index_settings({"PIP_INDEX_URL": "https://u:t@private/simple"}, [conf])
+    assert options == [] and variables["UV_INDEX_URL"] == "https://u:t@private/simple"
 
 
 def test_uv_variables_are_passed_on_and_win_over_pip(tmp_path: Path) -> None:
