@@ -2,7 +2,9 @@
 
 ``after`` and ``epoch`` say which table the caller has; the answer is 200 with a newer table as
 soon as there is one (at once if there is already, or if the caller's epoch is not this
-controller's), or 204 when ``timeout`` seconds pass with none.
+controller's), or 204 when ``timeout`` seconds pass with none. ``schema`` is the schema version
+the caller reads (absent: 2, every replica before 3 sent none); the table answered is the one
+such a replica must get (``wire.routing_table.for_schema``).
 
 Who may call it and what it tells (docs/security.md, "The routing-table long-poll"): the table
 names every artifact ``source``, which the serving API itself never shows, so with
@@ -37,7 +39,7 @@ from controller.services import Services, services
 from controller.serving_auth import presents_bearer
 from controller.store import MAX_CATCH_UP
 from wire.problems import problem_response
-from wire.routing_table import RoutingTable
+from wire.routing_table import SCHEMA_UNSAID, SCHEMA_VERSION, RoutingTable, for_schema
 from wire.table_signature import SIGNATURE_HEADER, canonical_json, sign, table_key
 
 log = logging.getLogger(__name__)
@@ -62,6 +64,7 @@ async def routing_table(
     after: Annotated[int, Query(ge=-1, le=REVISION_MAX)] = -1,
     timeout: Annotated[float, Query(ge=0)] = 0.0,
     epoch: Annotated[str | None, Query(max_length=64)] = None,
+    schema: Annotated[int, Query(ge=1, le=1000)] = SCHEMA_UNSAID,
 ) -> Response:
     serving = presents_bearer(request, svc.settings.serving_token)
     if svc.settings.routing_table_needs_token and not serving:
@@ -98,22 +101,30 @@ async def routing_table(
             table = await svc.broadcaster.newer_than(after, epoch, wait)
     if table is None:
         return Response(status_code=204)
-    body, signature = _signed(request, svc, table)
+    body, signature = _signed(request, svc, table, schema)
     headers = {SIGNATURE_HEADER: signature} if signature else None
     return Response(body, media_type="application/json", headers=headers)
 
 
-def _signed(request: Request, svc: Services, table: RoutingTable) -> tuple[bytes, str | None]:
-    """The table's canonical JSON and its signature, made once per table (kept on the app)."""
-    cached: tuple[RoutingTable, bytes, str | None] | None = getattr(
-        request.app.state, "routing_table_signed", None
+def _signed(
+    request: Request, svc: Services, table: RoutingTable, schema: int
+) -> tuple[bytes, str | None]:
+    """The table's canonical JSON for a replica of ``schema`` and its signature, made once per
+    table and schema (kept on the app: during an upgrade both releases poll)."""
+    key = min(schema, SCHEMA_VERSION)
+    signed: dict[int, tuple[RoutingTable, bytes, str | None]] = getattr(
+        request.app.state, "routing_table_signed", {}
     )
+    cached = signed.get(key)
     if cached is not None and cached[0] is table:
         return cached[1], cached[2]
-    body = canonical_json(table.model_dump(mode="json"))
+    body = canonical_json(for_schema(table, schema).model_dump(mode="json"))
     token = svc.settings.serving_token
     signature = sign(body, table_key(token.get_secret_value())) if token is not None else None
-    request.app.state.routing_table_signed = (table, body, signature)
+    request.app.state.routing_table_signed = {
+        **{k: v for k, v in signed.items() if v[0] is table},
+        key: (table, body, signature),
+    }
     return body, signature
 
 

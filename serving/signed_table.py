@@ -6,9 +6,9 @@ Ray's key-value store alike (``serving.table_source``). In this order:
 1. the JSON is parsed and put in canonical form (``wire.table_signature.canonical_json``);
 2. with a key (the replica has its serving token), the signature must sign that form, or the
    table is refused (``UnsignedTable``, ``ForgedTable``) whatever it says;
-3. its ``schema_version`` must be this replica's (``SchemaMismatch``), before anything else of it
-   is read: a newer schema may not validate at all, an older one may validate and mean
-   something else;
+3. its ``schema_version`` must be one this replica reads (``SCHEMAS_READ``, else
+   ``SchemaMismatch``), before anything else of it is read: a newer schema may not validate at
+   all, an older one may validate and mean something else;
 4. the canonical bytes, the ones the signature covers, are validated as a ``RoutingTable``.
 
 The store keeps the table with its signature (``SignedTable.stored``): a replica that restores
@@ -22,12 +22,12 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from wire.routing_table import SCHEMA_VERSION, RoutingTable
+from wire.routing_table import SCHEMAS_READ, RoutingTable
 from wire.table_signature import canonical_json, verify
 
 
 class SchemaMismatch(ValueError):
-    """A table written for another ``schema_version`` than this replica's."""
+    """A table written for a ``schema_version`` this replica does not read."""
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,9 @@ def _read(document: Any, signature: str | None, key: bytes | None) -> SignedTabl
     if key is not None:
         verify(canonical, signature, key)
     found = document.get("schema_version") if isinstance(document, dict) else None
-    if found != SCHEMA_VERSION:
+    if found not in SCHEMAS_READ:
+        reads = " and ".join(str(v) for v in sorted(SCHEMAS_READ))
         raise SchemaMismatch(
-            f"routing table has schema_version {found!r}; this replica reads {SCHEMA_VERSION}"
+            f"routing table has schema_version {found!r}; this replica reads {reads}"
         )
     return SignedTable(RoutingTable.model_validate_json(canonical), canonical, signature)

@@ -3,7 +3,7 @@
 A background task long-polls the controller:
 
     GET {controller_url}/routing-table?after={held revision, -1 if none}&epoch={held epoch}
-        &timeout={seconds}
+        &timeout={seconds}&schema={SCHEMA_VERSION}
       200 + RoutingTable JSON   the controller holds a newer revision (at once if it already did)
                                 or is of another epoch (its database was replaced)
       204                       nothing newer within ``timeout``: ask again
@@ -33,7 +33,8 @@ never win; but a controller whose database was replaced counts from 1 again and 
 
 Every table is read by ``serving.signed_table``: with the serving token, a table whose signature
 is missing or wrong is refused (docs/security.md, "The routing table's signature"), and a table
-of another ``schema_version`` is refused before it is validated. From the controller either
+of a ``schema_version`` not in ``SCHEMAS_READ`` is refused before it is validated. The poll names
+this replica's ``schema`` (``wire.routing_table.for_schema``). From the controller either
 counts as a failed poll (logged once per run of failures, at WARNING) and goes through the same
 backoff, and the table held stays: the controller would answer the same table at once, again and
 again. From the store it is ignored, and overwritten by the next table this replica takes.
@@ -63,7 +64,7 @@ from tenacity import (
 
 from serving.default_switch import default_key, held_back
 from serving.signed_table import SchemaMismatch, SignedTable, decode, read_answer, read_stored
-from wire.routing_table import SCHEMA_VERSION, RoutingTable, changes, supersedes
+from wire.routing_table import SCHEMA_VERSION, SCHEMAS_READ, RoutingTable, changes, supersedes
 from wire.table_signature import SIGNATURE_HEADER, TableSignatureError, table_key
 
 __all__ = ["SchemaMismatch", "TableSource", "TableStore", "decode", "held_back"]
@@ -145,6 +146,8 @@ class TableSource:
         # When the table held was taken (``time.monotonic``): its age, for the metrics.
         self._taken_at: float | None = None
         self._arrived = asyncio.Event()
+        # Whether the controller answered a poll yet (``_poll_once``).
+        self._answered = False
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -189,7 +192,7 @@ class TableSource:
             logger.exception("a watcher of routing table %d failed", table.revision)
 
     def _accepts(self, table: RoutingTable) -> bool:
-        if table.schema_version != SCHEMA_VERSION:
+        if table.schema_version not in SCHEMAS_READ:
             logger.error("ignoring routing table with schema_version %s", table.schema_version)
             return False
         return supersedes(table, self._latest)
@@ -303,10 +306,18 @@ class TableSource:
                     await self._persist(signed)
 
     async def _poll_once(self, client: httpx.AsyncClient) -> SignedTable | None:
-        params: dict[str, str | int | float] = {"after": -1, "timeout": self._poll_timeout_s}
+        params: dict[str, str | int | float] = {
+            "after": -1,
+            "timeout": self._poll_timeout_s,
+            "schema": SCHEMA_VERSION,
+        }
         if self._latest is not None:
             params.update(after=self._latest.revision, epoch=self._latest.epoch)
+            if not self._answered and self._latest.schema_version < SCHEMA_VERSION:
+                # Restored as a replica of the release before got it: asked for again.
+                params.update(after=self._latest.revision - 1)
         response = await client.get(self._url, params=params, headers=self._headers)
+        self._answered |= response.status_code in (httpx.codes.OK, httpx.codes.NO_CONTENT)
         if response.status_code == httpx.codes.NO_CONTENT:
             return None
         if response.status_code == httpx.codes.UNAUTHORIZED:

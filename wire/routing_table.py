@@ -17,17 +17,24 @@ again can never serve what nobody checked. A version read since manifests also c
 (``wire.artifact_manifest``); the serving app refuses a download that differs from it in any
 file, so a pickle or ``code/`` replaced after the check is refused as a changed ``MLmodel`` is.
 
-Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``. A replica refuses a
-table of another schema version (and backs off) rather than guess at its meaning. A new optional
-field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``,
-``predict_timeout_s``, ``manifest``, ``awaiting_proof``, ``environment``, ``rollout``) does not
-change the schema version: a replica that does not know it ignores it and serves as before (one
-that does not know ``awaiting_proof`` proves nothing, so a version waiting for a proof waits
-until one that does takes the table; one that does not know ``environment`` proves a version in
-the shared environment, and the controller takes no proof from the shared environment for a
-version the table gives an environment of its own; one that does not know ``rollout`` sends
-every request that names no version to the default, which is where a rollout that ends leaves
-them).
+Schema versions: 2 added ``source``, ``mlmodel_digest`` and ``warnings``; 3 added
+``environment``, which a replica must understand to serve the version at all (read in its own
+interpreter, a version built for an environment of its own may load and answer wrong). A replica
+reads the schema versions in ``SCHEMAS_READ`` and refuses a table of any other (and backs off)
+rather than guess at its meaning. It asks the controller for its own (``schema`` on the
+long-poll); the controller answers ``for_schema``: the table itself to a replica of this schema
+or a later one, and to one of schema 2 (which sends no ``schema``: every replica before 3) the
+table with each version that has an environment of its own withheld, ``pending`` with the reason
+and awaiting no proof, so such a replica answers 503 for those versions, never runs them in its
+own interpreter, and serves everything else as before. The rule for both directions, and for
+the next field of that kind: docs/architecture.md, "The routing table's schema".
+
+A new optional field whose absence keeps the old meaning (``max_batch_size``, ``batch_wait_ms``,
+``predict_timeout_s``, ``manifest``, ``awaiting_proof``, ``rollout``) does not change the schema
+version: a replica that does not know it ignores it and serves as before (one that does not know
+``awaiting_proof`` proves nothing, so a version waiting for a proof waits until one that does
+takes the table; one that does not know ``rollout`` sends every request that names no version to
+the default, which is where a rollout that ends leaves them).
 """
 
 from __future__ import annotations
@@ -39,7 +46,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from wire.artifact_manifest import ManifestFile
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+# What a replica of this release takes: a controller of the release before answers schema 2.
+SCHEMAS_READ = frozenset({2, 3})
+# What a replica that sends no ``schema`` reads.
+SCHEMA_UNSAID = 2
 
 
 class VersionState(StrEnum):
@@ -150,9 +161,42 @@ class RoutingTable(BaseModel):
     models: dict[str, ModelEntry] = Field(default_factory=dict)
 
 
+WITHHELD = (
+    "served from an environment of its own, which this serving replica's release cannot run: "
+    "not served here until the replica is upgraded"
+)
+
+
+def for_schema(table: RoutingTable, schema: int) -> RoutingTable:
+    """``table`` as a replica that reads ``schema`` must get it (see the module's docstring)."""
+    if schema >= SCHEMA_VERSION:
+        return table
+    models = {}
+    for name, model in table.models.items():
+        versions = {number: _withheld(entry) for number, entry in model.versions.items()}
+        rollout = model.rollout
+        if rollout is not None and versions.get(rollout.candidate) != model.versions.get(
+            rollout.candidate
+        ):
+            rollout = None  # its share goes to the default, as when a rollout ends
+        models[name] = model.model_copy(update={"versions": versions, "rollout": rollout})
+    return table.model_copy(update={"schema_version": SCHEMA_UNSAID, "models": models})
+
+
+def _withheld(entry: VersionEntry) -> VersionEntry:
+    if entry.environment is None or entry.state == VersionState.QUARANTINED:
+        return entry  # a quarantined version is refused everywhere, never loaded
+    return entry.model_copy(update={"state": VersionState.PENDING, "reasons": [WITHHELD],
+                                    "awaiting_proof": False, "environment": None})  # fmt: skip
+
+
 def supersedes(new: RoutingTable, held: RoutingTable | None) -> bool:
-    """Whether ``new`` should replace ``held``: a higher revision, or another epoch."""
-    return held is None or new.epoch != held.epoch or new.revision > held.revision
+    """Whether ``new`` should replace ``held``: a higher revision, another epoch, or the same
+    revision in a later schema (``held`` was answered to a replica of the release before, and
+    may withhold versions)."""
+    if held is None or new.epoch != held.epoch or new.revision > held.revision:
+        return True
+    return new.revision == held.revision and new.schema_version > held.schema_version
 
 
 # How many changes one log line names (a storm's first table can change thousands).
