@@ -14,10 +14,11 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StringConstraints, model_validator
 
-from controller import commands, dry_run
+from controller import commands, dry_run, dry_run_proof
 from controller.artifacts import ArtifactFacts
 from controller.compatibility import Policy
 from controller.decisions import load_failure_of
@@ -30,6 +31,7 @@ from controller.proofs import proof_of
 from controller.records import ModelRecord, Signature
 from controller.registry_sync import ENVIRONMENT_TAG, POLICY_TAG
 from controller.services import Services, services
+from wire.problems import problem_response
 
 # Checked before the body is read (controller.guard); the largest body here is an override's
 # reason (500 characters), so 16 KiB leaves room for any escaping.
@@ -82,6 +84,8 @@ class CheckArtifact(BaseModel):
         str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)
     ] | None = None
     local: LocalModel | None = None
+    # Also prove it on its input example where it would be served (controller.dry_run_proof).
+    prove: bool = False
 
 
 def _summary(m: ModelRecord) -> dict[str, Any]:
@@ -278,16 +282,23 @@ async def model_events(
     }
 
 
-@router.post("/models/{name}/check")
+@router.post("/models/{name}/check", response_model=None)
 async def check_artifact(
-    name: str, body: CheckArtifact, svc: Annotated[Services, Depends(services)]
-) -> dict[str, Any]:
+    name: str, body: CheckArtifact, request: Request, svc: Annotated[Services, Depends(services)]
+) -> dict[str, Any] | JSONResponse:
     """The gate's verdict on an artifact as the model's next version, with nothing written
-    (``controller.dry_run``; docs/architecture.md, "Before registering: a dry run")."""
+    (``controller.dry_run``; docs/architecture.md, "Before registering: a dry run"); with
+    ``prove``, its proof too, made by the serving app (``controller.dry_run_proof``)."""
     if (body.source is None) == (body.local is None):
         raise InvalidRequest("source", "give 'source' (a URI) or 'local' (a model's files), "
                              "one of them")  # fmt: skip
     settings, source, local = svc.settings, body.source, body.local
+    token = settings.serving_token.get_secret_value() if settings.serving_token else None
+    if body.prove:
+        try:
+            dry_run_proof.trials_url(settings.serving_url, token, local=local is not None)
+        except dry_run_proof.CannotProve as exc:
+            return _cannot_prove(request, exc)
     reader = CandidateRegistry(
         settings.mlflow_tracking_uri, artifact_sources=settings.artifact_sources
     )
@@ -305,6 +316,16 @@ async def check_artifact(
             settings=settings, env=svc.serving_environment,
         )
     )  # fmt: skip
+    if body.prove:
+        try:
+            result = await dry_run_proof.prove(result, serving_url=settings.serving_url,
+                                               token=token)  # fmt: skip
+        except dry_run_proof.TrialFailed as exc:
+            return problem_response(
+                exc.status, slug="trial-unavailable", title="The proof could not be made",
+                detail=f"cannot tell: {exc}", instance=request.url.path,
+                retry_after=5 if exc.status == 503 else None,
+            )  # fmt: skip
     return {
         "model": result.model,
         "source": source,
@@ -318,8 +339,15 @@ async def check_artifact(
         "policy": result.policy,
         "environment_policy": result.environment_policy,
         "notes": result.notes,
+        # What the proof found, where it was made (None: not asked for, or not made).
+        "proof": result.proof,
         "written": False,
     }
+
+
+def _cannot_prove(request: Request, exc: dry_run_proof.CannotProve) -> JSONResponse:
+    return problem_response(exc.status, slug=exc.slug, title="The dry run cannot be proven here",
+                            detail=str(exc), instance=request.url.path)  # fmt: skip
 
 
 @router.post("/models/{name}/reconcile", status_code=202)

@@ -9,7 +9,11 @@ only read, the registry only asked). docs/architecture.md, "Before registering: 
 
 A model the registry does not have (and that left no contract behind) would get the artifact as
 its first version: its signature becomes the contract, so only the environment can block it.
-The proof on the input example (issue 17) is not part of the dry run yet.
+
+The proof on the input example (issue 17) is made only when asked (``prove``,
+``controller.dry_run_proof``): a serving replica proves the artifact where it would be served
+and answers what a replica's report would say, which ``with_report`` decides again as the gate
+decides a reported proof or load failure (on a copy; nothing is written either).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from controller.artifacts import ArtifactFacts
 from controller.decisions import WAITING_FOR_CONTRACT, decide_all
@@ -30,14 +34,15 @@ from controller.exceptions import (
     RegistryUnavailable,
 )
 from controller.own_environments import environment_of, served_from
+from controller.proofs import ProofPolicy, policy, proof_of
 from controller.read_reasons import public_reason
 from controller.reconciler import merge_observed
-from controller.records import ModelRecord, Signature
+from controller.records import ModelRecord, Signature, VersionRecord
 from controller.registry import ObservedModel, ObservedVersion
 from controller.registry_sync import ENVIRONMENT_TAG, policies_from_tags
 from controller.settings import ControllerSettings
 from controller.store import Store
-from wire.routing_table import VersionState
+from wire.routing_table import EnvironmentSpec, VersionState
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +51,11 @@ KEPT_CONTRACT = (
     "the registry has no model of this name now, but the name keeps the contract it had: a "
     "model registered again under it is held to it (a forced pin gives it another)"
 )
-NO_PROOF = "the proof on the input example is not part of the dry run yet"
+NO_PROOF = (
+    "not proven on its input example: the proof is not part of the dry run yet unless asked for "
+    "(sigserve check --prove)"
+)
+PROOF_OFF = "the model's proof policy is off: the gate does not prove its versions"
 
 
 class CheckRegistry(Protocol):
@@ -73,6 +82,42 @@ class DryRun:
     # Where the artifact was read from (None: files the client sent, or not read).
     location: str | None
     notes: list[str] = field(default_factory=list)
+    # What it was decided from, to decide it again with a trial's report (None: not read).
+    basis: Basis | None = None
+    # What the dry run's proof found (``controller.dry_run_proof``); None: not made.
+    proof: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Basis:
+    """The model as decided with the artifact as version ``version``, and what decided it."""
+
+    decided: ModelRecord
+    version: str
+    now: datetime
+    env: ServingEnvironment
+    first: bool
+    kept_contract: bool
+
+    @property
+    def candidate(self) -> VersionRecord:
+        return self.decided.versions[self.version]
+
+    def awaits_proof(self) -> bool:
+        """Whether the gate would prove it before it goes live, and no proof counts yet."""
+        record = self.decided
+        candidate = self.candidate
+        return (
+            policy(record, self.env) is ProofPolicy.ON
+            and candidate.state is VersionState.PENDING
+            and candidate.reasons != [WAITING_FOR_CONTRACT]
+            and proof_of(candidate) is None
+        )
+
+    @property
+    def environment(self) -> EnvironmentSpec | None:
+        """Where it would be proven and served (None: the shared serving environment)."""
+        return environment_of(self.candidate)
 
 
 def as_the_gate_sees_it(
@@ -126,33 +171,64 @@ def decide(
         (failures if temporary else broken)[version] = public_reason(read)
     merged = merge_observed(model, [*observed, candidate], facts, failures, broken)
     decided = decide_all(merged, now, env)
-    verdict = decided.versions[version]
+    first = model.contract is None and decided.default_version == version
+    basis = Basis(decided, version, now, env, first, kept_contract=False)
+    return _verdict(basis, read=version in facts)
+
+
+def with_report(
+    result: DryRun,
+    *,
+    proof: dict[str, Any] | None = None,
+    load_failure: dict[str, Any] | None = None,
+) -> DryRun:
+    """``result`` decided again as the gate decides its version once a replica reported
+    ``proof`` or ``load_failure`` about it (the dicts ``VersionRecord`` keeps); on a copy."""
+    basis = result.basis
+    assert basis is not None, "a dry run that read no artifact has nothing to prove"
+    version = basis.candidate
+    if proof is not None:
+        version = replace(version, proof=dict(proof))
+    if load_failure is not None:
+        version = replace(version, load_failure=dict(load_failure))
+    record = replace(basis.decided, versions={**basis.decided.versions, basis.version: version})
+    decided = decide_all(record, basis.now, basis.env)
+    return replace(_verdict(replace(basis, decided=decided), read=True), proof=result.proof)
+
+
+def _verdict(basis: Basis, *, read: bool) -> DryRun:
+    decided, version = basis.decided, basis.version
+    verdict = basis.candidate
     state, reasons = verdict.state, list(verdict.reasons)
-    if state is VersionState.PENDING and version in facts and reasons != [WAITING_FOR_CONTRACT]:
+    if state is VersionState.PENDING and read and reasons != [WAITING_FOR_CONTRACT]:
         # Read, and neither blocked nor waiting for a contract: every check a dry run makes
-        # passed, and the gate waits for what it does not make (the proof on the example).
+        # passed, and the gate waits for what it did not make (the proof on the example).
         state, reasons = VersionState.LIVE, []
     warnings = list(verdict.warnings)
     spec = environment_of(verdict)
     if spec is not None and served_from(spec) not in warnings:
         # Pending for its proof there: the dry run says where it would be served.
         warnings.append(served_from(spec))
-    first = model.contract is None and decided.default_version == version
-    notes = [FIRST_VERSION] if first else []
-    if state is VersionState.LIVE:
+    notes = [KEPT_CONTRACT] if basis.kept_contract else []
+    if basis.first:
+        notes.append(FIRST_VERSION)
+    if state is VersionState.LIVE and basis.awaits_proof():
         notes.append(NO_PROOF)
+    elif state is VersionState.LIVE and policy(decided, basis.env) is ProofPolicy.OFF:
+        notes.append(PROOF_OFF)
     return DryRun(
-        model=model.name,
+        model=decided.name,
         version=version,
         verdict=state,
         reasons=reasons,
         warnings=warnings,
         contract=decided.contract,
-        first_version=first,
+        first_version=basis.first,
         policy=decided.policy,
         environment_policy=decided.environment_policy,
         location=verdict.artifact_uri,
         notes=notes,
+        basis=basis if read else None,
     )
 
 
@@ -186,4 +262,7 @@ def check(
         log.info("dry run of %s: the artifact could not be read: %s: %s", name,
                  type(exc).__name__, exc)  # fmt: skip
     result = decide(model, observed, facts, clock(), env)
-    return replace(result, notes=[KEPT_CONTRACT, *result.notes]) if kept else result
+    if not kept:
+        return result
+    basis = replace(result.basis, kept_contract=True) if result.basis is not None else None
+    return replace(result, notes=[KEPT_CONTRACT, *result.notes], basis=basis)

@@ -73,6 +73,10 @@ class ControllerSettings(BaseSettings):
     # Serving replicas' own token, for their reports (``POST /serving/load-failures``): not
     # the admin token, which can pin and release. Unset, reports are refused (401).
     serving_token: Secret | None = None
+    # The serving app's URL (http://host:8000), where ``sigserve check --prove`` has an artifact
+    # proven before it is registered (``POST /-/trials`` with the serving token,
+    # controller.dry_run_proof). Unset, a dry run with ``prove`` is refused and says so.
+    serving_url: str | None = None
     # Whether ``GET /routing-table`` answers only callers with the serving token (401 for the
     # rest): the table names every artifact's ``source``, and only then can anonymous callers
     # not fill the long-poll cap (docs/security.md, "The routing-table long-poll"). Either way,

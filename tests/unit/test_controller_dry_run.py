@@ -7,12 +7,15 @@ check must write nothing: not to the controller's database, not to the registry.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import mlflow
 import pytest
 import sqlalchemy as sa
@@ -21,11 +24,12 @@ from mlflow import MlflowClient
 from mlflow.models import ModelSignature
 from mlflow.types import ColSpec, Schema
 
-from controller import dry_run
+from controller import dry_run, dry_run_proof
 from controller.app import create_app
 from controller.database import make_engine, migrate
 from controller.dry_run_source import CandidateRegistry, LocalFiles
 from controller.environment import ServingEnvironment
+from controller.proofs import NOT_EXERCISED, ProvingEnvironment
 from controller.read_reasons import NOT_ALLOWED
 from controller.reconciler import Reconciler
 from controller.registry import Registry
@@ -86,6 +90,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "compatible": _log(experiment, _signature("a", "b"), ["pandas"]),
                 "breaking": _log(experiment, _signature("a", "c"), ["pandas"]),
                 "missing_package": _log(experiment, _signature("a", "b"), [MISSING]),
+                # Pins another version of a package the serving stack imports: shared first,
+                # its own (isolated) environment once it fails there.
+                "pinned": _log(experiment, _signature("a", "b"), ["pandas", "packaging==20.0"]),
             }
             yield {"uri": uri, "tmp": tmp, "client": client, "artifacts": artifacts,
                    "runs": runs}  # fmt: skip
@@ -116,10 +123,13 @@ def gate(world: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
 
 
 def _check(world: dict[str, Any], gate: dict[str, Any], name: str, source: str) -> dry_run.DryRun:
+    """The dry run as the controller makes it: where replicas prove versions (the policy on)."""
     reader = CandidateRegistry(world["uri"], artifact_sources=gate["settings"].artifact_sources)
+    env = gate["env"]
+    proving = ProvingEnvironment(env.python_version, env.distributions)
     return dry_run.check(
         name, lambda: reader.candidate(name, source), store=gate["store"],
-        registry=gate["registry"], settings=gate["settings"], env=gate["env"],
+        registry=gate["registry"], settings=gate["settings"], env=proving,
     )  # fmt: skip
 
 
@@ -275,13 +285,17 @@ def test_local_files_get_the_verdict_their_logged_copy_gets(
 def http(world: dict[str, Any], tmp_path: Path) -> Iterator[TestClient]:
     """The app, once its first resync decided the registered model (its contract is set)."""
     with TestClient(create_app(_settings(world, tmp_path))) as c:
-        deadline = time.monotonic() + 20
-        while c.get(f"/admin/models/{NAME}", headers=AUTH).status_code != 200 or (
-            c.get(f"/admin/models/{NAME}", headers=AUTH).json()["contract"] is None
-        ):
-            assert time.monotonic() < deadline, "the first resync did not decide the model"
-            time.sleep(0.05)
+        _decided(c)
         yield c
+
+
+def _decided(c: TestClient) -> None:
+    deadline = time.monotonic() + 20
+    while c.get(f"/admin/models/{NAME}", headers=AUTH).status_code != 200 or (
+        c.get(f"/admin/models/{NAME}", headers=AUTH).json()["contract"] is None
+    ):
+        assert time.monotonic() < deadline, "the first resync did not decide the model"
+        time.sleep(0.05)
 
 
 def test_the_endpoint_answers_the_verdict_and_the_contract(
@@ -321,3 +335,150 @@ def test_the_check_needs_the_admin_token(http: TestClient) -> None:
     r = http.post(f"/admin/models/{NAME}/check", json={"source": "runs:/x/model"})
     assert r.status_code == 401
     assert json.loads(r.text)["type"].endswith("unauthorized")
+
+
+# The proof (controller.dry_run_proof): the serving app's side is an httpx.MockTransport
+# answering as serving.trials does (tests/unit/test_serving_trials.py tests that side).
+
+SERVING_TOKEN = "serving-token-0123456789abcdef"
+
+
+def _proved(
+    world: dict[str, Any], gate: dict[str, Any], name: str, source: str,
+    *answers: dict[str, Any] | httpx.Response,
+) -> tuple[dry_run.DryRun, list[Any]]:  # fmt: skip
+    """The dry run of ``source`` proven by a serving app answering ``answers`` in turn; the
+    trials it was asked for (their bodies, with the Authorization header)."""
+    asked: list[Any] = []
+
+    def serving(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/-/trials"
+        asked.append({**json.loads(request.content), "auth": request.headers["authorization"]})
+        answer = answers[len(asked) - 1]
+        return answer if isinstance(answer, httpx.Response) else httpx.Response(200, json=answer)
+
+    result = asyncio.run(dry_run_proof.prove(
+        _check(world, gate, name, source), serving_url="http://serving:8000/",
+        token=SERVING_TOKEN, transport=httpx.MockTransport(serving),
+    ))  # fmt: skip
+    return result, asked
+
+
+def _answer(outcome: str, cause: str | None = None, **more: Any) -> dict[str, Any]:
+    return {"outcome": outcome, "exercised": outcome != "not_exercised", "cause": cause,
+            "failure": None, "environment_digest": None, "replica": "r1", "elapsed_ms": 12,
+            **more}  # fmt: skip
+
+
+def test_a_proof_asks_for_the_artifact_the_gate_read_and_a_pass_goes_live(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    result, asked = _proved(world, gate, NAME, world["runs"]["compatible"], _answer("passed"))
+    assert result.verdict is VersionState.LIVE and result.reasons == []
+    assert dry_run.NO_PROOF not in result.notes
+    said = "proof on its input example in the shared serving environment (replica r1, 12 ms)"
+    assert f"{said}: passed" in result.notes, result.notes
+    assert result.proof is not None and result.proof["outcome"] == "passed"
+    [trial] = asked
+    location = Path(str(result.location))
+    digest = hashlib.sha256((location / "MLmodel").read_bytes()).hexdigest()
+    assert trial["source"] == result.location and trial["mlmodel_digest"] == digest
+    assert {f["path"] for f in trial["manifest"]} >= {"MLmodel", "python_model.pkl"}
+    assert json.loads(trial["signature"]["inputs"])[1]["name"] == "b"
+    assert (trial["environment"], trial["model"]) == (None, NAME)
+    assert trial["timeout_s"] == dry_run_proof.PROVE_TIMEOUT_S
+    assert trial["auth"] == f"Bearer {SERVING_TOKEN}"
+
+
+def test_a_failed_proof_quarantines_with_the_cause_as_the_409_words_it(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    result, _ = _proved(world, gate, NAME, world["runs"]["compatible"],
+                        _answer("failed", "ValueError: the model was never fitted"))  # fmt: skip
+    assert result.verdict is VersionState.QUARANTINED
+    [reason] = result.reasons
+    assert reason.startswith("failed its proof on serving (replica r1 at "), reason
+    assert reason.endswith("ValueError: the model was never fitted; release it to try again")
+    load, _ = _proved(world, gate, NAME, world["runs"]["compatible"],
+                      _answer("failed", "ModuleNotFoundError: No module named 'x'",
+                              exercised=False, failure="load-failed"))  # fmt: skip
+    assert load.verdict is VersionState.QUARANTINED
+    assert load.reasons[0].startswith("serving could not load its artifact (replica r1"), load
+    bare, _ = _proved(world, gate, NAME, world["runs"]["compatible"], _answer("not_exercised"))
+    assert bare.verdict is VersionState.LIVE and NOT_EXERCISED in bare.warnings
+
+
+def test_a_version_of_its_own_environment_is_proven_there(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    # Needs a package serving lacks: its own (layered) environment from the start.
+    result, [trial] = _proved(world, gate, NAME, world["runs"]["missing_package"],
+                              _answer("passed"))  # fmt: skip
+    assert trial["environment"]["kind"] == "layered", trial["environment"]
+    assert "definitely-not-installed-pkg==1.0" in trial["environment"]["requirements"]
+    assert result.verdict is VersionState.LIVE, result.reasons
+    assert any(n.startswith("proof on its input example in its own environment (layered")
+               for n in result.notes), result.notes  # fmt: skip
+    # Pins what serving has another version of: shared first, then its own, as the gate would.
+    pinned, asked = _proved(world, gate, NAME, world["runs"]["pinned"],
+                            _answer("failed", "ImportError: cannot import name 'x'"),
+                            _answer("passed"))  # fmt: skip
+    assert [t["environment"] and t["environment"]["kind"] for t in asked] == [None, "isolated"]
+    assert pinned.verdict is VersionState.LIVE, pinned.reasons
+
+
+def test_no_trial_for_a_verdict_the_gate_would_not_prove(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    result, asked = _proved(world, gate, NAME, world["runs"]["breaking"])
+    assert asked == [] and result.verdict is VersionState.QUARANTINED
+    assert dry_run_proof.NOT_LIVE in result.notes
+
+
+def test_a_trial_the_serving_app_did_not_make_cannot_tell(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    checked = _check(world, gate, NAME, world["runs"]["compatible"])
+    for answer, status, said in [
+        (httpx.Response(503, json={"detail": "this replica is proving another artifact"}), 503,
+         "answered 503: this replica is proving another artifact"),
+        (httpx.Response(401, json={"detail": "a trial needs the serving token"}), 503,
+         "is not the serving app's"),
+        (httpx.Response(504, json={"detail": "not within 600 s"}), 504, "answered 504"),
+        (httpx.Response(200, text="<html>"), 503, "answered 200"),
+    ]:  # fmt: skip
+        transport = httpx.MockTransport(lambda _, answer=answer: answer)
+        with pytest.raises(dry_run_proof.TrialFailed) as failed:
+            asyncio.run(dry_run_proof.prove(checked, serving_url="http://serving:8000",
+                                            token=SERVING_TOKEN, transport=transport))  # fmt: skip
+        assert failed.value.status == status and said in str(failed.value), str(failed.value)
+
+
+def test_a_proven_check_writes_nothing_to_the_database_or_the_registry(
+    world: dict[str, Any], gate: dict[str, Any]
+) -> None:
+    before = _database(gate["engine"]), _registry(world["client"])
+    _proved(world, gate, NAME, world["runs"]["compatible"], _answer("passed"))
+    _proved(world, gate, NAME, world["runs"]["compatible"], _answer("failed", "ValueError: x"))
+    _proved(world, gate, NAME, world["runs"]["pinned"], _answer("failed", "ImportError: y"),
+            _answer("passed"))  # fmt: skip
+    assert (_database(gate["engine"]), _registry(world["client"])) == before
+
+
+def test_the_endpoint_says_what_prove_needs(world: dict[str, Any], tmp_path: Path) -> None:
+    body = {"source": world["runs"]["compatible"], "prove": True}
+    with TestClient(create_app(_settings(world, tmp_path))) as c:
+        r = c.post(f"/admin/models/{NAME}/check", headers=AUTH, json=body)
+    assert r.status_code == 501 and r.headers["content-type"].startswith("application/problem")
+    assert "SIGSERVE_SERVING_URL" in r.json()["detail"], r.json()
+    settings = _settings(world, tmp_path / "b", serving_url="http://127.0.0.1:9",
+                         serving_token=SERVING_TOKEN)  # fmt: skip
+    with TestClient(create_app(settings)) as c:
+        _decided(c)
+        r = c.post(f"/admin/models/{NAME}/check", headers=AUTH,
+                   json={"local": {"mlmodel": "flavors: {}\n"}, "prove": True})  # fmt: skip
+        assert r.status_code == 422 and r.json()["errors"][0]["field"] == "prove", r.json()
+        # Nothing answers there: the proof cannot be made, and the dry run cannot tell.
+        r = c.post(f"/admin/models/{NAME}/check", headers=AUTH, json=body)
+        assert r.status_code == 503, r.text
+        assert r.json()["type"].endswith("trial-unavailable") and "cannot reach" in r.text
