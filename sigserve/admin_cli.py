@@ -62,14 +62,20 @@ a scheme): its MLmodel, requirements.txt and python_env.yaml are read here
 and sent, since the controller cannot read this disk (the three together must
 fit the admin API's 16 KiB body bound).
 
+--prove: the serving app loads the artifact where it would serve it (the
+shared environment or one of its own) and calls it on its own input example,
+as it proves a registered version; the controller needs SIGSERVE_SERVING_URL.
+It waits at least 630 seconds (an environment may be built first).
+
 exit codes (check):
-  0  the version would go live (the proof on its input example is not part of
-     the dry run yet)
-  1  the version would be quarantined; the reasons are printed as the 409
-     gives them
+  0  the version would go live (with --prove: and passed its proof; without,
+     the proof on its input example is not made)
+  1  the version would be quarantined (with --prove: or failed its proof);
+     the reasons are printed as the 409 gives them
   2  cannot tell: the controller cannot be reached or refused the call, the
-     URI names nothing, or the artifact cannot be read yet (it would stay
-     pending)
+     URI names nothing, the artifact cannot be read yet (it would stay
+     pending), or the proof could not be made (no serving URL, the serving
+     app unreachable or busy)
 """
 # The files of a local model directory the gate reads, and the most of each read here (the
 # controller's own cap, controller.artifact_files.MAX_FILE_BYTES).
@@ -77,7 +83,8 @@ LOCAL_FILES = {"mlmodel": "MLmodel", "requirements": "requirements.txt",
                "python_env": "python_env.yaml"}  # fmt: skip
 LOCAL_FILE_MAX = 1 << 20
 CHECKED_URIS = "runs:/<run id>/<path>, models:/<name>/<version>, ..."
-NO_PROOF = "the proof on the input example is not part of the dry run yet"
+# The controller's bound on a trial (controller.dry_run_proof.PROVE_TIMEOUT_S) and a margin.
+PROVE_WAIT_S = 630.0
 POLICIES = ("backward", "exact", "none")
 # strict and warn: the values before environments of their own (issue 17), which the controller
 # reads as isolate and off.
@@ -148,8 +155,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                        help="the registered model it would become a version of (one that does "
                        "not exist yet: the artifact would be its first version)")
     check.add_argument("--prove", action="store_true",
-                       help="also load it and call it on its input example (not part of the "
-                       "dry run yet)")
+                       help="also have the serving app load it where it would serve it and call "
+                       "it on its input example, as the gate proves a version")
     policy = add("policy", "set the model's compatibility policy, environment policy or both")
     policy.add_argument("model")
     policy.add_argument("policy", nargs="?", choices=POLICIES,
@@ -310,18 +317,17 @@ def _local_directory(uri: str) -> Path | None:
 
 def _check(args: argparse.Namespace, out: Console, err: Console) -> int:
     said = Text("sigserve check: ", style="bold")
-    if args.prove:
-        err.print(said.append(f"--prove: {NO_PROOF}", style="red"))
-        return CANNOT_TELL
+    # A proof may build an environment and load a model first: the controller bounds it.
+    timeout = max(args.timeout, PROVE_WAIT_S) if args.prove else args.timeout
     try:
         directory = _local_directory(args.model_uri)
         local = _local_model(directory) if directory is not None else None
         token = find_token()
-        with open_client(args.controller or controller_url(), token, args.timeout) as client:
+        with open_client(args.controller or controller_url(), token, timeout) as client:
             if local is not None:
-                result = client.check(args.model, local=local)
+                result = client.check(args.model, local=local, prove=args.prove)
             else:
-                result = client.check(args.model, source=args.model_uri)
+                result = client.check(args.model, source=args.model_uri, prove=args.prove)
     except _CannotTell as exc:
         err.print(said.append(str(exc), style="red"))
         return CANNOT_TELL

@@ -126,6 +126,9 @@ class Checked(TypedDict):
     policy: str
     environment_policy: str
     notes: list[str]
+    # What the proof on its input example found (``--prove``): outcome (passed, failed,
+    # not_exercised), exercised, cause, environment, replica, elapsed_ms; None: not made.
+    proof: dict[str, Any] | None
     written: bool
 
 
@@ -272,11 +275,19 @@ class AdminClient:
         return cast(EventPage, self._call("GET", path, params=params))
 
     def check(
-        self, name: str, *, source: str | None = None, local: dict[str, str | None] | None = None
+        self,
+        name: str,
+        *,
+        source: str | None = None,
+        local: dict[str, str | None] | None = None,
+        prove: bool = False,
     ) -> Checked:
         """A dry run of the gate on ``source`` (a URI) or ``local`` (a model directory's files:
-        ``mlmodel``, ``requirements``, ``python_env``)."""
+        ``mlmodel``, ``requirements``, ``python_env``); ``prove``: its proof on its input
+        example too, made by the serving app."""
         body: dict[str, Any] = {"source": source} if source is not None else {"local": local}
+        if prove:
+            body["prove"] = True
         return cast(Checked, self._call("POST", f"/admin/models/{_seg(name)}/check", body))
 
     def _call(

@@ -166,6 +166,8 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     admin_token=token,
                     webhook_secret=webhook_secret,
                     serving_token=serving_token,
+                    # Up a little later; only `sigserve check --prove` asks it.
+                    serving_url=f"http://{s.host}:{s.serving_port}",
                 ).start()
                 stack.callback(ctl.stop)
                 ctl.wait_healthy(120)

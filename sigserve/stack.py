@@ -108,6 +108,7 @@ def controller(
     register_webhook: bool = True,
     log_name: str = "controller.log",
     serving_token: str | None = None,
+    serving_url: str | None = None,
 ) -> ManagedProcess:
     home = home.resolve()
     env = {
@@ -126,6 +127,9 @@ def controller(
         env["SIGSERVE_DATABASE_URL"] = database_url
     if serving_token:
         env["SIGSERVE_SERVING_TOKEN"] = serving_token
+    if serving_url:
+        # Where ``sigserve check --prove`` has an artifact proven (controller.dry_run_proof).
+        env["SIGSERVE_SERVING_URL"] = serving_url
     if register_webhook:
         env["SIGSERVE_WEBHOOK_URL"] = f"http://{host}:{port}/webhooks/mlflow"
     return ManagedProcess(

@@ -377,8 +377,6 @@ def test_check_refuses_what_it_cannot_send_before_asking(
     assert "has no MLmodel file" in capsys.readouterr().err
     assert main(["check", str(tmp_path / "nowhere"), "--model", "m"]) == 2
     assert "is not a directory here, nor a URI" in capsys.readouterr().err
-    assert main(["check", "runs:/r1/model", "--model", "m", "--prove"]) == 2
-    assert "not part of the dry run yet" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["check", "runs:/r1/model"])  # --model is required
     assert exc.value.code == 2
