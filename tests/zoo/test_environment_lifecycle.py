@@ -85,3 +85,58 @@ def test_a_killed_host_process_is_started_again_by_the_next_call_with_its_models
     assert host.info()["restarts"] == 2 and host.info()["broken"] is None
     loaded.close()
     host._process.close()
+
+
+def test_an_environment_no_replica_touches_goes_by_itself_on_ray(
+    serving_url: str, figures: Figures
+) -> None:
+    """The session's real Ray: a replica (a manager) that touches an environment keeps it past
+    its idle TTL; once nothing touches it, its actor kills itself and its name is free."""
+    import asyncio
+    import hashlib
+    import uuid
+
+    import ray
+
+    from serving.environment_builds import actor_name, namespace
+    from serving.environments import EnvironmentManager
+    from wire.routing_table import EnvironmentSpec, ModelEntry, RoutingTable, VersionEntry
+
+    # The requirements of tests/zoo/test_own_environment.py: Ray's cached clone, no new build.
+    lines = ["roman==5.2"]
+    digest = hashlib.sha256("\n".join(["layered", *lines, uuid.uuid4().hex]).encode()).hexdigest()
+    spec = EnvironmentSpec(digest=digest, kind="layered", requirements=lines, reason="needs roman")
+    entry = VersionEntry(version="1", state="live", source="file:///nowhere",
+                         mlmodel_digest="0" * 64, environment=spec)  # fmt: skip
+    table = RoutingTable(revision=1, models={"m": ModelEntry(
+        name="m", default_version="1", versions={"1": entry})})  # fmt: skip
+    app, ttl = f"idle-{uuid.uuid4().hex[:6]}", 4.0
+
+    def exists() -> bool:
+        try:
+            ray.get_actor(actor_name(digest), namespace=namespace(app))
+        except ValueError:
+            return False
+        return True
+
+    def gone_within(limit_s: float) -> None:
+        began = time.perf_counter()
+        while exists() and time.perf_counter() - began < limit_s:
+            time.sleep(0.1)
+
+    async def scenario() -> dict[str, float | bool]:
+        replica = EnvironmentManager(app, timeout_s=600, concurrency=1, idle_ttl_s=ttl)
+        replica.offer(table)
+        await replica.build(spec)
+        await asyncio.sleep(2.5 * ttl)
+        kept = await asyncio.to_thread(exists)
+        await replica.close()  # the last replica goes: nothing touches it now
+        stopped = time.perf_counter()
+        await asyncio.to_thread(gone_within, 10 * ttl)
+        return {"kept": kept, "gone_s": time.perf_counter() - stopped,
+                "gone": not await asyncio.to_thread(exists)}  # fmt: skip
+
+    seen = asyncio.run(scenario())
+    figures(f"idle environment gone after its last touch, TTL {ttl:g} s (s)", seen["gone_s"])
+    assert seen["kept"], "an environment a replica touches went"
+    assert seen["gone"], "an environment nobody touches was left running"
