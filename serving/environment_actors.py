@@ -111,6 +111,8 @@ class RayCluster:
         from serving.app import FORWARDED_ENV  # at call time: serving.app imports this module
 
         names = set(FORWARDED_ENV)
-        with contextlib.suppress(Exception):  # not in a Ray worker (a driver, a test)
-            names.update(ray.get_runtime_context().runtime_env.env_vars())
+        # Asked outside a Ray session, Ray's runtime context would start a local cluster.
+        if ray.is_initialized():
+            with contextlib.suppress(Exception):
+                names.update(ray.get_runtime_context().runtime_env.env_vars())
         return {k: v for k, v in os.environ.items() if k in names}
