@@ -29,6 +29,8 @@ Requirements (each line of ``requirements.txt``):
   quarantined under ``shared``.
 - A URL / VCS requirement (``name @ https://...``) cannot be verified: a warning (still a
   missing package when the named distribution is not installed at all).
+- A line carrying a credential (``https://TOKEN@...``, ``--index-url https://user:pass@...``) is
+  kept with it cut and blocks (``controller.environment_secrets``).
 - Installed but outside the specifier (checked with ``prereleases=True``, so ``2.13.0+cpu``
   satisfies ``==2.13.0``): a warning naming both versions (``scikit-learn==1.5.0`` vs 1.6.1),
   which says "another major version" when no release of the installed major could satisfy the
@@ -73,11 +75,12 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from controller.environment_policy import EnvironmentPolicy as EnvironmentPolicy
+from controller.environment_secrets import carries_credential, credential_reason, redact
 
 # Raise it with every change to what ``check_environment`` decides (see ``digest``). 2: another
 # major version became a warning (issue 17). 3: a missing package gets an environment of its
-# own under ``isolate`` (issue 17).
-RULES_REVISION = 3
+# own under ``isolate`` (issue 17). 4: a requirement line carrying a credential blocks.
+RULES_REVISION = 4
 
 # Either distribution provides the `mlflow` module a model's `mlflow==X` requirement is about.
 _MLFLOW_PROVIDERS = ("mlflow", "mlflow-skinny")
@@ -192,9 +195,14 @@ class ServingEnvironment:
 
 @dataclass(frozen=True)
 class ArtifactEnvironment:
+    # Credentials cut (``environment_secrets``): what is kept, shown and published of them.
     requirements: list[str] | None
     python_version: str | None
     pickled: bool
+
+    def __post_init__(self) -> None:
+        if self.requirements is not None:
+            object.__setattr__(self, "requirements", [redact(r) for r in self.requirements])
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,9 @@ class _Checker:
             )
 
     def requirement(self, line: str) -> None:
+        if carries_credential(line):
+            self.blocking.append(credential_reason(line))
+            return
         if line.startswith("-"):
             self.warnings.append(
                 f"requirement line {line!r} is a pip option, which cannot be checked against "
