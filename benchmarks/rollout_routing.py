@@ -14,7 +14,15 @@ does) behind both versions of a model, and the table offered by hand:
   random (the same, plus two versions' batches of half the size each);
 - ``keyed``: the same with a ``sigserve-routing-key`` header (one hash per request; one key, so
   every request goes to one version);
-- ``shadow``: weight 0, shadow 1.0: every request also runs on the candidate after its answer.
+- ``shadow``: weight 0, shadow 1.0: every request is also offered to the candidate after its
+  answer, and its shadow runs when the replica is quiet (``serving.rollout_shadow``: no client
+  request in flight nor begun in the last 2 ms), else waits, and is dropped after 2 s;
+- ``eager``: the same shadow run at once, whatever the clients do (``quiet_s=0``: how every
+  shadow ran before they gave way), for the comparison in the same run.
+
+For the two shadow configurations, the shadows compared and dropped in each load's runs are
+printed too (a closed loop keeps the replica busy: most are dropped, and the agreement gate
+says that too few were compared).
 
 First, the request path's own part in isolation: microseconds per call of the routing and the
 counting (``RolloutPath.route`` and ``answered``), timed in a loop. Then ``wrk --latency`` at
@@ -49,6 +57,9 @@ from serving.api import create_app
 from serving.loader import LoadedModel
 from serving.model_host import ModelHost
 from serving.resolve import Target
+from serving.rollout_counts import RolloutCounts
+from serving.rollout_path import RolloutPath
+from serving.rollout_shadow import Shadows
 from serving.table_source import TableSource
 from wire.routing_table import (
     ModelEntry,
@@ -68,7 +79,9 @@ CONFIGS: dict[str, tuple[Rollout | None, dict[str, str]]] = {
     "weight": (Rollout(id="bench", candidate="2", weight=0.5), {}),
     "keyed": (Rollout(id="bench", candidate="2", weight=0.5), {"sigserve-routing-key": "k"}),
     "shadow": (Rollout(id="bench", candidate="2", weight=0.0, shadow=1.0), {}),
+    "eager": (Rollout(id="bench", candidate="2", weight=0.0, shadow=1.0), {}),
 }
+SHADOWED = ("shadow", "eager")
 LOADS = ((1, 1), (2, 16))  # wrk threads, connections
 
 
@@ -95,14 +108,14 @@ def never(request: httpx.Request) -> httpx.Response:
     raise httpx.ConnectError("no controller in this benchmark", request=request)
 
 
-def serve(rollout: Rollout | None, port: int) -> uvicorn.Server:
+def serve(rollout: Rollout | None, port: int, path: RolloutPath) -> uvicorn.Server:
     async def get_model(target: Target) -> LoadedModel:
         # A directory that does not exist: a LoadedModel removes its directory when freed.
         return LoadedModel(Upper(), Path("/nonexistent/sigserve-bench"))
 
     source = TableSource("http://controller", transport=httpx.MockTransport(never))
     source.offer(table(rollout))
-    app = create_app(source, ModelHost(get_model))
+    app = create_app(source, ModelHost(get_model), rollouts=path)
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
     server = uvicorn.Server(config)
     threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True).start()
@@ -124,13 +137,22 @@ def script(directory: Path, label: str, headers: dict[str, str]) -> Path:
     return path
 
 
+def rollout_path(label: str) -> RolloutPath:
+    counts = RolloutCounts()
+    return RolloutPath(counts, Shadows(counts, quiet_s=0.0) if label == "eager" else None)
+
+
+def shadow_tally(path: RolloutPath) -> tuple[int, int, int]:
+    """(compared, dropped, failed) so far."""
+    tally = path.counts.shadow("upper", "bench")
+    return tally.compared, tally.dropped, tally.failed
+
+
 def microseconds() -> None:
     """The routing and counting of one request, alone, per configuration."""
-    from serving.rollout_path import RolloutPath
-
     print(f"{'config':<8} {'route+count us':>15}")
     for label, (rollout, headers) in CONFIGS.items():
-        if label == "shadow":
+        if label in SHADOWED:
             continue  # its cost is the candidate's predict, measured below
         path, routing, calls = RolloutPath(), table(rollout), 200_000
 
@@ -152,9 +174,10 @@ def main() -> None:
     microseconds()
     directory = Path(tempfile.mkdtemp(prefix="sigserve-rollout-bench-"))
     endpoints: dict[str, Endpoint] = {}
+    paths = {label: rollout_path(label) for label in CONFIGS}
     for label, (rollout, headers) in CONFIGS.items():
         port = free_port()
-        serve(rollout, port)
+        serve(rollout, port, paths[label])
         url = f"http://127.0.0.1:{port}/models/upper/serve"
         endpoints[label] = Endpoint(url, BODY, script(directory, label, headers))
     for endpoint in endpoints.values():
@@ -172,6 +195,8 @@ def main() -> None:
             time.sleep(0.1)
     figures: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
     ratios: dict[tuple[str, int], list[float]] = {}
+    # (compared, dropped, failed) of the shadows offered during each configuration's runs.
+    shadows: dict[tuple[str, int], list[int]] = {}
     for round_ in range(args.rounds):
         for threads, connections in LOADS:
             base = None
@@ -179,9 +204,16 @@ def main() -> None:
                 # Written again before each run: something on this shared machine empties /tmp.
                 directory.mkdir(parents=True, exist_ok=True)
                 script(directory, label, CONFIGS[label][1])
+                before = shadow_tally(paths[label])
                 rps, p50, p99, non2xx, errors = parse_wrk(
                     run_wrk(endpoint, threads, connections, args.seconds)
                 )
+                # The shadows still queued run or drop within their 2 s once wrk is done.
+                time.sleep(2.5 if label in SHADOWED else 0)
+                after = shadow_tally(paths[label])
+                sums = shadows.setdefault((label, connections), [0, 0, 0])
+                for i in range(3):
+                    sums[i] += after[i] - before[i]
                 if non2xx or errors:
                     print(
                         f"round {round_} {label} c{connections}: {non2xx} non-2xx, {errors} errors"
@@ -199,6 +231,12 @@ def main() -> None:
             p99 = statistics.median(r[2] for r in runs)
             ratio = statistics.median(ratios[(label, connections)])
             print(f"{label:<8} {connections:>5} {rps:>9.0f} {p50:>8.2f} {p99:>8.2f} {ratio:>7.3f}")
+    print("\nshadows offered in all rounds' runs:")
+    print(f"{'config':<8} {'conns':>5} {'compared':>9} {'dropped':>9} {'failed':>7}")
+    for _, connections in LOADS:
+        for label in SHADOWED:
+            compared, dropped, failed = shadows[(label, connections)]
+            print(f"{label:<8} {connections:>5} {compared:>9} {dropped:>9} {failed:>7}")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,10 @@ The gates, each over the step's window, with their defaults (``Thresholds``):
   whole rollout when its window has fewer); otherwise "not judged".
 - agreement (with a shadow): shadow runs whose answer agreed at least ``min_agreement`` (0.99)
   of those the candidate ran, a run that failed on the candidate (raised, timed out) counting
-  as a disagreement; judged when at least one ran.
+  as a disagreement. Shadows dropped (a busy replica gives way to its clients, a full queue)
+  are not runs and count for nothing. Judged once ``AGREEMENT_RUNS`` (100) ran, or earlier when
+  the disagreements are already more than any ``AGREEMENT_RUNS`` runs allow; until then "not
+  judged", saying how many ran and were dropped.
 
 A step ends when its hold time has passed *and* it saw ``min_requests`` (the candidate's
 requests plus its shadow runs, compared or failed): then all gates are judged, and one failure
@@ -44,6 +47,8 @@ BASELINE_REQUESTS = 100
 # tenth slowest; of 100 it is the slowest, which one pause of a shared machine moves by a bucket
 # (an integration run rolled back a candidate identical to its default so, at ~100 a side).
 LATENCY_REQUESTS = 1_000
+# Shadow runs before the agreement is judged: at 0.99, one disagreement in 100 is the bound.
+AGREEMENT_RUNS = 100
 _BUCKETS = len(LATENCY_BUCKETS_MS) + 1
 
 
@@ -283,21 +288,28 @@ def judge(window: Totals, whole: Totals, t: Thresholds, *, shadow: bool) -> list
             )
         )
     if shadow:
-        ran = window.compared + window.failed
-        if ran == 0:
-            gates.append(Gate("agreement", "not-judged", "no shadow ran"))
-        else:
-            agreement = window.agreed / ran
-            ok = agreement >= t.min_agreement
-            gates.append(
-                Gate(
-                    "agreement",
-                    "passed" if ok else "failed",
-                    f"{agreement:.2%} of {ran} shadow runs agreed ({window.failed} failed on "
-                    f"the candidate), at least {t.min_agreement:.2%} needed",
-                )
-            )
+        gates.append(_agreement(window, t))
     return gates
+
+
+def _agreement(window: Totals, t: Thresholds) -> Gate:
+    ran = window.compared + window.failed
+    dropped = f"{window.dropped} dropped" if window.dropped else "none dropped"
+    # More disagreements than AGREEMENT_RUNS runs allow: failing, however the rest answer.
+    settled = (ran - window.agreed) > (1 - t.min_agreement) * AGREEMENT_RUNS + 1e-9
+    if ran < AGREEMENT_RUNS and not settled:
+        return Gate(
+            "agreement",
+            "not-judged",
+            f"too few shadows compared: {ran} ran ({dropped}), {AGREEMENT_RUNS} needed",
+        )
+    agreement = window.agreed / ran
+    return Gate(
+        "agreement",
+        "passed" if agreement >= t.min_agreement else "failed",
+        f"{agreement:.2%} of {ran} shadow runs agreed ({window.failed} failed on the "
+        f"candidate, {dropped}), at least {t.min_agreement:.2%} needed",
+    )
 
 
 def fails_early(window: Totals, whole: Totals, t: Thresholds) -> Gate | None:

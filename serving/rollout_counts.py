@@ -46,6 +46,8 @@ logger = logging.getLogger(__name__)
 
 PATH = "/serving/rollout-reports"
 REPORT_INTERVAL_S = 1.0
+# The last post, at shutdown, waits at most this long for the controller.
+FINAL_POST_S = 5.0
 # Reports in one POST: the controller asks for at most 50 (a report with samples is ~60 KB).
 _PER_POST = 50
 _BOUNDS_S = tuple(b / 1000 for b in LATENCY_BUCKETS_MS)
@@ -187,11 +189,18 @@ class RolloutReporter:
         self._task = asyncio.create_task(self._run(), name="sigserve-rollout-reports")
 
     async def stop(self) -> None:
+        """Stop reporting, after one last post of the totals (a replica shutting down): the
+        counts since the last tick, and the last shadows', would be lost otherwise."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+            self._not_before = 0.0  # the last post goes, Retry-After or not
+            try:
+                await asyncio.wait_for(self.tick(), FINAL_POST_S)
+            except Exception as exc:
+                logger.warning("the last rollout counts were not posted: %r", exc)
         if self._client is not None:
             await self._client.aclose()
             self._client = None

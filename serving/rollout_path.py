@@ -23,6 +23,8 @@ from wire.routing_table import ModelEntry, RoutingTable
 
 # The version that produced an answer, on every answer of a request that ran a model.
 VERSION_HEADER = "sigserve-model-version"
+# How long a replica shutting down lets the shadows running finish.
+SHADOWS_STOP_S = 5.0
 
 
 class RolloutPath:
@@ -45,26 +47,37 @@ class RolloutPath:
             await self._reporter.start()
 
     async def stop(self) -> None:
+        """A replica shutting down: the shadows under way end (those queued are dropped and
+        counted), then the reporter posts the last totals before it stops."""
+        await self.shadows.stop(SHADOWS_STOP_S)
         if self._reporter is not None:
             await self._reporter.stop()
-        await self.shadows.drain()
 
     def route(
         self, table: RoutingTable | None, name: str, headers: Mapping[str, str]
     ) -> Routed | None:
-        return choose(table, name, headers, ready=self._ready)
+        routed = choose(table, name, headers, ready=self._ready)
+        if routed is not None:
+            self.shadows.client_began()  # ``answered`` ends it, whatever the outcome
+        return routed
 
     async def keep_for_shadow(
         self, routed: Routed | None, request: Request, max_bytes: int | None
     ) -> bool:
         """Whether this request will be shadowed; if so its body is read now and kept."""
-        if routed is None or not routed.shadowable or not self.shadows.wants(routed.rollout):
+        if routed is None:
+            self.shadows.client_seen()  # not routed, but a client's: shadows give way to it
+            return False
+        if not routed.shadowable or not self.shadows.wants(routed.rollout):
             return False
         await keep_body(request, max_bytes)
         return True
 
     def answered(self, name: str, routed: Routed | None, status: int, seconds: float) -> None:
-        if routed is not None and status != 499:  # a client gone is nobody's error nor latency
+        if routed is None:
+            return
+        self.shadows.client_ended()
+        if status != 499:  # a client gone is nobody's error nor latency
             self.counts.record(name, routed.rollout.id, routed.version, status, seconds)
 
     def shadow(

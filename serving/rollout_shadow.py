@@ -9,6 +9,14 @@ probability s, also sent to the candidate (docs/architecture.md, "Rollouts"):
 - Through a bounded queue per model (``queue_size`` jobs, ``queue_bytes`` of bodies and answers
   held), drained by at most ``workers`` tasks per model: under load the shadow is what gives
   way, a job that finds the queue full is dropped and counted (``dropped``).
+- Only while the replica is quiet: a shadow starts when no routed client request is in flight
+  and none began or ended in the last ``quiet_s``, and at most ``budget`` shadows run at once.
+  A shadow's predict shares the CPU (and the event loop, for a model predicted inline) with
+  whatever request comes next, so on a busy replica it waits; one that waited past
+  ``max_age_s`` is dropped and counted (``dropped``). Under a closed loop that keeps the
+  replica busy, most shadows are dropped and the client's latency is the default's alone; the
+  agreement gate judges only the shadows that ran and says how many were dropped
+  (``controller.rollout_gates``).
 - The candidate runs the same body through the same path as a client's request to it would
   (contract, batching, deadline), and the two answers are compared (``agree``); agreement is
   counted, and the latest disagreements are kept (inputs and both answers, cut to
@@ -32,6 +40,7 @@ import json
 import logging
 import math
 import random
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -48,6 +57,15 @@ from wire.routing_table import Rollout
 logger = logging.getLogger(__name__)
 
 QUEUE_SIZE = 64
+# A shadow starts after this long without a client request beginning or ending (a closed-loop
+# client's next request comes within it), waits at most MAX_AGE_S for that, and BUDGET run at
+# once: figures in docs/benchmarks.md, "Rollouts".
+QUIET_S = 0.002
+MAX_AGE_S = 2.0
+BUDGET = 1
+# A client request counted in flight for longer than this without any other request is taken
+# as ended (an answer whose end was never reported must not stop every shadow for good).
+IN_FLIGHT_TRUST_S = 10.0
 # Bodies and answers a model's queue may hold: 64 bodies of the 16 MiB a request may send would
 # be a gigabyte held for shadows alone.
 QUEUE_BYTES = 32 * 1024 * 1024
@@ -68,6 +86,7 @@ class _Job:
     body: bytes
     answer: bytes
     run: RunCandidate
+    queued_at: float
 
 
 @dataclass(slots=True)
@@ -85,17 +104,55 @@ class Shadows:
         queue_size: int = QUEUE_SIZE,
         queue_bytes: int = QUEUE_BYTES,
         workers: int = WORKERS,
+        quiet_s: float = QUIET_S,
+        max_age_s: float = MAX_AGE_S,
+        budget: int = BUDGET,
         on_result: OnResult | None = None,
         draw: Callable[[], float] = random.random,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``quiet_s=0`` runs each shadow at once, whatever the clients do and however many
+        run (the behaviour before shadows gave way; the benchmark compares the two)."""
         self._counts = counts
         self._queue_size = queue_size
         self._queue_bytes = queue_bytes
         self._workers = workers
+        self._quiet_s = quiet_s
+        self._max_age_s = max_age_s
+        self._budget = budget
         self._on_result = on_result
         self._draw = draw
+        self._clock = clock
         self._lanes: dict[str, _Lane] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._in_flight = 0
+        self._last_client = -math.inf
+        self._running = 0
+        self._stopping = False
+
+    def client_began(self) -> None:
+        """A routed client request began (the request path: an increment and a clock read)."""
+        self._in_flight += 1
+        self._last_client = self._clock()
+
+    def client_ended(self) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+        self._last_client = self._clock()
+
+    def client_seen(self) -> None:
+        """A client request that is not routed began: shadows wait for it too."""
+        self._last_client = self._clock()
+
+    def _quiet(self) -> float:
+        """0 when a shadow may start now, else how long to wait before asking again."""
+        if self._quiet_s <= 0:
+            return 0.0
+        since = self._clock() - self._last_client
+        if self._in_flight and since < IN_FLIGHT_TRUST_S:
+            return self._quiet_s
+        if since < self._quiet_s:
+            return self._quiet_s - since
+        return 0.0 if self._running < self._budget else self._quiet_s
 
     def wants(self, rollout: Rollout) -> bool:
         """Whether a request the default answers under ``rollout`` is shadowed (one draw)."""
@@ -110,11 +167,11 @@ class Shadows:
         if lane is None:
             lane = self._lanes[model] = _Lane()
         size = len(body) + len(answer)
-        if len(lane.jobs) >= self._queue_size or lane.held + size > self._queue_bytes:
-            self._counts.shadow(model, rollout.id).dropped += 1
-            self._result(model, rollout.candidate, "dropped")
+        full = len(lane.jobs) >= self._queue_size or lane.held + size > self._queue_bytes
+        if full or self._stopping:
+            self._drop(model, rollout)
             return
-        lane.jobs.append(_Job(model, rollout, body, answer, run))
+        lane.jobs.append(_Job(model, rollout, body, answer, run, self._clock()))
         lane.held += size
         if lane.workers < self._workers:
             lane.workers += 1
@@ -123,8 +180,19 @@ class Shadows:
             task.add_done_callback(self._tasks.discard)
 
     async def drain(self) -> None:
-        """Wait until every queued shadow has run (tests, and a replica shutting down)."""
+        """Wait until every queued shadow has run or was dropped (tests)."""
         while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    async def stop(self, timeout_s: float) -> None:
+        """A replica shutting down: the shadows running finish (up to ``timeout_s``), those
+        still queued are dropped and counted, so the last report carries them all."""
+        self._stopping = True
+        try:
+            await asyncio.wait_for(self.drain(), timeout_s)
+        except TimeoutError:
+            for task in list(self._tasks):
+                task.cancel()
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def queued(self, model: str) -> int:
@@ -134,13 +202,38 @@ class Shadows:
     async def _drain(self, model: str, lane: _Lane) -> None:
         try:
             while lane.jobs:
+                await self._until_quiet()
+                if not lane.jobs:
+                    break  # another worker of the lane took the last one meanwhile
                 job = lane.jobs.popleft()
                 lane.held -= len(job.body) + len(job.answer)
-                await self._run(job)
+                if self._stopping or self._clock() - job.queued_at > self._max_age_s:
+                    self._drop(job.model, job.rollout)
+                    continue
+                self._running += 1
+                try:
+                    await self._run(job)
+                finally:
+                    self._running -= 1
         finally:
             lane.workers -= 1
             if lane.workers == 0 and not lane.jobs:
                 self._lanes.pop(model, None)
+            elif lane.workers == 0:
+                # Cancelled at shutdown with jobs left: they were never run.
+                while lane.jobs:
+                    self._drop(model, lane.jobs.popleft().rollout)
+                self._lanes.pop(model, None)
+
+    async def _until_quiet(self) -> None:
+        wait = self._quiet()
+        while wait > 0 and not self._stopping:
+            await asyncio.sleep(wait)
+            wait = self._quiet()
+
+    def _drop(self, model: str, rollout: Rollout) -> None:
+        self._counts.shadow(model, rollout.id).dropped += 1
+        self._result(model, rollout.candidate, "dropped")
 
     async def _run(self, job: _Job) -> None:
         tally = self._counts.shadow(job.model, job.rollout.id)

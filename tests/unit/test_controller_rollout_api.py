@@ -63,7 +63,7 @@ def report(rollout_id: str, candidate: int, default: int, replica: str = "r1") -
     return {"replica_id": replica, "reports": [{
         "model": "m", "rollout_id": rollout_id,
         "versions": {"2": counts(candidate), "1": counts(default)},
-        "shadow": {"compared": 10, "agreed": 9, "samples": [sample]},
+        "shadow": {"compared": 100, "agreed": 90, "samples": [sample]},
     }]}  # fmt: skip
 
 
@@ -79,13 +79,13 @@ def test_a_rollout_starts_and_shows_its_step_weights_and_counts(client: TestClie
     assert sent.status_code == 200 and sent.json() == {"recorded": 1, "unknown": 0}
     status = client.get("/admin/models/m/rollout", headers=ADMIN).json()
     assert status["window"]["candidate"]["requests"] == 7
-    assert status["totals"]["shadow"]["agreed"] == 9 and status["replicas_reporting"] == 1
+    assert status["totals"]["shadow"]["agreed"] == 90 and status["replicas_reporting"] == 1
     assert status["disagreements"][0]["candidate"] == '"b"'
     assert {g["gate"]: g["outcome"] for g in status["gates_now"]} == {
         "errors": "passed",
         "latency": "not-judged",
         "agreement": "failed",
-    }  # 9 of 10 agreed
+    }  # 90 of 100 agreed
     events = client.get("/admin/models/m/events", headers=ADMIN).json()["events"]
     assert events[0]["kind"] == "rollout" and events[0]["actor"] == "admin"
     metrics = client.get("/metrics").text

@@ -141,3 +141,14 @@ def test_a_report_without_refusals_from_an_older_replica_still_counts() -> None:
     totals = summed([stored_report(report)], "2", "1")
     assert (totals.candidate.requests, totals.candidate.rejected) == (10, 0)
     assert Side.of(old) == Side(10, 1, tuple(old["latency_ms"]))
+
+
+def test_agreement_is_judged_on_shadows_that_ran_and_says_when_too_few_did() -> None:
+    # A busy replica dropped most: 40 ran, all agreed; 960 dropped count for nothing.
+    few = judge(Totals(compared=40, agreed=40, dropped=960), Totals(), T, shadow=True)[-1]
+    assert few.outcome == "not-judged"
+    assert few.detail == "too few shadows compared: 40 ran (960 dropped), 100 needed"
+    # Disagreements past what any 100 runs allow fail before the 100th.
+    assert outcomes(Totals(compared=30, agreed=28), shadow=True)["agreement"] == "failed"
+    enough = judge(Totals(compared=100, agreed=99, dropped=5), Totals(), T, shadow=True)[-1]
+    assert enough.outcome == "passed" and "5 dropped" in enough.detail
