@@ -18,6 +18,7 @@ says nothing secret (the build still needs the variable on the node).
 from __future__ import annotations
 
 import re
+from typing import Any
 
 SHOWN = "***"
 
@@ -64,3 +65,11 @@ def credential_reason(line: str) -> str:
         "UV_INDEX_<NAME>_USERNAME and _PASSWORD, or a netrc file) and log the model with the "
         'bare URL (docs/operations.md, "Pointing builds at a private index")'
     )
+
+
+def redacted_facts(facts: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A version's stored environment facts (``asdict(ArtifactEnvironment)``) with credentials
+    cut: facts read before credentials were cut where they are read still hold them."""
+    if not facts or not facts.get("requirements"):
+        return facts
+    return {**facts, "requirements": [redact(str(r)) for r in facts["requirements"]]}

@@ -17,7 +17,7 @@ from controller.environment import (
     EnvironmentPolicy,
     check_environment,
 )
-from controller.environment_secrets import carries_credential, redact
+from controller.environment_secrets import carries_credential, redact, redacted_facts
 from controller.own_environments import assign
 from controller.reconciler import Reconciler
 from controller.store import Store
@@ -100,3 +100,11 @@ def test_nothing_the_controller_publishes_or_logs_carries_it(
     assert TOKEN not in table.model_dump_json()
     assert TOKEN not in json.dumps(asdict(record.versions["2"]), default=str)
     assert TOKEN not in caplog.text
+
+
+def test_facts_stored_before_the_cut_are_shown_cut() -> None:
+    stored = {"requirements": LINES, "python_version": "3.11.9", "pickled": False}
+    shown = redacted_facts(stored)
+    assert shown is not None and TOKEN not in json.dumps(shown)
+    assert shown["requirements"][0] == "mlflow==3.17.2" and shown["pickled"] is False
+    assert redacted_facts(None) is None
