@@ -4,7 +4,8 @@ sigserve (that venv has the version's own MLflow and pandas, not sigserve's).
 Run as ``<venv>/bin/python -I environment_child.py <path of environment_codec.py>`` by
 ``serving.environment_isolated``. It reads one JSON request per line on stdin and writes one
 JSON answer per line on stdout (bytes as ``{"__b64__": ...}``): ``load`` (a checked artifact's
-directory, under a key), ``predict`` (an encoded input, ``serving.environment_codec``) and
+directory, under a key), ``predict`` (an encoded input, ``serving.environment_codec``),
+``stream``, ``next`` and ``close`` (a ``predict_stream`` pulled one chunk per request) and
 ``unload``. A failure is answered as its type name and message, never a traceback. What the
 model prints goes to stderr, so it cannot break the protocol.
 """
@@ -54,6 +55,8 @@ def main() -> None:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     models: dict[str, Any] = {}
+    # Stream id -> a model's predict_stream being pulled (one request per chunk).
+    streams: dict[str, Any] = {}
     for line in sys.stdin:
         request = json.loads(line, object_hook=_unbytes)
         try:
@@ -68,6 +71,28 @@ def main() -> None:
                 data = codec.decode(request["data"])
                 result = model.predict(data, params=request.get("params") or None)
                 answer = {"answer": codec.encode(result)}
+            elif op == "stream":
+                model = models[request["key"]]
+                data = codec.decode(request["data"])
+                stream = str(request.get("id"))  # unique: the parent numbers its requests
+                streams[stream] = iter(
+                    model.predict_stream(data, params=request.get("params") or None)
+                )
+                answer = {"stream": stream}
+            elif op == "next":
+                try:
+                    answer = {"chunk": codec.encode(next(streams[request["stream"]]))}
+                except StopIteration:
+                    streams.pop(request["stream"], None)
+                    answer = {"done": True}
+                except Exception:
+                    streams.pop(request["stream"], None)  # an error ends the stream
+                    raise
+            elif op == "close":
+                chunks = streams.pop(request["stream"], None)
+                if chunks is not None and hasattr(chunks, "close"):
+                    chunks.close()
+                answer = {"ok": True}
             elif op == "unload":
                 models.pop(request["key"], None)
                 answer = {"ok": True}

@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import contextvars
 import logging
 import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,9 @@ _EXAMPLE_KEYS = ("artifact_path", "serving_input_path")
 
 # A request to the host: (model key, encoded input, params) -> encoded answer or error.
 Send = Callable[[Encoded, dict[str, Any] | None], Encoded]
+# Any other method of the host, by name: a stream's ``stream`` (input, params; the model's key
+# is the caller's to add), ``next_chunk`` and ``end_stream`` (the stream's id).
+Call = Callable[..., Encoded]
 # How often an environment with an idle TTL looks at its last touch, at most.
 _IDLE_CHECK_S = 30.0
 
@@ -182,6 +187,10 @@ class EnvironmentHost:
         # One load of an artifact at a time: a second holder waits and shares it.
         self._loading: dict[str, threading.Lock] = {}
         self._failed: str | None = None
+        # Stream id -> a model's ``predict_stream`` being pulled, and the one context its pulls
+        # run in (MLflow's prediction context is a context variable set around the generator:
+        # resumed in another thread's context, it fails at the end).
+        self._streams: dict[str, tuple[Iterator[Any], contextvars.Context]] = {}
         self._process: Any = None
         if isolated is not None:
             self._isolate(isolated)
@@ -294,6 +303,57 @@ class EnvironmentHost:
         except Exception as exc:
             return error_record(exc)
 
+    def stream(self, key: str, data: Encoded, params: dict[str, Any] | None) -> Encoded:
+        """Start the model's ``predict_stream`` on ``data``; its id, for ``next_chunk``."""
+        self.touch()
+        with self._lock:
+            held = self._held.get(key)
+        if held is None:
+            error = LoadFailed("the model is no longer held in its environment", permanent=False)
+            return error_record(error, "load-failed")
+        context = contextvars.copy_context()
+        try:
+            chunks = context.run(
+                lambda: iter(held.loaded.model.predict_stream(decode(data), params=params or None))
+            )
+        except HostUnavailable as exc:
+            return error_record(exc, "unavailable")
+        except Exception as exc:
+            return error_record(exc)
+        stream = uuid.uuid4().hex
+        with self._lock:
+            self._streams[stream] = (chunks, context)
+        return {"stream": stream}
+
+    def next_chunk(self, stream: str) -> Encoded:
+        """The stream's next chunk, ``done`` after its last, or its error (which ends it)."""
+        self.touch()
+        with self._lock:
+            found = self._streams.get(stream)
+        if found is None:
+            return error_record(LoadFailed("the stream has ended", permanent=False), "load-failed")
+        chunks, context = found
+        try:
+            return {"chunk": encode(context.run(next, chunks))}
+        except StopIteration:
+            answer: Encoded = {"done": True}
+        except HostUnavailable as exc:
+            answer = error_record(exc, "unavailable")
+        except Exception as exc:
+            answer = error_record(exc)
+        with self._lock:
+            self._streams.pop(stream, None)
+        return answer
+
+    def end_stream(self, stream: str) -> None:
+        """The client left (or the deadline passed): close the model's generator."""
+        with self._lock:
+            found = self._streams.pop(stream, None)
+        close = getattr(found[0], "close", None) if found is not None else None
+        if found is not None and callable(close):
+            with contextlib.suppress(Exception):  # the model's own cleanup
+                found[1].run(close)
+
     def unload(self, key: str, holder: str) -> None:
         with self._lock:
             held = self._held.get(key)
@@ -328,9 +388,10 @@ class EnvironmentModel:
     # (a caller that can run a call inline reads this).
     remote = True
 
-    def __init__(self, metadata: Model, path: Path, send: Send) -> None:
+    def __init__(self, metadata: Model, path: Path, send: Send, call: Call | None = None) -> None:
         self.metadata = metadata
         self._send = send
+        self._call = call
         try:
             self.input_example: Any = metadata.load_input_example(str(path))
         except Exception:
@@ -342,14 +403,43 @@ class EnvironmentModel:
             raise_error(answer["error"])
         return decode(answer["answer"])
 
+    def predict_stream(self, data: Any, params: dict[str, Any] | None = None) -> Iterator[Any]:
+        """The model's ``predict_stream``, pulled from its environment one chunk per call
+        (nothing is sent before the first pull; closing it closes the model's generator)."""
+        if self._call is None:
+            raise NotImplementedError("this environment does not stream")
+        call = self._call
+        started = call("stream", encode(data), params)
+        if "error" in started:
+            raise_error(started["error"])
+        stream, done = started["stream"], False
+        try:
+            while True:
+                answer = call("next_chunk", stream)
+                if "error" in answer:
+                    done = True  # an error ends the stream there
+                    raise_error(answer["error"])
+                if answer.get("done"):
+                    done = True
+                    return
+                yield decode(answer["chunk"])
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    call("end_stream", stream)
 
-def loaded_from(files: dict[str, bytes], send: Send, release: Callable[[], None]) -> LoadedModel:
+
+def loaded_from(
+    files: dict[str, bytes], send: Send, release: Callable[[], None], call: Call | None = None
+) -> LoadedModel:
     """The replica's ``LoadedModel`` for a model its environment holds: the metadata files in a
-    directory of its own (removed with it), ``release`` called when it goes."""
+    directory of its own (removed with it), ``release`` called when it goes; ``call``: the
+    host's other methods by name (streams)."""
     directory = Path(tempfile.mkdtemp(prefix="sigserve-environment-model-"))
     for name, data in files.items():
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(data)
     metadata = Model.load(str(directory / "MLmodel"))
-    return LoadedModel(EnvironmentModel(metadata, directory, send), directory, directory, release)
+    model = EnvironmentModel(metadata, directory, send, call)
+    return LoadedModel(model, directory, directory, release)

@@ -18,6 +18,7 @@ time over its stdin and stdout as JSON lines (bytes base64). Everything crosses 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -299,6 +300,28 @@ class ProcessModel:
         if "error" in answer:
             raise_error(answer["error"])
         return decode(answer["answer"])
+
+    def predict_stream(self, data: Any, params: dict[str, Any] | None = None) -> Iterator[Any]:
+        """The model's ``predict_stream`` in the host process, one chunk per request."""
+        started = self._process.call(
+            {"op": "stream", "key": self.key, "data": encode(data), "params": params}
+        )
+        if "error" in started:
+            raise_error(started["error"])
+        stream, done = started["stream"], False
+        try:
+            while True:
+                answer = self._process.call({"op": "next", "stream": stream})
+                if "error" in answer or answer.get("done"):
+                    done = True
+                    if "error" in answer:
+                        raise_error(answer["error"])
+                    return
+                yield decode(answer["chunk"])
+        finally:
+            if not done:
+                with contextlib.suppress(Exception):
+                    self._process.call({"op": "close", "stream": stream})
 
     def unload(self) -> None:
         self._process.call({"op": "unload", "key": self.key})

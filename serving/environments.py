@@ -298,7 +298,9 @@ class EnvironmentManager:
             raise LoadFailed(f"its environment stopped: {exc}", permanent=False) from None
         if "error" in answer:
             raise_error(answer["error"])
-        return await asyncio.to_thread(loaded_from, answer["files"], remote.send, remote.release)
+        return await asyncio.to_thread(
+            loaded_from, answer["files"], remote.send, remote.release, remote.call
+        )
 
     async def _running(self, spec: EnvironmentSpec) -> Any:
         """The environment's actor if it exists and answers at once (built before this replica
@@ -425,6 +427,18 @@ class _Remote:
         self._actor = current
         again: Encoded = cluster.call_blocking(current, "predict", key, data, params)
         return again
+
+    def call(self, method: str, *args: Any) -> Encoded:
+        """Another method of the host (a stream's): an actor gone is a 503 (no stream resumes
+        in a new environment; the next request's ``send`` loads the model there)."""
+        if method == "stream":
+            args = (self.load_args[0], *args)  # the host names the model by its key
+        try:
+            answer: Encoded = self._manager._cluster.call_blocking(self._actor, method, *args)
+        except ActorGone as exc:
+            self._manager.gone(self._spec, self._actor)
+            raise EnvironmentUnavailable(f"its environment stopped ({str(exc)[:200]})") from None
+        return answer
 
     def release(self) -> None:
         self._manager._cluster.tell(self._actor, "unload", *self.load_args[:2])

@@ -140,3 +140,54 @@ def test_an_environment_no_replica_touches_goes_by_itself_on_ray(
     figures(f"idle environment gone after its last touch, TTL {ttl:g} s (s)", seen["gone_s"])
     assert seen["kept"], "an environment a replica touches went"
     assert seen["gone"], "an environment nobody touches was left running"
+
+
+STREAMS_CODE = """
+import mlflow
+import pandas as pd
+
+
+class Counts(mlflow.pyfunc.PythonModel):
+    def predict(self, context, model_input, params=None):
+        return pd.DataFrame({"answer": ["III"] * len(model_input)})
+
+    def predict_stream(self, context, model_input, params=None):
+        for n in range(int(model_input["n"])):
+            yield f"chunk {n}"
+
+
+mlflow.models.set_model(Counts())
+"""
+
+
+def test_a_model_in_an_environment_that_inherits_nothing_streams_from_its_host_process(
+    tmp_path: Path,
+) -> None:
+    from serving.environment_host import artifact_record, loaded_from, raise_error
+
+    code = tmp_path / "counts_code.py"
+    code.write_text(STREAMS_CODE)
+    entry = entry_for(tmp_path, "counts", str(code))
+    target = target_of("counts", entry.model_copy(update={"environment": ISOLATED}))
+    host = isolated_host()
+    key = target.artifact.key
+    answer = host.load(key, "r", artifact_record(target.artifact))
+    if "error" in answer:
+        raise_error(answer["error"])
+
+    def call(method: str, *args: object) -> dict[str, object]:
+        if method == "stream":
+            args = (key, *args)
+        result: dict[str, object] = getattr(host, method)(*args)
+        return result
+
+    loaded = loaded_from(answer["files"], lambda d, p: host.predict(key, d, p),
+                         lambda: host.unload(key, "r"), call)  # fmt: skip
+    chunks = list(loaded.model.predict_stream(pd.DataFrame({"n": [3]})))
+    assert chunks == ["chunk 0", "chunk 1", "chunk 2"]
+    left = loaded.model.predict_stream(pd.DataFrame({"n": [9]}))
+    assert next(left) == "chunk 0"
+    left.close()  # the client left: the host process closes the model's generator
+    assert host._streams == {}
+    loaded.close()
+    host._process.close()
