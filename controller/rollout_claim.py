@@ -56,11 +56,14 @@ def _claim_in_this_transaction(
 
 @contextmanager
 def claimed(claim: Claim) -> Iterator[Claimed]:
-    """Run ``claim`` in each transaction begun on this thread inside the block (the pin's; a
-    transaction the store retries claims again, the first having rolled back)."""
+    """Run ``claim`` in the first transaction begun on this thread inside the block: the pin's
+    (``update_model`` retries only the insert of a model not stored yet, never a pin's). Once
+    only: a second claim, on another connection, would wait on the first's row lock."""
     outcome = Claimed()
 
     def run(connection: Connection) -> None:
+        if outcome.ran:
+            return
         claim(connection)
         outcome.ran = True
 
