@@ -1,7 +1,8 @@
 """The Ray side of environments of a version's own: named detached actors, and calls to them.
 
 ``serving.environments`` decides (build, load, let go, touch); this module is how it reaches
-Ray, behind a small seam (``Cluster``) so that its decisions are tested without a cluster.
+Ray, behind a small seam (``Cluster``) so that its decisions are tested without a cluster, and
+how a replica's model calls its environment (``Hold``).
 Errors cross it as ``ActorGone`` (killed, reaped, its node lost) and ``SetupFailed`` (Ray could
 not build its ``runtime_env``), never as Ray's own classes, and their text is redacted
 (``serving.environment_builds.redact``).
@@ -12,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RuntimeEnvSetupError
 
 from serving.environment_builds import redact
+from serving.environment_codec import Encoded
+from serving.environment_errors import EnvironmentUnavailable, raise_error
 from serving.environment_host import EnvironmentHost
 
 logger = logging.getLogger(__name__)
@@ -116,3 +120,64 @@ class RayCluster:
             with contextlib.suppress(Exception):
                 names.update(ray.get_runtime_context().runtime_env.env_vars())
         return {k: v for k, v in os.environ.items() if k in names}
+
+
+class Hold:
+    """A replica's hold on one model in its environment: the calls ``EnvironmentModel`` makes,
+    from a worker thread (``ModelHost``'s), so blocking on the actor blocks nothing.
+
+    An actor that went (reaped, killed, its node lost) is a 503 and ``gone`` (the manager builds
+    it again in the background); once ``current`` is another actor, the next call loads the
+    model there first (``serving.environments``)."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        actor: Any,
+        load_args: tuple[str, str, dict[str, Any]],
+        current: Callable[[], Any],
+        gone: Callable[[Any], None],
+    ) -> None:
+        self._cluster, self._actor = cluster, actor
+        # The host's ``load`` arguments: model key, holder, artifact record.
+        self.load_args = load_args
+        self._current, self._gone = current, gone
+
+    def send(self, data: Encoded, params: dict[str, Any] | None) -> Encoded:
+        key, actor = self.load_args[0], self._actor
+        try:
+            result: Encoded = self._cluster.call_blocking(actor, "predict", key, data, params)
+            return result
+        except ActorGone as exc:
+            cause = str(exc)
+        current = self._current()
+        if current is None or current is actor:
+            self._gone(actor)
+            raise EnvironmentUnavailable(
+                f"its environment stopped ({cause[:200]}); it is being started again"
+            )
+        try:
+            answer = self._cluster.call_blocking(current, "load", *self.load_args)
+        except ActorGone as exc:
+            self._gone(current)
+            raise EnvironmentUnavailable(f"its environment stopped ({str(exc)[:200]})") from None
+        if "error" in answer:
+            raise_error(answer["error"])
+        self._actor = current
+        again: Encoded = self._cluster.call_blocking(current, "predict", key, data, params)
+        return again
+
+    def call(self, method: str, *args: Any) -> Encoded:
+        """Another method of the host (a stream's): an actor gone is a 503 (no stream resumes
+        in a new environment; the next request's ``send`` loads the model there)."""
+        if method == "stream":
+            args = (self.load_args[0], *args)  # the host names the model by its key
+        try:
+            answer: Encoded = self._cluster.call_blocking(self._actor, method, *args)
+        except ActorGone as exc:
+            self._gone(self._actor)
+            raise EnvironmentUnavailable(f"its environment stopped ({str(exc)[:200]})") from None
+        return answer
+
+    def release(self) -> None:
+        self._cluster.tell(self._actor, "unload", *self.load_args[:2])

@@ -8,11 +8,8 @@ input to the host and returns its answer, and ``metadata`` and ``input_example``
 the copies of the artifact's ``MLmodel`` and example files the host sent back, so ``ModelHost``,
 batching, the warm-up and the proof use it as they use a model loaded here.
 
-Everything crosses as data (``serving.environment_codec``), errors too: a failure is returned
-as its kind, type name and message, never as a pickled exception, and raised again on the
-replica as an exception of that name (a builtin one when it is one), so a proof's cause reads
-``ValueError: ...`` as it would in the shared environment and the loader tells the artifact's
-fault from the replica's as it does for its own loads.
+Everything crosses as data (``serving.environment_codec``), errors too
+(``serving.environment_errors``).
 
 One model per artifact is held in the host, however many replicas hold it: each replica's
 ``LoadedModel`` is a holder, and the model goes when its last holder lets go (or with the
@@ -27,7 +24,6 @@ the replica (``EnvironmentUnavailable``), never the model's own 500.
 
 from __future__ import annotations
 
-import builtins
 import contextlib
 import contextvars
 import logging
@@ -41,12 +37,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlflow.exceptions import MlflowException
 from mlflow.models import Model
 
-from serving.environment_builds import redact
 from serving.environment_codec import Encoded, decode, encode
-from serving.exceptions import ModelUnavailable
+from serving.environment_errors import HostUnavailable, error_record, raise_error
 from serving.loader import LoadedModel, LoadFailed, NotChecked, download_and_load
 from serving.model_ids import Artifact
 from wire.artifact_manifest import ManifestFile
@@ -54,7 +48,6 @@ from wire.routing_table import EnvironmentSpec
 
 logger = logging.getLogger(__name__)
 
-_MESSAGE_LIMIT = 2000
 # The input example files MLflow names in ``saved_input_example_info``.
 _EXAMPLE_KEYS = ("artifact_path", "serving_input_path")
 
@@ -65,20 +58,6 @@ Send = Callable[[Encoded, dict[str, Any] | None], Encoded]
 Call = Callable[..., Encoded]
 # How often an environment with an idle TTL looks at its last touch, at most.
 _IDLE_CHECK_S = 30.0
-
-
-class HostUnavailable(LoadFailed):
-    """The environment's model host is down for now (it died and is started again, or it is
-    broken): trying later may pass, the model is not at fault."""
-
-    def __init__(self, cause: str) -> None:
-        super().__init__(cause, permanent=False)
-
-
-class EnvironmentUnavailable(ModelUnavailable, ConnectionError):
-    """``HostUnavailable`` raised again on the replica: a 503 with Retry-After to the client,
-    and, being a ``ConnectionError``, the replica's fault to a proof (tried again, never a
-    quarantine: ``serving.load_faults``)."""
 
 
 def artifact_record(artifact: Artifact) -> dict[str, Any]:
@@ -104,53 +83,6 @@ def artifact_from(record: dict[str, Any]) -> Artifact:
         None if manifest is None else tuple(ManifestFile.model_validate(f) for f in manifest),
         None if environment is None else EnvironmentSpec.model_validate(environment),
     )
-
-
-def error_record(exc: BaseException, kind: str = "raised") -> Encoded:
-    message = str(exc)
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        message = exc.args[0]  # str() of a KeyError is its repr: raised again, it quotes again
-    record: Encoded = {
-        "kind": kind,
-        "type": type(exc).__name__,
-        # It reaches the controller and a problem answer: a URL's credentials never do.
-        "message": redact(message)[:_MESSAGE_LIMIT],
-    }
-    if isinstance(exc, MlflowException):
-        record["error_code"] = exc.error_code
-    if isinstance(exc, LoadFailed):
-        record["permanent"] = exc.permanent
-    return {"error": record}
-
-
-def raise_error(record: Encoded) -> None:
-    """Raise again, on this side, the error ``error_record`` made there."""
-    kind, message = record["kind"], record["message"]
-    if kind == "not-checked":
-        raise NotChecked(message)
-    if kind == "load-failed":
-        raise LoadFailed(message, permanent=bool(record.get("permanent")))
-    if kind == "unavailable":
-        raise EnvironmentUnavailable(message)
-    if "error_code" in record:
-        raise MlflowException(message, error_code=record["error_code"])
-    raise remote_exception(record["type"], message)
-
-
-_TYPES: dict[str, type[Exception]] = {}
-
-
-def remote_exception(name: str, message: str) -> Exception:
-    """An exception named as the one raised in the environment: the builtin of that name (so
-    ``MemoryError`` stays the replica's fault), else a class of that name made once."""
-    found = getattr(builtins, name, None)
-    if isinstance(found, type) and issubclass(found, Exception):
-        # A builtin that wants other arguments (UnicodeDecodeError) gets a class of its name.
-        with contextlib.suppress(Exception):
-            return found(message)
-    if name not in _TYPES:
-        _TYPES[name] = type(name if name.isidentifier() else "RemoteError", (Exception,), {})
-    return _TYPES[name](message)
 
 
 @dataclass

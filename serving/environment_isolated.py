@@ -43,7 +43,7 @@ from serving.environment_builds import (
     tool_env,
 )
 from serving.environment_codec import Encoded, decode, encode
-from serving.environment_host import HostUnavailable, raise_error
+from serving.environment_errors import HostUnavailable, raise_error
 from wire.private_dirs import private_dir
 from wire.routing_table import EnvironmentSpec
 

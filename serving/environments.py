@@ -48,7 +48,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from serving.environment_actors import ActorGone, Cluster, RayCluster, SetupFailed
+from serving.environment_actors import ActorGone, Cluster, Hold, RayCluster, SetupFailed
 from serving.environment_builds import (
     EnvironmentBuildFailed,
     actor_name,
@@ -60,13 +60,8 @@ from serving.environment_builds import (
     runtime_env,
     setting,
 )
-from serving.environment_codec import Encoded
-from serving.environment_host import (
-    EnvironmentUnavailable,
-    artifact_record,
-    loaded_from,
-    raise_error,
-)
+from serving.environment_errors import raise_error
+from serving.environment_host import artifact_record, loaded_from
 from serving.loader import LoadedModel, LoadFailed
 from serving.model_ids import Artifact
 from wire.routing_table import EnvironmentSpec, RoutingTable
@@ -289,8 +284,9 @@ class EnvironmentManager:
             if spec.digest not in self._building:
                 self._spawn(self._build_quietly(spec))
             raise LoadFailed("its environment is being built", permanent=False)
-        remote = _Remote(self, spec, artifact.key, f"{self._holder}-{uuid.uuid4().hex[:8]}",
-                         artifact_record(artifact), actor)  # fmt: skip
+        remote = Hold(self._cluster, actor, (artifact.key, f"{self._holder}-{uuid.uuid4().hex[:8]}",
+                      artifact_record(artifact)), lambda: self._ready.get(spec.digest),
+                      lambda gone: self.gone(spec, gone))  # fmt: skip
         try:
             answer = await self._cluster.call(actor, "load", *remote.load_args)
         except ActorGone as exc:
@@ -389,56 +385,3 @@ class EnvironmentManager:
                 self._cluster.tell(actor, "touch")
                 touched += 1
         return touched
-
-
-class _Remote:
-    """A replica's hold on one model in its environment: the calls ``EnvironmentModel`` makes,
-    from a worker thread (``ModelHost``'s), so blocking on the actor blocks nothing.
-
-    An actor that went (reaped, killed, its node lost) is a 503 and a build in the background;
-    once the manager has the environment again, the next call loads the model there first."""
-
-    def __init__(self, manager: EnvironmentManager, spec: EnvironmentSpec, key: str,
-                 holder: str, record: dict[str, Any], actor: Any) -> None:  # fmt: skip
-        self._manager, self._spec, self._actor = manager, spec, actor
-        self.load_args = (key, holder, record)
-
-    def send(self, data: Encoded, params: dict[str, Any] | None) -> Encoded:
-        cluster, key = self._manager._cluster, self.load_args[0]
-        actor = self._actor
-        try:
-            result: Encoded = cluster.call_blocking(actor, "predict", key, data, params)
-            return result
-        except ActorGone as exc:
-            cause = str(exc)
-        current = self._manager._ready.get(self._spec.digest)
-        if current is None or current is actor:
-            self._manager.gone(self._spec, actor)
-            raise EnvironmentUnavailable(
-                f"its environment stopped ({cause[:200]}); it is being started again"
-            )
-        try:
-            answer = cluster.call_blocking(current, "load", *self.load_args)
-        except ActorGone as exc:
-            self._manager.gone(self._spec, current)
-            raise EnvironmentUnavailable(f"its environment stopped ({str(exc)[:200]})") from None
-        if "error" in answer:
-            raise_error(answer["error"])
-        self._actor = current
-        again: Encoded = cluster.call_blocking(current, "predict", key, data, params)
-        return again
-
-    def call(self, method: str, *args: Any) -> Encoded:
-        """Another method of the host (a stream's): an actor gone is a 503 (no stream resumes
-        in a new environment; the next request's ``send`` loads the model there)."""
-        if method == "stream":
-            args = (self.load_args[0], *args)  # the host names the model by its key
-        try:
-            answer: Encoded = self._manager._cluster.call_blocking(self._actor, method, *args)
-        except ActorGone as exc:
-            self._manager.gone(self._spec, self._actor)
-            raise EnvironmentUnavailable(f"its environment stopped ({str(exc)[:200]})") from None
-        return answer
-
-    def release(self) -> None:
-        self._manager._cluster.tell(self._actor, "unload", *self.load_args[:2])

@@ -22,7 +22,7 @@ from serving.environment_builds import (
     runtime_env,
     tool_env,
 )
-from serving.environment_host import error_record
+from serving.environment_errors import error_record
 from wire.routing_table import EnvironmentSpec
 
 TOKEN = "ghp_s3cr3tT0ken"

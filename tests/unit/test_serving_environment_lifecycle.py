@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.environment_host import EnvironmentHost, HostUnavailable
+from serving.environment_errors import HostUnavailable
+from serving.environment_host import EnvironmentHost
 from serving.environment_isolated import ModelProcess
 from serving.loader import LoadFailed
 from tests.unit.test_serving_environments import (

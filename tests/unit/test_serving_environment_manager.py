@@ -17,7 +17,8 @@ import pytest
 
 from serving.environment_actors import ActorGone
 from serving.environment_builds import EnvironmentBuildFailed
-from serving.environment_host import EnvironmentHost, EnvironmentUnavailable
+from serving.environment_errors import EnvironmentUnavailable
+from serving.environment_host import EnvironmentHost
 from serving.environments import EnvironmentManager
 from serving.loader import LoadFailed
 from tests.unit.test_serving_environments import LAYERED, Numerals, entry_for, target_of

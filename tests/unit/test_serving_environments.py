@@ -194,7 +194,8 @@ def target_of(name: str, entry: VersionEntry) -> Target:
 def held(host: EnvironmentHost, artifact: Artifact, holder: str) -> LoadedModel:
     """What ``EnvironmentManager.load`` makes of the host's answer, with the host called here
     instead of through Ray (the same records cross)."""
-    from serving.environment_host import artifact_record, raise_error
+    from serving.environment_errors import raise_error
+    from serving.environment_host import artifact_record
 
     key = artifact.key
     answer = host.load(key, holder, json.loads(json.dumps(artifact_record(artifact))))

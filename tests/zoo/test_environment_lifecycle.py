@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from serving.environment_host import EnvironmentHost, EnvironmentUnavailable
+from serving.environment_errors import EnvironmentUnavailable
+from serving.environment_host import EnvironmentHost
 from serving.environment_isolated import ModelProcess
 from tests.unit.test_serving_environments import (
     ISOLATED,
@@ -163,7 +164,8 @@ mlflow.models.set_model(Counts())
 def test_a_model_in_an_environment_that_inherits_nothing_streams_from_its_host_process(
     tmp_path: Path,
 ) -> None:
-    from serving.environment_host import artifact_record, loaded_from, raise_error
+    from serving.environment_errors import raise_error
+    from serving.environment_host import artifact_record, loaded_from
 
     code = tmp_path / "counts_code.py"
     code.write_text(STREAMS_CODE)
