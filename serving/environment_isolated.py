@@ -153,6 +153,8 @@ class ModelProcess:
         self._clock = clock
         # Key -> the checked directory it was loaded from: what a new process loads again.
         self._loaded: dict[str, str] = {}
+        # Key -> why it could not be loaded again in a new process (its calls answer that).
+        self._lost: dict[str, str] = {}
         self._restarts: deque[float] = deque()
         self.restarts = 0
         self.last_exit: str | None = None
@@ -170,21 +172,25 @@ class ModelProcess:
 
     @property
     def broken(self) -> str | None:
-        """Why no call is answered for now (restarted too often), or None."""
-        with self._lock:
-            if self._process.poll() is None:
-                return None
-            return self._refusal(self._clock())
+        """Why no call is answered for now (restarted too often), or None. Without the lock:
+        ``info`` asks while a long call holds it."""
+        if self._process.poll() is None:
+            return None
+        return self._refusal(self._clock(), list(self._restarts))
 
     def call(self, request: dict[str, Any]) -> Encoded:
+        op, key = request.get("op"), request.get("key")
         with self._lock:
             self._running()
+            if op in ("predict", "stream") and key in self._lost:
+                raise HostUnavailable(self._lost[str(key)])
             answer = self._exchange(request)
-            op, key = request.get("op"), request.get("key")
             if op == "load" and "error" not in answer and isinstance(key, str):
                 self._loaded[key] = str(request["path"])
+                self._lost.pop(key, None)
             elif op == "unload" and isinstance(key, str):
                 self._loaded.pop(key, None)
+                self._lost.pop(key, None)
         return answer
 
     def _exchange(self, request: dict[str, Any]) -> Encoded:
@@ -231,7 +237,9 @@ class ModelProcess:
         if self.last_exit is None:
             self.last_exit = exit_cause(code)
         now = self._clock()
-        refusal = self._refusal(now)
+        while self._restarts and now - self._restarts[0] >= self._window_s:
+            self._restarts.popleft()
+        refusal = self._refusal(now, list(self._restarts))
         if refusal is not None:
             raise HostUnavailable(refusal)
         self._restarts.append(now)
@@ -243,23 +251,27 @@ class ModelProcess:
         for key, path in list(self._loaded.items()):
             answer = self._exchange({"op": "load", "key": key, "path": path})
             if "error" in answer:
-                # Loaded before, so the artifact is not at fault: its predict says why.
-                self._loaded.pop(key, None)
+                # Loaded before, so the artifact is not at fault: a 503 with why, until the
+                # replica lets go of it (or the next restart loads it).
+                error = answer["error"]
+                self._lost[key] = (
+                    "the model could not be loaded again after its environment's host process "
+                    f"was started again: {error.get('type')}: {error.get('message', '')[:300]}"
+                )
         self.last_exit = None
 
-    def _refusal(self, now: float) -> str | None:
-        while self._restarts and now - self._restarts[0] >= self._window_s:
-            self._restarts.popleft()
+    def _refusal(self, now: float, restarts: list[float]) -> str | None:
+        restarts = [t for t in restarts if now - t < self._window_s]
         exited = f"the environment's model host exited ({self.last_exit})"
-        if len(self._restarts) >= self._max_restarts:
-            oldest = self._restarts[0] if self._restarts else now
+        if len(restarts) >= self._max_restarts:
+            oldest = restarts[0] if restarts else now
             wait = oldest + self._window_s - now
-            return (f"{exited} and was started again {len(self._restarts)} times within "
+            return (f"{exited} and was started again {len(restarts)} times within "
                     f"{self._window_s:g} s: the environment is broken, not started again for "
                     f"{wait:.0f} s")  # fmt: skip
-        if self._restarts:
-            backoff = min(self._backoff_s * 2 ** (len(self._restarts) - 1), self._max_backoff_s)
-            wait = self._restarts[-1] + backoff - now
+        if restarts:
+            backoff = min(self._backoff_s * 2 ** (len(restarts) - 1), self._max_backoff_s)
+            wait = restarts[-1] + backoff - now
             if wait > 0:
                 return f"{exited}: it is started again in {wait:.1f} s"
         return None

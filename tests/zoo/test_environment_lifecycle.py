@@ -84,6 +84,16 @@ def test_a_killed_host_process_is_started_again_by_the_next_call_with_its_models
     answer = loaded.model.predict(pd.DataFrame({"n": [3]}))
     pd.testing.assert_frame_equal(answer, pd.DataFrame({"answer": ["III"]}))
     assert host.info()["restarts"] == 2 and host.info()["broken"] is None
+
+    # A model that cannot be loaded again in the new process (its files gone here): a 503 that
+    # says so, never the host's KeyError as the model's 500.
+    import shutil
+
+    shutil.rmtree(host._process._loaded[target.artifact.key])
+    kill(host._process)
+    time.sleep(2.0)  # the third restart's backoff
+    with pytest.raises(EnvironmentUnavailable, match="could not be loaded again"):
+        loaded.model.predict(pd.DataFrame({"n": [3]}))
     loaded.close()
     host._process.close()
 
