@@ -19,6 +19,7 @@ new version.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -54,9 +55,10 @@ class Outcome:
     changed: bool
     # Versions left pending by a temporary failure: the worker retries the model later.
     retry_reason: str | None = None
-    # Writing the verdict back to the registry (tags, alias): the caller runs it *after*
-    # publishing, so the registry's round trips never delay serving's new table.
-    write_back: Callable[[], None] | None = None
+    # Writing the verdict back to the registry (tags, alias): the caller hands it to the
+    # write-back lane after publishing (``controller/write_back_lane.py``); None once done, else
+    # why to try again.
+    write_back: Callable[[], str | None] | None = None
     # When the registry created each version seen (ms): for the registration -> live metric.
     registered_at: Mapping[str, int] = field(default_factory=dict)
 
@@ -299,26 +301,51 @@ class Reconciler:
         return Outcome(
             changed=changed,
             retry_reason=retry,
-            write_back=lambda: self._sync_registry(decided, observed, alias_now),
+            write_back=functools.partial(self.write_back, name),
             registered_at={o.version: o.created_at for o in observed if o.created_at},
         )
 
-    def _sync_registry(
-        self, decided: ModelRecord, observed: list[ObservedVersion], alias_now: str | None
-    ) -> None:
-        if not self._write_back:
-            return
-        alias, warning = write_back(
-            self._writer, decided, observed, self._alias, alias_now, controls=self._controls
-        )
-        if (alias, warning) != (decided.alias_seen, decided.registry_warning):
+    def write_back(self, name: str) -> str | None:
+        """Write ``name``'s latest decision back to the registry: the verdict tags and the alias
+        that differ from what it has now; None once done, else why it must be tried again.
 
-            def seen(current: ModelRecord | None) -> ModelRecord | None:
-                if current is None:
-                    return None
-                return replace(current, alias_seen=alias, registry_warning=warning)
+        Run by the write-back lane (``controller/write_back_lane.py``) after the decision was
+        published, so it reads the store's latest record and the registry's tags and alias
+        afresh: whatever was decided meanwhile is written once. Safe to repeat. Done, the model
+        is marked written back at the generation read (``Store.mark_written_back``).
+        """
+        record = self._store.load_model(name)
+        if record is None or record.deleted_at is not None:
+            return None  # nothing is served under it: no verdict to show
+        if self._write_back:
+            try:
+                info = self._registry.model(name)
+                observed = self._registry.versions(name)
+            except RegisteredModelGone:
+                return None  # its webhook (or the resync) makes it a tombstone
+            alias_now = info.aliases.get(self._alias)
+            alias, warning = write_back(
+                self._writer, record, observed, self._alias, alias_now, controls=self._controls
+            )
+            if (alias, warning) != (record.alias_seen, record.registry_warning):
+                record = self._seen(record, alias, warning)
+            if warning is not None:
+                return warning
+        assert record.generation is not None
+        self._store.mark_written_back(name, record.generation)
+        return None
 
-            self._store.update_model(decided.name, seen, "registry")
+    def _seen(self, record: ModelRecord, alias: str | None, warning: str | None) -> ModelRecord:
+        """The alias as acknowledged and the registry's refusal, recorded on the record written
+        back (``GenerationConflict`` if the model was written since: its write-back follows)."""
+
+        def seen(current: ModelRecord | None) -> ModelRecord | None:
+            if current is None:
+                return None
+            return replace(current, alias_seen=alias, registry_warning=warning,
+                           generation=record.generation)
+
+        return self._store.update_model(record.name, seen, "registry") or record
 
 
 def _policies(record: ModelRecord | None) -> tuple[str, str] | None:

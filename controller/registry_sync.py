@@ -194,6 +194,19 @@ def _alias_should_move(record: ModelRecord, alias_now: str | None, controls: boo
     return waiting is None or (is_read(waiting) and waiting.state is not VersionState.PENDING)
 
 
+def judged(record: ModelRecord, alias_now: str | None, controls: bool) -> bool:
+    """Whether ``record`` was decided knowing the alias as it is now (``follow_alias``): where
+    the controller left it, on the default, or a move it took or refused. Written back later
+    than it was decided (``controller/write_back_lane.py``), the record may predate a person's
+    move; putting the alias back then would undo a pin before it was judged."""
+    refused = (record.alias_refusal or {}).get("version")
+    return (
+        not controls
+        or alias_now is None
+        or alias_now in (record.alias_seen, record.default_version, refused)
+    )
+
+
 def write_back(
     registry: RegistryWriter,
     record: ModelRecord,
@@ -206,7 +219,9 @@ def write_back(
     """Write the verdict tags and the alias that differ.
 
     Returns the alias as the controller acknowledges it (what ``alias_seen`` becomes), and why
-    the registry refused a write (None when every write went through).
+    the registry refused a write (None when every write went through). ``alias_now`` is what
+    the registry has now; the alias is left alone while a move of it the decision has not
+    judged yet is in the registry (``judged``): its pass decides it first.
     """
     seen = {ov.version: ov.tags for ov in observed}
     try:
@@ -216,6 +231,8 @@ def write_back(
             for key, value in version_tags(version).items():
                 if seen[version.version].get(key) != value:
                     registry.set_version_tag(record.name, version.version, key, value)
+        if not judged(record, alias_now, controls):
+            return record.alias_seen, None
         if _alias_should_move(record, alias_now, controls):
             assert record.default_version is not None
             registry.set_alias(record.name, alias, record.default_version)

@@ -44,8 +44,10 @@ class Resync:
         interval_s: float,
         audit_retention: timedelta,
         full_interval_s: float = 600.0,
+        write_back: Callable[[str], None] = lambda name: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._write_back = write_back
         self._full_interval_s = full_interval_s
         self._registry = registry
         self._store = store
@@ -116,6 +118,10 @@ class Resync:
         due.sort()
         for name in due:
             self._enqueue(name, "resync")
+        # Decisions the registry was not told of yet (a restart, a step-down, a failed write):
+        # the write-back lane's work derives from the store, not from its memory.
+        for name in await asyncio.to_thread(self._store.behind_write_back):
+            self._write_back(name)
         if full:
             self._last_full = listed_at
         return due

@@ -24,7 +24,6 @@ in one transaction), and loads the tables the leader publishes (``published_tabl
 from __future__ import annotations
 
 import threading
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -40,31 +39,24 @@ from controller import faults
 from controller.audit import AuditEvent, diff
 from controller.exceptions import GenerationConflict
 from controller.records import ModelRecord
-from controller.rollout_rows import rollouts_under_way
 from controller.rows import to_record, utc, write_row
 from controller.schema import (
     AuditEventRow,
     ReconcileRequestRow,
     RegisteredModelRow,
-    TableRevisionRow,
     WebhookDeliveryRow,
 )
-from controller.table_builder import build_table, content_digest
-from wire.routing_table import RoutingTable
+from controller.store_tables import MAX_CATCH_UP, REVISION_CEILING, TableRevisions
+from controller.write_back_marks import WriteBackMarks
 
-# The revision column holds 2**63 - 1 (BIGINT). A catch-up never takes the revision past this,
-# so 2**62 publishes still fit above the highest revision any claim can cause.
-REVISION_CEILING = 2**62
-# How far one catch-up may move the revision: a restore loses the publishes made since the
-# backup (one per decision), far fewer than this; a replica further ahead takes a few polls.
-MAX_CATCH_UP = 1_000_000
+__all__ = ["MAX_CATCH_UP", "REVISION_CEILING", "Store"]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
 
 
-class Store:
+class Store(TableRevisions, WriteBackMarks):
     def __init__(self, engine: Engine) -> None:
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.RLock()
@@ -150,6 +142,7 @@ class Store:
             if updated is None:
                 if row is not None:
                     session.delete(row)
+                    self._forget_mark(session, name)
                 self._audit(session, diff(name, current, updated, actor))
                 return None
             if updated == current:
@@ -238,6 +231,7 @@ class Store:
         with self._write_lock, self._transaction() as session:
             if session.get_bind().dialect.name != "postgresql":
                 return 0
+            self._fence_marks(session)
             bumped = session.execute(
                 update(RegisteredModelRow).values(generation=RegisteredModelRow.generation + 1)
             )
@@ -250,6 +244,7 @@ class Store:
                 return False
             self._audit(session, diff(name, to_record(row), None, actor))
             session.delete(row)
+            self._forget_mark(session, name)
             return True
 
     def record_delivery(
@@ -305,107 +300,4 @@ class Store:
                 delete(WebhookDeliveryRow).where(
                     WebhookDeliveryRow.received_at < _now() - older_than
                 )
-            )
-
-    def has_published(self) -> bool:
-        """Whether this database ever published a table (so holds decisions to serve)."""
-        with self._transaction() as session:
-            return session.get(TableRevisionRow, 1) is not None
-
-    def published(self) -> tuple[str, int] | None:
-        """(epoch, revision) of the last table published: one small row, to poll."""
-        with self._transaction() as session:
-            row = session.get(TableRevisionRow, 1)
-            return (row.epoch, row.revision) if row else None
-
-    def published_table(self) -> RoutingTable | None:
-        """The last table published, rebuilt from the decisions; None if they moved since.
-
-        Decisions committed but not yet published would make another table under the same
-        revision: a follower must never answer one revision with two contents, so it waits for
-        the publish that follows every commit.
-        """
-        with self._transaction() as session:
-            current = session.get(TableRevisionRow, 1)
-            if current is None:
-                return None
-            table = build_table(
-                self._all_records(session),
-                current.revision,
-                current.epoch,
-                rollouts_under_way(session),
-            )
-            return table if content_digest(table) == current.digest else None
-
-    def catch_up(self, seen_revision: int, max_jump: int = MAX_CATCH_UP) -> RoutingTable:
-        """Publish the current decisions above a revision serving already saw, within bounds.
-
-        A database restored from a backup keeps its epoch but counts from a lower revision;
-        replicas would ignore it until it caught up. A replica that asks from a higher revision
-        of this epoch is how the controller learns that, and this puts it ahead: to
-        ``seen_revision + 1``, but never more than ``max_jump`` above the stored revision nor
-        past ``REVISION_CEILING``. A replica further ahead is caught up by its next polls, one
-        bounded jump each; a claim that is not true (a stolen serving token) cannot take the
-        revision to where no later table fits (docs/security.md, "The routing-table long-poll").
-        """
-        with self._write_lock, self._transaction() as session:
-            current = session.get(TableRevisionRow, 1, with_for_update=True)
-            assert current is not None, "catch_up after a first publish"
-            models = self._all_records(session)
-            rollouts = rollouts_under_way(session)
-            digest = content_digest(
-                build_table(models, revision=0, epoch=current.epoch, rollouts=rollouts)
-            )
-            wanted = min(seen_revision + 1, current.revision + max_jump, REVISION_CEILING)
-            revision = max(current.revision, wanted)
-            # A revision names one content: decisions committed since the last publish get a
-            # revision of their own, and the row records what the revision it names carries.
-            if current.digest != digest:
-                revision = max(revision, current.revision + 1)
-            if revision != current.revision:
-                current.revision = revision
-                current.digest = digest
-                current.published_at = _now()
-            return build_table(
-                models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
-            )
-
-    def publish(self) -> RoutingTable:
-        """Build the table from the decisions; bump the revision only if its content changed.
-
-        Under the write lock and the revision row's lock: two publishes racing would both read
-        revision N and write N+1 for different tables, and replicas would keep whichever they
-        saw first.
-        """
-        try:
-            return self._publish()
-        except IntegrityError:
-            # Two controllers made this database's first table at once: one epoch wins, and
-            # this publish builds on it.
-            return self._publish()
-
-    def _publish(self) -> RoutingTable:
-        with self._write_lock, self._transaction() as session:
-            # The row first, the decisions after: a publish that waited for another reads
-            # at least what that one did, so a higher revision never carries older decisions.
-            current = session.get(TableRevisionRow, 1, with_for_update=True)
-            models = self._all_records(session)
-            # Read in the same session: a rollout's step is content, and a revision names one.
-            rollouts = rollouts_under_way(session)
-            if current is None:
-                current = TableRevisionRow(
-                    id=1, revision=0, digest="", epoch=uuid.uuid4().hex, published_at=_now()
-                )
-                session.add(current)
-            draft = build_table(
-                models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
-            )
-            digest = content_digest(draft)
-            if current.digest == digest:
-                return draft
-            current.revision += 1
-            current.digest = digest
-            current.published_at = _now()
-            return build_table(
-                models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
             )

@@ -10,8 +10,8 @@ Temporary failures come back after a capped exponential backoff per name; the re
 (``controller/resync.py``) is the safety net for everything else and is told how each pass ended
 (``Resync.passed``/``failed``). A pass that changed something waits for a publish that began
 after its commit (``controller/coalescer.py``: one table for all the passes that finish
-together) before writing its verdict back to the registry. The guarantees, stated once:
-docs/architecture.md, "The worker".
+together), then hands its model to the write-back lane (``controller/write_back_lane.py``) and
+ends: the registry's writes never hold a pass. The guarantees: docs/architecture.md, "The worker".
 
 With several controllers on one PostgreSQL only the leader runs the worker
 (``controller/leadership.py``); what followers are asked to reconcile reaches it through the
@@ -27,26 +27,17 @@ since it read it (``GenerationConflict``) is requeued at once and reads again.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from sqlalchemy.exc import OperationalError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    before_sleep_log,
-    retry_if_exception_type,
-    retry_if_result,
-    wait_exponential,
-)
+from tenacity import AsyncRetrying, before_sleep_log, wait_exponential
 
 from controller import faults
 from controller.broadcaster import TableBroadcaster
@@ -65,6 +56,10 @@ from controller.registry import RegistryPort
 from controller.resync import Resync
 from controller.store import Store
 from controller.work_queue import LANES, Lane, WorkQueue
+from controller.worker_parts import Ask as _Ask
+from controller.worker_parts import in_thread as _in_thread
+from controller.worker_parts import list_until_listed
+from controller.write_back_lane import WriteBackLane
 from wire.logs import trail
 
 T = TypeVar("T")
@@ -99,6 +94,15 @@ class Worker:
         self.publisher = Publisher(store, broadcaster, metrics)
         # At most one publish at a time, each serving every pass that asked before it began.
         self._publishes = PublishCoalescer(self.publisher.publish)
+        # The verdicts' way to the registry, off the passes' path (its own threads, after them).
+        job = getattr(reconciler, "write_back", None)
+        self.write_backs = WriteBackLane(
+            job if job is not None else lambda name: None,
+            busy=lambda name: name in self._queue or name in self._running,
+            backlog=lambda: any(self._queue.depth(lane) for lane in LANES),
+            retry_initial_s=retry_initial_s,
+            retry_max_s=retry_max_s,
+        )
         # What fills the queue besides webhooks: the periodic resync, followers' requests.
         self.resync = Resync(
             registry,
@@ -107,6 +111,7 @@ class Worker:
             interval_s=resync_interval_s,
             full_interval_s=full_resync_interval_s,
             audit_retention=audit_retention,
+            write_back=lambda name: self.write_backs.add(name),
         )
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -114,6 +119,8 @@ class Worker:
         self._retry_initial_s = retry_initial_s
         self._retry_max_s = retry_max_s
         self._queue = WorkQueue()
+        # The names whose pass runs now (the write-back lane leaves them to it).
+        self._running: set[str] = set()
         # Who asked for each waiting name, and the webhook deliveries that did: its pass's
         # audit events and log lines name them (``wire.logs.trail``), so any one delivery id
         # leads to the decision.
@@ -176,6 +183,7 @@ class Worker:
         # to the next model, and that publish's successor carries them all.
         slots = asyncio.Semaphore(self._concurrency)
         passes: set[asyncio.Task[None]] = set()
+        write_backs = asyncio.create_task(self.write_backs.run())
 
         def slot() -> Callable[[], None]:
             held = True
@@ -211,11 +219,13 @@ class Worker:
             # commit once ``reset`` moved the term on.
             for task in passes:
                 task.cancel()
+            write_backs.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
 
     async def _pass(
         self, queue: WorkQueue, name: str, ask: _Ask, pool: Executor, free: Callable[[], None]
     ) -> None:
+        self._running.add(name)
         try:
             with trail(model=name, actor=ask.actor, delivery_ids=ask.deliveries):
                 await self._process(name, ask.actor, ask.deliveries, pool, free)
@@ -226,6 +236,7 @@ class Worker:
             log.exception("publishing after reconciling %s failed", name)
             self._retry_later(name, "publishing failed", ask.deliveries)
         finally:
+            self._running.discard(name)
             queue.done(name)
 
     async def _fence_predecessors(self) -> None:
@@ -312,8 +323,14 @@ class Worker:
             # model stays this pass's (no other pass of it starts) but its slot is free.
             free()
             await self.publish(deliveries)
-        if outcome.write_back is not None and term == self._term:
-            await _in_thread(pool, outcome.write_back)
+        if (
+            outcome.write_back is not None
+            and term == self._term
+            and (outcome.changed or actor != RESYNC_ACTOR)
+        ):
+            # Its own lane, after the passes: the registry's writes never hold a decision.
+            # A resync's pass that changed nothing leaves it to the marks (``Resync.once``).
+            self.write_backs.add(name)
         if outcome.retry_reason:
             self._retry_later(name, outcome.retry_reason, deliveries)
         elif term != self._term:
@@ -355,6 +372,7 @@ class Worker:
             handle.cancel()
         self._retries.clear()
         self._queue = WorkQueue()  # passes in flight end on the old one
+        self.write_backs.reset()
         self._asks.clear()
         self.publisher.reset()
         self._attempts.clear()
@@ -375,12 +393,9 @@ class Worker:
             self._priming = priming = Priming(self._clock)
             # Refused, unlisted, or the database failed: priming must outlive it, or nothing
             # would ever be published; so it retries, capped, for as long as it takes.
-            listed: list[str] | None = await AsyncRetrying(
-                retry=retry_if_result(lambda names: names is None) | retry_if_exception_type(),
-                wait=wait_exponential(multiplier=self._retry_initial_s, max=self._retry_max_s),
-                before_sleep=_log_priming_failure,
-            )(self.resync.once)
-            assert listed is not None  # retried until listed
+            listed = await list_until_listed(
+                self.resync.once, self._retry_initial_s, self._retry_max_s
+            )
             priming.listed(listed)
             took = await priming.wait()
             log.info(
@@ -393,28 +408,3 @@ class Worker:
             self._priming = None
         self._primed = True
         await self.publish()
-
-
-@dataclass
-class _Ask:
-    """Who asked for a waiting name (the audit log's actor) and the deliveries that did."""
-
-    actor: str
-    deliveries: list[str] = field(default_factory=list)
-
-
-async def _in_thread(pool: Executor, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """``fn(*args, **kwargs)`` in ``pool``, with this task's context (its log trail), as
-    ``asyncio.to_thread`` does in the default pool."""
-    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
-    return await asyncio.get_running_loop().run_in_executor(pool, call)
-
-
-def _log_priming_failure(state: RetryCallState) -> None:
-    exc = state.outcome.exception() if state.outcome is not None else None
-    if exc is not None:
-        log.warning(
-            "priming: the first resync failed (%s: %s); trying again", type(exc).__name__, exc
-        )
-    else:
-        log.warning("priming: the registry could not be listed yet; trying again")

@@ -35,7 +35,8 @@ class Flaky(FakeRegistry):
 
     def model(self, name: str) -> ObservedModel:
         self.calls += 1
-        self.asked.append(name)
+        if not threading.current_thread().name.startswith("sigserve-write-back"):
+            self.asked.append(name)  # a pass's read (the write-back lane reads on its own)
         if self.errors:
             raise self.errors.pop(0)
         return super().model(name)
@@ -102,7 +103,7 @@ def test_a_temporary_error_is_retried_with_backoff_a_permanent_one_is_not(
     metrics = Metrics.create()
     worker, store, _ = worker_for(tmp_path, registry, metrics=metrics)
     asyncio.run(_run_until(worker, lambda: reconciles(metrics, "ok") == 1))
-    assert registry.calls == 3  # two failures, then the pass that decided
+    assert len(registry.asked) == 3  # two failures, then the pass that decided
     assert reconciles(metrics, "temporary_error") == 2
     assert store.load_model("m") is not None
 

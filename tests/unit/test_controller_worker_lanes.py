@@ -14,6 +14,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,9 @@ class Passes:
             with self._lock:
                 self.running[name] -= 1
 
+    def write_back(self, name: str) -> str | None:
+        return self._inner.write_back(name)
+
 
 class Witness(FakeRegistry):
     """Every model has version 1; each alias write-back notes whether serving's table already
@@ -81,16 +85,19 @@ class Witness(FakeRegistry):
         self.broadcaster: TableBroadcaster | None = None
         self.live_when_written: dict[str, bool] = {}
         self.down: set[str] = set()
+        self.aliases_of: dict[str, dict[str, str]] = {}
 
     def model(self, name: str) -> ObservedModel:
         if name in self.down:
             raise RegistryUnavailable("503 from the registry")
-        return super().model(name)
+        # Each model's own aliases (the fake keeps one set for all).
+        return replace(super().model(name), aliases=dict(self.aliases_of.get(name, {})))
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         table = self.broadcaster.current if self.broadcaster is not None else None
         self.live_when_written[name] = _live(table, name)
         super().set_alias(name, alias, version)
+        self.aliases_of.setdefault(name, {})[alias] = version
 
 
 class HeldPublish(Store):

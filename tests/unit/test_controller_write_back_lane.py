@@ -1,0 +1,226 @@
+"""The write-back lane: decisions published without waiting for the registry's writes, written
+once per model however often decided before, retried, and derived from the store's marks.
+
+The reconciler and the store are real (SQLite); the registry is the reconciler tests' fake, whose
+writes a test may hold (thread events, never sleeps). The lane and the worker are under test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from controller.broadcaster import TableBroadcaster
+from controller.database import make_engine, migrate
+from controller.exceptions import RegistryRefused
+from controller.metrics import Metrics
+from controller.own_writes import OwnWrites, alias_set, tag_set
+from controller.reconciler import Reconciler
+from controller.store import Store
+from controller.worker import Worker
+from controller.write_back_lane import WriteBackLane
+from tests.unit.test_controller_reconciler import ENV, FakeRegistry, sig
+from wire.routing_table import VersionState
+
+WAIT_S = 10.0
+
+
+class Held(FakeRegistry):
+    """A registry whose version-tag writes wait while ``hold`` is clear, and refuse while
+    ``refuse`` is set."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.hold = threading.Event()
+        self.hold.set()
+        self.refuse = False
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        assert self.hold.wait(WAIT_S), "the test never let the write go"
+        if self.refuse:
+            raise RegistryRefused("PERMISSION_DENIED")
+        super().set_version_tag(name, version, key, value)
+
+
+class Listed(FakeRegistry):
+    def model_names(self) -> list[str]:
+        return ["m"]
+
+
+@pytest.fixture()
+def store(tmp_path: Path) -> Store:
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    return Store(engine)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} never held"
+        await asyncio.sleep(0.005)
+
+
+def live(broadcaster: TableBroadcaster, name: str) -> bool:
+    table = broadcaster.current
+    model = table.models.get(name) if table is not None else None
+    entry = model.versions.get("1") if model is not None else None
+    return entry is not None and entry.state is VersionState.LIVE
+
+
+def test_a_decision_is_published_while_an_earlier_write_back_is_still_waiting(
+    store: Store,
+) -> None:
+    """One pass at a time, and a's verdict tags held in the registry: b is still decided and
+    published (the write-back held a's pass, and so the only slot, before)."""
+    registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
+    broadcaster = TableBroadcaster()
+    worker = Worker(Reconciler(store, registry, ENV), store, registry, broadcaster,
+                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
+                    retry_max_s=0.1, concurrency=1)
+    registry.hold.clear()
+
+    async def go() -> None:
+        await worker.prime(already_published=True)
+        run = asyncio.create_task(worker.run())
+        worker.enqueue("a", "webhook:d-a")
+        await until(lambda: live(broadcaster, "a"), "a published")
+        await until(lambda: len(worker.write_backs._running) == 1, "a's write-back under way")
+        worker.enqueue("b", "webhook:d-b")
+        await until(lambda: live(broadcaster, "b"), "b published while a's write-back waits")
+        assert registry.writes == []
+        registry.hold.set()
+        await until(lambda: store.behind_write_back() == [], "both written back")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
+    assert sorted({w[0] for w in registry.writes}) == ["alias", "tag"]
+
+
+def test_a_model_decided_twice_before_its_write_back_ran_is_written_once(store: Store) -> None:
+    """v1 decided, then v2 registered and decided before the lane ran: one write of each tag
+    and of the alias, all of them remembered as the controller's own, the model marked."""
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))})
+    memory = OwnWrites()
+    reconciler = Reconciler(store, registry, ENV, own_writes=memory)
+    backlog = True
+    lane = WriteBackLane(reconciler.write_back, busy=lambda name: False,
+                         backlog=lambda: backlog, max_defer_s=WAIT_S)
+
+    async def go() -> None:
+        nonlocal backlog
+        run = asyncio.create_task(lane.run())
+        reconciler.reconcile("m")
+        lane.add("m")
+        registry.versions_["2"] = ("models:/m-b", sig("prompt"))
+        reconciler.reconcile("m")
+        lane.add("m")
+        await asyncio.sleep(0.1)
+        assert registry.writes == []  # the worker has a backlog: decisions first
+        assert store.behind_write_back() == ["m"]
+        backlog = False
+        await until(lambda: store.behind_write_back() == [], "m written back")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
+    tags = [w for w in registry.writes if w[0] == "tag"]
+    assert len(tags) == len(set(tags)) == 6  # three tags on each version, once
+    record = store.load_model("m")
+    assert record is not None
+    assert [w for w in registry.writes if w[0] == "alias"] == [
+        ("alias", "serving", record.default_version)
+    ]
+    for kind, *rest in registry.writes:
+        assert memory.consume(tag_set("m", *rest) if kind == "tag" else alias_set("m", *rest))
+    assert record.alias_seen == record.default_version
+
+
+def test_a_write_back_the_registry_refused_is_retried_and_marked_only_once_written(
+    store: Store,
+) -> None:
+    registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
+    registry.refuse = True
+    reconciler = Reconciler(store, registry, ENV)
+    lane = WriteBackLane(reconciler.write_back, busy=lambda name: False,
+                         backlog=lambda: False, retry_initial_s=0.05, retry_max_s=0.05)
+
+    async def go() -> None:
+        run = asyncio.create_task(lane.run())
+        reconciler.reconcile("m")
+        lane.add("m")
+        await until(lambda: lane._attempts["m"] >= 2, "two refused attempts")
+        assert store.behind_write_back() == ["m"]
+        registry.refuse = False
+        await until(lambda: store.behind_write_back() == [], "written back once allowed")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
+    record = store.load_model("m")
+    assert record is not None and record.registry_warning is None
+    assert registry.tags["1"]["sigserve.state"] == "live"
+
+
+def test_what_was_decided_but_never_written_back_is_found_by_the_resync(store: Store) -> None:
+    """A controller that stopped between a decision and its write-back (the lane's memory is
+    gone): the next resync hands the model to the lane, from the store's marks alone."""
+    registry = Listed(versions_={"1": ("models:/m-a", sig("prompt"))})
+    Reconciler(store, registry, ENV).reconcile("m")  # decided, then the process died
+    assert registry.writes == []
+    worker = Worker(Reconciler(store, registry, ENV), store, registry, TableBroadcaster(),
+                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
+                    retry_max_s=0.1)
+    handed: list[str] = []
+    worker.write_backs.add = handed.append  # type: ignore[method-assign]
+
+    async def go() -> None:
+        await worker.resync.once(full=False)
+
+    asyncio.run(go())
+    assert handed == ["m"]
+    assert worker.write_backs is not None
+    assert Reconciler(store, registry, ENV).write_back("m") is None
+    assert store.behind_write_back() == []
+    assert registry.tags["1"]["sigserve.state"] == "live"
+
+
+def test_a_mark_is_not_set_for_a_decision_written_since_the_write_back_read_it(
+    store: Store,
+) -> None:
+    Reconciler(store, FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))}), ENV
+               ).reconcile("m")
+    record = store.load_model("m")
+    assert record is not None and record.generation is not None
+    assert not store.mark_written_back("m", record.generation - 1)
+    assert store.behind_write_back() == ["m"]
+    assert store.mark_written_back("m", record.generation)
+    assert store.behind_write_back() == []
+
+
+def test_a_persons_alias_move_not_judged_yet_is_left_for_its_pass(store: Store) -> None:
+    """Written back after its decision, the lane may find the alias moved by a person since
+    (the webhook's pass not run yet): it writes the tags but leaves the alias, which the pass
+    takes as a pin or refuses."""
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("prompt"))})
+    reconciler = Reconciler(store, registry, ENV)
+    reconciler.reconcile("m")
+    assert reconciler.write_back("m") is None
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "1"
+    assert registry.aliases["serving"] == "1"
+    registry.aliases["serving"] = "2"  # a person pins 2 in the MLflow UI
+    registry.tags.clear()  # (and the lane has tags to write)
+    assert reconciler.write_back("m") is None
+    assert registry.aliases["serving"] == "2"  # not put back before its pass judged it
+    assert registry.tags["2"]["sigserve.state"] == "live"
+    reconciler.reconcile("m", "webhook:alias")  # the move's own pass: a pin
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "2"
