@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RuntimeEnvSetupError
 
-from serving.environment_builds import redact
+from serving.environment_builds import SETTINGS, redact
 from serving.environment_codec import Encoded
 from serving.environment_errors import EnvironmentUnavailable, raise_error
 from serving.environment_host import EnvironmentHost
@@ -110,11 +110,11 @@ class RayCluster:
     def forwarded_env(self) -> dict[str, str]:
         """The variables an environment's actor is given: those the replica itself was given
         to load models (its deployment's ``runtime_env``: ``serving.app.FORWARDED_ENV`` and
-        ``SIGSERVE_FORWARD_ENV``), no more. What the node's own environment has, the actor
-        inherits from Ray as the replica did."""
+        ``SIGSERVE_FORWARD_ENV``) and the settings of environments, no more. What the node's
+        own environment has, the actor inherits from Ray as the replica did."""
         from serving.app import FORWARDED_ENV  # at call time: serving.app imports this module
 
-        names = set(FORWARDED_ENV)
+        names = set(FORWARDED_ENV).union(SETTINGS)
         # Asked outside a Ray session, Ray's runtime context would start a local cluster.
         if ray.is_initialized():
             with contextlib.suppress(Exception):

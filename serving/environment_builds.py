@@ -80,6 +80,14 @@ def redact(text: str) -> str:
     return _USERINFO.sub(r"\1***@", text)
 
 
+# The settings of environments read here (``setting``): forwarded to every environment's actor.
+SETTINGS = (
+    "SIGSERVE_ENVIRONMENT_IDLE_TTL_S",
+    "SIGSERVE_ENVIRONMENT_HOST_MAX_RESTARTS",
+    "SIGSERVE_ENVIRONMENT_HOST_RESTART_WINDOW_S",
+)
+
+
 def setting(name: str, default: float) -> float:
     """A number from the environment (a serving setting of environments), else ``default``."""
     try:
