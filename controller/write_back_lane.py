@@ -10,10 +10,10 @@ worker hands the model's name to this lane, and the pass ends. The lane
   (``Reconciler.write_back``) reads the model's latest decision from the store and the
   registry's tags and alias when it runs, so the latest state wins and a version decided twice
   before its write-back ran is written once;
-- runs after the decisions: a job waits while names wait in the worker's queue, or while its own
-  model is queued or in a pass (that pass hands it back when it ends), for at most
-  ``max_defer_s`` before it takes its turn anyway (the worker's queue may never empty in a long
-  resync); on threads of its own, so it never holds a pass's;
+- runs after the decisions: a job waits while names wait in the worker's queue, for at most
+  ``max_defer_s`` before it takes its turn anyway (the queue may never empty in a long resync),
+  and always while its own model is queued or in a pass (that pass hands it back when it ends);
+  on threads of its own, so it never holds a pass's;
 - retries a job that failed (the registry refused or was down) after a capped exponential
   backoff, by name;
 - is derived from the store: a model whose decision was written back is marked with the
@@ -145,6 +145,9 @@ class WriteBackLane:
                 for name in self._waiting:
                     if not self._busy(name):
                         del self._waiting[name]
+                        # Paced while the backlog lasts: each job waits for it anew, so a
+                        # storm's write-backs trickle (one per slot per max_defer_s) and the
+                        # rest follow at once when it ends.
                         return name
             await asyncio.sleep(self._poll_s)
 
