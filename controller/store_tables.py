@@ -92,19 +92,19 @@ class TableRevisions:
 
         Decisions committed but not yet published would make another table under the same
         revision: a follower must never answer one revision with two contents, so it waits for
-        the publish that follows every commit.
+        the publish that follows every commit. Built as a publish is, from what moved since the
+        table this process built last (the write lock guards that cache).
         """
-        with self._transaction() as session:
+        with self._write_lock, self._transaction() as session:
             current = session.get(TableRevisionRow, 1)
             if current is None:
                 return None
-            table = build_table(
-                self._all_records(session),
-                current.revision,
-                current.epoch,
-                rollouts_under_way(session),
+            built = self._build(session, current.epoch, full=False)
+            if hashlib.sha256(built_json(built).encode()).hexdigest() != current.digest:
+                return None
+            return RoutingTable(
+                revision=current.revision, epoch=current.epoch, models=dict(built.entries)
             )
-            return table if content_digest(table) == current.digest else None
 
     def catch_up(self, seen_revision: int, max_jump: int = MAX_CATCH_UP) -> RoutingTable:
         """Publish the current decisions above a revision serving already saw, within bounds.
@@ -163,11 +163,7 @@ class TableRevisions:
                     id=1, revision=0, digest="", epoch=uuid.uuid4().hex, published_at=_now()
                 )
                 session.add(current)
-            try:
-                built = self._build(session, current.epoch, full)
-            except BaseException:
-                self._built = None  # half updated: the next publish builds in full
-                raise
+            built = self._build(session, current.epoch, full)
             digest = hashlib.sha256(built_json(built).encode()).hexdigest()
             if current.digest != digest:
                 current.revision += 1
@@ -179,6 +175,13 @@ class TableRevisions:
 
     def _build(self, session: Session, epoch: str, full: bool) -> _Built:
         """The cache brought up to the decisions as this transaction reads them."""
+        try:
+            return self._build_on(session, epoch, full)
+        except BaseException:
+            self._built = None  # half updated: the next publish builds in full
+            raise
+
+    def _build_on(self, session: Session, epoch: str, full: bool) -> _Built:
         m = RegisteredModelRow
         now = self.clock()
         built = self._built
