@@ -6,8 +6,8 @@ probability s, also sent to the candidate (docs/architecture.md, "Rollouts"):
 - After the client's answer is sent: the API hands the job over in the response's background
   task, which Starlette runs once the body is out, and the job only joins a queue there. A
   client's request never waits for its shadow, and a shadow that fails never fails it.
-- Through a bounded queue per model (``queue_size`` jobs, ``queue_bytes`` of bodies and answers
-  held), drained by at most ``workers`` tasks per model: under load the shadow is what gives
+- Through a bounded queue per rollout (``queue_size`` jobs, ``queue_bytes`` of bodies and answers
+  held), drained by at most ``workers`` tasks: under load the shadow is what gives
   way, a job that finds the queue full is dropped and counted (``dropped``).
 - Only while the replica is quiet: a shadow starts when no routed client request is in flight
   and none began or ended in the last ``quiet_s``, and at most ``budget`` shadows run at once.
@@ -66,7 +66,7 @@ BUDGET = 1
 # A client request counted in flight for longer than this without any other request is taken
 # as ended (an answer whose end was never reported must not stop every shadow for good).
 IN_FLIGHT_TRUST_S = 10.0
-# Bodies and answers a model's queue may hold: 64 bodies of the 16 MiB a request may send would
+# Bodies and answers a rollout's queue may hold: 64 bodies of the 16 MiB a request may send would
 # be a gigabyte held for shadows alone.
 QUEUE_BYTES = 32 * 1024 * 1024
 WORKERS = 2
@@ -91,6 +91,7 @@ class _Job:
 
 @dataclass(slots=True)
 class _Lane:
+    model: str
     jobs: deque[_Job] = field(default_factory=deque)
     workers: int = 0
     held: int = 0  # bytes of the queued jobs' bodies and answers
@@ -155,17 +156,25 @@ class Shadows:
         return 0.0 if self._running < self._budget else self._quiet_s
 
     def wants(self, rollout: Rollout) -> bool:
-        """Whether a request the default answers under ``rollout`` is shadowed (one draw)."""
-        return rollout.shadow > 0 and self._draw() < rollout.shadow
+        """Whether a request the default answers under ``rollout`` is shadowed (one draw). One
+        drawn while its queue is full is dropped (and counted) here: a busy replica then spends
+        nothing more on it (its body kept, its answer copied, a task after the answer)."""
+        if rollout.shadow <= 0 or self._draw() >= rollout.shadow:
+            return False
+        lane = self._lanes.get(rollout.id)
+        if lane is not None and len(lane.jobs) >= self._queue_size:
+            self._drop(lane.model, rollout)
+            return False
+        return True
 
     def offer(
         self, model: str, rollout: Rollout, body: bytes, answer: bytes, run: RunCandidate
     ) -> None:
         """Queue a shadow of a request already answered with ``answer``; dropped (and counted)
-        when the model's queue is full. Never raises, never waits."""
-        lane = self._lanes.get(model)
+        when the rollout's queue is full. Never raises, never waits."""
+        lane = self._lanes.get(rollout.id)
         if lane is None:
-            lane = self._lanes[model] = _Lane()
+            lane = self._lanes[rollout.id] = _Lane(model)
         size = len(body) + len(answer)
         full = len(lane.jobs) >= self._queue_size or lane.held + size > self._queue_bytes
         if full or self._stopping:
@@ -175,7 +184,7 @@ class Shadows:
         lane.held += size
         if lane.workers < self._workers:
             lane.workers += 1
-            task = asyncio.get_running_loop().create_task(self._drain(model, lane))
+            task = asyncio.get_running_loop().create_task(self._drain(rollout.id, lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -196,10 +205,9 @@ class Shadows:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
     def queued(self, model: str) -> int:
-        lane = self._lanes.get(model)
-        return len(lane.jobs) if lane is not None else 0
+        return sum(len(lane.jobs) for lane in self._lanes.values() if lane.model == model)
 
-    async def _drain(self, model: str, lane: _Lane) -> None:
+    async def _drain(self, key: str, lane: _Lane) -> None:
         try:
             while lane.jobs:
                 await self._until_quiet()
@@ -217,13 +225,11 @@ class Shadows:
                     self._running -= 1
         finally:
             lane.workers -= 1
-            if lane.workers == 0 and not lane.jobs:
-                self._lanes.pop(model, None)
-            elif lane.workers == 0:
-                # Cancelled at shutdown with jobs left: they were never run.
+            if lane.workers == 0:
+                # Jobs left only when cancelled at shutdown: they never ran.
                 while lane.jobs:
-                    self._drop(model, lane.jobs.popleft().rollout)
-                self._lanes.pop(model, None)
+                    self._drop(lane.model, lane.jobs.popleft().rollout)
+                self._lanes.pop(key, None)
 
     async def _until_quiet(self) -> None:
         wait = self._quiet()
