@@ -23,7 +23,8 @@ worker hands the model's name to this lane, and the pass ends. The lane
 
 The writes are remembered as the controller's own before they are made
 (``controller/own_writes.py``), so their webhooks reconcile nothing, as before.
-The guarantees: docs/architecture.md, "Where data scientists look: the MLflow registry".
+The guarantees: docs/architecture.md, "The worker" and "Where data scientists look: the MLflow
+registry".
 """
 
 from __future__ import annotations
