@@ -151,11 +151,17 @@ async def abort_rollout(
 async def promote_rollout(
     name: str, request: Request, svc: Annotated[Services, Depends(services)]
 ) -> dict[str, Any] | JSONResponse:
-    try:
-        r = await _running(svc, name)
-    except RolloutRefused as exc:
-        return _refused(request, exc)
-    done = await asyncio.to_thread(
-        lambda: svc.rollout_stepper.promote(r, "by-hand", "promoted by admin", ADMIN)
-    )
+    done = None
+    # A promotion claims the rollout at the step it read: one the stepper moved on meanwhile is
+    # read again; one that ended meanwhile (an abort, a rollback) answers 409.
+    for _ in range(2):
+        try:
+            r = await _running(svc, name)
+        except RolloutRefused as exc:
+            return _refused(request, exc)
+        done = await asyncio.to_thread(
+            svc.rollout_stepper.promote, r, "by-hand", "promoted by admin", ADMIN
+        )
+        if done is not None:
+            break
     return await _answer(svc, name, done is not None)

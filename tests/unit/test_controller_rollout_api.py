@@ -16,6 +16,7 @@ from controller.app import create_app
 from controller.database import make_engine, migrate
 from controller.reconciler import Reconciler
 from controller.report_limits import ReportLimits
+from controller.rollout_gates import Totals
 from controller.rollout_reports import MAX_BODY
 from controller.services import Services
 from controller.store import Store
@@ -135,6 +136,25 @@ def test_promote_by_hand_moves_the_default_at_once(client: TestClient) -> None:
     pins = [e for e in client.get("/admin/models/m/events", headers=ADMIN).json()["events"]
             if e["kind"] == "pin"]  # fmt: skip
     assert pins[0]["actor"] == "admin"
+
+
+def test_promote_by_hand_promotes_a_rollout_the_stepper_moved_on_meanwhile(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert start(client, steps=[5, 50, 100]).status_code == 201
+    rollouts = svc(client).rollouts
+    latest = rollouts.latest
+
+    def then_a_step(name: str) -> Any:
+        read = latest(name)
+        if read is not None and read.step == 0:  # the stepper takes a step right after
+            assert rollouts.advance(read, Totals(), {"step": 0}, "rollout")
+        return read
+
+    monkeypatch.setattr(rollouts, "latest", then_a_step)
+    promoted = client.post("/admin/models/m/rollout/promote", headers=ADMIN)
+    assert promoted.status_code == 200 and promoted.json()["state"] == "promoted"
+    assert client.get("/admin/models/m", headers=ADMIN).json()["default_version"] == "2"
 
 
 def test_reports_need_the_serving_token_and_keep_to_a_budget(client: TestClient) -> None:
