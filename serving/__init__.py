@@ -36,10 +36,13 @@ loaded before Ray's multiplexer is asked, so a failed load evicts nothing), ``lo
 ``load_reports`` (telling the controller of artifacts that cannot load; no Ray),
 ``proofs`` (a version awaiting its proof loaded and called on its own example, in the background),
 ``environments`` (environments of a version's own: one named Ray actor per environment, built
-by the prover, shared by every replica, let go when no table names it), ``environment_builds``
-(uv, the package index, a failed build's reason; no Ray), ``environment_host`` (both ends of a
-model served from its environment; no Ray), ``environment_isolated`` and ``environment_child``
-(a venv that inherits nothing and the model host process in it; no Ray),
+by the prover, shared by every replica, touched while a table names it, let go when none does),
+``environment_actors`` (how it reaches Ray, and a replica's hold on a model there),
+``environment_builds`` (uv, the package index, a failed build's reason, credentials kept out;
+no Ray), ``environment_host`` (both ends of a model served from its environment, reaped when
+idle; no Ray), ``environment_errors`` (errors that cross as data; no Ray),
+``environment_isolated`` and ``environment_child`` (a venv that inherits nothing and the model
+host process in it, started again when it dies; no Ray),
 ``environment_codec`` (what crosses to an environment: Arrow and JSON, never pickles; no Ray),
 ``mlflow_frames`` and ``tensor_inputs`` (MLflow's scoring bodies read as MLflow's parser reads
 them, columns and numeric tensors, so they batch; no Ray), ``rollout_routing`` (which version a

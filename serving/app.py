@@ -50,6 +50,9 @@ FORWARDED_ENV = frozenset({
     "MLFLOW_S3_ENDPOINT_URL", "MLFLOW_S3_IGNORE_TLS", "MLFLOW_GCS_DOWNLOAD_CHUNK_SIZE",
     "HF_HUB_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "HF_ENDPOINT", "HF_TOKEN",
     "TRANSFORMERS_OFFLINE", "TRANSFORMERS_CACHE",
+    # Read by serving.environments and serving.environment_isolated (docs/operations.md).
+    "SIGSERVE_ENVIRONMENT_IDLE_TTL_S", "SIGSERVE_ENVIRONMENT_HOST_MAX_RESTARTS",
+    "SIGSERVE_ENVIRONMENT_HOST_RESTART_WINDOW_S",
 })  # fmt: skip
 
 # MLflow's own HTTP defaults (7 retries, backoff factor 2, 120 s per read) make a download from

@@ -12,7 +12,7 @@ from typing import Any
 
 from mlflow.exceptions import MlflowException
 
-from serving.exceptions import ModelFailed, ModelRejectedInput
+from serving.exceptions import ModelFailed, ModelRejectedInput, ModelUnavailable
 from serving.loader import LoadedModel, detail
 
 logger = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ def call(loaded: LoadedModel, data: Any, params: dict[str, Any] | None) -> Any:
     """
     try:
         return loaded.model.predict(data, params=params or None)
+    except ModelUnavailable:
+        raise  # an environment of its own that is down (serving.environment_errors): a 503
     except MlflowException as exc:
         if exc.error_code in ("INVALID_PARAMETER_VALUE", "BAD_REQUEST"):
             raise ModelRejectedInput(detail(exc.message)) from None
