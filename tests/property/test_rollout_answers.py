@@ -107,7 +107,10 @@ def test_each_request_gets_its_chosen_versions_answer_alone(
         source = TableSource("http://controller", transport=httpx.MockTransport(never))
         source.offer(table(Rollout(id="r", candidate="2", weight=weight, shadow=shadow)))
         rollouts = RolloutPath()
-        rollouts.shadows = Shadows(rollouts.counts, draw=draw, queue_size=4, workers=1)
+        # Shadows run at once (quiet_s=0): what this checks is whose answer each client gets,
+        # not when a shadow gives way (tests/unit/test_serving_rollout_yield.py), which only
+        # makes every example wait.
+        rollouts.shadows = Shadows(rollouts.counts, draw=draw, queue_size=4, workers=1, quiet_s=0.0)
         app = create_app(source, ModelHost(get_model), rollouts=rollouts)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://sigserve") as client:
