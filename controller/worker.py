@@ -111,7 +111,7 @@ class Worker:
             interval_s=resync_interval_s,
             full_interval_s=full_resync_interval_s,
             audit_retention=audit_retention,
-            write_back=lambda name: self.write_backs.add(name),
+            write_back=lambda name: self.write_backs.behind(name),
         )
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")

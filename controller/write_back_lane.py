@@ -93,6 +93,13 @@ class WriteBackLane:
         self._waiting.setdefault(name, None)
         self._ready.set()
 
+    def behind(self, name: str) -> None:
+        """The resync's hand (``Resync.once``): ``add`` unless ``name`` is waiting, running or
+        backing off already, so a registry that keeps refusing is asked at the backoff's pace,
+        not at every resync."""
+        if name not in self._retries and name not in self._running:
+            self.add(name)
+
     def __len__(self) -> int:
         return len(self._waiting) + len(self._retries)
 

@@ -168,6 +168,31 @@ def test_a_write_back_the_registry_refused_is_retried_and_marked_only_once_writt
     assert registry.tags["1"]["sigserve.state"] == "live"
 
 
+def test_a_resync_finding_a_refused_write_back_behind_leaves_it_to_its_backoff() -> None:
+    """A registry that keeps refusing (no permission to write) is asked at the backoff's pace,
+    not again at every resync (which hands the lane every model behind)."""
+    tried: list[str] = []
+
+    def refused(name: str) -> str:
+        tried.append(name)
+        return "the registry refused"
+
+    lane = WriteBackLane(refused, busy=lambda name: False, backlog=lambda: False,
+                         retry_initial_s=60, retry_max_s=60)
+
+    async def go() -> None:
+        run = asyncio.create_task(lane.run())
+        lane.behind("m")
+        await until(lambda: "m" in lane._retries, "the first attempt refused")
+        lane.behind("m")
+        await asyncio.sleep(0.1)
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
+    assert tried == ["m"]
+
+
 def test_what_was_decided_but_never_written_back_is_found_by_the_resync(store: Store) -> None:
     """A controller that stopped between a decision and its write-back (the lane's memory is
     gone): the next resync hands the model to the lane, from the store's marks alone."""
@@ -178,7 +203,7 @@ def test_what_was_decided_but_never_written_back_is_found_by_the_resync(store: S
                     Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
                     retry_max_s=0.1)
     handed: list[str] = []
-    worker.write_backs.add = handed.append  # type: ignore[method-assign]
+    worker.write_backs.behind = handed.append  # type: ignore[method-assign]
 
     async def go() -> None:
         await worker.resync.once(full=False)
