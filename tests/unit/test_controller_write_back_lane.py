@@ -249,3 +249,18 @@ def test_a_persons_alias_move_not_judged_yet_is_left_for_its_pass(store: Store) 
     reconciler.reconcile("m", "webhook:alias")  # the move's own pass: a pin
     record = store.load_model("m")
     assert record is not None and record.default_version == "2"
+
+
+def test_a_takeover_fence_leaves_written_back_models_written_back(postgres_url: str) -> None:
+    """A new leader moves every generation on (``Store.fence_in_flight``): the marks that were
+    current move with them (no rewrite of the whole registry), and what was behind stays."""
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    store = Store(engine)
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))})
+    for name in ("written", "behind"):
+        Reconciler(store, registry, ENV).reconcile(name)
+    assert Reconciler(store, registry, ENV).write_back("written") is None
+    assert store.behind_write_back() == ["behind"]
+    assert store.fence_in_flight() == 2
+    assert store.behind_write_back() == ["behind"]
