@@ -24,6 +24,7 @@ from controller.compatibility import Policy
 from controller.decisions import load_failure_of
 from controller.dry_run_source import CandidateRegistry, LocalFiles
 from controller.environment import EnvironmentPolicy
+from controller.environment_secrets import redacted_facts
 from controller.exceptions import InvalidRequest, NotFound
 from controller.guard import Gate
 from controller.own_environments import where_served
@@ -137,7 +138,7 @@ def _detail(m: ModelRecord, svc: Services) -> dict[str, Any]:
                 "source": v.source,
                 "artifact_uri": v.artifact_uri,
                 "mlmodel_digest": v.mlmodel_digest,
-                "environment": v.environment,
+                "environment": redacted_facts(v.environment),
                 # Where it is proven and served: {"kind": "shared"}, or its own environment
                 # (kind layered|isolated, digest, requirements, reason, shared_failure).
                 "served_in": where_served(v),
