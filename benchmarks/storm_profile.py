@@ -65,6 +65,10 @@ THREAD = re.compile(r"^thread \(\d+\): (?P<name>.*)$")
 def thread_kind(name: str) -> str:
     if name == "MainThread":
         return "event loop (main thread)"
+    if name.startswith("sigserve-reconcile"):
+        return "the worker's pass threads"
+    if name.startswith("sigserve-write-back"):
+        return "the write-back lane's threads (controller/write_back_lane.py)"
     if name.startswith(("asyncio_", "uvloop_", "ThreadPoolExecutor")):
         return "pool threads (asyncio.to_thread)"
     if name.startswith("AnyIO"):
