@@ -40,8 +40,8 @@ backoff, and the table held stays: the controller would answer the same table at
 again. From the store it is ignored, and overwritten by the next table this replica takes.
 
 A controller holding as many long-polls as it allows answers 503 with ``Retry-After``
-(``controller.long_poll``): the replica waits that long (at most ``_BUSY_WAIT_MAX_S``), or its
-backoff if longer, and asks again.
+(``controller.long_poll``): the replica waits that long (at most ``BUSY_WAIT_MAX_S``), or its
+backoff if longer, and asks again (``serving.table_poll_failures``).
 """
 
 from __future__ import annotations
@@ -54,16 +54,18 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 import httpx
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential,
-    wait_random,
-)
+from tenacity import AsyncRetrying, retry_if_exception_type
 
 from serving.default_switch import default_key, held_back
 from serving.signed_table import SchemaMismatch, SignedTable, decode, read_answer, read_stored
+from serving.table_poll_failures import (
+    ControllerBusy,
+    FailureLog,
+    Unauthorized,
+    poll_wait,
+    problem_type,
+    retry_after,
+)
 from wire.routing_table import SCHEMA_VERSION, SCHEMAS_READ, RoutingTable, changes, supersedes
 from wire.table_signature import SIGNATURE_HEADER, TableSignatureError, table_key
 
@@ -71,32 +73,13 @@ __all__ = ["SchemaMismatch", "TableSource", "TableStore", "decode", "held_back"]
 
 logger = logging.getLogger(__name__)
 
-_BACKOFF_FIRST_S = 0.5
-# Reconnecting is cheap and a restarted controller should be heard from soon.
-_BACKOFF_MAX_S = 2.0
 # A controller that answers 204 at once (not holding the poll) must not make a busy loop.
 _MIN_EMPTY_POLL_S = 0.2
 # The controller answers within ``timeout``; the margin covers its own latency.
 _HTTP_MARGIN_S = 10.0
-# The longest a controller's Retry-After makes a replica wait: past it, a bad value.
-_BUSY_WAIT_MAX_S = 30.0
 PROBLEM = "application/problem+json"
 # The controller's answer past its cap on held polls (``controller.long_poll``).
 TOO_MANY_POLLS = "urn:sigserve:problem:too-many-polls"
-
-
-class Unauthorized(RuntimeError):
-    """The controller refused the replica's serving token: retried, and logged as an error."""
-
-
-class ControllerBusy(RuntimeError):
-    """503 from the controller (it holds as many long-polls as it allows) or a proxy in front
-    of it: asked again after its ``Retry-After``."""
-
-    def __init__(self, retry_after_s: float, full: bool) -> None:
-        said = "holds as many routing-table polls as it allows" if full else "is unavailable"
-        super().__init__(f"the controller {said} (503); asking again in {retry_after_s:g}s")
-        self.retry_after_s = retry_after_s
 
 
 class TableStore(Protocol):
@@ -285,13 +268,13 @@ class TableSource:
     async def _poll_forever(self) -> None:
         timeout = httpx.Timeout(self._poll_timeout_s + _HTTP_MARGIN_S, connect=5.0)
         async with httpx.AsyncClient(timeout=timeout, transport=self._transport) as client:
-            log = _FailureLog()
+            log = FailureLog()
             # Transport errors, bad answers and tables of another schema alike are retried
             # with a capped, jittered backoff: this loop is the replica's only way to hear of
             # new decisions, so nothing may end it, and nothing may make it spin.
             retrying = AsyncRetrying(
                 retry=retry_if_exception_type(Exception),
-                wait=_wait,
+                wait=poll_wait,
                 before_sleep=log.failed,
                 reraise=True,
             )
@@ -328,9 +311,9 @@ class TableSource:
             )  # fmt: skip
         if response.status_code == httpx.codes.SERVICE_UNAVAILABLE:
             full = response.headers.get("content-type", "").startswith(PROBLEM) and (
-                _problem_type(response) == TOO_MANY_POLLS
+                problem_type(response) == TOO_MANY_POLLS
             )
-            raise ControllerBusy(_retry_after(response), full)
+            raise ControllerBusy(retry_after(response), full)
         response.raise_for_status()
         if response.status_code != httpx.codes.OK:
             raise ValueError(f"unexpected status {response.status_code}")
@@ -350,32 +333,6 @@ class TableSource:
             logger.exception("could not write routing table %d to the store", signed.table.revision)
 
 
-def _wait(state: RetryCallState) -> float:
-    """The backoff, or a busy controller's Retry-After when that is longer."""
-    backoff = wait_exponential(multiplier=_BACKOFF_FIRST_S, max=_BACKOFF_MAX_S)
-    waited = float((backoff + wait_random(0, _BACKOFF_FIRST_S / 2))(state))
-    exc = state.outcome.exception() if state.outcome is not None else None
-    if isinstance(exc, ControllerBusy):
-        return max(waited, exc.retry_after_s)
-    return waited
-
-
-def _problem_type(response: httpx.Response) -> object:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body.get("type") if isinstance(body, dict) else None
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        seconds = float(response.headers.get("retry-after", ""))
-    except ValueError:
-        seconds = _BACKOFF_MAX_S
-    return min(max(seconds, 0.0), _BUSY_WAIT_MAX_S)
-
-
 def _write_if_newer(store: TableStore, signed: SignedTable, key: bytes | None) -> None:
     # Every replica writes; reading first keeps a slow replica from putting an older table back.
     # The read and the write are not atomic: at worst the store lags one revision behind, which
@@ -388,35 +345,3 @@ def _write_if_newer(store: TableStore, signed: SignedTable, key: bytes | None) -
             if not supersedes(signed.table, read_stored(raw, key).table):
                 return
     store.write(signed.stored())
-
-
-class _FailureLog:
-    """Failed polls logged once per run of failures (and on each change of reason).
-
-    A controller that stays down (or keeps sending a table of another schema) would otherwise
-    log a line per retry; the first failure and each change of reason are enough, and the
-    recovery says how many failures it ended.
-    """
-
-    def __init__(self) -> None:
-        self._reason: str | None = None
-
-    def failed(self, state: RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome is not None else None
-        reason = f"{type(exc).__name__}: {exc}"
-        if reason != self._reason:
-            # A refused token is a configuration error that retrying will not mend.
-            logger.log(
-                logging.ERROR if isinstance(exc, Unauthorized) else logging.WARNING,
-                "routing table poll failed (%s); backing off up to %.1fs between retries",
-                reason,
-                _BACKOFF_MAX_S,
-            )
-        else:
-            logger.debug("routing table poll failed again (%s)", reason)
-        self._reason = reason
-
-    def answered(self, failures: int) -> None:
-        if failures:
-            logger.info("routing table poll answered again after %d failures", failures)
-        self._reason = None

@@ -13,7 +13,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from serving import table_source
+from serving import table_poll_failures
 from serving.signed_table import read_stored
 from serving.table_source import TableSource
 from tests.unit.test_serving_table_source import wait_for as polled
@@ -145,7 +145,7 @@ def test_a_forged_or_unsigned_table_is_refused_and_the_held_one_kept(
     bad: Callable[[], httpx.Response], says: str, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.02)
+    monkeypatch.setattr(table_poll_failures, "BACKOFF_FIRST_S", 0.02)
     held, later = live_table(3, GOOD), live_table(5, GOOD)
     taken: list[RoutingTable] = []
 
@@ -225,7 +225,7 @@ def test_a_stored_copy_that_does_not_verify_is_not_restored_and_is_overwritten(
     stored: Callable[[], str], says: str, caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.02)
+    monkeypatch.setattr(table_poll_failures, "BACKOFF_FIRST_S", 0.02)
     fresh = live_table(3, GOOD)
 
     async def scenario() -> MemoryStore:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from serving import table_source
+from serving import table_poll_failures
 from serving.exceptions import UnknownModel, UnknownVersion, VersionQuarantined
 from serving.resolve import resolve
 from serving.signed_table import read_stored
@@ -99,7 +99,7 @@ def test_polls_from_the_held_revision_and_stores_what_it_takes() -> None:
 def test_a_replica_started_while_the_controller_is_down_serves_the_stored_table(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.02)
+    monkeypatch.setattr(table_poll_failures, "BACKOFF_FIRST_S", 0.02)
 
     async def scenario() -> None:
         controller = StandInController(None)
@@ -199,8 +199,8 @@ class OtherSchemaController:
 def test_a_table_of_another_schema_backs_off_instead_of_spinning(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.05)
-    monkeypatch.setattr(table_source, "_BACKOFF_MAX_S", 0.2)
+    monkeypatch.setattr(table_poll_failures, "BACKOFF_FIRST_S", 0.05)
+    monkeypatch.setattr(table_poll_failures, "BACKOFF_MAX_S", 0.2)
     caplog.set_level(logging.DEBUG, logger="serving.table_source")
 
     async def scenario() -> float:
@@ -497,7 +497,7 @@ def test_a_busy_controller_is_asked_again_after_its_retry_after(
     full: bool, says: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     # The replica's own backoff alone would ask again within ~15 ms.
-    monkeypatch.setattr(table_source, "_BACKOFF_FIRST_S", 0.01)
+    monkeypatch.setattr(table_poll_failures, "BACKOFF_FIRST_S", 0.01)
     caplog.set_level(logging.DEBUG, logger="serving.table_source")
 
     async def scenario() -> BusyController:
