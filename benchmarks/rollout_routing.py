@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import socket
 import statistics
 import tempfile
@@ -173,6 +174,13 @@ def main() -> None:
     args = parser.parse_args()
     microseconds()
     directory = Path(tempfile.mkdtemp(prefix="sigserve-rollout-bench-"))
+    try:
+        measure(args.seconds, args.rounds, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def measure(seconds: float, rounds: int, directory: Path) -> None:
     endpoints: dict[str, Endpoint] = {}
     paths = {label: rollout_path(label) for label in CONFIGS}
     for label, (rollout, headers) in CONFIGS.items():
@@ -197,7 +205,7 @@ def main() -> None:
     ratios: dict[tuple[str, int], list[float]] = {}
     # (compared, dropped, failed) of the shadows offered during each configuration's runs.
     shadows: dict[tuple[str, int], list[int]] = {}
-    for round_ in range(args.rounds):
+    for round_ in range(rounds):
         for threads, connections in LOADS:
             base = None
             for label, endpoint in endpoints.items():
@@ -206,7 +214,7 @@ def main() -> None:
                 script(directory, label, CONFIGS[label][1])
                 before = shadow_tally(paths[label])
                 rps, p50, p99, non2xx, errors = parse_wrk(
-                    run_wrk(endpoint, threads, connections, args.seconds)
+                    run_wrk(endpoint, threads, connections, seconds)
                 )
                 # The shadows still queued run or drop within their 2 s once wrk is done.
                 time.sleep(2.5 if label in SHADOWED else 0)
