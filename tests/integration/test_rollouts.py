@@ -54,6 +54,20 @@ def rollout(ctl: ControllerHandle, name: str) -> dict[str, Any]:
     return body
 
 
+def events(ctl: ControllerHandle, name: str) -> list[dict[str, Any]]:
+    r = httpx.get(f"{ctl.url}/admin/models/{name}/events", params={"limit": 500},
+                  headers=ctl.admin, timeout=10)  # fmt: skip
+    assert r.status_code == 200, r.text
+    found: list[dict[str, Any]] = r.json()["events"]
+    return found
+
+
+def aliases(name: str) -> dict[str, str]:
+    from mlflow import MlflowClient
+
+    return dict(MlflowClient().get_registered_model(name).aliases)
+
+
 def drive(
     serving_url: str, name: str, until: Callable[[], bool], timeout_s: float
 ) -> list[tuple[int, str | None]]:
@@ -111,6 +125,16 @@ def test_a_candidate_that_answers_as_the_default_is_promoted_through_every_step(
     assert {version for _, version in seen} == {"1", "2"}  # both answered during the steps
     wait_for(lambda: ctl.model(name)["default_version"] == "2")
     wait_for(lambda: serve_status(serving_url, name).headers.get(VERSION_HEADER) == "2")
+    # The audit log shows each step, then the promotion, and the pin by the actor `rollout`.
+    steps = [e["after"] for e in reversed(events(ctl, name)) if e["kind"] == "rollout"]
+    assert [(a["state"], a.get("step")) for a in steps] == [
+        ("running", 0), ("running", 1), ("promoted", 1)
+    ], steps
+    assert steps[1]["gates"] and steps[2]["gates"]
+    pins = [e for e in events(ctl, name) if e["actor"] == "rollout" and e["kind"] != "rollout"]
+    assert pins, "the promotion is a pin by the actor rollout"
+    # MLflow sees it: the default's alias moved to the candidate, whose alias went.
+    wait_for(lambda: aliases(name) == {"serving": "2"}, 30)
     print(f"promoted through {len(final['history'])} history entries on {len(seen)} requests")
 
 
@@ -244,3 +268,51 @@ def test_through_a_controller_outage_the_replica_keeps_the_weights_and_loses_no_
     assert rollout(ctl, name)["state"] == "running"
     r = httpx.post(f"{ctl.url}/admin/models/{name}/rollout/abort", headers=ctl.admin)
     assert r.status_code == 200, r.text
+
+
+def test_weights_hold_over_2000_requests_and_a_routing_key_keeps_one_version(
+    serving_url: str, ctl: ControllerHandle
+) -> None:
+    name = "rollout_keyed"
+    register_flaky(name, tag="one")
+    register_flaky(name, tag="two")
+    wait_for(lambda: ctl.state_of(name, "2") == "live")
+    wait_for(lambda: serve_status(serving_url, name).status_code == 200)
+    # One step held far longer than the test, with gates it cannot fail on equal answers.
+    body = {"candidate": "2", "steps": [30, 100], "step_s": 600, "min_requests": 10**6}
+    r = httpx.post(f"{ctl.url}/admin/models/{name}/rollouts", json=body, headers=ctl.admin)
+    assert r.status_code == 201, r.text
+    wait_for(lambda: aliases(name).get("candidate") == "2", 30)
+    # The replica applies the weight once its table carries the rollout.
+    wait_for(lambda: any(serve_status(serving_url, name).headers.get(VERSION_HEADER) == "2"
+                         for _ in range(20)), 30)  # fmt: skip
+
+    def versions(headers: dict[str, str], n: int) -> list[str | None]:
+        with httpx.Client(timeout=30) as http:
+            return [
+                http.post(f"{serving_url}/models/{name}/serve", json={"prompt": f"k{i}"},
+                          headers=headers).headers.get(VERSION_HEADER)
+                for i in range(n)
+            ]
+
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        random_split = [v for part in pool.map(lambda _: versions({}, 500), range(4))
+                        for v in part]  # fmt: skip
+    n = len(random_split)
+    to_candidate = random_split.count("2")
+    assert set(random_split) == {"1", "2"} and n == 2000
+    # Five standard deviations of a binomial(2000, 0.3): 0.3 +- 0.051.
+    sigma = (0.3 * 0.7 / n) ** 0.5
+    assert abs(to_candidate / n - 0.3) <= 5 * sigma, to_candidate
+    # Each routing key sees one version through the step; over 40 keys both versions appear.
+    seen_by_key: dict[int, str | None] = {}
+    for key in range(40):
+        seen = set(versions({"sigserve-routing-key": f"caller-{key}"}, 5))
+        assert len(seen) == 1, (key, seen)
+        seen_by_key[key] = seen.pop()
+    assert set(seen_by_key.values()) == {"1", "2"}, seen_by_key
+    r = httpx.post(f"{ctl.url}/admin/models/{name}/rollout/abort", headers=ctl.admin)
+    assert r.status_code == 200, r.text
+    wait_for(lambda: "candidate" not in aliases(name), 30)
+    print(f"{to_candidate} of {n} requests to the candidate at weight 0.3; "
+          f"{sum(v == '2' for v in seen_by_key.values())} of 40 keys on it")
