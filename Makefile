@@ -25,7 +25,7 @@ up: $(VENV)/.stack
 test: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/python -m pytest -ra --durations=25 -m "not fault and not load and not zoo"
+	$(VENV)/bin/python -m pytest -ra --durations=25 -m "not fault and not load and not zoo and not cluster"
 
 # The gate's property test with thousands of examples per property (minutes, not in `make test`).
 property: $(VENV)/.dev
