@@ -28,7 +28,6 @@ import contextlib
 import contextvars
 import logging
 import os
-import tempfile
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from mlflow.models import Model
 from serving.environment_codec import Encoded, decode, encode
 from serving.environment_errors import HostUnavailable, error_record, raise_error
 from serving.loader import LoadedModel, LoadFailed, NotChecked, download_and_load
+from serving.model_dirs import new_model_dir
 from serving.model_ids import Artifact
 from wire.artifact_manifest import ManifestFile
 from wire.routing_table import EnvironmentSpec
@@ -367,7 +367,7 @@ def loaded_from(
     """The replica's ``LoadedModel`` for a model its environment holds: the metadata files in a
     directory of its own (removed with it), ``release`` called when it goes; ``call``: the
     host's other methods by name (streams)."""
-    directory = Path(tempfile.mkdtemp(prefix="sigserve-environment-model-"))
+    directory = new_model_dir()
     for name, data in files.items():
         target = directory / name
         target.parent.mkdir(parents=True, exist_ok=True)

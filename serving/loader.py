@@ -61,7 +61,6 @@ import gc
 import hashlib
 import logging
 import shutil
-import tempfile
 import time
 import weakref
 from collections import deque
@@ -76,6 +75,7 @@ import mlflow.pyfunc
 from serving.exceptions import ModelUnavailable
 from serving.failed_loads import FailedLoads
 from serving.load_faults import is_replicas_fault
+from serving.model_dirs import new_model_dir
 from serving.model_ids import Artifact, ModelId, bind
 from wire.artifact_manifest import differences
 
@@ -342,7 +342,7 @@ def download_and_load(
     ``serving.environment_isolated``)."""
     # A fresh directory per load: the bytes hashed are the bytes loaded, and nothing left by
     # another load (of an older artifact of the same version, say) can be mixed in.
-    directory = Path(tempfile.mkdtemp(prefix="sigserve-model-"))
+    directory = new_model_dir()  # what a replica that dies leaves goes later: serving.model_dirs
     local = directory
     try:
         try:

@@ -338,7 +338,7 @@ def test_a_version_that_cannot_load_is_503_naming_the_cause_for_it_alone(
         for word in words:
             assert word in body["detail"], body["detail"]
         # The replica's download directory is its own business; the artifact's source is not.
-        assert "sigserve-model-" not in body["detail"]
+        assert "sigserve-models-" not in body["detail"]
         figures(f"version {version} answered 503 in", took)
         figures(f"version {version} detail", repr(body["detail"]), "")
         assert loads_of(name, version), "the replica records the failed attempt"
