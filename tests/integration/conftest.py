@@ -153,7 +153,7 @@ def register_echo(name: str, *, tag: str, input_label: str = "prompt",
 @pytest.fixture(scope="session")
 def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHandle
                 ) -> Iterator[str]:
-    from sigserve.stack import start_serving, stop_serving
+    from sigserve.stack import ray_temp_dir, start_serving, stop_serving
 
     port = free_port()
     try:
@@ -163,6 +163,9 @@ def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHand
         yield f"http://{HOST}:{port}"
     finally:
         stop_serving()
+        # Ray's temp dir is named from `home` and lives beside it, not in it; with the
+        # runtime-env venvs of environments built in the session it weighs ~2 GB.
+        shutil.rmtree(ray_temp_dir(home).parent, ignore_errors=True)
 
 
 def server_call(method: str) -> Any:
