@@ -42,6 +42,7 @@ from controller.registry_sync import (
     follow_alias,
     policies_from_tags,
     proof_from_tags,
+    registry_behind,
     write_back,
 )
 from controller.store import Store
@@ -59,6 +60,9 @@ class Outcome:
     # write-back lane after publishing (``controller/write_back_lane.py``); None once done, else
     # why to try again.
     write_back: Callable[[], str | None] | None = None
+    # The registry shows something other than the decision (a verdict tag written over, an
+    # alias to put back): written back even after a pass that changed nothing.
+    registry_behind: bool = False
     # When the registry created each version seen (ms): for the registration -> live metric.
     registered_at: Mapping[str, int] = field(default_factory=dict)
 
@@ -302,6 +306,9 @@ class Reconciler:
             changed=changed,
             retry_reason=retry,
             write_back=functools.partial(self.write_back, name),
+            registry_behind=self._write_back and registry_behind(
+                decided, observed, alias_now, controls=self._controls
+            ),
             registered_at={o.version: o.created_at for o in observed if o.created_at},
         )
 

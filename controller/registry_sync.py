@@ -207,6 +207,23 @@ def judged(record: ModelRecord, alias_now: str | None, controls: bool) -> bool:
     )
 
 
+def registry_behind(
+    record: ModelRecord, observed: list[ObservedVersion], alias_now: str | None, *,
+    controls: bool = True,
+) -> bool:
+    """Whether ``write_back`` would write anything: a verdict tag the registry shows otherwise
+    (written over by someone, or not written yet), or an alias to put back. What a pass that
+    changed nothing checks, so that a resync still mends what a lost webhook did not report."""
+    seen = {ov.version: ov.tags for ov in observed}
+    for version in record.versions.values():
+        tags = seen.get(version.version)
+        if tags is not None and any(
+            tags.get(key) != value for key, value in version_tags(version).items()
+        ):
+            return True
+    return judged(record, alias_now, controls) and _alias_should_move(record, alias_now, controls)
+
+
 def write_back(
     registry: RegistryWriter,
     record: ModelRecord,

@@ -326,10 +326,11 @@ class Worker:
         if (
             outcome.write_back is not None
             and term == self._term
-            and (outcome.changed or actor != RESYNC_ACTOR)
+            and (outcome.changed or actor != RESYNC_ACTOR or outcome.registry_behind)
         ):
             # Its own lane, after the passes: the registry's writes never hold a decision.
-            # A resync's pass that changed nothing leaves it to the marks (``Resync.once``).
+            # A resync's pass that changed nothing and found the registry as decided leaves it
+            # to the marks (``Resync.once``).
             self.write_backs.add(name)
         if outcome.retry_reason:
             self._retry_later(name, outcome.retry_reason, deliveries)

@@ -264,3 +264,28 @@ def test_a_takeover_fence_leaves_written_back_models_written_back(postgres_url: 
     assert store.behind_write_back() == ["behind"]
     assert store.fence_in_flight() == 2
     assert store.behind_write_back() == ["behind"]
+
+
+def test_a_verdict_tag_written_over_is_put_back_by_a_resync_pass_that_changed_nothing(
+    store: Store,
+) -> None:
+    """Someone overwrote a verdict tag and its webhook was lost: the decision does not change,
+    but the resync's pass sees the registry differ and hands the model to the lane."""
+    registry = Listed(versions_={"1": ("models:/m-a", sig("prompt"))})
+    first = Reconciler(store, registry, ENV)
+    first.reconcile("m")
+    assert first.write_back("m") is None and registry.tags["1"]["sigserve.state"] == "live"
+    registry.tags["1"]["sigserve.state"] = "quarantined"
+    worker = Worker(Reconciler(store, registry, ENV), store, registry, TableBroadcaster(),
+                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
+                    retry_max_s=0.1)
+
+    async def go() -> None:
+        await worker.prime(already_published=True)
+        run = asyncio.create_task(worker.run())
+        await worker.resync.once(full=True)
+        await until(lambda: registry.tags["1"]["sigserve.state"] == "live", "the tag put back")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
