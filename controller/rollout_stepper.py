@@ -176,6 +176,11 @@ class RolloutStepper:
         gates = judge(window, totals, r.thresholds, shadow=r.shadow > 0)
         if failed(gates):
             return self._roll_back(r, window, gates)
+        if any(g.name == "agreement" and g.outcome == "not-judged" for g in gates):
+            # A rollout with a shadow was asked to compare answers: its step is held, as for
+            # its requests, until enough shadows ran (they give way to clients, so a busy
+            # replica may run few). `sigserve rollout status` shows the gate's count.
+            return None
         summary = step_summary(r, window, gates)
         if not r.last_step:
             if not self._rollouts.advance(r, totals, summary, ACTOR):

@@ -23,7 +23,7 @@ from controller.rollout_stepper import RolloutStepper
 from controller.rollout_store import RolloutSpec, RolloutStore
 from controller.store import Store
 from tests.unit.test_controller_audit_and_overrides import ENV, Registry, sig
-from wire.rollout_report import LATENCY_BUCKETS_MS, RolloutReport, VersionCounts
+from wire.rollout_report import LATENCY_BUCKETS_MS, RolloutReport, ShadowCounts, VersionCounts
 
 HOLD = 600.0
 
@@ -266,3 +266,28 @@ def test_of_an_abort_and_a_promotion_racing_exactly_one_wins(
         assert (latest.state, h.default(), aborted) == (PROMOTED, "2", [None])
     else:
         assert (promoted, latest.state, h.default(), aborted) == (None, ABORTED, "1", [ABORTED])
+
+
+def test_with_a_shadow_a_step_waits_until_enough_shadows_ran(h: Harness) -> None:
+    """Shadows give way to clients, so a busy replica runs few: 1 disagreement in 20 runs is
+    95% agreement, too few runs to judge against 0.99, and the step must not pass on it."""
+    spec = RolloutSpec("2", [0.1, 1.0], HOLD, 100, 0.2, Thresholds())
+    rid = h.rollouts.start("m", spec, "admin").id
+
+    def shadows(compared: int, agreed: int) -> None:
+        latency = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        latency[3] = 150
+        versions = {"2": VersionCounts(requests=150, latency_ms=latency),
+                    "1": VersionCounts(requests=1350, latency_ms=latency)}  # fmt: skip
+        report = RolloutReport(model="m", rollout_id=rid, versions=versions,
+                               shadow=ShadowCounts(compared=compared, agreed=agreed))  # fmt: skip
+        h.rollouts.record_counts("a", [report])
+
+    shadows(20, 19)
+    h.clock.pass_(HOLD)
+    assert h.tick() == []  # held: the agreement gate cannot say yet
+    r = h.rollouts.latest("m")
+    assert r is not None and (r.step, r.state) == (0, "running")
+    shadows(100, 98)  # totals: 98% of 100 runs agreed
+    assert h.tick() == ["m: rolled-back"]
+    assert h.default() == "1"
