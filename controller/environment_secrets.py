@@ -10,44 +10,17 @@ settings of the machines that build environments (docs/operations.md, "Pointing 
 private index"). Published redacted instead, its environment could only fail to build, minutes
 later, with a less useful cause.
 
-Not a credential: the login of an SSH URL (``git+ssh://git@github.com/...``), and an
-environment variable pip and uv expand when they install (``https://${TOKEN}@host``), which
-says nothing secret (the build still needs the variable on the node).
+What counts as a credential, and what does not (an SSH login, ``${VAR}``), is
+``wire.redaction``'s rule, shared with serving.
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-SHOWN = "***"
+from wire.redaction import SHOWN, redact
 
-# scheme://userinfo@ : userinfo runs to the last "@" before the host's first "/" (a password
-# with a raw "@" in it included).
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*)://(?P<userinfo>[^/\s]*)@")
-# A query parameter whose name says it authenticates (a signed or token URL).
-_SECRET_PARAMETER = re.compile(
-    r"(?P<name>[?&;](?:[A-Za-z0-9_.\-]*(?:token|key|secret|password|passwd|pwd|auth|sig|"
-    r"signature|credential)[A-Za-z0-9_.\-]*)=)(?P<value>[^&;#\s]+)",
-    re.IGNORECASE,
-)
-_VARIABLES_ONLY = re.compile(r"(?:\$\{[A-Za-z_][A-Za-z0-9_]*\}|:)+")
-_SSH_SCHEMES = frozenset({"ssh", "git+ssh"})
-
-
-def _userinfo(match: re.Match[str]) -> str:
-    scheme, userinfo = match["scheme"].lower(), match["userinfo"]
-    if not userinfo or _VARIABLES_ONLY.fullmatch(userinfo):
-        return match[0]
-    if scheme in _SSH_SCHEMES and ":" not in userinfo:
-        return match[0]  # the SSH login; its key is the node's own
-    return f"{match['scheme']}://{SHOWN}@"
-
-
-def redact(line: str) -> str:
-    """``line`` with every credential it carries replaced by ``***``."""
-    line = _USERINFO.sub(_userinfo, line)
-    return _SECRET_PARAMETER.sub(lambda m: f"{m['name']}{SHOWN}", line)
+__all__ = ["SHOWN", "carries_credential", "credential_reason", "redact", "redacted_facts"]
 
 
 def carries_credential(line: str) -> bool:

@@ -41,6 +41,7 @@ from packaging.utils import canonicalize_name
 
 from controller.environment import EnvironmentVerdict, Mismatch, ServingEnvironment
 from controller.records import VersionRecord
+from wire.redaction import redact
 from wire.routing_table import EnvironmentSpec
 
 # Another *major* of these goes to an isolated environment; another minor stays shared.
@@ -190,4 +191,7 @@ def where_served(version: VersionRecord) -> dict[str, Any]:
     if spec is None:
         return {"kind": "shared"}
     shared = (version.own_environment or {}).get("shared_failure")
-    return {**spec.model_dump(), "shared_failure": shared}
+    shown = spec.model_dump()
+    # A spec stored before credentials were cut where lines are read may still hold one.
+    shown["requirements"] = [redact(line) for line in shown.get("requirements") or []]
+    return {**shown, "shared_failure": shared}

@@ -19,10 +19,11 @@ from typing import Any, Protocol
 import ray
 from ray.exceptions import GetTimeoutError, RayActorError, RuntimeEnvSetupError
 
-from serving.environment_builds import SETTINGS, redact
+from serving.environment_builds import SETTINGS
 from serving.environment_codec import Encoded
 from serving.environment_errors import EnvironmentUnavailable, raise_error
 from serving.environment_host import EnvironmentHost
+from wire.redaction import redact
 
 logger = logging.getLogger(__name__)
 

@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from wire.redaction import redact
 from wire.routing_table import EnvironmentSpec
 
 # Named actors live in a namespace per serving app, so two apps on one cluster never let go of
@@ -66,18 +67,11 @@ _UV_VARIABLES = (
 )
 
 
-# ``scheme://user:pass@`` or ``scheme://token@`` in a URL: what ``redact`` hides.
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/@'\"]+@")
 # Names of variables that hold credentials: kept from builds and host processes (``tool_env``).
 _CREDENTIAL_NAME = re.compile(
     r"TOKEN|SECRET|PASSW|CREDENTIAL|ACCESS_KEY|CONNECTION_STRING|API_KEY|PRIVATE_KEY|_AUTH|"
     r"^MLFLOW_TRACKING_USERNAME$"
 )
-
-
-def redact(text: str) -> str:
-    """``text`` with the credentials of every URL in it hidden: ``https://***@host/...``."""
-    return _USERINFO.sub(r"\1***@", text)
 
 
 # The settings of environments read here (``setting``): forwarded to every environment's actor.

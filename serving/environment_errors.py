@@ -15,10 +15,10 @@ import contextlib
 
 from mlflow.exceptions import MlflowException
 
-from serving.environment_builds import redact
 from serving.environment_codec import Encoded
 from serving.exceptions import ModelUnavailable
 from serving.loader import LoadFailed, NotChecked
+from wire.redaction import redact
 
 _MESSAGE_LIMIT = 2000
 

@@ -16,13 +16,13 @@ from serving.environment_builds import (
     EnvironmentBuildFailed,
     child_env,
     index_settings,
-    redact,
     resolve,
     resolver_reason,
     runtime_env,
     tool_env,
 )
 from serving.environment_errors import error_record
+from wire.redaction import redact
 from wire.routing_table import EnvironmentSpec
 
 TOKEN = "ghp_s3cr3tT0ken"
