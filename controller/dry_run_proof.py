@@ -22,6 +22,8 @@ run".
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +41,8 @@ TRIALS_PATH = "/-/trials"
 PROVE_TIMEOUT_S = 600.0
 # Past the trial's own deadline, for the replica's 504 to arrive rather than ours.
 _ANSWER_MARGIN_S = 15.0
+# Less than this left of the deadline: no second trial is started (a load alone takes longer).
+_LEAST_TRIAL_S = 5.0
 # A trial in the shared environment, then in its own when the gate would move it there.
 _TRIALS = 2
 _DETAIL_LIMIT = 500
@@ -85,7 +89,9 @@ def trial_body(basis: Basis, timeout_s: float) -> dict[str, Any]:
         "manifest": version.manifest,
         "signature": version.signature,
         "environment": spec.model_dump(mode="json") if spec is not None else None,
-        "predict_timeout_s": basis.decided.predict_timeout_s,
+        # Never past the trial's own deadline: a replica refuses a longer one (422).
+        "predict_timeout_s": min(basis.decided.predict_timeout_s, timeout_s)
+        if basis.decided.predict_timeout_s is not None else None,
         "timeout_s": timeout_s,
     }
 
@@ -147,10 +153,14 @@ async def prove(
     local: bool = False,
     timeout_s: float = PROVE_TIMEOUT_S,
     transport: httpx.AsyncBaseTransport | None = None,
+    clock: Callable[[], float] = time.monotonic,
 ) -> DryRun:
     """``result`` with its proof made by the serving app at ``serving_url``, where the gate
     would make it; ``CannotProve`` or ``TrialFailed`` when it cannot be made."""
     url = trials_url(serving_url, token, local=local)
+    # One deadline for both trials (the shared environment, then its own): the CLI waits for
+    # PROVE_TIMEOUT_S and a margin, not for twice that.
+    deadline = clock() + timeout_s
     async with httpx.AsyncClient(
         transport=transport,
         timeout=httpx.Timeout(timeout_s + _ANSWER_MARGIN_S, connect=5.0),
@@ -164,15 +174,23 @@ async def prove(
                     else result  # fmt: skip
             if not basis.awaits_proof():
                 return result  # proven, or the model's policy proves nothing (its note says)
-            answer = await _trial(client, url, trial_body(basis, timeout_s))
+            left = deadline - clock()
+            if left < _LEAST_TRIAL_S:
+                raise TrialFailed(
+                    f"no time left for a trial in its own environment: the dry run's "
+                    f"{timeout_s:g} s went to the trial in the shared one", status=504
+                )
+            answer = await _trial(client, url, trial_body(basis, left), left + _ANSWER_MARGIN_S)
             result = fold(result, answer, datetime.now(UTC))
     return result
 
 
-async def _trial(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> dict[str, Any]:
+async def _trial(
+    client: httpx.AsyncClient, url: str, body: dict[str, Any], wait_s: float
+) -> dict[str, Any]:
     where = f"the serving app at {url}"
     try:
-        response = await client.post(url, json=body)
+        response = await client.post(url, json=body, timeout=httpx.Timeout(wait_s, connect=5.0))
     except httpx.TimeoutException:
         raise TrialFailed(f"{where} did not answer the trial in time", status=504) from None
     except httpx.TransportError as exc:
@@ -190,5 +208,8 @@ async def _trial(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> d
                 response.status_code, said)  # fmt: skip
     if response.status_code == 401:
         said += " (the controller's SIGSERVE_SERVING_TOKEN is not the serving app's)"
-    raise TrialFailed(f"{where} answered {response.status_code}: {said}",
-                      status=504 if response.status_code == 504 else 503)  # fmt: skip
+    # Busy, down or past its deadline: ask again later (503, 504). Refused (401, a 422 on the
+    # trial's body): asking again changes nothing, so no Retry-After (502).
+    code = response.status_code
+    status = 504 if code == 504 else 502 if 400 <= code < 500 and code != 429 else 503
+    raise TrialFailed(f"{where} answered {code}: {said}", status=status)

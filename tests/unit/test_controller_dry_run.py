@@ -360,6 +360,7 @@ def _proved(
     result = asyncio.run(dry_run_proof.prove(
         _check(world, gate, name, source), serving_url="http://serving:8000/",
         token=SERVING_TOKEN, transport=httpx.MockTransport(serving),
+        clock=lambda: 400.0 * len(asked),  # each trial takes 400 s
     ))  # fmt: skip
     return result, asked
 
@@ -425,6 +426,8 @@ def test_a_version_of_its_own_environment_is_proven_there(
                             _answer("passed"))  # fmt: skip
     assert [t["environment"] and t["environment"]["kind"] for t in asked] == [None, "isolated"]
     assert pinned.verdict is VersionState.LIVE, pinned.reasons
+    # One deadline for both trials: the second gets what the first left of it.
+    assert [t["timeout_s"] for t in asked] == [600, 200]
 
 
 def test_no_trial_for_a_verdict_the_gate_would_not_prove(
@@ -442,8 +445,11 @@ def test_a_trial_the_serving_app_did_not_make_cannot_tell(
     for answer, status, said in [
         (httpx.Response(503, json={"detail": "this replica is proving another artifact"}), 503,
          "answered 503: this replica is proving another artifact"),
-        (httpx.Response(401, json={"detail": "a trial needs the serving token"}), 503,
+        # Refused: asking again changes nothing, so 502 (no Retry-After), not 503.
+        (httpx.Response(401, json={"detail": "a trial needs the serving token"}), 502,
          "is not the serving app's"),
+        (httpx.Response(422, json={"detail": "predict_timeout_s: at most 1800"}), 502,
+         "answered 422: predict_timeout_s"),
         (httpx.Response(504, json={"detail": "not within 600 s"}), 504, "answered 504"),
         (httpx.Response(200, text="<html>"), 503, "answered 200"),
     ]:  # fmt: skip
