@@ -46,6 +46,7 @@ from controller.registry_sync import (
     write_back,
 )
 from controller.store import Store
+from controller.write_back_lane import Fenced, SteppedDown
 from wire.routing_table import VersionState
 
 log = logging.getLogger(__name__)
@@ -312,7 +313,7 @@ class Reconciler:
             registered_at={o.version: o.created_at for o in observed if o.created_at},
         )
 
-    def write_back(self, name: str) -> str | None:
+    def write_back(self, name: str, leading: Callable[[], bool] = lambda: True) -> str | None:
         """Write ``name``'s latest decision back to the registry: the verdict tags and the alias
         that differ from what it has now; None once done, else why it must be tried again.
 
@@ -320,6 +321,8 @@ class Reconciler:
         published, so it reads the store's latest record and the registry's tags and alias
         afresh: whatever was decided meanwhile is written once. Safe to repeat. Done, the model
         is marked written back at the generation read (``Store.mark_written_back``).
+        ``leading`` is asked before each write: a controller that stepped down while the job
+        ran writes nothing more (its successor's writes must not be undone by a stale record).
         """
         record = self._store.load_model(name)
         if record is None or record.deleted_at is not None:
@@ -331,9 +334,13 @@ class Reconciler:
             except RegisteredModelGone:
                 return None  # its webhook (or the resync) makes it a tombstone
             alias_now = info.aliases.get(self._alias)
-            alias, warning = write_back(
-                self._writer, record, observed, self._alias, alias_now, controls=self._controls
-            )
+            try:
+                alias, warning = write_back(
+                    Fenced(self._writer, leading), record, observed, self._alias, alias_now,
+                    controls=self._controls,
+                )
+            except SteppedDown:
+                return None  # the new leader's resync finds what is behind (its marks)
             if (alias, warning) != (record.alias_seen, record.registry_warning):
                 record = self._seen(record, alias, warning)
             if warning is not None:

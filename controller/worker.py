@@ -34,7 +34,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from datetime import timedelta
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from sqlalchemy.exc import OperationalError
 from tenacity import AsyncRetrying, before_sleep_log, wait_exponential
@@ -95,9 +95,8 @@ class Worker:
         # At most one publish at a time, each serving every pass that asked before it began.
         self._publishes = PublishCoalescer(self.publisher.publish)
         # The verdicts' way to the registry, off the passes' path (its own threads, after them).
-        job = getattr(reconciler, "write_back", None)
         self.write_backs = WriteBackLane(
-            job if job is not None else lambda name: None,
+            self._write_back,
             busy=lambda name: name in self._queue or name in self._running,
             backlog=lambda: any(self._queue.depth(lane) for lane in LANES),
             retry_initial_s=retry_initial_s,
@@ -366,6 +365,14 @@ class Worker:
 
         handle = asyncio.get_running_loop().call_later(delay, retry)
         self._retries.add(handle)
+
+    def _write_back(self, name: str) -> str | None:
+        """The lane's job, in its thread: fenced by the term it began in (``reset``)."""
+        job = getattr(self._reconciler, "write_back", None)
+        if job is None:
+            return None
+        term = self._term
+        return cast(str | None, job(name, leading=lambda: self._term == term))
 
     def reset(self) -> None:
         """Forget the queue, the retries and priming: this controller stopped leading."""

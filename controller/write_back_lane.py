@@ -41,6 +41,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy.exc import OperationalError
 
 from controller.exceptions import GenerationConflict, RegistryError
+from controller.registry import RegistryWriter
 
 log = logging.getLogger(__name__)
 
@@ -194,3 +195,24 @@ class WriteBackLane:
                 self.add(name)
 
         self._retries[name] = asyncio.get_running_loop().call_later(delay, retry)
+
+
+class SteppedDown(Exception):
+    """The controller stopped leading while a write-back ran: it writes nothing more."""
+
+
+class Fenced:
+    """A ``RegistryWriter`` that asks ``leading`` before each write."""
+
+    def __init__(self, writer: RegistryWriter, leading: Callable[[], bool]) -> None:
+        self._writer, self._leading = writer, leading
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        if not self._leading():
+            raise SteppedDown(name)
+        self._writer.set_version_tag(name, version, key, value)
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        if not self._leading():
+            raise SteppedDown(name)
+        self._writer.set_alias(name, alias, version)

@@ -72,8 +72,8 @@ class Passes:
             with self._lock:
                 self.running[name] -= 1
 
-    def write_back(self, name: str) -> str | None:
-        return self._inner.write_back(name)
+    def write_back(self, name: str, leading: Callable[[], bool] = lambda: True) -> str | None:
+        return self._inner.write_back(name, leading)
 
 
 class Witness(FakeRegistry):

@@ -289,3 +289,42 @@ def test_a_verdict_tag_written_over_is_put_back_by_a_resync_pass_that_changed_no
         await asyncio.gather(run, return_exceptions=True)
 
     asyncio.run(go())
+
+
+class Signalled(Held):
+    """Held, and says when a tag write is waiting."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)
+        self.waiting = threading.Event()
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self.waiting.set()
+        super().set_version_tag(name, version, key, value)
+
+
+def test_a_write_back_under_way_when_its_controller_steps_down_writes_nothing_more(
+    store: Store,
+) -> None:
+    """Its first tag write was in flight at the step-down: the rest of its tags and its alias
+    are the next leader's to write, never this one's from a record that may be stale."""
+    registry = Signalled(versions_={"1": ("models:/m-a", sig("prompt"))})
+    worker = Worker(Reconciler(store, registry, ENV), store, registry, TableBroadcaster(),
+                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
+                    retry_max_s=0.1)
+    registry.hold.clear()
+
+    async def go() -> None:
+        await worker.prime(already_published=True)
+        run = asyncio.create_task(worker.run())
+        worker.enqueue("m", "webhook:d-m")
+        await until(registry.waiting.is_set, "a tag write under way")
+        worker.reset()  # stepped down
+        registry.hold.set()
+        await until(lambda: not worker.write_backs._running, "the job ended")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
+    assert [w[0] for w in registry.writes] == ["tag"]
+    assert store.behind_write_back() == ["m"]  # not marked: the next leader writes it
