@@ -31,7 +31,12 @@ from controller.compatibility import Policy
 from controller.decisions import NOT_READ, decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.environment_policy import with_policy_values
-from controller.exceptions import RegisteredModelGone, RegistryError, RegistryUnavailable
+from controller.exceptions import (
+    RegisteredModelGone,
+    RegistryError,
+    RegistryUnavailable,
+    SteppedDown,
+)
 from controller.own_writes import OwnWrites, RememberingWriter
 from controller.read_reasons import public_reason
 from controller.records import ModelRecord, VersionRecord
@@ -46,7 +51,7 @@ from controller.registry_sync import (
     write_back,
 )
 from controller.store import Store
-from controller.write_back_lane import Fenced, SteppedDown
+from controller.write_back_lane import Fenced
 from wire.routing_table import VersionState
 
 log = logging.getLogger(__name__)
@@ -343,6 +348,8 @@ class Reconciler:
                 return None  # the new leader's resync finds what is behind (its marks)
             if (alias, warning) != (record.alias_seen, record.registry_warning):
                 record = self._seen(record, alias, warning)
+            if record.generation is None:
+                return None  # decided again meanwhile: that decision's own job writes it
             if warning is not None:
                 return warning
         assert record.generation is not None
@@ -351,15 +358,25 @@ class Reconciler:
 
     def _seen(self, record: ModelRecord, alias: str | None, warning: str | None) -> ModelRecord:
         """The alias as acknowledged and the registry's refusal, recorded on the record written
-        back (``GenerationConflict`` if the model was written since: its write-back follows)."""
+        back; returned without a generation when the model was decided again since ``record``
+        was read (then only the alias is acknowledged, and nothing is marked written back)."""
+
+        stale = False
 
         def seen(current: ModelRecord | None) -> ModelRecord | None:
+            nonlocal stale
             if current is None:
                 return None
-            return replace(current, alias_seen=alias, registry_warning=warning,
-                           generation=record.generation)
+            if current.generation != record.generation:
+                # Decided again (a pin) since this job read it: the alias it wrote is what the
+                # registry shows all the same, and left unacknowledged a pass would follow it
+                # as a person's move. The verdict itself is the next job's (``_again``).
+                stale = True
+                return replace(current, alias_seen=alias)
+            return replace(current, alias_seen=alias, registry_warning=warning)
 
-        return self._store.update_model(record.name, seen, "registry") or record
+        updated = self._store.update_model(record.name, seen, "registry") or record
+        return replace(updated, generation=None) if stale else updated
 
 
 def _policies(record: ModelRecord | None) -> tuple[str, str] | None:

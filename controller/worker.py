@@ -224,8 +224,9 @@ class Worker:
     async def _pass(
         self, queue: WorkQueue, name: str, ask: _Ask, pool: Executor, free: Callable[[], None]
     ) -> None:
-        self._running.add(name)
+        self._running.add(name)  # from here the lane starts no write-back of it (``busy``)
         try:
+            await self.write_backs.finished(name)
             with trail(model=name, actor=ask.actor, delivery_ids=ask.deliveries):
                 await self._process(name, ask.actor, ask.deliveries, pool, free)
         except Exception:

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.exc import OperationalError
 
-from controller.exceptions import GenerationConflict, RegistryError
+from controller.exceptions import GenerationConflict, RegistryError, SteppedDown
 from controller.registry import RegistryWriter
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,7 @@ class WriteBackLane:
         self._running: set[str] = set()
         self._again: set[str] = set()
         self._ready = asyncio.Event()
+        self._job_ended = asyncio.Condition()
         self._attempts: Counter[str] = Counter()
         self._retries: dict[str, asyncio.TimerHandle] = {}
         self.written = 0
@@ -103,6 +104,13 @@ class WriteBackLane:
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._retries)
+
+    async def finished(self, name: str) -> None:
+        """Return once no write-back of ``name`` runs. A pass waits for it: read between a
+        write-back's alias write and its acknowledgement, the alias would look like a
+        person's move (``registry_sync.judged``) and be followed."""
+        async with self._job_ended:
+            await self._job_ended.wait_for(lambda: name not in self._running)
 
     def reset(self) -> None:
         """Forget every job (stepped down): the next leader's resync finds what is behind."""
@@ -174,6 +182,8 @@ class WriteBackLane:
                 why = f"{type(exc).__name__}: {exc}"
         finally:
             self._running.discard(name)
+            async with self._job_ended:
+                self._job_ended.notify_all()
         if name in self._again:
             self._again.discard(name)
             self._attempts.pop(name, None)
@@ -197,9 +207,6 @@ class WriteBackLane:
         self._retries[name] = asyncio.get_running_loop().call_later(delay, retry)
 
 
-class SteppedDown(Exception):
-    """The controller stopped leading while a write-back ran: it writes nothing more."""
-
 
 class Fenced:
     """A ``RegistryWriter`` that asks ``leading`` before each write."""
@@ -209,10 +216,10 @@ class Fenced:
 
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         if not self._leading():
-            raise SteppedDown(name)
+            raise SteppedDown(f"stopped leading while writing the verdict of {name} back")
         self._writer.set_version_tag(name, version, key, value)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         if not self._leading():
-            raise SteppedDown(name)
+            raise SteppedDown(f"stopped leading while writing the verdict of {name} back")
         self._writer.set_alias(name, alias, version)

@@ -328,3 +328,57 @@ def test_a_write_back_under_way_when_its_controller_steps_down_writes_nothing_mo
     asyncio.run(go())
     assert [w[0] for w in registry.writes] == ["tag"]
     assert store.behind_write_back() == ["m"]  # not marked: the next leader writes it
+
+
+class AliasHeld(FakeRegistry):
+    """A registry whose alias writes wait while ``hold`` is clear; ``waiting`` says one does."""
+
+    def __init__(self, **kw: object) -> None:
+        super().__init__(**kw)  # type: ignore[arg-type]
+        self.hold, self.waiting = threading.Event(), threading.Event()
+        self.hold.set()
+
+    def set_alias(self, name: str, alias: str, version: str) -> None:
+        self.waiting.set()
+        assert self.hold.wait(WAIT_S), "the test never let the write go"
+        super().set_alias(name, alias, version)
+
+
+def test_a_pin_made_while_a_write_back_writes_the_old_alias_stands(store: Store) -> None:
+    """The write-back read the model before the pin and writes the alias to the old default:
+    that alias is acknowledged as the controller's own, no pass follows it as a person's move,
+    and the alias ends on the pinned version (seen on the real stack: the default went back)."""
+    from controller import commands
+
+    registry = AliasHeld(versions_={"1": ("models:/m-a", sig("prompt")),
+                                    "2": ("models:/m-b", sig("prompt"))})  # fmt: skip
+    worker = Worker(Reconciler(store, registry, ENV), store, registry, TableBroadcaster(),
+                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
+                    retry_max_s=0.1)
+    registry.hold.clear()
+
+    async def go() -> str:
+        await worker.prime(already_published=True)
+        run = asyncio.create_task(worker.run())
+        worker.enqueue("m", "webhook:d-m")
+        await until(registry.waiting.is_set, "the first alias write under way")
+        record = store.load_model("m")
+        assert record is not None and record.default_version is not None
+        other = "2" if record.default_version == "1" else "1"
+        await asyncio.to_thread(commands.pin_default, store, "m", other, ENV)
+        worker.enqueue("m", "admin")  # the admin API's publish_change
+        registry.hold.set()
+        await until(lambda: registry.aliases.get("serving") == other and
+                    store.behind_write_back() == [] and not worker.write_backs._running,
+                    "the alias on the pinned version")  # fmt: skip
+        worker.enqueue("m", "webhook:d-again")  # a pass reading the registry as it is now
+        await until(lambda: "m" not in worker._running and not len(worker.write_backs),
+                    "the pass done")  # fmt: skip
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        return other
+
+    pinned = asyncio.run(go())
+    record = store.load_model("m")
+    assert record is not None and record.default_version == pinned
+    assert registry.aliases["serving"] == pinned
