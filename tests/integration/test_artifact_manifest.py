@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from mlflow import MlflowClient
 
 from tests.integration.conftest import (
     ControllerHandle,
@@ -40,10 +41,12 @@ def another_pickle() -> bytes:
 def test_a_pickle_replaced_after_the_decision_is_refused_reported_and_quarantined(
     home: Path, serving_url: str, ctl: ControllerHandle
 ) -> None:
-    # Version 1 stays the default (a default is loaded ahead as soon as it moves, so version 2
-    # is loaded first by the request below, after the swap).
+    # Version 1 stays the default (a default is loaded ahead as soon as it moves), and the
+    # model's proofs are off (a proven version stays loaded where there is room), so version 2
+    # is loaded first by the request below, after the swap.
     assert register_echo(NAME, tag="one") == "1"
     wait_for(lambda: ctl.state_of(NAME, "1") == "live", 60)
+    MlflowClient().set_registered_model_tag(NAME, "sigserve.proof", "off")
     pinned = httpx.put(f"{ctl.url}/admin/models/{NAME}/default", json={"version": "1"},
                        headers=ctl.admin, timeout=30)
     assert pinned.status_code == 200, pinned.text
