@@ -8,6 +8,8 @@ same requirements is served from the same environment: no second build (one envi
 holding both).
 
 In the zoo: the first build clones the serving venv (~18-40 s measured on the shared machine).
+The isolated path (a venv that inherits nothing) is in ``make test``:
+``tests/integration/test_environment_build.py``.
 """
 
 from __future__ import annotations
@@ -114,38 +116,3 @@ def test_a_version_needing_roman_goes_live_from_its_own_environment_and_a_second
     (actor,) = [k for k, v in after.items() if v["digest"] == served[version]["digest"]]
     figures("environment built by this test", actor not in before, "")
     assert after[actor]["loads"] - before.get(actor, {}).get("loads", 0) >= 2, after[actor]
-
-
-DOUBLER = Path(__file__).parent / "models" / "pandas2_doubler.py"
-
-
-def test_a_version_written_for_pandas_2_fails_in_the_shared_environment_and_goes_live_isolated(
-    serving_url: str, ctl: ControllerHandle, figures: Figures
-) -> None:
-    """Its ``predict`` calls ``DataFrame.applymap`` (gone in pandas 3): its proof fails in the
-    shared environment, the controller moves it to an environment that inherits nothing (its
-    requirements pin pandas 2, another major), a replica builds that venv from its
-    requirements, proves it there and it goes live, answering what pandas 2 computes."""
-    import mlflow
-    from mlflow.models import infer_signature
-
-    assert not hasattr(pd.DataFrame, "applymap"), "the shared environment must be pandas 3"
-    name = f"zoo_pandas2_{uuid.uuid4().hex[:6]}"
-    example = pd.DataFrame({"n": [1, 2]})
-    with mlflow.start_run():
-        info = mlflow.pyfunc.log_model(
-            name="model", python_model=str(DOUBLER), input_example=example,
-            signature=infer_signature(example, pd.DataFrame({"double": [2, 4]})),
-            pip_requirements=["pandas==2.2.3"], registered_model_name=name,
-        )  # fmt: skip
-    version = str(info.registered_model_version)
-    born = registered_at(name, version)
-    record = _live(ctl, name, version)
-    figures("pandas 2 model: registration -> live, isolated build", time.time() - born)
-    assert any("isolated" in w for w in record.get("warnings", [])), record
-    send = post_json([{"n": 3}, {"n": 21}])
-    answer = wait_for(lambda: r if (r := send(f"{serving_url}/models/{name}/versions/{version}"
-                                              "/serve")).status_code not in (404, 503) else None,
-                      60, 0.05)  # fmt: skip
-    assert answer.status_code == 200, answer.text
-    assert answer.json() == [{"double": 6}, {"double": 42}]
