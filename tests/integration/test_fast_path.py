@@ -3,6 +3,7 @@ before they are answered from. The model counts its own predict calls (``batch_p
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -99,7 +100,14 @@ def test_a_failing_record_fails_only_its_own_request(
 
     prompts = [f"p{i}" for i in range(8)]
     prompts[5] = "boom"
-    responses = post_all(f"{serving_url}/models/{name}/serve", [{"prompt": p} for p in prompts])
+    # A request that holds the model for its 0.2 s first, so the eight queue behind it and go
+    # as one batch: "boom" arriving first would otherwise be predicted alone (1 run in 8).
+    with ThreadPoolExecutor(1) as lead:
+        first = lead.submit(serve_status, serving_url, name, None, {"prompt": "lead"})
+        time.sleep(0.05)
+        responses = post_all(f"{serving_url}/models/{name}/serve",
+                             [{"prompt": p} for p in prompts])  # fmt: skip
+        assert first.result().status_code == 200
 
     for prompt, response in zip(prompts, responses, strict=True):
         if prompt == "boom":
