@@ -5,7 +5,7 @@ that dies (killed, out of memory, Ray stopped) runs no clean-up, and a version's
 weigh hundreds of MB: the test suite alone left 1.2 GB of them in a day. So each process
 downloads under a parent of its own, ``<tmp>/sigserve-models-<pid>``, and the first load of a
 process removes the parents of processes that are gone. A pid that is alive, or that this user
-may not signal, keeps its parent. Downloads of releases before this one
+may not signal (``wire.pids``), keeps its parent. Downloads of releases before this one
 (``<tmp>/sigserve-model-*``, with no pid to go by) are left alone.
 """
 
@@ -18,6 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from wire.pids import alive
 from wire.private_dirs import private_dir
 
 _PREFIX = "sigserve-models-"
@@ -44,16 +45,6 @@ def _sweep(root: Path, own_pid: int) -> None:
             pid = int(parent.name.removeprefix(_PREFIX))
         except ValueError:
             continue
-        if pid != own_pid and not _alive(pid):
+        if pid != own_pid and not alive(pid):
             with contextlib.suppress(OSError):
                 shutil.rmtree(parent)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
+from serving.retry_after import retry_after
 from wire.rollout_report import (
     LATENCY_BUCKETS_MS,
     MAX_SAMPLES,
@@ -238,7 +239,7 @@ class RolloutReporter:
             self._problem(f"could not post rollout counts: {exc!r}")
             return False
         if response.status_code == 429:
-            self._not_before = self._clock() + _retry_after(response)
+            self._not_before = self._clock() + retry_after(response, default=1.0)
         if response.status_code >= 300:
             self._problem(
                 f"the controller refused rollout counts: {response.status_code} "
@@ -263,10 +264,3 @@ class RolloutReporter:
                 headers={"content-type": "application/json"},
             )
         return self._client
-
-
-def _retry_after(response: httpx.Response) -> float:
-    try:
-        return max(0.0, float(response.headers.get("retry-after", "1")))
-    except ValueError:
-        return 1.0

@@ -13,6 +13,8 @@ import logging
 import httpx
 from tenacity import RetryCallState, wait_exponential, wait_random
 
+from serving.retry_after import retry_after
+
 logger = logging.getLogger("serving.table_source")
 
 BACKOFF_FIRST_S = 0.5
@@ -54,12 +56,9 @@ def problem_type(response: httpx.Response) -> object:
     return body.get("type") if isinstance(body, dict) else None
 
 
-def retry_after(response: httpx.Response) -> float:
-    try:
-        seconds = float(response.headers.get("retry-after", ""))
-    except ValueError:
-        seconds = BACKOFF_MAX_S
-    return min(max(seconds, 0.0), BUSY_WAIT_MAX_S)
+def busy_wait(response: httpx.Response) -> float:
+    """A busy controller's ``Retry-After``, at most ``BUSY_WAIT_MAX_S``."""
+    return retry_after(response, default=BACKOFF_MAX_S, cap=BUSY_WAIT_MAX_S)
 
 
 class FailureLog:

@@ -62,9 +62,9 @@ from serving.table_poll_failures import (
     ControllerBusy,
     FailureLog,
     Unauthorized,
+    busy_wait,
     poll_wait,
     problem_type,
-    retry_after,
 )
 from wire.routing_table import SCHEMA_VERSION, SCHEMAS_READ, RoutingTable, changes, supersedes
 from wire.table_signature import SIGNATURE_HEADER, TableSignatureError, table_key
@@ -313,7 +313,7 @@ class TableSource:
             full = response.headers.get("content-type", "").startswith(PROBLEM) and (
                 problem_type(response) == TOO_MANY_POLLS
             )
-            raise ControllerBusy(retry_after(response), full)
+            raise ControllerBusy(busy_wait(response), full)
         response.raise_for_status()
         if response.status_code != httpx.codes.OK:
             raise ValueError(f"unexpected status {response.status_code}")

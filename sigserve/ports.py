@@ -26,6 +26,7 @@ import tempfile
 import threading
 from pathlib import Path
 
+from wire.pids import alive
 from wire.private_dirs import private_dir
 
 WINDOW = 200
@@ -82,18 +83,9 @@ def _reserve(base: int) -> bool:
 
 def _owner_alive(path: Path) -> bool:
     try:
-        pid = int(path.read_text())
+        return alive(int(path.read_text()))
     except (OSError, ValueError):
         return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _release(path: Path, pid: int) -> None:
