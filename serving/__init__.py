@@ -18,9 +18,9 @@ that cannot be loaded the other) and ``wire.routing_table``.
 Modules, one concept each: ``settings`` (SIGSERVE_* env), ``exceptions`` (the error
 hierarchy), ``problems`` (errors -> RFC 9457), ``contract`` (signature -> pydantic models),
 ``frames`` (records <-> DataFrames and predictions), ``resolve`` (version selection),
-``table_source``, ``table_poll_failures``, ``retry_after``, ``signed_table`` and ``gcs_store`` (the table, how
-its poll fails and waits, its signature checked, and its copy in Ray), ``default_switch`` (what
-a replica answers while a new default warms),
+``table_source``, ``table_poll_failures``, ``retry_after``, ``signed_table`` and ``gcs_store``
+(the table, how its poll fails and waits, a controller's Retry-After, its signature checked, and
+its copy in Ray), ``default_switch`` (what a replica answers while a new default warms),
 ``scoring_protocol`` and ``bodies`` (MLflow's ``/invocations`` protocol; bodies within
 limits), ``open_inference`` and ``inference_tensors`` (the Open Inference Protocol's routes and
 its tensors), ``openapi`` (per-model docs), ``api`` (the FastAPI app; no Ray), ``batching``
