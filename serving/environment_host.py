@@ -220,13 +220,20 @@ class EnvironmentHost:
         process = self._process
         return download_and_load(artifact, lambda local: ProcessModel(process, key, local))
 
-    def predict(self, key: str, data: Encoded, params: dict[str, Any] | None) -> Encoded:
+    def _holding(self, key: str) -> _Held | Encoded:
+        """The model held under ``key``, touched; else the error record a caller answers."""
         self.touch()
         with self._lock:
             held = self._held.get(key)
         if held is None:
             error = LoadFailed("the model is no longer held in its environment", permanent=False)
             return error_record(error, "load-failed")
+        return held
+
+    def predict(self, key: str, data: Encoded, params: dict[str, Any] | None) -> Encoded:
+        held = self._holding(key)
+        if not isinstance(held, _Held):
+            return held
         try:
             answer = held.loaded.model.predict(decode(data), params=params or None)
             return {"answer": encode(answer)}
@@ -237,12 +244,9 @@ class EnvironmentHost:
 
     def stream(self, key: str, data: Encoded, params: dict[str, Any] | None) -> Encoded:
         """Start the model's ``predict_stream`` on ``data``; its id, for ``next_chunk``."""
-        self.touch()
-        with self._lock:
-            held = self._held.get(key)
-        if held is None:
-            error = LoadFailed("the model is no longer held in its environment", permanent=False)
-            return error_record(error, "load-failed")
+        held = self._holding(key)
+        if not isinstance(held, _Held):
+            return held
         context = contextvars.copy_context()
         try:
             chunks = context.run(
