@@ -249,3 +249,23 @@ def problem(response: httpx.Response) -> dict[str, Any]:
     assert "Traceback" not in response.text
     body: dict[str, Any] = response.json()
     return body
+
+
+def check_cli(handle: ControllerHandle, monkeypatch: pytest.MonkeyPatch,
+              capsys: pytest.CaptureFixture[str], columns: int) -> Callable[..., tuple[int, str]]:
+    """`sigserve check ...` as a user with the admin token runs it against ``handle``: its exit
+    code and what it printed, whitespace folded (the terminal ``columns`` wide)."""
+    from sigserve.cli import main
+
+    monkeypatch.setenv("SIGSERVE_ADMIN_TOKEN", handle.secrets.admin_token)
+    monkeypatch.setenv("SIGSERVE_CONTROLLER_URL", handle.url)
+    monkeypatch.setenv("COLUMNS", str(columns))
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        code = main(["check", *argv])
+        out, err = capsys.readouterr()
+        return code, " ".join((out + err).split())
+
+    return run
+

@@ -17,13 +17,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from sigserve.cli import main
 from sigserve.stack import controller
 from tests.integration.conftest import (
     ECHO_MODEL,
     HOST,
     RESYNC_INTERVAL_S,
     ControllerHandle,
+    check_cli,
     runner_loads,
 )
 from wire.routing_table import RoutingTable, changes
@@ -73,17 +73,7 @@ def proving(ctl: ControllerHandle, serving_url: str) -> Iterator[ControllerHandl
 @pytest.fixture()
 def check(proving: ControllerHandle, monkeypatch: pytest.MonkeyPatch,
           capsys: pytest.CaptureFixture[str]) -> Any:  # fmt: skip
-    monkeypatch.setenv("SIGSERVE_ADMIN_TOKEN", proving.secrets.admin_token)
-    monkeypatch.setenv("SIGSERVE_CONTROLLER_URL", proving.url)
-    monkeypatch.setenv("COLUMNS", "200")
-
-    def run(*argv: str) -> tuple[int, str]:
-        capsys.readouterr()
-        code = main(["check", *argv])
-        out, err = capsys.readouterr()
-        return code, " ".join((out + err).split())
-
-    return run
+    return check_cli(proving, monkeypatch, capsys, columns=200)
 
 
 def table(ctl: ControllerHandle) -> RoutingTable:

@@ -13,8 +13,13 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.models import infer_signature
 
-from sigserve.cli import main
-from tests.integration.conftest import ECHO_MODEL, ControllerHandle, register_echo, wait_for
+from tests.integration.conftest import (
+    ECHO_MODEL,
+    ControllerHandle,
+    check_cli,
+    register_echo,
+    wait_for,
+)
 
 
 def log_echo(input_label: str) -> str:
@@ -33,17 +38,7 @@ def log_echo(input_label: str) -> str:
 def check(ctl: ControllerHandle, monkeypatch: pytest.MonkeyPatch,
           capsys: pytest.CaptureFixture[str]) -> Any:  # fmt: skip
     """`sigserve check ...` as a user with the admin token runs it: exit code, stdout."""
-    monkeypatch.setenv("SIGSERVE_ADMIN_TOKEN", ctl.secrets.admin_token)
-    monkeypatch.setenv("SIGSERVE_CONTROLLER_URL", ctl.url)
-    monkeypatch.setenv("COLUMNS", "160")
-
-    def run(*argv: str) -> tuple[int, str]:
-        capsys.readouterr()
-        code = main(["check", *argv])
-        out, err = capsys.readouterr()
-        return code, " ".join((out + err).split())
-
-    return run
+    return check_cli(ctl, monkeypatch, capsys, columns=160)
 
 
 def written(ctl: ControllerHandle, name: str) -> Any:
