@@ -31,6 +31,12 @@ title, so adding an error means adding a class here and nothing else.
      |    +-- ModelFailed                 500: the model's own code raised on this input (its
      |    |                               message, not a stack trace; other requests unaffected)
      |    +-- PredictTimeout              504: the predict call outlived its deadline
+     |    +-- TrialRefused                401 + WWW-Authenticate: a trial (``POST /-/trials``,
+     |    |                               ``serving.trials``) without the serving token
+     |    +-- TrialBusy                   503 + Retry-After: the replica runs another trial
+     |    +-- TrialUnavailable            503 + Retry-After: the replica could not make the
+     |    |                               trial for reasons of its own (store down, memory)
+     |    +-- TrialTimeout                504: the trial outlived its ``timeout_s``
      +-- ContractError                    a signature that cannot become an API (a bug or a
                                           registry oddity: answered as a plain 500)
 
@@ -181,3 +187,29 @@ class PredictTimeout(ProblemError):
     status = 504
     slug = "predict-timeout"
     title = "The model version did not answer in time"
+
+
+class TrialRefused(ProblemError):
+    status = 401
+    slug = "unauthorized"
+    title = "A trial needs the serving token"
+
+
+class TrialBusy(ProblemError):
+    status = 503
+    slug = "trial-busy"
+    title = "This replica is running another trial"
+    retry_after = 5
+
+
+class TrialUnavailable(ProblemError):
+    status = 503
+    slug = "trial-unavailable"
+    title = "The replica could not make the trial"
+    retry_after = 5
+
+
+class TrialTimeout(ProblemError):
+    status = 504
+    slug = "trial-timeout"
+    title = "The trial did not end within its deadline"

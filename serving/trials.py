@@ -44,7 +44,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serving.bodies import parse_json, read_body
 from serving.environment_builds import EnvironmentBuildFailed
-from serving.exceptions import InvalidInput, ProblemError
+from serving.exceptions import (
+    InvalidInput,
+    TrialBusy,
+    TrialRefused,
+    TrialTimeout,
+    TrialUnavailable,
+)
 from serving.loader import LoadedModel, LoadFailed, NotChecked, download_and_load
 from serving.model_ids import Artifact
 from serving.proofs import Outcome, ReplicasFault, first_line, on_example, timed_out
@@ -58,32 +64,6 @@ TRIALS_PATH = "/-/trials"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 # The longest trial taken: an environment's build, a download and a load, and the call.
 MAX_TIMEOUT_S = 1800.0
-
-
-class TrialRefused(ProblemError):
-    status = 401
-    slug = "unauthorized"
-    title = "A trial needs the serving token"
-
-
-class TrialBusy(ProblemError):
-    status = 503
-    slug = "trial-busy"
-    title = "This replica is running another trial"
-    retry_after = 5
-
-
-class TrialUnavailable(ProblemError):
-    status = 503
-    slug = "trial-unavailable"
-    title = "The replica could not make the trial"
-    retry_after = 5
-
-
-class TrialTimeout(ProblemError):
-    status = 504
-    slug = "trial-timeout"
-    title = "The trial did not end within its deadline"
 
 
 class Trial(BaseModel):
