@@ -9,7 +9,8 @@ scikit-learn 1.9 (issue 17). It is a warning, and the evidence decides: a versio
 cannot load is reported by the replica that tried and quarantined with the cause
 (``docs/architecture.md``, "A load that cannot pass goes back to the controller").
 ``check_environment`` is pure (facts in, verdict out); only ``ServingEnvironment.current`` and
-``from_lock_file`` read anything.
+``from_lock_file`` read anything. What a version's artifacts say (``ArtifactEnvironment``, and
+whether loading it unpickles) is ``controller.environment_artifact``.
 
 Requirements (each line of ``requirements.txt``):
 
@@ -66,7 +67,6 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from packaging.markers import InvalidMarker, UndefinedComparison, UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
@@ -74,8 +74,10 @@ from packaging.specifiers import SpecifierSet
 from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
+from controller.environment_artifact import ArtifactEnvironment as ArtifactEnvironment
+from controller.environment_artifact import is_pickled as is_pickled
 from controller.environment_policy import EnvironmentPolicy as EnvironmentPolicy
-from controller.environment_secrets import carries_credential, credential_reason, redact
+from controller.environment_secrets import carries_credential, credential_reason
 
 # Raise it with every change to what ``check_environment`` decides (see ``digest``). 2: another
 # major version became a warning (issue 17). 3: a missing package gets an environment of its
@@ -84,7 +86,6 @@ RULES_REVISION = 4
 
 # Either distribution provides the `mlflow` module a model's `mlflow==X` requirement is about.
 _MLFLOW_PROVIDERS = ("mlflow", "mlflow-skinny")
-_PICKLE_FORMATS = frozenset({"pickle", "cloudpickle"})
 _ANOTHER_MAJOR = (
     ", another major version: not a reason to quarantine it by itself; a load that fails on "
     "serving quarantines it with the cause"
@@ -194,18 +195,6 @@ class ServingEnvironment:
 
 
 @dataclass(frozen=True)
-class ArtifactEnvironment:
-    # Credentials cut (``environment_secrets``): what is kept, shown and published of them.
-    requirements: list[str] | None
-    python_version: str | None
-    pickled: bool
-
-    def __post_init__(self) -> None:
-        if self.requirements is not None:
-            object.__setattr__(self, "requirements", [redact(r) for r in self.requirements])
-
-
-@dataclass(frozen=True)
 class Mismatch:
     """A requirement the serving environment has another version of."""
 
@@ -227,34 +216,6 @@ class EnvironmentVerdict:
     # Every requirement that parses and applies here (markers true), pip options left out: what
     # an environment that inherits nothing is built from. Not compared: it restates the input.
     requirements: list[Requirement] = field(default_factory=list, compare=False)
-
-
-def is_pickled(mlmodel: Mapping[str, Any]) -> bool:
-    """Does loading this model (the parsed MLmodel YAML) unpickle Python objects?
-
-    A pickled PythonModel has ``python_model`` in its python_function flavor. Models from code
-    carry ``cloudpickle_version`` too (MLflow writes it unconditionally) but have
-    ``model_code_path`` and no ``python_model``, so only ``cloudpickle_version`` without
-    ``model_code_path`` counts. Other flavors say so with ``serialization_format``; sklearn's
-    ``pickled_model`` key is present for skops too, so it counts only without a format (MLflow
-    versions that predate the key always pickled).
-    """
-    flavors = mlmodel.get("flavors")
-    if not isinstance(flavors, Mapping):
-        return False
-    pyfunc = flavors.get("python_function")
-    if isinstance(pyfunc, Mapping):
-        if pyfunc.get("python_model"):
-            return True
-        if "cloudpickle_version" in pyfunc and "model_code_path" not in pyfunc:
-            return True
-    for conf in flavors.values():
-        if not isinstance(conf, Mapping):
-            continue
-        fmt = conf.get("serialization_format")
-        if fmt in _PICKLE_FORMATS or (fmt is None and "pickled_model" in conf):
-            return True
-    return False
 
 
 def _any_release_in_major(specifier: SpecifierSet, installed: Version) -> bool:
