@@ -31,6 +31,7 @@ from controller.exceptions import (
     RegistryUnavailable,
 )
 from controller.read_reasons import REFUSAL_CODES, ReadFailure
+from controller.registry_artifacts import ArtifactCache, cached_facts, python_version
 from controller.registry_listing import ModelFingerprint, fingerprint
 from wire.artifact_manifest import HASH_LIMIT
 
@@ -71,25 +72,6 @@ class ObservedVersion:
     @property
     def ready(self) -> bool:
         return self.status == "READY"
-
-
-def _python_version(python_env: str | None, mlmodel: dict[str, Any]) -> str | None:
-    """The Python the version was saved with: python_env.yaml, else the pyfunc flavor's."""
-    if python_env is not None:
-        # BaseLoader keeps scalars as strings (safe_load reads a hand-written "python: 3.10" as
-        # the float 3.1); it builds only str/list/dict, so it is as safe as safe_load.
-        try:
-            env = yaml.load(python_env, Loader=yaml.BaseLoader)  # noqa: S506
-        except yaml.YAMLError:
-            # Not worth failing the whole read over: MLflow itself never reads this file to
-            # load the model, it only builds environments from it.
-            env = None
-        if isinstance(env, dict) and isinstance(env.get("python"), str):
-            return str(env["python"])
-    flavors = mlmodel.get("flavors")
-    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
-    version = pyfunc.get("python_version") if isinstance(pyfunc, dict) else None
-    return str(version) if version else None
 
 
 def _millis(value: Any) -> int | None:
@@ -136,6 +118,11 @@ class Registry:
         self._max_file_bytes = max_file_bytes
         # Files up to this size are hashed into the version's manifest, larger ones sized only.
         self._hash_limit = hash_limit
+        # Versions of one logged model are read as their MLmodel alone (registry_artifacts).
+        self.artifacts = ArtifactCache()
+        # Told each read the passes make ("model", "versions", "listing", "artifact", and
+        # "artifact_cached" for a read as MLmodel alone): the reads-per-decision metric.
+        self.on_read: Callable[[str], None] | None = None
         # MLflow's own retries back off for minutes; the worker retries with its own backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
@@ -167,6 +154,10 @@ class Registry:
         if self._on_error is not None:
             self._on_error(kind)
 
+    def _read(self, kind: str) -> None:
+        if self.on_read is not None:
+            self.on_read(kind)
+
     def ping(self) -> None:
         self._call(lambda: self._client.search_registered_models(max_results=1))
 
@@ -195,6 +186,7 @@ class Registry:
                 if not token:
                     return found
 
+        self._read("listing")
         return self._call(fetch)
 
     def versions(self, name: str) -> list[ObservedVersion]:
@@ -222,6 +214,7 @@ class Registry:
                 if not token:
                     return found
 
+        self._read("versions")
         return self._call(fetch, model=name)
 
     def model(self, name: str) -> ObservedModel:
@@ -239,6 +232,7 @@ class Registry:
                 tags={str(k): str(v) for k, v in (m.tags or {}).items()},
             )
 
+        self._read("model")
         return self._call(fetch, model=name)
 
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
@@ -278,6 +272,11 @@ class Registry:
 
             location = self._location(name, version)
             repo = get_artifact_repository(location, tracking_uri=self.tracking_uri)
+            cached = cached_facts(self.artifacts, repo, location, self._max_file_bytes)
+            if cached is not None:
+                self._read("artifact_cached")
+                return cached
+            self._read("artifact")
             listing = list_files(repo)
             if "MLmodel" not in listing.files:
                 self._not_a_model(name, version, location, listing)
@@ -302,17 +301,19 @@ class Registry:
             manifest = build_manifest(repo, read=read, hash_limit=self._hash_limit)
             mlmodel = mlmodel if isinstance(mlmodel, dict) else {}
             requirements = texts.get("requirements.txt")
-            return ArtifactFacts(
+            facts = ArtifactFacts(
                 source=location,
                 mlmodel_digest=hashlib.sha256(raw).hexdigest(),
                 manifest=tuple(manifest),
                 signature=dict(signature.to_dict()) if signature is not None else None,
                 environment=ArtifactEnvironment(
                     requirements=requirements.splitlines() if requirements is not None else None,
-                    python_version=_python_version(texts.get("python_env.yaml"), mlmodel),
+                    python_version=python_version(texts.get("python_env.yaml"), mlmodel),
                     pickled=is_pickled(mlmodel),
                 ),
             )
+            self.artifacts.keep(facts)
+            return facts
 
         return self._call(fetch, model=name)
 

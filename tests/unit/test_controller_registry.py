@@ -22,7 +22,9 @@ from controller.artifact_sources import SourceNotAllowed
 from controller.environment import EnvironmentPolicy, ServingEnvironment, check_environment
 from controller.exceptions import RegisteredModelGone, RegistryUnavailable, VersionUnreadable
 from controller.read_reasons import NOT_ALLOWED, ReadFailure, public_reason
-from controller.registry import Registry, _python_version
+from controller.registry import Registry
+from controller.registry_artifacts import ArtifactCache
+from controller.registry_artifacts import python_version as _python_version
 
 NAME = "artifact_facts"
 REQUIREMENT = "definitely-not-installed-pkg==1.0"
@@ -68,6 +70,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             yield {"uri": uri, "tmp": tmp, "client": client, "registry": registry}
         finally:
             mlflow.set_tracking_uri(previous)
+
+
+@pytest.fixture(autouse=True)
+def _read_afresh(store: dict[str, Any]) -> None:
+    # The tests below change a version's files in place and read it again: each reads as a
+    # version at a location not seen before would (the cache has a test of its own).
+    store["registry"].artifacts = ArtifactCache()
 
 
 def _local_dir(store: dict[str, Any], version: str) -> Path:
@@ -375,3 +384,33 @@ def test_the_listing_pages_through_every_model_with_its_fingerprint(
     finally:
         for name in others:
             client.delete_registered_model(name)
+
+
+def test_a_version_at_a_location_read_before_is_read_as_its_mlmodel_alone(
+    store: dict[str, Any],
+) -> None:
+    """Two versions of one logged model: the second is read as its MLmodel alone (the facts
+    kept by location and MLmodel digest); an MLmodel changed in place is read in full."""
+    registry, client = store["registry"], store["client"]
+    source = client.get_model_version(NAME, "1").source
+    client.create_registered_model("same_artifact")
+    for _ in range(2):
+        client.create_model_version("same_artifact", source)
+    reads: list[str] = []
+    registry.on_read = reads.append
+    try:
+        first = registry.artifact("same_artifact", "1")
+        second = registry.artifact("same_artifact", "2")
+        assert reads == ["artifact", "artifact_cached"]
+        assert second == first
+        mlmodel = Path(first.source) / "MLmodel"
+        original = mlmodel.read_bytes()
+        mlmodel.write_bytes(original + b"# written again\n")
+        try:
+            third = registry.artifact("same_artifact", "2")
+        finally:
+            mlmodel.write_bytes(original)
+        assert reads[-1] == "artifact"
+        assert third.mlmodel_digest != first.mlmodel_digest
+    finally:
+        registry.on_read = None

@@ -1,0 +1,110 @@
+"""What was read of an artifact, kept by its location and its MLmodel's digest.
+
+A version's read (``Registry.artifact``) costs a download URI, a listing, MLmodel, the two
+environment files, a recursive listing and a request per file hashed into its manifest: ten
+or more requests to MLflow per version. Versions registered from one logged model (a retrain
+that changed nothing, a storm's 1,000 versions of 3 artifacts, a model promoted across
+registered models) point at one location. So the facts read from a location are kept here,
+keyed by the location and the SHA-256 of the MLmodel read then; a later version at the same
+location is read as its download URI and its MLmodel alone, and the rest is taken from here
+only if that MLmodel has the same digest. Anything else (another MLmodel, a read that fails, a
+location not seen) is read in full, as before.
+
+Why that is as safe as reading everything again: the facts are bound to the manifest of every
+file (size, SHA-256), and a replica checks what it downloads against it before it loads
+anything (docs/security.md, "What a decision is bound to"); a file replaced at the location
+after the first read is refused and reported, exactly as one replaced after the decision. The
+location is still checked against the allowed sources at every read (``Registry._location``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tempfile
+import threading
+from collections import OrderedDict
+from typing import Any
+
+import yaml
+
+from controller.artifact_files import read_file
+from controller.artifacts import ArtifactFacts
+
+# Locations kept (the newest used); an entry is a few KB (the manifest's paths and digests).
+CACHED_LOCATIONS = 512
+
+
+class ArtifactCache:
+    """Facts per (location, MLmodel digest), least recently used dropped; thread-safe (the
+    passes' threads read at once)."""
+
+    def __init__(self, size: int = CACHED_LOCATIONS) -> None:
+        self._size = size
+        self._facts: OrderedDict[tuple[str, str], ArtifactFacts] = OrderedDict()
+        self._locations: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def holds(self, location: str) -> bool:
+        with self._lock:
+            return location in self._locations
+
+    def get(self, location: str, digest: str) -> ArtifactFacts | None:
+        with self._lock:
+            facts = self._facts.get((location, digest))
+            if facts is None:
+                self.misses += 1
+                return None
+            self._facts.move_to_end((location, digest))
+            self.hits += 1
+            return facts
+
+    def keep(self, facts: ArtifactFacts) -> None:
+        key = (facts.source, facts.mlmodel_digest)
+        with self._lock:
+            if key not in self._facts:
+                self._locations[facts.source] = self._locations.get(facts.source, 0) + 1
+            self._facts[key] = facts
+            self._facts.move_to_end(key)
+            while len(self._facts) > self._size:
+                (location, _), _ = self._facts.popitem(last=False)
+                left = self._locations[location] - 1
+                if left:
+                    self._locations[location] = left
+                else:
+                    del self._locations[location]
+
+
+def cached_facts(cache: ArtifactCache, repo: Any, location: str, cap: int) -> ArtifactFacts | None:
+    """The facts kept for ``location`` if its MLmodel, read now, is the one they were read
+    from; None (read it in full) otherwise, or when the MLmodel cannot be read alone."""
+    if not cache.holds(location):
+        return None
+    try:
+        with tempfile.TemporaryDirectory(prefix="sigserve-mlmodel-") as tmp:
+            # No listing, so no size to refuse by: read_file stops at the cap all the same.
+            raw = read_file(repo, "MLmodel", None, cap, tmp)
+    except Exception:
+        # Missing, too large, refused, down: the full read says which, in its own words.
+        return None
+    return cache.get(location, hashlib.sha256(raw).hexdigest())
+
+
+def python_version(python_env: str | None, mlmodel: dict[str, Any]) -> str | None:
+    """The Python the version was saved with: python_env.yaml, else the pyfunc flavor's."""
+    if python_env is not None:
+        # BaseLoader keeps scalars as strings (safe_load reads a hand-written "python: 3.10" as
+        # the float 3.1); it builds only str/list/dict, so it is as safe as safe_load.
+        try:
+            env = yaml.load(python_env, Loader=yaml.BaseLoader)  # noqa: S506
+        except yaml.YAMLError:
+            # Not worth failing the whole read over: MLflow itself never reads this file to
+            # load the model, it only builds environments from it.
+            env = None
+        if isinstance(env, dict) and isinstance(env.get("python"), str):
+            return str(env["python"])
+    flavors = mlmodel.get("flavors")
+    pyfunc = flavors.get("python_function") if isinstance(flavors, dict) else None
+    version = pyfunc.get("python_version") if isinstance(pyfunc, dict) else None
+    return str(version) if version else None
