@@ -7,7 +7,9 @@ the environment of its own it would be served in (None: the shared one) and the 
 replica:
 
 1. builds that environment if it has one (environments are shared by digest, so a version
-   registered later finds it built), then loads the artifact through the loader's own path
+   registered later finds it built; no table names it, so it goes once untouched for
+   ``SIGSERVE_ENVIRONMENT_IDLE_TTL_S``, and with 0 never, as any environment), then loads
+   the artifact through the loader's own path
    (``serving.loader.download_and_load`` here, ``serving.environments`` in its own one: the
    same source, digest and manifest checks), but beside the multiplexer, never in its LRU: a
    scratch load, its files removed once the trial is answered. Nothing is reported to the
