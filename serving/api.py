@@ -16,6 +16,7 @@ client. Routes:
     POST /invocations, GET /ping|/health|/version      the same, for ``default_model`` if set
     GET  /-/healthz                                    liveness
     /v2/...                                            the Open Inference Protocol
+    (gRPC) inference.GRPCInferenceService              the same protocol, on Serve's gRPC port
 
 Bodies for ``/serve`` are described in ``serving.contract``, the scoring protocol's in
 ``serving.scoring_protocol``, the Open Inference Protocol's (its routes too) in
@@ -30,7 +31,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -42,6 +43,7 @@ from serving import open_inference, scoring_protocol, streaming
 from serving.bodies import check_count, read_body, read_json
 from serving.contract import Contract, contract_for
 from serving.exceptions import ProblemError
+from serving.grpc_inference import GrpcInference
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
 from serving.recorder import NoRecorder, Recorder
@@ -277,25 +279,32 @@ def create_app(
         return await _answer(name, version, request, respond)
 
     async def _answer(
-        name: str, version: str | None, request: Request, respond: Respond
+        name: str, version: str | None, request: Request | Mapping[str, str], respond: Respond
     ) -> Response:
         """Resolve the version (path, else header, else a rollout's choice or the default)
         before reading the body, so a quarantined version answers 409 whatever is sent; then
         ``respond``, timed and counted here, not in a middleware: one call on the request path.
         The answer names the version that produced it (``VERSION_HEADER``), a problem too
-        once its version was chosen."""
+        once its version was chosen. A gRPC call (``serving.grpc_inference``) gives its
+        metadata for ``request``, and is not shadowed (a shadow replays an HTTP body)."""
         started = time.perf_counter()
         routed: Routed | None = None
         target: Target | None = None
+        headers = request.headers if isinstance(request, Request) else request
         try:
             if version is None:
                 version = ""  # labels no version if the header names another model (400)
-                version = header_version(name, request.headers)
+                version = header_version(name, headers)
             table = source.table
-            if version is None and (routed := rollout.route(table, name, request.headers)):
+            if version is None and (routed := rollout.route(table, name, headers)):
                 version = routed.version
             target = resolve(table, name, version)
-            shadowed = await rollout.keep_for_shadow(routed, request, max_body_bytes)
+            if isinstance(request, Request):
+                shadowed = await rollout.keep_for_shadow(routed, request, max_body_bytes)
+            else:
+                shadowed = False
+                if routed is None:
+                    rollout.shadows.client_seen()  # a client's: shadows give way to it too
             response = await respond(target, table)
         except BaseException as exc:
             if target is not None and isinstance(exc, ProblemError):
@@ -321,7 +330,7 @@ def create_app(
         metrics.request(name, served, 200, seconds)
         if routed is not None:
             rollout.answered(name, routed, 200, seconds)
-            if shadowed:
+            if shadowed and isinstance(request, Request):
                 candidate = routed.rollout.candidate
                 rollout.shadow(
                     response, name, routed, request,
@@ -372,6 +381,9 @@ def create_app(
         rollout.answered(name, routed, status, seconds)
 
     open_inference.install(app, source, answer=_answer, run=_run, max_body_bytes=max_body_bytes)
+    # The same protocol over gRPC, on this app's path; Ray Serve's gRPC methods on the
+    # deployment (``serving.server``) hand their calls to it.
+    app.state.grpc_inference = GrpcInference(source, answer=_answer, run=_run)
     return app
 
 

@@ -28,6 +28,8 @@ V2 datatypes and MLflow types (the one table of the mapping):
   into its JSON and the raw tensors (little-endian, row-major; BYTES as 4-byte lengths and
   bytes), and outputs asked for as binary (``binary_data_output``, or an output's
   ``binary_data``) are answered the same way. What tritonclient sends unless told otherwise.
+- gRPC's messages become the same ``InferRequest`` and leave ``select_outputs`` the same way
+  (``serving.grpc_tensors``); only the encoding differs.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ from serving.exceptions import InvalidInput
 HEADER_LENGTH = "inference-header-content-length"
 BINARY = "application/octet-stream"
 # Triton's request parameters, which are not the model's.
-_RESERVED = frozenset(
+RESERVED = frozenset(
     {"binary_data_output", "sequence_id", "sequence_start", "sequence_end", "priority", "timeout"}
 )
 DTYPES: dict[str, np.dtype[Any]] = {
@@ -148,22 +150,22 @@ def parse_request(raw: bytes, header_length: str | None) -> InferRequest:
     """A V2 inference request, JSON or with the binary tensor extension."""
     if header_length is not None:
         if not header_length.isdigit() or int(header_length) > len(raw):
-            raise _invalid("inference-header-content-length", "is not the length of the JSON")
+            raise invalid("inference-header-content-length", "is not the length of the JSON")
         split = int(header_length)
         body, rest = parse_json(raw[:split]), memoryview(raw)[split:]
     else:
         body, rest = parse_json(raw), memoryview(b"")
     if not isinstance(body, dict) or not isinstance(body.get("inputs"), list):
-        raise _invalid("inputs", "must be a list of tensors")
+        raise invalid("inputs", "must be a list of tensors")
     tensors, offset = [], 0
     for i, spec in enumerate(body["inputs"]):
         tensor, used = _tensor(spec, f"inputs[{i}]", rest[offset:])
         tensors.append(tensor)
         offset += used
     if offset != len(rest):
-        raise _invalid("body", f"has {len(rest) - offset} bytes no input claims")
+        raise invalid("body", f"has {len(rest) - offset} bytes no input claims")
     parameters = _parameters(body, "")
-    params = {k: v for k, v in parameters.items() if k not in _RESERVED}
+    params = {k: v for k, v in parameters.items() if k not in RESERVED}
     outputs, binary = _requested(body.get("outputs"))
     request_id = body.get("id")
     return InferRequest(
@@ -179,34 +181,34 @@ def parse_request(raw: bytes, header_length: str | None) -> InferRequest:
 def _tensor(spec: Any, field: str, binary: memoryview) -> tuple[Tensor, int]:
     """One input tensor, and how many bytes of the binary part it took."""
     if not isinstance(spec, dict):
-        raise _invalid(field, "must be a JSON object with name, datatype, shape and data")
+        raise invalid(field, "must be a JSON object with name, datatype, shape and data")
     name, datatype, shape = spec.get("name"), spec.get("datatype"), spec.get("shape")
     if not isinstance(name, str) or not name:
-        raise _invalid(f"{field}.name", "must be a non-empty string")
+        raise invalid(f"{field}.name", "must be a non-empty string")
     if datatype not in DTYPES:
-        raise _invalid(f"{field}.datatype", f"must be one of {', '.join(DTYPES)}")
+        raise invalid(f"{field}.datatype", f"must be one of {', '.join(DTYPES)}")
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
-        raise _invalid(f"{field}.shape", "must be a list of non-negative integers")
+        raise invalid(f"{field}.shape", "must be a list of non-negative integers")
     size = _parameters(spec, field).get("binary_data_size")
     try:
         if size is not None:
             if not isinstance(size, int) or not 0 <= size <= len(binary):
-                raise _invalid(f"{field}.parameters.binary_data_size", "overruns the body")
-            flat = _from_bytes(bytes(binary[:size]), datatype)
+                raise invalid(f"{field}.parameters.binary_data_size", "overruns the body")
+            flat = from_bytes(bytes(binary[:size]), datatype)
             used = size
         elif "data" in spec:
             flat = np.asarray(spec["data"], dtype=DTYPES[datatype]).reshape(-1)
             used = 0
         else:
-            raise _invalid(f"{field}.data", "is required (or parameters.binary_data_size)")
+            raise invalid(f"{field}.data", "is required (or parameters.binary_data_size)")
         array = flat.reshape(shape)
     except (ValueError, TypeError, OverflowError) as exc:
         reason = f"does not hold a {datatype} tensor of shape {shape}: {exc}"[:300]
-        raise _invalid(f"{field}.data", reason) from None
+        raise invalid(f"{field}.data", reason) from None
     return Tensor(name, datatype, array), used
 
 
-def _from_bytes(raw: bytes, datatype: str) -> np.ndarray[Any, Any]:
+def from_bytes(raw: bytes, datatype: str) -> np.ndarray[Any, Any]:
     if datatype != "BYTES":
         return np.frombuffer(raw, dtype=DTYPES[datatype].newbyteorder("<"))
     items: list[Any] = []
@@ -216,12 +218,12 @@ def _from_bytes(raw: bytes, datatype: str) -> np.ndarray[Any, Any]:
         item = raw[offset + 4 : offset + 4 + int(length)]
         if len(item) != length:
             raise ValueError("a BYTES element runs past its tensor")
-        items.append(_text(item))
+        items.append(text_of(item))
         offset += 4 + int(length)
     return np.array(items, dtype=object)
 
 
-def _text(item: bytes) -> str | bytes:
+def text_of(item: bytes) -> str | bytes:
     # A string column reads text; bytes that are not UTF-8 can only be binary.
     try:
         return item.decode("utf-8")
@@ -235,7 +237,7 @@ def _parameters(holder: dict[str, Any], field: str) -> dict[str, Any]:
     if parameters is None:
         return {}
     if not isinstance(parameters, dict):
-        raise _invalid(f"{field}.parameters" if field else "parameters", "must be a JSON object")
+        raise invalid(f"{field}.parameters" if field else "parameters", "must be a JSON object")
     return parameters
 
 
@@ -243,12 +245,12 @@ def _requested(outputs: Any) -> tuple[list[str] | None, dict[str, bool]]:
     if outputs is None:
         return None, {}
     if not isinstance(outputs, list):
-        raise _invalid("outputs", "must be a list of {name, parameters}")
+        raise invalid("outputs", "must be a list of {name, parameters}")
     names, binary = [], {}
     for i, output in enumerate(outputs):
         name = output.get("name") if isinstance(output, dict) else None
         if not isinstance(name, str):
-            raise _invalid(f"outputs[{i}].name", "must be a string")
+            raise invalid(f"outputs[{i}].name", "must be a string")
         names.append(name)
         flag = _parameters(output, f"outputs[{i}]").get("binary_data")
         if isinstance(flag, bool):
@@ -267,25 +269,25 @@ def serve_body(request: InferRequest, contract: Contract) -> dict[str, Any]:
 def _inputs(tensors: list[Tensor], contract: Contract) -> Any:
     signature = contract.signature
     if not tensors:
-        raise _invalid("inputs", "must hold at least one tensor")
+        raise invalid("inputs", "must hold at least one tensor")
     if contract.kind == "tensor" and signature is not None:
         specs = cast(list[TensorSpec], signature.inputs.inputs)
         if len(specs) == 1 and len(tensors) == 1:
             expected = specs[0].name
             if expected is not None and tensors[0].name != expected:
-                raise _invalid("inputs[0].name", f"must be {expected!r}")
+                raise invalid("inputs[0].name", f"must be {expected!r}")
             return _values(tensors[0].array)
         return {t.name: _values(t.array) for t in tensors}
     count = _rows(tensors[0], 0)
     for i, tensor in enumerate(tensors[1:], start=1):
         if _rows(tensor, i) != count:
             reason = f"{tensor.name!r} has {len(tensor.array)} rows, {tensors[0].name!r} {count}"
-            raise _invalid(f"inputs[{i}].shape", f"must have one row per record: {reason}")
+            raise invalid(f"inputs[{i}].shape", f"must have one row per record: {reason}")
     if contract.kind == "unnamed" and signature is not None:
         by_position = {_column_name(c, i): i for i, c in enumerate(signature.inputs.inputs)}
         unknown = [t.name for t in tensors if t.name not in by_position]
         if unknown:
-            raise _invalid("inputs", f"{unknown[0]!r} is not an input of this model")
+            raise invalid("inputs", f"{unknown[0]!r} is not an input of this model")
         ordered = sorted(tensors, key=lambda t: by_position[t.name])
         columns = [_values(t.array) for t in ordered]
         if len(columns) == 1:
@@ -297,7 +299,7 @@ def _inputs(tensors: list[Tensor], contract: Contract) -> Any:
 
 def _rows(tensor: Tensor, position: int) -> int:
     if tensor.array.ndim == 0:
-        raise _invalid(f"inputs[{position}].shape", "must have one row per record")
+        raise invalid(f"inputs[{position}].shape", "must have one row per record")
     return len(tensor.array)
 
 
@@ -312,12 +314,7 @@ def infer_answer(
     request: InferRequest, records: list[Any], contract: Contract, name: str, version: str
 ) -> Response:
     """The V2 answer for /serve's output ``records``: JSON, or JSON and raw tensors."""
-    outputs = _outputs(records, contract)
-    if request.outputs is not None:
-        missing = [n for n in request.outputs if n not in outputs]
-        if missing:
-            raise _invalid("outputs", f"{missing[0]!r} is not an output of this model")
-        outputs = {n: outputs[n] for n in request.outputs}
+    outputs = select_outputs(request, records, contract)
     answer: dict[str, Any] = {"model_name": name, "model_version": version}
     if request.id is not None:
         answer["id"] = request.id
@@ -325,7 +322,7 @@ def infer_answer(
     for output_name, (datatype, shape, values) in outputs.items():
         tensor: dict[str, Any] = {"name": output_name, "datatype": datatype, "shape": shape}
         if request.binary.get(output_name, request.binary_default):
-            raw = _to_bytes(values, datatype)
+            raw = to_bytes(values, datatype)
             tensor["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
         else:
@@ -341,6 +338,19 @@ def infer_answer(
 
 
 Output = tuple[str, list[int], list[Any]]  # datatype, shape, data (flat, row-major)
+
+
+def select_outputs(
+    request: InferRequest, records: list[Any], contract: Contract
+) -> dict[str, Output]:
+    """The output tensors of /serve's ``records``, those the request asked for, in its order."""
+    outputs = _outputs(records, contract)
+    if request.outputs is None:
+        return outputs
+    missing = [n for n in request.outputs if n not in outputs]
+    if missing:
+        raise invalid("outputs", f"{missing[0]!r} is not an output of this model")
+    return {n: outputs[n] for n in request.outputs}
 
 
 def _outputs(records: list[Any], contract: Contract) -> dict[str, Output]:
@@ -371,7 +381,7 @@ def _output(values: list[Any], declared: Any) -> Output:
     return datatype, list(array.shape), array.reshape(-1).tolist()
 
 
-def _to_bytes(values: list[Any], datatype: str) -> bytes:
+def to_bytes(values: list[Any], datatype: str) -> bytes:
     if datatype != "BYTES":
         return np.asarray(values, dtype=DTYPES[datatype].newbyteorder("<")).tobytes()
     parts = []
@@ -381,5 +391,5 @@ def _to_bytes(values: list[Any], datatype: str) -> bytes:
     return b"".join(parts)
 
 
-def _invalid(field: str, reason: str) -> InvalidInput:
+def invalid(field: str, reason: str) -> InvalidInput:
     return InvalidInput(f"{field} {reason}", errors=[{"field": field, "reason": reason}])

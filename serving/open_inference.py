@@ -14,6 +14,7 @@ the deadline and the metrics are /serve's, not copies. Without a version in the 
 ``serve_multiplexed_model_id`` header, else the pinned default, chooses it, as for ``/serve``.
 
 The tensors, their datatypes and the binary tensor extension: ``serving.inference_tensors``.
+The same protocol over gRPC, on the same path: ``serving.grpc_inference``.
 
 Errors are sigserve's problem fields with the protocol's ``error`` (a string) beside them, typed
 ``application/json``: tritonclient reads ``error`` from any error body, KServe's client only
@@ -24,7 +25,7 @@ from ``application/json``. The statuses are /serve's (404, 409 with ``reasons``,
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -52,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 Respond = Callable[[Target, RoutingTable | None], Awaitable[Response]]
 # The API's one path for a request that runs a model (``serving.api``'s ``_answer``).
-Answer = Callable[[str, str | None, Request, Respond], Awaitable[Response]]
+# An HTTP route gives it its request; a gRPC call its metadata (``serving.grpc_inference``).
+Answer = Callable[[str, str | None, Request | Mapping[str, str], Respond], Awaitable[Response]]
 # A /serve body validated against the contract and run: the output records.
 Run = Callable[[Target, RoutingTable | None, Any], Awaitable[list[Any]]]
 
@@ -86,10 +88,6 @@ def install(
 ) -> None:
     """Register the protocol's routes on ``app``; ``answer`` and ``run`` are the API's."""
 
-    def contract(target: Target) -> Contract:
-        # The model's contract, as /serve validates against it (docs/architecture.md).
-        return contract_for(target.model.name, target.model.contract or target.version.signature)
-
     async def protocol(request: Request, call: Callable[[], Awaitable[Response]]) -> Response:
         try:
             return await call()
@@ -101,7 +99,7 @@ def install(
 
     @app.get("/v2")
     async def server_metadata() -> dict[str, Any]:
-        return {"name": "sigserve", "version": _version(), "extensions": ["binary_tensor_data"]}
+        return server_info()
 
     @app.get("/v2/health/live")
     async def live() -> dict[str, Any]:
@@ -117,10 +115,7 @@ def install(
 
     async def model_metadata(request: Request, name: str, version: str | None) -> Response:
         async def call() -> Response:
-            target = resolve(source.table, name, version)
-            model = find_model(source.table, name)
-            live = [v.version for v in model.versions.values() if v.state == VersionState.LIVE]
-            return JSONResponse(metadata(name, live, contract(target)))
+            return JSONResponse(describe(source.table, name, version))
 
         return await protocol(request, call)
 
@@ -136,7 +131,7 @@ def install(
         async def respond(target: Target, table: RoutingTable | None) -> Response:
             raw = await read_body(request, max_body_bytes)
             parsed = parse_request(raw, request.headers.get(HEADER_LENGTH))
-            model_contract = contract(target)
+            model_contract = contract_of(target)
             records = await run(target, table, serve_body(parsed, model_contract))
             return infer_answer(parsed, records, model_contract, name, target.version.version)
 
@@ -170,6 +165,24 @@ def install(
     async def unknown(request: Request, path: str) -> Response:
         # A path the protocol does not have still answers in the protocol's form.
         return error_response(request, UnknownRoute(f"/v2/{path} is not a route of this server"))
+
+
+def contract_of(target: Target) -> Contract:
+    """The model's contract, as /serve validates against it (docs/architecture.md)."""
+    return contract_for(target.model.name, target.model.contract or target.version.signature)
+
+
+def describe(table: RoutingTable | None, name: str, version: str | None) -> dict[str, Any]:
+    """A model's metadata (REST's and gRPC's): its live versions, and the tensors of its
+    contract, which infer validates against; resolved as /ping, without a load."""
+    target = resolve(table, name, version)
+    model = find_model(table, name)
+    live = [v.version for v in model.versions.values() if v.state == VersionState.LIVE]
+    return metadata(name, live, contract_of(target))
+
+
+def server_info() -> dict[str, Any]:
+    return {"name": "sigserve", "version": _version(), "extensions": ["binary_tensor_data"]}
 
 
 def _version() -> str:

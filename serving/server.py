@@ -35,6 +35,7 @@ from serving.api import create_app
 from serving.batching import BatchStats
 from serving.environments import EnvironmentManager
 from serving.gcs_store import GcsTableStore
+from serving.grpc_inference import GrpcInference
 from serving.load_ahead import LoadAhead
 from serving.load_reports import LoadFailureReporter
 from serving.loader import LoadedModel, PyfuncLoader, Refusal
@@ -229,7 +230,30 @@ class Server:
             environments=self._environments,
         )
         install(app, trials)
+        self._grpc: GrpcInference = app.state.grpc_inference
         return app
+
+    # The Open Inference Protocol over gRPC: Ray Serve's gRPC listener (``grpc_options``,
+    # ``sigserve.stack``) calls the method named after the RPC with its message and context;
+    # each hands it to the app's ``GrpcInference``, on the HTTP routes' path.
+
+    async def ServerLive(self, request: Any, grpc_context: Any) -> Any:
+        return await self._grpc.server_live(request, grpc_context)
+
+    async def ServerReady(self, request: Any, grpc_context: Any) -> Any:
+        return await self._grpc.server_ready(request, grpc_context)
+
+    async def ModelReady(self, request: Any, grpc_context: Any) -> Any:
+        return await self._grpc.model_ready(request, grpc_context)
+
+    async def ServerMetadata(self, request: Any, grpc_context: Any) -> Any:
+        return await self._grpc.server_metadata(request, grpc_context)
+
+    async def ModelMetadata(self, request: Any, grpc_context: Any) -> Any:
+        return await self._grpc.model_metadata(request, grpc_context)
+
+    async def ModelInfer(self, request: Any, grpc_context: Any) -> Any:
+        return await self._grpc.model_infer(request, grpc_context)
 
     def _watch(self, table: RoutingTable) -> None:
         self._prover.offer(table)

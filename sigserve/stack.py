@@ -192,6 +192,7 @@ def start_serving(
     fast_path: bool = True,
     serving_token: str | None = None,
     metrics_export_port: int | None = None,
+    grpc_port: int | None = None,
 ) -> None:
     """Start a local Ray in this process, run the serving app on it, wait until it serves.
 
@@ -199,7 +200,9 @@ def start_serving(
     ``stop_serving`` or when this process exits. ``fast_path`` (the default) starts Ray with
     ``fast_path_env``; without it, Ray's Python proxy answers. ``metrics_export_port`` is where
     Ray serves the replicas' metrics (``serving.metrics``) in Prometheus' format; unset, a port
-    Ray picks (``ray.nodes()[0]["MetricsExportPort"]`` names it).
+    Ray picks (``ray.nodes()[0]["MetricsExportPort"]`` names it). ``grpc_port`` is where the
+    Open Inference Protocol's gRPC service listens (``grpc_options``); unset, the
+    ``SIGSERVE_GRPC_PORT`` variable's, and 0 or neither: no gRPC listener.
     """
     import ray
     from pydantic import SecretStr
@@ -234,7 +237,7 @@ def start_serving(
     finally:
         for key in added:
             os.environ.pop(key, None)
-    serve.start(http_options={"host": host, "port": port})
+    serve.start(http_options={"host": host, "port": port}, **grpc_options(grpc_port))
     # The rest of the serving settings (batching, replicas...) come from the environment.
     chosen: dict[str, Any] = {"controller_url": controller_url}
     if max_num_models_per_replica is not None:
@@ -245,6 +248,25 @@ def start_serving(
     serve.run(build_app(settings), name=settings.app_name, route_prefix="/", blocking=False)
     # Servable means the ingress holds a routing table: /models answers 200 from then on.
     wait_for_http(f"http://{host}:{port}/models", ready_timeout_s)
+
+
+GRPC_SERVICER = (
+    "serving.grpc_protocol.grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server"
+)
+
+
+def grpc_options(port: int | None = None) -> dict[str, Any]:
+    """``serve.start``'s gRPC options for the Open Inference Protocol's service on ``port``
+    (else ``SIGSERVE_GRPC_PORT``), or none when it is 0 or unset. With the fast path, HAProxy
+    listens on it and forwards HTTP/2 to the replicas' own gRPC servers (direct ingress, the
+    window ``fast_path_env`` gives them); HTTP keeps its own path (docs/architecture.md)."""
+    if port is None:
+        port = int(os.environ.get("SIGSERVE_GRPC_PORT") or 0)
+    if not port:
+        return {}
+    from ray.serve.config import gRPCOptions
+
+    return {"grpc_options": gRPCOptions(port=port, grpc_servicer_functions=[GRPC_SERVICER])}
 
 
 # Ray's switch for a cluster-capable node address; off, the node's address is 127.0.0.1.
