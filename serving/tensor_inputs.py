@@ -8,17 +8,19 @@ signature names it. For the bodies where that outcome is plain, this module make
 directly, without the copy or the parser's detours: a signature of tensors of numeric or boolean
 dtypes (several ones all named), and a body whose value is, for one tensor, a non-empty list none
 of whose items is a JSON object, or, for named tensors, ``{name: list}`` with exactly their names
-(of equal lengths when several). Anything else (strings, a scalar, a list of objects, missing or
-extra names) is ``None`` and MLflow's own parser reads it, with every quirk it has;
-so does a value ``np.array`` refuses (ragged lists, a string where a number goes), so that its
-refusal is the one it always was.
+(of any lengths as ``inputs``, which MLflow takes; of equal lengths as ``instances``, which it
+refuses otherwise), or ``instances`` as a list of objects (what TF-serving clients send), each
+with exactly the tensors' names, which MLflow's parser turns into one array per name. Anything
+else (strings, a scalar, ``inputs`` as a list of objects, missing or extra names) is ``None``
+and MLflow's own parser reads it, with every quirk it has; so does a value ``np.array`` refuses
+(ragged lists, a string where a number goes), so that its refusal is the one it always was.
 
 ``MlflowTensor`` carries the model's input as a request's records (one item, as /serve's tensor
 records are one tensor), so that it takes the batched path of ``ModelHost.serve``: requests
 whose arrays MLflow's enforcement will take as they are (``conforms``: the signature's rank and
 fixed dimensions), as many rows in each tensor, and whose first dimensions are variable (``-1``)
-share a predict call, each tensor concatenated along axis 0, each request getting back exactly
-its own rows (``serving.batch_inputs``). The property
+share a predict call (tensors of unequal lengths never do), each tensor concatenated along
+axis 0, each request getting back exactly its own rows (``serving.batch_inputs``). The property
 tests ``tests/property/test_tensor_scoring.py`` (this parse against MLflow's, on generated
 signatures and bodies) and ``tests/property/test_tensor_batching.py`` (every merged request
 against its answer alone) hold it to that.
@@ -73,6 +75,10 @@ def read(field: str, value: Any, tensors: dict[str | None, TensorSpec]) -> Mlflo
     must read it."""
     if field not in ("inputs", "instances"):
         return None
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        # Rows of named tensors: only ``instances`` makes them columns (``inputs`` keeps a list
+        # of dicts, for the enforcement to judge).
+        return _rows(value, tensors) if field == "instances" else None
     if isinstance(value, dict):
         # The parser's column form: every tensor by its own name, and nothing else.
         if None in tensors or value.keys() != tensors.keys():
@@ -83,18 +89,50 @@ def read(field: str, value: Any, tensors: dict[str | None, TensorSpec]) -> Mlflo
         columns = {name: value}
     else:
         return None
-    arrays: dict[str | None, np.ndarray[Any, Any]] = {}
-    for name, column in columns.items():
+    for column in columns.values():
         if not isinstance(column, list) or not column or any(isinstance(i, dict) for i in column):
             # An empty list is a list of no records to MLflow's parser, not an empty array.
             return None
+    arrays = _arrays(columns, tensors)
+    if arrays is None:
+        return None
+    if field == "instances" and len({len(a) for a in arrays.values()}) != 1:
+        return None  # ``instances`` of unequal lengths: the parser's own refusal
+    # ``inputs`` of unequal lengths are MLflow's too: read, and predicted alone (``group``).
+    return MlflowTensor(arrays)
+
+
+def _rows(items: list[Any], tensors: dict[str | None, TensorSpec]) -> MlflowTensor | None:
+    """``instances`` as a list of objects, each with every named tensor's row and nothing else:
+    the columns MLflow's parser makes of them (``parse_instances_data``), keyed in the order of
+    the first object's names, as its ``defaultdict`` keys them."""
+    if None in tensors:
+        return None  # no names to match: the parser keeps each value's own dtype
+    names = list(items[0])
+    if names and set(names) != tensors.keys():
+        return None
+    columns: dict[str | None, list[Any]] = {name: [] for name in names}
+    for item in items:
+        # Another set of names gives columns of other lengths (refused) or extra ones.
+        if not isinstance(item, dict) or item.keys() != columns.keys():
+            return None
+        for name in names:
+            columns[name].append(item[name])
+    # The parser makes each row's array, then stacks them: one array per column is the same
+    # array (the property test holds it to that), in one call instead of one per row.
+    return MlflowTensor(arrays) if names and (arrays := _arrays(columns, tensors)) else None
+
+
+def _arrays(
+    columns: dict[str | None, list[Any]], tensors: dict[str | None, TensorSpec]
+) -> dict[str | None, np.ndarray[Any, Any]] | None:
+    arrays: dict[str | None, np.ndarray[Any, Any]] = {}
+    for name, column in columns.items():
         try:
             arrays[name] = np.array(column, dtype=tensors[name].type)
         except (ValueError, TypeError, OverflowError):
             return None  # MLflow's parser refuses it, in its own words
-    if len({len(a) for a in arrays.values()}) != 1:
-        return None  # ``instances`` of unequal lengths: the parser's own refusal
-    return MlflowTensor(arrays)
+    return arrays
 
 
 def conforms(array: np.ndarray[Any, Any], spec: TensorSpec) -> bool:
@@ -128,9 +166,9 @@ def group(
 
 
 def rows(tensor: MlflowTensor) -> int:
-    """The rows a request's answer has, for a model that answers row by row."""
-    first = next(iter(tensor.arrays.values()))
-    return len(first) if first.ndim else 1
+    """The rows a request's answer has, for a model that answers row by row (the longest
+    tensor's, when they differ: such a request is predicted alone anyway)."""
+    return max(len(a) if a.ndim else 1 for a in tensor.arrays.values())
 
 
 def merged(parts: list[MlflowTensor]) -> Any:

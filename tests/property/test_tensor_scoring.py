@@ -4,9 +4,12 @@ values, and the name it is keyed by) that ``infer_and_parse_data`` makes, and ``
 hands the model the same thing after MLflow's schema enforcement (or refuses both alike).
 
 Signatures of one tensor (numeric or boolean dtype, named or not, ranks 1-3, dimensions variable
-or fixed) and bodies that fit them and bodies that do not: other ranks and widths, ragged lists,
-numbers as strings, bools, nulls, huge ints, objects, empty lists, scalars, the column form
-``{name: list}`` under the right name and a wrong one.
+or fixed) or several named ones, and bodies that fit them and bodies that do not: other ranks and
+widths, ragged lists, numbers as strings, bools, nulls, huge ints, objects, empty lists, scalars,
+the column form ``{name: list}`` under the right name and a wrong one, of equal lengths or not,
+and rows as objects (``[{name: row, ...}, ...]``, TF-serving's form) with every name, one
+missing, one extra, in another order, or a row that is not an object. The forms this module
+reads are read whenever MLflow's parser takes them (else the fast path would silently be lost).
 """
 
 from __future__ import annotations
@@ -97,6 +100,26 @@ def column(draw: st.DrawFn, spec: TensorSpec, rows: int | None) -> Any:
     return value
 
 
+def as_objects(draw: st.DrawFn, value: dict[str, Any]) -> list[Any]:
+    """``{name: rows}`` as a list of objects (one per row of the longest), now and then with a
+    name missing, an extra one, another order, or a row that is not an object."""
+    count = max((len(v) for v in value.values() if isinstance(v, list)), default=1)
+    rows: list[Any] = []
+    for i in range(max(1, count)):
+        row = {k: v[i] if isinstance(v, list) and i < len(v) else v for k, v in value.items()}
+        if draw(st.integers(0, 19)) == 0:
+            row = dict(reversed(row.items()))
+        rows.append(row)
+    odd = draw(st.integers(0, 14))
+    if odd == 0:
+        rows[-1].pop(next(iter(rows[-1])))
+    elif odd == 1:
+        rows[-1]["z"] = 1
+    elif odd == 2:
+        rows.append([1.0])
+    return rows
+
+
 @st.composite
 def bodies(draw: st.DrawFn, signature: ModelSignature) -> tuple[str, Any]:
     specs = signature.inputs.inputs
@@ -108,6 +131,8 @@ def bodies(draw: st.DrawFn, signature: ModelSignature) -> tuple[str, Any]:
             value.pop("x")
         if draw(st.integers(0, 9)) == 0:
             value["z"] = [1]
+        if draw(st.integers(0, 2)) == 0:
+            return field, as_objects(draw, value)
         return field, value
     value = column(draw, specs[0], None)
     form = draw(st.integers(0, 9))
@@ -115,7 +140,27 @@ def bodies(draw: st.DrawFn, signature: ModelSignature) -> tuple[str, Any]:
         value = {"x": value}
     elif form == 1:
         value = {draw(st.sampled_from(["y", "x"])): value, "z": [1]}
+    elif form == 2:
+        value = as_objects(draw, {draw(st.sampled_from(["x", "x", "y"])): value})
     return field, value
+
+
+def read_here(field: str, value: Any, specs: dict[str | None, TensorSpec]) -> bool:
+    """Whether the body is of a form this module reads (when numpy makes its arrays)."""
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return (
+            field == "instances"
+            and None not in specs
+            and all(isinstance(row, dict) and row.keys() == specs.keys() for row in value)
+        )
+    if isinstance(value, dict):
+        columns = value if None not in specs and value.keys() == specs.keys() else {}
+    else:
+        columns = {None: value} if len(specs) == 1 else {}
+    return bool(columns) and all(
+        isinstance(c, list) and c and not any(isinstance(i, dict) for i in c)
+        for c in columns.values()
+    )
 
 
 def mlflows(field: str, value: Any, signature: ModelSignature) -> Any:
@@ -160,9 +205,13 @@ def test_the_tensor_read_without_mlflows_parser_is_mlflows(data: st.DataObject) 
     assert specs is not None
     tensor = tensor_inputs.read(field, value, specs)
     event("read without MLflow's parser" if tensor is not None else "left to MLflow's parser")
-    if tensor is None:
-        return
+    objects = isinstance(value, list) and value and isinstance(value[0], dict)
+    event(f"{field} as {'objects' if objects else type(value).__name__}")
     theirs = mlflows(field, value, signature)
+    if tensor is None:
+        # A form read here that MLflow's parser takes is read here too.
+        assert theirs is None or not read_here(field, value, specs), "left to MLflow's parser"
+        return
     assert theirs is not None, "MLflow refuses a body read as valid"
     ours = tensor.model_input()
     assert_same(ours, theirs)
@@ -193,6 +242,32 @@ def test_the_common_bodies_are_read_without_mlflows_parser() -> None:
         assert tensor is not None and tensor.arrays["mask"].dtype == np.int64
 
 
+def test_rows_as_objects_and_inputs_of_unequal_lengths_are_read_as_mlflows_parser_reads_them() -> (
+    None
+):
+    """TF-serving's ``instances`` as a list of objects become one array per name, keyed in the
+    first object's order; ``inputs`` by name of unequal lengths stay as they are. Both are
+    MLflow's own outcome, and neither goes through its parser."""
+    x = TensorSpec(np.dtype(np.float32), (-1, 3), "x")
+    mask = TensorSpec(np.dtype(np.int64), (-1,), "mask")
+    several = {"x": x, "mask": mask}
+    signature = ModelSignature(Schema([x, mask]))
+    objects = [{"mask": 1, "x": [1.0, 2.0, 3.0]}, {"x": [4, 5, 6.5], "mask": 0}]
+    tensor = tensor_inputs.read("instances", objects, several)
+    assert tensor is not None
+    assert_same(tensor.model_input(), mlflows("instances", objects, signature))
+    assert list(tensor.arrays) == ["mask", "x"] and tensor.arrays["x"].shape == (2, 3)
+    alone = [{"x": [1.0, 2.0, 3.0]}]
+    tensor = tensor_inputs.read("instances", alone, {"x": x})
+    assert tensor is not None
+    assert_same(tensor.model_input(), mlflows("instances", alone, ModelSignature(Schema([x]))))
+    unequal = {"x": [[1.0, 2.0, 3.0]], "mask": [1, 0, 1]}
+    tensor = tensor_inputs.read("inputs", unequal, several)
+    assert tensor is not None and tensor_inputs.rows(tensor) == 3
+    assert_same(tensor.model_input(), mlflows("inputs", unequal, signature))
+    assert tensor_inputs.group(tensor, several, 64) is None  # never concatenated
+
+
 def test_what_mlflows_parser_reads_otherwise_is_left_to_it() -> None:
     """An empty list is no records to MLflow (a list, not an array); strings, several tensors
     and values numpy refuses are its parser's to read or refuse."""
@@ -210,6 +285,13 @@ def test_what_mlflows_parser_reads_otherwise_is_left_to_it() -> None:
     # Unequal lengths: MLflow's parser refuses them as ``instances``.
     assert mlflows("instances", {"a": [1.0], "b": [1, 2]}, ModelSignature(Schema([a, b]))) is None
     assert tensor_inputs.read("instances", {"a": [1.0], "b": [1, 2]}, {"a": a, "b": b}) is None
+    # Objects: only as ``instances``, each with every name and no other, all of them objects.
+    assert tensor_inputs.read("inputs", [{"a": 1.0, "b": 1}], {"a": a, "b": b}) is None
+    assert tensor_inputs.read("instances", [{"a": 1.0}], {"a": a, "b": b}) is None
+    assert tensor_inputs.read("instances", [{"a": 1.0, "b": 1, "c": 2}], {"a": a, "b": b}) is None
+    assert tensor_inputs.read("instances", [{"a": 1.0, "b": 1}, [1.0, 1]], {"a": a, "b": b}) is None
+    assert tensor_inputs.read("instances", [{}], {"a": a, "b": b}) is None
+    assert tensor_inputs.read("instances", [{"a": [1.0]}], {None: spec}) is None
     strings = ModelSignature(Schema([TensorSpec(np.dtype(str), (-1,))]))
     assert tensor_inputs.specs(strings) is None
     assert tensor_inputs.specs(ModelSignature(Schema([a, b]))) == {"a": a, "b": b}

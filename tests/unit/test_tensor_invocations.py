@@ -37,9 +37,14 @@ import numpy as np
 
 class RowStats(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input, params=None):
-        array = model_input["x"] if isinstance(model_input, dict) else model_input
+        named = isinstance(model_input, dict)
+        array = model_input["x"] if named else model_input
         flat = np.asarray(array).reshape(len(array), -1)
-        return np.stack([flat.sum(axis=1), flat.max(axis=1)], axis=1)
+        out = np.stack([flat.sum(axis=1), flat.max(axis=1)], axis=1)
+        if named and "m" in model_input:
+            # m's values row by row, as many as x has: m of another length shows.
+            out[:, 0] += np.resize(np.asarray(model_input["m"], dtype=out.dtype), len(out))
+        return out
 
 
 mlflow.models.set_model(RowStats())
@@ -72,6 +77,11 @@ BODIES: dict[str, list[Any]] = {
         {"inputs": {"x": [[1, 2]], "y": [1]}},
         {"inputs": [[1.5, 2]]},  # a float in an int64 tensor: numpy truncates, as in MLflow
         {"inputs": [[2**63, 2]]},
+        {"instances": [{"x": [1, 2]}, {"x": [3, 4]}]},  # TF-serving's rows as objects
+        {"instances": [{"x": [1, 2]}, {"y": [3, 4]}]},
+        {"instances": [{"x": [1, 2]}, [3, 4]]},
+        {"instances": [{"x": [1, 2, 3]}]},
+        {"inputs": [{"x": [1, 2]}]},  # objects as ``inputs``: MLflow's parser reads them
     ],
     "several": [
         {"inputs": {"x": [[1.0, 2.0, 3.0]], "m": [1]}},
@@ -81,6 +91,12 @@ BODIES: dict[str, list[Any]] = {
         {"inputs": {"x": [[1.0, 2.0, 3.0]]}},
         {"inputs": {"x": [[1.0, 2.0, 3.0]], "m": [1], "z": [0]}},
         {"inputs": [[1.0, 2.0, 3.0]]},
+        {"inputs": {"x": [[1.0, 2.0, 3.0], [1, 1, 1]], "m": [7]}},
+        {"instances": [{"x": [1.0, 2.0, 3.0], "m": 1}, {"m": 0, "x": [4, 5, 6]}]},
+        {"instances": [{"x": [1.0, 2.0, 3.0], "m": 1}, {"x": [4, 5, 6]}]},
+        {"instances": [{"x": [1.0, 2.0, 3.0], "m": 1, "z": 2}]},
+        {"instances": [{"x": [1.0, 2.0], "m": 1}]},
+        {"inputs": [{"x": [1.0, 2.0, 3.0], "m": 1}]},
     ],
 }
 
@@ -160,17 +176,33 @@ def test_tensor_bodies_are_answered_as_mlflows_scoring_server_answers_them(
 
 @pytest.mark.parametrize("several", [False, True])
 def test_concurrent_tensor_invocations_share_predict_calls(tmp_path: Path, several: bool) -> None:
+    """Rows as one tensor, or as tensors by name and (TF-serving's form) as objects, share
+    calls; tensors by name of unequal lengths among them are answered alone, as MLflow answers
+    them."""
     sigserve, mlflows, host = _apps(tmp_path, SEVERAL if several else [UNNAMED])
     bodies: list[Any] = []
     for i in range(12):
         rows = [[float(i), 1.0, -1.0]] * (1 + i % 3)
-        bodies.append({"inputs": {"x": rows, "m": [i] * len(rows)} if several else rows})
-    bodies.append({"inputs": {"x": [[1.0, 2.0]], "m": [1]} if several else [[1.0, 2.0]]})
+        if not several:
+            bodies.append({"inputs": rows})
+        elif i % 4 == 1:
+            bodies.append({"inputs": {"x": rows, "m": [i] * len(rows)}})
+        else:
+            bodies.append({"instances": [{"x": row, "m": i} for row in rows]})
+    answered = 12
+    if several:
+        # Unequal lengths, read here and predicted alone: merged, m would shift onto others.
+        bodies += [{"inputs": {"x": [[9.0, 9.0, 9.0]], "m": [100, 200, 300]}}] * 2
+        answered += 2
+    bad = [[1.0, 2.0]]
+    bodies.append({"inputs": {"x": bad, "m": [1]} if several else bad})
     ours = asyncio.run(_send(sigserve, "/models/m/invocations", bodies))
     theirs = [asyncio.run(_send(mlflows, "/invocations", [body]))[0] for body in bodies]
     # The last body is refused (another width), alone: the others are answered.
-    assert [status // 100 for status, _ in ours] == [2] * 12 + [4]
-    assert [status // 100 for status, _ in theirs] == [2] * 12 + [4]
-    assert [a for _, a in ours[:12]] == [_nulls(a) for _, a in theirs[:12]]
+    assert [status // 100 for status, _ in ours] == [2] * answered + [4]
+    assert [status // 100 for status, _ in theirs] == [2] * answered + [4]
+    assert [a for _, a in ours[:answered]] == [_nulls(a) for _, a in theirs[:answered]]
     (stats,) = host.batch_stats().values()
+    # Every body was read as a tensor (none by MLflow's parser, which is never batched).
+    assert stats.requests == len(bodies)
     assert stats.calls < 12
