@@ -25,6 +25,12 @@ RECONCILE_RESULTS = ("ok", "temporary_error", "permanent_error", "error")
 # What a failed registry call was: worth a retry (network, 5xx), refused for good (permissions,
 # bad request), or about a model or version that no longer exists.
 REGISTRY_ERROR_KINDS = ("temporary", "permanent", "gone")
+# The registry reads the passes make (controller/registry.py): a version at a location read
+# before is read as its MLmodel alone (artifact_cached).
+REGISTRY_READS = ("model", "versions", "listing", "artifact", "artifact_cached")
+# Models whose latest decision is not in the registry yet: to write (waiting, running, backing
+# off), or refused for good (controller/write_back_lane.py).
+WRITE_BACK_STATES = ("pending", "refused")
 LOAD_REPORT_RESULTS = (
     "recorded", "repeated", "stale", "unknown", "unauthorized", "default_live", "limited",
 )  # fmt: skip
@@ -56,6 +62,8 @@ class Metrics:
     leader: Gauge
     decisions: Counter
     registry_errors: Counter
+    registry_reads: Counter
+    write_back_backlog: Gauge
     publish_seconds: Histogram
     registration_to_live_seconds: Histogram
     # Rollouts (issue 19): started, ended by outcome and reason, steps, weights, reports.
@@ -129,6 +137,22 @@ class Metrics:
                 ["kind"],
                 registry=r,
             ),
+            registry_reads=Counter(
+                "sigserve_registry_reads",
+                "Reads of the MLflow registry by the reconciles and the resync, by read (model, "
+                "versions, listing; artifact: a version read in full, artifact_cached: its "
+                "download URI and MLmodel alone, the rest known from its location)",
+                ["read"],
+                registry=r,
+            ),
+            write_back_backlog=Gauge(
+                "sigserve_write_back_backlog",
+                "Models whose latest decision is not written back to the registry yet (the "
+                "verdict tags and the alias), by state: pending (waiting, being written, "
+                "backing off), refused (for good, until decided anew or the full resync)",
+                ["state"],
+                registry=r,
+            ),
             publish_seconds=Histogram(
                 "sigserve_publish_seconds",
                 "Time to publish the routing table: build it from the decisions, write its "
@@ -162,6 +186,8 @@ class Metrics:
                 self.proof_reports.labels(result, environment)
         for kind in REGISTRY_ERROR_KINDS:
             self.registry_errors.labels(kind)
+        for read in REGISTRY_READS:
+            self.registry_reads.labels(read)
         for state in STATES:
             self.versions.labels(state)
             for policy in POLICIES:

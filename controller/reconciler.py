@@ -34,6 +34,7 @@ from controller.environment_policy import with_policy_values
 from controller.exceptions import (
     RegisteredModelGone,
     RegistryError,
+    RegistryRefused,
     RegistryUnavailable,
     SteppedDown,
 )
@@ -340,7 +341,7 @@ class Reconciler:
                 return None  # its webhook (or the resync) makes it a tombstone
             alias_now = info.aliases.get(self._alias)
             try:
-                alias, warning = write_back(
+                alias, warning, for_good = write_back(
                     Fenced(self._writer, leading), record, observed, self._alias, alias_now,
                     controls=self._controls,
                 )
@@ -350,6 +351,8 @@ class Reconciler:
                 record = self._seen(record, alias, warning)
             if record.generation is None:
                 return None  # decided again meanwhile: that decision's own job writes it
+            if warning is not None and for_good:
+                raise RegistryRefused(warning)  # recorded above; the lane does not retry it
             if warning is not None:
                 return warning
         assert record.generation is not None

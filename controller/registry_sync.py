@@ -27,8 +27,9 @@ teams whose registry writers are not operators, the policy tags are ignored (the
 policy stands) and an alias moved by hand is no pin: the controller puts its own default back
 on it at once. Batching tags still apply: they tune how a model is served, not what or whether.
 
-Writes happen after the decision is committed; a registry that refuses them (permissions, an
-outage) costs a logged warning and a retry at the next pass, never a decision.
+Writes happen after the decision is committed; a registry that refuses them costs a logged
+warning, never a decision: an outage is retried, a refusal for good (permissions, a bad
+request) waits for the next decision or the full resync (``controller/write_back_lane.py``).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import Any
 from controller.compatibility import Policy, check
 from controller.decisions import decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
-from controller.exceptions import RegistryError
+from controller.exceptions import RegistryError, RegistryRefused
 from controller.records import ModelRecord, VersionRecord
 from controller.registry import ObservedVersion, RegistryWriter
 from wire.routing_table import VersionState
@@ -232,11 +233,12 @@ def write_back(
     alias_now: str | None,
     *,
     controls: bool = True,
-) -> tuple[str | None, str | None]:
+) -> tuple[str | None, str | None, bool]:
     """Write the verdict tags and the alias that differ.
 
-    Returns the alias as the controller acknowledges it (what ``alias_seen`` becomes), and why
-    the registry refused a write (None when every write went through). ``alias_now`` is what
+    Returns the alias as the controller acknowledges it (what ``alias_seen`` becomes), why the
+    registry refused a write (None when every write went through), and whether that refusal is
+    for good (``RegistryRefused``: the write-back lane does not retry it). ``alias_now`` is what
     the registry has now; the alias is left alone while a move of it the decision has not
     judged yet is in the registry (``judged``): its pass decides it first.
     """
@@ -249,21 +251,24 @@ def write_back(
                 if seen[version.version].get(key) != value:
                     registry.set_version_tag(record.name, version.version, key, value)
         if not judged(record, alias_now, controls):
-            return record.alias_seen, None
+            return record.alias_seen, None, False
         if _alias_should_move(record, alias_now, controls):
             assert record.default_version is not None
             registry.set_alias(record.name, alias, record.default_version)
-            return record.default_version, None
+            return record.default_version, None, False
         if alias_now != record.default_version:
             # Left where a person put it (waiting for a decision): not yet acknowledged, so
             # the next pass still sees it as moved.
-            return record.alias_seen, None
+            return record.alias_seen, None, False
     except RegistryError as exc:
-        log.warning(
-            "%s: the registry refused the verdict tags or the alias (%s); the decision "
-            "stands and the write is tried again at the next pass",
-            record.name,
-            exc,
-        )
-        return alias_now, f"the registry refused the verdict tags or the alias: {exc}"[:500]
-    return alias_now, None
+        permanent = isinstance(exc, RegistryRefused)
+        if not permanent:  # a refusal for good is logged once, by the lane
+            log.warning(
+                "%s: the registry refused the verdict tags or the alias (%s); the decision "
+                "stands and the write is tried again",
+                record.name,
+                exc,
+            )
+        why = f"the registry refused the verdict tags or the alias: {exc}"[:500]
+        return alias_now, why, permanent
+    return alias_now, None, False

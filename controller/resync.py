@@ -45,9 +45,13 @@ class Resync:
         audit_retention: timedelta,
         full_interval_s: float = 600.0,
         write_back: Callable[[str], None] = lambda name: None,
+        on_full: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._write_back = write_back
+        # Told before a full resync hands the lane what is behind: what the registry refused
+        # for good is tried again then (controller/write_back_lane.py).
+        self._on_full = on_full
         self._full_interval_s = full_interval_s
         self._registry = registry
         self._store = store
@@ -120,6 +124,8 @@ class Resync:
             self._enqueue(name, "resync")
         # Decisions the registry was not told of yet (a restart, a step-down, a failed write):
         # the write-back lane's work derives from the store, not from its memory.
+        if full:
+            self._on_full()
         for name in await asyncio.to_thread(self._store.behind_write_back):
             self._write_back(name)
         if full:

@@ -48,11 +48,11 @@ from controller.exceptions import (
     RegistryUnavailable,
     SteppedDown,
 )
-from controller.metrics import Metrics
+from controller.metrics import WRITE_BACK_STATES, Metrics
 from controller.priming import Priming
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
-from controller.registry import RegistryPort
+from controller.registry import Registry, RegistryPort
 from controller.resync import Resync
 from controller.store import Store
 from controller.work_queue import LANES, Lane, WorkQueue
@@ -111,6 +111,7 @@ class Worker:
             full_interval_s=full_resync_interval_s,
             audit_retention=audit_retention,
             write_back=lambda name: self.write_backs.behind(name),
+            on_full=self.write_backs.retry_refused,
         )
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -139,6 +140,12 @@ class Worker:
                 functools.partial(self._queue_depth, lane)
             )
         metrics.reconcile_in_flight.set_function(lambda: self._queue.in_flight)
+        for i, state in enumerate(WRITE_BACK_STATES):
+            metrics.write_back_backlog.labels(state).set_function(
+                functools.partial(lambda i: self.write_backs.backlog()[i], i)
+            )
+        if isinstance(registry, Registry):
+            registry.on_read = lambda read: metrics.registry_reads.labels(read).inc()
 
     @property
     def primed(self) -> bool:
@@ -331,7 +338,7 @@ class Worker:
             # Its own lane, after the passes: the registry's writes never hold a decision.
             # A resync's pass that changed nothing and found the registry as decided leaves it
             # to the marks (``Resync.once``).
-            self.write_backs.add(name)
+            self.write_backs.add(name, changed=outcome.changed)
         if outcome.retry_reason:
             self._retry_later(name, outcome.retry_reason, deliveries)
         elif term != self._term:

@@ -14,8 +14,12 @@ worker hands the model's name to this lane, and the pass ends. The lane
   ``max_defer_s`` before it takes its turn anyway (the queue may never empty in a long resync),
   and always while its own model is queued or in a pass (that pass hands it back when it ends);
   on threads of its own, so it never holds a pass's;
-- retries a job that failed (the registry refused or was down) after a capped exponential
-  backoff, by name;
+- retries a job that failed for now (the registry was down, the database locked) after a
+  capped exponential backoff, by name; a refusal that is permanent (``RegistryRefused``: 401,
+  403, 400, a write the same request would meet again) is recorded on the model
+  (``registry_warning``), logged once, and not tried again until the model is decided anew
+  (``add(changed=True)``) or the next full resync (``retry_refused``): retried, it would fail
+  forever at the backoff's pace;
 - is derived from the store: a model whose decision was written back is marked with the
   generation written (``controller/write_back_marks.py``), and every resync hands the lane
   whatever is behind (``Resync.once``), so a restart, a step-down or a lost job leaves nothing
@@ -40,7 +44,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from sqlalchemy.exc import OperationalError
 
-from controller.exceptions import GenerationConflict, RegistryError, SteppedDown
+from controller.exceptions import (
+    GenerationConflict,
+    RegistryError,
+    RegistryRefused,
+    SteppedDown,
+)
 from controller.registry import RegistryWriter
 
 log = logging.getLogger(__name__)
@@ -82,10 +91,19 @@ class WriteBackLane:
         self._job_ended = asyncio.Condition()
         self._attempts: Counter[str] = Counter()
         self._retries: dict[str, asyncio.TimerHandle] = {}
+        # Refused for good (why): left alone until decided anew or the next full resync.
+        self._refused: dict[str, str] = {}
         self.written = 0
 
-    def add(self, name: str) -> None:
-        """Write ``name``'s latest decision back (once, however often asked before it runs)."""
+    def add(self, name: str, *, changed: bool = True) -> None:
+        """Write ``name``'s latest decision back (once, however often asked before it runs).
+
+        ``changed``: whether the pass that asks decided something new; one that did not
+        leaves a model the registry refused for good alone."""
+        if name in self._refused:
+            if not changed:
+                return
+            del self._refused[name]
         if name in self._running:
             self._again.add(name)
             return
@@ -100,10 +118,21 @@ class WriteBackLane:
         backing off already, so a registry that keeps refusing is asked at the backoff's pace,
         not at every resync."""
         if name not in self._retries and name not in self._running:
-            self.add(name)
+            self.add(name, changed=False)
+
+    def retry_refused(self) -> None:
+        """The full resync's turn: what the registry refused for good is tried once more (a
+        permission granted since), by the ``behind`` that follows."""
+        self._refused.clear()
 
     def __len__(self) -> int:
         return len(self._waiting) + len(self._retries)
+
+    def backlog(self) -> tuple[int, int]:
+        """Models whose latest decision this lane has not written back yet: (to write:
+        waiting, running or backing off; refused for good)."""
+        pending = self._waiting.keys() | self._retries.keys() | self._running
+        return len(pending), len(self._refused)
 
     async def finished(self, name: str) -> None:
         """Return once no write-back of ``name`` runs. A pass waits for it: read between a
@@ -120,6 +149,7 @@ class WriteBackLane:
         self._waiting.clear()
         self._again.clear()
         self._attempts.clear()
+        self._refused.clear()
 
     async def run(self) -> None:
         pool = ThreadPoolExecutor(self._concurrency, thread_name_prefix="sigserve-write-back")
@@ -170,9 +200,12 @@ class WriteBackLane:
 
     async def _run_one(self, name: str, pool: ThreadPoolExecutor) -> None:
         call = functools.partial(contextvars.copy_context().run, self._job, name)
+        refused: str | None = None
         try:
             try:
                 why = await asyncio.get_running_loop().run_in_executor(pool, call)
+            except RegistryRefused as exc:
+                why = refused = str(exc)
             except (RegistryError, OperationalError, GenerationConflict) as exc:
                 # The registry was down, the database locked, the model written meanwhile:
                 # the job is safe to repeat.
@@ -191,6 +224,14 @@ class WriteBackLane:
         elif why is None:
             self._attempts.pop(name, None)
             self.written += 1
+        elif refused is not None:
+            self._attempts.pop(name, None)
+            self._refused[name] = refused
+            log.warning(
+                "%s: the registry refused the verdict's write-back for good (%s); not tried "
+                "again until the model is decided anew or the next full resync",
+                name, refused, extra={"event": "write_back_refused", "model": name},
+            )
         else:
             self._retry_later(name, why)
 

@@ -17,7 +17,7 @@ import pytest
 
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
-from controller.exceptions import RegistryRefused
+from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.metrics import Metrics
 from controller.own_writes import OwnWrites, alias_set, tag_set
 from controller.reconciler import Reconciler
@@ -31,19 +31,24 @@ WAIT_S = 10.0
 
 
 class Held(FakeRegistry):
-    """A registry whose version-tag writes wait while ``hold`` is clear, and refuse while
-    ``refuse`` is set."""
+    """A registry whose version-tag writes wait while ``hold`` is clear, and fail while
+    ``refuse`` is set: for now (an outage), or for good with ``for_good``."""
 
     def __init__(self, **kw: object) -> None:
         super().__init__(**kw)  # type: ignore[arg-type]
         self.hold = threading.Event()
         self.hold.set()
         self.refuse = False
+        self.for_good = False
+        self.tag_writes = 0
 
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         assert self.hold.wait(WAIT_S), "the test never let the write go"
+        self.tag_writes += 1
+        if self.refuse and self.for_good:
+            raise RegistryRefused("PERMISSION_DENIED: 403 on a tag write")
         if self.refuse:
-            raise RegistryRefused("PERMISSION_DENIED")
+            raise RegistryUnavailable("503 Service Unavailable")
         super().set_version_tag(name, version, key, value)
 
 
@@ -142,7 +147,7 @@ def test_a_model_decided_twice_before_its_write_back_ran_is_written_once(store: 
     assert record.alias_seen == record.default_version
 
 
-def test_a_write_back_the_registry_refused_is_retried_and_marked_only_once_written(
+def test_a_write_back_that_failed_for_now_is_retried_and_marked_only_once_written(
     store: Store,
 ) -> None:
     registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
@@ -166,6 +171,76 @@ def test_a_write_back_the_registry_refused_is_retried_and_marked_only_once_writt
     record = store.load_model("m")
     assert record is not None and record.registry_warning is None
     assert registry.tags["1"]["sigserve.state"] == "live"
+
+
+def test_a_write_back_refused_for_good_is_recorded_logged_once_and_not_retried(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A 403 on a tag write: the refusal is on the record, one line in the log, counted as
+    refused in the backlog, and not tried again by a resync or a pass that changed nothing;
+    the model decided anew, or the full resync, tries it once more."""
+    registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
+    registry.refuse = registry.for_good = True
+    reconciler = Reconciler(store, registry, ENV)
+    lane = WriteBackLane(reconciler.write_back, busy=lambda name: False,
+                         backlog=lambda: False, retry_initial_s=0.01, retry_max_s=0.01)
+
+    async def go() -> None:
+        run = asyncio.create_task(lane.run())
+        reconciler.reconcile("m")
+        lane.add("m")
+        await until(lambda: lane.backlog() == (0, 1), "m refused for good")
+        tried = registry.tag_writes
+        lane.behind("m")  # a resync finds it behind
+        lane.add("m", changed=False)  # a pass that decided nothing new
+        await asyncio.sleep(0.1)
+        assert registry.tag_writes == tried
+        assert lane.backlog() == (0, 1)
+        lane.retry_refused()  # the full resync
+        lane.behind("m")
+        await until(lambda: registry.tag_writes > tried, "tried again at the full resync")
+        await until(lambda: lane.backlog() == (0, 1), "refused again")
+        registry.refuse = False
+        lane.add("m", changed=True)  # decided anew
+        await until(lambda: store.behind_write_back() == [], "written back once allowed")
+        await until(lambda: lane.backlog() == (0, 0), "the backlog empty")
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(go())
+    refusals = [r for r in caplog.records if "for good" in r.getMessage()]
+    assert len(refusals) == 2  # once, and once more at the full resync
+    assert not [r for r in caplog.records if "trying again" in r.getMessage()]
+    assert registry.tags["1"]["sigserve.state"] == "live"
+
+
+def test_the_write_back_backlog_is_a_gauge_of_models_not_written_back(store: Store) -> None:
+    registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
+    registry.hold.clear()
+    metrics = Metrics.create()
+    worker = Worker(Reconciler(store, registry, ENV), store, registry, TableBroadcaster(),
+                    metrics, resync_interval_s=3600, retry_initial_s=0.05, retry_max_s=0.1)
+
+    def gauge(state: str) -> float | None:
+        return metrics.registry.get_sample_value("sigserve_write_back_backlog", {"state": state})
+
+    async def go() -> None:
+        run = asyncio.create_task(worker.write_backs.run())
+        Reconciler(store, registry, ENV).reconcile("m")
+        assert (gauge("pending"), gauge("refused")) == (0, 0)
+        worker.write_backs.add("m")
+        assert gauge("pending") == 1
+        await until(lambda: "m" in worker.write_backs._running, "m being written")
+        assert gauge("pending") == 1  # held in its write: not in the registry yet
+        registry.refuse = registry.for_good = True
+        registry.hold.set()
+        await until(lambda: gauge("refused") == 1, "m refused for good")
+        assert gauge("pending") == 0
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
 
 
 def test_a_resync_finding_a_refused_write_back_behind_leaves_it_to_its_backoff() -> None:

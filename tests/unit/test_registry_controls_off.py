@@ -88,7 +88,7 @@ def test_with_controls_off_an_alias_moved_by_hand_does_not_pin_and_is_put_back()
     assert followed.default_version == "1"
     assert followed.alias_refusal is None
     registry = RecordingRegistry()
-    acknowledged, warning = write_back(registry, followed, seen, ALIAS, "2", controls=False)
+    acknowledged, warning, _ = write_back(registry, followed, seen, ALIAS, "2", controls=False)
     assert registry.aliases == [("m", ALIAS, "1")]
     assert (acknowledged, warning) == ("1", None)
     # On, the same move is a pin.
