@@ -31,7 +31,12 @@ from controller.exceptions import (
     RegistryUnavailable,
 )
 from controller.read_reasons import REFUSAL_CODES, ReadFailure
-from controller.registry_artifacts import ArtifactCache, cached_facts, python_version
+from controller.registry_artifacts import (
+    ArtifactCache,
+    Locations,
+    cached_facts,
+    python_version,
+)
 from controller.registry_listing import ModelFingerprint, fingerprint
 from wire.artifact_manifest import HASH_LIMIT
 
@@ -120,6 +125,7 @@ class Registry:
         self._hash_limit = hash_limit
         # Versions of one logged model are read as their MLmodel alone (registry_artifacts).
         self.artifacts = ArtifactCache()
+        self._locations = Locations()
         # Told each read the passes make ("model", "versions", "listing", "artifact", and
         # "artifact_cached" for a read as MLmodel alone): the reads-per-decision metric.
         self.on_read: Callable[[str], None] | None = None
@@ -200,16 +206,15 @@ class Registry:
                 page = self._client.search_model_versions(
                     f"name='{escaped}'", max_results=200, page_token=token
                 )
-                found.extend(
-                    ObservedVersion(
+                for v in page:
+                    found.append(ObservedVersion(
                         version=str(v.version),
                         status=str(v.status),
                         source=v.source,
                         tags={str(k): str(t) for k, t in (v.tags or {}).items()},
                         created_at=_millis(v.creation_timestamp),
-                    )
-                    for v in page
-                )
+                    ))  # fmt: skip
+                    self._locations.note(name, str(v.version), v.source)
                 token = page.token
                 if not token:
                     return found
@@ -325,9 +330,12 @@ class Registry:
         """
         from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-        location = str(self._client.get_model_version_download_uri(name, version))
-        if RunsArtifactRepository.is_runs_uri(location):  # type: ignore[no-untyped-call]
-            location = RunsArtifactRepository.get_underlying_uri(location, self.tracking_uri)
+        location = self._locations.known(name, version)  # its source's, read before
+        if location is None:
+            location = str(self._client.get_model_version_download_uri(name, version))
+            if RunsArtifactRepository.is_runs_uri(location):  # type: ignore[no-untyped-call]
+                location = RunsArtifactRepository.get_underlying_uri(location, self.tracking_uri)
+            self._locations.learn(name, version, location)
         self._allowed().check(location)
         return location
 

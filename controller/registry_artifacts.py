@@ -10,6 +10,13 @@ location is read as its download URI and its MLmodel alone, and the rest is take
 only if that MLmodel has the same digest. Anything else (another MLmodel, a read that fails, a
 location not seen) is read in full, as before.
 
+The download URI itself is known from the version's source when another version with that
+source was read before (``Locations``): MLflow stores a version's location when the version is
+created, from its source alone, and for the sources kept here (a logged model's
+``models:/m-<id>``, a ``runs:/`` URI, a plain location) the same source always gives the same
+location; a ``models:/<name>/<version|alias>`` source is resolved per version, since an alias
+moves. So a version of a logged model read before costs one request: its MLmodel.
+
 Why that is as safe as reading everything again: the facts are bound to the manifest of every
 file (size, SHA-256), and a replica checks what it downloads against it before it loads
 anything (docs/security.md, "What a decision is bound to"); a file replaced at the location
@@ -20,6 +27,7 @@ location is still checked against the allowed sources at every read (``Registry.
 from __future__ import annotations
 
 import hashlib
+import re
 import tempfile
 import threading
 from collections import OrderedDict
@@ -32,6 +40,50 @@ from controller.artifacts import ArtifactFacts
 
 # Locations kept (the newest used); an entry is a few KB (the manifest's paths and digests).
 CACHED_LOCATIONS = 512
+# Versions whose source is remembered (from the versions read just before their artifacts).
+REMEMBERED_VERSIONS = 4096
+# A logged model's URI: its location never changes (MLflow's create_model_version).
+_LOGGED_MODEL = re.compile(r"^models:/m-[0-9a-f]+$")
+
+
+def _fixed(source: str) -> bool:
+    """Whether every version registered from ``source`` has the same location."""
+    return not source.startswith("models:") or bool(_LOGGED_MODEL.match(source))
+
+
+class Locations:
+    """Each version's source (as its model's versions were read) and the location a source
+    was found at: what saves the download URI's request. Bounded, thread-safe."""
+
+    def __init__(self, size: int = REMEMBERED_VERSIONS) -> None:
+        self._size = size
+        self._sources: OrderedDict[tuple[str, str], str] = OrderedDict()
+        self._locations: OrderedDict[str, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def note(self, name: str, version: str, source: str | None) -> None:
+        if not source or not _fixed(source):
+            return
+        with self._lock:
+            self._sources[(name, version)] = source
+            self._sources.move_to_end((name, version))
+            while len(self._sources) > self._size:
+                self._sources.popitem(last=False)
+
+    def known(self, name: str, version: str) -> str | None:
+        with self._lock:
+            source = self._sources.get((name, version))
+            return self._locations.get(source) if source is not None else None
+
+    def learn(self, name: str, version: str, location: str) -> None:
+        with self._lock:
+            source = self._sources.get((name, version))
+            if source is None:
+                return
+            self._locations[source] = location
+            self._locations.move_to_end(source)
+            while len(self._locations) > CACHED_LOCATIONS:
+                self._locations.popitem(last=False)
 
 
 class ArtifactCache:

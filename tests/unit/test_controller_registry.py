@@ -23,7 +23,7 @@ from controller.environment import EnvironmentPolicy, ServingEnvironment, check_
 from controller.exceptions import RegisteredModelGone, RegistryUnavailable, VersionUnreadable
 from controller.read_reasons import NOT_ALLOWED, ReadFailure, public_reason
 from controller.registry import Registry
-from controller.registry_artifacts import ArtifactCache
+from controller.registry_artifacts import ArtifactCache, Locations
 from controller.registry_artifacts import python_version as _python_version
 
 NAME = "artifact_facts"
@@ -77,6 +77,7 @@ def _read_afresh(store: dict[str, Any]) -> None:
     # The tests below change a version's files in place and read it again: each reads as a
     # version at a location not seen before would (the cache has a test of its own).
     store["registry"].artifacts = ArtifactCache()
+    store["registry"]._locations = Locations()
 
 
 def _local_dir(store: dict[str, Any], version: str) -> Path:
@@ -389,8 +390,9 @@ def test_the_listing_pages_through_every_model_with_its_fingerprint(
 def test_a_version_at_a_location_read_before_is_read_as_its_mlmodel_alone(
     store: dict[str, Any],
 ) -> None:
-    """Two versions of one logged model: the second is read as its MLmodel alone (the facts
-    kept by location and MLmodel digest); an MLmodel changed in place is read in full."""
+    """Two versions of one logged model: the second is read as its MLmodel alone (its location
+    known from its source, the facts kept by location and MLmodel digest); an MLmodel changed
+    in place is read in full."""
     registry, client = store["registry"], store["client"]
     source = client.get_model_version(NAME, "1").source
     client.create_registered_model("same_artifact")
@@ -398,11 +400,21 @@ def test_a_version_at_a_location_read_before_is_read_as_its_mlmodel_alone(
         client.create_model_version("same_artifact", source)
     reads: list[str] = []
     registry.on_read = reads.append
+    uris: list[str] = []
+    real_uri = registry._client.get_model_version_download_uri
+
+    def uri(name: str, version: str) -> Any:
+        uris.append(version)
+        return real_uri(name, version)
+
+    registry._client.get_model_version_download_uri = uri
     try:
+        registry.versions("same_artifact")  # as a pass reads them: each version's source
         first = registry.artifact("same_artifact", "1")
         second = registry.artifact("same_artifact", "2")
-        assert reads == ["artifact", "artifact_cached"]
+        assert reads == ["versions", "artifact", "artifact_cached"]
         assert second == first
+        assert uris == ["1"]  # the second's location is its source's, known from the first
         mlmodel = Path(first.source) / "MLmodel"
         original = mlmodel.read_bytes()
         mlmodel.write_bytes(original + b"# written again\n")
@@ -414,3 +426,21 @@ def test_a_version_at_a_location_read_before_is_read_as_its_mlmodel_alone(
         assert third.mlmodel_digest != first.mlmodel_digest
     finally:
         registry.on_read = None
+        del registry._client.get_model_version_download_uri
+
+
+@pytest.mark.parametrize(
+    ("source", "kept"),
+    [("models:/m-0123abcd", True), ("runs:/r1/model", True), ("s3://bucket/model", True),
+     ("models:/other/3", False), ("models:/other@champion", False)],
+)
+def test_only_sources_with_one_location_for_every_version_are_remembered(
+    source: str, kept: bool
+) -> None:
+    """A ``models:/<name>@<alias>`` source was resolved when its version was created, and the
+    alias may have moved since: each such version asks MLflow for its own location."""
+    locations = Locations()
+    locations.note("m", "1", source)
+    locations.learn("m", "1", "/artifacts/1")
+    locations.note("m", "2", source)
+    assert (locations.known("m", "2") == "/artifacts/1") is kept
