@@ -26,8 +26,13 @@ RECONCILE_RESULTS = ("ok", "temporary_error", "permanent_error", "error")
 # bad request), or about a model or version that no longer exists.
 REGISTRY_ERROR_KINDS = ("temporary", "permanent", "gone")
 # The registry reads the passes make (controller/registry.py): a version at a location read
-# before is read as its MLmodel alone (artifact_cached).
-REGISTRY_READS = ("model", "versions", "listing", "artifact", "artifact_cached")
+# before is read as its MLmodel alone (artifact_cached); a model's versions read alone, with the
+# models waiting in the queue (versions_many), or taken from such a read (versions_shared: no
+# request).
+REGISTRY_READS = (
+    "model", "versions", "versions_many", "versions_shared", "listing", "artifact",
+    "artifact_cached",
+)  # fmt: skip
 # Models whose latest decision is not in the registry yet: to write (waiting, running, backing
 # off), or refused for good (controller/write_back_lane.py).
 WRITE_BACK_STATES = ("pending", "refused")
@@ -140,8 +145,9 @@ class Metrics:
             registry_reads=Counter(
                 "sigserve_registry_reads",
                 "Reads of the MLflow registry by the reconciles and the resync, by read (model, "
-                "versions, listing; artifact: a version read in full, artifact_cached: its "
-                "download URI and MLmodel alone, the rest known from its location)",
+                "versions, listing; versions_many: with the models waiting, versions_shared: "
+                "taken from such a read, no request; artifact: a version read in full, "
+                "artifact_cached: its MLmodel alone, the rest known from its location)",
                 ["read"],
                 registry=r,
             ),

@@ -38,6 +38,9 @@ from controller.registry_artifacts import (
     python_version,
 )
 from controller.registry_listing import ModelFingerprint, fingerprint
+from controller.registry_shared import SharedVersions
+from controller.registry_webhook import WEBHOOK_EVENTS as WEBHOOK_EVENTS  # the faults import it
+from controller.registry_webhook import upsert_webhook
 from wire.artifact_manifest import HASH_LIMIT
 
 T = TypeVar("T")
@@ -47,14 +50,6 @@ LISTING_PAGE = 1000
 PERMANENT_ERRORS = REFUSAL_CODES
 log = logging.getLogger(__name__)
 
-WEBHOOK_EVENTS: list[Any] = [
-    "registered_model.created",
-    "model_version.created",
-    "model_version_tag.set",
-    "model_version_tag.deleted",
-    "model_version_alias.created",
-    "model_version_alias.deleted",
-]
 
 
 @dataclass(frozen=True)
@@ -129,6 +124,9 @@ class Registry:
         # Told each read the passes make ("model", "versions", "listing", "artifact", and
         # "artifact_cached" for a read as MLmodel alone): the reads-per-decision metric.
         self.on_read: Callable[[str], None] | None = None
+        # Set by the worker: versions read with the models waiting in its queue
+        # (controller/registry_shared.py); None: each model's alone.
+        self.shared: SharedVersions | None = None
         # MLflow's own retries back off for minutes; the worker retries with its own backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
@@ -196,31 +194,40 @@ class Registry:
         return self._call(fetch)
 
     def versions(self, name: str) -> list[ObservedVersion]:
-        def fetch() -> list[ObservedVersion]:
-            # The model's existence is model()'s to tell (RegisteredModelGone): the reconciler
-            # asks it first, so no second get_registered_model here.
-            escaped = name.replace("'", "\\'")
-            found: list[ObservedVersion] = []
-            token: str | None = None
-            while True:
-                page = self._client.search_model_versions(
-                    f"name='{escaped}'", max_results=200, page_token=token
-                )
-                for v in page:
-                    found.append(ObservedVersion(
-                        version=str(v.version),
-                        status=str(v.status),
-                        source=v.source,
-                        tags={str(k): str(t) for k, t in (v.tags or {}).items()},
-                        created_at=_millis(v.creation_timestamp),
-                    ))  # fmt: skip
-                    self._locations.note(name, str(v.version), v.source)
-                token = page.token
-                if not token:
-                    return found
+        # The model's existence is model()'s to tell (RegisteredModelGone): the reconciler asks
+        # it first, so no second get_registered_model here.
+        shared = self.shared
+        if shared is None:
+            self._read("versions")
+            return self._call(lambda: self._search([name])[name], model=name)
+        found, how = self._call(lambda: shared.versions(
+            name, lambda one: self._search([one])[one], self._search, list
+        ), model=name)  # fmt: skip
+        self._read({"one": "versions", "many": "versions_many"}.get(how, "versions_shared"))
+        return found
 
-        self._read("versions")
-        return self._call(fetch, model=name)
+    def _search(self, names: list[str]) -> dict[str, list[ObservedVersion]]:
+        """Every version of each of ``names``, in one paged search (``name IN (...)``)."""
+        quoted = ", ".join("'" + n.replace("'", "\\'") + "'" for n in names)
+        # IN for one name too: MLflow's parser finds no model for name='it\'s' (a
+        # model with a quote in its name had no versions), and finds it with IN.
+        where = f"name IN ({quoted})"
+        found: dict[str, list[ObservedVersion]] = {n: [] for n in names}
+        token: str | None = None
+        while True:
+            page = self._client.search_model_versions(where, max_results=1000, page_token=token)
+            for v in page:
+                found.setdefault(str(v.name), []).append(ObservedVersion(
+                    version=str(v.version),
+                    status=str(v.status),
+                    source=v.source,
+                    tags={str(k): str(t) for k, t in (v.tags or {}).items()},
+                    created_at=_millis(v.creation_timestamp),
+                ))  # fmt: skip
+                self._locations.note(str(v.name), str(v.version), v.source)
+            token = page.token
+            if not token:
+                return found
 
     def model(self, name: str) -> ObservedModel:
         """The registered model's creation time, aliases and tags, in one call.
@@ -388,23 +395,4 @@ class Registry:
 
     def ensure_webhook(self, name: str, url: str, secret: str) -> str:
         """Create or update the controller's webhook; returns its id. Safe to repeat."""
-
-        def upsert() -> str:
-            existing = [w for w in self._client.list_webhooks(max_results=1000) if w.name == name]
-            if existing:
-                hook = self._client.update_webhook(
-                    existing[0].webhook_id,
-                    url=url,
-                    events=list(WEBHOOK_EVENTS),
-                    secret=secret,
-                    status="ACTIVE",
-                )
-                for extra in existing[1:]:
-                    self._client.delete_webhook(extra.webhook_id)
-            else:
-                hook = self._client.create_webhook(
-                    name=name, url=url, events=list(WEBHOOK_EVENTS), secret=secret
-                )
-            return str(hook.webhook_id)
-
-        return self._call(upsert)
+        return self._call(lambda: upsert_webhook(self._client, name, url, secret))

@@ -67,6 +67,15 @@ class WorkQueue:
             self._lanes[lane][name] = None
             self._ready.set()
 
+    def waiting(self, limit: int) -> list[str]:
+        """Up to ``limit`` names waiting in the lanes, the next first. Called from the passes'
+        threads too: a lane changed during the copy raises RuntimeError (the caller's to
+        take)."""
+        found: list[str] = []
+        for lane in LANES:
+            found += list(self._lanes[lane])[: limit - len(found)]
+        return found
+
     def depth(self, lane: Lane) -> int:
         """Names waiting in ``lane`` (those asked for while processing not counted yet)."""
         return len(self._lanes[lane])

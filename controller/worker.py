@@ -47,6 +47,8 @@ from controller.priming import Priming
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.registry import Registry, RegistryPort
+from controller.registry_shared import BATCH as SHARED_BATCH
+from controller.registry_shared import SharedVersions
 from controller.resync import Resync
 from controller.store import Store
 from controller.work_queue import LANES, Lane, WorkQueue
@@ -137,8 +139,14 @@ class Worker(PassEnds):
             metrics.write_back_backlog.labels(state).set_function(
                 functools.partial(lambda i: self.write_backs.backlog()[i], i)
             )
+        # A pass's read of its model's versions also reads those waiting behind it, for their
+        # passes to take while it is fresh (controller/registry_shared.py).
+        self._shared: SharedVersions | None = None
         if isinstance(registry, Registry):
             registry.on_read = lambda read: metrics.registry_reads.labels(read).inc()
+            registry.shared = self._shared = SharedVersions(
+                lambda: self._queue.waiting(SHARED_BATCH)
+            )
 
     @property
     def primed(self) -> bool:
@@ -161,6 +169,8 @@ class Worker(PassEnds):
         if actor.startswith(WEBHOOK_ACTOR):
             asked.append(actor.removeprefix(WEBHOOK_ACTOR))
         del asked[:-_DELIVERIES_PER_NAME]
+        if self._shared is not None:
+            self._shared.asked(name)  # before it can be read for: a read from now on is fresh
         self._queue.add(name, "resync" if actor == RESYNC_ACTOR else "events")
 
     async def publish(self, deliveries: list[str] | None = None) -> bool:

@@ -444,3 +444,28 @@ def test_only_sources_with_one_location_for_every_version_are_remembered(
     locations.learn("m", "1", "/artifacts/1")
     locations.note("m", "2", source)
     assert (locations.known("m", "2") == "/artifacts/1") is kept
+
+
+def test_versions_read_with_the_models_waiting_are_what_each_would_read_alone(
+    store: dict[str, Any],
+) -> None:
+    """``name IN (...)`` against MLflow's own store: the waiting models' versions come with the
+    first model's, and each is what a read of its own finds (a quote in a name included)."""
+    from controller.registry_shared import SharedVersions
+
+    registry, client = store["registry"], store["client"]
+    quoted = "it's shared"
+    client.create_registered_model(quoted)
+    client.create_model_version(quoted, client.get_model_version(NAME, "2").source)
+    alone = {n: registry.versions(n) for n in (NAME, quoted)}
+    assert len(alone[quoted]) == 1
+    shared = SharedVersions(lambda: [quoted])
+    shared.asked(quoted)
+    reads: list[str] = []
+    registry.shared, registry.on_read = shared, reads.append
+    try:
+        assert registry.versions(NAME) == alone[NAME]
+        assert registry.versions(quoted) == alone[quoted]
+    finally:
+        registry.shared = registry.on_read = None
+    assert reads == ["versions_many", "versions_shared"]
