@@ -26,12 +26,12 @@ RECONCILE_RESULTS = ("ok", "temporary_error", "permanent_error", "error")
 # bad request), or about a model or version that no longer exists.
 REGISTRY_ERROR_KINDS = ("temporary", "permanent", "gone")
 # The registry reads the passes make (controller/registry.py): a version at a location read
-# before is read as its MLmodel alone (artifact_cached); a model's versions read alone, with the
-# models waiting in the queue (versions_many), or taken from such a read (versions_shared: no
-# request).
+# before is read as its MLmodel alone (artifact_cached); a model (its tags, aliases) and its
+# versions read alone, with the models waiting in the queue (_many), or taken from such a read
+# (_shared: no request).
 REGISTRY_READS = (
-    "model", "versions", "versions_many", "versions_shared", "listing", "artifact",
-    "artifact_cached",
+    "model", "model_many", "model_shared", "versions", "versions_many", "versions_shared",
+    "listing", "artifact", "artifact_cached",
 )  # fmt: skip
 # Models whose latest decision is not in the registry yet: to write (waiting, running, backing
 # off), or refused for good (controller/write_back_lane.py).
@@ -145,9 +145,9 @@ class Metrics:
             registry_reads=Counter(
                 "sigserve_registry_reads",
                 "Reads of the MLflow registry by the reconciles and the resync, by read (model, "
-                "versions, listing; versions_many: with the models waiting, versions_shared: "
-                "taken from such a read, no request; artifact: a version read in full, "
-                "artifact_cached: its MLmodel alone, the rest known from its location)",
+                "versions, listing; *_many: with the models waiting, *_shared: taken from such "
+                "a read, no request; artifact: a version read in full, artifact_cached: its "
+                "MLmodel alone, the rest known from its location)",
                 ["read"],
                 registry=r,
             ),

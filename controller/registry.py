@@ -15,8 +15,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import yaml
 
@@ -38,44 +37,22 @@ from controller.registry_artifacts import (
     python_version,
 )
 from controller.registry_listing import ModelFingerprint, fingerprint
-from controller.registry_shared import SharedVersions
+from controller.registry_reads import ObservedModel as ObservedModel
+from controller.registry_reads import ObservedVersion as ObservedVersion
+from controller.registry_reads import observed_model, search_models, search_versions
+from controller.registry_shared import SharedReads
 from controller.registry_webhook import WEBHOOK_EVENTS as WEBHOOK_EVENTS  # the faults import it
 from controller.registry_webhook import upsert_webhook
 from wire.artifact_manifest import HASH_LIMIT
 
 T = TypeVar("T")
+V = TypeVar("V")
 # Models per page of the listing: the most MLflow's REST API answers (max_results <= 1000).
 LISTING_PAGE = 1000
 # MLflow error codes that the same call will meet again: retrying cannot help.
 PERMANENT_ERRORS = REFUSAL_CODES
 log = logging.getLogger(__name__)
 
-
-
-@dataclass(frozen=True)
-class ObservedModel:
-    created_at: int
-    aliases: dict[str, str]
-    tags: dict[str, str]
-
-
-@dataclass(frozen=True)
-class ObservedVersion:
-    version: str
-    status: str
-    source: str | None
-    # The version's tags as the registry holds them (the controller writes ``sigserve.*``).
-    tags: dict[str, str] = field(default_factory=dict)
-    # When the registry created it (ms since the epoch, the registry's clock).
-    created_at: int | None = None
-
-    @property
-    def ready(self) -> bool:
-        return self.status == "READY"
-
-
-def _millis(value: Any) -> int | None:
-    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 class RegistryWriter(Protocol):
@@ -126,7 +103,7 @@ class Registry:
         self.on_read: Callable[[str], None] | None = None
         # Set by the worker: versions read with the models waiting in its queue
         # (controller/registry_shared.py); None: each model's alone.
-        self.shared: SharedVersions | None = None
+        self.shared: SharedReads | None = None
         # MLflow's own retries back off for minutes; the worker retries with its own backoff.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
@@ -196,38 +173,10 @@ class Registry:
     def versions(self, name: str) -> list[ObservedVersion]:
         # The model's existence is model()'s to tell (RegisteredModelGone): the reconciler asks
         # it first, so no second get_registered_model here.
-        shared = self.shared
-        if shared is None:
-            self._read("versions")
-            return self._call(lambda: self._search([name])[name], model=name)
-        found, how = self._call(lambda: shared.versions(
-            name, lambda one: self._search([one])[one], self._search, list
-        ), model=name)  # fmt: skip
-        self._read({"one": "versions", "many": "versions_many"}.get(how, "versions_shared"))
-        return found
+        def many(names: list[str]) -> dict[str, list[ObservedVersion]]:
+            return search_versions(self._client, names, self._locations.note)
 
-    def _search(self, names: list[str]) -> dict[str, list[ObservedVersion]]:
-        """Every version of each of ``names``, in one paged search (``name IN (...)``)."""
-        quoted = ", ".join("'" + n.replace("'", "\\'") + "'" for n in names)
-        # IN for one name too: MLflow's parser finds no model for name='it\'s' (a
-        # model with a quote in its name had no versions), and finds it with IN.
-        where = f"name IN ({quoted})"
-        found: dict[str, list[ObservedVersion]] = {n: [] for n in names}
-        token: str | None = None
-        while True:
-            page = self._client.search_model_versions(where, max_results=1000, page_token=token)
-            for v in page:
-                found.setdefault(str(v.name), []).append(ObservedVersion(
-                    version=str(v.version),
-                    status=str(v.status),
-                    source=v.source,
-                    tags={str(k): str(t) for k, t in (v.tags or {}).items()},
-                    created_at=_millis(v.creation_timestamp),
-                ))  # fmt: skip
-                self._locations.note(str(v.name), str(v.version), v.source)
-            token = page.token
-            if not token:
-                return found
+        return self._shared("versions", name, lambda one: many([one])[one], many, list)
 
     def model(self, name: str) -> ObservedModel:
         """The registered model's creation time, aliases and tags, in one call.
@@ -235,17 +184,29 @@ class Registry:
         A model deleted and registered again under the same name gets a new creation time,
         which is how the caller tells the new model from the old one's leftovers.
         """
+        def one(single: str) -> ObservedModel | None:
+            return observed_model(self._client.get_registered_model(single))
 
-        def fetch() -> ObservedModel:
-            m = self._client.get_registered_model(name)
-            return ObservedModel(
-                created_at=int(m.creation_timestamp),
-                aliases={str(k): str(v) for k, v in (m.aliases or {}).items()},
-                tags={str(k): str(v) for k, v in (m.tags or {}).items()},
-            )
+        def many(names: list[str]) -> dict[str, ObservedModel | None]:
+            return dict(search_models(self._client, names))
 
-        self._read("model")
-        return self._call(fetch, model=name)
+        found: ObservedModel | None = self._shared("model", name, one, many, lambda: None)
+        if found is None:  # not in the answer of a read of many: deleted
+            self._failed("gone")
+            raise RegisteredModelGone(name)
+        return found
+
+    def _shared(self, kind: str, name: str, one: Callable[[str], V],
+                many: Callable[[list[str]], dict[str, V]], empty: Callable[[], V]) -> V:
+        """``one(name)``, or through the worker's shared reads (``registry_shared``); the read
+        counted by how it was made (``on_read``)."""
+        shared = self.shared
+        if shared is None:
+            self._read(kind)
+            return self._call(lambda: one(name), model=name)
+        found, how = self._call(lambda: shared.read(kind, name, one, many, empty), model=name)
+        self._read(kind if how == "one" else f"{kind}_{how}")
+        return found
 
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         self._call(

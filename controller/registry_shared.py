@@ -1,8 +1,9 @@
-"""One read of many models' versions, shared by the passes that follow it.
+"""One read of many models, shared by the passes that follow it.
 
-A pass reads its model's versions (``Registry.versions``). When other models wait in the
-worker's queue, that read asks MLflow for theirs too, in the same request
-(``search_model_versions`` with ``name IN (...)``: 0.1-0.17 s for 200 models against 1.9-2.5 s
+A pass reads its registered model (``Registry.model``: creation time, tags, aliases) and its
+versions (``Registry.versions``). When other models wait in the worker's queue, each of those
+reads asks MLflow for theirs too, in the same request (``search_registered_models`` and
+``search_model_versions`` with ``name IN (...)``: 0.1-0.17 s for 200 models against 1.9-2.5 s
 for one request each, ``benchmarks/versions_in_filter.py``), and keeps what it found for each
 until that model's pass takes it.
 
@@ -29,8 +30,8 @@ V = TypeVar("V")
 BATCH = 50
 
 
-class SharedVersions:
-    """Reads of many models' versions, kept per model for its next pass; thread-safe (asks come
+class SharedReads:
+    """Reads of many models, kept per model for its next pass; thread-safe (asks come
     from the event loop, reads from the passes' threads)."""
 
     def __init__(
@@ -50,8 +51,9 @@ class SharedVersions:
         self._seq = 0
         # The sequence number of each model's latest ask.
         self._asks: dict[str, int] = {}
-        # Per model: the sequence number when the read began, when it ended, what it found.
-        self._kept: dict[str, tuple[int, float, object]] = {}
+        # Per (read, model): the sequence number when the read began, when it ended, what it
+        # found.
+        self._kept: dict[tuple[str, str], tuple[int, float, object]] = {}
         self.shared = 0
 
     def asked(self, name: str) -> None:
@@ -59,35 +61,38 @@ class SharedVersions:
             self._seq += 1
             self._asks[name] = self._seq
 
-    def _fresh(self, name: str, now: float) -> bool:
-        kept = self._kept.get(name)
+    def _fresh(self, key: tuple[str, str], now: float) -> bool:
+        kept = self._kept.get(key)
         return (
             kept is not None
-            and kept[0] >= self._asks.get(name, 0)
+            and kept[0] >= self._asks.get(key[1], 0)
             and now - kept[1] < self._keep_s
         )
 
-    def versions(
+    def read(
         self,
+        kind: str,
         name: str,
         one: Callable[[str], V],
         many: Callable[[list[str]], dict[str, V]],
         empty: Callable[[], V],
     ) -> tuple[V, str]:
-        """``name``'s versions and how they were read: "shared" (kept from another pass's
-        read), "many" (read with the models waiting, kept for them) or "one"."""
+        """``name``'s read of ``kind`` and how it was made: "shared" (kept from another pass's
+        read), "many" (read with the models waiting, kept for them) or "one". ``empty``: what
+        a model missing from the answer of ``many`` has."""
         now = self._clock()
+        key = (kind, name)
         with self._lock:
-            if self._fresh(name, now):
+            if self._fresh(key, now):
                 self.shared += 1
-                return self._kept.pop(name)[2], "shared"  # type: ignore[return-value]
-            self._kept.pop(name, None)
+                return self._kept.pop(key)[2], "shared"  # type: ignore[return-value]
+            self._kept.pop(key, None)
             began = self._seq
             try:
                 waiting = self._peers()
             except RuntimeError:  # the queue changed under the copy: read alone this time
                 waiting = []
-            others = [n for n in waiting if n != name and not self._fresh(n, now)]
+            others = [n for n in waiting if n != name and not self._fresh((kind, n), now)]
             others = others[: self._batch - 1]
         if not others:
             return one(name), "one"
@@ -95,7 +100,7 @@ class SharedVersions:
         ended = self._clock()
         with self._lock:
             for other in others:
-                self._kept[other] = (began, ended, found.get(other, empty()))
-            for stale in [n for n, k in self._kept.items() if ended - k[1] >= self._keep_s]:
+                self._kept[(kind, other)] = (began, ended, found.get(other, empty()))
+            for stale in [k for k, kept in self._kept.items() if ended - kept[1] >= self._keep_s]:
                 del self._kept[stale]
         return found.get(name, empty()), "many"

@@ -48,7 +48,7 @@ from controller.publisher import Publisher
 from controller.reconciler import Reconciler
 from controller.registry import Registry, RegistryPort
 from controller.registry_shared import BATCH as SHARED_BATCH
-from controller.registry_shared import SharedVersions
+from controller.registry_shared import SharedReads
 from controller.resync import Resync
 from controller.store import Store
 from controller.work_queue import LANES, Lane, WorkQueue
@@ -139,12 +139,12 @@ class Worker(PassEnds):
             metrics.write_back_backlog.labels(state).set_function(
                 functools.partial(lambda i: self.write_backs.backlog()[i], i)
             )
-        # A pass's read of its model's versions also reads those waiting behind it, for their
-        # passes to take while it is fresh (controller/registry_shared.py).
-        self._shared: SharedVersions | None = None
+        # A pass's reads of its model and its versions also read those waiting behind it, for
+        # their passes to take while fresh (controller/registry_shared.py).
+        self._shared: SharedReads | None = None
         if isinstance(registry, Registry):
             registry.on_read = lambda read: metrics.registry_reads.labels(read).inc()
-            registry.shared = self._shared = SharedVersions(
+            registry.shared = self._shared = SharedReads(
                 lambda: self._queue.waiting(SHARED_BATCH)
             )
 

@@ -446,26 +446,31 @@ def test_only_sources_with_one_location_for_every_version_are_remembered(
     assert (locations.known("m", "2") == "/artifacts/1") is kept
 
 
-def test_versions_read_with_the_models_waiting_are_what_each_would_read_alone(
+def test_reads_with_the_models_waiting_are_what_each_would_read_alone(
     store: dict[str, Any],
 ) -> None:
-    """``name IN (...)`` against MLflow's own store: the waiting models' versions come with the
-    first model's, and each is what a read of its own finds (a quote in a name included)."""
-    from controller.registry_shared import SharedVersions
+    """``name IN (...)`` against MLflow's own store: the waiting models' registered model and
+    versions come with the first model's, and each is what a read of its own finds (a quote in
+    a name included); a model not in the answer is gone."""
+    from controller.registry_shared import SharedReads
 
     registry, client = store["registry"], store["client"]
     quoted = "it's shared"
     client.create_registered_model(quoted)
     client.create_model_version(quoted, client.get_model_version(NAME, "2").source)
-    alone = {n: registry.versions(n) for n in (NAME, quoted)}
-    assert len(alone[quoted]) == 1
-    shared = SharedVersions(lambda: [quoted])
-    shared.asked(quoted)
+    alone = {n: (registry.model(n), registry.versions(n)) for n in (NAME, quoted)}
+    assert len(alone[quoted][1]) == 1
+    shared = SharedReads(lambda: [quoted, "never_registered"])
+    for name in (quoted, "never_registered"):
+        shared.asked(name)
     reads: list[str] = []
     registry.shared, registry.on_read = shared, reads.append
     try:
-        assert registry.versions(NAME) == alone[NAME]
-        assert registry.versions(quoted) == alone[quoted]
+        assert (registry.model(NAME), registry.versions(NAME)) == alone[NAME]
+        assert (registry.model(quoted), registry.versions(quoted)) == alone[quoted]
+        with pytest.raises(RegisteredModelGone):
+            registry.model("never_registered")
     finally:
         registry.shared = registry.on_read = None
-    assert reads == ["versions_many", "versions_shared"]
+    assert reads == ["model_many", "versions_many", "model_shared", "versions_shared",
+                     "model_shared"]

@@ -1,9 +1,10 @@
-"""A read of many models' versions, shared by their passes only while it is as fresh as a read
-of their own: begun after the model's latest ask (controller/registry_shared.py)."""
+"""A read of many models (their versions, their registered model), shared by their passes only
+while it is as fresh as a read of their own: begun after the model's latest ask
+(controller/registry_shared.py)."""
 
 from __future__ import annotations
 
-from controller.registry_shared import SharedVersions
+from controller.registry_shared import SharedReads
 
 
 class Reads:
@@ -13,7 +14,7 @@ class Reads:
         self.has: dict[str, list[str]] = {"a": ["1"], "b": ["1", "2"], "c": []}
         self.calls: list[list[str]] = []
         self.during: list[str] = []  # asked for while the next read of many runs
-        self.shared: SharedVersions | None = None
+        self.shared: SharedReads | None = None
 
     def one(self, name: str) -> list[str]:
         self.calls.append([name])
@@ -29,17 +30,17 @@ class Reads:
 
 
 def shared_reads(waiting: list[str], clock: list[float] | None = None) -> tuple[
-        SharedVersions, Reads]:
+        SharedReads, Reads]:
     reads = Reads()
     now = clock or [0.0]
-    reads.shared = SharedVersions(lambda: list(waiting), keep_s=30, clock=lambda: now[0])
+    reads.shared = SharedReads(lambda: list(waiting), keep_s=30, clock=lambda: now[0])
     for name in waiting:
         reads.shared.asked(name)
     return reads.shared, reads
 
 
-def read(shared: SharedVersions, reads: Reads, name: str) -> tuple[list[str], str]:
-    return shared.versions(name, reads.one, reads.many, list)
+def read(shared: SharedReads, reads: Reads, name: str) -> tuple[list[str], str]:
+    return shared.read("versions", name, reads.one, reads.many, list)
 
 
 def test_the_models_waiting_are_read_with_the_first_and_their_passes_take_it() -> None:
@@ -76,3 +77,13 @@ def test_alone_in_the_queue_a_model_is_read_alone() -> None:
     shared, reads = shared_reads([])
     assert read(shared, reads, "a") == (["1"], "one")
     assert reads.calls == [["a"]]
+
+
+def test_each_kind_of_read_is_kept_apart() -> None:
+    """A read of the waiting models' versions is no read of their registered models."""
+    shared, reads = shared_reads(["b"])
+    read(shared, reads, "a")
+    found = shared.read("model", "b", lambda n: f"model {n}",
+                        lambda names: {n: f"models {n}" for n in names}, str)
+    assert found == ("model b", "one")
+    assert read(shared, reads, "b") == (["1", "2"], "shared")
