@@ -51,6 +51,8 @@ V = TypeVar("V")
 LISTING_PAGE = 1000
 # MLflow error codes that the same call will meet again: retrying cannot help.
 PERMANENT_ERRORS = REFUSAL_CODES
+# 4xx answers to a write that are worth retrying: a timeout, a rate limit, a cancelled request.
+RETRIED_4XX = frozenset({408, 429, 499})
 log = logging.getLogger(__name__)
 
 
@@ -113,7 +115,7 @@ class Registry:
         self.tracking_uri = tracking_uri
         self._client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
-    def _call(self, fn: Callable[[], T], *, model: str | None = None) -> T:
+    def _call(self, fn: Callable[[], T], *, model: str | None = None, write: bool = False) -> T:
         from mlflow.exceptions import MlflowException
 
         try:
@@ -122,7 +124,11 @@ class Registry:
             if exc.error_code == "RESOURCE_DOES_NOT_EXIST" and model is not None:
                 self._failed("gone")
                 raise RegisteredModelGone(model) from exc
-            if exc.error_code in PERMANENT_ERRORS:
+            # A write the registry answers with a 4xx other than a timeout or a rate limit
+            # fails the same way again (the write-back lane then waits for a new decision).
+            status = int(exc.get_http_status_code())  # type: ignore[no-untyped-call]
+            refused = write and 400 <= status < 500 and status not in RETRIED_4XX
+            if exc.error_code in PERMANENT_ERRORS or refused:
                 self._failed("permanent")
                 raise RegistryRefused(f"{exc.error_code}: {exc.message}"[:500]) from exc
             self._failed("temporary")
@@ -210,7 +216,8 @@ class Registry:
 
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         self._call(
-            lambda: self._client.set_model_version_tag(name, version, key, value), model=name
+            lambda: self._client.set_model_version_tag(name, version, key, value), model=name,
+            write=True,
         )
 
     def set_model_tag(self, name: str, key: str, value: str) -> None:
@@ -218,7 +225,8 @@ class Registry:
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         self._call(
-            lambda: self._client.set_registered_model_alias(name, alias, version), model=name
+            lambda: self._client.set_registered_model_alias(name, alias, version), model=name,
+            write=True,
         )
 
     def delete_alias(self, name: str, alias: str) -> None:

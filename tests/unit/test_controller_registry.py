@@ -474,3 +474,33 @@ def test_reads_with_the_models_waiting_are_what_each_would_read_alone(
         registry.shared = registry.on_read = None
     assert reads == ["model_many", "versions_many", "model_shared", "versions_shared",
                      "model_shared"]
+
+
+@pytest.mark.parametrize(
+    ("code", "for_good"),
+    [("PERMISSION_DENIED", True), ("UNAUTHENTICATED", True), ("ENDPOINT_NOT_FOUND", True),
+     ("RESOURCE_CONFLICT", True), ("REQUEST_LIMIT_EXCEEDED", False),
+     ("RESOURCE_EXHAUSTED", False), ("CANCELLED", False), ("TEMPORARILY_UNAVAILABLE", False),
+     ("INTERNAL_ERROR", False)],
+)
+def test_a_write_refused_with_a_4xx_is_refused_for_good_but_a_rate_limit_is_not(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch, code: str, for_good: bool
+) -> None:
+    """What the write-back lane retries (RegistryUnavailable) and what it leaves until the model
+    is decided anew (RegistryRefused): 4xx other than 408, 429 and 499 fail the same way again."""
+    from mlflow.protos.databricks_pb2 import ErrorCode
+
+    from controller.exceptions import RegistryRefused
+
+    registry = store["registry"]
+
+    def refuse(*args: Any) -> None:
+        raise MlflowException("refused", error_code=ErrorCode.Value(code))
+
+    monkeypatch.setattr(registry._client, "set_model_version_tag", refuse)
+    monkeypatch.setattr(registry._client, "set_registered_model_alias", refuse)
+    expected = RegistryRefused if for_good else RegistryUnavailable
+    with pytest.raises(expected):
+        registry.set_version_tag(NAME, "1", "sigserve.state", "live")
+    with pytest.raises(expected):
+        registry.set_alias(NAME, "serving", "1")
