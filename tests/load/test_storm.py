@@ -238,10 +238,21 @@ def test_a_storm_of_registrations_is_decided_right_and_nothing_is_lost(stack: St
                     told += 1
         return told
 
+    def backlog() -> str:
+        found: dict[str, float] = {}
+        for url in stack.urls:
+            text = httpx.get(f"{url}/metrics", timeout=30).text
+            for state, n in re.findall(
+                r'^sigserve_write_back_backlog\{state="(\w+)"\} (\S+)$', text, re.M
+            ):
+                found[state] = found.get(state, 0.0) + float(n)
+        return ", ".join(f"{k} {v:.0f}" for k, v in sorted(found.items())) or "not exported"
+
     decided_at = time.monotonic()
+    print(f"storm: write-back backlog when the storm was decided: {backlog()}")
     wait_for(lambda: tagged() == total, 600, 2.0)
     print(f"storm: every verdict tag in the registry {time.monotonic() - decided_at:.1f}s "
-          "after the storm was decided (the write-back lane)")
+          f"after the storm was decided (the write-back lane); backlog then: {backlog()}")
 
     # Serving got it all too: every model listed with every version in its decided state, once
     # the last table published reached the replica (a long-poll behind the last decision).
