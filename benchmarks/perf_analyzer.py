@@ -90,7 +90,7 @@ class Analyzer:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         if done.returncode != 0 or not report.is_file():
             tail = (done.stdout + done.stderr).strip().splitlines()[-3:]
-            print(f"! perf_analyzer c{concurrency} {url}: {' / '.join(tail)}", flush=True)
+            print(f"! c{concurrency} {url}: {' / '.join(tail)}", flush=True)
             return None
         with report.open() as f:
             (row,) = list(csv.DictReader(f))
@@ -163,6 +163,9 @@ def main() -> None:
 
 
 def report(figures: dict[tuple[str, int], list[dict[str, float]]]) -> None:
+    """Medians over rounds; the ratio to MLServer is the median of the per-round ratios, or the
+    ratio of the medians (marked ``*``) when a round of one of the two found no stable
+    measurement."""
     print(f"{'path':24} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x MLServer':>11}")
     for (label, concurrency), runs in figures.items():
         cells = [statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")]
@@ -171,6 +174,8 @@ def report(figures: dict[tuple[str, int], list[dict[str, float]]]) -> None:
         if peer and label != PEER and len(peer) == len(runs):
             ratios = (r["rps"] / p["rps"] for r, p in zip(runs, peer, strict=True))
             ratio = f"{statistics.median(ratios):.2f}"
+        elif peer and label != PEER:
+            ratio = f"{cells[0] / statistics.median(p['rps'] for p in peer):.2f}*"
         print(
             f"{label:24} {concurrency:>3} {cells[0]:>8.0f} {cells[1]:>8.2f} {cells[2]:>8.2f}"
             f" {ratio:>11}"
