@@ -383,7 +383,9 @@ def create_app(
     open_inference.install(app, source, answer=_answer, run=_run, max_body_bytes=max_body_bytes)
     # The same protocol over gRPC, on this app's path; Ray Serve's gRPC methods on the
     # deployment (``serving.server``) hand their calls to it.
-    app.state.grpc_inference = GrpcInference(source, answer=_answer, run=_run)
+    app.state.grpc_inference = GrpcInference(
+        source, answer=_answer, run=_run, max_body_bytes=max_body_bytes
+    )
     return app
 
 

@@ -29,7 +29,7 @@ from fastapi import Request
 from fastapi.responses import Response
 from google.protobuf.message import Message
 
-from serving.exceptions import InvalidInput, ProblemError
+from serving.exceptions import BodyTooLarge, InvalidInput, ProblemError
 from serving.grpc_protocol.grpc_predict_v2_pb2 import (
     ModelInferRequest,
     ModelInferResponse,
@@ -130,10 +130,13 @@ def problem_metadata(exc: ProblemError) -> list[tuple[str, str]]:
 class GrpcInference:
     """The six RPCs; each takes the message and the call's context and returns the reply."""
 
-    def __init__(self, source: TableSource, *, answer: Answer, run: Run) -> None:
+    def __init__(
+        self, source: TableSource, *, answer: Answer, run: Run, max_body_bytes: int | None = None
+    ) -> None:
         self._source = source
         self._answer = answer
         self._run = run
+        self._max_bytes = max_body_bytes
 
     async def server_live(self, _: ServerLiveRequest, context: Context) -> ServerLiveResponse:
         return ServerLiveResponse(live=True)
@@ -146,9 +149,7 @@ class GrpcInference:
     ) -> ServerMetadataResponse:
         return ServerMetadataResponse(**server_info())
 
-    async def model_ready(
-        self, request: ModelReadyRequest, context: Context
-    ) -> ModelReadyResponse:
+    async def model_ready(self, request: ModelReadyRequest, context: Context) -> ModelReadyResponse:
         async def call() -> ModelReadyResponse:
             # Servable from the table's view, as REST's ready: no load for a probe. A model the
             # table does not have is NOT_FOUND; a version quarantined or pending is not ready.
@@ -171,13 +172,17 @@ class GrpcInference:
 
         return await self._protocol(context, ModelMetadataResponse, call)
 
-    async def model_infer(
-        self, request: ModelInferRequest, context: Context
-    ) -> ModelInferResponse:
+    async def model_infer(self, request: ModelInferRequest, context: Context) -> ModelInferResponse:
         name = request.model_name
         raw = len(request.raw_input_contents) > 0
 
         async def respond(target: Target, table: RoutingTable | None) -> Response:
+            # SIGSERVE_MAX_BODY_MB, as for HTTP; gRPC has read the message by now (Ray Serve
+            # lets its servers take up to RAY_SERVE_GRPC_MAX_MESSAGE_SIZE, 2 GiB by default),
+            # but it goes no further: not parsed into tensors, never batched.
+            if self._max_bytes is not None and (size := request.ByteSize()) > self._max_bytes:
+                reason = f"has {size} bytes; a request may send at most {self._max_bytes}"
+                raise BodyTooLarge(f"body {reason}", errors=[{"field": "body", "reason": reason}])
             parsed = infer_request(request)
             contract = contract_of(target)
             records = await self._run(target, table, serve_body(parsed, contract))

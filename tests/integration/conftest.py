@@ -151,15 +151,22 @@ def register_echo(name: str, *, tag: str, input_label: str = "prompt",
 
 
 @pytest.fixture(scope="session")
-def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHandle
-                ) -> Iterator[str]:
+def grpc_port() -> int:
+    """Where the session's stack serves the Open Inference Protocol over gRPC."""
+    return free_port()
+
+
+@pytest.fixture(scope="session")
+def serving_url(home: Path, tracking_uri: str, controller_handle: ControllerHandle,
+                grpc_port: int) -> Iterator[str]:
     from sigserve.stack import ray_temp_dir, start_serving, stop_serving
 
     port = free_port()
     try:
         start_serving(home=home, host=HOST, port=port, tracking_uri=tracking_uri,
                       controller_url=controller_handle.url, num_cpus=2,
-                      serving_token=controller_handle.secrets.serving_token)
+                      serving_token=controller_handle.secrets.serving_token,
+                      grpc_port=grpc_port)
         yield f"http://{HOST}:{port}"
     finally:
         stop_serving()

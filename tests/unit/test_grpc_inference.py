@@ -9,10 +9,12 @@ Ray Serve and HAProxy: tests/integration/test_open_inference_grpc.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
 import grpc
+import httpx
 import numpy as np
 import pytest
 import tritonclient.grpc as triton
@@ -21,8 +23,10 @@ from tritonclient.grpc import _utils as triton_utils
 from tritonclient.grpc import service_pb2 as triton_pb2
 
 from serving import exceptions
+from serving.api import create_app
 from serving.grpc_inference import GrpcInference, status_of
 from serving.grpc_protocol import grpc_predict_v2_pb2 as pb
+from serving.table_source import TableSource
 from tests.unit.test_open_inference import REASON, RECORDS, ROWS, TABLE, Backend, Counted, start
 
 
@@ -195,6 +199,30 @@ def test_inputs_that_do_not_fit_name_the_input(served: Served) -> None:
     assert "inputs[0].x" in context.details and "required" in context.details
     assert served.recorder.requests[-1][2] == 422
     assert served.backend.calls == []
+
+
+def test_a_message_over_the_body_limit_is_refused_before_its_tensors() -> None:
+    async def controller(request: httpx.Request) -> httpx.Response:
+        if TABLE.revision > int(request.url.params["after"]):
+            return httpx.Response(200, content=TABLE.model_dump_json())
+        await asyncio.sleep(0.01)
+        return httpx.Response(204)
+
+    source = TableSource("http://controller", transport=httpx.MockTransport(controller))
+    backend, recorder = Backend(), Counted()
+    app = create_app(source, backend, startup_wait_s=2, recorder=recorder, max_body_bytes=1024)
+    with TestClient(app) as client:
+        served = Served(client, backend, recorder)
+        tensor = triton.InferInput("input-0", [100, 3], "FP32")
+        tensor.set_data_from_numpy(np.ones((100, 3), dtype=np.float32))  # 1,200 bytes raw
+        _, context = served.call("model_infer", triton_request("tens", [tensor]))
+        assert context.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "at most 1024" in context.details
+        small = triton.InferInput("input-0", [1, 3], "FP32")
+        small.set_data_from_numpy(np.ones((1, 3), dtype=np.float32))
+        _, context = served.call("model_infer", triton_request("tens", [small]))
+        assert context.code is None, context.details
+    assert [len(call) for call in backend.calls] == [1]
 
 
 def test_metadata_is_the_rest_metadata(served: Served) -> None:
