@@ -39,6 +39,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures, used by name)
     ControllerHandle,
     controller_handle,
     ctl,
+    grpc_port,
     home,
     secrets,
     serving_url,

@@ -25,7 +25,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.integration.conftest import ControllerHandle, serve_status, wait_for
+# grpc_port: the session's serving_url needs it (gRPC on the stack since 40b2457) and
+# tests/load/conftest.py does not import it; found by name here, for this module's tests.
+from tests.integration.conftest import (
+    ControllerHandle,
+    grpc_port,  # noqa: F401
+    serve_status,
+    wait_for,
+)
 
 SLOW_ECHO = Path(__file__).parent / "models" / "slow_echo.py"
 SECONDS = float(os.environ.get("SIGSERVE_LOAD_SECONDS", "300"))
