@@ -33,9 +33,10 @@ REGISTRY_READS = (
     "model", "model_many", "model_shared", "versions", "versions_many", "versions_shared",
     "listing", "artifact", "artifact_cached",
 )  # fmt: skip
-# Models whose latest decision is not in the registry yet: to write (waiting, running, backing
-# off), or refused for good (controller/write_back_lane.py).
-WRITE_BACK_STATES = ("pending", "refused")
+# The write-back's backlog (controller/write_back_lane.py): behind, models whose latest decision
+# is not marked written back (the store's count, at each scrape); queued, the lane's jobs not
+# done (waiting, running, backing off); refused, refused for good.
+WRITE_BACK_STATES = ("behind", "queued", "refused")
 LOAD_REPORT_RESULTS = (
     "recorded", "repeated", "stale", "unknown", "unauthorized", "default_live", "limited",
 )  # fmt: skip
@@ -153,9 +154,10 @@ class Metrics:
             ),
             write_back_backlog=Gauge(
                 "sigserve_write_back_backlog",
-                "Models whose latest decision is not written back to the registry yet (the "
-                "verdict tags and the alias), by state: pending (waiting, being written, "
-                "backing off), refused (for good, until decided anew or the full resync)",
+                "The write-back of verdicts to the registry (tags, alias): behind, models "
+                "whose latest decision is not written back yet (from the database); queued, "
+                "the lane's jobs not done (waiting, running, backing off); refused, refused "
+                "for good (until decided anew or the full resync)",
                 ["state"],
                 registry=r,
             ),

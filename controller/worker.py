@@ -135,7 +135,8 @@ class Worker(PassEnds):
                 functools.partial(self._queue_depth, lane)
             )
         metrics.reconcile_in_flight.set_function(lambda: self._queue.in_flight)
-        for i, state in enumerate(WRITE_BACK_STATES):
+        metrics.write_back_backlog.labels("behind").set_function(self._behind)
+        for i, state in enumerate(WRITE_BACK_STATES[1:]):
             metrics.write_back_backlog.labels(state).set_function(
                 functools.partial(lambda i: self.write_backs.backlog()[i], i)
             )
@@ -147,6 +148,12 @@ class Worker(PassEnds):
             registry.shared = self._shared = SharedReads(
                 lambda: self._queue.waiting(SHARED_BATCH)
             )
+
+    def _behind(self) -> float:
+        try:
+            return float(self._store.count_behind_write_back())
+        except Exception:  # the database down: no figure, and the scrape still answers
+            return float("nan")
 
     @property
     def primed(self) -> bool:

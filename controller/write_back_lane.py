@@ -129,8 +129,8 @@ class WriteBackLane:
         return len(self._waiting) + len(self._retries)
 
     def backlog(self) -> tuple[int, int]:
-        """Models whose latest decision this lane has not written back yet: (to write:
-        waiting, running or backing off; refused for good)."""
+        """(the lane's jobs not done: waiting, running or backing off; models refused for
+        good). A job may find nothing to write: the store's marks say what is behind."""
         pending = self._waiting.keys() | self._retries.keys() | self._running
         return len(pending), len(self._refused)
 

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Integer, String, delete, exists, select, update
+from sqlalchemy import CursorResult, Integer, String, delete, exists, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -62,6 +62,16 @@ class WriteBackMarks:
                     select(m.name).where(m.deleted_at.is_(None), ~marked).order_by(m.name)
                 ).all()
             )
+
+    def count_behind_write_back(self) -> int:
+        """How many models ``behind_write_back`` would list (the backlog gauge, at a scrape)."""
+        m, w = RegisteredModelRow, WriteBackRow
+        marked = exists().where(w.model_name == m.name, w.generation == m.generation)
+        with self._transaction() as session:
+            count = session.scalar(
+                select(func.count()).select_from(m).where(m.deleted_at.is_(None), ~marked)
+            )
+            return int(count or 0)
 
     @staticmethod
     def _fence_marks(session: Session) -> None:

@@ -245,7 +245,7 @@ def test_a_storm_of_registrations_is_decided_right_and_nothing_is_lost(stack: St
             for state, n in re.findall(
                 r'^sigserve_write_back_backlog\{state="(\w+)"\} (\S+)$', text, re.M
             ):
-                found[state] = found.get(state, 0.0) + float(n)
+                found[state] = max(found.get(state, 0.0), float(n))  # one database
         return ", ".join(f"{k} {v:.0f}" for k, v in sorted(found.items())) or "not exported"
 
     decided_at = time.monotonic()

@@ -228,15 +228,20 @@ def test_the_write_back_backlog_is_a_gauge_of_models_not_written_back(store: Sto
     async def go() -> None:
         run = asyncio.create_task(worker.write_backs.run())
         Reconciler(store, registry, ENV).reconcile("m")
-        assert (gauge("pending"), gauge("refused")) == (0, 0)
+        assert (gauge("behind"), gauge("queued"), gauge("refused")) == (1, 0, 0)
         worker.write_backs.add("m")
-        assert gauge("pending") == 1
+        assert gauge("queued") == 1
         await until(lambda: "m" in worker.write_backs._running, "m being written")
-        assert gauge("pending") == 1  # held in its write: not in the registry yet
+        assert (gauge("behind"), gauge("queued")) == (1, 1)  # held in its write
         registry.refuse = registry.for_good = True
         registry.hold.set()
         await until(lambda: gauge("refused") == 1, "m refused for good")
-        assert gauge("pending") == 0
+        assert (gauge("behind"), gauge("queued")) == (1, 0)
+        registry.refuse = False
+        worker.write_backs.add("m", changed=True)
+        await until(lambda: gauge("behind") == 0, "m written back")
+        await until(lambda: gauge("queued") == 0, "the lane done")
+        assert gauge("refused") == 0
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
 
