@@ -72,8 +72,9 @@ def server_cpu_s(root: int) -> float:
 
 
 def measure(tracking_uri: str, root: int, names: list[str], versions: int, threads: int,
-            writes: bool) -> None:
+            writes: bool, cold: bool = False) -> None:
     from controller.registry import Registry
+    from controller.registry_artifacts import ArtifactCache, Locations
 
     local = threading.local()
     took: dict[str, list[float]] = defaultdict(list)
@@ -99,6 +100,8 @@ def measure(tracking_uri: str, root: int, names: list[str], versions: int, threa
         for version in (str(v) for v in range(1, versions + 1)):
             timed("model", lambda: reg.model(name))
             timed("versions", lambda: reg.versions(name))
+            if cold:  # every version read in full, as before the controller kept artifacts
+                reg.artifacts, reg._locations = ArtifactCache(), Locations()
             timed("artifact", partial(reg.artifact, name, version))
             if writes:
                 for key in ("sigserve.state", "sigserve.reasons", "sigserve.decided_at"):
@@ -134,6 +137,10 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=100)
     parser.add_argument("--versions", type=int, default=10)
     parser.add_argument("--writes", action="store_true", help="add the write-back per version")
+    parser.add_argument("--cold", action="store_true",
+                        help="read every version's artifact in full (the reads before cb6d48f; "
+                             "by default a version of an artifact read before is read as its "
+                             "MLmodel alone, controller/registry_artifacts.py)")
     args = parser.parse_args()
     home = Path(tempfile.mkdtemp(prefix="bound-", dir="/tmp"))
     port = free_port()
@@ -148,7 +155,8 @@ def main() -> None:
         names = log_and_register(tracking_uri, args.models, args.versions, args.threads)
         print(f"MLflow server, {args.workers} worker(s): registered {args.models} x "
               f"{args.versions} versions in {time.monotonic() - started:.1f} s", flush=True)
-        measure(tracking_uri, server.pid, names, args.versions, args.threads, args.writes)
+        measure(tracking_uri, server.pid, names, args.versions, args.threads, args.writes,
+                args.cold)
     finally:
         server.stop()
         shutil.rmtree(home, ignore_errors=True)
