@@ -12,6 +12,7 @@ import pytest
 from tests.integration.conftest import (  # noqa: F401 - fixtures, found by pytest by name
     controller_handle,
     ctl,
+    grpc_port,
     home,
     secrets,
     serving_url,

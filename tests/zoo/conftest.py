@@ -19,6 +19,7 @@ from tests.figures import FigureBook, Figures
 from tests.integration.conftest import (  # noqa: F401  (fixtures, used by name)
     controller_handle,
     ctl,
+    grpc_port,
     home,
     secrets,
     serving_url,
