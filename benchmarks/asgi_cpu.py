@@ -11,7 +11,8 @@ alternating rounds of the same process: ``fast`` (the app as built, ``serving.fa
 and ``fastapi`` (the same app object through ``FastAPI.__call__``, every request through
 FastAPI's middleware and router, as before the fast routes). Prints the median over rounds of
 the CPU per request, what ``fast`` saves, and the Python function calls per request (cProfile's
-count: the same on a busy machine as on an idle one, where the CPU figures are not).
+count over 200 requests; on a busy machine it moves too, with the batcher's choice between the
+event loop and a worker thread, so compare the CPU saved over several runs).
 """
 
 from __future__ import annotations
