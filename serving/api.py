@@ -43,6 +43,7 @@ from serving import open_inference, scoring_protocol, streaming
 from serving.bodies import check_count, read_body, read_json
 from serving.contract import Contract, contract_for
 from serving.exceptions import ProblemError
+from serving.fast_routes import FastRoutedAPI
 from serving.grpc_inference import GrpcInference
 from serving.openapi import install_openapi, json_schema
 from serving.problems import install_problem_handlers
@@ -135,7 +136,9 @@ def create_app(
         await metrics.stop()
         await source.stop()
 
-    app = FastAPI(
+    # FastAPI, with the routes that run a model dispatched without its per-request machinery
+    # (``serving.fast_routes``).
+    app = FastRoutedAPI(
         title="sigserve",
         description="MLflow registry models, served under APIs derived from their signatures.",
         lifespan=lifespan,

@@ -88,6 +88,7 @@ def build_app(settings: ServingSettings | dict[str, Any] | None = None) -> Appli
     return serve.deployment(
         name=DEPLOYMENT,
         max_ongoing_requests=settings.max_ongoing_requests,
+        logging_config={"enable_access_log": settings.access_log},
         ray_actor_options=actor,
         **scaling,
     )(Server).bind(settings)

@@ -172,6 +172,12 @@ def fast_path_env(ray_dir: Path) -> dict[str, str]:
         "RAY_SERVE_DIRECT_INGRESS_MAX_HTTP_PORT": str(base + 99),
         "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(base + 100),
         "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(base + 199),
+        # With its metrics on, HAProxy writes a log datagram per request that Ray's
+        # HAProxyManager parses in Python: ~80 us of CPU per request on a 2-core node, more
+        # than sigserve's own code spends on one (docs/benchmarks.md, "The one-connection
+        # path"). Off, the replica counts its own HTTP requests (Ray's serve_num_http_requests
+        # and latency) instead; only Ray's serve_haproxy_* metrics are gone.
+        "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         # A stopping replica keeps answering this long (30 s by default) for load balancers in
         # front of other nodes to notice; this HAProxy is told at once, and Ctrl-C should not
         # take half a minute.
