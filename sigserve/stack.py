@@ -182,7 +182,19 @@ def fast_path_env(ray_dir: Path) -> dict[str, str]:
         # front of other nodes to notice; this HAProxy is told at once, and Ctrl-C should not
         # take half a minute.
         "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2",
+        # Ray's gRPC servers take messages up to 2 GiB by default, read whole before
+        # sigserve's own SIGSERVE_MAX_BODY_MB check can refuse them: 64 requests in flight
+        # could hold many GiB. Four times the body limit bounds requests and answers (an
+        # answer may be larger than its request) while the exact limit stays sigserve's.
+        "RAY_SERVE_GRPC_MAX_MESSAGE_SIZE": str(grpc_message_limit()),
     }
+
+
+def grpc_message_limit() -> int:
+    """Bytes a gRPC message may carry on Ray's servers: 4x ``SIGSERVE_MAX_BODY_MB``."""
+    raw = os.environ.get("SIGSERVE_MAX_BODY_MB", "")
+    body_mb = int(raw) if raw.strip().isdigit() and int(raw) >= 1 else 16
+    return 4 * body_mb * 1024 * 1024
 
 
 def start_serving(
