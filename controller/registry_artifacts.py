@@ -32,6 +32,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
@@ -48,7 +49,10 @@ _LOGGED_MODEL = re.compile(r"^models:/m-[0-9a-f]+$")
 
 def _fixed(source: str) -> bool:
     """Whether every version registered from ``source`` has the same location."""
-    return not source.startswith("models:") or bool(_LOGGED_MODEL.match(source))
+    # MLflow reads the scheme case-blind ("Models:/a/1" resolves as "models:/a/1").
+    if urlparse(source).scheme.lower() != "models":
+        return True
+    return bool(_LOGGED_MODEL.match(source))
 
 
 class Locations:
@@ -63,6 +67,10 @@ class Locations:
 
     def note(self, name: str, version: str, source: str | None) -> None:
         if not source or not _fixed(source):
+            # A model deleted and registered again numbers its versions from 1 anew: what was
+            # kept for this (name, version) belongs to the old model's version, never to this.
+            with self._lock:
+                self._sources.pop((name, version), None)
             return
         with self._lock:
             self._sources[(name, version)] = source

@@ -432,13 +432,15 @@ def test_a_version_at_a_location_read_before_is_read_as_its_mlmodel_alone(
 @pytest.mark.parametrize(
     ("source", "kept"),
     [("models:/m-0123abcd", True), ("runs:/r1/model", True), ("s3://bucket/model", True),
-     ("models:/other/3", False), ("models:/other@champion", False)],
+     ("models:/other/3", False), ("models:/other@champion", False),
+     ("Models:/other/3", False), ("MODELS:/other@champion", False)],
 )
 def test_only_sources_with_one_location_for_every_version_are_remembered(
     source: str, kept: bool
 ) -> None:
     """A ``models:/<name>@<alias>`` source was resolved when its version was created, and the
-    alias may have moved since: each such version asks MLflow for its own location."""
+    alias may have moved since: each such version asks MLflow for its own location (its scheme
+    read case-blind, as MLflow reads it)."""
     locations = Locations()
     locations.note("m", "1", source)
     locations.learn("m", "1", "/artifacts/1")
@@ -504,3 +506,40 @@ def test_a_write_refused_with_a_4xx_is_refused_for_good_but_a_rate_limit_is_not(
         registry.set_version_tag(NAME, "1", "sigserve.state", "live")
     with pytest.raises(expected):
         registry.set_alias(NAME, "serving", "1")
+
+
+@pytest.mark.parametrize("source", ["models:/other/1", None])
+def test_a_version_number_taken_again_by_an_unfixed_source_forgets_the_old_location(
+    source: str | None,
+) -> None:
+    """A model deleted and registered again numbers from 1 anew: when the new v1's source has
+    no one location (MLflow reads the scheme case-blind), the old v1's is not its."""
+    locations = Locations()
+    locations.note("m", "1", "/artifacts/old")
+    locations.learn("m", "1", "/artifacts/old")
+    locations.note("m", "1", source)
+    assert locations.known("m", "1") is None
+
+
+def test_a_model_registered_again_is_read_at_its_new_versions_location(
+    store: dict[str, Any],
+) -> None:
+    """The reviewer's case against MLflow's store: m v1 from old/, m deleted, m again with v1
+    from ``models:/other/1`` (other's v1 from new/): m v1 is at new/, not old/."""
+    registry, client = store["registry"], store["client"]
+    old, new = store["tmp"] / "artifacts" / "old", store["tmp"] / "artifacts" / "new"
+    client.create_registered_model("reborn")
+    client.create_model_version("reborn", str(old))
+    registry.versions("reborn")
+    assert registry._location("reborn", "1") == str(old)
+    client.delete_registered_model("reborn")
+    client.create_registered_model("reborn_other")
+    client.create_model_version("reborn_other", str(new))
+    client.create_registered_model("reborn")
+    try:
+        client.create_model_version("reborn", "models:/reborn_other/1")
+        registry.versions("reborn")
+        assert registry._location("reborn", "1") == str(new)
+    finally:
+        client.delete_registered_model("reborn")
+        client.delete_registered_model("reborn_other")
