@@ -139,7 +139,8 @@ def _encoded(
     datatype: str, values: list[Any], raw: bool
 ) -> tuple[str, bytes | InferTensorContents]:
     """An output's datatype and encoding. Values that do not fit their datatype (a missing
-    integer) are sent as BYTES, each value's JSON text, as REST sends a ragged output."""
+    integer, 1.7 in INT8, 2 in BOOL) are sent as BYTES, each value's JSON text, as REST sends a
+    ragged output: never truncated or coerced."""
     try:
         return datatype, _encode(datatype, values, raw)
     except (TypeError, ValueError, OverflowError):
@@ -147,14 +148,26 @@ def _encoded(
 
 
 def _encode(datatype: str, values: list[Any], raw: bool) -> bytes | InferTensorContents:
+    typed = None if datatype == "BYTES" else _typed(datatype, values)
     if raw:
         return to_bytes(values, datatype)
     contents = InferTensorContents()
-    if datatype == "BYTES":
+    if typed is None:
         contents.bytes_contents.extend(
             v if isinstance(v, bytes) else str(v).encode("utf-8") for v in values
         )
     else:
-        typed = np.asarray(values, dtype=DTYPES[datatype])
         getattr(contents, CONTENTS[datatype]).extend(typed.tolist())
     return contents
+
+
+def _typed(datatype: str, values: list[Any]) -> np.ndarray[Any, Any]:
+    """``values`` in ``datatype``; ValueError if an integer or BOOL one changes: numpy's cast
+    truncates 1.7 to an INT8 1, turns 2 into a BOOL true and wraps -1.0 into a UINT8 255, where
+    REST's JSON answers 1.7, 2 and -1.0 as they are."""
+    dtype = DTYPES[datatype]
+    with np.errstate(all="ignore"):  # a float out of an integer's range: refused below
+        typed = np.asarray(values, dtype=dtype)
+    if dtype.kind in "biu" and typed.tolist() != values:
+        raise ValueError(f"values a {datatype} tensor does not hold as they are")
+    return typed

@@ -10,6 +10,7 @@ Ray Serve and HAProxy: tests/integration/test_open_inference_grpc.py.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,8 +25,11 @@ from tritonclient.grpc import service_pb2 as triton_pb2
 
 from serving import exceptions
 from serving.api import create_app
+from serving.contract import contract_for
 from serving.grpc_inference import GrpcInference, status_of
 from serving.grpc_protocol import grpc_predict_v2_pb2 as pb
+from serving.grpc_tensors import infer_response
+from serving.inference_tensors import InferRequest
 from serving.table_source import TableSource
 from tests.unit.test_open_inference import REASON, RECORDS, ROWS, TABLE, Backend, Counted, start
 
@@ -277,3 +281,29 @@ def test_a_422_names_its_field_and_reason() -> None:
         "the body does not fit", errors=[{"field": "inputs[0].x", "reason": "must be a number"}]
     )
     assert status_of(exc)[1] == "the body does not fit (inputs[0].x: must be a number)"
+
+
+@pytest.mark.parametrize("raw", [False, True])
+def test_typed_outputs_are_never_truncated_or_coerced(raw: bool) -> None:
+    """1.7 in an INT8 output, 2 in a BOOL one: REST's JSON answers them as they are, so gRPC
+    sends their JSON text as BYTES, never int 1 or true; values that fit stay typed."""
+    request = InferRequest(id=None, inputs=[], params=None, outputs=None, binary={},
+                           binary_default=False)  # fmt: skip
+    x = json.dumps([{"type": "double", "name": "x"}])
+    int8 = contract_for("m", {"inputs": x, "outputs": json.dumps(
+        [{"type": "tensor", "tensor-spec": {"dtype": "int8", "shape": [-1]}}])})  # fmt: skip
+    flags = contract_for("m", {"inputs": x, "outputs": json.dumps(
+        [{"type": "boolean", "name": "flag"}])})  # fmt: skip
+
+    def answered(records: list[Any], contract: Any) -> tuple[str, list[Any]]:
+        reply = infer_response(request, records, contract, "m", "1", raw=raw)
+        output = reply.outputs[0]
+        if raw:
+            return output.datatype, as_triton(reply).as_numpy(output.name).tolist()
+        found = [list(v) for _, v in output.contents.ListFields()]  # the one field set
+        return output.datatype, found[0] if found else []
+
+    assert answered([1.7, 2], int8) == ("BYTES", [b"1.7", b"2.0"])
+    assert answered([{"flag": 2}, {"flag": 0}], flags) == ("BYTES", [b"2", b"0"])
+    assert answered([1, -2], int8) == ("INT8", [1, -2])
+    assert answered([{"flag": True}, {"flag": False}], flags) == ("BOOL", [True, False])
