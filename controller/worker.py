@@ -56,6 +56,7 @@ from controller.worker_parts import Ask as _Ask
 from controller.worker_parts import list_until_listed
 from controller.worker_pass import RESYNC_ACTOR, PassEnds
 from controller.write_back_lane import WriteBackLane
+from controller.write_back_marks import KeptCount
 from wire.logs import trail
 
 T = TypeVar("T")
@@ -135,7 +136,9 @@ class Worker(PassEnds):
                 functools.partial(self._queue_depth, lane)
             )
         metrics.reconcile_in_flight.set_function(lambda: self._queue.in_flight)
-        metrics.write_back_backlog.labels("behind").set_function(self._behind)
+        metrics.write_back_backlog.labels("behind").set_function(
+            KeptCount(store.count_behind_write_back)
+        )
         for i, state in enumerate(WRITE_BACK_STATES[1:]):
             metrics.write_back_backlog.labels(state).set_function(
                 functools.partial(lambda i: self.write_backs.backlog()[i], i)
@@ -148,12 +151,6 @@ class Worker(PassEnds):
             registry.shared = self._shared = SharedReads(
                 lambda: self._queue.waiting(SHARED_BATCH)
             )
-
-    def _behind(self) -> float:
-        try:
-            return float(self._store.count_behind_write_back())
-        except Exception:  # the database down: no figure, and the scrape still answers
-            return float("nan")
 
     @property
     def primed(self) -> bool:

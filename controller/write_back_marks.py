@@ -11,6 +11,7 @@ write-back (or the next resync) follows.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import Any, cast
@@ -64,7 +65,7 @@ class WriteBackMarks:
             )
 
     def count_behind_write_back(self) -> int:
-        """How many models ``behind_write_back`` would list (the backlog gauge, at a scrape)."""
+        """How many models ``behind_write_back`` would list (the backlog gauge, ``KeptCount``)."""
         m, w = RegisteredModelRow, WriteBackRow
         marked = exists().where(w.model_name == m.name, w.generation == m.generation)
         with self._transaction() as session:
@@ -90,3 +91,35 @@ class WriteBackMarks:
         """The model's row is deleted: a model stored again under its name starts unmarked."""
         gone = session.execute(delete(WriteBackRow).where(WriteBackRow.model_name == name))
         return cast(CursorResult[Any], gone).rowcount
+
+
+class KeptCount:
+    """The ``behind`` gauge's figure without a query on the scrape's path: /metrics runs on the
+    event loop, where a COUNT over every model waiting on a slow database or a full pool (30 s)
+    would freeze webhooks, /healthz and leadership. A read answers the count last finished
+    (NaN before the first and after a failed one) and starts the next in a thread of its own,
+    unless one still runs: one COUNT per scrape at most, as before, each a scrape late."""
+
+    def __init__(self, count: Callable[[], int]) -> None:
+        self._count = count
+        self._value = float("nan")
+        self._lock = threading.Lock()
+        self._counting = False
+
+    def __call__(self) -> float:
+        with self._lock:
+            start, self._counting = not self._counting, True
+        if start:
+            # A daemon: a count stuck on the database never holds the process's exit.
+            threading.Thread(target=self.refresh, name="sigserve-behind-count", daemon=True
+                             ).start()  # fmt: skip
+        return self._value
+
+    def refresh(self) -> None:
+        try:
+            self._value = float(self._count())
+        except Exception:  # the database down: no figure, and the scrape still answers
+            self._value = float("nan")
+        finally:
+            with self._lock:
+                self._counting = False

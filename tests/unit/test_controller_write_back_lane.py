@@ -228,7 +228,8 @@ def test_the_write_back_backlog_is_a_gauge_of_models_not_written_back(store: Sto
     async def go() -> None:
         run = asyncio.create_task(worker.write_backs.run())
         Reconciler(store, registry, ENV).reconcile("m")
-        assert (gauge("behind"), gauge("queued"), gauge("refused")) == (1, 0, 0)
+        await until(lambda: gauge("behind") == 1, "m counted behind")  # a scrape late
+        assert (gauge("queued"), gauge("refused")) == (0, 0)
         worker.write_backs.add("m")
         assert gauge("queued") == 1
         await until(lambda: "m" in worker.write_backs._running, "m being written")
@@ -246,6 +247,51 @@ def test_the_write_back_backlog_is_a_gauge_of_models_not_written_back(store: Sto
         await asyncio.gather(run, return_exceptions=True)
 
     asyncio.run(go())
+
+
+class SlowCount(Store):
+    """A store whose count of models behind waits for the test, noting the thread it ran on."""
+
+    def __init__(self, engine: object) -> None:
+        super().__init__(engine)  # type: ignore[arg-type]
+        self.go = threading.Event()
+        self.counted_on: list[str] = []
+
+    def count_behind_write_back(self) -> int:
+        self.counted_on.append(threading.current_thread().name)
+        self.go.wait(2.0)  # never released without the fix: its scrape waits it out
+        return super().count_behind_write_back()
+
+
+def test_a_scrape_never_waits_for_the_count_of_models_behind(tmp_path: Path) -> None:
+    """/metrics runs on the event loop: the COUNT runs in a thread of its own and the gauge
+    answers the last one finished (NaN before the first), so a slow database holds no scrape."""
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    store = SlowCount(engine)
+    registry = Held(versions_={"1": ("models:/m-a", sig("prompt"))})
+    metrics = Metrics.create()
+    Worker(Reconciler(store, registry, ENV), store, registry, TableBroadcaster(), metrics,
+           resync_interval_s=3600, retry_initial_s=0.05, retry_max_s=0.1)  # fmt: skip
+    Reconciler(store, registry, ENV).reconcile("m")
+
+    def behind() -> float | None:
+        return metrics.registry.get_sample_value("sigserve_write_back_backlog",
+                                                 {"state": "behind"})  # fmt: skip
+
+    began = time.monotonic()
+    first = behind()
+    assert time.monotonic() - began < 1.0, "the scrape waited for the count"
+    assert first is not None and first != first  # NaN: nothing counted yet
+    assert threading.current_thread().name not in store.counted_on
+    behind()  # a scrape while the count runs starts no second one
+    assert len(store.counted_on) <= 1
+    store.go.set()
+    deadline = time.monotonic() + WAIT_S
+    while behind() != 1:
+        assert time.monotonic() < deadline, "the kept count never followed"
+        time.sleep(0.005)
+    assert threading.current_thread().name not in store.counted_on
 
 
 def test_a_resync_finding_a_refused_write_back_behind_leaves_it_to_its_backoff() -> None:
