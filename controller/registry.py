@@ -40,7 +40,7 @@ from controller.registry_listing import ModelFingerprint, fingerprint
 from controller.registry_reads import ObservedModel as ObservedModel
 from controller.registry_reads import ObservedVersion as ObservedVersion
 from controller.registry_reads import observed_model, search_models, search_versions
-from controller.registry_shared import SharedReads
+from controller.registry_shared import ManyRefused, SharedReads
 from controller.registry_webhook import WEBHOOK_EVENTS as WEBHOOK_EVENTS  # the faults import it
 from controller.registry_webhook import upsert_webhook
 from wire.artifact_manifest import HASH_LIMIT
@@ -179,10 +179,13 @@ class Registry:
     def versions(self, name: str) -> list[ObservedVersion]:
         # The model's existence is model()'s to tell (RegisteredModelGone): the reconciler asks
         # it first, so no second get_registered_model here.
-        def many(names: list[str]) -> dict[str, list[ObservedVersion]]:
+        def read(names: list[str]) -> dict[str, list[ObservedVersion]]:
             return search_versions(self._client, names, self._locations.note)
 
-        return self._shared("versions", name, lambda one: many([one])[one], many, list)
+        def many(names: list[str]) -> dict[str, list[ObservedVersion]]:
+            return self._many(lambda: read(names))
+
+        return self._shared("versions", name, lambda one: read([one])[one], many, list)
 
     def model(self, name: str) -> ObservedModel:
         """The registered model's creation time, aliases and tags, in one call.
@@ -194,13 +197,26 @@ class Registry:
             return observed_model(self._client.get_registered_model(single))
 
         def many(names: list[str]) -> dict[str, ObservedModel | None]:
-            return dict(search_models(self._client, names))
+            return dict(self._many(lambda: search_models(self._client, names)))
 
         found: ObservedModel | None = self._shared("model", name, one, many, lambda: None)
         if found is None:  # not in the answer of a read of many: deleted
             self._failed("gone")
             raise RegisteredModelGone(name)
         return found
+
+    @staticmethod
+    def _many(read: Callable[[], T]) -> T:
+        """A read of many models, a refusal of it told apart (``ManyRefused``): what the
+        registry refuses in a filter of many names may be another model's name."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return read()
+        except MlflowException as exc:
+            if exc.error_code in PERMANENT_ERRORS:
+                raise ManyRefused(exc.error_code) from exc
+            raise
 
     def _shared(self, kind: str, name: str, one: Callable[[str], V],
                 many: Callable[[list[str]], dict[str, V]], empty: Callable[[], V]) -> V:

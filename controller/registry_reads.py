@@ -47,7 +47,16 @@ def observed_model(m: Any) -> ObservedModel:
     )
 
 
+def batchable(name: str) -> bool:
+    """Whether ``name`` can be one of a ``name IN (...)`` filter. MLflow 3.17's parser takes no
+    backslash in an IN list: ``IN ('ok', 'x\\')`` is refused (INVALID_PARAMETER_VALUE), and
+    ``IN ('a\\b')`` finds nothing. ``name = "x\\"`` (verbatim, double quotes) finds it."""
+    return "\\" not in name
+
+
 def _in(names: list[str]) -> str:
+    if len(names) == 1 and not batchable(names[0]):
+        return f'name = "{names[0]}"'
     # IN for one name too: MLflow's parser finds no model for name='it\\'s' (a model with a
     # quote in its name had no versions), and finds it with IN.
     return "name IN (" + ", ".join("'" + n.replace("'", "\\'") + "'" for n in names) + ")"

@@ -25,9 +25,16 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from controller.registry_reads import batchable
+
 V = TypeVar("V")
 # Models per shared read: a request of a few KB of names, and of their versions in one answer.
 BATCH = 50
+
+
+class ManyRefused(Exception):
+    """A read of many refused by the registry (its filter, its size): the pass reads its own
+    model alone, so a model waiting beside it never fails its pass."""
 
 
 class SharedReads:
@@ -92,11 +99,17 @@ class SharedReads:
                 waiting = self._peers()
             except RuntimeError:  # the queue changed under the copy: read alone this time
                 waiting = []
-            others = [n for n in waiting if n != name and not self._fresh((kind, n), now)]
-            others = others[: self._batch - 1]
+            others = [
+                n for n in waiting
+                if n != name and batchable(n) and not self._fresh((kind, n), now)
+            ]  # fmt: skip
+            others = others[: self._batch - 1] if batchable(name) else []
         if not others:
             return one(name), "one"
-        found = many([name, *others])
+        try:
+            found = many([name, *others])
+        except ManyRefused:
+            return one(name), "one"
         ended = self._clock()
         with self._lock:
             for other in others:

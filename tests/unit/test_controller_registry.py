@@ -543,3 +543,59 @@ def test_a_model_registered_again_is_read_at_its_new_versions_location(
     finally:
         client.delete_registered_model("reborn")
         client.delete_registered_model("reborn_other")
+
+
+def test_a_model_with_a_backslash_in_its_name_fails_no_other_models_pass(
+    store: dict[str, Any],
+) -> None:
+    """MLflow refuses ``name IN ('ok', 'x\\')``: a model so named waiting in the queue is not
+    read with the others, and its own reads find it (``name = "x\\"``)."""
+    from controller.registry_shared import SharedReads
+
+    registry, client = store["registry"], store["client"]
+    source = client.get_model_version(NAME, "1").source
+    names = ["slash\\", "mid\\dle"]
+    for name in names:
+        client.create_registered_model(name)
+        client.create_model_version(name, source)
+    shared = SharedReads(lambda: list(names))
+    for name in names:
+        shared.asked(name)
+    registry.shared = shared
+    try:
+        assert sorted(v.version for v in registry.versions(NAME)) == ["1", "2", "3"]
+        assert registry.model(NAME).created_at > 0
+        for name in names:
+            assert [v.version for v in registry.versions(name)] == ["1"]
+            assert registry.model(name).created_at > 0
+    finally:
+        registry.shared = None
+        for name in names:
+            client.delete_registered_model(name)
+
+
+def test_a_refused_read_of_many_is_read_again_alone(
+    store: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any refusal of a filter of many names (one the controller cannot foresee) costs the pass
+    a read of its own, never the pass."""
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    from controller.registry_shared import SharedReads
+
+    registry = store["registry"]
+    real = registry._client.search_model_versions
+
+    def refuse_many(filter_string: str, **kwargs: Any) -> Any:
+        if "," in filter_string:
+            raise MlflowException("ill-formed list", error_code=INVALID_PARAMETER_VALUE)
+        return real(filter_string, **kwargs)
+
+    monkeypatch.setattr(registry._client, "search_model_versions", refuse_many)
+    shared = SharedReads(lambda: ["peer"])
+    shared.asked("peer")
+    registry.shared = shared
+    try:
+        assert sorted(v.version for v in registry.versions(NAME)) == ["1", "2", "3"]
+    finally:
+        registry.shared = None

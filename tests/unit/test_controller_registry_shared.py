@@ -4,7 +4,7 @@ while it is as fresh as a read of their own: begun after the model's latest ask
 
 from __future__ import annotations
 
-from controller.registry_shared import SharedReads
+from controller.registry_shared import ManyRefused, SharedReads
 
 
 class Reads:
@@ -87,3 +87,24 @@ def test_each_kind_of_read_is_kept_apart() -> None:
                         lambda names: {n: f"models {n}" for n in names}, str)
     assert found == ("model b", "one")
     assert read(shared, reads, "b") == (["1", "2"], "shared")
+
+
+def test_a_name_the_filter_cannot_carry_is_left_out_and_read_alone() -> None:
+    """MLflow's ``name IN (...)`` takes no backslash: such a model waiting is not read with
+    the others, and its own pass reads it alone."""
+    shared, reads = shared_reads(["x\\", "b"])
+    reads.has["x\\"] = ["1"]
+    assert read(shared, reads, "a") == (["1"], "many")
+    assert reads.calls == [["a", "b"]]
+    assert read(shared, reads, "x\\") == (["1"], "one")
+
+
+def test_a_refused_read_of_many_falls_back_to_the_models_own() -> None:
+    """Whatever in the batch the registry refuses, it is no reason to fail this model's pass."""
+    shared, reads = shared_reads(["b"])
+
+    def refuse(names: list[str]) -> dict[str, list[str]]:
+        raise ManyRefused("INVALID_PARAMETER_VALUE")
+
+    assert shared.read("versions", "a", reads.one, refuse, list) == (["1"], "one")
+    assert reads.calls == [["a"]]
