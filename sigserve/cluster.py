@@ -58,6 +58,7 @@ class Deployed:
     seconds: float
     replicas: list[Replica] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    grpc: str | None = None
 
     def describe(self) -> str:
         lines = [
@@ -65,6 +66,8 @@ class Deployed:
             f" (deployed in {self.seconds:.1f} s)",
             f"  serving   {self.url}   (models: {self.url}/models, OpenAPI: {self.url}/docs)",
         ]
+        if self.grpc:
+            lines.append(f"  gRPC      {self.grpc}   (Open Inference Protocol)")
         for r in self.replicas:
             lines.append(f"  replica   {r.replica_id} {r.state} on node {r.node_ip} ({r.node_id})")
         lines += [f"  note      {n}" for n in self.notes]
@@ -233,6 +236,28 @@ def _wait_http(url: str, deadline: float) -> None:
     )
 
 
+def serve_start_options(
+    proxy_location: str, http_host: str, http_port: int, grpc_port: int | None = None
+) -> dict[str, Any]:
+    """``serve.start``'s arguments: HTTP always, gRPC when ``grpc_port`` (else
+    ``SIGSERVE_GRPC_PORT``) is set and not 0, as ``sigserve up`` starts it (``stack.grpc_options``).
+    """
+    from sigserve.stack import grpc_options
+
+    return {
+        "proxy_location": proxy_location,
+        "http_options": {"host": http_host, "port": http_port},
+        **grpc_options(grpc_port),
+    }
+
+
+def _grpc_address(public_url: str, options: dict[str, Any]) -> str | None:
+    grpc = options.get("grpc_options")
+    if grpc is None:
+        return None
+    return f"{public_url.removeprefix('http://').rpartition(':')[0]}:{grpc.port}"
+
+
 def deploy(
     address: str | None = None,
     *,
@@ -242,12 +267,14 @@ def deploy(
     timeout_s: float = 300.0,
     wait_http: bool = True,
     settings: Any = None,
+    grpc_port: int | None = None,
 ) -> Deployed:
     """Deploy (or redeploy) the serving app onto a running cluster and wait until it serves.
 
     ``settings`` is a ``ServingSettings``; None reads ``SIGSERVE_*``. Serve's HTTP options are
     fixed when Serve first starts on a cluster: a later deploy with other ones keeps the running
-    ones and says so in ``notes``.
+    ones and says so in ``notes``. ``grpc_port`` (else ``SIGSERVE_GRPC_PORT``; 0 or neither:
+    off) is where Serve's proxies serve the Open Inference Protocol's gRPC service.
     """
     address = resolve_address(address)
     if proxy_location not in PROXY_LOCATIONS:
@@ -283,9 +310,8 @@ def deploy(
     # what matters of that (HTTP options kept) is said in ``notes``.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     try:
-        serve.start(
-            proxy_location=proxy_location, http_options={"host": http_host, "port": http_port}
-        )
+        options = serve_start_options(proxy_location, http_host, http_port, grpc_port)
+        serve.start(**options)
         notes: list[str] = []
         details = _serve_details()
         if details is not None and details.http_options is not None:
@@ -313,6 +339,7 @@ def deploy(
             seconds=time.monotonic() - started,
             replicas=replicas,
             notes=notes,
+            grpc=_grpc_address(public, options),
         )
     finally:
         # Disconnecting leaves the app: Serve's controller and replicas are detached actors.
