@@ -74,6 +74,8 @@ def _banner(s: StackSettings, token: str) -> tuple[Panel, list[str]]:
     where = [
         f"MLflow       http://{s.host}:{s.mlflow_port}",
         f"Serving      {serving}   (OpenAPI: {serving}/docs)",
+        *([f"gRPC         {s.host}:{s.grpc_listen_port()}   (Open Inference Protocol)"]
+          if s.grpc_listen_port() else []),
         f"Controller   {ctl}",
         f"Metrics      {ctl}/metrics, http://{s.host}:{s.metrics_port}/metrics (serving)",
         f"Admin token  {token}",
@@ -139,8 +141,10 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
             (s.controller_port, "controller"),
             (s.serving_port, "serving"),
             (s.metrics_port, "metrics"),
+            (s.grpc_listen_port(), "grpc"),
         ):
-            _check_free(s.host, port, what)
+            if port:
+                _check_free(s.host, port, what)
     except PortInUse as exc:
         console.print(f"[red]{exc}[/red]")
         return 1
@@ -184,6 +188,7 @@ def run_local_stack(settings: StackSettings | None = None) -> int:
                     fast_path=s.fast_path,
                     serving_token=serving_token,
                     metrics_export_port=s.metrics_port,
+                    grpc_port=s.grpc_listen_port(),
                 )
                 _catch_signals()
             console.print(f"[green]✓[/green] serving app at http://{s.host}:{s.serving_port}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from controller.settings import Secret
@@ -26,6 +26,9 @@ class StackSettings(BaseSettings):
     host: str = "127.0.0.1"
     mlflow_port: int = 5000
     serving_port: int = 8000
+    # The Open Inference Protocol's gRPC service (``sigserve.stack.grpc_options``); 0: off.
+    # With the fast path HAProxy binds it on ``host``, as the serving port.
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
     controller_port: int = 8080
     # Where Ray serves the serving replicas' metrics (Prometheus text, /metrics).
     metrics_port: int = 8090
@@ -39,6 +42,14 @@ class StackSettings(BaseSettings):
     # (``sigserve.stack.fast_path_env``); false: Ray's Python proxy.
     fast_path: bool = True
     register_demo_models: bool = True
+
+    def grpc_listen_port(self) -> int:
+        """The gRPC port the stack starts, 0 for none: ``grpc_port``, but the default is off
+        without the fast path, where Ray's Python proxy binds gRPC to every interface (Ray
+        hard-codes ``[::]``) instead of ``host``; a port set explicitly is kept."""
+        if not self.fast_path and "grpc_port" not in self.model_fields_set:
+            return 0
+        return self.grpc_port
 
     def chosen(self, name: str, generated: str) -> str:
         """The secret ``name`` as set for the stack, else the generated one."""

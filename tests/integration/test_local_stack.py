@@ -1,4 +1,5 @@
-"""`make up` brings the whole stack up on free ports, and Ctrl-C leaves no process behind."""
+"""`make up` brings the whole stack up on free ports (gRPC on, its default), and Ctrl-C leaves no
+process behind."""
 
 from __future__ import annotations
 
@@ -13,11 +14,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import httpx
 import psutil
 import pytest
 
-from sigserve.ports import free_port
+from serving.grpc_protocol import grpc_predict_v2_pb2 as pb
+from serving.grpc_protocol.grpc_predict_v2_pb2_grpc import GRPCInferenceServiceStub
+from sigserve.ports import WINDOW, free_port, port_window
 from tests.integration.conftest import wait_for
 from tests.unit.test_controller_http import EVENT, delivery
 
@@ -70,7 +74,9 @@ def stack_home() -> Iterator[Path]:
 
 def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path) -> None:
     ports = {"MLFLOW": free_port(), "SERVING": free_port(), "CONTROLLER": free_port(),
-             "METRICS": free_port()}
+             "METRICS": free_port(), "GRPC": free_port()}
+    # Where Ray Serve's own gRPC servers behind HAProxy listen, so that the test knows them.
+    grpc_window, fallback_grpc = port_window(), free_port()
     env = {
         **os.environ,
         "SIGSERVE_HOME": str(stack_home),
@@ -79,6 +85,9 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
         # A secret the user chose (an MLflow webhook configured elsewhere signs with it) wins
         # over the one the stack would generate.
         "SIGSERVE_WEBHOOK_SECRET": USER_WEBHOOK_SECRET,
+        "RAY_SERVE_FALLBACK_PROXY_GRPC_PORT": str(fallback_grpc),
+        "RAY_SERVE_DIRECT_INGRESS_MIN_GRPC_PORT": str(grpc_window),
+        "RAY_SERVE_DIRECT_INGRESS_MAX_GRPC_PORT": str(grpc_window + WINDOW - 1),
     }
     env.pop("MLFLOW_TRACKING_URI", None)
     log = (stack_home / "up.log").open("wb")
@@ -103,6 +112,9 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
         refused = httpx.post(f"{serving}/models/translation_model/versions/3/serve",
                              json={"prompt": "Hello"}, timeout=30)
         assert refused.status_code == 409
+        with grpc.insecure_channel(f"127.0.0.1:{ports['GRPC']}") as channel:
+            live = GRPCInferenceServiceStub(channel).ServerLive(pb.ServerLiveRequest(), timeout=30)
+        assert live.live
         controller = f"http://127.0.0.1:{ports['CONTROLLER']}/webhooks/mlflow"
         generated = json.loads((stack_home / "secrets.json").read_text())["webhook_secret"]
         for secret, status in ((USER_WEBHOOK_SECRET, 200), (generated, 401)):
@@ -113,7 +125,10 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
         # Ray's GCS, raylet, workers and agents, MLflow, the controller, the serving port: on
         # 127.0.0.1 only. Ray Serve binds two things to every interface whatever the node's
         # address (docs/security.md): HAProxy's stats and Prometheus frontends, and each
-        # replica's inter-deployment gRPC server.
+        # replica's inter-deployment gRPC server. With gRPC on, HAProxy's gRPC frontend is on
+        # 127.0.0.1 like HTTP's, but Ray binds the gRPC servers behind it to every interface
+        # too ([::] hard-coded): each ingress replica's direct-ingress one and the fallback
+        # proxy's.
         listening = listeners(processes_with_home(stack_home))
         exposed = [entry for entry in listening if entry[2] not in LOOPBACK]
         print(f"local stack: {len(listening)} listening sockets, {len(exposed)} not on "
@@ -121,8 +136,15 @@ def test_make_up_serves_demo_models_and_ctrl_c_stops_everything(stack_home: Path
         haproxy = [e for e in exposed if e[1].endswith("/haproxy")]
         replicas = [e for e in exposed if e[1].startswith("ray::ServeReplica")]
         assert len(haproxy) <= 2 and ports["SERVING"] not in {e[3] for e in haproxy}, exposed
-        assert len(replicas) == len({e[0] for e in replicas}), exposed  # one a replica
-        assert sorted(haproxy + replicas) == exposed, exposed
+        assert ports["GRPC"] not in {e[3] for e in haproxy}, exposed
+        ingress = [e for e in replicas if grpc_window <= e[3] < grpc_window + WINDOW]
+        # One inter-deployment server a replica, and at most one direct-ingress gRPC server.
+        assert len(replicas) - len(ingress) == len({e[0] for e in replicas}), exposed
+        assert len(ingress) == len({e[0] for e in ingress}), exposed
+        proxy = [e for e in exposed if e[1].startswith("ray::ProxyActor")]
+        assert {e[3] for e in proxy} <= {fallback_grpc}, exposed
+        assert sorted(haproxy + replicas + proxy) == exposed, exposed
+        assert any(e[2] in LOOPBACK and e[3] == ports["GRPC"] for e in listening), listening
         assert any(e[2] in LOOPBACK and e[1].endswith("gcs_server") for e in listening)
     finally:
         os.killpg(make.pid, signal.SIGINT)  # what Ctrl-C in the terminal sends
