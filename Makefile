@@ -45,8 +45,8 @@ storm: $(VENV)/.dev
 
 # A registry of 10,000 models (built once in ~25 s, cached in ~/.cache/sigserve-registry-scale):
 # a fresh controller primes it, then a resync with nothing changed, webhooks during resyncs,
-# CPU and memory (benchmarks/registry_scale.py; priming ~200 ms per model here: ~35 min at
-# 10,000; not in make test). REGISTRY_SCALE="--models 2000" for a quicker run.
+# CPU and memory (benchmarks/registry_scale.py; priming 10,000 models x 5 versions took 313 s
+# here, the whole run ~17 min; not in make test). REGISTRY_SCALE="--models 2000" for a quicker run.
 REGISTRY_SCALE ?=
 registry-scale: $(VENV)/.dev
 	$(VENV)/bin/python benchmarks/registry_scale.py $(REGISTRY_SCALE)
