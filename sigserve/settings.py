@@ -27,8 +27,10 @@ class StackSettings(BaseSettings):
     mlflow_port: int = 5000
     serving_port: int = 8000
     # The Open Inference Protocol's gRPC service (``sigserve.stack.grpc_options``); 0: off.
-    # With the fast path HAProxy binds it on ``host``, as the serving port.
-    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    # With the fast path HAProxy binds it on ``host``, as the serving port. Off by default:
+    # Ray 2.60 also binds each replica's gRPC server and its fallback proxy's on every
+    # interface, whatever ``host`` says (docs/security.md), so a user opts in, e.g. 8001.
+    grpc_port: int = Field(default=0, ge=0, le=65535)
     controller_port: int = 8080
     # Where Ray serves the serving replicas' metrics (Prometheus text, /metrics).
     metrics_port: int = 8090
@@ -44,11 +46,7 @@ class StackSettings(BaseSettings):
     register_demo_models: bool = True
 
     def grpc_listen_port(self) -> int:
-        """The gRPC port the stack starts, 0 for none: ``grpc_port``, but the default is off
-        without the fast path, where Ray's Python proxy binds gRPC to every interface (Ray
-        hard-codes ``[::]``) instead of ``host``; a port set explicitly is kept."""
-        if not self.fast_path and "grpc_port" not in self.model_fields_set:
-            return 0
+        """The gRPC port the stack starts, 0 for none: ``grpc_port`` as set."""
         return self.grpc_port
 
     def chosen(self, name: str, generated: str) -> str:
