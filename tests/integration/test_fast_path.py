@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     server_call,
     wait_for,
 )
+from tests.integration.haproxies import haproxy_configs
 
 pytestmark = pytest.mark.integration
 
@@ -58,18 +59,10 @@ def post_all(url: str, bodies: list[Any]) -> list[httpx.Response]:
 
 def test_the_stack_answers_through_haproxy(serving_url: str) -> None:
     port = serving_url.rsplit(":", 1)[1]
-    haproxies = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and cmdline[0].endswith(b"haproxy"):
-            haproxies.append(proc.name)
-            config = next((a for a in cmdline if a.endswith(b".cfg")), b"")
-            if config and f"bind 127.0.0.1:{port}".encode() in Path(config.decode()).read_bytes():
-                return
-    pytest.fail(f"no HAProxy process binds the serving port {port} (found {haproxies})")
+    configs = haproxy_configs()
+    if any(f"bind 127.0.0.1:{port}".encode() in config for config in configs.values()):
+        return
+    pytest.fail(f"no HAProxy process binds the serving port {port} (found {sorted(configs)})")
 
 
 def test_concurrent_requests_to_one_version_share_predict_calls_and_keep_their_order(

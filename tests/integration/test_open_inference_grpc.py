@@ -16,7 +16,6 @@ shows (they are imported beside sigserve's own, each in its own descriptor pool)
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -24,6 +23,7 @@ import numpy as np
 import pytest
 
 from tests.integration.conftest import HOST, ControllerHandle, wait_for
+from tests.integration.haproxies import haproxy_configs
 from tests.integration.test_open_inference import (
     COLUMNS,
     PROMPTS,
@@ -77,28 +77,13 @@ def column_inputs() -> list[Any]:
     return [prompt, x]
 
 
-def haproxy_configs() -> list[bytes]:
-    """The configuration of every HAProxy process running (the stack's is among them)."""
-    configs = []
-    for proc in Path("/proc").iterdir():
-        try:
-            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if cmdline and cmdline[0].endswith(b"haproxy"):
-            config = next((a for a in cmdline if a.endswith(b".cfg")), b"")
-            if config:
-                configs.append(Path(config.decode()).read_bytes())
-    return configs
-
-
 def test_haproxy_fronts_grpc_and_http_alike(serving_url: str, client: Any, grpc_port: int) -> None:
     """The fast path serves both: one HAProxy binds the HTTP port and the gRPC port (HTTP/2)."""
     http_port = serving_url.rsplit(":", 1)[1]
     assert any(
         f"bind 127.0.0.1:{http_port}".encode() in config
         and f"bind 127.0.0.1:{grpc_port} proto h2".encode() in config
-        for config in haproxy_configs()
+        for config in haproxy_configs().values()
     )
 
 
