@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette._utils import get_route_path
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -54,7 +55,8 @@ class FastRoutedAPI(FastAPI):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not self.user_middleware:
             hot = self._hot if self._hot is not None else self._hot_routes()
-            path = _route_path(scope)
+            # The path as Starlette's and FastAPI's routers match it (root_path taken off).
+            path = get_route_path(scope)
             for pattern, endpoint, route in hot:
                 if (match := pattern.match(path)) is not None:
                     await self._dispatch(scope, receive, send, endpoint, route, match.groupdict())
@@ -134,15 +136,6 @@ def _plain(route: APIRoute) -> bool:
     return set(route.param_convertors) == {param.name for param in dependant.path_params} and all(
         type(c).__name__ == "StringConvertor" for c in route.param_convertors.values()
     )
-
-
-def _route_path(scope: Scope) -> str:
-    """The path relative to the app's root, as Starlette's routes match it."""
-    path: str = scope["path"]
-    root = scope.get("root_path", "")
-    if root and path.startswith(root) and path != root and path[len(root)] == "/":
-        return path[len(root) :]
-    return path
 
 
 __all__ = ["HOT", "FastRoutedAPI"]
