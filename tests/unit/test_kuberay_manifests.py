@@ -40,8 +40,10 @@ def _objects() -> list[dict[str, Any]]:
     return docs
 
 
-def _kind(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    [found] = [d for d in docs if d["kind"] == kind]
+def _kind(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    [found] = [
+        d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])
+    ]
     return found
 
 
@@ -84,6 +86,7 @@ def test_every_object_is_valid() -> None:
     docs = _objects()
     assert sorted(d["kind"] for d in docs) == [
         "ConfigMap", "Deployment", "NetworkPolicy", "NetworkPolicy", "RayService", "Service",
+        "Service",
     ]
     kustomization = yaml.safe_load((KUBERAY / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(
@@ -114,7 +117,8 @@ def test_the_serve_config_builds_the_app_with_its_args(monkeypatch: pytest.Monke
 
 def test_the_parts_refer_to_each_other() -> None:
     docs = _objects()
-    deployment, service = _kind(docs, "Deployment"), _kind(docs, "Service")
+    deployment = _kind(docs, "Deployment")
+    service = _kind(docs, "Service", "sigserve-controller")
     rayservice = _kind(docs, "RayService")
     pod = deployment["spec"]["template"]
     assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -191,14 +195,19 @@ _HEAD = "spec.rayClusterConfig.headGroupSpec"
         ("Deployment", _set("spec.template.spec.containers.0.readinessProb", {})),
         ("Deployment", _set("spec.template.spec.containers.1.ports.0.containerPort", "8080")),
         ("Deployment", _set("spec.selector", _DELETE)),
-        ("Service", _set("spec.ports.0.port", "http")),
+        ("Service/sigserve-controller", _set("spec.ports.0.port", "http")),
+        ("Service/sigserve-grpc", _set("spec.ports.0.appProtocl", "grpc")),
         ("RayService", _set("spec.rayClusterConfig.authOptions.mode", "tokens")),
         ("NetworkPolicy", _set("spec.ingress.0.form", [])),
         ("NetworkPolicy", _set("spec.ingress.2.ports.0.port", [8000])),
     ],
 )
 def test_a_broken_copy_is_refused(kind: str, edit: Callable[[dict[str, Any]], None]) -> None:
-    original = _kind(_objects(), kind) if kind != "NetworkPolicy" else _policies()["ray-head"]
+    kind, _, name = kind.partition("/")
+    original = (
+        _kind(_objects(), kind, name or None) if kind != "NetworkPolicy"
+        else _policies()["ray-head"]
+    )
     validate(original)
     broken = copy.deepcopy(original)
     edit(broken)
@@ -212,6 +221,7 @@ def test_a_broken_copy_is_refused(kind: str, edit: Callable[[dict[str, Any]], No
         lambda c: c["applications"][0].pop("import_path"),
         lambda c: c.update(proxy_location="Everywhere"),
         lambda c: c["http_options"].update(port="eight thousand"),
+        lambda c: c["grpc_options"].update(port="eight thousand one"),
     ],
 )
 def test_a_broken_serve_config_is_refused(edit: Callable[[dict[str, Any]], None]) -> None:
@@ -228,9 +238,10 @@ def test_a_broken_serve_config_is_refused(edit: Callable[[dict[str, Any]], None]
 
 # --- Who may reach Ray -------------------------------------------------------------------------
 
-# Ray's ports on the head (the GCS, the dashboard, the Ray Client server) and the serving port.
+# Ray's ports on the head (the GCS, the dashboard, the Ray Client server) and the serving ports.
 RAY_HEAD_PORTS = {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
 SERVE_PORT = 8000
+GRPC_PORT = 8001
 OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
 ANY_POD = {"app": "something-else"}
 
@@ -322,7 +333,7 @@ def test_rays_ports_admit_only_rays_pods() -> None:
     [container] = _kind(_objects(), "RayService")["spec"]["rayClusterConfig"]["headGroupSpec"][
         "template"]["spec"]["containers"]
     declared = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert declared == {**RAY_HEAD_PORTS, "serve": SERVE_PORT}
+    assert declared == {**RAY_HEAD_PORTS, "serve": SERVE_PORT, "grpc": GRPC_PORT}
     for port in RAY_HEAD_PORTS.values():
         assert admits(head, labels["ray-worker"], port)
         assert admits(head, labels["ray-head"], port)
@@ -333,9 +344,11 @@ def test_rays_ports_admit_only_rays_pods() -> None:
     assert admits(head, OPERATOR, RAY_HEAD_PORTS["dashboard"])
     assert not admits(head, OPERATOR, RAY_HEAD_PORTS["gcs-server"])
     assert not admits(head, OPERATOR, RAY_HEAD_PORTS["client"])
-    # Clients reach serving on every Ray pod (the serve Service selects them all).
+    # Clients reach serving on every Ray pod (the serve Service selects them all), over HTTP
+    # and gRPC.
     for policy in policies.values():
         assert admits(policy, ANY_POD, SERVE_PORT)
+        assert admits(policy, ANY_POD, GRPC_PORT)
     worker = policies["ray-worker"]
     for port in (6379, 10001, 8265, 52365, 12345):  # a raylet's or worker's port, say
         assert admits(worker, labels["ray-head"], port)
@@ -381,3 +394,59 @@ def test_the_controller_listens_on_loopback_behind_a_proxy_with_timeouts() -> No
     assert header_timeout and int(header_timeout.group(1)) <= 30
     client = re.search(r"^\s*timeout client (\d+)s$", config, re.M)
     assert client and int(client.group(1)) > 60  # held long-polls are not cut
+
+
+# --- gRPC -------------------------------------------------------------------------------------
+
+# The label KubeRay puts on a RayService's pods that may take traffic: a worker pod always (its
+# readiness probe decides), the head pod while its Serve proxy is healthy.
+KUBERAY_SERVE_LABEL = {"ray.io/serve": "true"}
+
+
+def test_grpc_is_wired_from_the_serve_config_to_the_network_policy() -> None:
+    """The Open Inference Protocol's gRPC port, end to end: Serve's grpc_options (the servicer
+    function sigserve up registers, importable here as Serve imports it), every Ray pod's
+    container port, the Service clients call, and the NetworkPolicies admitting it as they
+    admit HTTP. KubeRay's own serve Service carries only the port named `serve`, so gRPC needs
+    the Service of its own that this checks."""
+    import importlib
+
+    from sigserve.stack import GRPC_SERVICER, grpc_message_limit
+
+    docs = _objects()
+    rayservice = _kind(docs, "RayService")
+    grpc = serve_config(rayservice)["grpc_options"]
+    assert grpc["grpc_servicer_functions"] == [GRPC_SERVICER]
+    module, _, function = GRPC_SERVICER.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), function))
+    port = grpc["port"]
+
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    pods = {"ray-head": cluster["headGroupSpec"]["template"]}
+    for group in cluster["workerGroupSpecs"]:
+        pods[f"ray-worker/{group['groupName']}"] = group["template"]
+    for where, pod in pods.items():
+        [container] = pod["spec"]["containers"]
+        ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+        assert ports["grpc"] == port, where
+        # Ray's gRPC servers take what sigserve up lets them take, not Ray's 2 GiB.
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert env["RAY_SERVE_GRPC_MAX_MESSAGE_SIZE"] == str(grpc_message_limit()), where
+
+    service = _kind(docs, "Service", "sigserve-grpc")
+    [service_port] = service["spec"]["ports"]
+    assert service_port["port"] == port and service_port["targetPort"] == "grpc"
+    assert service_port["appProtocol"] == "grpc"
+    # It selects every Ray pod KubeRay marks as serving, and nothing else of the app's.
+    selector = {"matchLabels": service["spec"]["selector"]}
+    for where, pod in pods.items():
+        labels = pod["metadata"]["labels"]
+        assert _selects(selector, {**labels, **KUBERAY_SERVE_LABEL}), where
+        assert not _selects(selector, labels), where  # not before KubeRay says it serves
+    controller = _kind(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert not _selects(selector, {**controller, "ray.io/serve": "false"})
+    assert not _selects(selector, controller)
+
+    for component, policy in _policies().items():
+        assert admits(policy, ANY_POD, port), component
+        assert admits(policy, _pod_labels()["controller"], port), component
