@@ -13,6 +13,7 @@ import pytest
 from fastapi import FastAPI
 
 from serving.api import create_app
+from serving.fast_routes import HOT
 from serving.table_source import TableSource
 from tests.unit.test_serving_api import TABLE, Controller, EchoBackend
 from wire.routing_table import RoutingTable
@@ -134,3 +135,26 @@ def test_a_middleware_added_later_sees_every_request(path: str) -> None:
     status, headers, _ = asyncio.run(call(app, "POST", path, body))
     assert status == 200
     assert (b"x-seen", b"1") in headers
+
+
+def test_ray_names_every_route_as_before_after_fewer_patterns() -> None:
+    # Ray Serve's replica names each request's route (its metrics' label) by walking
+    # ``app.routes``; the hot routes listed first, it stops after at most seven patterns.
+    from ray.serve._private.thirdparty.get_asgi_route_name import get_asgi_route_name
+
+    app = app_for(TABLE)
+    in_router_order = FastAPI()
+    in_router_order.router = app.router
+    hot = [route for route in app.router.routes if getattr(route, "path", "") in HOT]
+    assert len(hot) == 7
+    assert app.routes[:7] == hot
+    assert sorted(map(id, app.routes)) == sorted(map(id, app.router.routes))
+    for method, path, _ in [*REQUESTS, ("PUT", "/v2/models/echo/infer", None),
+                            ("GET", "/v2/models/echo/infer", None)]:  # fmt: skip
+        scope = {"type": "http", "method": method, "path": path, "root_path": ""}
+        assert get_asgi_route_name(app, scope) == get_asgi_route_name(in_router_order, scope)
+
+    @app.get("/added-later")
+    async def added() -> None: ...
+
+    assert getattr(app.routes[-1], "path", "") == "/added-later"
