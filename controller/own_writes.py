@@ -8,6 +8,12 @@ match it is acknowledged without a reconcile (``controller.webhooks``). The guar
 recognising can only ever err toward doing work, is stated in docs/architecture.md ("Where data
 scientists look: the MLflow registry").
 
+The writes that went through are also kept per model (the latest value per tag or alias) for
+the resync (``controller/resync.py``): the listing shows the alias and the newest version's tags,
+so a model written back would otherwise be reconciled once more at the next resync, for nothing
+(issue 20: 10,000 such passes after a registry of 10,000 models was primed). A listing that
+shows exactly what the model was seen with plus those writes is not a change.
+
 The memory is bounded both ways: an entry lives ``ttl_s`` (far longer than MLflow's delivery
 retries, which span seconds) and at most ``max_entries`` are kept, the least recently written
 forgotten first. A forgotten entry costs one reconcile that writes nothing, never a missed one.
@@ -64,6 +70,9 @@ class OwnWrites:
         # Per write: how many of its deliveries are still expected, and until when. The same
         # write made twice before its first delivery came back is expected twice.
         self._entries: OrderedDict[Write, tuple[int, float]] = OrderedDict()
+        # Per model, the writes that went through and the resync has not looked at yet
+        # (``made``, ``take_made``): the latest value per tag or alias, least recent model first.
+        self._made: OrderedDict[str, dict[tuple[str, ...], Write]] = OrderedDict()
 
     def __len__(self) -> int:
         with self._lock:
@@ -91,6 +100,24 @@ class OwnWrites:
         with self._lock:
             self._expire(self._clock())
             return self._take(write)
+
+    def made(self, write: Write) -> None:
+        """``write`` went through: the resync's listing will show it (``take_made``)."""
+        event, name, *what = write
+        # A tag's or an alias's latest value replaces the one written before it.
+        slot = (event, *what[:-1])
+        with self._lock:
+            writes = self._made.pop(name, {})
+            writes[slot] = write
+            self._made[name] = writes
+            while len(self._made) > self._max_entries:
+                self._made.popitem(last=False)
+
+    def take_made(self, name: str) -> list[Write]:
+        """The writes to ``name`` that went through since the last call, forgotten here. A
+        forgotten one costs the resync one pass of the model, never a missed one."""
+        with self._lock:
+            return list(self._made.pop(name, {}).values())
 
     def _take(self, write: Write) -> bool:
         entry = self._entries.get(write)
@@ -120,6 +147,10 @@ class RememberingWriter:
         self._writer = writer
         self._memory = memory
 
+    @property
+    def memory(self) -> OwnWrites:
+        return self._memory
+
     def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
         write = tag_set(name, version, key, value)
         self._memory.remember(write)
@@ -128,6 +159,7 @@ class RememberingWriter:
         except BaseException:
             self._memory.forget(write)
             raise
+        self._memory.made(write)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
         write = alias_set(name, alias, version)
@@ -137,3 +169,4 @@ class RememberingWriter:
         except BaseException:
             self._memory.forget(write)
             raise
+        self._memory.made(write)

@@ -23,9 +23,11 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 
 from controller.exceptions import RegistryUnavailable
+from controller.own_writes import ALIAS_CREATED, TAG_SET, Write
 from controller.registry import RegistryPort
 from controller.registry_listing import ModelFingerprint
 from controller.store import Store
@@ -46,8 +48,12 @@ class Resync:
         full_interval_s: float = 600.0,
         write_back: Callable[[str], None] = lambda name: None,
         on_full: Callable[[], None] = lambda: None,
+        own_writes: Callable[[str], list[Write]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        # The controller's own tag and alias writes to a model that went through since asked
+        # last (``OwnWrites.take_made``): a fingerprint they alone moved is not a change.
+        self._own_writes = own_writes
         self._write_back = write_back
         # Told before a full resync hands the lane what is behind: what the registry refused
         # for good is tried again then (controller/write_back_lane.py).
@@ -93,11 +99,13 @@ class Resync:
         enqueued, sorted (what priming waits for, ``Worker.prime``); None when the registry
         could not be listed.
         """
+        started = time.monotonic()
         try:
             listing = await asyncio.to_thread(self._list)
         except RegistryUnavailable as exc:
             log.warning("resync: registry unavailable (%s)", exc)
             return None
+        listed_s = time.monotonic() - started
         if full is None:
             full = self.full_due()
         listed_at = self._clock()
@@ -110,9 +118,19 @@ class Resync:
             del seen[gone]
         for gone in self._listed.keys() - listing.keys():
             del self._listed[gone]
+        if full and self._own_writes is not None:
+            for name in listing:  # every listed model gets a pass, which records its listing
+                self._own_writes(name)
         due: list[str] = []
+        own = 0
         for name, print_ in listing.items():
             if full or print_ is None or seen.get(name) != print_:
+                if not full and print_ is not None and self._moved_by_own_writes(
+                    name, seen.get(name), print_
+                ):
+                    seen[name] = print_
+                    own += 1
+                    continue
                 if print_ is not None:
                     self._listed[name] = print_
                 due.append(name)
@@ -126,11 +144,35 @@ class Resync:
         # the write-back lane's work derives from the store, not from its memory.
         if full:
             self._on_full()
-        for name in await asyncio.to_thread(self._store.behind_write_back):
+        behind = await asyncio.to_thread(self._store.behind_write_back)
+        for name in behind:
             self._write_back(name)
         if full:
             self._last_full = listed_at
+        log.info(
+            "resync%s: %d models listed in %.1f s, %d enqueued, %d moved by the controller's "
+            "own writes only, %d behind the write-back; %.1f s in all",
+            " (full)" if full else "", len(listing), listed_s, len(due), own, len(behind),
+            time.monotonic() - started,
+            extra={"event": "resync", "full": full, "listed": len(listing),
+                   "listed_s": round(listed_s, 2), "enqueued": len(due), "own_writes": own,
+                   "behind_write_back": len(behind),
+                   "took_s": round(time.monotonic() - started, 2)},
+        )  # fmt: skip
         return due
+
+    def _moved_by_own_writes(
+        self, name: str, before: ModelFingerprint | None, listed: ModelFingerprint
+    ) -> bool:
+        """Whether ``listed`` is ``before`` with the controller's own writes to ``name`` since
+        applied, and nothing else: what a pass would read then is what the write-back wrote
+        from that pass's decision, so it would find nothing to do. The writes are taken either
+        way: a listing that shows more than them enqueues the model, and its pass records it.
+        """
+        if before is None or self._own_writes is None:
+            return False
+        writes = self._own_writes(name)
+        return bool(writes) and after_writes(before, writes) == listed
 
     def _list(self) -> dict[str, ModelFingerprint | None]:
         listing = getattr(self._registry, "listing", None)
@@ -175,3 +217,24 @@ class Resync:
                     log.warning("taking followers' reconcile requests failed (%s)", exc)
                 failing = True
             await asyncio.sleep(every_s)
+
+
+def after_writes(print_: ModelFingerprint, writes: list[Write]) -> ModelFingerprint:
+    """``print_`` as the listing shows it once ``writes`` (``controller.own_writes``) landed:
+    an alias moves among the model's aliases, a version tag among the tags of a listed latest
+    version (MLflow moves no timestamp for either)."""
+    aliases = dict(print_.aliases)
+    tags: dict[str, dict[str, str]] = {}
+    for write in writes:
+        if write[0] == ALIAS_CREATED:
+            _, _, alias, version = write
+            aliases[alias] = version
+        elif write[0] == TAG_SET:
+            _, _, version, key, value = write
+            tags.setdefault(version, {})[key] = value
+    latest = tuple(
+        replace(v, tags=tuple(sorted({**dict(v.tags), **tags[v.version]}.items())))
+        if v.version in tags else v
+        for v in print_.latest
+    )  # fmt: skip
+    return replace(print_, aliases=tuple(sorted(aliases.items())), latest=latest)

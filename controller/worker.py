@@ -43,6 +43,7 @@ from tenacity import AsyncRetrying, before_sleep_log, wait_exponential
 from controller.broadcaster import TableBroadcaster
 from controller.coalescer import PublishCoalescer
 from controller.metrics import WRITE_BACK_STATES, Metrics
+from controller.own_writes import OwnWrites, RememberingWriter
 from controller.priming import Priming
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
@@ -81,9 +82,14 @@ class Worker(PassEnds):
         retry_initial_s: float,
         retry_max_s: float,
         audit_retention: timedelta = timedelta(days=90),
+        own_writes: OwnWrites | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reconciler = reconciler
+        if own_writes is None:
+            # The memory the reconciler's write-back writes through, when it has one.
+            writer = getattr(reconciler, "_writer", None)
+            own_writes = writer.memory if isinstance(writer, RememberingWriter) else None
         self._store = store
         self._broadcaster = broadcaster
         self._metrics = metrics
@@ -108,6 +114,7 @@ class Worker(PassEnds):
             audit_retention=audit_retention,
             write_back=lambda name: self.write_backs.behind(name),
             on_full=self.write_backs.retry_refused,
+            own_writes=own_writes.take_made if own_writes is not None else None,
         )
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")

@@ -121,6 +121,21 @@ def test_a_write_that_failed_is_not_remembered() -> None:
     assert len(memory) == 0
 
 
+def test_writes_that_went_through_are_handed_to_the_resync_once_the_latest_per_tag() -> None:
+    memory = OwnWrites()
+    writer = RememberingWriter(Registry(memory), memory)
+    writer.set_version_tag("m", "1", "sigserve.state", "pending")
+    writer.set_version_tag("m", "1", "sigserve.state", "live")
+    writer.set_alias("m", "serving", "1")
+    writer.set_version_tag("n", "2", "sigserve.state", "live")
+    assert memory.take_made("m") == [LIVE, alias_set("m", "serving", "1")]
+    assert memory.take_made("m") == []  # taken once
+    failing = RememberingWriter(Registry(memory, fail=True), memory)
+    with pytest.raises(RegistryUnavailable):
+        failing.set_alias("n", "serving", "2")  # never in the registry: not the resync's
+    assert memory.take_made("n") == [tag_set("n", "2", "sigserve.state", "live")]
+
+
 def test_every_write_of_the_write_back_is_remembered(tmp_path: Path) -> None:
     engine = make_engine(f"sqlite:///{tmp_path}/c.db")
     migrate(engine)
