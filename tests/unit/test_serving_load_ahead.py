@@ -48,7 +48,7 @@ class RayOrderLru:
 class Replica:
     """What ``serving.server.Server`` wires: loader -> LoadAhead -> the LRU -> ``take``."""
 
-    def __init__(self, max_models: int = 2) -> None:
+    def __init__(self, max_models: int = 2, release: asyncio.Event | None = None) -> None:
         self.loader = PyfuncLoader()
 
         async def take(value: str) -> LoadedModel:
@@ -57,7 +57,11 @@ class Replica:
             return loaded
 
         async def load(value: str, artifact: Artifact, confirm: bool) -> LoadedModel:
-            return await self.loader.load(value, artifact, confirm=confirm)
+            loaded = await self.loader.load(value, artifact, confirm=confirm)
+            if release is not None:
+                # A test's seam: the load ends when the test says, not when the machine is done.
+                await release.wait()
+            return loaded
 
         self.lru = RayOrderLru(take, max_models)
         self.ahead = LoadAhead(load, self.lru)
@@ -166,7 +170,10 @@ def test_a_load_whose_requests_all_gave_up_is_not_kept(
         return [d for parent in tmp_path.iterdir() for d in parent.iterdir()]
 
     async def scenario() -> Replica:
-        replica = Replica()
+        # Held until the request has given up: on a loaded machine a tiny model's load could
+        # otherwise end, and answer the request, before the cancel lands.
+        release = asyncio.Event()
+        replica = Replica(release=release)
         request = asyncio.create_task(replica.get("a", "1", a))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 30
@@ -176,6 +183,7 @@ def test_a_load_whose_requests_all_gave_up_is_not_kept(
         request.cancel()
         with pytest.raises(asyncio.CancelledError):
             await request
+        release.set()
         # The load runs on and ends; with nobody to take it, the model and its files go.
         while downloads():
             assert loop.time() < deadline, downloads()
