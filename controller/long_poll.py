@@ -16,7 +16,8 @@ write, a broadcast and, unbounded, a revision no later table could be published 
 Every table answered is signed (``wire.table_signature``, in the ``X-Sigserve-Table-Signature``
 header) with the key derived from the serving token; a controller without one answers unsigned
 tables, which replicas refuse. The body is the table's canonical JSON, encoded and signed once
-per table, not once per poll.
+per table, not once per poll, and kept as those bytes alone (made a model at a time:
+``controller.table_builder.canonical_table``).
 
 At most ``long_poll_max_concurrent`` polls are held open at once (``Services.long_poll_slots``);
 past it a poll that would wait is answered 503 problem+json with ``Retry-After`` at once, so
@@ -38,9 +39,10 @@ from starlette.exceptions import HTTPException
 from controller.services import Services, services
 from controller.serving_auth import presents_bearer
 from controller.store import MAX_CATCH_UP
+from controller.table_builder import canonical_table
 from wire.problems import problem_response
 from wire.routing_table import SCHEMA_UNSAID, SCHEMA_VERSION, RoutingTable, for_schema
-from wire.table_signature import SIGNATURE_HEADER, canonical_json, sign, table_key
+from wire.table_signature import SIGNATURE_HEADER, sign, table_key
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +120,7 @@ def _signed(
     cached = signed.get(key)
     if cached is not None and cached[0] is table:
         return cached[1], cached[2]
-    body = canonical_json(for_schema(table, schema).model_dump(mode="json"))
+    body = canonical_table(for_schema(table, schema))
     token = svc.settings.serving_token
     signature = sign(body, table_key(token.get_secret_value())) if token is not None else None
     request.app.state.routing_table_signed = {
