@@ -27,6 +27,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from controller.registry import RegistryWriter
+from controller.registry_writes import direct
 
 TAG_SET = "model_version_tag.set"
 ALIAS_CREATED = "model_version_alias.created"
@@ -144,7 +145,8 @@ class RememberingWriter:
     """A ``RegistryWriter`` that remembers each write in ``memory`` just before making it."""
 
     def __init__(self, writer: RegistryWriter, memory: OwnWrites) -> None:
-        self._writer = writer
+        # One request per write, not two (``controller.registry_writes``).
+        self._writer = direct(writer)
         self._memory = memory
 
     @property
