@@ -93,3 +93,21 @@ def _table() -> RoutingTable:
 def test_the_body_made_a_model_at_a_time_is_the_canonical_json_of_the_table() -> None:
     for table in (_table(), for_schema(_table(), 2), RoutingTable(revision=0)):
         assert canonical_table(table) == canonical_json(table.model_dump(mode="json"))
+
+
+def test_built_entries_share_one_set_of_names_that_a_copy_never_changes() -> None:
+    a = ModelRecord(name="a", policy="auto")
+    a.versions = {"1": _version("1", "one"), "2": _version("2", "two")}
+    a.versions["2"].state = VersionState.PENDING
+    a.versions["2"].own_environment = {"digest": "e" * 64, "kind": "layered"}
+    table = build_table([a], 1, "e")
+    one, two = table.models["a"].versions["1"], table.models["a"].versions["2"]
+    assert one.model_fields_set is two.model_fields_set
+    names = set(one.model_fields_set)
+    # A replica of schema 2 gets version 2 withheld: a copy with fields of its own set.
+    old = for_schema(table, 2)
+    assert old.models["a"].versions["2"].state is VersionState.PENDING
+    assert old.models["a"].versions["2"].environment is None
+    assert one.model_fields_set == names and two.environment is not None
+    assert two == VersionEntry.model_validate(two.model_dump())
+    assert canonical_table(table) == canonical_json(table.model_dump(mode="json"))
