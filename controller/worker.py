@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 WEBHOOK_ACTOR = "webhook:"
 # Webhook deliveries remembered per waiting name (for its log lines), the latest kept.
 _DELIVERIES_PER_NAME = 20
+# Models written back at once. Each job's writes are one after the other (the alias after the
+# tags); measured while catching up with 1,000 models x 5 versions on one MLflow worker:
+# docs/benchmarks.md, "A large registry".
+WRITE_BACK_CONCURRENCY = 4
 
 
 class Worker(PassEnds):
@@ -100,7 +104,8 @@ class Worker(PassEnds):
         self.write_backs = WriteBackLane(
             self._write_back,
             busy=lambda name: name in self._queue or name in self._running,
-            backlog=lambda: any(self._queue.depth(lane) for lane in LANES),
+            backlog=self._decisions_waiting,
+            concurrency=WRITE_BACK_CONCURRENCY,
             retry_initial_s=retry_initial_s,
             retry_max_s=retry_max_s,
         )
@@ -162,6 +167,13 @@ class Worker(PassEnds):
     @property
     def primed(self) -> bool:
         return self._primed
+
+    def _decisions_waiting(self) -> bool:
+        """What the write-back lane gives way to (``WriteBackLane``'s ``max_defer_s``): a
+        webhook's, an admin's or a retry's name waiting, or priming. Not the resync's lane: a
+        full resync of 10,000 models is minutes of passes, during which the lane wrote one
+        model per slot per 5 s (issue 20: ~80 min to catch up with 10,000 models decided)."""
+        return not self._primed or self._queue.depth("events") > 0
 
     def _queue_depth(self, lane: Lane) -> int:
         return self._queue.depth(lane)

@@ -10,10 +10,11 @@ worker hands the model's name to this lane, and the pass ends. The lane
   (``Reconciler.write_back``) reads the model's latest decision from the store and the
   registry's tags and alias when it runs, so the latest state wins and a version decided twice
   before its write-back ran is written once;
-- runs after the decisions: a job waits while names wait in the worker's queue, for at most
-  ``max_defer_s`` before it takes its turn anyway (the queue may never empty in a long resync),
-  and always while its own model is queued or in a pass (that pass hands it back when it ends);
-  on threads of its own, so it never holds a pass's;
+- runs after the decisions: a job waits while decisions wait (``backlog``: the worker's
+  events lane, a webhook's or an admin's name, and priming; not a resync's names, whose
+  passes decide nothing new most of the time), for at most ``max_defer_s`` before it takes its
+  turn anyway, and always while its own model is queued or in a pass (that pass hands it back
+  when it ends); on threads of its own, so it never holds a pass's;
 - retries a job that failed for now (the registry was down, the database locked) after a
   capped exponential backoff, by name; a refusal that is permanent (``RegistryRefused``: 401,
   403, 400, a write the same request would meet again) is recorded on the model

@@ -508,3 +508,31 @@ def test_a_pin_made_while_a_write_back_writes_the_old_alias_stands(store: Store)
     record = store.load_model("m")
     assert record is not None and record.default_version == pinned
     assert registry.aliases["serving"] == pinned
+
+
+def test_the_write_back_gives_way_to_a_webhooks_name_not_to_a_resyncs(store: Store) -> None:
+    """Names the resync enqueued (a full resync of a large registry is minutes of passes) do not
+    hold the write-back; a webhook's name waiting does (for at most ``max_defer_s``, made longer
+    than the test here)."""
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt"))})
+    reconciler = Reconciler(store, registry, ENV)
+    worker = Worker(reconciler, store, registry, TableBroadcaster(), Metrics.create(),
+                    resync_interval_s=3600, retry_initial_s=0.05, retry_max_s=0.1)
+    worker.write_backs._max_defer_s = 3 * WAIT_S
+
+    async def go() -> None:
+        await worker.prime(already_published=True)
+        lane = asyncio.create_task(worker.write_backs.run())  # the lane alone: no passes run
+        reconciler.reconcile("a")
+        reconciler.reconcile("b")
+        worker.enqueue("x")  # the resync's: waits in the queue, no pass takes it
+        worker.write_backs.add("a")
+        await until(lambda: store.behind_write_back() == ["b"], "a written back at once")
+        worker.enqueue("y", "webhook:d-y")  # a decision waits
+        worker.write_backs.add("b")
+        await asyncio.sleep(0.3)
+        assert store.behind_write_back() == ["b"]  # deferred to the decisions
+        lane.cancel()
+        await asyncio.gather(lane, return_exceptions=True)
+
+    asyncio.run(go())
