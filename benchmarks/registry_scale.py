@@ -23,9 +23,16 @@ controller on a fresh SQLite database (``python -m controller``, webhook registe
 - a resync with nothing changed: the activity bursts of the controller and MLflow (CPU sampled
   every 0.25 s) over ``--window`` seconds, their lengths, and the reconciles in the window;
 - the controller's CPU over the window (% of one core) and its RSS;
+- the write-back's catch-up after priming: the ``sigserve_write_back_backlog`` gauge until
+  nothing is behind or queued (``--drain-timeout``), its rate in models and own-write webhooks
+  per second, both processes' CPU; ``--profile DIR`` records both with py-spy for
+  ``--profile-s`` of it (``SIGSERVE_PYSPY``: py-spy's path; ``benchmarks/storm_profile.py DIR``
+  sums it up);
 - a webhook during a resync: one version registered (through MLflow's REST API) as a burst
   begins; its delivery's receipt (the controller's log line) to its decision (its first
-  decision event in the audit log).
+  decision event in the audit log);
+- each resync of the window as the controller logged it (wall time, listing, enqueued), and
+  how long the run's publishes took (``sigserve_publish_seconds``).
 
 Targets (issue 20): resync < 10 s and < 5% of a core between resyncs; webhook < 0.5 s; RSS
 < 500 MB.
@@ -35,7 +42,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import signal
+import subprocess
 import tempfile
 import threading
 import time
@@ -117,6 +127,7 @@ def registry(models: int, versions: int, rebuild: bool) -> tuple[Path, str]:
     shutil.rmtree(building / "logs", ignore_errors=True)
     cached.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(building, cached)
+    shutil.rmtree(building.parent, ignore_errors=True)
     print(f"registry: {models} models x {versions} versions built in {took:.0f} s, kept in "
           f"{cached}", flush=True)  # fmt: skip
     return cached, model_id
@@ -325,6 +336,118 @@ def listing(cached: Path, runs: int = 3) -> None:
         shutil.rmtree(home, ignore_errors=True)
 
 
+def metric(text: str, name: str, **labels: str) -> float | None:
+    """The sum of ``name``'s samples whose labels include ``labels`` (None: none found)."""
+    found = None
+    want = [f'{k}="{v}"' for k, v in labels.items()]
+    for line in text.splitlines():
+        if line.startswith(name) and line[len(name):len(name) + 1] in ("{", " ") \
+                and all(w in line for w in want):
+            value = float(line.rsplit(" ", 1)[1])
+            found = value if found is None else found + value
+    return found
+
+
+def drain(sampler: Sampler, metrics_url: str, args: argparse.Namespace,
+          pids: dict[str, int]) -> None:
+    """Wait until the write-back lane has written every verdict back (the
+    ``sigserve_write_back_backlog`` gauge: behind and queued both 0), printing its progress;
+    with ``--profile DIR``, py-spy records both processes for ``--profile-s`` of it."""
+    started = time.monotonic()
+    wall_from = time.time()
+    first_behind: float | None = None
+    spy = profile(pids, args.profile, args.profile_s) if args.profile else None
+    last_print = 0.0
+    behind = queued = own = None
+    own_from: float | None = None
+    try:
+        with httpx.Client(timeout=30) as http:
+            while time.monotonic() - started < args.drain_timeout:
+                text = http.get(metrics_url).text
+                behind = metric(text, "sigserve_write_back_backlog", state="behind")
+                queued = metric(text, "sigserve_write_back_backlog", state="queued")
+                own = metric(text, "sigserve_webhooks_total", result="own_write") or 0.0
+                own_from = own if own_from is None else own_from
+                if behind is not None and behind == behind:  # NaN before the first count
+                    first_behind = behind if first_behind is None else first_behind
+                now = time.monotonic()
+                if now - last_print >= 30:
+                    last_print = now
+                    print(f"write-back: {now - started:.0f} s: behind {behind}, queued "
+                          f"{queued}, own-write webhooks {own - own_from:.0f}", flush=True)
+                if behind == 0 and queued == 0:
+                    break
+                time.sleep(1)
+    finally:
+        if spy is not None:
+            stop_profile(spy)
+    took = time.monotonic() - started
+    done = behind == 0 and queued == 0
+    controller_pct, mlflow_pct, _ = sampler.window(wall_from)
+    writes = (own or 0.0) - (own_from or 0.0)
+    models = first_behind or 0.0
+    print(f"write-back: {'drained' if done else 'NOT drained'} in {took:.0f} s after the first "
+          f"table: {models:.0f} models behind at first ({models / max(took, 1e-6):.1f} models/s"
+          f"), {writes:.0f} own-write webhooks ({writes / max(took, 1e-6):.1f}/s); CPU % of one "
+          f"core: controller {controller_pct:.0f}, mlflow {mlflow_pct:.0f}", flush=True)
+
+
+def profile(pids: dict[str, int], out: Path, seconds_: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy (``SIGSERVE_PYSPY``, else on the PATH) on each process, ``--idle --threads``, raw
+    stacks in ``out/<name>.txt`` for ``benchmarks/storm_profile.py``."""
+    out.mkdir(parents=True, exist_ok=True)
+    spy = os.environ.get("SIGSERVE_PYSPY", "py-spy")
+    return [
+        subprocess.Popen(
+            [spy, "record", "--pid", str(pid), "--idle", "--threads", "--nonblocking",
+             "--rate", "50", "--duration", str(int(seconds_)), "--format", "raw",
+             "-o", str(out / f"{name}.txt"), *(["--subprocesses"] if name == "mlflow" else [])],
+            stdout=subprocess.DEVNULL, stderr=(out / f"{name}.log").open("wb"),
+        )
+        for name, pid in pids.items()
+    ]  # fmt: skip
+
+
+def stop_profile(recorders: list[subprocess.Popen[bytes]]) -> None:
+    for r in recorders:
+        if r.poll() is None:
+            r.send_signal(signal.SIGINT)
+    for r in recorders:
+        try:
+            r.wait(60)
+        except subprocess.TimeoutExpired:
+            r.kill()
+
+
+def resyncs(log: Path, since: float) -> None:
+    """The resyncs the controller logged (``event=resync``) since ``since``: each one's wall
+    time, its listing's, and what it enqueued."""
+    lines = [ln for ln in log_lines(log) if ln.get("event") == "resync"
+             and _epoch(ln["time"]) >= since]  # fmt: skip
+    for ln in lines:
+        print(f"resync{' (full)' if ln.get('full') else ''}: {ln.get('listed')} models listed "
+              f"in {ln.get('listed_s')} s, {ln.get('took_s')} s in all; enqueued "
+              f"{ln.get('enqueued')}, moved by own writes only {ln.get('own_writes')}, behind "
+              f"the write-back {ln.get('behind_write_back')}")  # fmt: skip
+    if not lines:
+        print("resync: none logged in the window")
+
+
+def publishes(metrics_url: str) -> None:
+    """How long the controller's publishes took over the whole run (its histogram)."""
+    text = httpx.get(metrics_url, timeout=30).text
+    count = metric(text, "sigserve_publish_seconds_count") or 0.0
+    total = metric(text, "sigserve_publish_seconds_sum") or 0.0
+    buckets = []
+    for line in text.splitlines():
+        if line.startswith("sigserve_publish_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets.append((le, float(line.rsplit(" ", 1)[1])))
+    over = ", ".join(f"> {le} s: {count - n:.0f}" for le, n in buckets
+                     if le in ("0.5", "1.0", "5.0", "10.0"))  # fmt: skip
+    print(f"publishes over the run: {count:.0f}, mean {total / max(count, 1):.2f} s; {over}")
+
+
 def seconds(value: float | None) -> str:
     return f"{value:.2f} s" if value is not None else "not seen"
 
@@ -339,6 +462,11 @@ def main() -> None:
     parser.add_argument("--webhooks", type=int, default=4,
                         help="versions registered during the window, each as a burst begins")
     parser.add_argument("--settle-timeout", type=float, default=600.0)
+    parser.add_argument("--drain-timeout", type=float, default=3600.0,
+                        help="seconds to wait for the write-back to drain after priming")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy both processes during the write-back into this directory")
+    parser.add_argument("--profile-s", type=float, default=60.0)
     parser.add_argument("--prime-timeout", type=float, default=3600.0)
     parser.add_argument("--rebuild", action="store_true")
     parser.add_argument("--build-only", action="store_true", help="build (or find) and stop")
@@ -381,6 +509,8 @@ def main() -> None:
               f"{len(table['models'])} models, {versions} versions; the controller's line: "
               f"{primed[-1]['message'] if primed else 'none'}; RSS "
               f"{psutil.Process(ctl.pid).memory_info().rss / 2**20:.0f} MB", flush=True)
+        drain(sampler, f"{ctl_url}/metrics", args, {"controller": ctl.pid,
+                                                    "mlflow": server.pid})  # fmt: skip
         settle = time.monotonic()
         while time.monotonic() - settle < args.settle_timeout and not sampler.quiet_for(5):
             time.sleep(1)
@@ -421,6 +551,8 @@ def main() -> None:
               f" s); CPU % of one core: controller {controller_pct:.1f}, mlflow "
               f"{mlflow_pct:.1f}; controller RSS "
               f"{psutil.Process(ctl.pid).memory_info().rss / 2**20:.0f} MB")  # fmt: skip
+        resyncs(ctl.log_path, window_from)
+        publishes(f"{ctl_url}/metrics")
     finally:
         if sampler is not None:
             sampler.stop()
