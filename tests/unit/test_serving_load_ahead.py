@@ -5,6 +5,7 @@ pyfunc artifacts saved on disk and the real ``PyfuncLoader``."""
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import OrderedDict
 from pathlib import Path
 
@@ -166,8 +167,10 @@ def test_a_load_whose_requests_all_gave_up_is_not_kept(
     monkeypatch.setattr("tempfile.tempdir", None)
 
     def downloads() -> list[Path]:
-        # Under this process's own parent (serving.model_dirs), which stays.
-        return [d for parent in tmp_path.iterdir() for d in parent.iterdir()]
+        # Under this process's own parent (serving.model_dirs), which stays. Only there: the
+        # load's libraries put temp files of their own in TMPDIR too (one, a file, once failed
+        # a listing of every entry's children).
+        return list((tmp_path / f"sigserve-models-{os.getpid()}").glob("model-*"))
 
     async def scenario() -> Replica:
         # Held until the request has given up: on a loaded machine a tiny model's load could
