@@ -62,6 +62,12 @@ def main() -> None:
     parser.add_argument(
         "--profile-s", type=float, default=0, help="py-spy the replica this long at the end"
     )
+    parser.add_argument(
+        "--profile-connections", type=int, default=1, help="connections while py-spy samples"
+    )
+    parser.add_argument(
+        "--profile-dir", type=Path, default=None, help="keep py-spy's raw profiles here"
+    )
     args = parser.parse_args()
     with running_stack("bench-tensor-") as stack, contextlib.ExitStack() as peers:
         scripts = stack.home / "wrk"
@@ -108,9 +114,13 @@ def main() -> None:
                     rps.setdefault((label, connections), []).append(rate)
                     p50.setdefault((label, connections), []).append(median)
         if args.profile_s > 0:
-            for label in ("sigserve /serve", "sigserve /invocations"):
-                print(f"py-spy, the replica, {label} at 1 connection:")
-                print(profile_replica(endpoints[label], args.profile_s))
+            for label in ("sigserve /serve", "sigserve /invocations", "sigserve /v2 infer"):
+                connections = args.profile_connections
+                print(f"py-spy, the replica, {label} at {connections} connection(s):")
+                print(profile_replica(
+                    endpoints[label], args.profile_s, connections=connections,
+                    keep=args.profile_dir,
+                ))  # fmt: skip
         print(f"rows per request: {args.rows}")
         print(f"{'path':24} {'c':>3} {'req/s (median)':>15} {'p50 ms':>7} {'x MLServer':>11}")
         for (label, connections), runs in rps.items():
@@ -147,16 +157,27 @@ def replica_pid() -> int:
     raise RuntimeError("no serving replica found")
 
 
-def profile_replica(endpoint: Endpoint, seconds: float, top: int = 15) -> str:
-    """Where the replica's time goes while ``endpoint`` is driven at 1 connection: py-spy's
-    samples, the share of them each frame is on (inclusive), the busiest first."""
+def profile_replica(
+    endpoint: Endpoint,
+    seconds: float,
+    top: int = 15,
+    connections: int = 1,
+    keep: Path | None = None,
+) -> str:
+    """Where the replica's time goes while ``endpoint`` is driven at ``connections``: py-spy's
+    samples, the share of them each frame is on (inclusive), the busiest first; the raw
+    profile is kept in ``keep`` when given."""
     out = Path(endpoint.script).with_suffix(".pyspy")
+    if keep is not None:
+        keep.mkdir(parents=True, exist_ok=True)
+        out = keep / f"{Path(endpoint.script).stem}-c{connections}.pyspy"
     spy = [
         str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(replica_pid()),
         "-d", f"{seconds:g}", "-r", str(SAMPLES_PER_S), "-f", "raw", "-o", str(out),
         "--nonblocking",
     ]  # fmt: skip
-    driver = threading.Thread(target=run_wrk, args=(endpoint, 1, 1, seconds + 1))
+    threads = 1 if connections == 1 else 2
+    driver = threading.Thread(target=run_wrk, args=(endpoint, threads, connections, seconds + 1))
     driver.start()
     subprocess.run(spy, capture_output=True, check=True, timeout=seconds + 60)
     driver.join()
