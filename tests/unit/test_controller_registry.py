@@ -280,7 +280,10 @@ def test_by_default_only_the_servers_own_artifact_root_is_allowed(store: dict[st
     with pytest.raises(SourceNotAllowed, match="under none of the allowed prefixes"):
         default.artifact(NAME, "1")
     with mlflow.start_run(experiment_id="0"):
+        # Requirements said, as the fixture's versions do: inferring them loads the model in a
+        # process of its own (seconds), and the test reads only where the files went.
         info = mlflow.pyfunc.log_model(name="model", python_model=Echo(),
+                                       pip_requirements=[REQUIREMENT],
                                        registered_model_name="in_default_root")
     assert Path(client.get_model_version_download_uri(
         "in_default_root", str(info.registered_model_version))).is_relative_to(root)

@@ -26,6 +26,9 @@ from serving.resolve import Target, resolve
 from wire.routing_table import ModelEntry, RoutingTable, VersionEntry, VersionState
 
 REQUESTS = 8
+# Said, not inferred: MLflow infers a model's requirements in a Python process of its own that
+# loads the model (~4 s a save on an idle machine, more on a loaded one); nothing here reads them.
+NO_REQUIREMENTS: list[str] = []
 
 
 def _host(pyfunc: Any, directory: Path) -> tuple[ModelHost, Target]:
@@ -62,8 +65,9 @@ def test_a_boosted_tree_answers_each_batched_request_as_it_predicts_it_alone(
     tree = HistGradientBoostingRegressor(max_iter=20).fit(train, train.a * 3 - train.b)
     signature = infer_signature(train, tree.predict(train))
     mlflow.sklearn.save_model(
-        tree, tmp_path / "tree", signature=signature, serialization_format="cloudpickle"
-    )
+        tree, tmp_path / "tree", signature=signature, serialization_format="cloudpickle",
+        pip_requirements=NO_REQUIREMENTS,
+    )  # fmt: skip
     pyfunc = mlflow.pyfunc.load_model(str(tmp_path / "tree"))
 
     draw = random.Random(11)
@@ -90,8 +94,9 @@ def test_a_pytorch_module_answers_each_batched_tensor_as_it_predicts_it_alone(
     example = np.zeros((2, 3), dtype=np.float32)
     signature = infer_signature(example, module(torch.from_numpy(example)).detach().numpy())
     mlflow.pytorch.save_model(
-        module, tmp_path / "torch", signature=signature, input_example=example
-    )
+        module, tmp_path / "torch", signature=signature, input_example=example,
+        pip_requirements=NO_REQUIREMENTS,
+    )  # fmt: skip
     pyfunc = mlflow.pyfunc.load_model(str(tmp_path / "torch"))
 
     draw = random.Random(5)

@@ -107,7 +107,9 @@ def _apps(tmp_path: Path, specs: list[TensorSpec]) -> tuple[Any, Any, ModelHost]
     outputs = Schema([TensorSpec(specs[0].type, (-1, 2))])
     signature = ModelSignature(Schema(specs), outputs)
     path = tmp_path / "model"
-    mlflow.pyfunc.save_model(path, python_model=str(code), signature=signature)
+    # Requirements said, not inferred (MLflow infers them in a process of its own that loads the
+    # model: seconds per save); nothing here reads them.
+    mlflow.pyfunc.save_model(path, python_model=str(code), signature=signature, pip_requirements=[])
     model = mlflow.pyfunc.load_model(str(path))
     wire = signature.to_dict()
     entry = VersionEntry(
