@@ -21,9 +21,9 @@ sigserve's own app, two no-op deployments with sigserve's deployment settings (o
 And, for the same run: sigserve's ``/serve`` on the numeric tensor model (``v2_throughput.py``'s
 ``row_stats.py``, one row) and MLServer 1.7.1's ``/invocations`` and V2 ``infer`` on the same
 version (``mlserver_peer.py``, one process). wrk at 1 connection and 16, paths alternating
-within each round. Prints req/s (median of rounds), p50, each path's ratio to MLServer's
-``/invocations`` (median of the per-round ratios) and the CPU per request of every process
-(from /proc).
+within each round, each round starting at the next path. Prints req/s (median of rounds), p50,
+each path's ratio to MLServer's ``/invocations`` (median of the per-round ratios) and the CPU
+per request of every process (from /proc).
 """
 
 from __future__ import annotations
@@ -111,6 +111,7 @@ def main() -> None:
     from mlserver_peer import CORE, running_mlserver
     from ray import serve
     from serving_throughput import cpu_per_request, cpu_text, cpu_ticks, wait_until
+    from tensor_throughput import rotated
     from v2_throughput import register_numeric
     from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
 
@@ -170,7 +171,7 @@ def main() -> None:
             for endpoint in endpoints.values():  # warm each path
                 run_wrk(endpoint, threads, connections, 1)
             for round_ in range(args.rounds):
-                for label, endpoint in endpoints.items():
+                for label, endpoint in rotated(list(endpoints.items()), round_):
                     before = cpu_ticks()
                     rate, median, _, bad, errors = parse_wrk(
                         run_wrk(endpoint, threads, connections, args.seconds)

@@ -6,8 +6,9 @@ Starts its own stack (``bench_stack.running_stack``), registers the numeric tens
 ``v2_throughput.py`` (``row_stats.py``, float32 (-1, 3) -> (-1, 2)), starts MLServer 1.7.1 and
 its MLflow runtime on the same version (``mlserver_peer.py``, its venv without torch), and
 drives each path with ``wrk`` at 1 connection and 16, ``--rows`` rows per request, the paths
-alternating back to back each round: sigserve's ``/serve``, ``/invocations`` (``inputs``) and
-V2 ``infer``, MLServer's ``/invocations`` and V2 ``infer``. Prints req/s medians over rounds,
+alternating back to back each round, each round starting at the next path: sigserve's
+``/serve``, ``/invocations`` (``inputs``) and V2 ``infer``, MLServer's ``/invocations`` and V2
+``infer``. Prints req/s medians over rounds,
 p50 latency, and each path's ratio to MLServer's path of the same protocol (``/serve`` against
 MLServer's ``/invocations``), the median of the per-round ratios.
 """
@@ -24,6 +25,7 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 from bench_stack import running_stack
@@ -52,6 +54,15 @@ PEERS = {
     "sigserve /invocations": "mlserver /invocations",
     "sigserve /v2 infer": "mlserver /v2 infer",
 }
+
+T = TypeVar("T")
+
+
+def rotated(items: list[T], by: int) -> list[T]:
+    """``items`` starting at ``by`` (mod their number): each round starts the paths at another
+    one, so a periodic burst of Ray's background processes (its DashboardAgent's, ~0.6 s of
+    CPU every ~25-30 s here) does not fall on the same path's window round after round."""
+    return items[by % len(items) :] + items[: by % len(items)]
 
 
 def main() -> None:
@@ -100,7 +111,7 @@ def main() -> None:
             for endpoint in endpoints.values():  # warm each path
                 run_wrk(endpoint, threads, connections, 1)
             for round_ in range(args.rounds):
-                for label, endpoint in endpoints.items():
+                for label, endpoint in rotated(list(endpoints.items()), round_):
                     before = cpu_ticks()
                     out = run_wrk(endpoint, threads, connections, args.seconds)
                     rate, median, _, bad, errors = parse_wrk(out)
