@@ -258,6 +258,41 @@ def _grpc_address(public_url: str, options: dict[str, Any]) -> str | None:
     return f"{public_url.removeprefix('http://').rpartition(':')[0]}:{grpc.port}"
 
 
+# The Ray Client server starts a server process of its own for each client. On a head that has
+# just come up, that process for the first client can die before it serves ("Starting Ray client
+# server failed", with an empty log): the compose demo's `serve` job met it on two runs out of two,
+# 30-40 s after `ray start`, and the same command connected when run again.
+CLIENT_START_FAILED = "Starting Ray client server failed"
+CLIENT_ATTEMPTS = 3
+CLIENT_RETRY_PAUSE_S = 2.0
+
+
+def _connect(address: str, deadline: float, *, init: Any = None) -> int:
+    """``ray.init`` on ``address``; a Ray Client whose server failed to start its process is
+    tried again (``CLIENT_ATTEMPTS`` in all, before ``deadline``). The attempts it took."""
+    if init is None:
+        import ray
+
+        init = ray.init
+    attempt = 1
+    while True:
+        try:
+            # No job-level runtime_env: build_app puts the forwarded variables on the deployment
+            # itself, so a later deploy from a config file or another driver gets the same.
+            init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+            return attempt
+        except ConnectionError as exc:
+            again = (
+                CLIENT_START_FAILED in str(exc)
+                and attempt < CLIENT_ATTEMPTS
+                and time.monotonic() + CLIENT_RETRY_PAUSE_S < deadline
+            )
+            if not again:
+                raise ClusterError(f"no running Ray cluster at {address}: {exc}") from exc
+        attempt += 1
+        time.sleep(CLIENT_RETRY_PAUSE_S)
+
+
 def deploy(
     address: str | None = None,
     *,
@@ -300,12 +335,7 @@ def deploy(
     _check_reachable(address)
     started = time.monotonic()
     deadline = started + timeout_s
-    try:
-        # No job-level runtime_env: build_app puts the forwarded variables on the deployment
-        # itself, so a later deploy from a config file or another driver gets the same.
-        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
-    except ConnectionError as exc:
-        raise ClusterError(f"no running Ray cluster at {address}: {exc}") from exc
+    _connect(address, deadline)
     # Serve logs at INFO that it reuses its running controller on every call after the first;
     # what matters of that (HTTP options kept) is said in ``notes``.
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
