@@ -112,20 +112,25 @@ def _signed(
     request: Request, svc: Services, table: RoutingTable, schema: int
 ) -> tuple[bytes, str | None]:
     """The table's canonical JSON for a replica of ``schema`` and its signature, made once per
-    table and schema (kept on the app: during an upgrade both releases poll)."""
+    table and schema (kept on the app: during an upgrade both releases poll).
+
+    Kept by the revision they carry, not with the table: a revision names one content, and the
+    table's objects are freed when the broadcaster takes the next (or the same revision built
+    anew, ``controller.broadcaster``), where a reference here would keep them alive."""
     key = min(schema, SCHEMA_VERSION)
-    signed: dict[int, tuple[RoutingTable, bytes, str | None]] = getattr(
+    revision = (table.epoch, table.revision, table.schema_version)
+    signed: dict[int, tuple[tuple[str, int, int], bytes, str | None]] = getattr(
         request.app.state, "routing_table_signed", {}
     )
     cached = signed.get(key)
-    if cached is not None and cached[0] is table:
+    if cached is not None and cached[0] == revision:
         return cached[1], cached[2]
     body = canonical_table(for_schema(table, schema))
     token = svc.settings.serving_token
     signature = sign(body, table_key(token.get_secret_value())) if token is not None else None
     request.app.state.routing_table_signed = {
-        **{k: v for k, v in signed.items() if v[0] is table},
-        key: (table, body, signature),
+        **{k: v for k, v in signed.items() if v[0] == revision},
+        key: (revision, body, signature),
     }
     return body, signature
 

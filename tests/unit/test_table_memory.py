@@ -4,11 +4,25 @@ a time, byte for byte the canonical JSON of the whole table."""
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import hashlib
+import weakref
+from pathlib import Path
 from typing import Any
 
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
+
+from controller.app import create_app
+from controller.broadcaster import TableBroadcaster
+from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
+from controller.settings import ControllerSettings
+from controller.store import Store
 from controller.table_builder import build_table, canonical_table
+from sigserve.ports import free_port
 from wire.routing_table import (
     EnvironmentSpec,
     ModelEntry,
@@ -111,3 +125,74 @@ def test_built_entries_share_one_set_of_names_that_a_copy_never_changes() -> Non
     assert one.model_fields_set == names and two.environment is not None
     assert two == VersionEntry.model_validate(two.model_dump())
     assert canonical_table(table) == canonical_json(table.model_dump(mode="json"))
+
+
+def _rebuilt(revision: int) -> RoutingTable:
+    a = ModelRecord(name="a", policy="auto")
+    a.versions = {"1": _version("1", "one")}
+    return build_table([a], revision, "e")
+
+
+def test_the_revision_held_built_anew_is_taken_so_its_entries_are_kept_once() -> None:
+    async def run() -> None:
+        broadcaster = TableBroadcaster()
+        first = _rebuilt(3)
+        old = weakref.ref(first.models["a"])
+        await broadcaster.offer(first)
+        again = _rebuilt(3)  # the store's full rebuild: same revision, other objects
+        await broadcaster.offer(again)
+        assert broadcaster.current is again
+        del first
+        gc.collect()
+        assert old() is None
+        # The same entries in another table object: nothing to take (the body stays made).
+        await broadcaster.offer(RoutingTable(revision=3, epoch="e", models=dict(again.models)))
+        assert broadcaster.current is again
+        # Other models under the revision held are not its content: never taken.
+        await broadcaster.offer(RoutingTable(revision=3, epoch="e", models={}))
+        assert broadcaster.current is again
+
+    asyncio.run(run())
+
+
+def test_the_long_poll_keeps_the_body_by_revision_not_the_table(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    token = "serving-token-0123456789"
+    settings = ControllerSettings(
+        home=tmp_path, admin_token=SecretStr("admin-token-0123456789"),
+        webhook_secret=SecretStr("hook-secret-0123456789"),
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        resync_interval_s=3600, serving_token=SecretStr(token),
+    )  # fmt: skip
+    engine = make_engine(settings.resolved_database_url())
+    migrate(engine)
+    Store(engine).publish()
+    engine.dispose()
+    encoded: list[RoutingTable] = []
+
+    def counting(table: RoutingTable) -> bytes:
+        encoded.append(table)
+        return canonical_table(table)
+
+    monkeypatch.setattr("controller.long_poll.canonical_table", counting)
+    with TestClient(create_app(settings)) as client:
+        svc = client.app.state.services  # type: ignore[attr-defined]
+        epoch = svc.broadcaster.current.epoch
+        held = _rebuilt(2).model_copy(update={"epoch": epoch})
+        client.portal.call(svc.broadcaster.offer, held)  # type: ignore[union-attr]
+        auth = {"Authorization": f"Bearer {token}"}
+        params = {"after": -1, "schema": 3}
+        first = client.get("/routing-table", params=params, headers=auth)
+        assert first.status_code == 200 and len(encoded) == 1
+        encoded.clear()
+        gone = weakref.ref(held)
+        anew = _rebuilt(2).model_copy(update={"epoch": epoch})  # the revision held, rebuilt
+        client.portal.call(svc.broadcaster.offer, anew)  # type: ignore[union-attr]
+        assert svc.broadcaster.current is anew
+        del held
+        gc.collect()
+        assert gone() is None  # nothing of the long-poll's keeps the table answered before
+        again = client.get("/routing-table", params=params, headers=auth)
+        assert again.content == first.content and encoded == []  # the body kept, not made again
