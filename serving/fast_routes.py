@@ -22,7 +22,7 @@ The fast path is taken only while the app has no middleware of its own: one adde
 route in its metrics) lists the hot routes first; FastAPI's router keeps its own order. No
 other route's pattern matches a hot route's path (the ``/v2/{path:path}`` fallback, which
 would, comes after them either way), so every request gets the same route name, found after
-one to seven patterns instead of up to twenty-five: measured in ``docs/benchmarks.md``
+one to seven patterns instead of up to twenty-nine: measured in ``docs/benchmarks.md``
 ("16 connections on every path"). The OpenAPI document, built from ``routes``, lists the hot
 routes' paths first too.
 """
