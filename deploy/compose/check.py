@@ -11,7 +11,11 @@ Steps, each timed:
 3. ``compose up`` under a project name of its own, on free host ports, with a generated admin
    token; the time until every service is healthy and until the demo models are decided.
 4. The scenario from the host: v1 live by default, v2 by header, v3 409 with reasons, the
-   embedding model, a pin through the admin API (and a pin to v3 refused); a version
+   embedding model, a pin through the admin API (and a pin to v3 refused); ``sigserve check
+   --prove`` of v2 passing its proof on a replica (the controller reaching the serving app
+   through the proxy's port 8001) and of v3 refused (``compose_prove``); gRPC's ``ModelInfer``
+   on the published gRPC port answering ``/serve``'s numbers, and v3's refusal as
+   ``FAILED_PRECONDITION`` with the same reasons (``compose_grpc``); a version
    registered from the host after start going live through MLflow's webhook to the controller
    container and the long-poll to the Ray containers (the decision's audit event names the
    webhook delivery); the controller container restarted: serving answers meanwhile, and
@@ -19,8 +23,9 @@ Steps, each timed:
    no new audit events) and a version registered after the restart goes live too.
    Who reads and reaches what, from inside the containers (``compose_isolation``): each
    service's secrets are only those granted to it, the serving replicas' processes hold no
-   secret of MLflow's, PostgreSQL's or the admin's, the MLflow container cannot open a TCP
-   connection to Ray's GCS or client port (the controller, on Ray's network, can), and Ray
+   secret of MLflow's, PostgreSQL's or the admin's, the MLflow and controller containers cannot
+   open a TCP connection to Ray's GCS or client port nor serving's HTTP or gRPC port (the
+   controller's proxy, on Ray's network, can), and Ray
    refuses a Ray Client without its token (and takes it with the token).
    The guards (``compose_guards``): MLflow refuses an anonymous registration (401) and the
    replicas' user's (403), and a version whose source its validation regex does not match
@@ -54,6 +59,7 @@ from types import FrameType
 
 from compose_docker import REPO, compose_command, ensure_docker, run
 from compose_figures import memory_table, print_figures
+from compose_grpc import grpc_from_host
 from compose_guards import mlflow_authentication, slow_clients, source_validation
 from compose_images import (
     APP_IMAGE,
@@ -65,6 +71,7 @@ from compose_images import (
 )
 from compose_isolation import isolation
 from compose_output import CheckFailed, ok, say, step
+from compose_prove import prove_from_host
 from compose_scenario import (
     controller_restart,
     new_version_goes_live,
@@ -145,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
             replica_placement(stack)
         with step("The notebook's scenario, from the host"):
             scenario_notebook(stack)
+        with step("The Open Inference Protocol over gRPC, from the host"):
+            grpc_from_host(stack)
+        with step("sigserve check --prove from the host (controller -> proxy :8001 -> Ray)"):
+            prove_from_host(stack)
         with step("Who reads and reaches what, from inside the containers"):
             isolation(stack)
         with step("MLflow's authentication and source validation; slow clients"):

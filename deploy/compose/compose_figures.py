@@ -12,6 +12,7 @@ from compose_stack import Stack
 
 TIMINGS = (
     ("pin_to_serving_s", "admin pin -> serving's default"),
+    ("prove_s", "sigserve check --prove of v2 (from the host)"),
     ("webhook_to_live_s", "version created -> live in serving"),
     ("webhook_to_200_s", "version created -> its first 200"),
     ("controller_restart_s", "controller restart -> ready"),

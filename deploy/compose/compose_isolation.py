@@ -43,8 +43,9 @@ NOT_FOR_REPLICAS = (
     "PGPASSWORD",
     "RAY_AUTH_TOKEN",
 )
-# Ray's ports on the head: the GCS and the Ray Client server.
-RAY_PORTS = (6379, 10001)
+# Ray's ports on the head: the GCS and the Ray Client server; then serving's HTTP and gRPC
+# ingress, which the host reaches by their published ports and the rest of `ray` directly.
+RAY_PORTS = (6379, 10001, 8000, 8001)
 PROBE = "/opt/sigserve-compose/probe.py"
 
 
@@ -180,7 +181,8 @@ def isolation(stack: Stack) -> None:
     reach = ray_reachability(stack)
     ports = ", ".join(str(p) for p in RAY_PORTS)
     ok(
-        f"Ray's ports ({ports}) on the head's address: refused from MLflow and the controller, "
+        f"Ray's and serving's ports ({ports}) on the head's address: refused from MLflow and "
+        "the controller, "
         f"open from {ON_RAYS_NETWORK} ({reach})"
     )
     last, after_s = ray_needs_its_token(stack)

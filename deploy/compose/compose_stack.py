@@ -23,7 +23,7 @@ LONG_RUNNING = (
 )
 ONE_SHOT = ("init-secrets", "serve", "register")
 SERVICES = (*LONG_RUNNING, *ONE_SHOT)
-PORTS = ("serving", "controller", "mlflow")
+PORTS = ("serving", "controller", "mlflow", "grpc")
 # docker-compose.yml's name for the `register` job's MLflow user.
 REGISTRAR = "sigserve-registrar"
 
@@ -41,7 +41,7 @@ class Stack:
     compose: list[str]
     project: str
     env: dict[str, str]
-    ports: dict[str, int]  # serving, controller, mlflow -> the host's port
+    ports: dict[str, int]  # serving, controller, mlflow, grpc -> the host's port
     figures: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -144,6 +144,7 @@ def new_stack(
         "SIGSERVE_SERVING_PORT": str(ports["serving"]),
         "SIGSERVE_CONTROLLER_PORT": str(ports["controller"]),
         "SIGSERVE_MLFLOW_PORT": str(ports["mlflow"]),
+        "SIGSERVE_GRPC_PORT": str(ports["grpc"]),
         "SIGSERVE_BIND": "127.0.0.1",
         # Generated here, so the check can call the admin API; the others are
         # generated inside the stack. Never written to the repository.

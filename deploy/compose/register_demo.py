@@ -9,7 +9,8 @@ curl lines work, and prints them with the host's ports and the admin token.
 
 Environment: ``MLFLOW_TRACKING_URI`` (the registry), ``SIGSERVE_SERVING_URL`` (serving, as this
 container reaches it), ``SIGSERVE_PUBLIC_SERVING_URL`` / ``SIGSERVE_PUBLIC_CONTROLLER_URL`` /
-``SIGSERVE_PUBLIC_MLFLOW_URL`` (as the host reaches them, for the printed lines),
+``SIGSERVE_PUBLIC_MLFLOW_URL`` / ``SIGSERVE_PUBLIC_GRPC_ADDRESS`` (as the host reaches them,
+for the printed lines),
 ``SIGSERVE_ADMIN_TOKEN`` (set from the secrets volume by the entrypoint), and
 ``SIGSERVE_DEMO_WAIT_S`` (how long to wait for the decisions, 600 by default).
 """
@@ -59,13 +60,14 @@ def wait_decided(serving_url: str, expected: list[tuple[str, str]], timeout_s: f
             time.sleep(1.0)
 
 
-def banner(serving: str, controller: str, mlflow: str, token: str) -> str:
+def banner(serving: str, controller: str, mlflow: str, token: str, grpc: str = "") -> str:
     json_header = "-H 'content-type: application/json'"
     auth = f"-H 'Authorization: Bearer {token}'"
     lines = [
         "sigserve compose demo is up",
         f"  MLflow       {mlflow}",
         f"  Serving      {serving}   (OpenAPI: {serving}/docs)",
+        *([f"  gRPC         {grpc}   (Open Inference Protocol)"] if grpc else []),
         f"  Controller   {controller}",
         f"  Admin token  {token}",
         "Try:",
@@ -103,6 +105,7 @@ def main() -> int:
                 "SIGSERVE_ADMIN_TOKEN",
                 "(see: docker compose exec controller cat /run/sigserve-secrets/admin_token)",
             ),
+            os.environ.get("SIGSERVE_PUBLIC_GRPC_ADDRESS", ""),
         ),
         flush=True,
     )

@@ -172,8 +172,8 @@ def test_ray_has_a_network_of_its_own_and_its_token() -> None:
     tracking = services["serve"]["environment"]["MLFLOW_TRACKING_URI"]
     host = tracking.split("//")[1].split(":")[0]
     assert "ray" in networks[host] and host != "mlflow"
-    # Only the head's serving port is published from the Ray side.
-    assert [p.rsplit(":", 1)[1] for p in services["ray-head"]["ports"]] == ["8000"]
+    # Only the head's serving ports (HTTP, gRPC) are published from the Ray side.
+    assert [p.rsplit(":", 1)[1] for p in services["ray-head"]["ports"]] == ["8000", "8001"]
     assert "ports" not in services["ray-worker"]
 
 
