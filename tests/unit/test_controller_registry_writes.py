@@ -57,7 +57,7 @@ class _MLflow(BaseHTTPRequestHandler):
 def mlflow_url() -> Iterator[str]:
     _MLflow.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _MLflow)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
