@@ -56,9 +56,11 @@ storm: $(VENV)/.dev
 	$(VENV)/bin/python -m pytest tests/load/test_storm.py -m load -ra -s
 
 # A registry of 10,000 models (built once in ~25 s, cached in ~/.cache/sigserve-registry-scale):
-# a fresh controller primes it, then a resync with nothing changed, webhooks during resyncs,
-# CPU and memory (benchmarks/registry_scale.py; priming 10,000 models x 5 versions took 313 s
-# here, the whole run ~17 min; not in make test). REGISTRY_SCALE="--models 2000" for a quicker run.
+# a fresh controller primes it, waits for the write-back to drain, then a resync with nothing
+# changed, webhooks during resyncs, CPU and memory (benchmarks/registry_scale.py; priming
+# 10,000 models x 5 versions took 307-313 s here, the write-back then ~45 min at ~4 models/s,
+# --drain-timeout caps it; not in make test). REGISTRY_SCALE="--models 1000 --versions 5" runs
+# in ~8 min.
 REGISTRY_SCALE ?=
 registry-scale: $(VENV)/.dev
 	$(VENV)/bin/python benchmarks/registry_scale.py $(REGISTRY_SCALE)
