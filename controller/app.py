@@ -128,6 +128,7 @@ def build_services(settings: ControllerSettings) -> Services:
         retry_initial_s=settings.retry_initial_s,
         retry_max_s=settings.retry_max_s,
         audit_retention=timedelta(days=settings.audit_retention_days),
+        own_writes=own_writes,
     )
     elected = engine.dialect.name == "postgresql"
     lock = (

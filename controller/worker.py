@@ -43,7 +43,7 @@ from tenacity import AsyncRetrying, before_sleep_log, wait_exponential
 from controller.broadcaster import TableBroadcaster
 from controller.coalescer import PublishCoalescer
 from controller.metrics import WRITE_BACK_STATES, Metrics
-from controller.own_writes import OwnWrites, RememberingWriter
+from controller.own_writes import OwnWrites
 from controller.priming import Priming
 from controller.publisher import Publisher
 from controller.reconciler import Reconciler
@@ -90,10 +90,6 @@ class Worker(PassEnds):
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._reconciler = reconciler
-        if own_writes is None:
-            # The memory the reconciler's write-back writes through, when it has one.
-            writer = getattr(reconciler, "_writer", None)
-            own_writes = writer.memory if isinstance(writer, RememberingWriter) else None
         self._store = store
         self._broadcaster = broadcaster
         self._metrics = metrics
