@@ -6,9 +6,11 @@ temp dir and a ``second_node`` resource. ``sigserve serve --address auto`` (as i
 container) deploys the app with ``SIGSERVE_REPLICA_RESOURCES={"second_node": ...}``, so every
 model replica runs on the second node, and exits; the app keeps serving. Against it: a
 registered version answers through the real controller and MLflow server, a breaking one is
-409, with the controller stopped the replica on node 2 keeps answering, also a new replica
-started during the outage (static stability, as ``test_resilience`` checks on the local Ray),
-and running ``sigserve serve`` again redeploys with new settings.
+409, the same over gRPC (``SIGSERVE_GRPC_PORT``: the Open Inference Protocol's service, which
+``sigserve serve`` starts since 9e3045b) as the answer and ``FAILED_PRECONDITION``; with the
+controller stopped the replica on node 2 keeps answering, also a new replica started during the
+outage (static stability, as ``test_resilience`` checks on the local Ray), and running
+``sigserve serve`` again redeploys with new settings.
 
 Ray registers each node under this machine's own address even when told 127.0.0.1 (it resolves
 loopback to a routable address); every packet stays on this machine. The test's requests go to
@@ -113,6 +115,7 @@ class Cluster:
     root: Path
     env: dict[str, str]  # what a driver needs to join: the auth token
     serving_port: int
+    grpc_port: int
     nodes: list[RayNode]
 
     def rss_mb(self) -> float:
@@ -196,7 +199,7 @@ def cluster(home: Path) -> Iterator[Cluster]:
         worker.start()
         print(f"\ntwo-node cluster up in {time.monotonic() - started:.1f} s")
         yield Cluster(address=address, root=root, env={**_clean_env(), **auth},
-                      serving_port=free_port(), nodes=[head, worker])
+                      serving_port=free_port(), grpc_port=free_port(), nodes=[head, worker])
     finally:
         worker.stop()
         head.stop()
@@ -234,6 +237,7 @@ def sigserve_serve(cluster: Cluster, ctl: ControllerHandle, **settings: str) -> 
         # `--address auto` finds the head `ray start` recorded under Ray's temp dir, as in a
         # head container; here that dir is the test's own.
         "RAY_TMPDIR": str(cluster.root),
+        "SIGSERVE_GRPC_PORT": str(cluster.grpc_port),
         **{f"SIGSERVE_{k.upper()}": v for k, v in settings.items()},
     }
     # HeadOnly: both nodes share this machine's address, and a second HAProxy would find the
@@ -289,7 +293,50 @@ def test_serve_deploys_onto_the_cluster_and_a_replica_on_node_2_answers(
     assert any("'prompt'" in reason for reason in refused.json()["reasons"])
     models = httpx.get(f"{deployed.url}/models", timeout=10).json()
     assert name in json.dumps(models)
+
+    # gRPC, on the port sigserve serve was given and names: the same answer and the same gate.
+    assert re.search(rf"gRPC\s+\S+:{cluster.grpc_port}\s", deployed.output), deployed.output
+    answer, code, details = _grpc_infer(cluster.grpc_port, name, "1")
+    assert (answer, code) == ([b"one:hi"], None), details
+    answer, code, details = _grpc_infer(cluster.grpc_port, name, "2")
+    assert code == "FAILED_PRECONDITION" and "'prompt'" in details, (code, details)
     print(f"\ncluster RSS with one replica and one model loaded: {cluster.rss_mb():.0f} MB")
+
+
+def _grpc_infer(port: int, name: str, version: str) -> tuple[list[bytes], str | None, str]:
+    """``ModelInfer`` of ``prompt=["hi"]`` on the cluster's gRPC port: the answer's contents,
+    the status code's name (None: OK) and its details (the output's name when OK)."""
+    import grpc
+
+    from serving.grpc_protocol import grpc_predict_v2_pb2 as pb
+    from serving.grpc_protocol import grpc_predict_v2_pb2_grpc as pb_grpc
+
+    prompt = pb.ModelInferRequest.InferInputTensor(
+        name="prompt", datatype="BYTES", shape=[1],
+        contents=pb.InferTensorContents(bytes_contents=[b"hi"]),
+    )
+    request = pb.ModelInferRequest(model_name=name, model_version=version, inputs=[prompt])
+    with grpc.insecure_channel(f"{HOST}:{port}") as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        # HAProxy takes the replica's gRPC server into its backend once a health check passed.
+        wait_for(lambda: _grpc_live(stub), 60, 0.5)
+        try:
+            response = stub.ModelInfer(request, timeout=30)
+        except grpc.RpcError as exc:
+            return [], exc.code().name, exc.details() or ""
+    [output] = response.outputs
+    return list(output.contents.bytes_contents), None, output.name
+
+
+def _grpc_live(stub: Any) -> bool:
+    import grpc
+
+    from serving.grpc_protocol import grpc_predict_v2_pb2 as pb
+
+    try:
+        return bool(stub.ServerLive(pb.ServerLiveRequest(), timeout=5).live)
+    except grpc.RpcError:
+        return False
 
 
 def test_static_stability_on_node_2_with_the_controller_down(
