@@ -4,6 +4,7 @@ moved is the table, digest and revision a full rebuild gives."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
 from controller.rollout_rows import rollouts_under_way
 from controller.store import Store
+from controller.store_tables import _Built, built_digest, built_json
 from controller.table_builder import build_table, content_digest
 from wire.routing_table import RoutingTable, VersionState
 
@@ -118,3 +120,11 @@ def test_a_publish_reads_only_the_models_written_since_the_last(
     assert second.revision == first.revision + 1
     assert second.models["c"].versions["1"].state is VersionState.QUARANTINED
     assert mine.publish(full=True) == second  # nothing moved: no revision
+
+
+def test_the_digest_fed_a_model_at_a_time_is_the_digest_of_the_whole_json() -> None:
+    """The publish hashes the table a model at a time (no JSON of the whole table is made):
+    the same digest as hashing ``built_json``, for none, one and several models."""
+    for fragments in ({}, {"a": '"a": {"x": 1}'}, {"b": '"b": {}', "a": '"a": {"y": [1, 2]}'}):
+        built = _Built(epoch="e-1", fragments=dict(fragments))
+        assert built_digest(built) == hashlib.sha256(built_json(built).encode()).hexdigest()
