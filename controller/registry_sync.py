@@ -162,7 +162,9 @@ def follow_alias(
     elif verdict.compatible and version.state is VersionState.LIVE:
         pinned = decide_all(replace(record, default_version=target), now, env)
         if pinned.versions[target].state is VersionState.LIVE:
-            return replace(pinned, alias_refusal=None)
+            # Seen as well as taken: a write-back still owed for the decision before this
+            # move must not take the person's next move for one it may put back (``judged``).
+            return replace(pinned, alias_refusal=None, alias_seen=target)
         reasons = pinned.versions[target].reasons
     elif not reasons:
         reasons = version.reasons

@@ -206,6 +206,28 @@ def test_an_alias_moved_to_a_live_version_is_a_pin_to_a_quarantined_one_refused(
     assert any(e.kind == "pin" and e.actor == "webhook:alias-2" for e in events)
 
 
+def test_a_write_back_owed_from_before_a_persons_alias_move_never_undoes_the_next_move(
+    store: Store,
+) -> None:
+    """A person moves the alias to 2 (taken), then to 1 before the write-back owed for the
+    first move has read the registry: that late write-back must not put the alias back on 2,
+    and the second move's pass makes 1 the default (the race the integration test
+    test_alias_moves_pin_tags_show_the_verdict_and_nothing_loops met under load)."""
+    registry = FakeRegistry(versions_={"1": ("models:/m-a", sig("prompt")),
+                                       "2": ("models:/m-b", sig("prompt"))})
+    r = Reconciler(store, registry, ENV)
+    r.reconcile("m")
+    assert r.write_back("m") is None and registry.aliases == {"serving": "1"}
+    registry.aliases["serving"] = "2"  # a person
+    r.reconcile("m", "webhook:alias-2")
+    registry.aliases["serving"] = "1"  # the same person, before the write-back below ran
+    r.write_back("m")
+    assert registry.aliases["serving"] == "1"
+    r.reconcile("m", "webhook:alias-1")
+    record = store.load_model("m")
+    assert record is not None and record.default_version == "1"
+
+
 def test_an_admin_pin_moves_the_alias_instead_of_being_undone_by_it(store: Store) -> None:
     from controller import commands
 
