@@ -118,15 +118,21 @@ class Resync:
             del seen[gone]
         for gone in self._listed.keys() - listing.keys():
             del self._listed[gone]
-        if full and self._own_writes is not None:
-            for name in listing:  # every listed model gets a pass, which records its listing
-                self._own_writes(name)
+        # The writes made since the last listing, taken for every listed model at every resync
+        # (moved or not): a write kept past a listing that did not need it could later excuse
+        # a person's move to the same value whose webhook was lost. A write made while this
+        # listing ran, and not shown by it, costs the next resync one pass, never a missed one.
+        made = (
+            {name: self._own_writes(name) for name in listing}
+            if self._own_writes is not None
+            else {}
+        )
         due: list[str] = []
         own = 0
         for name, print_ in listing.items():
             if full or print_ is None or seen.get(name) != print_:
-                if not full and print_ is not None and self._moved_by_own_writes(
-                    name, seen.get(name), print_
+                if not full and print_ is not None and _moved_by_own_writes(
+                    seen.get(name), made.get(name, []), print_
                 ):
                     seen[name] = print_
                     own += 1
@@ -160,19 +166,6 @@ class Resync:
                    "took_s": round(time.monotonic() - started, 2)},
         )  # fmt: skip
         return due
-
-    def _moved_by_own_writes(
-        self, name: str, before: ModelFingerprint | None, listed: ModelFingerprint
-    ) -> bool:
-        """Whether ``listed`` is ``before`` with the controller's own writes to ``name`` since
-        applied, and nothing else: what a pass would read then is what the write-back wrote
-        from that pass's decision, so it would find nothing to do. The writes are taken either
-        way: a listing that shows more than them enqueues the model, and its pass records it.
-        """
-        if before is None or self._own_writes is None:
-            return False
-        writes = self._own_writes(name)
-        return bool(writes) and after_writes(before, writes) == listed
 
     def _list(self) -> dict[str, ModelFingerprint | None]:
         listing = getattr(self._registry, "listing", None)
@@ -238,3 +231,12 @@ def after_writes(print_: ModelFingerprint, writes: list[Write]) -> ModelFingerpr
         for v in print_.latest
     )  # fmt: skip
     return replace(print_, aliases=tuple(sorted(aliases.items())), latest=latest)
+
+
+def _moved_by_own_writes(
+    before: ModelFingerprint | None, writes: list[Write], listed: ModelFingerprint
+) -> bool:
+    """Whether ``listed`` is ``before`` with the controller's own ``writes`` (made since the
+    last listing) applied, and nothing else: what a pass would read then is what the
+    write-back wrote from that pass's decision, so it would find nothing to do."""
+    return before is not None and bool(writes) and after_writes(before, writes) == listed

@@ -219,13 +219,42 @@ def test_a_fingerprint_moved_by_the_controllers_own_writes_alone_enqueues_nothin
         assert await loop.resync_pass() == ["b", "c"]
         loop.work(["b", "c"])
         assert await loop.resync_pass() == []
-        # Written, but listed before the write landed: still expected at the next listing.
+        # Written, but not shown by the next listing (it landed while the listing ran): the
+        # listing takes it all the same, so the listing after, which shows it, costs one pass.
         memory.made(("model_version_alias.created", "a", "serving", "2"))
         assert await loop.resync_pass() == []
         models["a"].aliases["serving"] = "2"
-        assert await loop.resync_pass() == []
+        assert await loop.resync_pass() == ["a"]
+        loop.work(["a"])
         # The writes were taken: the same move again is a person's.
-        models["a"].aliases["serving"] = "1"
+        ours.set_alias("a", "serving", "1")
+        assert await loop.resync_pass() == []
+        models["a"].aliases["serving"] = "2"
+        assert await loop.resync_pass() == ["a"]
+        await loop.stop()
+
+    asyncio.run(go())
+
+
+def test_a_write_kept_past_a_listing_never_excuses_a_persons_later_move(tmp_path: Path) -> None:
+    """The controller writes serving=2, a person puts it back to 1 before the next listing (that
+    listing shows no move), then moves it to 2 with a webhook that is lost: the resync after
+    must enqueue the model, not take the move for the controller's old write."""
+    memory = OwnWrites()
+    loop = Loop(tmp_path, ["a"], own_writes=memory.take_made)
+    model = loop.registry.models["a"]
+    model.latest = {}
+    model.aliases["serving"] = "1"
+    ours = RememberingWriter(Writer(loop.registry), memory)
+
+    async def go() -> None:
+        await loop.start()
+        loop.work(await loop.resync_pass())
+        assert await loop.resync_pass() == []
+        ours.set_alias("a", "serving", "2")
+        model.aliases["serving"] = "1"  # a person, before the next listing
+        assert await loop.resync_pass() == []
+        model.aliases["serving"] = "2"  # the same person, later; the webhook is lost
         assert await loop.resync_pass() == ["a"]
         await loop.stop()
 
