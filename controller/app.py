@@ -54,7 +54,7 @@ from controller.rollout_auto import NewVersions
 from controller.services import Services
 from controller.settings import ControllerSettings
 from controller.table_sync import TableSync
-from controller.worker import Worker
+from controller.worker import Worker, registry_connections
 from wire.routing_table import RoutingTable
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,7 @@ def build_services(settings: ControllerSettings) -> Services:
         settings.mlflow_tracking_uri,
         artifact_sources=settings.artifact_sources,
         on_error=lambda kind: metrics.registry_errors.labels(kind).inc(),
+        connections=registry_connections(settings.reconcile_concurrency),
     )
     # The table gauges follow whatever table the long-poll answers with, and the versions it
     # makes live are offered to the rollouts by tag (controller/rollout_auto.py).

@@ -89,6 +89,7 @@ class Registry:
         artifact_sources: Sequence[str] | None = None,
         max_file_bytes: int = MAX_FILE_BYTES,
         hash_limit: int = HASH_LIMIT,
+        connections: int | None = None,
     ) -> None:
         # Told the kind of every failed call: "temporary", "permanent" or "gone" (a metric).
         self._on_error = on_error
@@ -110,6 +111,11 @@ class Registry:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "15")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        if connections is not None:
+            # MLflow's requests pool keeps 10 connections to the server; asked for more at once
+            # (the passes and the write-back lane), urllib3 opens one per request past it and
+            # drops it after ("Connection pool is full"). Read once, at the first request.
+            os.environ.setdefault("MLFLOW_HTTP_POOL_MAXSIZE", str(connections))
         from mlflow import MlflowClient
 
         self.tracking_uri = tracking_uri

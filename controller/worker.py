@@ -69,6 +69,15 @@ _DELIVERIES_PER_NAME = 20
 # tags); measured while catching up with 1,000 models x 5 versions on one MLflow worker:
 # docs/benchmarks.md, "A large registry".
 WRITE_BACK_CONCURRENCY = 4
+# MLflow connections past the worker's: the readiness probe's ping, the rollout stepper's tag
+# reads and the admin API's calls (threads of the default pool, 6 on 2 cores).
+OTHER_REGISTRY_CALLS = 8
+
+
+def registry_connections(concurrency: int) -> int:
+    """The MLflow HTTP connections the controller may hold at once with ``concurrency`` passes:
+    the pool size it gives MLflow's client (``Registry``'s ``connections``)."""
+    return concurrency + WRITE_BACK_CONCURRENCY + OTHER_REGISTRY_CALLS
 
 
 class Worker(PassEnds):
