@@ -6,89 +6,62 @@ one resolve in a fraction of pip's time (figures: README "Tests and benchmarks")
 read pip's settings, and a machine's package index, local wheels (this one's CPU build of torch)
 or constraints often live there. So they are passed on as pip would apply them:
 
-- the package index, extra indexes, find-links and ``cert``: the rule serving builds
-  environments with (``serving.environment_builds``, module docstring), as ``UV_*`` variables,
-  never as options (an index URL may carry credentials, and ``make`` echoes its command lines).
-  This copy is stdlib only: it runs before anything is installed.
-  tests/unit/test_install_locked.py holds it to ``serving.environment_builds``' answers;
-- pip's ``constraint`` (``PIP_CONSTRAINT`` or the files' ``constraint``) as more ``-c`` files.
+- the package index settings (index, extra indexes, find-links, ``no-index``, trusted hosts,
+  ``cert``): ``serving/pip_settings.py``, the rule serving builds environments with, loaded by
+  its path (standard library only: nothing else is installed yet, and importing the ``serving``
+  package is not needed). URLs go to uv as ``UV_*`` variables, never as options;
+- pip's ``constraint`` files, with the command's own ``-c`` files after them, as pip adds
+  them. All of them then go in ``UV_CONSTRAINT`` (uv reads it only when the command line names
+  none): a constraint may be a URL with credentials, and ``ps`` shows command lines.
+
+It says on stderr which of uv's variables it set, by name only (a value may be a credential).
 """
 
 from __future__ import annotations
 
-import configparser
+import importlib.util
 import os
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 
-_UV_VARIABLES = (
-    "UV_INDEX_URL",
-    "UV_DEFAULT_INDEX",
-    "UV_EXTRA_INDEX_URL",
-    "UV_INDEX",
-    "UV_FIND_LINKS",
-    "UV_NATIVE_TLS",
-    "SSL_CERT_FILE",
-)
-_KEYS = ("index-url", "extra-index-url", "find-links", "cert", "constraint")
+SHARED = Path(__file__).resolve().parents[1] / "serving" / "pip_settings.py"
+_CONSTRAINT_OPTIONS = ("-c", "--constraint", "--constraints")
 
 
-def pip_config_files(environ: Mapping[str, str], home: Path, prefix: Path) -> list[Path]:
-    """pip's configuration files, in the order pip reads them (a later one wins)."""
-    files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf")]
-    files += [home / ".pip" / "pip.conf", home / ".config" / "pip" / "pip.conf"]
-    files.append(prefix / "pip.conf")
-    if environ.get("PIP_CONFIG_FILE"):
-        files.append(Path(environ["PIP_CONFIG_FILE"]))
-    return files
+def _load_shared() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("sigserve_pip_settings", SHARED)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def pip_settings(files: Sequence[Path]) -> dict[str, str]:
-    found: dict[str, str] = {}
-    for path in files:
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read(path)
-        except (OSError, configparser.Error):
-            continue
-        for section in ("global", "install"):
-            if parser.has_section(section):
-                for key in _KEYS:
-                    if parser.has_option(section, key):
-                        found[key] = parser.get(section, key)
-    return found
+pip_settings = _load_shared()
 
 
-def index_variables(environ: Mapping[str, str], files: Sequence[Path]) -> dict[str, str]:
-    """uv's variables for the machine's package index settings (serving.environment_builds)."""
-    variables = {name: environ[name] for name in _UV_VARIABLES if environ.get(name)}
-    if any(name.startswith("UV_") and "INDEX" in name for name in variables):
-        return variables
-    conf = pip_settings(files)
-    index = environ.get("PIP_INDEX_URL") or conf.get("index-url")
-    extra = environ.get("PIP_EXTRA_INDEX_URL") or conf.get("extra-index-url", "")
-    links = environ.get("PIP_FIND_LINKS") or conf.get("find-links", "")
-    if index:
-        variables["UV_INDEX_URL"] = index.strip()
-    if extra.split():
-        variables["UV_EXTRA_INDEX_URL"] = " ".join(extra.split())
-    if links.split():
-        variables["UV_FIND_LINKS"] = ",".join(links.split())
-    if extra.split() or links.split():
-        # pip takes the best version from every index; uv, by default, only from the first
-        # index that has the package.
-        variables["UV_INDEX_STRATEGY"] = "unsafe-best-match"
-    cert = environ.get("PIP_CERT") or conf.get("cert")
-    if cert and "SSL_CERT_FILE" not in variables:
-        variables["SSL_CERT_FILE"] = cert.strip()
-    return variables
+class UnusableConstraint(ValueError):
+    """A constraint path uv's ``UV_CONSTRAINT`` cannot carry (it splits on spaces)."""
 
 
-def constraint_options(environ: Mapping[str, str], files: Sequence[Path]) -> list[str]:
-    found = environ.get("PIP_CONSTRAINT") or pip_settings(files).get("constraint", "")
-    return [option for path in found.split() for option in ("-c", path)]
+def split_constraints(args: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``args`` without their constraint options, and those options' files."""
+    rest: list[str] = []
+    found: list[str] = []
+    items = iter(args)
+    for arg in items:
+        name, equals, value = arg.partition("=")
+        if arg in _CONSTRAINT_OPTIONS:
+            found.append(next(items, ""))
+        elif equals and name in _CONSTRAINT_OPTIONS[1:]:
+            found.append(value)
+        elif arg.startswith("-c") and not arg.startswith("--"):
+            found.append(arg[2:])
+        else:
+            rest.append(arg)
+    return rest, found
 
 
 def command(
@@ -96,13 +69,32 @@ def command(
 ) -> tuple[list[str], dict[str, str]]:
     """uv's command line and environment for ``uv pip install ARGS`` into ``python``'s venv."""
     uv = str(Path(python).parent / "uv")
-    argv = [uv, "pip", "install", "--python", python, *constraint_options(environ, files), *args]
-    return argv, {**environ, **index_variables(environ, files)}
+    options, variables = pip_settings.uv_index(environ, files)
+    args = list(args)
+    from_pip = pip_settings.constraints(environ, files)
+    if from_pip:
+        args, own = split_constraints(args)
+        every = from_pip + own
+        if any(not path or path != path.strip() or len(path.split()) != 1 for path in every):
+            raise UnusableConstraint(
+                "a constraint file name with white space cannot go to uv with pip's constraints "
+                "(UV_CONSTRAINT is split on spaces); rename it"
+            )
+        variables["UV_CONSTRAINT"] = " ".join(every)
+    argv = [uv, "pip", "install", "--python", python, *options, *args]
+    return argv, {**environ, **variables}
 
 
 def main() -> int:
-    files = pip_config_files(os.environ, Path.home(), Path(sys.prefix))
-    argv, env = command(sys.executable, sys.argv[1:], os.environ, files)
+    files = pip_settings.config_files(os.environ, Path.home(), Path(sys.prefix))
+    try:
+        argv, env = command(sys.executable, sys.argv[1:], os.environ, files)
+    except UnusableConstraint as error:
+        print(f"install_locked: {error}", file=sys.stderr)
+        return 2
+    given = sorted(k for k, v in env.items() if os.environ.get(k) != v)
+    if given:
+        print(f"install_locked: pip's settings given to uv as {', '.join(given)}", file=sys.stderr)
     return subprocess.run(argv, env=env, check=False).returncode
 
 

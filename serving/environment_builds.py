@@ -7,22 +7,13 @@ Ray clones the serving venv (so Ray, Serve, sigserve, its pandas and MLflow stay
 runs ``uv pip install`` of the version's requirement lines in the clone. The install runs in
 Ray's runtime-env agent on the node, with the agent's environment: uv reads its own ``UV_*``
 variables there, but not pip's settings. So the replica that asks for the environment reads the
-package index settings the machine has for pip and passes them to uv as options:
+package index settings the machine has for pip, as pip reads them, and passes them to uv:
+``serving.pip_settings`` (its module docstring: pip's files, sections and variables in pip's
+order, uv's own variables winning, ``no-index``, ``trusted-host``, ``cert``), the one rule
+``make``'s install (``scripts/install_locked.py``) uses too.
 
-1. ``UV_INDEX_URL``, ``UV_DEFAULT_INDEX``, ``UV_EXTRA_INDEX_URL``, ``UV_INDEX``,
-   ``UV_FIND_LINKS`` (and ``SSL_CERT_FILE``, ``UV_NATIVE_TLS``), when the replica has them, are
-   passed on as variables: uv reads them itself, and they win over pip's;
-2. otherwise pip's: ``PIP_INDEX_URL``, ``PIP_EXTRA_INDEX_URL``, ``PIP_FIND_LINKS`` (a variable
-   wins over a file, as in pip), else ``index-url``, ``extra-index-url`` and ``find-links`` of the
-   ``[global]`` section (or ``[install]``) of pip's configuration files, read in pip's order
-   (``/etc/xdg/pip/pip.conf``, ``/etc/pip.conf``, ``~/.pip/pip.conf``,
-   ``~/.config/pip/pip.conf``, the venv's ``pip.conf``, then ``PIP_CONFIG_FILE``; later wins);
-   pip's ``cert`` becomes ``SSL_CERT_FILE``. With more than one index (or find-links), uv is told
-   pip's way of choosing among them (``UV_INDEX_STRATEGY=unsafe-best-match``: the best version
-   from any index), not its own (only the first index that has a package).
-
-All of it reaches uv as variables (``UV_INDEX_URL``, ``UV_EXTRA_INDEX_URL``, ``UV_FIND_LINKS``,
-``UV_INDEX_STRATEGY``), never as options: an index URL may carry credentials
+URLs reach uv as variables (``UV_INDEX_URL``, ``UV_EXTRA_INDEX_URL``, ``UV_FIND_LINKS``), never
+as options (the only option is ``--no-index``): an index URL may carry credentials
 (``https://user:token@host/simple``), and Ray's runtime-env agent logs the command lines it
 runs, which ``ps`` shows too. Nothing here logs or tells a URL, a requirement line or uv's
 output without ``redact`` (``user:pass@`` becomes ``***@``), and builds run with no credential
@@ -35,7 +26,6 @@ roman==99.0 ...", never Ray's traceback around it.
 
 from __future__ import annotations
 
-import configparser
 import os
 import re
 import subprocess
@@ -45,6 +35,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from serving.pip_settings import config_files as pip_config_files
+from serving.pip_settings import uv_index as index_settings
 from wire.redaction import redact
 from wire.routing_table import EnvironmentSpec
 
@@ -55,16 +47,6 @@ ACTOR_PREFIX = "sigserve-env-"
 # 64 bits of the digest: names stay short and distinct.
 _NAME_DIGEST_CHARS = 16
 _REASON_LIMIT = 400
-
-_UV_VARIABLES = (
-    "UV_INDEX_URL",
-    "UV_DEFAULT_INDEX",
-    "UV_EXTRA_INDEX_URL",
-    "UV_INDEX",
-    "UV_FIND_LINKS",
-    "UV_NATIVE_TLS",
-    "SSL_CERT_FILE",
-)
 
 
 # Names of variables that hold credentials: kept from builds and host processes (``tool_env``).
@@ -120,62 +102,6 @@ def actor_name(digest: str) -> str:
 
 def namespace(app_name: str) -> str:
     return NAMESPACE_PREFIX + app_name
-
-
-def pip_config_files(environ: Mapping[str, str], home: Path, prefix: Path) -> list[Path]:
-    """pip's configuration files, in the order pip reads them (a later one wins)."""
-    files = [Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf")]
-    files += [home / ".pip" / "pip.conf", home / ".config" / "pip" / "pip.conf"]
-    files.append(prefix / "pip.conf")
-    if environ.get("PIP_CONFIG_FILE"):
-        files.append(Path(environ["PIP_CONFIG_FILE"]))
-    return files
-
-
-def pip_settings(files: Sequence[Path]) -> dict[str, str]:
-    """``index-url``, ``extra-index-url``, ``find-links`` and ``cert`` from pip's files."""
-    found: dict[str, str] = {}
-    for path in files:
-        parser = configparser.ConfigParser(interpolation=None)
-        try:
-            parser.read(path)
-        except (OSError, configparser.Error):
-            continue  # pip would complain; a build is better than none
-        for section in ("global", "install"):
-            if parser.has_section(section):
-                for key in ("index-url", "extra-index-url", "find-links", "cert"):
-                    if parser.has_option(section, key):
-                        found[key] = parser.get(section, key)
-    return found
-
-
-def index_settings(
-    environ: Mapping[str, str], pip_files: Sequence[Path]
-) -> tuple[list[str], dict[str, str]]:
-    """uv's options and variables for the machine's package index settings (module docstring)."""
-    variables = {name: environ[name] for name in _UV_VARIABLES if environ.get(name)}
-    # Options stay empty: a URL on a command line is logged (the module docstring).
-    options: list[str] = []
-    if any(name.startswith("UV_") and "INDEX" in name for name in variables):
-        return options, variables
-    conf = pip_settings(pip_files)
-    index = environ.get("PIP_INDEX_URL") or conf.get("index-url")
-    extra = environ.get("PIP_EXTRA_INDEX_URL") or conf.get("extra-index-url", "")
-    links = environ.get("PIP_FIND_LINKS") or conf.get("find-links", "")
-    if index:
-        variables["UV_INDEX_URL"] = index.strip()
-    if extra.split():
-        variables["UV_EXTRA_INDEX_URL"] = " ".join(extra.split())
-    if links.split():
-        variables["UV_FIND_LINKS"] = ",".join(links.split())
-    if extra.split() or links.split():
-        # pip takes the best version from every index; uv, by default, only from the first
-        # index that has the package (a mirror with some versions of pandas hid the rest).
-        variables["UV_INDEX_STRATEGY"] = "unsafe-best-match"
-    cert = environ.get("PIP_CERT") or conf.get("cert")
-    if cert and "SSL_CERT_FILE" not in variables:
-        variables["SSL_CERT_FILE"] = cert.strip()
-    return options, variables
 
 
 def machine_index_settings() -> tuple[list[str], dict[str, str]]:

@@ -1,94 +1,93 @@
-"""``make``'s install (scripts/install_locked.py) hands uv the package index settings pip has, by
-the same rule as serving's environment builds (its stdlib copy must give the same answers), and
-pip's constraints; no index URL reaches uv's command line (``make`` echoes it)."""
+"""``make``'s install (scripts/install_locked.py) hands uv pip's settings by serving's own rule
+(``serving/pip_settings.py``, loaded by path) and pip's constraints; no URL reaches uv's command
+line or the script's output."""
 
 from __future__ import annotations
 
-import importlib.util
+import os
+import runpy
+import subprocess
+import sys
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 
 import pytest
 
-from serving.environment_builds import index_settings, pip_config_files
+from serving import pip_settings
 
-SCRIPT = Path(__file__).parents[2] / "scripts" / "install_locked.py"
+ROOT = Path(__file__).parents[2]
+SCRIPT = ROOT / "scripts" / "install_locked.py"
 SECRET_INDEX = "https://user:s3cret@pypi.corp/simple"
+SECRET_CONSTRAINTS = "https://user:s3cret@files.corp/constraints.txt"
+ARGS = ["--quiet", "-c", "requirements.lock", "-e", ".[stack,dev]"]
 
 
-def load_script() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("install_locked", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+# As make runs it: a file, not a module of the package.
+install_locked = SimpleNamespace(**runpy.run_path(str(SCRIPT)))
 
 
-install_locked = load_script()
-
-
-def conf(tmp_path: Path, name: str, text: str) -> Path:
-    path = tmp_path / name
+def conf(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "pip.conf"
     path.write_text(text)
     return path
 
 
-CASES = {
-    "nothing set": ({}, []),
-    "find-links and extra indexes in a file": (
-        {},
-        [("global", "[global]\nfind-links = /opt/wheels\n"
-                    "extra-index-url = file:///opt/a/simple\n  file:///opt/b/simple\n"
-                    "cert = /etc/ssl/ca.pem\n")],
-    ),
-    "a later file and the install section win": (
-        {},
-        [("first", "[global]\nindex-url = https://first/simple\n"),
-         ("second", f"[install]\nindex-url = {SECRET_INDEX}\n")],
-    ),
-    "a variable wins over the files": (
-        {"PIP_INDEX_URL": SECRET_INDEX, "PIP_FIND_LINKS": "/w1 /w2", "PIP_CERT": "/ca.pem"},
-        [("global", "[global]\nindex-url = https://file/simple\nfind-links = /opt/wheels\n")],
-    ),
-    "uv's own variables win over pip's": (
-        {"UV_INDEX_URL": "https://uv/simple", "PIP_INDEX_URL": SECRET_INDEX,
-         "SSL_CERT_FILE": "/uv-ca.pem"},
-        [("global", "[global]\nfind-links = /opt/wheels\n")],
-    ),
-    "a file that is not pip's format": ({}, [("broken", "index-url = no section\n")]),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", list(CASES))
-def test_uv_is_given_the_index_settings_serving_builds_with(case: str, tmp_path: Path) -> None:
-    environ, files = CASES[case]
-    paths = [conf(tmp_path, name, text) for name, text in files] + [tmp_path / "missing"]
-    _, expected = index_settings(environ, paths)
-    assert install_locked.index_variables(environ, paths) == expected
-
-
-def test_the_command_carries_the_constraints_and_no_index_url(tmp_path: Path) -> None:
-    pip_conf = conf(tmp_path, "pip.conf", "[global]\nconstraint = /etc/xdg/pip/constraints.txt\n"
-                                          f"index-url = {SECRET_INDEX}\nfind-links = /opt/wheels\n")
+def test_uv_is_given_serving_s_answers(tmp_path: Path) -> None:
+    pip_conf = conf(tmp_path, f"[install]\nindex-url = {SECRET_INDEX}\nno-index = on\n"
+                              "find-links = /opt/wheels\ntrusted-host = mirror.corp\n")  # fmt: skip
     python = str(tmp_path / "venv" / "bin" / "python")
+    argv, env = install_locked.command(python, ARGS, {"HOME": "/root"}, [pip_conf])
+    options, variables = pip_settings.uv_index({"HOME": "/root"}, [pip_conf])
+    assert options == ["--no-index"]
+    assert argv == [str(tmp_path / "venv" / "bin" / "uv"), "pip", "install", "--python", python,
+                    *options, *ARGS]  # fmt: skip
+    assert env == {"HOME": "/root", **variables}
+
+
+def test_no_pip_settings_leave_the_command_as_it_was(tmp_path: Path) -> None:
+    argv, env = install_locked.command("/v/bin/python", ARGS, {"HOME": "/root"}, [tmp_path / "x"])
+    assert argv == ["/v/bin/uv", "pip", "install", "--python", "/v/bin/python", *ARGS]
+    assert env == {"HOME": "/root"}
+
+
+def test_pips_constraints_join_the_commands_in_uvs_variable(tmp_path: Path) -> None:
+    pip_conf = conf(tmp_path, f"[global]\nconstraint = /etc/c.txt {SECRET_CONSTRAINTS}\n")
+    argv, env = install_locked.command("/v/bin/python", ARGS, {}, [pip_conf])
+    # As pip adds them: the files' first, then the command's; none on the command line, where a
+    # URL's credentials would show.
+    assert argv == ["/v/bin/uv", "pip", "install", "--python", "/v/bin/python",
+                    "--quiet", "-e", ".[stack,dev]"]  # fmt: skip
+    assert env["UV_CONSTRAINT"] == f"/etc/c.txt {SECRET_CONSTRAINTS} requirements.lock"
+    # A variable wins over the files; every spelling of the command's option is taken.
     argv, env = install_locked.command(
-        python, ["-c", "requirements.lock", "-e", ".[stack,dev]"], {"HOME": "/root"}, [pip_conf]
-    )
-    assert argv == [
-        str(tmp_path / "venv" / "bin" / "uv"), "pip", "install", "--python", python,
-        "-c", "/etc/xdg/pip/constraints.txt", "-c", "requirements.lock", "-e", ".[stack,dev]",
-    ]  # fmt: skip
-    assert not any("s3cret" in a for a in argv)
-    assert env["UV_INDEX_URL"] == SECRET_INDEX and env["UV_FIND_LINKS"] == "/opt/wheels"
-    assert env["UV_INDEX_STRATEGY"] == "unsafe-best-match" and env["HOME"] == "/root"
-    # A variable wins over the files, as in pip.
-    argv, _ = install_locked.command(python, [], {"PIP_CONSTRAINT": "/a.txt /b.txt"}, [pip_conf])
-    assert argv[5:] == ["-c", "/a.txt", "-c", "/b.txt"]
+        "/v/bin/python", ["--constraint=a.txt", "-cb.txt", "--constraints", "c.txt", "x"],
+        {"PIP_CONSTRAINT": "/v1.txt"}, [pip_conf],
+    )  # fmt: skip
+    assert argv[5:] == ["x"] and env["UV_CONSTRAINT"] == "/v1.txt a.txt b.txt c.txt"
+    with pytest.raises(install_locked.UnusableConstraint):
+        install_locked.command("/v/bin/python", ["-c", "my constraints.txt"], {}, [pip_conf])
 
 
-@pytest.mark.parametrize("environ", [{}, {"PIP_CONFIG_FILE": "/custom.conf"}])
-def test_pips_files_are_the_ones_serving_reads(environ: dict[str, str], tmp_path: Path) -> None:
-    home, prefix = tmp_path / "home", tmp_path / "venv"
-    assert install_locked.pip_config_files(environ, home, prefix) == pip_config_files(
-        environ, home, prefix
-    )
+def test_the_script_runs_on_a_bare_python_and_names_no_value(tmp_path: Path) -> None:
+    """The script as make runs it, on a Python without site-packages (nothing is installed yet),
+    with a stand-in for the venv's uv that writes down what it was given."""
+    bin_dir = tmp_path / "venv" / "bin"
+    bin_dir.mkdir(parents=True)
+    (bin_dir / "python").symlink_to(sys.executable)
+    seen = tmp_path / "seen.txt"
+    (bin_dir / "uv").write_text(f'#!/bin/sh\necho "$@" > {seen}\nenv | grep ^UV_ >> {seen}\n')
+    (bin_dir / "uv").chmod(0o755)
+    pip_conf = conf(tmp_path, f"[global]\nindex-url = {SECRET_INDEX}\n"
+                              f"constraint = {SECRET_CONSTRAINTS}\n")  # fmt: skip
+    environ = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PIP_CONFIG_FILE": str(pip_conf),
+               "XDG_CONFIG_DIRS": str(tmp_path / "xdg")}  # fmt: skip
+    done = subprocess.run(
+        [str(bin_dir / "python"), "-S", str(SCRIPT), *ARGS], env=environ, cwd=ROOT,
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "UV_INDEX_URL" in done.stderr and "UV_CONSTRAINT" in done.stderr
+    assert "s3cret" not in done.stderr + done.stdout
+    command, *variables = seen.read_text().splitlines()
+    assert "s3cret" not in command and "-c" not in command.split()
+    assert f"UV_INDEX_URL={SECRET_INDEX}" in variables
