@@ -2,8 +2,9 @@
 schema, strictly (an unknown field is an error, as with ``kubectl apply --validate=strict``),
 the Serve config inside the RayService against Ray Serve's own schema and ``build_app``, the
 names that tie the parts together, and who may reach Ray: its token authentication on every
-node, and NetworkPolicies that admit Ray's ports only from Ray's pods (evaluated here for the
-pods of the manifests). Broken copies prove each check refuses what it should.
+node, and NetworkPolicies that admit Ray's ports only from Ray's pods and the serving ports only
+from the pods of the app's namespace (evaluated here for the pods of the manifests). Broken
+copies prove each check refuses what it should.
 
 Schemas: Kubernetes' own (Deployment, Service, and the pod templates inside the RayService)
 from the ``kubernetes-validate`` package; the RayService's from KubeRay's types, trimmed and
@@ -284,10 +285,28 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return True
 
 
-def admits(policy: dict[str, Any], source: dict[str, str], port: int) -> bool:
-    """Whether ``policy`` admits TCP to ``port`` from a pod labelled ``source`` (in any
-    namespace: a peer with a podSelector alone means the policy's namespace, which a pod of
-    the manifests is in; a namespaceSelector of {} means every namespace)."""
+# The namespace the manifests are applied in (kustomization.yaml names none), and another one.
+HERE = {"kubernetes.io/metadata.name": "the-apps-namespace"}
+ELSEWHERE = {"kubernetes.io/metadata.name": "elsewhere"}
+
+
+def _peer_admits(peer: dict[str, Any], source: dict[str, str], namespace: dict[str, str]) -> bool:
+    if "ipBlock" in peer:
+        return True  # an address range may hold any pod: counted as open
+    if "namespaceSelector" in peer:
+        if not _selects(peer["namespaceSelector"], namespace):
+            return False
+    elif namespace != HERE:
+        return False  # a podSelector alone means the policy's own namespace
+    return _selects(peer.get("podSelector", {}), source)
+
+
+def admits(
+    policy: dict[str, Any], source: dict[str, str], port: int, namespace: dict[str, str] = HERE
+) -> bool:
+    """Whether ``policy`` admits TCP to ``port`` from a pod labelled ``source`` in a namespace
+    labelled ``namespace`` (the policy's own by default; a rule without ``from`` admits every
+    source, in every namespace and beyond the cluster)."""
     for rule in policy["spec"].get("ingress", []):
         ports = rule.get("ports")
         if ports is not None and not any(
@@ -295,12 +314,14 @@ def admits(policy: dict[str, Any], source: dict[str, str], port: int) -> bool:
         ):
             continue
         peers = rule.get("from")
-        if peers is None or any(
-            "ipBlock" not in peer and _selects(peer.get("podSelector", {}), source)
-            for peer in peers
-        ):
+        if peers is None or any(_peer_admits(peer, source, namespace) for peer in peers):
             return True
     return False
+
+
+def rules_without_from(policy: dict[str, Any]) -> list[dict[str, Any]]:
+    """The rules that say no ``from``: open to anything that reaches the pod's address."""
+    return [rule for rule in policy["spec"].get("ingress", []) if not rule.get("from")]
 
 
 def test_ray_runs_with_its_token_on_every_node() -> None:
@@ -340,20 +361,25 @@ def test_rays_ports_admit_only_rays_pods() -> None:
         # The controller holds the admin token but is no Ray pod; anything else neither.
         assert not admits(head, labels["controller"], port), port
         assert not admits(head, ANY_POD, port), port
-    # The operator: the dashboard, where it submits the Serve config, and nothing else of Ray's.
-    assert admits(head, OPERATOR, RAY_HEAD_PORTS["dashboard"])
+    # The operator, in its own namespace: the dashboard, where it submits the Serve config, and
+    # nothing else of Ray's.
+    assert admits(head, OPERATOR, RAY_HEAD_PORTS["dashboard"], ELSEWHERE)
     assert not admits(head, OPERATOR, RAY_HEAD_PORTS["gcs-server"])
     assert not admits(head, OPERATOR, RAY_HEAD_PORTS["client"])
     # Clients reach serving on every Ray pod (the serve Service selects them all), over HTTP
-    # and gRPC.
+    # and gRPC: every pod of the namespace, none of another (docs/security.md: "every pod here").
     for policy in policies.values():
-        assert admits(policy, ANY_POD, SERVE_PORT)
-        assert admits(policy, ANY_POD, GRPC_PORT)
+        assert rules_without_from(policy) == []
+        for port in (SERVE_PORT, GRPC_PORT):
+            assert admits(policy, ANY_POD, port)
+            assert admits(policy, labels["controller"], port)
+            assert not admits(policy, ANY_POD, port, ELSEWHERE), port
+            assert not admits(policy, labels["ray-head"], port, ELSEWHERE), port
     worker = policies["ray-worker"]
     for port in (6379, 10001, 8265, 52365, 12345):  # a raylet's or worker's port, say
         assert admits(worker, labels["ray-head"], port)
         assert not admits(worker, labels["controller"], port)
-        assert not admits(worker, OPERATOR, port)
+        assert not admits(worker, OPERATOR, port, ELSEWHERE)
 
 
 @pytest.mark.parametrize(
@@ -374,6 +400,30 @@ def test_an_opened_policy_is_caught(edit: Callable[[dict[str, Any]], None]) -> N
     edit(head)
     validate(head)  # still a valid NetworkPolicy: only the evaluation sees the hole
     assert admits(head, _pod_labels()["controller"], RAY_HEAD_PORTS["gcs-server"])
+
+
+@pytest.mark.parametrize("component", ["ray-head", "ray-worker"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        # The clients' rule without its `from`: the serving ports to the whole cluster and beyond.
+        lambda p: p["spec"]["ingress"][-1].pop("from"),
+        # Every namespace's pods.
+        lambda p: p["spec"]["ingress"][-1]["from"][0].update(namespaceSelector={}),
+        # A peer by address range.
+        lambda p: p["spec"]["ingress"][-1]["from"].append({"ipBlock": {"cidr": "0.0.0.0/0"}}),
+    ],
+    ids=["no from", "every namespace", "an address range"],
+)
+def test_a_serving_port_opened_beyond_the_namespace_is_caught(
+    component: str, edit: Callable[[dict[str, Any]], None]
+) -> None:
+    policy = copy.deepcopy(_policies()[component])
+    assert not admits(policy, ANY_POD, SERVE_PORT, ELSEWHERE)
+    edit(policy)
+    validate(policy)  # still a valid NetworkPolicy: only the evaluation sees the hole
+    assert admits(policy, ANY_POD, SERVE_PORT, ELSEWHERE)
+    assert admits(policy, ANY_POD, GRPC_PORT, ELSEWHERE)
 
 
 def test_the_controller_listens_on_loopback_behind_a_proxy_with_timeouts() -> None:
