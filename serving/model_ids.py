@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 from serving.exceptions import ModelUnavailable
 from wire.artifact_manifest import ManifestFile, manifest_digest
@@ -30,8 +31,9 @@ class Artifact:
     manifest: tuple[ManifestFile, ...] | None = None
     environment: EnvironmentSpec | None = None
 
-    @property
+    @cached_property
     def key(self) -> str:
+        # Once per artifact (it is frozen): two SHA-256 digests, asked several times a request.
         # Every part: the same MLmodel bytes under another source are still another artifact
         # (the other files may differ), and the runner must load exactly the decided files.
         parts = [self.source, self.mlmodel_digest.lower()]
@@ -55,7 +57,7 @@ class ModelId:
 
 def model_id(name: str, version: str, artifact: Artifact) -> str:
     """The multiplexed model id: ``name/version@key``; it starts with ``name/version``."""
-    return str(ModelId(name, version, artifact.key))
+    return f"{name}/{version}@{artifact.key}"  # ``str(ModelId(...))``, without making one
 
 
 def parse_model_id(value: str) -> ModelId:

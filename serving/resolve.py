@@ -14,8 +14,10 @@ version quarantined or removed in between is never run (docs/architecture.md, "F
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 from serving.exceptions import (
     BadModelId,
@@ -41,9 +43,10 @@ class Target:
     version: VersionEntry
     artifact: Artifact
 
-    @property
+    @cached_property
     def model_id(self) -> str:
-        """The multiplexed model id, ``name/version@key``: a new artifact gets a new id."""
+        """The multiplexed model id, ``name/version@key``: a new artifact gets a new id.
+        Made once per request (the model host asks for it several times)."""
         return make_model_id(self.model.name, self.version.version, self.artifact)
 
 
@@ -127,8 +130,24 @@ def recheck(table: RoutingTable | None, target: Target) -> None:
     )
 
 
+# The artifact of each table entry a request resolved to, by the entry's identity: entries are
+# frozen, so its key (two SHA-256 digests) is made once per entry, not once per request. An
+# entry's item goes when the entry does (a later table replaced it), before its id can be
+# another object's.
+_ARTIFACTS: dict[int, Artifact] = {}
+
+
 def checked_artifact(name: str, entry: VersionEntry) -> Artifact:
     """The artifact a live version was decided on; without one there is nothing safe to load."""
+    artifact = _ARTIFACTS.get(id(entry))
+    if artifact is None:
+        artifact = _artifact(name, entry)
+        _ARTIFACTS[id(entry)] = artifact
+        weakref.finalize(entry, _ARTIFACTS.pop, id(entry), None)
+    return artifact
+
+
+def _artifact(name: str, entry: VersionEntry) -> Artifact:
     if not entry.source or not entry.mlmodel_digest:
         raise VersionUnbound(
             f"version {entry.version} of {name!r} is live but the routing table names no "

@@ -139,8 +139,9 @@ class Server:
         self._warmer = CandidateWarmer(self._model)
 
     async def _model(self, target: Target) -> LoadedModel:
+        # No ``bind`` per request: the id is made from the target's artifact, and the loader
+        # binds every id it loads (``PyfuncLoader.load``), so a model held under it is that one.
         model_id = target.model_id
-        bind(model_id, target.artifact)
         # A load of this id that failed a moment ago answers again at once, before any load.
         self._loader.check(model_id)
         # A default's failure is confirmed by a second load before it is reported: its
