@@ -14,12 +14,22 @@ Chosen over owning the LRU: the multiplexer is also what tells Ray's router whic
 which model id (through private calls), which an LRU of our own would have to redo. The price is
 the same either way: while a new model loads, the replica holds one model more than its limit.
 
-Ray's LRU is not ours to read, so which ids it holds is kept here: added when ``take`` hands a
-model over, removed when the multiplexer evicts it (``evicted``, from the model's ``__del__``).
+Ray's LRU is not ours to read, so which models it holds is kept here: added when ``take`` hands
+a model over, removed when the multiplexer evicts it (``evicted``, from the model's ``__del__``).
 In the moment between Ray's eviction and that call, a request for the evicted id reaches the
 multiplexer with nothing loaded ahead; ``take`` then loads it in place, as Ray would (the one
 case where a failed load could still evict; it needs an eviction and a request for the evicted
 model within a thread hop of each other).
+
+A request for a model the multiplexer holds takes it from that map, without calling the
+multiplexer (Ray's call cost ~4% of a replica's time at 16 connections, most of it the
+``Counter`` it increments per call; docs/benchmarks.md). What the multiplexer must still see,
+it sees: every load (it evicts to its limit and tells Ray's router which ids the replica holds
+or loads), and the order of use: ids are kept in the order requests used them, and before a
+call that may evict, the held ids are asked of the multiplexer in that order, so it evicts the
+one these requests used least recently, as it would have. Evictions happen only inside a
+multiplexer call, so while one is under way no request takes the map's word for a model: an
+evicted model is never answered from it.
 """
 
 from __future__ import annotations
@@ -27,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -61,10 +72,12 @@ class LoadAhead:
         self._staged: dict[str, LoadedModel] = {}
         # Ids with requests waiting for them, and what they are bound to.
         self._wanted: dict[str, _Wanted] = {}
-        # Ids the multiplexer holds, as far as ``take`` and ``evicted`` tell. Ray evicts from
-        # a worker thread, so a copy is taken under a lock.
-        self._resident: set[str] = set()
+        # The models the multiplexer holds, as far as ``take`` and ``evicted`` tell, the one a
+        # request used last, last. Ray may evict from a worker thread: changed under a lock.
+        self._resident: OrderedDict[str, LoadedModel] = OrderedDict()
         self._resident_lock = threading.Lock()
+        # Multiplexer calls under way: while any is, a model may be being evicted.
+        self._in_lru = 0
 
     @property
     def resident(self) -> set[str]:
@@ -72,14 +85,22 @@ class LoadAhead:
             return set(self._resident)
 
     async def model(self, value: str, artifact: Artifact, *, confirm: bool = False) -> LoadedModel:
-        """The model of ``value``: loaded first if the multiplexer does not hold it, then asked of
-        the multiplexer. ``confirm`` as in ``PyfuncLoader.load`` (set for a default)."""
+        """The model of ``value``: from the held models if the multiplexer holds it, else loaded
+        first and then asked of the multiplexer. ``confirm`` as in ``PyfuncLoader.load`` (set
+        for a default)."""
+        if not self._in_lru:
+            with self._resident_lock:
+                held = self._resident.get(value)
+                if held is not None:
+                    self._resident.move_to_end(value)
+            if held is not None:
+                return held
         wanted = self._wanted.setdefault(value, _Wanted(artifact, confirm))
         wanted.requests += 1
         try:
             if value not in self._resident and value not in self._staged:
                 await self._stage(value, artifact, confirm)
-            return await self._lru(value)
+            return await self._from_lru(value)
         finally:
             wanted.requests -= 1
             if wanted.requests == 0:
@@ -98,7 +119,7 @@ class LoadAhead:
             logger.info("%s was evicted as it was asked for; loading it in place", value)
             loaded = await self._load(value, wanted.artifact, wanted.confirm)
         with self._resident_lock:
-            self._resident.add(value)
+            self._resident[value] = loaded
         return loaded
 
     async def keep(self, value: str, artifact: Artifact, loaded: LoadedModel, limit: int) -> bool:
@@ -119,7 +140,7 @@ class LoadAhead:
             wanted.requests += 1
             self._staged[value] = loaded
             try:
-                await self._lru(value)
+                await self._from_lru(value)
             finally:
                 wanted.requests -= 1
                 if wanted.requests == 0:
@@ -130,7 +151,28 @@ class LoadAhead:
     def evicted(self, value: str) -> None:
         """The multiplexer evicted ``value`` (called from the model's ``__del__``, in a thread)."""
         with self._resident_lock:
-            self._resident.discard(value)
+            self._resident.pop(value, None)
+
+    async def _from_lru(self, value: str) -> LoadedModel:
+        """Ask the multiplexer for ``value``, having told it the order the held models were
+        used in since, so that a load evicts the least recently used (see the docstring)."""
+        self._in_lru += 1
+        try:
+            # A load may evict. Told only when no other call is under way: one could be evicting
+            # a held model, whose call would then be a load (the order is then as Ray saw it).
+            if value not in self._resident and self._in_lru == 1:
+                with self._resident_lock:
+                    order = list(self._resident)
+                for held in order:
+                    # Held, so a hit: moved to the multiplexer's end, nothing loaded or evicted.
+                    await self._lru(held)
+            loaded = await self._lru(value)
+            with self._resident_lock:
+                if value in self._resident:  # used now, in this order as in the multiplexer's
+                    self._resident.move_to_end(value)
+            return loaded
+        finally:
+            self._in_lru -= 1
 
     async def _stage(self, value: str, artifact: Artifact, confirm: bool) -> None:
         task = self._loading.get(value)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -23,14 +24,21 @@ class RayOrderLru:
     end; a miss takes the lock, evicts the least recently used model if full (calling its
     ``__del__``), *then* calls the loader."""
 
-    def __init__(self, load: object, max_models: int) -> None:
+    def __init__(
+        self, load: object, max_models: int, del_gate: threading.Event | None = None
+    ) -> None:
         self.load = load
         self.max_models = max_models
         self.models: OrderedDict[str, LoadedModel] = OrderedDict()
         self.lock = asyncio.Lock()
         self.evictions: list[str] = []
+        self.calls = 0
+        # Set: a model's ``__del__`` runs as Ray runs a plain function's, in a worker thread
+        # (awaited under the lock), once the gate opens.
+        self.del_gate = del_gate
 
     async def __call__(self, value: str) -> LoadedModel:
+        self.calls += 1
         if value in self.models:
             self.models.move_to_end(value)
             return self.models[value]
@@ -40,7 +48,16 @@ class RayOrderLru:
             if len(self.models) >= self.max_models:
                 evicted, model = self.models.popitem(last=False)
                 self.evictions.append(evicted)
-                model.__dict__["__del__"]()
+                gate = self.del_gate
+                if gate is None:
+                    model.__dict__["__del__"]()
+                else:
+
+                    def delete(model: LoadedModel = model, gate: threading.Event = gate) -> None:
+                        gate.wait(30)
+                        model.__dict__["__del__"]()
+
+                    await asyncio.get_running_loop().run_in_executor(None, delete)
             assert callable(self.load)
             self.models[value] = await self.load(value)
             return self.models[value]
@@ -49,7 +66,12 @@ class RayOrderLru:
 class Replica:
     """What ``serving.server.Server`` wires: loader -> LoadAhead -> the LRU -> ``take``."""
 
-    def __init__(self, max_models: int = 2, release: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        max_models: int = 2,
+        release: asyncio.Event | None = None,
+        del_gate: threading.Event | None = None,
+    ) -> None:
         self.loader = PyfuncLoader()
 
         async def take(value: str) -> LoadedModel:
@@ -64,7 +86,7 @@ class Replica:
                 await release.wait()
             return loaded
 
-        self.lru = RayOrderLru(take, max_models)
+        self.lru = RayOrderLru(take, max_models, del_gate)
         self.ahead = LoadAhead(load, self.lru)
 
     async def get(self, name: str, version: str, artifact: Artifact) -> LoadedModel:
@@ -124,6 +146,59 @@ def test_a_model_that_loads_takes_the_place_of_the_least_recently_used(
     replica = asyncio.run(scenario())
     assert replica.lru.evictions == [model_id("b", "1", b), model_id("a", "1", a)]
     assert replica.loader.attempts.count(model_id("b", "1", b)) == 2
+
+
+def test_a_held_model_is_answered_without_calling_the_multiplexer(
+    good: tuple[Artifact, Artifact, Artifact],
+) -> None:
+    a, b, _ = good
+
+    async def scenario() -> tuple[Replica, list[LoadedModel]]:
+        replica = Replica(max_models=2)
+        first = await replica.get("a", "1", a)
+        await replica.get("b", "1", b)
+        calls = replica.lru.calls
+        again = [await replica.get(n, "1", x) for n, x in (("a", a), ("b", b), ("a", a))]
+        assert replica.lru.calls == calls
+        return replica, [first, *again]
+
+    replica, models = asyncio.run(scenario())
+    assert models[0] is models[1] is models[3]
+    assert replica.lru.evictions == []
+
+
+def test_an_evicted_model_is_never_answered_from_the_held_models(
+    good: tuple[Artifact, Artifact, Artifact],
+) -> None:
+    """Ray pops a model from its LRU, then runs a plain ``__del__`` in a worker thread: until
+    that ends, the held models still name it. A request for it meanwhile gets a model loaded
+    again, never the evicted one."""
+    a, b, c = good
+    gate = threading.Event()
+
+    async def scenario() -> tuple[Replica, LoadedModel, LoadedModel]:
+        replica = Replica(max_models=2, del_gate=gate)
+        first = await replica.get("a", "1", a)
+        await replica.get("b", "1", b)
+        try:
+            loading_c = asyncio.create_task(replica.get("c", "1", c))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not replica.lru.evictions:  # a is out of Ray's LRU, its __del__ held
+                assert loop.time() < deadline
+                await asyncio.sleep(0.001)
+            assert model_id("a", "1", a) in replica.ahead.resident
+            asking_a = asyncio.create_task(replica.get("a", "1", a))
+            await asyncio.sleep(0.05)
+        finally:
+            gate.set()
+        await loading_c
+        return replica, first, await asking_a
+
+    replica, first, second = asyncio.run(scenario())
+    assert second is not first
+    assert replica.loader.attempts.count(model_id("a", "1", a)) == 2
+    assert replica.lru.evictions[0] == model_id("a", "1", a)
 
 
 def test_concurrent_requests_for_a_model_share_one_load(
