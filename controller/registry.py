@@ -10,6 +10,7 @@ pickling) from the few small files next to its MLmodel, never the model itself.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -36,7 +37,7 @@ from controller.registry_artifacts import (
     cached_facts,
     python_version,
 )
-from controller.registry_listing import ModelFingerprint, fingerprint
+from controller.registry_listing import ModelFingerprint, RestListing, fingerprint
 from controller.registry_reads import ObservedModel as ObservedModel
 from controller.registry_reads import ObservedVersion as ObservedVersion
 from controller.registry_reads import observed_model, search_models, search_versions
@@ -167,8 +168,14 @@ class Registry:
         """
 
         def fetch() -> dict[str, ModelFingerprint]:
+            rest = self._rest_listing
             found: dict[str, ModelFingerprint] = {}
             token: str | None = None
+            while rest is not None:
+                prints, token = rest.page(LISTING_PAGE, token)
+                found.update(prints)
+                if not token:
+                    return found
             while True:
                 page = self._client.search_registered_models(
                     max_results=LISTING_PAGE, page_token=token
@@ -181,6 +188,10 @@ class Registry:
 
         self._read("listing")
         return self._call(fetch)
+
+    @functools.cached_property
+    def _rest_listing(self) -> RestListing | None:
+        return RestListing.of(self._client)
 
     def versions(self, name: str) -> list[ObservedVersion]:
         # The model's existence is model()'s to tell (RegisteredModelGone): the reconciler asks
