@@ -83,16 +83,18 @@ def build_table(
 def _entry(cls: type[E], **values: Any) -> E:
     """``cls(**values)``, with the set of the names given (``__pydantic_fields_set__``, which
     pydantic keeps per object and nothing here reads) one set shared by every object of
-    ``cls``: 728 bytes of a version entry's 1,200, and 216 of a manifest file's 519 (measured).
-    Safe because the objects are frozen: pydantic changes the set only on an assignment (refused)
-    and ``model_copy`` copies it before it adds to it."""
+    ``cls`` given the same names (a file too large to hash is given no ``sha256``): 728 bytes of
+    a version entry's 1,200, and 216 of a manifest file's 519 (measured). Safe because the
+    objects are frozen: pydantic changes the set only on an assignment (refused) and
+    ``model_copy`` copies it before it adds to it."""
     made = cls(**values)
-    object.__setattr__(made, "__pydantic_fields_set__", _GIVEN.setdefault(cls, set(values)))
+    given = _GIVEN.setdefault((cls, frozenset(values)), set(values))
+    object.__setattr__(made, "__pydantic_fields_set__", given)
     return made
 
 
-# Per class, the one set of field names its objects share (see ``_entry``).
-_GIVEN: dict[type[BaseModel], set[str]] = {}
+# Per class and names given, the one set of field names those objects share (see ``_entry``).
+_GIVEN: dict[tuple[type[BaseModel], frozenset[str]], set[str]] = {}
 
 
 class _Sharing:
