@@ -32,7 +32,7 @@ from controller.records import ModelRecord
 from controller.rollout_rows import rollouts_under_way
 from controller.rows import to_record
 from controller.schema import RegisteredModelRow, TableRevisionRow
-from controller.table_builder import build_table, content_digest
+from controller.table_builder import around_models, build_table, content_digest
 from wire.routing_table import ModelEntry, Rollout, RoutingTable
 
 # The revision column holds 2**63 - 1 (BIGINT). A catch-up never takes the revision past this,
@@ -248,24 +248,28 @@ def _drop(built: _Built, name: str) -> None:
         held.pop(name, None)
 
 
-def built_json(built: _Built) -> str:
-    """What ``content_digest`` hashes for a table of ``built.entries``: the same bytes."""
-    head = RoutingTable(revision=0, epoch=built.epoch).model_dump(
+def _around_models(epoch: str) -> tuple[str, str]:
+    """What ``content_digest`` hashes before and after the models' value (``json.dumps``'s
+    default separators)."""
+    head = RoutingTable(revision=0, epoch=epoch).model_dump(
         mode="json", exclude={"revision", "epoch", "models"}
     )
-    content: dict[str, object] = {**head, "models": None}
-    outer = json.dumps(content, sort_keys=True)
+    return around_models(head, (", ", ": "))
+
+
+def built_json(built: _Built) -> str:
+    """What ``content_digest`` hashes for a table of ``built.entries``: the same bytes."""
+    before, after = _around_models(built.epoch)
     models = "{" + ", ".join(built.fragments[name] for name in sorted(built.fragments)) + "}"
-    return outer.replace('"models": null', '"models": ' + models, 1)
+    return before + models + after
 
 
 def built_digest(built: _Built) -> str:
     """The SHA-256 hex of ``built_json(built)``, fed a model at a time: the JSON of a whole
     table is never made (at 50,000 versions the join, its copies and its encoding were ~190 MB
     alive at once, at every publish; here ~0.1 MB)."""
-    whole = built_json(_Built(epoch=built.epoch))
-    before, after = whole.split('"models": {}', 1)
-    digest = hashlib.sha256(before.encode() + b'"models": {')
+    before, after = _around_models(built.epoch)
+    digest = hashlib.sha256(before.encode() + b"{")
     for i, name in enumerate(sorted(built.fragments)):
         digest.update((", " if i else "").encode() + built.fragments[name].encode())
     digest.update(b"}" + after.encode())

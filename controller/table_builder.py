@@ -146,15 +146,28 @@ def canonical_table(table: RoutingTable) -> bytes:
     once only to be encoded, and the heap it took is not all given back. Per model, only that
     model's dump is alive beside the bytes made so far.
     """
-    head = canonical_json({**table.model_dump(mode="json", exclude={"models"}), "models": None})
-    # Keys are sorted and a key inside a JSON string has its quote escaped: the one unescaped
-    # '"models":null' is the key's.
-    before, after = head.split(b'"models":null', 1)
+    before, after = around_models(table.model_dump(mode="json", exclude={"models"}), (",", ":"))
     body = io.BytesIO()
-    body.write(before + b'"models":{')
+    body.write(before.encode() + b"{")
     for i, name in enumerate(sorted(table.models)):
         body.write(b"," if i else b"")
         body.write(canonical_json(name) + b":")
         body.write(canonical_json(table.models[name].model_dump(mode="json")))
-    body.write(b"}" + after)
+    body.write(b"}" + after.encode())
     return body.getvalue()
+
+
+def around_models(head: Mapping[str, Any], separators: tuple[str, str]) -> tuple[str, str]:
+    """The JSON of ``{**head, "models": ...}`` (keys sorted, ASCII, ``separators``) before and
+    after the models' value. Made from the fields on either side of ``models`` in key order,
+    not found in an encoded head: a later field holding an object with a ``models`` key (it
+    sorts first if named before it) cannot be taken for the table's own."""
+    item, key = separators
+
+    def members(fields: Mapping[str, Any]) -> str:
+        return json.dumps(fields, sort_keys=True, separators=separators)[1:-1]
+
+    lower = {k: v for k, v in head.items() if k < "models"}
+    upper = {k: v for k, v in head.items() if k > "models"}
+    before = "{" + members(lower) + (item if lower else "") + '"models"' + key
+    return before, (item + members(upper) if upper else "") + "}"
