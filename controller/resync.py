@@ -4,8 +4,9 @@ The resync is the controller pattern's safety net for what a lost webhook (or a 
 which fires none) left undone. It costs one paged listing of the registry, not a pass over
 every model: each model's fingerprint in the listing (``controller/registry_listing.py``) is
 compared with the one the listing showed before that model's last pass that ended well, and
-only a model whose fingerprint moved, that was never seen, or whose last pass failed is
-enqueued; a stored model the listing lacks is enqueued until its pass makes it a tombstone,
+only a model whose fingerprint moved, that was never seen, whose last pass failed, or whose
+listing does not show the controller's own writes made since the last one is enqueued; a
+stored model the listing lacks is enqueued until its pass makes it a tombstone,
 and a tombstone the listing lacks is not enqueued again. What the listing cannot show waits
 for the full pass, every ``full_interval_s`` and first whenever the loop starts (at start and
 on taking the lead), which enqueues every model the registry or the database knows. The
@@ -120,8 +121,10 @@ class Resync:
             del self._listed[gone]
         # The writes made since the last listing, taken for every listed model at every resync
         # (moved or not): a write kept past a listing that did not need it could later excuse
-        # a person's move to the same value whose webhook was lost. A write made while this
-        # listing ran, and not shown by it, costs the next resync one pass, never a missed one.
+        # a person's move to the same value whose webhook was lost. A listing that does not
+        # show a write taken with it enqueues the model: a person may have undone the write
+        # before the listing (their webhook lost; the listing equals the one recorded), or
+        # the write landed after the listing read the model, which only a pass can tell apart.
         made = (
             {name: self._own_writes(name) for name in listing}
             if self._own_writes is not None
@@ -130,9 +133,17 @@ class Resync:
         due: list[str] = []
         own = 0
         for name, print_ in listing.items():
-            if full or print_ is None or seen.get(name) != print_:
-                if not full and print_ is not None and _moved_by_own_writes(
-                    seen.get(name), made.get(name, []), print_
+            writes = made.get(name)
+            if (
+                full
+                or print_ is None
+                or seen.get(name) != print_
+                or (writes and after_writes(print_, writes) != print_)
+            ):
+                if (
+                    not full
+                    and print_ is not None
+                    and _moved_by_own_writes(seen.get(name), writes or [], print_)
                 ):
                     seen[name] = print_
                     own += 1
