@@ -114,9 +114,11 @@ def _signed(
     """The table's canonical JSON for a replica of ``schema`` and its signature, made once per
     table and schema (kept on the app: during an upgrade both releases poll).
 
-    Kept by the revision they carry, not with the table: a revision names one content, and the
-    table's objects are freed when the broadcaster takes the next (or the same revision built
-    anew, ``controller.broadcaster``), where a reference here would keep them alive."""
+    Kept by the revision they carry, not with the table: a revision names one content (the
+    broadcaster takes the revision it holds again only with the same content, and the store
+    publishes above a revision it answered, ``controller.store_tables``), and the table's
+    objects are freed when the broadcaster takes the next (or the same revision built anew,
+    ``controller.broadcaster``), where a reference here would keep them alive."""
     key = min(schema, SCHEMA_VERSION)
     revision = (table.epoch, table.revision, table.schema_version)
     signed: dict[int, tuple[tuple[str, int, int], bytes, str | None]] = getattr(

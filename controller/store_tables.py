@@ -10,12 +10,19 @@ assembled from a cached JSON fragment per model, byte for byte what ``content_di
 (tests/unit/test_controller_store_tables.py checks both against a full rebuild). What is cached
 is this process's: the first publish, a publish after the epoch changed, and one every
 ``full_every_s`` build in full, the safety net against anything the generations did not show.
+
+**A database that went back.** Restored from a backup under a running controller, the
+database keeps its epoch but counts again from a lower revision, and may name a revision this
+controller answered with other content. Replicas take only a higher revision, so the next
+publish goes above the highest revision this process published or loaded of that epoch (with
+the decisions the database holds), and says so.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import threading
 import time
 import uuid
@@ -35,6 +42,7 @@ from controller.schema import RegisteredModelRow, TableRevisionRow
 from controller.table_builder import around_models, build_table, content_digest
 from wire.routing_table import ModelEntry, Rollout, RoutingTable
 
+log = logging.getLogger(__name__)
 # The revision column holds 2**63 - 1 (BIGINT). A catch-up never takes the revision past this,
 # so 2**62 publishes still fit above the highest revision any claim can cause.
 REVISION_CEILING = 2**62
@@ -73,6 +81,10 @@ class TableRevisions:
     _transaction: Callable[[], AbstractContextManager[Session]]
     _all_records: Callable[[Session], list[ModelRecord]]
     _built: _Built | None = None
+    # The highest (epoch, revision, digest) of a table this process published or loaded: the
+    # revision row of that epoch is never below it, nor at it with another digest, unless the
+    # database went back (the module docstring).
+    _answered: tuple[str, int, str] | None = None
     full_every_s: float = FULL_EVERY_S
     clock: Callable[[], float] = staticmethod(time.monotonic)
 
@@ -102,6 +114,7 @@ class TableRevisions:
             built = self._build(session, current.epoch, full=False)
             if built_digest(built) != current.digest:
                 return None
+            self._answer(current)
             return RoutingTable(
                 revision=current.revision, epoch=current.epoch, models=dict(built.entries)
             )
@@ -127,6 +140,9 @@ class TableRevisions:
             )
             wanted = min(seen_revision + 1, current.revision + max_jump, REVISION_CEILING)
             revision = max(current.revision, wanted)
+            above = self._went_back(current)
+            if above is not None:
+                revision = max(revision, above + 1)
             # A revision names one content: decisions committed since the last publish get a
             # revision of their own, and the row records what the revision it names carries.
             if current.digest != digest:
@@ -135,6 +151,7 @@ class TableRevisions:
                 current.revision = revision
                 current.digest = digest
                 current.published_at = _now()
+            self._answer(current)
             return build_table(
                 models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
             )
@@ -165,13 +182,44 @@ class TableRevisions:
                 session.add(current)
             built = self._build(session, current.epoch, full)
             digest = built_digest(built)
-            if current.digest != digest:
+            above = self._went_back(current)
+            if above is not None:
+                current.revision = above + 1
+                current.digest = digest
+                current.published_at = _now()
+            elif current.digest != digest:
                 current.revision += 1
                 current.digest = digest
                 current.published_at = _now()
+            self._answer(current)
             return RoutingTable(
                 revision=current.revision, epoch=current.epoch, models=dict(built.entries)
             )
+
+    def _answer(self, row: TableRevisionRow) -> None:
+        """``row`` is what this process now answers (under the write lock)."""
+        answered = self._answered
+        if answered is None or answered[0] != row.epoch or row.revision > answered[1]:
+            self._answered = (row.epoch, row.revision, row.digest)
+
+    def _went_back(self, row: TableRevisionRow) -> int | None:
+        """The revision this process answered above ``row``'s, or at it with other content:
+        the database went back since, and the table made now must go above it (else None)."""
+        answered = self._answered
+        if answered is None or answered[0] != row.epoch:
+            return None
+        _, revision, digest = answered
+        if row.revision > revision or (row.revision == revision and row.digest == digest):
+            return None
+        log.warning(
+            "the database's revision went back to %d in epoch %s, below or at the %d this "
+            "controller answered with other content (restored from a backup?): its decisions "
+            "are published above it, for replicas to take",
+            row.revision, row.epoch, revision,
+            extra={"event": "table_went_back", "epoch": row.epoch, "stored": row.revision,
+                   "answered": revision},
+        )  # fmt: skip
+        return revision
 
     def _build(self, session: Session, epoch: str, full: bool) -> _Built:
         """The cache brought up to the decisions as this transaction reads them."""

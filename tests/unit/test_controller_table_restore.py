@@ -1,13 +1,21 @@
 """A database restored from a backup under a running controller (same epoch, counting again
-from a lower revision): the long-poll never takes a revision's table with other content."""
+from a lower revision): what this controller publishes next is above every revision it
+answered before, and the long-poll never takes a revision's table with other content."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import sqlite3
 from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
 
 from controller.broadcaster import TableBroadcaster
+from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
+from controller.store import Store
 from controller.table_builder import build_table
 from wire.routing_table import RoutingTable, VersionState
 
@@ -20,6 +28,95 @@ def _model(name: str, state: VersionState = LIVE) -> ModelRecord:
         versions={"1": VersionRecord(version="1", state=state, reasons=[state.value],
                                      decided_at=datetime(2026, 1, 1, tzinfo=UTC))},
     )  # fmt: skip
+
+
+def _put(store: Store, name: str, state: VersionState = LIVE) -> None:
+    store.update_model(name, lambda _: _model(name, state))
+
+
+def _copy(source: Path, target: Path) -> None:
+    """SQLite's online backup: what ``.backup`` and ``.restore`` do, under open connections."""
+    with sqlite3.connect(source) as src, sqlite3.connect(target) as dst:
+        src.backup(dst)
+
+
+def test_a_publish_after_a_restore_is_above_every_revision_answered(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    live, backup = tmp_path / "c.db", tmp_path / "backup.db"
+    engine = make_engine(f"sqlite:///{live}")
+    migrate(engine)
+    store = Store(engine)
+    _put(store, "a")
+    first = store.publish()
+    _copy(live, backup)
+    _put(store, "b")
+    store.publish()
+    _put(store, "c")
+    held = store.publish()
+    assert held.revision == first.revision + 2
+
+    _copy(backup, live)  # the database goes back to ``first``, under the running controller
+    assert store.published() == (first.epoch, first.revision)
+    _put(store, "d")  # a decision made after the restore
+    with caplog.at_level(logging.WARNING, "controller.store_tables"):
+        after = store.publish()
+    # Above what replicas hold (else they ignore it until the database counts past it).
+    assert after.epoch == held.epoch and after.revision == held.revision + 1
+    assert sorted(after.models) == ["a", "d"]
+    assert store.published() == (after.epoch, after.revision)
+    assert store.published_table() == after  # a follower loads it: the row records its digest
+    assert any(getattr(r, "event", None) == "table_went_back" for r in caplog.records)
+    # Counting goes on from there.
+    _put(store, "e")
+    assert store.publish().revision == after.revision + 1
+    engine.dispose()
+
+
+def test_a_catch_up_after_a_restore_is_above_every_revision_answered(tmp_path: Path) -> None:
+    """A replica claiming a revision between the restored one and the held one: the catch-up
+    must not land on a revision this controller answered with other content."""
+    live, backup = tmp_path / "c.db", tmp_path / "backup.db"
+    engine = make_engine(f"sqlite:///{live}")
+    migrate(engine)
+    store = Store(engine)
+    _put(store, "a")
+    first = store.publish()
+    _copy(live, backup)
+    for name in ("b", "c"):
+        _put(store, name)
+        held = store.publish()
+    _copy(backup, live)
+    caught = store.catch_up(first.revision + 1)
+    assert caught.revision == held.revision + 1 and sorted(caught.models) == ["a"]
+    assert store.publish() == caught
+    engine.dispose()
+
+
+def test_a_revision_published_again_with_other_content_is_published_above_it(
+    tmp_path: Path,
+) -> None:
+    """Restored, then another controller (started since, so it never saw the lost revisions)
+    counts up to the revision this one holds, with other decisions: this one's next publish
+    must not answer that revision with the content it holds."""
+    live, backup = tmp_path / "c.db", tmp_path / "backup.db"
+    engine = make_engine(f"sqlite:///{live}")
+    migrate(engine)
+    mine = Store(engine)
+    _put(mine, "a")
+    first = mine.publish()
+    _copy(live, backup)
+    _put(mine, "b")
+    held = mine.publish()
+    _copy(backup, live)
+    other = Store(engine)
+    _put(other, "b", QUARANTINED)
+    assert other.publish().revision == held.revision  # the same number, other content
+    after = mine.publish()
+    assert after.revision == held.revision + 1
+    assert after.models["b"].versions["1"].state is QUARANTINED
+    assert first.revision < held.revision
+    engine.dispose()
 
 
 def test_the_broadcaster_never_takes_a_revision_held_with_other_content() -> None:
