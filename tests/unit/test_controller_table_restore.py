@@ -11,12 +11,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from pydantic import SecretStr
 
+from controller.app import create_app
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
+from controller.settings import ControllerSettings
 from controller.store import Store
 from controller.table_builder import build_table
+from sigserve.ports import free_port
 from wire.routing_table import RoutingTable, VersionState
 
 LIVE, QUARANTINED = VersionState.LIVE, VersionState.QUARANTINED
@@ -137,3 +142,42 @@ def test_the_broadcaster_never_takes_a_revision_held_with_other_content() -> Non
         assert broadcaster.current is rebuilt
 
     asyncio.run(run())
+
+
+def test_replicas_polling_from_the_revision_held_get_what_is_decided_after_a_restore(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Through the controller's app and long-poll: a replica holds the controller's revision, so
+    it is not ahead and no catch-up runs; the publish itself must go above it."""
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    token = "serving-token-0123456789"
+    settings = ControllerSettings(
+        home=tmp_path, admin_token=SecretStr("admin-token-0123456789"),
+        webhook_secret=SecretStr("hook-secret-0123456789"),
+        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
+        resync_interval_s=3600, serving_token=SecretStr(token),
+    )  # fmt: skip
+    url = settings.resolved_database_url()
+    live, backup = Path(url.removeprefix("sqlite:///")), tmp_path / "backup.db"
+    engine = make_engine(url)
+    migrate(engine)
+    Store(engine).publish()
+    engine.dispose()
+    auth = {"Authorization": f"Bearer {token}"}
+    with TestClient(create_app(settings)) as client:
+        svc = client.app.state.services  # type: ignore[attr-defined]
+        _put(svc.store, "a")
+        assert client.portal.call(svc.publish)  # type: ignore[union-attr]
+        _copy(live, backup)
+        _put(svc.store, "b")
+        assert client.portal.call(svc.publish)  # type: ignore[union-attr]
+        held = svc.broadcaster.current
+        assert held is not None
+        _copy(backup, live)
+        _put(svc.store, "c")  # decided after the restore
+        assert client.portal.call(svc.publish)  # type: ignore[union-attr]
+        params = {"after": held.revision, "epoch": held.epoch, "schema": 3}
+        answer = client.get("/routing-table", params=params, headers=auth)
+        assert answer.status_code == 200, answer.status_code
+        table = RoutingTable.model_validate_json(answer.content)
+        assert table.revision == held.revision + 1 and sorted(table.models) == ["a", "c"]
