@@ -37,10 +37,11 @@ from controller.registry_artifacts import (
     cached_facts,
     python_version,
 )
-from controller.registry_listing import ModelFingerprint, RestListing, fingerprint
+from controller.registry_listing import ModelFingerprint, fingerprint, rest_page
 from controller.registry_reads import ObservedModel as ObservedModel
 from controller.registry_reads import ObservedVersion as ObservedVersion
 from controller.registry_reads import observed_model, search_models, search_versions
+from controller.registry_rest import RestGet
 from controller.registry_shared import ManyRefused, SharedReads
 from controller.registry_webhook import WEBHOOK_EVENTS as WEBHOOK_EVENTS  # the faults import it
 from controller.registry_webhook import upsert_webhook
@@ -168,11 +169,11 @@ class Registry:
         """
 
         def fetch() -> dict[str, ModelFingerprint]:
-            rest = self._rest_listing
+            rest = self._rest
             found: dict[str, ModelFingerprint] = {}
             token: str | None = None
             while rest is not None:
-                prints, token = rest.page(LISTING_PAGE, token)
+                prints, token = rest_page(rest, LISTING_PAGE, token)
                 found.update(prints)
                 if not token:
                     return found
@@ -190,14 +191,15 @@ class Registry:
         return self._call(fetch)
 
     @functools.cached_property
-    def _rest_listing(self) -> RestListing | None:
-        return RestListing.of(self._client)
+    def _rest(self) -> RestGet | None:
+        """Reads as JSON (``controller.registry_rest``) when the registry is a REST server."""
+        return RestGet.of(self._client)
 
     def versions(self, name: str) -> list[ObservedVersion]:
         # The model's existence is model()'s to tell (RegisteredModelGone): the reconciler asks
         # it first, so no second get_registered_model here.
         def read(names: list[str]) -> dict[str, list[ObservedVersion]]:
-            return search_versions(self._client, names, self._locations.note)
+            return search_versions(self._client, names, self._locations.note, self._rest)
 
         def many(names: list[str]) -> dict[str, list[ObservedVersion]]:
             return self._many(lambda: read(names))
@@ -214,7 +216,7 @@ class Registry:
             return observed_model(self._client.get_registered_model(single))
 
         def many(names: list[str]) -> dict[str, ObservedModel | None]:
-            return dict(self._many(lambda: search_models(self._client, names)))
+            return dict(self._many(lambda: search_models(self._client, names, self._rest)))
 
         found: ObservedModel | None = self._shared("model", name, one, many, lambda: None)
         if found is None:  # not in the answer of a read of many: deleted

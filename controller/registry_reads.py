@@ -4,9 +4,11 @@ many models in one request (``name IN (...)``) that the passes share
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+from controller.registry_rest import NO_STATUS, RestGet, pairs
 
 # Models per page of a read of many: the most MLflow's REST API answers for registered models.
 PAGE = 1000
@@ -62,9 +64,23 @@ def _in(names: list[str]) -> str:
     return "name IN (" + ", ".join("'" + n.replace("'", "\\'") + "'" for n in names) + ")"
 
 
-def search_models(client: Any, names: list[str]) -> dict[str, ObservedModel]:
-    """The registered models among ``names`` (one absent: not in the registry), paged."""
+def search_models(
+    client: Any, names: list[str], rest: RestGet | None = None
+) -> dict[str, ObservedModel]:
+    """The registered models among ``names`` (one absent: not in the registry), paged; read as
+    JSON with ``rest`` (``controller.registry_rest``), else through the client."""
     found: dict[str, ObservedModel] = {}
+    if rest is not None:
+        from mlflow.protos.model_registry_pb2 import SearchRegisteredModels
+
+        only = rest.models_filter(_in(names))
+        for m in _pages(rest, SearchRegisteredModels, only, "registered_models"):
+            found[str(m["name"])] = ObservedModel(
+                created_at=int(m.get("creation_timestamp") or 0),
+                aliases=pairs(m.get("aliases"), "alias", "version"),
+                tags=pairs(m.get("tags"), "key", "value"),
+            )
+        return found
     token: str | None = None
     while True:
         page = client.search_registered_models(_in(names), max_results=PAGE, page_token=token)
@@ -75,11 +91,41 @@ def search_models(client: Any, names: list[str]) -> dict[str, ObservedModel]:
             return found
 
 
+def _pages(rest: RestGet, api: type, only: str | None, key: str) -> Iterator[dict[str, Any]]:
+    token: str | None = None
+    while True:
+        params: dict[str, Any] = {"filter": only, "max_results": PAGE}
+        if token:
+            params["page_token"] = token
+        answer = rest.get(api, params)
+        yield from answer.get(key, ())
+        token = answer.get("next_page_token") or None
+        if not token:
+            return
+
+
 def search_versions(
-    client: Any, names: list[str], note: Callable[[str, str, str | None], None]
+    client: Any, names: list[str], note: Callable[[str, str, str | None], None],
+    rest: RestGet | None = None,
 ) -> dict[str, list[ObservedVersion]]:
-    """Every version of each of ``names``, paged; ``note`` told each version's source."""
+    """Every version of each of ``names``, paged; ``note`` told each version's source. Read
+    as JSON with ``rest`` (``controller.registry_rest``), else through the client."""
     found: dict[str, list[ObservedVersion]] = {n: [] for n in names}
+    if rest is not None:
+        from mlflow.protos.model_registry_pb2 import SearchModelVersions
+
+        for v in _pages(rest, SearchModelVersions, _in(names), "model_versions"):
+            name, version, source = str(v.get("name", "")), str(v.get("version", "")), \
+                str(v.get("source", ""))
+            found.setdefault(name, []).append(ObservedVersion(
+                version=version,
+                status=str(v.get("status", NO_STATUS)),
+                source=source,
+                tags=pairs(v.get("tags"), "key", "value"),
+                created_at=_millis(v.get("creation_timestamp")),
+            ))  # fmt: skip
+            note(name, version, source)
+        return found
     token: str | None = None
     while True:
         page = client.search_model_versions(_in(names), max_results=PAGE, page_token=token)

@@ -1,7 +1,7 @@
-"""The resync's listing reads MLflow's JSON itself (``controller.registry_listing.RestListing``):
-the same fingerprints as MLflow's client made of the same pages, without its protobuf parse
-(~10x the CPU: docs/benchmarks.md, "The controller at rest"), and its errors told apart as
-before.
+"""The resync's listing and the passes' reads of many models read MLflow's JSON themselves
+(``controller.registry_rest``): the same fingerprints, models and versions as MLflow's client
+made of the same answers, without its protobuf parse (docs/benchmarks.md, "The controller at
+rest"), and their errors told apart as before.
 
 The registry is the real ``Registry`` (MLflow's client over HTTP); MLflow's REST API is a small
 HTTP server answering the listing's pages as MLflow does (the seam).
@@ -21,6 +21,8 @@ from mlflow.utils import rest_utils
 
 from controller.exceptions import RegistryRefused, RegistryUnavailable
 from controller.registry import Registry
+from controller.registry_reads import search_models, search_versions
+from controller.registry_rest import RestGet
 
 _VERSION = {"name": "a", "version": "3", "creation_timestamp": 5, "last_updated_timestamp": 9,
             "current_stage": "None", "status": "READY", "source": "models:/m-1",
@@ -37,11 +39,20 @@ PAGES: dict[str, dict[str, Any]] = {
              ]},
             # What MLflow leaves out of its JSON: defaults (no status, no stage, no times).
             {"name": "it's \\ b", "latest_versions": [{"name": "it's \\ b", "version": "1"}]},
+            # A prompt: MLflow's client leaves it out of its searches, so must the controller.
+            {"name": "p", "tags": [{"key": "mlflow.prompt.is_prompt", "value": "true"}]},
         ],
         "next_page_token": "p2",
     },
     "p2": {"registered_models": [{"name": "c", "creation_timestamp": 2}]},
 }
+VERSIONS = [
+    _VERSION,
+    {"name": "a", "version": "1", "source": "s3://b/1", "creation_timestamp": 4,
+     "tags": [{"key": "k", "value": "1"}, {"key": "k", "value": "2"}]},
+    # No source, status or times: what MLflow leaves out.
+    {"name": "c", "version": "7"},
+]
 
 
 class _MLflow(BaseHTTPRequestHandler):
@@ -54,12 +65,28 @@ class _MLflow(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = parse_qs(url.query)
         type(self).seen.append(query)
-        if url.path != "/api/2.0/mlflow/registered-models/search":
-            status, answer = 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": url.path}
-        elif type(self).error is not None:
+        token = query.get("page_token", [""])[0]
+        only = query.get("filter", [""])[0]
+        # A read of many: the models of every page the filter names, then their versions in
+        # two pages. Prompts are left out when the filter says so, as MLflow does.
+        named = [m for page in PAGES.values() for m in page["registered_models"]
+                 if repr(m["name"])[1:-1] in only.split(" AND ")[0]]  # fmt: skip
+        if type(self).error is not None:
             status, answer = type(self).error  # type: ignore[misc]
+        elif url.path == "/api/2.0/mlflow/registered-models/search":
+            models = named if only.startswith("name") else PAGES[token]["registered_models"]
+            if "`mlflow.prompt.is_prompt` != 'true'" in only:
+                models = [m for m in models if m["name"] != "p"]
+            page = {k: v for k, v in PAGES[token].items() if k != "registered_models"}
+            status, answer = 200, {"registered_models": models,
+                                   **(page if not only.startswith("name") else {})}
+        elif url.path == "/api/2.0/mlflow/model-versions/search":
+            found = [v for v in VERSIONS if any(v["name"] == m["name"] for m in named)]
+            page = found[:2] if not token else found[2:]
+            status, answer = 200, {"model_versions": page, **({} if token else {
+                "next_page_token": "v2"})}  # fmt: skip
         else:
-            status, answer = 200, PAGES[query.get("page_token", [""])[0]]
+            status, answer = 404, {"error_code": "ENDPOINT_NOT_FOUND", "message": url.path}
         data = json.dumps(answer).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
@@ -87,7 +114,7 @@ def mlflow_url(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
 
 def _through_the_client(registry: Registry) -> None:
     """The listing as it was made before: MLflow's client, its entities fingerprinted."""
-    registry.__dict__["_rest_listing"] = None
+    registry.__dict__["_rest"] = None
 
 
 def test_the_listing_reads_what_the_client_read_without_its_parse(
@@ -110,6 +137,32 @@ def test_the_listing_reads_what_the_client_read_without_its_parse(
     assert [(v.version, v.stage, v.status) for v in a.latest] == [
         ("3", "None", "READY"), ("2", "Staging", "READY")]  # fmt: skip
     assert listed["it's \\ b"].latest[0].status == "PENDING_REGISTRATION"
+
+
+def test_reads_of_many_models_read_what_the_client_read(
+    mlflow_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = Registry(mlflow_url)
+    rest = RestGet.of(registry._client)
+    assert rest is not None
+    names = ["a", "c", "absent", "p"]
+    parsed = []
+    parse_dict = rest_utils.parse_dict
+    monkeypatch.setattr(rest_utils, "parse_dict",
+                        lambda **kw: parsed.append(1) or parse_dict(**kw))  # fmt: skip
+    noted: dict[str, list[tuple[str, str, str | None]]] = {"rest": [], "client": []}
+    models = search_models(registry._client, names, rest)
+    versions = search_versions(registry._client, names, lambda *a: noted["rest"].append(a), rest)
+    assert parsed == []  # neither went through protobuf
+    assert models == search_models(registry._client, names)
+    assert versions == search_versions(registry._client, names,
+                                       lambda *a: noted["client"].append(a))  # fmt: skip
+    assert parsed  # the client's did
+    assert noted["rest"] == noted["client"]
+    assert set(models) == {"a", "c"} and models["a"].aliases == {"serving": "3", "old": "1"}
+    assert [v.version for v in versions["a"]] == ["3", "1"] and versions["absent"] == []
+    assert versions["a"][1].tags == {"k": "2"} and versions["a"][1].created_at == 4
+    assert (versions["c"][0].status, versions["c"][0].source) == ("PENDING_REGISTRATION", "")
 
 
 @pytest.mark.parametrize(
