@@ -147,7 +147,9 @@ class RolloutStepper:
             if await asyncio.to_thread(self._by_tag, name, version) is not None:
                 done.append(f"{name}: started {version} by tag")
                 await self._publish(name, TAG_ACTOR)
-        self._gauge(await asyncio.to_thread(self._rollouts.running))
+        # The gauge from the rollouts this tick read, unless it changed one: an idle tick
+        # (most of them) reads the database once, not twice.
+        self._gauge(await asyncio.to_thread(self._rollouts.running) if done else running)
         self._ticks += 1
         if self._ticks % PRUNE_EVERY == 0:
             await asyncio.to_thread(self._rollouts.prune_counts)

@@ -175,6 +175,27 @@ def test_a_pin_by_hand_or_a_quarantine_ends_the_rollout(h: Harness) -> None:
     assert r is not None and r.reason is not None and r.reason.startswith("default-changed")
 
 
+def test_an_idle_tick_reads_the_running_rollouts_once(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    running = h.rollouts.running
+    monkeypatch.setattr(h.rollouts, "running", lambda: reads.append(1) or running())
+
+    def weight() -> float | None:
+        return next((s.value for s in h.metrics.weight.collect()[0].samples
+                     if s.labels.get("model") == "m"), None)  # fmt: skip
+
+    assert h.tick() == [] and len(reads) == 1
+    h.start([0.5, 1.0])
+    reads.clear()
+    assert h.tick() == [] and len(reads) == 1 and weight() == 0.5  # held: nothing to do
+    commands.quarantine(h.store, "m", "2", "bad answers", ENV)
+    reads.clear()
+    # A tick that ended it reads again: the gauge drops the model at once.
+    assert h.tick() == ["m: ended"] and len(reads) == 2 and weight() is None
+
+
 def test_a_promotion_leaves_a_pin_made_meanwhile_and_an_ended_rollout_alone(h: Harness) -> None:
     # The promotion read the rollout before an operator pinned 3 (or aborted): theirs stands.
     h.start([1.0])
