@@ -74,8 +74,8 @@ def resync_spans(log: Path, since: float) -> list[tuple[float, float, float]]:
         if ln.get("event") == "resync" and _epoch(ln["time"]) >= since:
             end = _epoch(ln["time"])
             spans.append((end - float(ln["took_s"]), end, float(ln["took_s"])))
-            if ln.get("full"):
-                print(f"  a full resync: {ln['enqueued']} enqueued, {ln['took_s']} s")
+            print(f"  resync{' (full)' if ln.get('full') else ''}: {ln['listed']} listed in "
+                  f"{ln['listed_s']} s, {ln['enqueued']} enqueued, {ln['took_s']} s in all")
     return spans
 
 
