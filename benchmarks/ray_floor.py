@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import sys
@@ -106,14 +105,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
 
-    import httpx
     from bench_stack import HOST, running_stack
-    from mlserver_peer import CORE, running_mlserver
     from ray import serve
-    from serving_throughput import cpu_per_request, cpu_text, cpu_ticks, wait_until
-    from tensor_throughput import rotated
-    from v2_throughput import register_numeric
-    from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
+    from v2_throughput import numeric_with_mlserver
+    from wrk_rounds import drive_rounds, ready_endpoints
 
     from sigserve.ports import free_port
     from sigserve.processes import ManagedProcess
@@ -124,13 +119,7 @@ def main() -> None:
     with running_stack("bench-floor-") as stack, contextlib.ExitStack() as peers:
         for prefix, app in noop_deployments().items():
             serve.run(app, name=prefix.strip("/"), route_prefix=prefix, blocking=False)
-        version = register_numeric("numeric")
-        peer = peers.enter_context(
-            running_mlserver(
-                "numeric", f"models:/numeric/{version}", stack.home, stack.tracking_uri,
-                requirements=CORE,
-            )
-        )  # fmt: skip
+        peer = peers.enter_context(numeric_with_mlserver(stack))
         port = free_port()
         uvicorn = ManagedProcess(
             "uvicorn noop",
@@ -142,7 +131,7 @@ def main() -> None:
         )  # fmt: skip
         peers.callback(uvicorn.stop)
         uvicorn.start()
-        targets = {
+        targets: dict[str, tuple[str, object]] = {
             "sigserve /serve": (f"{stack.serving_url}/models/numeric/serve", row),
             "ray noop fastapi": (f"{stack.serving_url}/floor-fastapi/", row),
             "ray noop asgi": (f"{stack.serving_url}/floor-asgi/", row),
@@ -150,50 +139,15 @@ def main() -> None:
             "mlserver /invocations": (peer.invocations, row),
             "mlserver /v2 infer": (peer.infer, v2),
         }
-        scripts = stack.home / "wrk"
-        scripts.mkdir()
-        endpoints: dict[str, Endpoint] = {}
-        client = httpx.Client(timeout=60)
-        for i, (label, (url, body)) in enumerate(targets.items()):
-            text = json.dumps(body)
-            endpoint = Endpoint(url, text, write_wrk_script(scripts, f"e{i}", text))
-            endpoints[label] = endpoint
-            wait_until(
-                label,
-                lambda e=endpoint: client.post(e.url, content=e.body, headers={
-                    "content-type": "application/json"}).status_code == 200,
-                180,
-            )  # fmt: skip
-        rps: dict[tuple[str, int], list[float]] = {}
-        p50: dict[tuple[str, int], list[float]] = {}
-        for connections in (1, 16):
-            threads = 1 if connections == 1 else 2
-            for endpoint in endpoints.values():  # warm each path
-                run_wrk(endpoint, threads, connections, 1)
-            for round_ in range(args.rounds):
-                for label, endpoint in rotated(list(endpoints.items()), round_):
-                    before = cpu_ticks()
-                    rate, median, _, bad, errors = parse_wrk(
-                        run_wrk(endpoint, threads, connections, args.seconds)
-                    )
-                    cpu = cpu_per_request(before, cpu_ticks(), rate * args.seconds)
-                    if bad or errors:
-                        print(f"! {label} c{connections}: {bad} non-2xx, {errors} socket errors")
-                    print(
-                        f"  round {round_ + 1} {label} c={connections}: {rate:.0f} req/s"
-                        + cpu_text(cpu, top=5),
-                        flush=True,
-                    )
-                    rps.setdefault((label, connections), []).append(rate)
-                    p50.setdefault((label, connections), []).append(median)
+        endpoints = ready_endpoints(targets, stack.home / "wrk", 180)
+        figures = drive_rounds(endpoints, args.rounds, args.seconds)
         print(f"{'path':22} {'c':>3} {'req/s (median)':>15} {'p50 ms':>7} {'x MLServer inv':>15}")
-        for (label, connections), runs in rps.items():
-            peer_runs = rps[("mlserver /invocations", connections)]
-            per_round = [r / b for r, b in zip(runs, peer_runs, strict=True)]
+        for (label, connections), runs in figures.rps.items():
+            ratio = figures.ratio(label, "mlserver /invocations", connections)
             print(
                 f"{label:22} {connections:>3} {statistics.median(runs):>15.0f} "
-                f"{statistics.median(p50[(label, connections)]):>7.2f} "
-                f"{statistics.median(per_round):>15.2f}"
+                f"{statistics.median(figures.p50[(label, connections)]):>7.2f} "
+                f"{ratio or float('nan'):>15.2f}"
             )
     sys.stdout.flush()
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import statistics
 import subprocess
@@ -25,14 +24,12 @@ import sys
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import TypeVar
 
-import httpx
 from bench_stack import running_stack
-from mlserver_peer import CORE, running_mlserver
-from serving_throughput import _cmdline, cpu_per_request, cpu_text, cpu_ticks, wait_until
-from v2_throughput import register_numeric
-from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
+from serving_throughput import _cmdline
+from v2_throughput import numeric_with_mlserver
+from wrk import Endpoint, run_wrk
+from wrk_rounds import drive_rounds, ready_endpoints
 
 
 def bodies(rows: int) -> dict[str, tuple[str, object]]:
@@ -55,15 +52,6 @@ PEERS = {
     "sigserve /v2 infer": "mlserver /v2 infer",
 }
 
-T = TypeVar("T")
-
-
-def rotated(items: list[T], by: int) -> list[T]:
-    """``items`` starting at ``by`` (mod their number): each round starts the paths at another
-    one, so a periodic burst of Ray's background processes (its DashboardAgent's, ~0.6 s of
-    CPU every ~25-30 s here) does not fall on the same path's window round after round."""
-    return items[by % len(items) :] + items[: by % len(items)]
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
@@ -81,49 +69,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     with running_stack("bench-tensor-") as stack, contextlib.ExitStack() as peers:
-        scripts = stack.home / "wrk"
-        scripts.mkdir()
-        version = register_numeric("numeric")
-        peer = peers.enter_context(
-            running_mlserver(
-                "numeric", f"models:/numeric/{version}", stack.home, stack.tracking_uri,
-                requirements=CORE,
-            )
-        )  # fmt: skip
-        endpoints: dict[str, Endpoint] = {}
-        client = httpx.Client(timeout=60)
-        for i, (label, (path, body)) in enumerate(bodies(args.rows).items()):
-            base = peer.url if label.startswith("mlserver") else stack.serving_url
-            text = json.dumps(body)
-            endpoint = Endpoint(base + path, text)
-            endpoint.script = write_wrk_script(scripts, f"e{i}", text)
-            endpoints[label] = endpoint
-            wait_until(
-                label,
-                lambda e=endpoint: client.post(e.url, content=e.body, headers={
-                    "content-type": "application/json"}).status_code == 200,
-                120,
-            )  # fmt: skip
-        rps: dict[tuple[str, int], list[float]] = {}
-        p50: dict[tuple[str, int], list[float]] = {}
-        for connections in (1, 16):
-            threads = 1 if connections == 1 else 2
-            for endpoint in endpoints.values():  # warm each path
-                run_wrk(endpoint, threads, connections, 1)
-            for round_ in range(args.rounds):
-                for label, endpoint in rotated(list(endpoints.items()), round_):
-                    before = cpu_ticks()
-                    out = run_wrk(endpoint, threads, connections, args.seconds)
-                    rate, median, _, bad, errors = parse_wrk(out)
-                    cpu = cpu_per_request(before, cpu_ticks(), rate * args.seconds)
-                    if bad or errors:
-                        print(f"! {label} c{connections}: {bad} non-2xx, {errors} socket errors")
-                    print(
-                        f"  round {round_ + 1} {label} c={connections}: {rate:.0f} req/s"
-                        + cpu_text(cpu, top=5)
-                    )
-                    rps.setdefault((label, connections), []).append(rate)
-                    p50.setdefault((label, connections), []).append(median)
+        peer = peers.enter_context(numeric_with_mlserver(stack))
+        targets: dict[str, tuple[str, object]] = {
+            label: ((peer.url if label.startswith("mlserver") else stack.serving_url) + path, body)
+            for label, (path, body) in bodies(args.rows).items()
+        }
+        endpoints = ready_endpoints(targets, stack.home / "wrk", 120)
+        figures = drive_rounds(endpoints, args.rounds, args.seconds)
         if args.profile_s > 0:
             for label in ("sigserve /serve", "sigserve /invocations", "sigserve /v2 infer"):
                 connections = args.profile_connections
@@ -134,16 +86,12 @@ def main() -> None:
                 ))  # fmt: skip
         print(f"rows per request: {args.rows}")
         print(f"{'path':24} {'c':>3} {'req/s (median)':>15} {'p50 ms':>7} {'x MLServer':>11}")
-        for (label, connections), runs in rps.items():
-            peer_runs = rps.get((PEERS.get(label, ""), connections))
-            ratio = "-"
-            if peer_runs:
-                per_round = [r / b for r, b in zip(runs, peer_runs, strict=True)]
-                ratio = f"{statistics.median(per_round):.2f}"
-            latency = statistics.median(p50[(label, connections)])
+        for (label, connections), runs in figures.rps.items():
+            ratio = figures.ratio(label, PEERS.get(label, ""), connections)
+            latency = statistics.median(figures.p50[(label, connections)])
             print(
                 f"{label:24} {connections:>3} {statistics.median(runs):>15.0f} "
-                f"{latency:>7.2f} {ratio:>11}"
+                f"{latency:>7.2f} {'-' if ratio is None else f'{ratio:.2f}':>11}"
             )
     sys.stdout.flush()
 
@@ -208,8 +156,8 @@ def profile_replica(
     for part in PARTS:
         lines.append(f"  {100 * parts[part] / max(total, 1):5.1f}%  under {part}")
     lines.append("  the busiest frames (inclusive):")
-    for frame, count in frames.most_common(top):
-        lines.append(f"  {100 * count / total:5.1f}%  {frame[:150]}")
+    for frame, hits in frames.most_common(top):
+        lines.append(f"  {100 * hits / total:5.1f}%  {frame[:150]}")
     return "\n".join(lines)
 
 

@@ -5,27 +5,28 @@
 Starts its own stack (``bench_stack.running_stack``), registers the trivial model (a string
 column, ``benchmarks/models/upper.py``) and a numeric tensor model (``row_stats.py``, float32
 (-1, 3)), and drives each path with ``wrk`` at 1 connection and 16, one record per request,
-the paths alternating back to back each round. Prints req/s medians over rounds and each path's
-ratio to ``/serve`` (median of the per-round ratios). With ``--mlserver``, Seldon MLServer
-(``mlserver_peer.py``) serves the same versions too, one process per model, and each path's
-ratio to MLServer's path of the same protocol is printed beside (its V2 path on the numeric
-model only: MLServer 1.7.1 fails to encode the trivial model's string output under pandas 3).
+the paths alternating back to back each round, each round starting at the next path
+(``wrk_rounds.py``). Prints each run with the CPU per request of every process, then req/s
+medians over rounds and each path's ratio to ``/serve`` (median of the per-round ratios).
+With ``--mlserver``, Seldon MLServer (``mlserver_peer.py``) serves the same versions too, one
+process per model, and each path's ratio to MLServer's path of the same protocol is printed
+beside (its V2 path on the numeric model only: MLServer 1.7.1 fails to encode the trivial
+model's string output under pandas 3).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
-from bench_stack import running_stack
-from mlserver_peer import running_mlserver
-from serving_throughput import register_trivial, wait_until
-from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
+from bench_stack import Stack, running_stack
+from mlserver_peer import CORE, Peer, running_mlserver
+from serving_throughput import register_trivial
+from wrk_rounds import drive_rounds, ready_endpoints
 
 ROW_STATS = Path(__file__).parent / "models" / "row_stats.py"
 
@@ -46,6 +47,17 @@ def register_numeric(name: str) -> str:
             pip_requirements=["mlflow", "numpy"], registered_model_name=name,
         )  # fmt: skip
     return str(info.registered_model_version)
+
+
+@contextlib.contextmanager
+def numeric_with_mlserver(stack: Stack) -> Iterator[Peer]:
+    """The numeric model registered in ``stack``'s MLflow as ``numeric``, and MLServer serving
+    it from its venv without torch, until the block ends."""
+    version = register_numeric("numeric")
+    uri = f"models:/numeric/{version}"
+    home, tracking = stack.home, stack.tracking_uri
+    with running_mlserver("numeric", uri, home, tracking, requirements=CORE) as peer:
+        yield peer
 
 
 def bodies() -> dict[str, tuple[str, object]]:
@@ -87,8 +99,6 @@ def main() -> None:
     parser.add_argument("--mlserver", action="store_true", help="MLServer as the peer too")
     args = parser.parse_args()
     with running_stack("bench-v2-") as stack, contextlib.ExitStack() as peers:
-        scripts = stack.home / "wrk"
-        scripts.mkdir()
         versions = {"trivial": register_trivial("trivial"), "numeric": register_numeric("numeric")}
         targets = {
             label: (stack.serving_url + path, body) for label, (path, body) in bodies().items()
@@ -104,30 +114,9 @@ def main() -> None:
             for label, (model, route, same_as) in MLSERVER.items():
                 url = getattr(served[model], route)
                 targets[label] = (url, bodies()[same_as][1])
-        endpoints: dict[str, Endpoint] = {}
-        client = httpx.Client(timeout=60)
-        for i, (label, (url, body)) in enumerate(targets.items()):
-            text = json.dumps(body)
-            endpoint = Endpoint(url, text)
-            endpoint.script = write_wrk_script(scripts, f"e{i}", text)
-            endpoints[label] = endpoint
-            wait_until(
-                label,
-                lambda e=endpoint: client.post(e.url, content=e.body, headers={
-                    "content-type": "application/json"}).status_code == 200,
-                120,
-            )  # fmt: skip
-        figures: dict[tuple[str, int], list[float]] = {}
-        for connections in (1, 16):
-            for endpoint in endpoints.values():  # warm each path
-                run_wrk(endpoint, 1 if connections == 1 else 2, connections, 1)
-            for _ in range(args.rounds):
-                for label, endpoint in endpoints.items():
-                    out = run_wrk(endpoint, 1 if connections == 1 else 2, connections, args.seconds)
-                    rps, _, _, bad, errors = parse_wrk(out)
-                    if bad or errors:
-                        print(f"! {label} c{connections}: {bad} non-2xx, {errors} socket errors")
-                    figures.setdefault((label, connections), []).append(rps)
+        figures = drive_rounds(
+            ready_endpoints(targets, stack.home / "wrk", 120), args.rounds, args.seconds
+        ).rps
         print(f"{'path':30} {'c':>3} {'req/s (median)':>15} {'x /serve':>9} {'x MLServer':>11}")
         for (label, connections), runs in figures.items():
             serve = figures.get((label.split(" ")[0] + " /serve", connections))
