@@ -39,9 +39,13 @@ serve`` and to MLServer's two paths (medians of the per-round ratios). A run wit
 or socket errors is suspicious: it is printed when it happens and counted in the table. At the
 end: the memory (PSS) of every server process, by part.
 
-Notes for reading the figures: wrk runs on the same 2 cores; the Ray replicas run torch with one
-thread (Ray sets ``OMP_NUM_THREADS=1``), ``mlflow models serve`` with torch's default (one per
-core). Compare figures from one run.
+Notes for reading the figures: wrk runs on the same 2 cores. Every server process runs torch
+with the same number of threads, ``--torch-threads`` (default 1: ``OMP_NUM_THREADS`` and
+``MKL_NUM_THREADS`` set before anything starts, which Ray, MLServer and ``mlflow models serve``
+inherit; Ray leaves a value it finds as it is, and gives a replica 1 when there is none); the
+value each server process has is printed. ``--torch-threads 0`` leaves each to its own default
+(torch's: one per core, spinning while it waits: MLServer's MiniLM collapsed to 13-24 req/s so
+on 2026-12-06 with anything else on the 2 cores). Compare figures from one run.
 """
 
 from __future__ import annotations
@@ -67,6 +71,7 @@ import httpx
 from bench_stack import HOST, running_stack
 from mlserver_peer import running_mlserver
 from registration_latency import _descendants, _name, _pss_mb
+from server_threads import THREAD_VARIABLES, threads_text
 from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
 
 from sigserve.ports import free_port
@@ -387,6 +392,10 @@ def main() -> None:
         help="also run `mlflow models serve -w N` as target mlflow-wN (N > 1)",
     )  # fmt: skip
     parser.add_argument(
+        "--torch-threads", type=int, default=1, metavar="N",
+        help="OMP_NUM_THREADS/MKL_NUM_THREADS of every server process (0: each its default)",
+    )  # fmt: skip
+    parser.add_argument(
         "--ray-proxy",
         action="store_true",
         help="start the stack without Ray Serve's fast path (start_serving(fast_path=False))",
@@ -398,6 +407,10 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if args.torch_threads > 0:
+        # Before Ray starts: its raylet, and so every replica, inherits them, as the servers do.
+        for variable in THREAD_VARIABLES:
+            os.environ[variable] = str(args.torch_threads)
 
     requested: list[str] = args.targets
     mlflow_variants: dict[str, int] = {}  # target -> workers
@@ -513,6 +526,14 @@ def main() -> None:
                 answer = r.text[:100]
                 print(f"  {model:8s} {target:10s} POST {endpoint.url} {endpoint.body} -> {answer}")
 
+            servers = {
+                f"{ray_label(pid)} {pid}": pid
+                for pid in _descendants(os.getpid())
+                if _cmdline(pid).startswith("ray::ServeReplica")
+            }
+            for (model, target), process in model_servers.items():
+                servers[f"{target} ({model}) {process.pid}"] = process.pid or 0
+            print(threads_text(servers), flush=True)
             if args.warmup > 0:
                 for endpoint in endpoints.values():
                     run_wrk(endpoint, 2, 16, args.warmup)
