@@ -22,6 +22,13 @@ table and the end of ``--window`` seconds after it, what is live there:
   tracemalloc keeps adds to the RSS: take RSS figures from a run without it;
 - at the end, the RSS before and after ``malloc_trim(0)``: what glibc held as free memory not
   returned (fragmentation), against what live objects hold.
+
+With ``--register`` (issue 20's jump of ~65 MB at 10,000 x 5 when the window's first
+registration went out), between those two: one version registered, a report once its table is
+published (``sigserve_routing_table_revision`` moved), and another once a replica's long-poll
+(schema 3) took that table, with what each step kept against the one before (by holder) and,
+traced, the peak of traced memory during the step (``tracemalloc.get_traced_memory``), and the
+body's size as answered (on the wire, and decoded).
 """
 
 from __future__ import annotations
@@ -75,8 +82,12 @@ def _report(label: str, trim: bool) -> dict[str, Any]:
             holders[key] += stat.size
             counts[key] += stat.count
         report["traced_mb"] = round(sum(holders.values()) / 2**20, 1)
+        # The peak since the report before: what a step took while it ran, given back or not.
+        report["traced_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+        tracemalloc.reset_peak()
         report["holders"] = [(k, round(v / 2**20, 2), counts[k])
                              for k, v in holders.most_common(SHOWN)]  # fmt: skip
+        report["all_holders"] = {k: v for k, v in holders.items()}
         report["lines"] = [(str(s.traceback[0]), round(s.size / 2**20, 2), s.count)
                            for s in snapshot.statistics("lineno")[:SHOWN]]  # fmt: skip
         del snapshot
@@ -88,6 +99,7 @@ def _report(label: str, trim: bool) -> dict[str, Any]:
 
 def child(asks: Path) -> None:
     """The controller, with a thread that answers ``<asks>/<label>.ask`` files with reports."""
+
     def answer() -> None:
         while True:
             for ask in sorted(asks.glob("*.ask")):
@@ -142,9 +154,11 @@ def trace_later(asks: Path, metrics_url: str, reconciles: float) -> None:
         time.sleep(1)
 
 
-def _print(report: dict[str, Any]) -> None:
+def _print(report: dict[str, Any], before: dict[str, Any] | None = None) -> None:
     print(f"\n== {report['label']}: RSS {report['rss_mb']:.0f} MB"
           + (f", traced {report['traced_mb']:.0f} MB" if "traced_mb" in report else "")
+          + (f" (traced peak since the report before {report['traced_peak_mb']:.0f} MB)"
+             if "traced_peak_mb" in report else "")
           + (f", after malloc_trim(0) {report['rss_after_trim_mb']:.0f} MB"
              if "rss_after_trim_mb" in report else "")
           + f"; {report['gc_objects']:,} gc-tracked objects")  # fmt: skip
@@ -155,21 +169,103 @@ def _print(report: dict[str, Any]) -> None:
             print(f"   by {title}: MB, blocks")
             for where, mb, count in report[key]:
                 print(f"     {mb:8.2f} {count:9,}  {where}")
+    if before is not None:
+        print(f"   against {before['label']}: RSS {report['rss_mb'] - before['rss_mb']:+.0f} MB")
+        if "all_holders" in report and "all_holders" in before:
+            was, now = before["all_holders"], report["all_holders"]
+            moved = sorted(((now.get(k, 0) - was.get(k, 0), k) for k in {*was, *now}),
+                           key=lambda d: -abs(d[0]))[:SHOWN]  # fmt: skip
+            print(
+                f"   traced {sum(now.values()) / 2**20 - sum(was.values()) / 2**20:+.1f} MB; "
+                "by holder, MB:"
+            )
+            for delta, where in moved:
+                if abs(delta) >= 2**16:
+                    print(f"     {delta / 2**20:+8.2f}  {where}")
     sys.stdout.flush()
+
+
+def _revision(metrics_url: str) -> float:
+    import httpx
+
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        if line.startswith("sigserve_routing_table_revision "):
+            return float(line.rsplit(" ", 1)[1])
+    return -1.0
+
+
+def register(
+    asks: Path,
+    ctl_url: str,
+    tracking_uri: str,
+    token: str,
+    model_id: str,
+    models: int,
+    first: dict[str, Any],
+) -> dict[str, Any]:
+    """One version registered, reported once published and once a replica's poll took it."""
+    import httpx
+    from mlflow import MlflowClient
+
+    metrics = f"{ctl_url}/metrics"
+    held = _revision(metrics)
+    began = time.monotonic()
+    name = f"scale_{models - 1:05d}"
+    version = (
+        MlflowClient(tracking_uri)
+        .create_model_version(name, f"models:/{model_id}", model_id=model_id)
+        .version
+    )
+    while _revision(metrics) <= held:
+        if time.monotonic() - began > 300:
+            raise TimeoutError(f"{name} v{version} not published within 300 s")
+        time.sleep(0.2)
+    print(f"\n{name} v{version} registered and published in {time.monotonic() - began:.1f} s "
+          f"(revision {held:.0f} -> {_revision(metrics):.0f})", flush=True)  # fmt: skip
+    published = _ask(asks, "published")
+    _print(published, first)
+    auth = {"Authorization": f"Bearer {token}"}
+    # As a replica asks (httpx's own Accept-Encoding), and once more as a caller that takes
+    # no encoding, so the plain body's cost shows too.
+    with httpx.Client(timeout=120, headers=auth) as http:
+        r = http.get(f"{ctl_url}/routing-table", params={"after": -1, "schema": 3})
+        r.raise_for_status()
+        wire = int(r.headers.get("content-length", len(r.content)))
+        print(f"\nreplica's poll: {r.headers.get('content-encoding', 'identity')}, "
+              f"{wire / 2**20:.1f} MB on the wire, {len(r.content) / 2**20:.1f} MB decoded "
+              f"({len(r.content) / max(1, wire):.1f}x)", flush=True)  # fmt: skip
+        del r
+    polled = _ask(asks, "polled")
+    _print(polled, published)
+    return polled
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=int, default=2000)
     parser.add_argument("--versions", type=int, default=5)
-    parser.add_argument("--window", type=float, default=60.0,
-                        help="seconds after the first table before the last report")
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=60.0,
+        help="seconds after the first table before the last report",
+    )
     parser.add_argument("--resync-interval", type=float, default=30.0)
     parser.add_argument("--trace", action="store_true", help="tracemalloc (slower, larger)")
-    parser.add_argument("--trace-from", type=float, default=0.9,
-                        help="share of the models reconciled when tracing starts")
+    parser.add_argument(
+        "--trace-from",
+        type=float,
+        default=0.9,
+        help="share of the models reconciled when tracing starts",
+    )
     parser.add_argument("--arena-max", type=int, default=0, help="MALLOC_ARENA_MAX (0: unset)")
     parser.add_argument("--prime-timeout", type=float, default=3600.0)
+    parser.add_argument(
+        "--register",
+        action="store_true",
+        help="after the first table, register a version: reports once it is "
+        "published and once a replica's poll took it",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -182,7 +278,7 @@ def main() -> None:
     from sigserve.ports import free_port
     from sigserve.stack import Secrets, controller, mlflow_server
 
-    cached, _ = registry(args.models, args.versions, rebuild=False)
+    cached, model_id = registry(args.models, args.versions, rebuild=False)
     home = Path(tempfile.mkdtemp(prefix="cm-", dir="/tmp"))
     asks = home / "memory"
     asks.mkdir()
@@ -233,10 +329,14 @@ def main() -> None:
         peak = max((mb for _, mb in rss), default=0.0)
         print(f"first table {primed_s:.0f} s after the start ({versions} versions); RSS peak "
               f"so far {peak:.0f} MB", flush=True)  # fmt: skip
-        _print(_ask(asks, "first-table"))
+        last = _ask(asks, "first-table")
+        _print(last)
+        if args.register:
+            last = register(asks, f"http://{HOST}:{ctl_port}", f"http://{HOST}:{mlflow_port}",
+                            secrets.serving_token, model_id, args.models, last)  # fmt: skip
         time.sleep(max(0.0, args.window - (time.monotonic() - began - primed_s)))
         end = _ask(asks, "end-trim")
-        _print(end)
+        _print(end, last)
         peak = max((mb for _, mb in rss), default=0.0)
         print(f"\nRSS: peak {peak:.0f} MB over {time.monotonic() - began:.0f} s; load average "
               f"{os.getloadavg()}", flush=True)  # fmt: skip

@@ -16,8 +16,11 @@ write, a broadcast and, unbounded, a revision no later table could be published 
 Every table answered is signed (``wire.table_signature``, in the ``X-Sigserve-Table-Signature``
 header) with the key derived from the serving token; a controller without one answers unsigned
 tables, which replicas refuse. The body is the table's canonical JSON, encoded and signed once
-per table, not once per poll, and kept as those bytes alone (made a model at a time:
-``controller.table_builder.canonical_table``).
+per table, not once per poll, and kept gzipped alone (made a model at a time, the plain JSON
+never whole: ``controller.table_builder.gzipped_table``). A poll whose ``Accept-Encoding``
+takes gzip (httpx's default: every replica) is answered those bytes with ``Content-Encoding:
+gzip``, any other the plain JSON, inflated for that answer; either way the same bytes once
+decoded, which the signature signs.
 
 At most ``long_poll_max_concurrent`` polls are held open at once (``Services.long_poll_slots``);
 past it a poll that would wait is answered 503 problem+json with ``Retry-After`` at once, so
@@ -30,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from typing import Annotated, NoReturn
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -39,10 +43,10 @@ from starlette.exceptions import HTTPException
 from controller.services import Services, services
 from controller.serving_auth import presents_bearer
 from controller.store import MAX_CATCH_UP
-from controller.table_builder import canonical_table
+from controller.table_builder import gzipped_table
 from wire.problems import problem_response
 from wire.routing_table import SCHEMA_UNSAID, SCHEMA_VERSION, RoutingTable, for_schema
-from wire.table_signature import SIGNATURE_HEADER, sign, table_key
+from wire.table_signature import SIGNATURE_HEADER, table_key
 
 log = logging.getLogger(__name__)
 
@@ -104,15 +108,45 @@ async def routing_table(
     if table is None:
         return Response(status_code=204)
     body, signature = _signed(request, svc, table, schema)
-    headers = {SIGNATURE_HEADER: signature} if signature else None
+    # Caches must not answer a poll that takes no gzip with the gzipped body.
+    headers = {"Vary": "Accept-Encoding"}
+    if signature:
+        headers[SIGNATURE_HEADER] = signature
+    if takes_gzip(request.headers.get("accept-encoding", "")):
+        headers["Content-Encoding"] = "gzip"
+    else:
+        body = zlib.decompress(body, wbits=31)
     return Response(body, media_type="application/json", headers=headers)
+
+
+def takes_gzip(accept_encoding: str) -> bool:
+    """Whether an ``Accept-Encoding`` value takes gzip (RFC 9110 12.5.3): named, or ``*``, with
+    a q-value above 0; gzip named decides over ``*``."""
+    named: float | None = None
+    anything: float | None = None
+    for item in accept_encoding.lower().split(","):
+        coding, *params = (p.strip() for p in item.split(";"))
+        q = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = 0.0  # a q-value no one can read takes nothing
+        if coding in ("gzip", "x-gzip"):
+            named = q if named is None else max(named, q)
+        elif coding == "*":
+            anything = q
+    found = named if named is not None else anything
+    return found is not None and found > 0
 
 
 def _signed(
     request: Request, svc: Services, table: RoutingTable, schema: int
 ) -> tuple[bytes, str | None]:
-    """The table's canonical JSON for a replica of ``schema`` and its signature, made once per
-    table and schema (kept on the app: during an upgrade both releases poll).
+    """The table's canonical JSON for a replica of ``schema``, gzipped, and its signature, made
+    once per table and schema (kept on the app: during an upgrade both releases poll).
 
     Kept by the revision they carry, not with the table: a revision names one content (the
     broadcaster takes the revision it holds again only with the same content, and the store
@@ -127,9 +161,11 @@ def _signed(
     cached = signed.get(key)
     if cached is not None and cached[0] == revision:
         return cached[1], cached[2]
-    body = canonical_table(for_schema(table, schema))
     token = svc.settings.serving_token
-    signature = sign(body, table_key(token.get_secret_value())) if token is not None else None
+    body, signature = gzipped_table(
+        for_schema(table, schema),
+        table_key(token.get_secret_value()) if token is not None else None,
+    )
     request.app.state.routing_table_signed = {
         **{k: v for k, v in signed.items() if v[0] == revision},
         key: (revision, body, signature),

@@ -21,7 +21,7 @@ from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
 from controller.settings import ControllerSettings
 from controller.store import Store
-from controller.table_builder import build_table, canonical_table
+from controller.table_builder import build_table, canonical_table, gzipped_table
 from sigserve.ports import free_port
 from wire.routing_table import (
     EnvironmentSpec,
@@ -172,11 +172,11 @@ def test_the_long_poll_keeps_the_body_by_revision_not_the_table(
     engine.dispose()
     encoded: list[RoutingTable] = []
 
-    def counting(table: RoutingTable) -> bytes:
+    def counting(table: RoutingTable, key: bytes | None) -> tuple[bytes, str | None]:
         encoded.append(table)
-        return canonical_table(table)
+        return gzipped_table(table, key)
 
-    monkeypatch.setattr("controller.long_poll.canonical_table", counting)
+    monkeypatch.setattr("controller.long_poll.gzipped_table", counting)
     with TestClient(create_app(settings)) as client:
         svc = client.app.state.services  # type: ignore[attr-defined]
         epoch = svc.broadcaster.current.epoch
