@@ -34,7 +34,13 @@ class TableBroadcaster:
         # answered with the old body. Compared off the event loop (~0.5 s at 10,000 models x 5
         # versions x 7 files, load 4-6), and before taking the lock, which polls wait on.
         rebuilt = _rebuilt(table, held)
-        same = rebuilt and await asyncio.to_thread(_same_models, table, held)
+        # Handed over in a list emptied after: the pool's work item keeps its arguments a moment
+        # after the answer, which would keep the old table alive past its replacement.
+        pair: list[RoutingTable | None] = [table, held]
+        try:
+            same = rebuilt and await asyncio.to_thread(_same_models, pair)
+        finally:
+            pair.clear()
         async with self._changed:
             if supersedes(table, self._table):
                 self._table = table
@@ -107,5 +113,6 @@ def _rebuilt(new: RoutingTable, held: RoutingTable | None) -> bool:
     )
 
 
-def _same_models(new: RoutingTable, held: RoutingTable | None) -> bool:
-    return held is not None and new.models == held.models
+def _same_models(pair: list[RoutingTable | None]) -> bool:
+    new, held = pair
+    return new is not None and held is not None and new.models == held.models
