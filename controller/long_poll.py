@@ -45,6 +45,7 @@ from controller.serving_auth import presents_bearer
 from controller.store import MAX_CATCH_UP
 from controller.table_builder import gzipped_table
 from wire.problems import problem_response
+from wire.quality_values import weighted_items
 from wire.routing_table import SCHEMA_UNSAID, SCHEMA_VERSION, RoutingTable, for_schema
 from wire.table_signature import SIGNATURE_HEADER, table_key
 
@@ -124,16 +125,7 @@ def takes_gzip(accept_encoding: str) -> bool:
     a q-value above 0; gzip named decides over ``*``."""
     named: float | None = None
     anything: float | None = None
-    for item in accept_encoding.lower().split(","):
-        coding, *params = (p.strip() for p in item.split(";"))
-        q = 1.0
-        for param in params:
-            name, _, value = param.partition("=")
-            if name.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0  # a q-value no one can read takes nothing
+    for coding, q in weighted_items(accept_encoding):
         if coding in ("gzip", "x-gzip"):
             named = q if named is None else max(named, q)
         elif coding == "*":

@@ -43,6 +43,7 @@ from serving.exceptions import (
 )
 from serving.problems import error_code
 from wire.problems import problem_response
+from wire.quality_values import weighted_items
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +71,7 @@ def wants_stream(accept: str | None) -> bool:
     if not accept or EVENT_STREAM not in accept.lower():
         return False
     stream_q, json_q = 0.0, 0.0
-    for item in accept.lower().split(","):
-        media, *options = (part.strip() for part in item.split(";"))
-        q = 1.0
-        for option in options:
-            key, _, value = option.partition("=")
-            if key.strip() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = 0.0
+    for media, q in weighted_items(accept):
         if media == EVENT_STREAM:
             stream_q = max(stream_q, q)
         elif media in ("application/json", "application/*"):
