@@ -80,6 +80,8 @@ class StormFigures:
     created_webhook_at: dict[Key, float] = field(default_factory=dict)
     live_published_at: dict[Key, float] = field(default_factory=dict)
     publishes: list[float] = field(default_factory=list)
+    # Per model, its reconcile passes' log lines: (time, changed, actor).
+    reconciles: dict[str, list[tuple[float, bool, str]]] = field(default_factory=dict)
 
     def checked_s(self) -> list[float]:
         return [ds[0].at - self.registered[k] for k, ds in self.decisions.items()
@@ -110,6 +112,38 @@ class StormFigures:
         if not finals or not self.registered:
             return math.nan
         return len(finals) / max(1e-9, max(finals) - min(self.registered.values()))
+
+    def slowest(self, n: int = 8) -> str:
+        """The ``n`` versions slowest from registration to decided, each with what happened
+        to it on the way (s after its registration): its webhook's receipt, its model's passes
+        (``*``: the pass changed something; passes that changed nothing and worked for no
+        webhook log at DEBUG and do not show), its decision, the first revision carrying it live.
+        So a slow version shows what it waited for: a late webhook, a queue (no pass for a
+        while), a slow pass, or passes that did not decide it."""
+        rows = []
+        for key, reg in self.registered.items():
+            final = self.first_final(key)
+            if final is not None:
+                rows.append((final.at - reg, key, reg, final))
+        rows.sort(reverse=True)
+        start = min(self.registered.values(), default=0.0)
+        lines = [f"storm: the {min(n, len(rows))} slowest to decided (s after registration):"]
+        for took, key, reg, final in rows[:n]:
+            passes = [
+                f"{at - reg:+.2f}{'*' if changed else ''}"
+                + ("(resync)" if actor == "resync" else "")
+                for at, changed, actor in self.reconciles.get(key[0], [])
+                if reg - 1 <= at <= final.at + 1
+            ]
+            hook = self.created_webhook_at.get(key)
+            live = self.live_published_at.get(key)
+            lines.append(
+                f"  {key[0]}/{key[1]}: {took:.2f}s, registered at +{reg - start:.1f}s of the "
+                f"storm; webhook {'-' if hook is None else f'{hook - reg:+.2f}'}; passes of "
+                f"the model {' '.join(passes) or '-'}; {final.state} {final.at - reg:+.2f}; "
+                f"published live {'-' if live is None else f'{live - reg:+.2f}'}"
+            )
+        return "\n".join(lines)
 
     def report(self, versions: int) -> str:
         own = sum(n for event, n in self.webhooks.items() if event in OWN_WRITES)
@@ -189,6 +223,10 @@ def read_log(figures: StormFigures, path: Path, names: set[str], since: float) -
             figures.results[line.get("result", "?")] += 1
             if line.get("mlflow_event") == "model_version.created" and line.get("version"):
                 figures.created_webhook_at.setdefault((line["model"], line["version"]), at)
+        elif line.get("event") == "reconcile" and line.get("model") in names:
+            figures.reconciles.setdefault(line["model"], []).append(
+                (at, bool(line.get("changed")), str(line.get("actor", "")))
+            )
         elif line.get("event") == "publish":
             figures.publishes.append(at)
             for change in line.get("changes", []):

@@ -219,6 +219,7 @@ def test_a_storm_of_registrations_is_decided_right_and_nothing_is_lost(stack: St
     for log in stack.logs:
         sf.read_log(figures, log, set(names), storm_began)
     print(figures.report(total))
+    print(figures.slowest())
     texts = [httpx.get(f"{url}/metrics", timeout=30).text for url in stack.urls]
     for text in texts:
         print("storm: " + sf.histogram_quantiles(text, "sigserve_registration_to_live_seconds"))
