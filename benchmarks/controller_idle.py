@@ -15,6 +15,13 @@ samples inside are its share; the passes a full resync enqueues run after it, so
 DIR`` records the controller with py-spy over the first window (``--rate 50``, ``--gil``: the
 thread holding the GIL only, so Python running, not threads waiting), raw stacks in
 ``DIR/controller.txt``, and prints the leaf functions and the innermost controller frames.
+
+``--full-passes N`` then runs N full passes as an operator asks for one (``POST
+/admin/reconcile``: every model enqueued), one after the other, each timed from the request
+until nothing waits or runs in the worker (``/metrics`` read once a second): its wall time, the
+controller's CPU (``/proc``) and per model, and each resync that ran beside it. With
+``--profile`` the first of them is recorded too (``DIR/full-pass.txt``). ``--window 0`` skips
+the windows.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import collections
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -79,6 +87,42 @@ def resync_spans(log: Path, since: float) -> list[tuple[float, float, float]]:
     return spans
 
 
+def full_passes(ctl_url: str, admin_token: str, pid: int, log: Path, models: int, n: int,
+                profile: Path | None, pyspy: str) -> None:
+    """``n`` full passes asked for by the admin API, one after the other (the module's doc)."""
+    with httpx.Client(base_url=ctl_url, timeout=120,
+                      headers={"Authorization": f"Bearer {admin_token}"}) as http:  # fmt: skip
+        for i in range(n):
+            spy = None
+            if profile is not None and i == 0:
+                spy = subprocess.Popen(
+                    [pyspy, "record", "--pid", str(pid), "--threads", "--nonblocking", "--gil",
+                     "--rate", "50", "--duration", "3600", "--format", "raw",
+                     "-o", str(profile / "full-pass.txt")],
+                    stdout=subprocess.DEVNULL, stderr=(profile / "pyspy-full.log").open("wb"),
+                )  # fmt: skip
+                time.sleep(2)  # attached before the pass begins
+            since, cpu0, t0 = time.time(), cpu_s(pid), time.monotonic()
+            http.post("/admin/reconcile").raise_for_status()
+            while True:
+                time.sleep(1.0)
+                text = http.get("/metrics").text
+                waiting = metric(text, "sigserve_reconcile_queue_depth") or 0.0
+                running = metric(text, "sigserve_reconcile_in_flight") or 0.0
+                if waiting == 0 and running == 0:
+                    break
+            wall, used = time.monotonic() - t0, cpu_s(pid) - cpu0
+            print(f"full pass {i + 1}: {wall:.1f} s wall, controller CPU {used:.2f} s "
+                  f"({1000 * used / models:.2f} ms per model, {100 * used / wall:.0f}% of a "
+                  f"core while it ran)", flush=True)
+            resync_spans(log, since)
+            if spy is not None and profile is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+                summarise(profile / "full-pass.txt")
+            time.sleep(5)
+
+
 def summarise(raw: Path, top: int = 25) -> None:
     """The profile's leaf functions, and the innermost controller/ frame of each sample."""
     leaves: collections.Counter[str] = collections.Counter()
@@ -111,6 +155,7 @@ def main() -> None:
                         help="SIGSERVE_FULL_RESYNC_INTERVAL_S (the controller's own: 600)")
     parser.add_argument("--drain-timeout", type=float, default=1200.0)
     parser.add_argument("--profile", type=Path, default=None)
+    parser.add_argument("--full-passes", type=int, default=0)
     parser.add_argument("--pyspy", default=os.environ.get("SIGSERVE_PYSPY", "py-spy"))
     args = parser.parse_args()
     cached, _ = registry(args.models, args.versions, False)
@@ -142,7 +187,7 @@ def main() -> None:
         print(f"write-back drained {took:.0f} s later", flush=True)
         time.sleep(5)
         spy = None
-        if args.profile is not None:
+        if args.profile is not None and args.window > 0:
             args.profile.mkdir(parents=True, exist_ok=True)
             spy = subprocess.Popen(
                 [args.pyspy, "record", "--pid", str(ctl.pid), "--threads", "--nonblocking",
@@ -150,7 +195,7 @@ def main() -> None:
                  "-o", str(args.profile / "controller.txt")],
                 stdout=subprocess.DEVNULL, stderr=(args.profile / "pyspy.log").open("wb"),
             )  # fmt: skip
-        for label in ("window 1", "window 2"):
+        for label in ("window 1", "window 2") if args.window > 0 else ():
             since = time.time()
             samples = sampled(ctl.pid, args.window)
             if spy is not None:
@@ -168,8 +213,10 @@ def main() -> None:
                   f"({', '.join(f'{s[2]:.2f} s' for s in spans) or 'none'}): {in_resync:.2f} s; "
                   f"the rest {100 * (used - in_resync) / wall:.2f}%; RSS "
                   f"{psutil.Process(ctl.pid).memory_info().rss / 2**20:.0f} MB", flush=True)
-        if args.profile is not None:
+        if args.profile is not None and args.window > 0:
             summarise(args.profile / "controller.txt")
+        full_passes(ctl_url, secrets.admin_token, ctl.pid, ctl.log_path, args.models,
+                    args.full_passes, args.profile, args.pyspy)  # fmt: skip
     finally:
         ctl.stop()
         server.stop()
