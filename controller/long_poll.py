@@ -108,7 +108,7 @@ async def routing_table(
             table = await svc.broadcaster.newer_than(after, epoch, wait)
     if table is None:
         return Response(status_code=204)
-    body, signature = _signed(request, svc, table, schema)
+    body, signature = await _signed(request, svc, table, schema)
     # Caches must not answer a poll that takes no gzip with the gzipped body.
     headers = {"Vary": "Accept-Encoding"}
     if signature:
@@ -116,7 +116,8 @@ async def routing_table(
     if takes_gzip(request.headers.get("accept-encoding", "")):
         headers["Content-Encoding"] = "gzip"
     else:
-        body = zlib.decompress(body, wbits=31)
+        # Off the event loop as the body's making is: ~10 MB of JSON at 10,000 versions.
+        body = await asyncio.to_thread(zlib.decompress, body, wbits=31)
     return Response(body, media_type="application/json", headers=headers)
 
 
@@ -134,11 +135,15 @@ def takes_gzip(accept_encoding: str) -> bool:
     return found is not None and found > 0
 
 
-def _signed(
+async def _signed(
     request: Request, svc: Services, table: RoutingTable, schema: int
 ) -> tuple[bytes, str | None]:
     """The table's canonical JSON for a replica of ``schema``, gzipped, and its signature, made
     once per table and schema (kept on the app: during an upgrade both releases poll).
+
+    Made in a thread (seconds at 50,000 versions, which ``/healthz``, the webhooks and the
+    other polls must not wait for), by one task per table and schema: the polls that a new
+    table wakes together all await that one making (each shielded from the others' going).
 
     Kept by the revision they carry, not with the table: a revision names one content (the
     broadcaster takes the revision it holds again only with the same content, and the store
@@ -147,22 +152,47 @@ def _signed(
     ``controller.broadcaster``), where a reference here would keep them alive."""
     key = min(schema, SCHEMA_VERSION)
     revision = (table.epoch, table.revision, table.schema_version)
-    signed: dict[int, tuple[tuple[str, int, int], bytes, str | None]] = getattr(
-        request.app.state, "routing_table_signed", {}
+    signed: dict[int, tuple[tuple[str, int, int], asyncio.Task[tuple[bytes, str | None]]]] = (
+        getattr(request.app.state, "routing_table_signed", {})
     )
     cached = signed.get(key)
-    if cached is not None and cached[0] == revision:
-        return cached[1], cached[2]
-    token = svc.settings.serving_token
-    body, signature = gzipped_table(
-        for_schema(table, schema),
-        table_key(token.get_secret_value()) if token is not None else None,
-    )
-    request.app.state.routing_table_signed = {
-        **{k: v for k, v in signed.items() if v[0] == revision},
-        key: (revision, body, signature),
-    }
-    return body, signature
+    if cached is None or cached[0] != revision:
+        token = svc.settings.serving_token
+        signing = table_key(token.get_secret_value()) if token is not None else None
+        making = asyncio.create_task(_make([table], schema, signing))
+        # Its error, if nobody is left to await it, is not "never retrieved".
+        making.add_done_callback(lambda t: t.cancelled() or t.exception())
+        cached = (revision, making)
+        request.app.state.routing_table_signed = {
+            **{k: v for k, v in signed.items() if v[0] == revision},
+            key: cached,
+        }
+    try:
+        return await asyncio.shield(cached[1])
+    except Exception:
+        # Not kept: the next poll makes it again.
+        now = getattr(request.app.state, "routing_table_signed", {})
+        if now.get(key) is cached:
+            request.app.state.routing_table_signed = {
+                k: v for k, v in now.items() if v is not cached
+            }
+        raise
+
+
+async def _make(
+    held: list[RoutingTable], schema: int, key: bytes | None
+) -> tuple[bytes, str | None]:
+    """``gzipped_table`` of ``held``'s one table, in a thread. Handed over in a list the thread
+    empties: the pool's work item keeps its arguments a moment after the answer, and the task
+    its own until it is dropped; neither may keep the table alive past its replacement."""
+    try:
+        return await asyncio.to_thread(_encode, held, schema, key)
+    finally:
+        held.clear()
+
+
+def _encode(held: list[RoutingTable], schema: int, key: bytes | None) -> tuple[bytes, str | None]:
+    return gzipped_table(for_schema(held.pop(), schema), key)
 
 
 def _busy(request: Request, svc: Services) -> JSONResponse:
