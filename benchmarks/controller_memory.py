@@ -29,6 +29,12 @@ published (``sigserve_routing_table_revision`` moved), and another once a replic
 (schema 3) took that table, with what each step kept against the one before (by holder) and,
 traced, the peak of traced memory during the step (``tracemalloc.get_traced_memory``), and the
 body's size as answered (on the wire, and decoded).
+
+``--register N`` (N > 1) goes on with N - 1 more, each into another model, each once published
+and polled: one line per publish with the RSS (the sampler's peak during it, and after a
+``gc.collect``), what the publish took (``sigserve_publish_seconds``) and the peak and
+traced memory. It tells a heap kept once (a high-water mark: the RSS steps up at the first
+publish and stays) from one that grows at each publish.
 """
 
 from __future__ import annotations
@@ -194,6 +200,67 @@ def _revision(metrics_url: str) -> float:
     return -1.0
 
 
+def _publish_seconds(metrics_url: str) -> tuple[float, float]:
+    """(sum, count) of ``sigserve_publish_seconds``."""
+    import httpx
+
+    found = {"sum": 0.0, "count": 0.0}
+    for line in httpx.get(metrics_url, timeout=10).text.splitlines():
+        for part in found:
+            if line.startswith(f"sigserve_publish_seconds_{part} "):
+                found[part] = float(line.rsplit(" ", 1)[1])
+    return found["sum"], found["count"]
+
+
+def register_more(
+    asks: Path,
+    ctl_url: str,
+    tracking_uri: str,
+    token: str,
+    model_id: str,
+    models: int,
+    count: int,
+    rss: list[tuple[float, float]],
+) -> None:
+    """``count`` more versions, one at a time into other models, each published and polled;
+    a line each: RSS (the sampler's peak during the step, and after ``gc.collect``), the
+    publishes' time, traced memory."""
+    import httpx
+    from mlflow import MlflowClient
+
+    metrics = f"{ctl_url}/metrics"
+    client = MlflowClient(tracking_uri)
+    auth = {"Authorization": f"Bearer {token}"}
+    print(f"\n{count} more registrations, one at a time:", flush=True)
+    for i in range(count):
+        held = _revision(metrics)
+        spent, n = _publish_seconds(metrics)
+        began = time.monotonic()
+        seen = len(rss)
+        name = f"scale_{models - 2 - i:05d}"
+        version = client.create_model_version(
+            name, f"models:/{model_id}", model_id=model_id
+        ).version
+        while _revision(metrics) <= held:
+            if time.monotonic() - began > 300:
+                raise TimeoutError(f"{name} v{version} not published within 300 s")
+            time.sleep(0.2)
+        published_s = time.monotonic() - began
+        with httpx.Client(timeout=120, headers=auth) as http:
+            http.get(
+                f"{ctl_url}/routing-table", params={"after": -1, "schema": 3}
+            ).raise_for_status()
+        spent2, n2 = _publish_seconds(metrics)
+        report = _ask(asks, f"more-{i + 1}")
+        peak = max((mb for _, mb in rss[seen:]), default=float("nan"))
+        print(f"  {i + 1:2d}. {name} v{version}: published {published_s:.1f} s after the "
+              f"registration; RSS peak {peak:.0f} MB, {report['rss_mb']:.0f} MB after; "
+              f"{n2 - n:.0f} publishes, {spent2 - spent:.2f} s"
+              + (f"; traced {report['traced_mb']:.0f} MB (peak {report['traced_peak_mb']:.0f})"
+                 if "traced_mb" in report else "")
+              + f"; load {os.getloadavg()[0]:.1f}", flush=True)  # fmt: skip
+
+
 def register(
     asks: Path,
     ctl_url: str,
@@ -262,9 +329,12 @@ def main() -> None:
     parser.add_argument("--prime-timeout", type=float, default=3600.0)
     parser.add_argument(
         "--register",
-        action="store_true",
+        type=int,
+        nargs="?",
+        const=1,
+        default=0,
         help="after the first table, register a version: reports once it is "
-        "published and once a replica's poll took it",
+        "published and once a replica's poll took it; N: then N - 1 more, a line each",
     )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -334,6 +404,10 @@ def main() -> None:
         if args.register:
             last = register(asks, f"http://{HOST}:{ctl_port}", f"http://{HOST}:{mlflow_port}",
                             secrets.serving_token, model_id, args.models, last)  # fmt: skip
+        if args.register > 1:
+            register_more(asks, f"http://{HOST}:{ctl_port}", f"http://{HOST}:{mlflow_port}",
+                          secrets.serving_token, model_id, args.models, args.register - 1,
+                          rss)  # fmt: skip
         time.sleep(max(0.0, args.window - (time.monotonic() - began - primed_s)))
         end = _ask(asks, "end-trim")
         _print(end, last)
