@@ -107,17 +107,20 @@ class TableRevisions:
         the publish that follows every commit. Built as a publish is, from what moved since the
         table this process built last (the write lock guards that cache).
         """
-        with self._write_lock, self._transaction() as session:
-            current = session.get(TableRevisionRow, 1)
-            if current is None:
-                return None
-            built = self._build(session, current.epoch, full=False)
-            if built_digest(built) != current.digest:
-                return None
-            self._answer(current)
-            return RoutingTable(
-                revision=current.revision, epoch=current.epoch, models=dict(built.entries)
-            )
+        with self._write_lock:
+            with self._transaction() as session:
+                current = session.get(TableRevisionRow, 1)
+                if current is None:
+                    return None
+                built = self._build(session, current.epoch, full=False)
+                if built_digest(built) != current.digest:
+                    return None
+                answered = _answered(current)
+                table = RoutingTable(
+                    revision=current.revision, epoch=current.epoch, models=dict(built.entries)
+                )
+            self._answer(answered)
+            return table
 
     def catch_up(self, seen_revision: int, max_jump: int = MAX_CATCH_UP) -> RoutingTable:
         """Publish the current decisions above a revision serving already saw, within bounds.
@@ -130,7 +133,15 @@ class TableRevisions:
         bounded jump each; a claim that is not true (a stolen serving token) cannot take the
         revision to where no later table fits (docs/security.md, "The routing-table long-poll").
         """
-        with self._write_lock, self._transaction() as session:
+        with self._write_lock:
+            table, answered = self._catch_up(seen_revision, max_jump)
+            self._answer(answered)
+            return table
+
+    def _catch_up(
+        self, seen_revision: int, max_jump: int
+    ) -> tuple[RoutingTable, tuple[str, int, str]]:
+        with self._transaction() as session:
             current = session.get(TableRevisionRow, 1, with_for_update=True)
             assert current is not None, "catch_up after a first publish"
             models = self._all_records(session)
@@ -151,10 +162,10 @@ class TableRevisions:
                 current.revision = revision
                 current.digest = digest
                 current.published_at = _now()
-            self._answer(current)
-            return build_table(
+            table = build_table(
                 models, revision=current.revision, epoch=current.epoch, rollouts=rollouts
             )
+            return table, _answered(current)
 
     def publish(self, *, full: bool = False) -> RoutingTable:
         """Build the table from the decisions; bump the revision only if its content changed.
@@ -171,7 +182,16 @@ class TableRevisions:
             return self._publish(full)
 
     def _publish(self, full: bool) -> RoutingTable:
-        with self._write_lock, self._transaction() as session:
+        # What the revision row says is answered only once its transaction committed: a
+        # commit that fails (SQLite busy, a connection lost at COMMIT) answered nothing, and
+        # must not read as a database gone back at the next publish.
+        with self._write_lock:
+            table, answered = self._publish_in_transaction(full)
+            self._answer(answered)
+            return table
+
+    def _publish_in_transaction(self, full: bool) -> tuple[RoutingTable, tuple[str, int, str]]:
+        with self._transaction() as session:
             # The row first, the decisions after: a publish that waited for another reads
             # at least what that one did, so a higher revision never carries older decisions.
             current = session.get(TableRevisionRow, 1, with_for_update=True)
@@ -191,16 +211,17 @@ class TableRevisions:
                 current.revision += 1
                 current.digest = digest
                 current.published_at = _now()
-            self._answer(current)
-            return RoutingTable(
+            table = RoutingTable(
                 revision=current.revision, epoch=current.epoch, models=dict(built.entries)
             )
+            return table, _answered(current)
 
-    def _answer(self, row: TableRevisionRow) -> None:
-        """``row`` is what this process now answers (under the write lock)."""
+    def _answer(self, row: tuple[str, int, str]) -> None:
+        """``row`` (epoch, revision, digest), committed, is what this process now answers
+        (under the write lock)."""
         answered = self._answered
-        if answered is None or answered[0] != row.epoch or row.revision > answered[1]:
-            self._answered = (row.epoch, row.revision, row.digest)
+        if answered is None or answered[0] != row[0] or row[1] > answered[1]:
+            self._answered = row
 
     def _went_back(self, row: TableRevisionRow) -> int | None:
         """The revision this process answered above ``row``'s, or at it with other content:
@@ -322,3 +343,7 @@ def built_digest(built: _Built) -> str:
         digest.update((", " if i else "").encode() + built.fragments[name].encode())
     digest.update(b"}" + after.encode())
     return digest.hexdigest()
+
+
+def _answered(row: TableRevisionRow) -> tuple[str, int, str]:
+    return (row.epoch, row.revision, row.digest)

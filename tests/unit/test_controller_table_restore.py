@@ -13,6 +13,9 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
+from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 
 from controller.app import create_app
 from controller.broadcaster import TableBroadcaster
@@ -181,3 +184,32 @@ def test_replicas_polling_from_the_revision_held_get_what_is_decided_after_a_res
         assert answer.status_code == 200, answer.status_code
         table = RoutingTable.model_validate_json(answer.content)
         assert table.revision == held.revision + 1 and sorted(table.models) == ["a", "c"]
+
+
+def test_a_publish_whose_commit_failed_is_not_taken_for_a_restore(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A commit that fails (SQLite busy past its timeout, a connection lost at COMMIT)
+    answered nothing: the next publish is the next revision, with no restore warning."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'c.db'}")
+    migrate(engine)
+    store = Store(engine)
+    _put(store, "a")
+    first = store.publish()
+    _put(store, "b")
+
+    def fail(session: Session) -> None:
+        raise OperationalError("COMMIT", {}, Exception("database is locked"))
+
+    event.listen(Session, "before_commit", fail)
+    try:
+        with pytest.raises(OperationalError):
+            store.publish()
+    finally:
+        event.remove(Session, "before_commit", fail)
+    caplog.set_level(logging.WARNING)
+    again = store.publish()
+    assert [r for r in caplog.records if getattr(r, "event", None) == "table_went_back"] == []
+    assert again.revision == first.revision + 1
+    assert "b" in again.models
+    engine.dispose()
