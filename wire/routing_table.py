@@ -216,6 +216,10 @@ def changes(new: RoutingTable, old: RoutingTable | None) -> list[str]:
     before = old.models if old is not None and old.epoch == new.epoch else {}
     for name in sorted(set(new.models) | set(before)):
         now, then = new.models.get(name), before.get(name)
+        if now is then:
+            # One entry in both (an incremental publish keeps the models that did not move;
+            # entries are frozen): nothing changed, and looking costs ~2 ms per 1,000 versions.
+            continue
         versions = now.versions if now is not None else {}
         previous = then.versions if then is not None else {}
         if now is not None and then is None and not now.versions:
