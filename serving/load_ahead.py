@@ -155,24 +155,38 @@ class LoadAhead:
 
     async def _from_lru(self, value: str) -> LoadedModel:
         """Ask the multiplexer for ``value``, having told it the order the held models were
-        used in since, so that a load evicts the least recently used (see the docstring)."""
+        used in since, so that a load evicts the least recently used (see the docstring).
+
+        The calls run in a task of their own, counted in ``_in_lru`` until that task ends: a
+        request cancelled while Ray awaits an evicted model's ``__del__`` in a thread must not
+        end the count before ``evicted`` ran, or the map would answer the evicted model."""
         self._in_lru += 1
-        try:
-            # A load may evict. Told only when no other call is under way: one could be evicting
-            # a held model, whose call would then be a load (the order is then as Ray saw it).
-            if value not in self._resident and self._in_lru == 1:
-                with self._resident_lock:
-                    order = list(self._resident)
-                for held in order:
-                    # Held, so a hit: moved to the multiplexer's end, nothing loaded or evicted.
-                    await self._lru(held)
-            loaded = await self._lru(value)
+        # A load may evict. Told only when no other call is under way: one could be evicting
+        # a held model, whose call would then be a load (the order is then as Ray saw it).
+        replay = value not in self._resident and self._in_lru == 1
+        task = asyncio.get_running_loop().create_task(self._lru_calls(value, replay))
+        task.add_done_callback(self._lru_ended)
+        return await asyncio.shield(task)
+
+    async def _lru_calls(self, value: str, replay: bool) -> LoadedModel:
+        if replay:
             with self._resident_lock:
-                if value in self._resident:  # used now, in this order as in the multiplexer's
-                    self._resident.move_to_end(value)
-            return loaded
-        finally:
-            self._in_lru -= 1
+                order = list(self._resident)
+            for held in order:
+                # Held, so a hit: moved to the multiplexer's end, nothing loaded or evicted.
+                await self._lru(held)
+        loaded = await self._lru(value)
+        with self._resident_lock:
+            if value in self._resident:  # used now, in this order as in the multiplexer's
+                self._resident.move_to_end(value)
+        return loaded
+
+    def _lru_ended(self, task: asyncio.Task[LoadedModel]) -> None:
+        self._in_lru -= 1
+        # Retrieved even when its request gave up (``take``'s "nothing was loaded", say), so
+        # asyncio does not log it.
+        if not task.cancelled():
+            task.exception()
 
     async def _stage(self, value: str, artifact: Artifact, confirm: bool) -> None:
         task = self._loading.get(value)

@@ -270,3 +270,33 @@ def test_a_load_whose_requests_all_gave_up_is_not_kept(
 
     replica = asyncio.run(scenario())
     assert replica.lru.models == {} and replica.ahead.resident == set()
+
+
+def test_a_cancelled_eviction_never_leaves_the_evicted_model_answerable(
+    good: tuple[Artifact, Artifact, Artifact],
+) -> None:
+    """A request cancelled while Ray awaits the evicted model's ``__del__`` in a thread (the
+    client went away): the evicted model is not answered from the held models after it."""
+    a, b, c = good
+    gate = threading.Event()
+
+    async def scenario() -> tuple[LoadedModel, LoadedModel]:
+        replica = Replica(max_models=2, del_gate=gate)
+        first = await replica.get("a", "1", a)
+        await replica.get("b", "1", b)
+        try:
+            loading_c = asyncio.create_task(replica.get("c", "1", c))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 30
+            while not replica.lru.evictions:
+                assert loop.time() < deadline
+                await asyncio.sleep(0.001)
+            loading_c.cancel()
+            await asyncio.gather(loading_c, return_exceptions=True)
+            again = await replica.get("a", "1", a)
+        finally:
+            gate.set()
+        return first, again
+
+    first, again = asyncio.run(scenario())
+    assert again is not first, "the evicted model was answered from the held models"
