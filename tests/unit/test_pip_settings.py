@@ -161,9 +161,10 @@ def test_the_files_are_pips_in_pips_order(tmp_path: Path, monkeypatch: pytest.Mo
         environ = _write(tmp_path / str(len(given)), given, {})
         _pip_reads(monkeypatch, environ, tmp_path / "venv")
         kinds = list(Configuration(isolated=False).iter_config_files())
-        # pip before 24 read PIP_CONFIG_FILE first, as the lowest priority; pip now reads it
-        # last (what sigserve follows). A fresh venv's own pip (3.11's ensurepip: 23.2.1) is the
-        # older one: its order is compared with the file named by the variable moved last.
+        # pip before 24 lists the file PIP_CONFIG_FILE names first, pip now last; both let its
+        # values win over the site file (their OVERRIDE_ORDER is the same). A fresh venv's own
+        # pip (3.11's ensurepip: 23.2.1) is the older one: its listing is compared with the
+        # file named by the variable moved last.
         kinds.sort(key=lambda kind: kind[0] == "env")
         pips = [Path(f) for _, fs in kinds for f in fs]
         assert config_files(environ, Path(environ["HOME"]), tmp_path / "venv") == pips
