@@ -22,25 +22,27 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from controller.artifact_sources import LocationPolicy
 from controller.artifacts import ArtifactFacts
 from controller.compatibility import Policy
-from controller.decisions import NOT_READ, decide_all, is_read
+from controller.decisions import decide_all, is_read
 from controller.environment import EnvironmentPolicy, ServingEnvironment
 from controller.environment_policy import with_policy_values
 from controller.exceptions import (
+    GenerationConflict,
     RegisteredModelGone,
     RegistryError,
     RegistryRefused,
     RegistryUnavailable,
     SteppedDown,
 )
+from controller.merge import merge_observed as merge_observed  # dry_run and tests import it here
 from controller.own_writes import OwnWrites, RememberingWriter
 from controller.read_reasons import public_reason
-from controller.records import ModelRecord, VersionRecord
+from controller.records import ModelRecord
 from controller.registry import ObservedVersion, RegistryPort, RegistryWriter
 from controller.registry_sync import (
     ENVIRONMENT_TAG,
@@ -52,8 +54,8 @@ from controller.registry_sync import (
     write_back,
 )
 from controller.store import Store
+from controller.unchanged import Kept, Stamp, Unchanged, reads_digest
 from controller.write_back_lane import Fenced
-from wire.routing_table import VersionState
 
 log = logging.getLogger(__name__)
 
@@ -72,80 +74,6 @@ class Outcome:
     registry_behind: bool = False
     # When the registry created each version seen (ms): for the registration -> live metric.
     registered_at: Mapping[str, int] = field(default_factory=dict)
-
-
-def _with_facts(known: VersionRecord, facts: ArtifactFacts) -> VersionRecord:
-    return replace(
-        known,
-        signature=facts.signature,
-        signature_read=True,
-        artifact_uri=facts.source,
-        mlmodel_digest=facts.mlmodel_digest,
-        manifest=[f.model_dump() for f in facts.manifest] if facts.manifest is not None else None,
-        environment=asdict(facts.environment),
-        # What was decided about other contents does not hold for these, nor a failure to
-        # load them.
-        decided_against=None,
-        load_failure=known.load_failure if known.mlmodel_digest == facts.mlmodel_digest else None,
-    )
-
-
-def merge_observed(
-    current: ModelRecord,
-    observed: list[ObservedVersion],
-    facts: dict[str, ArtifactFacts],
-    failures: dict[str, str],
-    broken: dict[str, str] | None = None,
-) -> ModelRecord:
-    """The stored record brought up to what the registry says; versions it lacks are dropped.
-
-    ``failures`` are temporary (the version stays pending, retried with backoff); ``broken``
-    are permanent (the version is quarantined with the cause, read again only at a resync).
-    """
-    versions: dict[str, VersionRecord] = {}
-    for ov in observed:
-        known = current.versions.get(ov.version)
-        if known is None or (known.source and ov.source and known.source != ov.source):
-            # A new version, or a version number that came back with other contents:
-            # nothing known about it holds.
-            known = VersionRecord(version=ov.version)
-        known = replace(known, source=ov.source)
-        if not ov.ready:
-            known = replace(
-                known,
-                state=VersionState.PENDING,
-                reasons=[f"registry status is {ov.status}; waiting for READY"],
-            )
-        elif ov.version in facts:
-            known = _with_facts(known, facts[ov.version])
-        elif broken and ov.version in broken:
-            # What an earlier read found no longer stands (a version read again because its
-            # location is no longer allowed): nothing of it is published or decided on.
-            known = replace(
-                known,
-                state=VersionState.QUARANTINED,
-                reasons=[
-                    f"its artifact cannot be read, so it cannot be checked: {broken[ov.version]}"
-                ],
-                signature=None,
-                signature_read=False,
-                artifact_uri=None,
-                mlmodel_digest=None,
-                manifest=None,
-                environment=None,
-                own_environment=None,
-                warnings=[],
-                decided_against=None,
-            )
-        elif not is_read(known):
-            why = failures.get(ov.version, NOT_READ)
-            known = replace(
-                known,
-                state=VersionState.PENDING,
-                reasons=[f"its artifact could not be read yet ({why}); retrying"],
-            )
-        versions[ov.version] = known
-    return replace(current, versions=versions)
 
 
 def _known_and_read(record: ModelRecord | None, ov: ObservedVersion) -> bool:
@@ -185,6 +113,8 @@ class Reconciler:
         self._default_policy = default_policy
         self._default_environment_policy = default_environment_policy
         self._clock = clock
+        # The last pass over each model that found nothing to do (controller/unchanged.py).
+        self._unchanged = Unchanged()
 
     def _allowed(self, record: ModelRecord | None, ov: ObservedVersion) -> bool:
         """Whether a version read before was read from a location still allowed: one the
@@ -231,14 +161,26 @@ class Reconciler:
         """One pass over ``name``. ``fence`` runs inside the write transaction and raises to
         stop the write (the worker's: this controller stopped leading meanwhile)."""
         # Read before the registry: the decision is written only if the model is still as
-        # read here, so a newer snapshot decided meanwhile (by anyone) is never undone.
-        before = self._store.load_model(name)
-        read_at = before.generation if before is not None else 0
+        # read here, so a newer snapshot decided meanwhile (by anyone) is never undone. The
+        # stamp alone when the last pass found nothing to do: its record is loaded only if the
+        # registry now says something else (``controller/unchanged.py``).
+        stamp = self._store.stamp(name)
+        kept = self._unchanged.same(name, stamp)
+        before = None if kept is not None else self._store.load_model(name)
         try:
             info = self._registry.model(name)
             observed = self._registry.versions(name)
         except RegisteredModelGone:
+            self._unchanged.forget(name)
+            if kept is not None:
+                before = self._as_of(name, stamp)
             return self._tombstone(name, actor, before, fence)
+        reads = reads_digest(info, observed)
+        if kept is not None:
+            if kept.reads == reads:
+                return self._outcome(name, False, None, kept.registry_behind, observed)
+            before = self._as_of(name, stamp)
+        read_at = before.generation if before is not None else 0
         created_at = info.created_at
         alias_now = info.aliases.get(self._alias)
 
@@ -309,15 +251,36 @@ class Reconciler:
         changed = before is None or decided != before
         # For the worker's log line: there the store's own words are fine.
         retry = "; ".join(f"v{k}: {details[k]}" for k in failures) or None
+        behind = self._write_back and registry_behind(
+            decided, observed, alias_now, controls=self._controls
+        )
+        if not changed and not to_read and stamp is not None and decided.generation == stamp[0]:
+            # Nothing written, nothing read of an artifact (a version whose artifact cannot be
+            # read is read again at every pass), nothing to retry: these reads decide this record.
+            self._unchanged.keep(name, Kept(stamp, reads, behind))
+        else:
+            self._unchanged.forget(name)
+        return self._outcome(name, changed, retry, behind, observed)
+
+    def _outcome(self, name: str, changed: bool, retry: str | None, behind: bool,
+                 observed: list[ObservedVersion]) -> Outcome:
         return Outcome(
             changed=changed,
             retry_reason=retry,
             write_back=functools.partial(self.write_back, name),
-            registry_behind=self._write_back and registry_behind(
-                decided, observed, alias_now, controls=self._controls
-            ),
+            registry_behind=behind,
             registered_at={o.version: o.created_at for o in observed if o.created_at},
         )
+
+    def _as_of(self, name: str, stamp: Stamp) -> ModelRecord | None:
+        """The record as ``stamp`` saw it, before the registry was read; ``GenerationConflict``
+        when it was written since (the worker reads both again at once)."""
+        record = self._store.load_model(name)
+        read = stamp[0] if stamp is not None else 0
+        stored = record.generation if record is not None and record.generation else 0
+        if stored != read:
+            raise GenerationConflict(name, read, stored)
+        return record
 
     def write_back(self, name: str, leading: Callable[[], bool] = lambda: True) -> str | None:
         """Write ``name``'s latest decision back to the registry: the verdict tags and the alias

@@ -85,6 +85,17 @@ class Store(TableRevisions, WriteBackMarks):
             row = self._load_row(session, name)
             return to_record(row) if row else None
 
+    def stamp(self, name: str) -> tuple[int, datetime | None] | None:
+        """``name``'s generation and last write time (None: not stored), in one small query:
+        every write moves both, so an equal stamp is an unwritten record
+        (``controller/unchanged.py``)."""
+        r = RegisteredModelRow
+        with self._sessions() as session:
+            found = session.execute(
+                select(r.generation, r.updated_at).where(r.name == name)
+            ).one_or_none()
+        return (int(found[0]), utc(found[1])) if found is not None else None
+
     def _all_records(self, session: Session) -> list[ModelRecord]:
         rows = session.scalars(
             select(RegisteredModelRow).options(selectinload(RegisteredModelRow.versions))
