@@ -63,6 +63,7 @@ PATHS: dict[str, tuple[str, object]] = {
     "sigserve /invocations": ("/models/numeric/invocations", {"inputs": [[1.0, 2.0, 3.0]]}),
 }
 PEER = "mlserver /v2 infer"
+SERVE = "sigserve /serve"
 
 
 @dataclass(frozen=True)
@@ -163,23 +164,31 @@ def main() -> None:
 
 
 def report(figures: dict[tuple[str, int], list[dict[str, float]]]) -> None:
-    """Medians over rounds; the ratio to MLServer is the median of the per-round ratios, or the
-    ratio of the medians (marked ``*``) when a round of one of the two found no stable
-    measurement."""
-    print(f"{'path':24} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x MLServer':>11}")
+    """Medians over rounds; the ratios to MLServer's V2 and to sigserve's ``/serve`` are the
+    medians of the per-round ratios, or the ratio of the medians (marked ``*``) when a round of
+    one of the two found no stable measurement."""
+    print(
+        f"{'path':24} {'c':>3} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'x MLServer':>11}"
+        f" {'x /serve':>9}"
+    )
     for (label, concurrency), runs in figures.items():
         cells = [statistics.median(r[key] for r in runs) for key in ("rps", "p50", "p99")]
-        peer = figures.get((PEER, concurrency))
-        ratio = "-"
-        if peer and label != PEER and len(peer) == len(runs):
-            ratios = (r["rps"] / p["rps"] for r, p in zip(runs, peer, strict=True))
-            ratio = f"{statistics.median(ratios):.2f}"
-        elif peer and label != PEER:
-            ratio = f"{cells[0] / statistics.median(p['rps'] for p in peer):.2f}*"
+        ratios = [_ratio(runs, figures.get((base, concurrency))) if base != label else "-"
+                  for base in (PEER, SERVE)]  # fmt: skip
         print(
             f"{label:24} {concurrency:>3} {cells[0]:>8.0f} {cells[1]:>8.2f} {cells[2]:>8.2f}"
-            f" {ratio:>11}"
+            f" {ratios[0]:>11} {ratios[1]:>9}"
         )
+
+
+def _ratio(runs: list[dict[str, float]], base: list[dict[str, float]] | None) -> str:
+    if not base:
+        return "-"
+    if len(base) == len(runs):
+        per_round = (r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True))
+        return f"{statistics.median(per_round):.2f}"
+    medians = statistics.median(r["rps"] for r in runs), statistics.median(b["rps"] for b in base)
+    return f"{medians[0] / medians[1]:.2f}*"
 
 
 if __name__ == "__main__":
