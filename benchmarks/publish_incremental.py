@@ -1,19 +1,27 @@
 """What a publish costs at registry scale: a full rebuild against the incremental publish.
 
     .venv/bin/python benchmarks/publish_incremental.py [--models 2000] [--versions 5]
+        [--repeat N]
 
 Stores ``--models`` models of ``--versions`` live versions each in a fresh SQLite database (the
 store's own ``update_model``), then times ``Store.publish(full=True)`` (every decision read and
 the table built, as every publish did before ``controller/store_tables.py``), the first
 incremental publish of a process (a full build that fills the cache), one with nothing changed
 and one after one model was decided again. Prints seconds per publish.
+
+``--repeat N``: then N publishes more, each after another model was decided again, with the
+process's RSS after each (and the peak, ``ru_maxrss``): whether a publish keeps memory at each
+turn or only raises a high-water mark once, apart from the rest of the controller.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shutil
+import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -41,16 +49,28 @@ def record(i: int, versions: int, state: VersionState = VersionState.LIVE) -> Mo
     )
 
 
-def timed(what: str, publish: object) -> None:
+def timed(what: str, publish: object) -> float:
     started = time.perf_counter()
     publish()  # type: ignore[operator]
-    print(f"{what}: {time.perf_counter() - started:.3f} s")
+    took = time.perf_counter() - started
+    print(f"{what}: {took:.3f} s", flush=True)
+    return took
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", type=int, default=2000)
     parser.add_argument("--versions", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=0)
     args = parser.parse_args()
     home = tempfile.mkdtemp(prefix="sigserve-publish-bench-")
     try:
@@ -59,7 +79,8 @@ def main() -> None:
         store = Store(engine)
         for i in range(args.models):
             store.update_model(f"m{i:05d}", lambda _, i=i: record(i, args.versions))
-        print(f"{args.models} models x {args.versions} versions")
+        print(f"{args.models} models x {args.versions} versions; RSS {rss_mib():.1f} MiB; "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
         timed("full", lambda: store.publish(full=True))
         fresh = Store(engine)
         timed("first incremental (fills the cache)", fresh.publish)
@@ -67,6 +88,16 @@ def main() -> None:
         fresh.update_model("m00007", lambda _: record(7, args.versions, VersionState.QUARANTINED))
         timed("incremental, one model decided again", fresh.publish)
         timed("full, again", lambda: fresh.publish(full=True))
+        took = []
+        for n in range(args.repeat):
+            i = 100 + n
+            state = VersionState.QUARANTINED if n % 2 else VersionState.LIVE
+            fresh.update_model(f"m{i:05d}", lambda _, i=i, s=state: record(i, args.versions, s))
+            took.append(timed(f"  {n + 1}. one model decided again", fresh.publish))
+            print(f"     RSS {rss_mib():.1f} MiB, peak {peak_mib():.1f} MiB", flush=True)
+        if took:
+            print(f"incremental, one model decided again, {len(took)} times: median "
+                  f"{statistics.median(took):.3f} s, max {max(took):.3f} s")
     finally:
         shutil.rmtree(home, ignore_errors=True)
 
