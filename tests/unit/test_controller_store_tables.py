@@ -95,6 +95,8 @@ def test_an_incremental_publish_is_the_full_rebuild(
     # and moves no revision.
     assert mine.published_table() == table
     assert other.publish(full=True) == table
+    # A full build on the cache this process built keeps its equal entries: the same table.
+    assert mine.publish(full=True) == table
 
 
 def test_a_publish_reads_only_the_models_written_since_the_last(
@@ -128,3 +130,23 @@ def test_the_digest_fed_a_model_at_a_time_is_the_digest_of_the_whole_json() -> N
     for fragments in ({}, {"a": '"a": {"x": 1}'}, {"b": '"b": {}', "a": '"a": {"y": [1, 2]}'}):
         built = _Built(epoch="e-1", fragments=dict(fragments))
         assert built_digest(built) == hashlib.sha256(built_json(built).encode()).hexdigest()
+
+
+def test_a_full_build_keeps_the_entries_it_made_equal(stores: tuple[Store, Store]) -> None:
+    """The periodic full build (``full_every_s``) makes every entry again: those equal to the
+    table built before are that table's objects (so the broadcaster holds one copy, and the heap
+    does not grow by a second table at each full build); a model that changed is new."""
+    mine, other = stores
+    for name in NAMES:
+        mine.update_model(name, lambda _, n=name: model(n, {"1": (VersionState.LIVE, "")}))
+    first = mine.publish()
+    other.update_model("c", lambda _: model("c", {"1": (VersionState.QUARANTINED, "no")}))
+    rebuilt = mine.publish(full=True)
+    assert rebuilt.revision == first.revision + 1
+    assert rebuilt.models["c"] is not first.models["c"]
+    assert rebuilt.models["c"].versions["1"].state is VersionState.QUARANTINED
+    assert all(rebuilt.models[n] is first.models[n] for n in NAMES if n != "c")
+    assert content_digest(rebuilt) == content_digest(full(mine))
+    again = mine.publish(full=True)
+    assert again.revision == rebuilt.revision
+    assert all(again.models[n] is rebuilt.models[n] for n in NAMES)
