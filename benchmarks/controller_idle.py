@@ -19,9 +19,10 @@ thread holding the GIL only, so Python running, not threads waiting), raw stacks
 ``--full-passes N`` then runs N full passes as an operator asks for one (``POST
 /admin/reconcile``: every model enqueued), one after the other, each timed from the request
 until nothing waits or runs in the worker (``/metrics`` read once a second): its wall time, the
-controller's CPU (``/proc``) and per model, and each resync that ran beside it. With
-``--profile`` the first of them is recorded too (``DIR/full-pass.txt``). ``--window 0`` skips
-the windows.
+controller's CPU (``/proc``) and per model, and each resync that ran beside it. The first after
+the start finds no pass kept to compare with (``controller/unchanged.py``); the later ones are
+what every full pass costs at rest. With ``--profile`` the last one is recorded too
+(``DIR/full-pass.txt``). ``--window 0`` skips the windows.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ def full_passes(ctl_url: str, admin_token: str, pid: int, log: Path, models: int
                       headers={"Authorization": f"Bearer {admin_token}"}) as http:  # fmt: skip
         for i in range(n):
             spy = None
-            if profile is not None and i == 0:
+            if profile is not None and i == n - 1:
                 spy = subprocess.Popen(
                     [pyspy, "record", "--pid", str(pid), "--threads", "--nonblocking", "--gil",
                      "--rate", "50", "--duration", "3600", "--format", "raw",

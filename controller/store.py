@@ -58,6 +58,7 @@ def _now() -> datetime:
 
 class Store(TableRevisions, WriteBackMarks):
     def __init__(self, engine: Engine) -> None:
+        self._engine = engine
         self._sessions = sessionmaker(engine, expire_on_commit=False)
         self._write_lock = threading.RLock()
 
@@ -90,8 +91,9 @@ class Store(TableRevisions, WriteBackMarks):
         every write moves both, so an equal stamp is an unwritten record
         (``controller/unchanged.py``)."""
         r = RegisteredModelRow
-        with self._sessions() as session:
-            found = session.execute(
+        # A connection, not a session: asked once per pass (~0.14 ms against ~0.22 on SQLite).
+        with self._engine.connect() as connection:
+            found = connection.execute(
                 select(r.generation, r.updated_at).where(r.name == name)
             ).one_or_none()
         return (int(found[0]), utc(found[1])) if found is not None else None
