@@ -72,6 +72,11 @@ class Resync:
         # at least (the pass begins after the listing), so what ``passed`` may record.
         self._listed: dict[str, ModelFingerprint] = {}
         self._last_full: float | None = None
+        # Set while no listing runs: the worker starts no pass of the resync lane during one
+        # (``Worker._after_listing``), so MLflow answers the listing, not the full pass's reads.
+        self.not_listing = asyncio.Event()
+        self.not_listing.set()
+        self._listings = 0
 
     def passed(self, name: str) -> None:
         """The worker committed a pass over ``name`` (what it read is decided).
@@ -101,11 +106,17 @@ class Resync:
         could not be listed.
         """
         started = time.monotonic()
+        self._listings += 1
+        self.not_listing.clear()
         try:
             listing = await asyncio.to_thread(self._list)
         except RegistryUnavailable as exc:
             log.warning("resync: registry unavailable (%s)", exc)
             return None
+        finally:
+            self._listings -= 1
+            if not self._listings:
+                self.not_listing.set()
         listed_s = time.monotonic() - started
         if full is None:
             full = self.full_due()

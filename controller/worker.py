@@ -140,6 +140,8 @@ class Worker(PassEnds):
         self._asks: dict[str, _Ask] = {}
         self._attempts: Counter[str] = Counter()
         self._retries: set[asyncio.TimerHandle] = set()
+        # Set by every ask of the events lane: one waits for no listing (``_after_listing``).
+        self._event_asked = asyncio.Event()
         # False until the table may be shown to serving: at once for a database that has
         # published before, once every model the registry listed was reconciled for a fresh one.
         self._primed = False
@@ -200,6 +202,8 @@ class Worker(PassEnds):
         if self._shared is not None:
             self._shared.asked(name)  # before it can be read for: a read from now on is fresh
         self._queue.add(name, "resync" if actor == RESYNC_ACTOR else "events")
+        if actor != RESYNC_ACTOR:
+            self._event_asked.set()
 
     async def publish(self, deliveries: list[str] | None = None) -> bool:
         """Publish the decisions committed before this call; False while not primed (prime()
@@ -243,6 +247,7 @@ class Worker(PassEnds):
                 free = slot()
                 queue = self._queue
                 try:
+                    await self._after_listing(queue)
                     name = await queue.get()
                 except BaseException:
                     free()
@@ -258,6 +263,23 @@ class Worker(PassEnds):
                 task.cancel()
             write_backs.cancel()
             pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _after_listing(self, queue: WorkQueue) -> None:
+        """Return when the next pass may start: at once for a name of the events lane, after
+        the resync's listing for one of the resync lane. MLflow (one worker by default) answers
+        the listing and the full pass's reads of many models alike; beside a full pass of
+        10,000 models a resync took 11.45 s (issue 20's target: 10 s). The passes already
+        running go on."""
+        listed = self.resync.not_listing
+        while not listed.is_set() and not queue.depth("events"):
+            self._event_asked.clear()
+            waits = [asyncio.ensure_future(listed.wait()),
+                     asyncio.ensure_future(self._event_asked.wait())]  # fmt: skip
+            try:
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
 
     async def _pass(
         self, queue: WorkQueue, name: str, ask: _Ask, pool: Executor, free: Callable[[], None]
