@@ -10,6 +10,9 @@ assembled from a cached JSON fragment per model, byte for byte what ``content_di
 (tests/unit/test_controller_store_tables.py checks both against a full rebuild). What is cached
 is this process's: the first publish, a publish after the epoch changed, and one every
 ``full_every_s`` build in full, the safety net against anything the generations did not show.
+A full build is made outside the write lock the decisions' commits take (``_build_apart``), and
+keeps the entries it made equal to the ones built before; the publish under the lock then
+rebuilds what was written meanwhile.
 
 **A database that went back.** Restored from a backup under a running controller, the
 database keeps its epoch but counts again from a lower revision, and may name a revision this
@@ -105,8 +108,11 @@ class TableRevisions:
         Decisions committed but not yet published would make another table under the same
         revision: a follower must never answer one revision with two contents, so it waits for
         the publish that follows every commit. Built as a publish is, from what moved since the
-        table this process built last (the write lock guards that cache).
+        table this process built last (the write lock guards that cache; a full build is made
+        apart first, as a publish's).
         """
+        if self._full_due():
+            self._build_apart()
         with self._write_lock:
             with self._transaction() as session:
                 current = session.get(TableRevisionRow, 1)
@@ -173,7 +179,12 @@ class TableRevisions:
         Under the write lock and the revision row's lock: two publishes racing would both read
         revision N and write N+1 for different tables, and replicas would keep whichever they
         saw first. ``full``: rebuild every entry (else only what moved, the module docstring).
+
+        A full build (asked, the first of a process, or every ``full_every_s``) is made apart
+        first (``_build_apart``): the publish under the lock then builds only what moved since.
         """
+        if (full or self._full_due()) and self._build_apart():
+            full = False
         try:
             return self._publish(full)
         except IntegrityError:
@@ -250,8 +261,34 @@ class TableRevisions:
             self._built = None  # half updated: the next publish builds in full
             raise
 
+    def _full_due(self) -> bool:
+        built = self._built
+        return built is None or self.clock() - built.built_at >= self.full_every_s
+
+    def _build_apart(self) -> bool:
+        """A full build outside the write lock, in a read transaction of its own, put in as the
+        cache; False when the database has no table yet (the publish builds in full).
+
+        Every decision's commit takes the write lock (``Store.update_model``), and a full build
+        at 10,000 models x 5 versions is 8-9 s of a core: made under the lock, every 600 s the
+        decisions waited that long. Made here, it holds each model's generation as this
+        transaction read it, so the publish that follows under the lock rebuilds what was
+        written since, as an incremental publish does."""
+        with self._transaction() as session:
+            row = session.get(TableRevisionRow, 1)
+            if row is None:
+                return False
+            previous = self._built
+            kept = previous if previous is not None and previous.epoch == row.epoch else None
+            built = _Built(epoch=row.epoch, built_at=self.clock())
+            self._fill(session, built, kept)
+        with self._write_lock:
+            # Whatever a publish did to the cache meanwhile is newer than this read, and shows
+            # as a generation moved against the ones read here: rebuilt by the next publish.
+            self._built = built
+        return True
+
     def _build_on(self, session: Session, epoch: str, full: bool) -> _Built:
-        m = RegisteredModelRow
         now = self.clock()
         built = self._built
         # What a full build may keep: the entries of the table built last, where equal.
@@ -261,6 +298,13 @@ class TableRevisions:
             kept = built if built is not None and built.epoch == epoch else None
             built = _Built(epoch=epoch, built_at=now)
             self._built = None
+        self._fill(session, built, kept)
+        self._built = built
+        return built
+
+    def _fill(self, session: Session, built: _Built, kept: _Built | None) -> None:
+        """``built`` brought up to the decisions as ``session`` reads them."""
+        m = RegisteredModelRow
         generations: dict[str, tuple[int, datetime]] = {
             name: (generation, written)
             for name, generation, written in session.execute(
@@ -291,8 +335,6 @@ class TableRevisions:
         built.rollouts = dict(rollouts)
         if moved or gone:
             built.entries = {name: built.entries[name] for name in sorted(built.entries)}
-        self._built = built
-        return built
 
 
 def _update(
