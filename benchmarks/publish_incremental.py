@@ -7,7 +7,8 @@ Stores ``--models`` models of ``--versions`` live versions each in a fresh SQLit
 store's own ``update_model``), then times ``Store.publish(full=True)`` (every decision read and
 the table built, as every publish did before ``controller/store_tables.py``), the first
 incremental publish of a process (a full build that fills the cache), one with nothing changed
-and one after one model was decided again. Prints seconds per publish.
+and one after one model was decided again, and a full one with a decision committed 0.2 s into it
+(how long that commit waited). Prints seconds per publish.
 
 Each line also prints the process's RSS after it and its peak (``ru_maxrss``). ``--repeat N``:
 then N publishes more, each after another model was decided again: whether a publish keeps
@@ -24,6 +25,7 @@ import resource
 import shutil
 import statistics
 import tempfile
+import threading
 import time
 from datetime import UTC, datetime
 
@@ -94,6 +96,21 @@ def main() -> None:
         fresh.update_model("m00007", lambda _: record(7, args.versions, VersionState.QUARANTINED))
         timed("incremental, one model decided again", fresh.publish)
         timed("full, again", lambda: fresh.publish(full=True))
+        # A decision committed while a full build runs (every 600 s): how long its commit waits.
+        waited: list[float] = []
+
+        def decide() -> None:
+            time.sleep(0.2)
+            started = time.perf_counter()
+            quarantined = record(8, args.versions, VersionState.QUARANTINED)
+            fresh.update_model("m00008", lambda _: quarantined)
+            waited.append(time.perf_counter() - started)
+
+        beside = threading.Thread(target=decide)
+        beside.start()
+        timed("full, a decision committed 0.2 s into it", lambda: fresh.publish(full=True))
+        beside.join()
+        print(f"  that decision's commit took {waited[0]:.3f} s", flush=True)
         took = []
         for n in range(args.repeat):
             i = 100 + n
