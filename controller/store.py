@@ -30,7 +30,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, delete, select, update
+from sqlalchemy import CursorResult, Engine, bindparam, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload, sessionmaker
@@ -50,6 +50,11 @@ from controller.store_tables import MAX_CATCH_UP, REVISION_CEILING, TableRevisio
 from controller.write_back_marks import WriteBackMarks
 
 __all__ = ["MAX_CATCH_UP", "REVISION_CEILING", "Store"]
+
+
+_STAMP = select(RegisteredModelRow.generation, RegisteredModelRow.updated_at).where(
+    RegisteredModelRow.name == bindparam("name")
+)
 
 
 def _now() -> datetime:
@@ -90,12 +95,9 @@ class Store(TableRevisions, WriteBackMarks):
         """``name``'s generation and last write time (None: not stored), in one small query:
         every write moves both, so an equal stamp is an unwritten record
         (``controller/unchanged.py``)."""
-        r = RegisteredModelRow
-        # A connection, not a session: asked once per pass (~0.14 ms against ~0.22 on SQLite).
+        # A connection, not a session, and a statement built once: asked once per pass.
         with self._engine.connect() as connection:
-            found = connection.execute(
-                select(r.generation, r.updated_at).where(r.name == name)
-            ).one_or_none()
+            found = connection.execute(_STAMP, {"name": name}).one_or_none()
         return (int(found[0]), utc(found[1])) if found is not None else None
 
     def _all_records(self, session: Session) -> list[ModelRecord]:
