@@ -46,7 +46,7 @@ from urllib.parse import urlsplit
 import httpx
 from bench_stack import running_stack
 from mlserver_peer import CORE, running_mlserver
-from serving_throughput import wait_until
+from serving_targets import wait_until
 from v2_throughput import register_numeric
 
 CACHE = Path.home() / ".cache" / "sigserve-bench-envs"

@@ -46,13 +46,15 @@ inherit; Ray leaves a value it finds as it is, and gives a replica 1 when there 
 value each server process has is printed. ``--torch-threads 0`` leaves each to its own default
 (torch's: one per core, spinning while it waits: MLServer's MiniLM collapsed to 13-24 req/s so
 on 2026-12-06 with anything else on the 2 cores). Compare figures from one run.
+
+The models, targets and the servers started for them are in ``serving_targets.py``; what is
+read from /proc (labels, CPU, memory, Ray's switches) in ``process_stats.py``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import shlex
 import shutil
@@ -61,45 +63,40 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
-from pathlib import Path
 
 import httpx
-from bench_stack import HOST, running_stack
-from mlserver_peer import running_mlserver
-from registration_latency import _descendants, _name, _pss_mb
+from bench_stack import Stack, running_stack
+from process_stats import (
+    cmdline,
+    cpu_per_request,
+    cpu_text,
+    cpu_ticks,
+    memory_report,
+    ray_label,
+    serve_flags,
+)
+from registration_latency import _descendants
 from server_threads import THREAD_VARIABLES, threads_text
-from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
+from serving_targets import (
+    MLSERVER_TARGETS,
+    MODELS,
+    SIGSERVE_TARGETS,
+    TARGETS,
+    Targets,
+    register_minilm,
+    register_trivial,
+    start_targets,
+    wait_ready,
+)
+from wrk import parse_wrk, run_wrk
 
-from sigserve.ports import free_port
-from sigserve.processes import ManagedProcess
+# Kept importable from here for the benchmarks that take them from this module.
+__all__ = ["exit_on_sigterm", "memory_report", "ray_label", "register_trivial"]
 
-HERE = Path(__file__).resolve().parent
-UPPER_MODEL = HERE / "models" / "upper.py"
-TARGETS = (
-    "sigserve", "sigserve-invocations", "sigserve-v2", "mlflow", "mlserver", "mlserver-v2",
-    "notebook",
-)  # fmt: skip
-SIGSERVE_TARGETS = ("sigserve", "sigserve-invocations", "sigserve-v2")
-MLSERVER_TARGETS = ("mlserver", "mlserver-v2")
 CONNECTIONS = ((1, 1), (2, 16))  # (wrk threads, connections)
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    key: str  # trivial | minilm
-    name: str  # registered model name
-    column: str
-    value: str
-
-
-MODELS = {
-    "trivial": ModelSpec("trivial", "bench_upper", "prompt", "hello world"),
-    "minilm": ModelSpec("minilm", "bench_minilm", "text", "The weather is lovely today"),
-}
 
 
 @dataclass
@@ -116,162 +113,6 @@ class Run:
     @property
     def suspicious(self) -> bool:
         return self.non2xx > 0 or self.socket_errors > 0
-
-
-# --- readiness -----------------------------------------------------------------------------------
-
-
-def wait_until(what: str, check: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise TimeoutError(f"{what}: not ready within {timeout_s:.0f}s")
-
-
-def post_ok(client: httpx.Client, endpoint: Endpoint) -> bool:
-    r = client.post(
-        endpoint.url, content=endpoint.body, headers={"Content-Type": "application/json"}
-    )
-    return r.status_code == 200
-
-
-def sigserve_serves(client: httpx.Client, serving: str, name: str, endpoint: Endpoint) -> bool:
-    r = client.get(f"{serving}/models/{name}")
-    if r.status_code != 200 or not r.json().get("default_version"):
-        return False
-    return post_ok(client, endpoint)
-
-
-# --- models --------------------------------------------------------------------------------------
-
-
-def register_trivial(name: str) -> str:
-    import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
-
-    example = pd.DataFrame({"prompt": ["hello world"]})
-    with mlflow.start_run(run_name=f"{name} (upper-case)"):
-        info = mlflow.pyfunc.log_model(
-            name="model",
-            python_model=str(UPPER_MODEL),
-            pip_requirements=["mlflow", "pandas"],
-            signature=infer_signature(example, pd.DataFrame({"output": ["HELLO WORLD"]})),
-            input_example=example,
-            registered_model_name=name,
-        )
-    return str(info.registered_model_version)
-
-
-def register_minilm(name: str) -> str:
-    from sigserve.demo.register import log_embedding_version, minilm_model_dir
-
-    return log_embedding_version(name, model_dir=minilm_model_dir())
-
-
-def v2_body(spec: ModelSpec) -> dict[str, object]:
-    """One record as the Open Inference Protocol sends it: a BYTES tensor named for the column."""
-    tensor = {"name": spec.column, "datatype": "BYTES", "shape": [1], "data": [spec.value]}
-    return {"inputs": [tensor]}
-
-
-def mlflow_serve_argv(model_uri: str, port: int, workers: int) -> list[str]:
-    argv = [
-        sys.executable, "-m", "mlflow", "models", "serve", "-m", model_uri,
-        "--env-manager", "local", "-p", str(port), "-h", HOST, "-w", str(workers),
-    ]  # fmt: skip
-    return argv
-
-
-def mlflow_serve_env(tracking_uri: str) -> dict[str, str]:
-    # ``mlflow models serve`` execs ``uvicorn`` found on PATH: this interpreter's first.
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path}
-
-
-# --- memory --------------------------------------------------------------------------------------
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-    except OSError:
-        return "?"
-
-
-def ray_label(pid: int) -> str:
-    """A Ray worker by its process title (``ray::ServeReplica:app:Deployment``, ``ray::IDLE``),
-    another process by ``registration_latency``'s names, else by the program or script it runs."""
-    cmd = _cmdline(pid)
-    if cmd.startswith("ray::"):
-        # An actor's title ends with the method it is running (``ray::ServeController.run``).
-        return cmd.split()[0].split(".")[0]
-    label = _name(pid)
-    if not cmd.startswith(label):
-        return label
-    words = cmd.split()
-    if any(Path(w).name == "mlserver" for w in words[:3]):
-        return "mlserver"
-    scripts = [w for w in words[1:4] if w.endswith(".py")]
-    return Path(scripts[0] if scripts else words[0]).name if words else label
-
-
-def memory_report(groups: dict[str, Iterable[int]]) -> list[tuple[str, float]]:
-    """PSS by part: each named group's processes, then everything else under this process."""
-    seen: set[int] = set()
-    rows: list[tuple[str, float]] = []
-    for label, pids in groups.items():
-        tree = {p for pid in pids for p in _descendants(pid)}
-        seen |= tree
-        rows.append((label, sum(_pss_mb(p) for p in tree)))
-    rest: dict[str, float] = {}
-    for pid in _descendants(os.getpid()):
-        if pid in seen:
-            continue
-        label = "driver (this script)" if pid == os.getpid() else ray_label(pid)
-        rest[label] = rest.get(label, 0.0) + _pss_mb(pid)
-    rows += sorted(rest.items(), key=lambda kv: -kv[1])
-    return rows
-
-
-# --- CPU ----------------------------------------------------------------------------------------
-
-_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ticks() -> dict[int, tuple[str, int]]:
-    """Every process under this one: its label and the CPU ticks it has used (user + system)."""
-    found = {}
-    for pid in _descendants(os.getpid()):
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        found[pid] = (ray_label(pid), int(fields[11]) + int(fields[12]))
-    return found
-
-
-def cpu_per_request(
-    before: dict[int, tuple[str, int]], after: dict[int, tuple[str, int]], requests: float
-) -> dict[str, float]:
-    """CPU microseconds per request by label, busiest first (wrk's own is not counted: it is
-    not a child yet when sampled, and gone after)."""
-    used: dict[str, float] = {}
-    for pid, (label, ticks) in after.items():
-        spent = ticks - before.get(pid, (label, 0))[1]
-        if spent > 0 and pid != os.getpid():
-            used[label] = used.get(label, 0.0) + spent * _TICK_US / max(requests, 1.0)
-    return dict(sorted(used.items(), key=lambda kv: -kv[1]))
-
-
-def cpu_text(cpu: dict[str, float], top: int = 3) -> str:
-    parts = [f"{label} {us:.0f}" for label, us in list(cpu.items())[:top] if us >= 10]
-    return f"  CPU us/req: {sum(cpu.values()):.0f} ({', '.join(parts)})" if cpu else ""
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -344,27 +185,6 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def serve_flags() -> dict[str, str] | None:
-    """The ``RAY_SERVE_*`` switches the raylet under this process started with (every Ray
-    process inherits them; ``start_serving`` sets them only around ``ray.init``), without the
-    ports and paths that go with them. None when there is no raylet to ask."""
-    skip = ("PORT", "PATH", "FILE", "LOC", "BASE")
-    for pid in _descendants(os.getpid()):
-        if "raylet/raylet" not in _cmdline(pid):
-            continue
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
-        except OSError:
-            return None
-        pairs = (item.partition("=") for item in environ.split("\0") if item)
-        return {
-            k: v
-            for k, _, v in sorted(pairs)
-            if k.startswith("RAY_SERVE_") and not any(word in k for word in skip)
-        }
-    return None
-
-
 def _csv(value: str, allowed: Iterable[str]) -> list[str]:
     items = [v.strip() for v in value.split(",") if v.strip()]
     unknown = sorted(set(items) - set(allowed))
@@ -373,7 +193,7 @@ def _csv(value: str, allowed: Iterable[str]) -> list[str]:
     return items
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=10.0, help="per wrk run (default 10)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -400,7 +220,101 @@ def main() -> None:
         action="store_true",
         help="start the stack without Ray Serve's fast path (start_serving(fast_path=False))",
     )
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def ordered_targets(requested: list[str], mlflow_workers: int) -> tuple[list[str], dict[str, int]]:
+    """The order of every round: sigserve's paths, mlflow (and mlflow-wN), MLServer's, notebook;
+    and the ``mlflow models serve`` targets with their number of workers."""
+    mlflow_variants: dict[str, int] = {}  # target -> workers
+    if "mlflow" in requested:
+        mlflow_variants["mlflow"] = 1
+    if mlflow_workers > 1:
+        mlflow_variants[f"mlflow-w{mlflow_workers}"] = mlflow_workers
+    targets = [t for t in SIGSERVE_TARGETS if t in requested]
+    targets += list(mlflow_variants)
+    targets += [t for t in MLSERVER_TARGETS if t in requested]
+    targets += ["notebook"] if "notebook" in requested else []
+    return targets, mlflow_variants
+
+
+def drive_rounds(
+    targets: Targets, models: list[str], order: list[str], rounds: int, seconds: float
+) -> dict[tuple[str, str, int], list[Run]]:
+    """Every round runs every (model, connections, target) once, the targets back to back."""
+    results: dict[tuple[str, str, int], list[Run]] = {}
+    for rnd in range(1, rounds + 1):
+        for model in models:
+            for threads, conns in CONNECTIONS:
+                for target in order:
+                    if (model, target) not in targets.endpoints:
+                        continue
+                    endpoint = targets.endpoints[(model, target)]
+                    try:
+                        before = cpu_ticks()
+                        output = run_wrk(endpoint, threads, conns, seconds)
+                        after = cpu_ticks()
+                        run = Run(rnd, *parse_wrk(output))
+                    except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
+                        print(f"round {rnd} {model} c={conns} {target}: FAILED: {exc}")
+                        continue
+                    run.cpu_us = cpu_per_request(before, after, run.rps * seconds)
+                    results.setdefault((model, target, conns), []).append(run)
+                    line = (
+                        f"round {rnd} {model:7s} c={conns:<2d} {target:10s} "
+                        f"{run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms  "
+                        f"p99 {run.p99_ms:8.2f} ms"
+                    )
+                    line += cpu_text(run.cpu_us)
+                    if run.suspicious:
+                        line += (
+                            f"  SUSPICIOUS: {run.non2xx} non-2xx, {run.socket_errors} socket errors"
+                        )
+                    print(line, flush=True)
+    return results
+
+
+def print_header(
+    args: argparse.Namespace, started_at: datetime, command: str, needs_ray: bool
+) -> None:
+    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    print()
+    print(f"serving throughput, {started_at:%Y-%m-%d %H:%M} UTC, nproc {nproc}")
+    print(f"command: {command}")
+    print(
+        f"wrk {args.seconds:g}s per run, {args.rounds} round(s), -t1 -c1 and -t2 -c16; "
+        "medians over rounds; vs X = median of per-round req/s ratios"
+    )
+    if needs_ray:
+        flags = serve_flags()
+        front = (
+            "HAProxy"
+            if any(ray_label(p) == "haproxy" for p in _descendants(os.getpid()))
+            else "Ray's proxy"
+        )
+        print(
+            f"Ray started with {flags if flags is not None else '(raylet not found)'}; "
+            f"front door on the Serve port: {front}"
+        )
+    print()
+
+
+def print_memory(stack: Stack, targets: Targets, needs_ray: bool) -> None:
+    print()
+    groups: dict[str, Iterable[int]] = {"mlflow server (registry)": [stack.mlflow.pid or 0]}
+    if needs_ray:
+        groups["controller"] = [stack.controller.pid or 0]
+    for (model, target), proc in targets.servers.items():
+        groups[f"{target} ({model}) process tree"] = [proc.pid or 0]
+    rows = memory_report(groups)
+    total = sum(mb for _, mb in rows)
+    print(f"memory (PSS) at the end: {total:.0f} MB in all")
+    for label, mb in rows:
+        print(f"  {mb:7.0f} MB  {label}")
+
+
+def main() -> None:
+    args = parse_args()
     exit_on_sigterm()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed")
@@ -412,32 +326,17 @@ def main() -> None:
         for variable in THREAD_VARIABLES:
             os.environ[variable] = str(args.torch_threads)
 
-    requested: list[str] = args.targets
-    mlflow_variants: dict[str, int] = {}  # target -> workers
-    if "mlflow" in requested:
-        mlflow_variants["mlflow"] = 1
-    if args.mlflow_workers > 1:
-        mlflow_variants[f"mlflow-w{args.mlflow_workers}"] = args.mlflow_workers
-    # The order of every round: sigserve's paths, mlflow (and mlflow-wN), MLServer's, notebook.
-    targets = [t for t in SIGSERVE_TARGETS if t in requested]
-    targets += list(mlflow_variants)
-    targets += [t for t in MLSERVER_TARGETS if t in requested]
-    targets += ["notebook"] if "notebook" in requested else []
+    order, mlflow_variants = ordered_targets(args.targets, args.mlflow_workers)
     models = [m for m in MODELS if m in args.models]
-    needs_ray = any(t in SIGSERVE_TARGETS for t in targets) or "notebook" in targets
-
+    needs_ray = any(t in SIGSERVE_TARGETS for t in order) or "notebook" in order
     started_at = datetime.now(UTC)
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
     command = shlex.join([sys.executable, *sys.argv])
 
-    model_servers: dict[tuple[str, str], ManagedProcess] = {}  # (model, target) -> process
+    targets = Targets()
     peers = contextlib.ExitStack()  # MLServer's processes
     client = httpx.Client(timeout=60)
     fast_path = {"fast_path": False} if args.ray_proxy else {}
     with running_stack("bench-tput-", serving=needs_ray, **fast_path) as stack:
-        home, tracking_uri, serving = stack.home, stack.tracking_uri, stack.serving_url
-        scripts = home / "wrk"
-        scripts.mkdir()
         try:
             versions: dict[str, str] = {}
             for model in models:
@@ -450,162 +349,29 @@ def main() -> None:
                     f"in {time.monotonic() - t0:.1f}s",
                     flush=True,
                 )
-
-            endpoints: dict[tuple[str, str], Endpoint] = {}
-            record = {m: {MODELS[m].column: MODELS[m].value} for m in models}
-            for model in models:
-                spec = MODELS[model]
-                records = json.dumps({"dataframe_records": [record[model]]})
-                v2 = json.dumps(v2_body(spec))
-                paths = {
-                    "sigserve": (f"/models/{spec.name}/serve", json.dumps([record[model]])),
-                    "sigserve-invocations": (f"/models/{spec.name}/invocations", records),
-                    "sigserve-v2": (f"/v2/models/{spec.name}/infer", v2),
-                }
-                for target, (path, body) in paths.items():
-                    if target in targets:
-                        endpoints[(model, target)] = Endpoint(serving + path, body)
-                if any(t in MLSERVER_TARGETS for t in targets):
-                    uri = f"models:/{spec.name}/{versions[model]}"
-                    peer = peers.enter_context(running_mlserver(spec.name, uri, home, tracking_uri))
-                    model_servers[(model, "mlserver")] = peer.process
-                    if "mlserver" in targets:
-                        endpoints[(model, "mlserver")] = Endpoint(peer.invocations, records)
-                    if "mlserver-v2" in targets:
-                        endpoint = Endpoint(peer.infer, v2)
-                        if post_ok(client, endpoint):
-                            endpoints[(model, "mlserver-v2")] = endpoint
-                        else:
-                            print(f"mlserver-v2 cannot serve {model}: left out", flush=True)
-                for target, workers in mlflow_variants.items():
-                    port = free_port()
-                    model_servers[(model, target)] = ManagedProcess(
-                        f"mlflow models serve {spec.name} -w {workers}",
-                        mlflow_serve_argv(f"models:/{spec.name}/{versions[model]}", port, workers),
-                        env=mlflow_serve_env(tracking_uri),
-                        log_path=home / "logs" / f"mlflow-serve-{model}-{target}.log",
-                        health_url=f"http://{HOST}:{port}/ping",
-                    ).start()
-                    endpoints[(model, target)] = Endpoint(
-                        f"http://{HOST}:{port}/invocations",
-                        json.dumps({"dataframe_records": [record[model]]}),
-                    )
-                if "notebook" in targets:
-                    from notebook_baseline import notebook_app
-                    from ray import serve
-
-                    serve.run(
-                        notebook_app(spec.name, versions[model]),
-                        name=f"notebook-{model}",
-                        route_prefix=f"/notebook/{model}",
-                        blocking=False,
-                    )
-                    endpoints[(model, "notebook")] = Endpoint(
-                        f"{serving}/notebook/{model}/serve", json.dumps(record[model])
-                    )
-            for (model, target), endpoint in endpoints.items():
-                endpoint.script = write_wrk_script(scripts, f"{model}-{target}", endpoint.body)
-
-            t0 = time.monotonic()
-            for (model, target), endpoint in endpoints.items():
-                what = f"{target} serving {model}"
-                if target in SIGSERVE_TARGETS:
-                    name = MODELS[model].name
-                    wait_until(what, partial(sigserve_serves, client, serving, name, endpoint), 600)
-                else:
-                    if (model, target) in model_servers:
-                        model_servers[(model, target)].wait_healthy(600)
-                    wait_until(what, partial(post_ok, client, endpoint), 600)
-                print(f"ready: {what} ({time.monotonic() - t0:.0f}s)", flush=True)
-            for (model, target), endpoint in endpoints.items():
-                r = client.post(
-                    endpoint.url,
-                    content=endpoint.body,
-                    headers={"Content-Type": "application/json"},
-                )
-                answer = r.text[:100]
-                print(f"  {model:8s} {target:10s} POST {endpoint.url} {endpoint.body} -> {answer}")
+            start_targets(targets, versions, order, mlflow_variants, stack, client, peers)
+            wait_ready(targets, stack.serving_url, client)
 
             servers = {
                 f"{ray_label(pid)} {pid}": pid
                 for pid in _descendants(os.getpid())
-                if _cmdline(pid).startswith("ray::ServeReplica")
+                if cmdline(pid).startswith("ray::ServeReplica")
             }
-            for (model, target), process in model_servers.items():
+            for (model, target), process in targets.servers.items():
                 servers[f"{target} ({model}) {process.pid}"] = process.pid or 0
             print(threads_text(servers), flush=True)
             if args.warmup > 0:
-                for endpoint in endpoints.values():
+                for endpoint in targets.endpoints.values():
                     run_wrk(endpoint, 2, 16, args.warmup)
 
-            results: dict[tuple[str, str, int], list[Run]] = {}
-            for rnd in range(1, args.rounds + 1):
-                for model in models:
-                    for threads, conns in CONNECTIONS:
-                        for target in targets:
-                            if (model, target) not in endpoints:
-                                continue
-                            endpoint = endpoints[(model, target)]
-                            try:
-                                before = cpu_ticks()
-                                output = run_wrk(endpoint, threads, conns, args.seconds)
-                                after = cpu_ticks()
-                                run = Run(rnd, *parse_wrk(output))
-                            except (RuntimeError, ValueError, subprocess.TimeoutExpired) as exc:
-                                print(f"round {rnd} {model} c={conns} {target}: FAILED: {exc}")
-                                continue
-                            run.cpu_us = cpu_per_request(before, after, run.rps * args.seconds)
-                            results.setdefault((model, target, conns), []).append(run)
-                            line = (
-                                f"round {rnd} {model:7s} c={conns:<2d} {target:10s} "
-                                f"{run.rps:8.1f} req/s  p50 {run.p50_ms:7.2f} ms  "
-                                f"p99 {run.p99_ms:8.2f} ms"
-                            )
-                            line += cpu_text(run.cpu_us)
-                            if run.suspicious:
-                                line += (
-                                    f"  SUSPICIOUS: {run.non2xx} non-2xx, "
-                                    f"{run.socket_errors} socket errors"
-                                )
-                            print(line, flush=True)
-
-            print()
-            print(f"serving throughput, {started_at:%Y-%m-%d %H:%M} UTC, nproc {nproc}")
-            print(f"command: {command}")
-            print(
-                f"wrk {args.seconds:g}s per run, {args.rounds} round(s), -t1 -c1 and -t2 -c16; "
-                "medians over rounds; vs X = median of per-round req/s ratios"
-            )
-            if needs_ray:
-                flags = serve_flags()
-                front = (
-                    "HAProxy"
-                    if any(ray_label(p) == "haproxy" for p in _descendants(os.getpid()))
-                    else "Ray's proxy"
-                )
-                print(
-                    f"Ray started with {flags if flags is not None else '(raylet not found)'}; "
-                    f"front door on the Serve port: {front}"
-                )
-            print()
-            print_table(results, models, targets)
-
-            print()
-            groups: dict[str, Iterable[int]] = {"mlflow server (registry)": [stack.mlflow.pid or 0]}
-            if needs_ray:
-                groups["controller"] = [stack.controller.pid or 0]
-            for (model, target), proc in model_servers.items():
-                groups[f"{target} ({model}) process tree"] = [proc.pid or 0]
-            rows = memory_report(groups)
-            total = sum(mb for _, mb in rows)
-            print(f"memory (PSS) at the end: {total:.0f} MB in all")
-            for label, mb in rows:
-                print(f"  {mb:7.0f} MB  {label}")
+            results = drive_rounds(targets, models, order, args.rounds, args.seconds)
+            print_header(args, started_at, command, needs_ray)
+            print_table(results, models, order)
+            print_memory(stack, targets, needs_ray)
         finally:
             client.close()
             peers.close()
-            for proc in model_servers.values():
-                proc.stop()
+            targets.stop()
 
 
 if __name__ == "__main__":

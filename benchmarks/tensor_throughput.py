@@ -26,7 +26,7 @@ from collections import Counter
 from pathlib import Path
 
 from bench_stack import running_stack
-from serving_throughput import _cmdline
+from process_stats import cmdline
 from v2_throughput import numeric_with_mlserver
 from wrk import Endpoint, run_wrk
 from wrk_rounds import drive_rounds, ready_endpoints
@@ -111,7 +111,7 @@ PARTS = {
 def replica_pid() -> int:
     """The serving replica's process (Ray's title for it: ``ray::ServeReplica:...``)."""
     for entry in os.listdir("/proc"):
-        if entry.isdigit() and _cmdline(int(entry)).startswith("ray::ServeReplica"):
+        if entry.isdigit() and cmdline(int(entry)).startswith("ray::ServeReplica"):
             return int(entry)
     raise RuntimeError("no serving replica found")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bench_stack import Stack, running_stack
 from mlserver_peer import CORE, Peer, running_mlserver
-from serving_throughput import register_trivial
+from serving_targets import register_trivial
 from wrk_rounds import drive_rounds, ready_endpoints
 
 ROW_STATS = Path(__file__).parent / "models" / "row_stats.py"

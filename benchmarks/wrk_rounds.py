@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import TypeVar
 
 import httpx
-from serving_throughput import cpu_per_request, cpu_text, cpu_ticks, wait_until
+from process_stats import cpu_per_request, cpu_text, cpu_ticks
+from serving_targets import wait_until
 from wrk import Endpoint, parse_wrk, run_wrk, write_wrk_script
 
 T = TypeVar("T")
