@@ -102,3 +102,9 @@ class GenerationConflict(ControllerError):
 
 class SteppedDown(ControllerError):
     """Raised inside a pass's write transaction: the worker stopped leading since it began."""
+
+
+class GaveWay(ControllerError):
+    """Raised by a write-back between two of its writes: a pass wants the model, and a pass
+    waits for no write-back of its model to run (``WriteBackLane.finished``); what is left is
+    written by the job the lane runs again after that pass."""

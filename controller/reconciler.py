@@ -282,7 +282,12 @@ class Reconciler:
             raise GenerationConflict(name, read, stored)
         return record
 
-    def write_back(self, name: str, leading: Callable[[], bool] = lambda: True) -> str | None:
+    def write_back(
+        self,
+        name: str,
+        leading: Callable[[], bool] = lambda: True,
+        wanted: Callable[[], bool] = lambda: False,
+    ) -> str | None:
         """Write ``name``'s latest decision back to the registry: the verdict tags and the alias
         that differ from what it has now; None once done, else why it must be tried again.
 
@@ -292,6 +297,8 @@ class Reconciler:
         is marked written back at the generation read (``Store.mark_written_back``).
         ``leading`` is asked before each write: a controller that stepped down while the job
         ran writes nothing more (its successor's writes must not be undone by a stale record).
+        ``wanted`` too: a pass of the model waiting, the job stops (``GaveWay``, the lane runs
+        it again after the pass).
         """
         record = self._store.load_model(name)
         if record is None or record.deleted_at is not None:
@@ -305,7 +312,7 @@ class Reconciler:
             alias_now = info.aliases.get(self._alias)
             try:
                 alias, warning, for_good = write_back(
-                    Fenced(self._writer, leading), record, observed, self._alias, alias_now,
+                    Fenced(self._writer, leading, wanted), record, observed, self._alias, alias_now,
                     controls=self._controls,
                 )
             except SteppedDown:

@@ -315,7 +315,9 @@ class Worker(PassEnds):
         if job is None:
             return None
         term = self._term
-        return cast(str | None, job(name, leading=lambda: self._term == term))
+        # Read from the lane's thread: membership tests of the worker's own set and queue.
+        return cast(str | None, job(name, leading=lambda: self._term == term,
+                                    wanted=lambda: name in self._running or name in self._queue))
 
     def reset(self) -> None:
         """Forget the queue, the retries and priming: this controller stopped leading."""

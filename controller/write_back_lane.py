@@ -46,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from sqlalchemy.exc import OperationalError
 
 from controller.exceptions import (
+    GaveWay,
     GenerationConflict,
     RegistryError,
     RegistryRefused,
@@ -202,9 +203,14 @@ class WriteBackLane:
     async def _run_one(self, name: str, pool: ThreadPoolExecutor) -> None:
         call = functools.partial(contextvars.copy_context().run, self._job, name)
         refused: str | None = None
+        gave_way = False
         try:
             try:
                 why = await asyncio.get_running_loop().run_in_executor(pool, call)
+            except GaveWay:
+                # A pass of the model waited: its verdict's remaining writes come after that
+                # pass (the lane starts no job of a model a pass holds), not after a backoff.
+                why, gave_way = None, True
             except RegistryRefused as exc:
                 why = refused = str(exc)
             except (RegistryError, OperationalError, GenerationConflict) as exc:
@@ -218,7 +224,7 @@ class WriteBackLane:
             self._running.discard(name)
             async with self._job_ended:
                 self._job_ended.notify_all()
-        if name in self._again:
+        if name in self._again or gave_way:
             self._again.discard(name)
             self._attempts.pop(name, None)
             self.add(name)
@@ -251,17 +257,30 @@ class WriteBackLane:
 
 
 class Fenced:
-    """A ``RegistryWriter`` that asks ``leading`` before each write."""
+    """A ``RegistryWriter`` that asks ``leading`` before each write, and ``wanted`` (whether a
+    pass of the model waits or is queued) too: a write-back of a model with many versions
+    decided is many writes (three tags a version, at ~0.6 s each in the storm), which its next
+    pass waited for in full (the storm's 10-14 s to decided). Asked before a write only, so the
+    alias is never left written and unacknowledged."""
 
-    def __init__(self, writer: RegistryWriter, leading: Callable[[], bool]) -> None:
-        self._writer, self._leading = writer, leading
+    def __init__(
+        self,
+        writer: RegistryWriter,
+        leading: Callable[[], bool],
+        wanted: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self._writer, self._leading, self._wanted = writer, leading, wanted
 
-    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+    def _ask(self, name: str) -> None:
         if not self._leading():
             raise SteppedDown(f"stopped leading while writing the verdict of {name} back")
+        if self._wanted():
+            raise GaveWay(f"a pass of {name} waits")
+
+    def set_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._ask(name)
         self._writer.set_version_tag(name, version, key, value)
 
     def set_alias(self, name: str, alias: str, version: str) -> None:
-        if not self._leading():
-            raise SteppedDown(f"stopped leading while writing the verdict of {name} back")
+        self._ask(name)
         self._writer.set_alias(name, alias, version)

@@ -72,8 +72,13 @@ class Passes:
             with self._lock:
                 self.running[name] -= 1
 
-    def write_back(self, name: str, leading: Callable[[], bool] = lambda: True) -> str | None:
-        return self._inner.write_back(name, leading)
+    def write_back(
+        self,
+        name: str,
+        leading: Callable[[], bool] = lambda: True,
+        wanted: Callable[[], bool] = lambda: False,
+    ) -> str | None:
+        return self._inner.write_back(name, leading, wanted)
 
 
 class Witness(FakeRegistry):

@@ -536,3 +536,47 @@ def test_the_write_back_gives_way_to_a_webhooks_name_not_to_a_resyncs(store: Sto
         await asyncio.gather(lane, return_exceptions=True)
 
     asyncio.run(go())
+
+
+def test_a_write_back_of_many_versions_gives_way_to_its_models_next_pass(store: Store) -> None:
+    """Three versions decided, nine tag writes to make, the first one held: a webhook for a
+    fourth version is decided once that write ends, not after all ten writes (the storm's
+    10-14 s to decided: the pass waited for its model's write-back in full); the rest of the
+    writes follow the pass, each once, and the model ends written back."""
+    registry = Signalled(versions_={str(n): ("models:/m-a", sig("prompt")) for n in (1, 2, 3)})
+    broadcaster = TableBroadcaster()
+    worker = Worker(Reconciler(store, registry, ENV), store, registry, broadcaster,
+                    Metrics.create(), resync_interval_s=3600, retry_initial_s=0.05,
+                    retry_max_s=0.1)  # fmt: skip
+
+    def decided(version: str) -> bool:
+        table = broadcaster.current
+        model = table.models.get("m") if table is not None else None
+        entry = model.versions.get(version) if model is not None else None
+        return entry is not None and entry.state is VersionState.LIVE
+
+    async def go() -> int:
+        await worker.prime(already_published=True)
+        run = asyncio.create_task(worker.run())
+        registry.hold.clear()
+        worker.enqueue("m", "webhook:d-1")
+        await until(registry.waiting.is_set, "the first tag write under way")
+        registry.versions_["4"] = ("models:/m-a", sig("prompt"))
+        worker.enqueue("m", "webhook:d-4")
+        await asyncio.sleep(0.05)
+        registry.hold.set()
+        await until(lambda: decided("4"), "v4 decided")
+        writes_before = registry.tag_writes
+        await until(lambda: store.behind_write_back() == [] and not worker.write_backs._running
+                    and not len(worker.write_backs), "m written back")  # fmt: skip
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        return writes_before
+
+    writes_before = asyncio.run(go())
+    assert writes_before <= 2, f"v4's pass waited for {writes_before} tag writes"
+    tags = [w for w in registry.writes if w[0] == "tag"]
+    assert len(tags) == len(set(tags)) == 12  # three on each of the four versions, once
+    record = store.load_model("m")
+    assert record is not None
+    assert [w for w in registry.writes if w[0] == "alias"][-1][2] == record.default_version
