@@ -10,6 +10,11 @@ table at most one poll interval (plus the rebuild) after it was published.
 The rebuilt table is taken only when its content digest is the one the revision row records: a
 reconcile commits its decisions before it publishes them, and a table built in between would
 give one revision two contents. The publish that follows every commit brings them.
+
+A row of the held table's epoch *below* the revision held means the database went back (restored
+from a backup: docs/architecture.md, "A follower's long-poll"). Waiting for the database to
+count past the revision held would leave a replica polling only this controller on the old
+content meanwhile, so this controller publishes the decisions above what it holds itself.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import logging
 
 from controller.broadcaster import TableBroadcaster
 from controller.store import Store
+from wire.routing_table import RoutingTable
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +44,9 @@ class TableSync:
             return False
         epoch, revision = published
         if held is not None and held.epoch == epoch and held.revision >= revision:
+            if revision < held.revision:
+                await self._publish_above(held)
+                return True
             return False
         table = await asyncio.to_thread(self._store.published_table)
         if table is None:
@@ -46,6 +55,30 @@ class TableSync:
         log.info("loaded revision %d, published by another controller", table.revision,
                  extra={"event": "table_loaded", "revision": table.revision})
         return True
+
+    async def _publish_above(self, held: RoutingTable) -> None:
+        """Publish the decisions above ``held``, which the database went back below.
+
+        The store's publish goes above every revision this process answered (``held`` among
+        them), building only the models that moved. It takes the revision row's lock, so
+        controllers doing this at once publish one after the other: the second reads the first's
+        row, above what it holds, and gets that revision and content unless the decisions moved
+        between, when it takes the next. Should the store not count ``held`` as answered, the
+        catch-up puts the revision above it anyway.
+        """
+        table = await asyncio.to_thread(self._store.publish)
+        if table.epoch == held.epoch and table.revision <= held.revision:
+            table = await asyncio.to_thread(self._store.catch_up, held.revision)
+        await self._broadcaster.offer(table)
+        # The store warned of the database going back (``table_went_back``); this says why a
+        # controller that is not the leader published.
+        log.info(
+            "the database's revision in epoch %s went back below the %d this controller holds: "
+            "published its decisions as revision %d",
+            held.epoch, held.revision, table.revision,
+            extra={"event": "table_published_above", "epoch": held.epoch, "held": held.revision,
+                   "revision": table.revision},
+        )  # fmt: skip
 
     async def run(self) -> None:
         while True:
