@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import APIRouter, FastAPI
+from fastapi.routing import APIRoute
 
 from serving.api import create_app
 from serving.fast_routes import HOT
@@ -144,11 +145,13 @@ def test_ray_names_every_route_as_before_after_fewer_patterns() -> None:
 
     app = app_for(TABLE)
     in_router_order = FastAPI()
-    in_router_order.router = app.router
-    hot = [route for route in app.router.routes if getattr(route, "path", "") in HOT]
+    # The order the routes were added in: an app whose ``routes`` was never asked for.
+    in_router_order.router = app_for(TABLE).router
+    registered = list(app.router.routes)
+    hot = [route for route in registered if getattr(route, "path", "") in HOT]
     assert len(hot) == 7
     assert app.routes[:7] == hot
-    assert sorted(map(id, app.routes)) == sorted(map(id, app.router.routes))
+    assert sorted(map(id, app.routes)) == sorted(map(id, registered))
     for method, path, _ in [*REQUESTS, ("PUT", "/v2/models/echo/infer", None),
                             ("GET", "/v2/models/echo/infer", None)]:  # fmt: skip
         scope = {"type": "http", "method": method, "path": path, "root_path": ""}
@@ -158,3 +161,60 @@ def test_ray_names_every_route_as_before_after_fewer_patterns() -> None:
     async def added() -> None: ...
 
     assert getattr(app.routes[-1], "path", "") == "/added-later"
+
+
+def test_routes_is_the_routers_list_so_what_changes_it_is_answered() -> None:
+    """``app.routes`` changed after it was walked (Ray Serve's class-based view removes its
+    routes through it and adds them back; a user may append one) changes what is answered, as
+    on any FastAPI app; a route the router's list swaps in is listed."""
+    app = app_for(TABLE)
+    assert len(app.routes) > 7  # walked, as Ray names the first request's route
+
+    async def appended() -> dict[str, str]:
+        return {"route": "appended"}
+
+    async def replaced() -> dict[str, str]:
+        return {"route": "replaced"}
+
+    async def swapped() -> dict[str, str]:
+        return {"route": "swapped"}
+
+    app.routes.append(APIRoute("/appended", appended, methods=["GET"]))
+    listed = next(r for r in app.routes if getattr(r, "path", "") == "/models")
+    app.routes.remove(listed)
+    again = APIRouter()
+    again.add_api_route("/models", replaced, methods=["GET"])
+    app.include_router(again)
+    routes = app.router.routes
+    healthz = next(i for i, r in enumerate(routes) if getattr(r, "path", "") == "/-/healthz")
+    app.router.routes[healthz] = APIRoute("/-/healthz", swapped, methods=["GET"])  # same length
+
+    async def run() -> list[tuple[int, bytes]]:
+        answers = [await call(app, "GET", p, None) for p in ("/appended", "/models", "/-/healthz")]
+        return [(status, body) for status, _, body in answers]
+
+    assert asyncio.run(run()) == [
+        (200, b'{"route":"appended"}'),
+        (200, b'{"route":"replaced"}'),
+        (200, b'{"route":"swapped"}'),
+    ]
+    assert [getattr(r, "endpoint", None) for r in app.routes].count(swapped) == 1
+    assert all(getattr(r, "path", "") in HOT for r in app.routes[:7])
+    assert app.routes is app.router.routes
+
+
+def test_the_router_with_the_hot_routes_first_answers_as_in_the_order_they_were_added() -> None:
+    """Every request through FastAPI's router (as when the app has a middleware) gets the same
+    answer from the router put in ``routes``' order as from one in the order routes were added."""
+    reordered, added = app_for(TABLE), app_for(TABLE)
+    assert getattr(reordered.routes[0], "path", "") in HOT
+    assert reordered.router.routes is reordered.routes
+
+    async def run(app: Any) -> list[Any]:
+        async def through_router(scope: Any, receive: Any, send: Any) -> None:
+            await FastAPI.__call__(app, scope, receive, send)
+
+        return [await call(through_router, *request) for request in REQUESTS]
+
+    assert getattr(added.router.routes[0], "path", "") not in HOT  # never put in order
+    assert asyncio.run(run(reordered)) == asyncio.run(run(added))
