@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from controller.broadcaster import TableBroadcaster
 from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
+from controller.schema import TableRevisionRow
 from controller.store import Store
 from controller.table_sync import TableSync
 from wire.routing_table import RoutingTable, VersionState
@@ -123,4 +126,42 @@ def test_a_store_that_never_answered_the_table_held_is_caught_up_above_it(
     assert asyncio.run(blank.sync.refresh())
     assert blank.held.revision == follower.held.revision + 1
     assert sorted(blank.held.models) == ["a", "d"]
+    engine.dispose()
+
+
+def test_followers_publishing_above_at_once_on_postgresql_give_one_revision_one_content(
+    postgres_url: str,
+) -> None:
+    """Two followers see the row (restored: same epoch, a lower revision) below the revision
+    both hold, and publish at the same moment: the revision row's lock orders them, and both
+    end up answering one revision with one content, the one the row records."""
+    engine = make_engine(postgres_url)
+    migrate(engine)
+    leader = Store(engine)
+    for name in ("a", "b", "c"):
+        _put(leader, name)
+        leader.publish()
+    pair = [_Follower(engine), _Follower(engine)]
+    for follower in pair:
+        assert asyncio.run(follower.sync.refresh())
+    held = pair[0].held
+    assert held.revision == 3
+    with engine.begin() as connection:  # what a restore does to the row: back, same epoch
+        connection.execute(
+            update(TableRevisionRow).values(revision=2, digest="restored from a backup")
+        )
+    _put(leader, "d")  # decided since the backup, by a leader that wrote but not yet published
+
+    barrier = threading.Barrier(2)
+
+    def refresh(follower: _Follower) -> bool:
+        barrier.wait()
+        return asyncio.run(follower.sync.refresh())
+
+    with ThreadPoolExecutor(2) as pool:
+        assert list(pool.map(refresh, pair)) == [True, True]
+    one, two = (follower.held for follower in pair)
+    assert one.revision == two.revision == 4
+    assert one.models == two.models and sorted(one.models) == ["a", "b", "c", "d"]
+    assert Store(engine).published_table() == one
     engine.dispose()
