@@ -27,7 +27,9 @@ its routes through it) changes the routes FastAPI answers, as on any FastAPI app
 route's pattern matches a hot route's path (the ``/v2/{path:path}`` fallback, which would,
 comes after them either way), so every request is answered, and named, as in the order the
 routes were added. The OpenAPI document, built from ``routes``, lists the hot routes' paths
-first too.
+first too. The hot routes the fast path dispatches, found at the first POST, are found again
+at the POST after ``routes`` saw the list change (Ray Serve reads it for every request); a hot
+route taken out of ``app.router.routes`` while nothing reads ``routes`` is still dispatched.
 """
 
 from __future__ import annotations
@@ -82,6 +84,8 @@ class FastRoutedAPI(FastAPI):
                 listed = hot + rest
                 self.router.routes = listed
             self._ordered = (listed, list(listed))
+            # The hot routes dispatched are made again at the next POST, from what is there.
+            self._hot = None
         return listed
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
