@@ -4,7 +4,9 @@ Registry reads happen outside the write lock (they are slow); the decision is wr
 it, built on a fresh read, and only if the model was not written since the reconcile read it
 with its registry snapshot (its generation, ``controller/store.py``): a decision from an older
 snapshot (another controller's, a leader's that stepped down) never commits over a newer one
-or over an admin change; the write raises ``GenerationConflict`` and the worker requeues.
+or over an admin change; the write raises ``GenerationConflict`` and the worker requeues. A pass
+whose record was not written since its model's last pass that found nothing to do, and whose
+reads are what that pass read, stops before the decision (``controller/unchanged.py``).
 
 Identity: the endpoint's clients know a model by its name, so the *contract* (and the pin and
 the policies) belong to the name. A model deleted from the registry is not forgotten: its record

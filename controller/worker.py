@@ -5,7 +5,8 @@ the events lane, the resync in the resync lane (``controller/work_queue.py``: de
 events first, one pass per name at a time, a name asked for during its pass reconciled again
 after). Up to ``concurrency`` passes read and decide at once, in threads of the worker's own
 pool, so a slow registry read holds one model, not the queue, and never the threads the HTTP
-layer uses; a pass waiting for its publish leaves its slot to the next model.
+layer uses; a pass waiting for its publish leaves its slot to the next model. While the resync
+lists the registry, no pass of the resync lane starts (``_after_listing``).
 Temporary failures come back after a capped exponential backoff per name; the resync
 (``controller/resync.py``) is the safety net for everything else and is told how each pass ended
 (``Resync.passed``/``failed``). A pass that changed something waits for a publish that began
