@@ -186,6 +186,7 @@ class Reconciler:
         created_at = info.created_at
         alias_now = info.aliases.get(self._alias)
 
+        loaded = before  # as stored: what the transaction would read if nobody writes meanwhile
         if before is not None and (before.deleted_at is not None or _recreated(before, created_at)):
             log.info(
                 "registered model %s was deleted and created again; its versions are new "
@@ -224,6 +225,9 @@ class Reconciler:
 
         def decide(current: ModelRecord | None) -> ModelRecord:
             fence()
+            return decided_from(current)
+
+        def decided_from(current: ModelRecord | None) -> ModelRecord:
             if current is None:
                 current = self._new_model(name, created_at)
             elif current.deleted_at is not None or _recreated(current, created_at):
@@ -248,7 +252,9 @@ class Reconciler:
         # Decided from a fresh read inside the write transaction, written only if nobody wrote
         # the model since ``before`` was read (else GenerationConflict: the worker requeues).
         # Each decision is logged and counted as it commits (``controller.decision_log``).
-        decided = self._store.update_model(name, decide, actor)
+        decided = self._unwritten(name, loaded, decided_from) or self._store.update_model(
+            name, decide, actor
+        )
         assert decided is not None
         changed = before is None or decided != before
         # For the worker's log line: there the store's own words are fine.
@@ -273,6 +279,16 @@ class Reconciler:
             registry_behind=behind,
             registered_at={o.version: o.created_at for o in observed if o.created_at},
         )
+
+    def _unwritten(self, name: str, loaded: ModelRecord | None,
+                   decide: Callable[[ModelRecord | None], ModelRecord]) -> ModelRecord | None:
+        """``loaded`` when deciding it changes nothing and nobody wrote it since it was loaded
+        (its stamp says so, read after the decision): the write transaction would read that
+        same record, decide the same and write nothing. None: decide in the transaction."""
+        if loaded is None or decide(loaded) != loaded:
+            return None
+        stamp = self._store.stamp(name)
+        return loaded if stamp is not None and stamp[0] == loaded.generation else None
 
     def _as_of(self, name: str, stamp: Stamp) -> ModelRecord | None:
         """The record as ``stamp`` saw it, before the registry was read; ``GenerationConflict``

@@ -90,7 +90,7 @@ def test_a_verdict_tag_written_over_on_an_older_version_is_put_back(
     registry.tags["1"][STATE_TAG] = "quarantined"
     outcome, loads, updates = passed(reconciler, store)
     assert outcome.registry_behind and not outcome.changed
-    assert (loads, updates) == (1, 1)
+    assert (loads, updates) == (1, 0)  # the record loaded; the decision the same: no write
     assert outcome.write_back is not None
     outcome.write_back()
     assert registry.tags["1"][STATE_TAG] == "live"
@@ -222,3 +222,37 @@ def test_the_digest_tells_every_field_of_the_reads_apart() -> None:
     # The registry's order of versions is not a change.
     two = [version, ObservedVersion("2", "READY", "models:/m-2", {}, 6)]
     assert reads_digest(model, two) == reads_digest(model, two[::-1])
+
+
+def test_a_pass_that_decides_nothing_new_opens_no_write_transaction(
+    store: CountingStore,
+) -> None:
+    registry = FakeRegistry()
+    settled(store, registry)
+    fresh = Reconciler(store, registry, ENV)  # nothing kept: a first pass after a start
+    outcome, loads, updates = passed(fresh, store)
+    assert not outcome.changed and (loads, updates) == (1, 0)
+
+
+def test_a_write_after_the_record_was_loaded_is_not_passed_over(store: CountingStore) -> None:
+    """A pass that would change nothing of the record it loaded checks, after deciding, that
+    nobody wrote it since: one written meanwhile goes to the write transaction, which refuses
+    a decision from the older read."""
+
+    class WrittenMeanwhile(FakeRegistry):
+        during: Callable[[], Any] | None = None
+
+        def model(self, name: str) -> ObservedModel:
+            if self.during is not None:
+                self.during()
+                self.during = None
+            return super().model(name)
+
+    registry = WrittenMeanwhile()
+    settled(store, registry)
+    fresh = Reconciler(store, registry, ENV)
+    registry.during = lambda: store.update_model(
+        "m", lambda current: current and replace(current, policy="none"), "admin"
+    )
+    with pytest.raises(GenerationConflict):
+        fresh.reconcile("m")
