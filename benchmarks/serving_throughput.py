@@ -277,7 +277,8 @@ def drive_rounds(
 def print_header(
     args: argparse.Namespace, started_at: datetime, command: str, needs_ray: bool
 ) -> None:
-    nproc = subprocess.run(["nproc"], capture_output=True, text=True, check=False).stdout.strip()
+    # Not `nproc`: it answers OMP_NUM_THREADS when that is set, which --torch-threads sets.
+    nproc = len(os.sched_getaffinity(0))
     print()
     print(f"serving throughput, {started_at:%Y-%m-%d %H:%M} UTC, nproc {nproc}")
     print(f"command: {command}")
