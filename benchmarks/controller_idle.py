@@ -5,9 +5,11 @@
 
 The registry of ``registry_scale.py`` (same cache), an ``mlflow server`` with one worker and a
 controller on a fresh SQLite database (``SIGSERVE_DEFAULT_PROOF=off``, no Ray), started
-unchanged (``PYTHONPATH`` may point it at another checkout's ``controller/``, for a before and
-after in one session). Once the first table is out and the write-back has drained, nothing is
-registered, nothing scrapes ``/metrics`` and nothing long-polls. Over two windows of
+unchanged: ``python -m controller`` from the working directory, which comes before
+``PYTHONPATH`` on its ``sys.path``, so a before and after in one session runs this script from
+each checkout (``PYTHONPATH`` alone does not change the controller's code). Once the first
+table is out and the write-back has drained, nothing is registered, nothing scrapes
+``/metrics`` and nothing long-polls. Over two windows of
 ``--window`` seconds the controller's CPU (% of one core) is sampled from ``/proc`` every
 0.25 s: in all, and in the resyncs (each resync's log line gives its end and wall time; the
 samples inside are its share; the passes a full resync enqueues run after it, so they are in
