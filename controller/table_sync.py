@@ -38,8 +38,11 @@ class TableSync:
 
     async def refresh(self) -> bool:
         """Load the table last published if it is newer than the one held; whether it was."""
-        published = await asyncio.to_thread(self._store.published)
+        # The table held is read before the row: a publish of this process that commits and
+        # is offered while the row is read then shows as the row ahead (loaded again, the same
+        # content: ignored), not as a held table above the row, which reads as a restore.
         held = self._broadcaster.current
+        published = await asyncio.to_thread(self._store.published)
         if published is None:
             return False
         epoch, revision = published

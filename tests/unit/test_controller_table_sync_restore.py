@@ -5,12 +5,14 @@ counts past it."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 from sqlalchemy import Engine, update
 
 from controller.broadcaster import TableBroadcaster
@@ -164,4 +166,53 @@ def test_followers_publishing_above_at_once_on_postgresql_give_one_revision_one_
     assert one.revision == two.revision == 4
     assert one.models == two.models and sorted(one.models) == ["a", "b", "c", "d"]
     assert Store(engine).published_table() == one
+    engine.dispose()
+
+
+class ReadThenHeld(Store):
+    """The real store; ``published`` answers once the test let it go (after reading the row)."""
+
+    gate: threading.Event | None = None
+    read: threading.Event | None = None
+
+    def published(self) -> tuple[str, int] | None:
+        row = super().published()
+        if self.gate is not None and self.read is not None:
+            self.read.set()
+            assert self.gate.wait(10)
+        return row
+
+
+def test_a_publish_between_the_row_read_and_the_held_table_is_not_a_database_gone_back(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """This controller's own publish, committed and offered while a tick reads the row: the
+    held table is then above the row just read, which is no database gone back."""
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    store = ReadThenHeld(engine)
+    broadcaster = TableBroadcaster()
+    sync = TableSync(store, broadcaster, poll_s=0.25)
+    _put(store, "a")
+
+    async def go() -> None:
+        await broadcaster.offer(store.publish())
+        _put(store, "b")  # a decision, about to be published by this controller
+        store.read, store.gate = threading.Event(), threading.Event()
+        tick = asyncio.create_task(sync.refresh())
+        assert await asyncio.to_thread(store.read.wait, 10)  # the row read: revision 1
+        store.read = None
+        table = await asyncio.to_thread(store.publish)  # revision 2, as Publisher.publish does
+        await broadcaster.offer(table)
+        store.gate.set()
+        await tick
+        held = broadcaster.current
+        assert held is not None
+        assert held.revision == table.revision, "a revision more for nothing new"
+        assert store.published() == (table.epoch, table.revision)
+
+    caplog.set_level(logging.INFO)
+    asyncio.run(go())
+    assert not [r for r in caplog.records
+                if getattr(r, "event", None) == "table_published_above"]
     engine.dispose()
