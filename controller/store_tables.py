@@ -274,11 +274,21 @@ class TableRevisions:
         decisions waited that long. Made here, it holds each model's generation as this
         transaction read it, so the publish that follows under the lock rebuilds what was
         written since, as an incremental publish does."""
+        # What it may keep, copied under the lock: a publish updates the cache in place (a
+        # model's entry, then its JSON), and an entry read between the two would be kept with
+        # the JSON of the one before, the revision row's digest then not its table's.
+        with self._write_lock:
+            previous = self._built
+            if previous is not None:
+                previous = _Built(
+                    epoch=previous.epoch,
+                    entries=dict(previous.entries),
+                    fragments=dict(previous.fragments),
+                )
         with self._transaction() as session:
             row = session.get(TableRevisionRow, 1)
             if row is None:
                 return False
-            previous = self._built
             kept = previous if previous is not None and previous.epoch == row.epoch else None
             built = _Built(epoch=row.epoch, built_at=self.clock())
             self._fill(session, built, kept)

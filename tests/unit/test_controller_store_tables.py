@@ -10,14 +10,17 @@ import threading
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import controller.store_tables as tables
 from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
 from controller.rollout_rows import rollouts_under_way
+from controller.schema import TableRevisionRow
 from controller.store import Store
 from controller.store_tables import _Built, built_digest, built_json
 from controller.table_builder import build_table, content_digest
@@ -188,3 +191,89 @@ def test_a_full_build_is_made_apart_from_the_write_lock(
     assert table.models["c"].versions["1"].state is VersionState.QUARANTINED
     assert table.models == full(mine).models
     assert all(table.models[n] is first.models[n] for n in NAMES if n != "c")
+
+
+_SIG = {"inputs": json.dumps([{"type": "string", "name": "prompt", "required": True}]),
+       "outputs": None, "params": None}
+
+
+def _one_version(name: str, state: VersionState) -> ModelRecord:
+    return ModelRecord(
+        name=name, policy="backward", default_version="1", contract=_SIG,
+        versions={"1": VersionRecord(version="1", state=state, reasons=[], signature=_SIG,
+                                     signature_read=True)},
+    )
+
+
+class WatchedLock:
+    """The store's write lock, saying when a second thread waits for it."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.contended = threading.Event()
+
+    def __enter__(self) -> WatchedLock:
+        if not self._lock.acquire(blocking=False):
+            self.contended.set()
+            self._lock.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def test_a_full_build_apart_never_pairs_an_entry_with_another_entrys_json(
+    tmp_path: Path,
+) -> None:
+    """A publish updates the cache in place (an entry, then its JSON): a full build made apart
+    meanwhile must not keep the new entry with the old JSON, or the revision row records a
+    digest that is not its table's and other controllers never load it."""
+    engine = make_engine(f"sqlite:///{tmp_path}/c.db")
+    migrate(engine)
+    mine, other = Store(engine), Store(engine)  # the leader's, a follower's
+    lock = WatchedLock()
+    mine._write_lock = lock  # type: ignore[assignment]
+    for name in ("a", "b", "c"):
+        mine.update_model(name, lambda _, n=name: _one_version(n, VersionState.LIVE))
+    mine.publish()
+    # A decision committed (by anyone): the next incremental publish rebuilds "c".
+    other.update_model("c", lambda _: _one_version("c", VersionState.QUARANTINED))
+
+    publisher: list[threading.Thread] = []
+    paused, go = threading.Event(), threading.Event()
+
+    class PausingJson:
+        @staticmethod
+        def dumps(obj: Any, **kw: Any) -> str:
+            if publisher and threading.current_thread() is publisher[0] and not go.is_set():
+                paused.set()  # "c"'s new entry is in the cache, its JSON not yet
+                go.wait(10)
+            return json.dumps(obj, **kw)
+
+    tables.json = PausingJson  # type: ignore[assignment]
+    try:
+        p = threading.Thread(target=mine.publish)
+        publisher.append(p)
+        p.start()
+        assert paused.wait(10)
+        # The periodic full build, made apart (a follower's load or another publish asking
+        # for it while the publish above holds the lock).
+        t = threading.Thread(target=mine._build_apart)
+        t.start()
+        assert lock.contended.wait(10)  # it read the cache and waits to put its build in
+        go.set()
+        p.join(10)
+        t.join(10)
+    finally:
+        tables.json = json  # type: ignore[assignment]
+
+    table = mine.publish()
+    with mine._transaction() as session:
+        row = session.get(TableRevisionRow, 1)
+        assert row is not None
+        recorded = row.digest
+    assert table.models["c"].versions["1"].state is VersionState.QUARANTINED
+    # The revision row must record the digest of the content it names.
+    assert recorded == content_digest(table)
+    # And a controller loading what the leader published takes it.
+    assert other.published_table() == table
