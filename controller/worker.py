@@ -299,6 +299,10 @@ class Worker(PassEnds):
         finally:
             self._running.discard(name)
             queue.done(name)
+            # A name asked for by an event during its pass goes to the events lane only now;
+            # told, so a loop waiting for the resync's listing starts it at once.
+            if queue.depth("events"):
+                self._event_asked.set()
 
     async def _fence_predecessors(self) -> None:
         """Before the first pass: what a controller that led before still has in flight must

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from pathlib import Path
 
 from tests.unit.test_controller_worker_lanes import WAIT_S, Witness, stack, until
@@ -55,5 +56,52 @@ def test_the_resync_lane_waits_for_the_listing_and_a_webhook_does_not(tmp_path: 
                     and passes.in_flight == 0, "the resync lane")
         run.cancel()
         await asyncio.gather(run, return_exceptions=True)
+
+    asyncio.run(go())
+
+
+def test_a_webhook_for_a_model_being_reconciled_does_not_wait_for_the_listing(
+    tmp_path: Path,
+) -> None:
+    """A webhook for a model whose pass runs puts the name in the events lane when that pass
+    ends: its second pass starts then, not after the resync's listing."""
+    worker, passes, _, _, _, _ = stack(tmp_path, concurrency=3)
+    registry = HeldListing()
+    worker.resync._registry = registry
+    registry.names = ["w"]
+    passes.holds["w"] = threading.Event()
+
+    async def go() -> None:
+        run = asyncio.create_task(worker.run())
+        worker.enqueue("w", "webhook:d-1")
+        deadline = time.monotonic() + WAIT_S
+        while passes.order != ["w"]:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        registry.hold.clear()
+        registry.began.clear()
+        resync = asyncio.create_task(worker.resync.once(full=True))
+        assert await asyncio.to_thread(registry.began.wait, WAIT_S)
+        # Another webhook's pass starts during the listing (as it should); the worker's loop
+        # then waits in _after_listing for the listing or an event's ask.
+        worker.enqueue("x", "webhook:d-2")
+        deadline = time.monotonic() + WAIT_S
+        while "x" not in passes.order:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)
+        worker.enqueue("w", "webhook:d-3")  # a second webhook while w's first pass runs
+        await asyncio.sleep(0.05)
+        passes.holds["w"].set()  # its first pass ends: w goes back on the events lane
+        for _ in range(400):  # up to ~2 s, well under the held listing
+            if passes.order.count("w") >= 2:
+                break
+            await asyncio.sleep(0.005)
+        second = passes.order.count("w")
+        registry.hold.set()
+        await resync
+        run.cancel()
+        await asyncio.gather(run, return_exceptions=True)
+        assert second == 2, "the webhook's second pass waited for the resync's listing"
 
     asyncio.run(go())
