@@ -94,6 +94,14 @@ class Replica:
         self.loader.check(value)
         return await self.ahead.model(value, artifact)
 
+async def evicted_one(replica: Replica) -> None:
+    """Until Ray's LRU has evicted a model (its ``__del__`` may still be held)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while not replica.lru.evictions:
+        assert loop.time() < deadline
+        await asyncio.sleep(0.001)
+
 
 @pytest.fixture(scope="module")
 def good(tmp_path_factory: pytest.TempPathFactory) -> tuple[Artifact, Artifact, Artifact]:
@@ -182,11 +190,7 @@ def test_an_evicted_model_is_never_answered_from_the_held_models(
         await replica.get("b", "1", b)
         try:
             loading_c = asyncio.create_task(replica.get("c", "1", c))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while not replica.lru.evictions:  # a is out of Ray's LRU, its __del__ held
-                assert loop.time() < deadline
-                await asyncio.sleep(0.001)
+            await evicted_one(replica)  # a is out of Ray's LRU, its __del__ held
             assert model_id("a", "1", a) in replica.ahead.resident
             asking_a = asyncio.create_task(replica.get("a", "1", a))
             await asyncio.sleep(0.05)
@@ -286,11 +290,7 @@ def test_a_cancelled_eviction_never_leaves_the_evicted_model_answerable(
         await replica.get("b", "1", b)
         try:
             loading_c = asyncio.create_task(replica.get("c", "1", c))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 30
-            while not replica.lru.evictions:
-                assert loop.time() < deadline
-                await asyncio.sleep(0.001)
+            await evicted_one(replica)
             loading_c.cancel()
             await asyncio.gather(loading_c, return_exceptions=True)
             asking_a = asyncio.create_task(replica.get("a", "1", a))
