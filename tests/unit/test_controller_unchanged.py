@@ -173,18 +173,21 @@ def test_a_model_gone_becomes_a_tombstone(store: CountingStore) -> None:
     assert outcome.changed and after is not None and after.deleted_at is not None
 
 
+class WrittenMeanwhile(FakeRegistry):
+    """The registry, running ``during`` (a write to the store) once, as the model is read."""
+
+    during: Callable[[], Any] | None = None
+
+    def model(self, name: str) -> ObservedModel:
+        if self.during is not None:
+            self.during()
+            self.during = None
+        return super().model(name)
+
+
 def test_a_write_while_the_registry_is_read_is_not_decided_over(store: CountingStore) -> None:
     """The stamp is taken before the registry is read, as the record was: a write that
     commits between the two makes the pass read again, never write over it."""
-
-    class WrittenMeanwhile(FakeRegistry):
-        during: Callable[[], Any] | None = None
-
-        def model(self, name: str) -> ObservedModel:
-            if self.during is not None:
-                self.during()
-                self.during = None
-            return super().model(name)
 
     registry = WrittenMeanwhile()
     reconciler = settled(store, registry)
@@ -238,15 +241,6 @@ def test_a_write_after_the_record_was_loaded_is_not_passed_over(store: CountingS
     """A pass that would change nothing of the record it loaded checks, after deciding, that
     nobody wrote it since: one written meanwhile goes to the write transaction, which refuses
     a decision from the older read."""
-
-    class WrittenMeanwhile(FakeRegistry):
-        during: Callable[[], Any] | None = None
-
-        def model(self, name: str) -> ObservedModel:
-            if self.during is not None:
-                self.during()
-                self.during = None
-            return super().model(name)
 
     registry = WrittenMeanwhile()
     settled(store, registry)
