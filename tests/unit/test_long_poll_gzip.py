@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
@@ -83,8 +84,9 @@ def test_which_accept_encoding_takes_gzip(header: str, takes: bool) -> None:
     assert takes_gzip(header) is takes
 
 
-@pytest.fixture()
-def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+def serving_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
+    """A controller app with a table published at start and the serving token ``TOKEN``; its
+    registry is an address where nothing listens (the long-poll needs none)."""
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     settings = ControllerSettings(
         home=tmp_path, admin_token=SecretStr("admin-token-0123456789"),
@@ -96,7 +98,12 @@ def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClie
     migrate(engine)
     Store(engine).publish()
     engine.dispose()
-    with TestClient(create_app(settings)) as c:
+    return create_app(settings)
+
+
+@pytest.fixture()
+def client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    with TestClient(serving_app(tmp_path, monkeypatch)) as c:
         yield c
 
 

@@ -18,37 +18,15 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi import FastAPI
-from pydantic import SecretStr
 
-from controller.app import create_app
-from controller.database import make_engine, migrate
 from controller.records import ModelRecord, VersionRecord
-from controller.settings import ControllerSettings
-from controller.store import Store
 from controller.table_builder import build_table, canonical_table, gzipped_table
-from sigserve.ports import free_port
+from tests.unit.test_long_poll_gzip import AUTH, serving_app
 from wire.routing_table import RoutingTable, VersionState
 from wire.table_signature import SIGNATURE_HEADER
 
-TOKEN = "serving-token-0123456789"
-AUTH = {"Authorization": f"Bearer {TOKEN}"}
 # How long the seam holds each making: well above what /healthz may take beside it.
 SLOW_S = 0.5
-
-
-def _app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FastAPI:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    settings = ControllerSettings(
-        home=tmp_path, admin_token=SecretStr("admin-token-0123456789"),
-        webhook_secret=SecretStr("hook-secret-0123456789"),
-        mlflow_tracking_uri=f"http://127.0.0.1:{free_port()}",  # nothing listens there
-        resync_interval_s=3600, serving_token=SecretStr(TOKEN),
-    )  # fmt: skip
-    engine = make_engine(settings.resolved_database_url())
-    migrate(engine)
-    Store(engine).publish()  # a table at start: the app serves it without the registry
-    engine.dispose()
-    return create_app(settings)
 
 
 def _table(epoch: str, revision: int) -> RoutingTable:
@@ -97,7 +75,7 @@ def test_healthz_answers_while_a_poll_body_is_made(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made, began = _slowed(monkeypatch)
-    app = _app(tmp_path, monkeypatch)
+    app = serving_app(tmp_path, monkeypatch)
 
     async def body(client: httpx.AsyncClient, app: FastAPI) -> None:
         table = await _offer(app, 50)
@@ -123,7 +101,7 @@ def test_polls_woken_together_make_the_body_once_and_a_failed_making_is_not_kept
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     made, _ = _slowed(monkeypatch)
-    app = _app(tmp_path, monkeypatch)
+    app = serving_app(tmp_path, monkeypatch)
 
     async def body(client: httpx.AsyncClient, app: FastAPI) -> None:
         revision = app.state.services.broadcaster.current.revision
